@@ -1,0 +1,1 @@
+//! ferry-cellnet (in progress).

@@ -1,0 +1,102 @@
+//! The sender-side contract: an object that produces chunks on request.
+
+use crate::{ChunkData, DoneStatus, DownloadStatus, RefId, State, TxId};
+
+/// What one `produce` call yields (NVFlare's `ProduceRC` with its data).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Produced {
+    /// `ok`: a chunk and the state the receiver sends back to get the next one.
+    Data {
+        /// The chunk.
+        data: ChunkData,
+        /// The state after this chunk.
+        state: State,
+    },
+    /// `eof`: the receiver has everything.
+    Eof,
+    /// `error`: a logical error (bad state, object changed under us, ...). The receiver fails
+    /// the download with "producer error"; `reason` is logged on the sender.
+    Error {
+        /// Why, in words, for logs.
+        reason: String,
+    },
+}
+
+/// `produce` failed in a way that is not a logical `error` status: NVFlare's "produce raised",
+/// answered with return code `process_exception` and no status change (rule R5).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("produce failed: {0}")]
+pub struct ProduceError(pub String);
+
+/// How the states of an object advance, so that a receiver can compute the state of request
+/// `i` without waiting for reply `i - 1` and keep several requests in flight.
+///
+/// A ferry producer advertises it in the first data reply (the `ferry_plan` key, which NVFlare
+/// receivers ignore). Without a plan a receiver keeps one request in flight, as NVFlare does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferPlan {
+    /// The shape of the chunk sequence.
+    pub layout: PlanLayout,
+    /// Total payload bytes of the object, if known (for progress and pre-allocation).
+    pub total_bytes: Option<u64>,
+    /// BLAKE3 digest of the whole object (hex), if the producer computed one; a receiver that
+    /// can check it does.
+    pub blake3: Option<String>,
+}
+
+/// The chunk sequence of a [`TransferPlan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanLayout {
+    /// A byte stream: chunk `i` covers `[i*chunk, min((i+1)*chunk, total))`; the request for
+    /// chunk `i` carries state `{"received_bytes": i*chunk}` (NVFlare's file state).
+    Bytes {
+        /// Object size in bytes.
+        total: u64,
+        /// Chunk size in bytes (> 0).
+        chunk: u64,
+    },
+    /// A list of items: chunk `i` holds items `[i*per_chunk, min((i+1)*per_chunk, count))`;
+    /// the request for chunk `i > 0` carries state `{"start": (i-1)*per_chunk, "count": per_chunk}`
+    /// (NVFlare's cacheable state: the echo of the previous chunk), chunk 0 no state.
+    Items {
+        /// Number of items.
+        count: u64,
+        /// Items per chunk (> 0).
+        per_chunk: u64,
+    },
+}
+
+/// An object that can be downloaded: it produces chunk after chunk from the state a receiver
+/// sends, and hears about its lifecycle through the hooks.
+///
+/// `produce` must be idempotent per state (a retried request re-sends the same state) and may run
+/// concurrently for many receivers, hence `&self` and `Send + Sync`. The engine guarantees that
+/// no `produce` call is started after [`release`](Downloadable::release).
+///
+/// Hooks are called by the producer engine in NVFlare's order; each must not panic (a panicking
+/// hook is a bug in the object) and should return quickly.
+pub trait Downloadable: Send + Sync + 'static {
+    /// Produce the chunk that follows `state` (`None` on a receiver's first request) for
+    /// `requester` (its FQCN).
+    fn produce(&self, state: Option<&State>, requester: &str) -> Result<Produced, ProduceError>;
+
+    /// How states advance, if predictable. `None` (the default) keeps receivers stop-and-wait.
+    fn plan(&self) -> Option<TransferPlan> {
+        None
+    }
+
+    /// Called when the object is added to a transaction.
+    fn set_transaction(&self, _tx_id: &TxId, _ref_id: &RefId) {}
+
+    /// Called once per receiver when its final status is known.
+    fn downloaded_to_one(&self, _receiver: &str, _status: DownloadStatus) {}
+
+    /// Called once when every expected receiver has a final status.
+    fn downloaded_to_all(&self) {}
+
+    /// Called at settlement, before the transaction's done callback.
+    fn transaction_done(&self, _tx_id: &TxId, _status: DoneStatus) {}
+
+    /// Called last at settlement: drop the big source data.
+    fn release(&self) {}
+}

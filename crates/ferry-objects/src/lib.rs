@@ -1,0 +1,1 @@
+//! ferry-objects (in progress).

@@ -1,0 +1,50 @@
+//! Project automation for the ferry workspace.
+//!
+//! `cargo xtask test-matrix` runs the named table of checks that CI runs (see [`matrix`]);
+//! `cargo xtask interop-setup` prepares the Python virtualenv with NVFlare 2.9.0 that the
+//! interop tests talk to; `cargo xtask bench NAME` runs a benchmark.
+
+mod interop;
+mod matrix;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "ferry project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the named test matrix (what CI runs).
+    TestMatrix {
+        /// Print the cases and exit.
+        #[arg(long)]
+        list: bool,
+        /// Run only the named case(s).
+        #[arg(long = "case")]
+        cases: Vec<String>,
+        /// Keep going after a failing case and report all failures at the end.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// Create (or reuse) the Python virtualenv with nvflare==2.9.0 for interop tests and benchmarks.
+    InteropSetup,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::TestMatrix {
+            list,
+            cases,
+            keep_going,
+        } => matrix::run(list, &cases, keep_going),
+        Cmd::InteropSetup => interop::setup().map(|py| {
+            eprintln!("interop python: {}", py.display());
+        }),
+    }
+}

@@ -1,0 +1,223 @@
+//! The named test matrix: every case is one command with a name, so CI output and `--case NAME`
+//! speak the same language (in the spirit of IronRDP's xtask).
+//!
+//! Cases are derived from `cargo metadata`: every library crate is built and tested on its own
+//! (`-p`) with its default features, with no default features and with all features (crates that
+//! declare no features get one case, since the three builds are the same). Then come formatting,
+//! clippy, doc tests and rustdoc, the layering check, and the workspace-level end-to-end and
+//! interop tests (which need the Python virtualenv, prepared by the `interop-setup` case).
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::interop;
+
+/// Crates whose dependency tree must not contain the listed packages (the arrows of DESIGN.md).
+const LAYERING: &[(&str, &[&str])] = &[
+    (
+        "ferry-core",
+        &[
+            "tokio", "dashmap", "mio", "socket2", "rustls", "tokio-rustls", "hyper", "ferry-cellnet",
+            "ferry-objects", "ferry",
+        ],
+    ),
+    ("ferry-objects", &["tokio", "mio", "ferry-cellnet", "ferry"]),
+    ("ferry-cellnet", &["ferry-core", "ferry-objects", "ferry"]),
+];
+
+/// The library and binary crates under `crates/` that the matrix tests one by one.
+const CRATES: &[&str] = &["ferry-core", "ferry-cellnet", "ferry-objects", "ferry", "ferry-cli"];
+
+/// One named command.
+struct Case {
+    name: String,
+    what: String,
+    run: Box<dyn Fn() -> Result<()>>,
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+fn cargo_env(args: &[&str], env: &[(&str, String)]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(interop::workspace_root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().with_context(|| format!("spawning cargo {args:?}"))?;
+    if !status.success() {
+        bail!("cargo {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Features each crate declares (besides `default`), read from `cargo metadata`.
+fn crate_features() -> Result<BTreeMap<String, Vec<String>>> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(interop::workspace_root())
+        .output()
+        .context("cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut map = BTreeMap::new();
+    for pkg in meta["packages"].as_array().into_iter().flatten() {
+        let name = pkg["name"].as_str().unwrap_or_default().to_string();
+        let feats = pkg["features"]
+            .as_object()
+            .map(|m| m.keys().filter(|k| *k != "default").cloned().collect())
+            .unwrap_or_default();
+        map.insert(name, feats);
+    }
+    Ok(map)
+}
+
+fn layering_check() -> Result<()> {
+    let mut bad = Vec::new();
+    for (krate, forbidden) in LAYERING {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["tree", "-p", krate, "-e", "normal", "--all-features", "--prefix", "none", "--format", "{p}"])
+            .current_dir(interop::workspace_root())
+            .output()
+            .context("cargo tree")?;
+        if !out.status.success() {
+            bail!("cargo tree -p {krate} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        for line in tree.lines().skip(1) {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if forbidden.contains(&name) {
+                bad.push(format!("{krate} depends on {name} (forbidden by the layering)"));
+            }
+        }
+    }
+    bad.sort();
+    bad.dedup();
+    if !bad.is_empty() {
+        bail!("layering violated:\n  {}", bad.join("\n  "));
+    }
+    eprintln!("layering ok: ferry-core has no async runtime, map or network crate; ferry-objects and ferry-cellnet stay on their side");
+    Ok(())
+}
+
+fn cases() -> Result<Vec<Case>> {
+    let features = crate_features()?;
+    let mut v: Vec<Case> = Vec::new();
+    v.push(Case {
+        name: "fmt".into(),
+        what: "cargo fmt --all --check".into(),
+        run: Box::new(|| cargo(&["fmt", "--all", "--check"])),
+    });
+    v.push(Case {
+        name: "layering".into(),
+        what: "cargo tree: ferry-core knows no tokio/dashmap/network crate; objects and cellnet don't know each other".into(),
+        run: Box::new(layering_check),
+    });
+    v.push(Case {
+        name: "clippy".into(),
+        what: "cargo clippy --workspace --all-targets --all-features -- -D warnings".into(),
+        run: Box::new(|| cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])),
+    });
+    for krate in CRATES {
+        let krate: &'static str = krate;
+        let feats = features.get(krate).cloned().unwrap_or_default();
+        if feats.is_empty() {
+            v.push(Case {
+                name: format!("test-{krate}"),
+                what: format!("cargo test -p {krate} (declares no features: default = none = all)"),
+                run: Box::new(move || cargo(&["test", "-p", krate])),
+            });
+        } else {
+            v.push(Case {
+                name: format!("test-{krate}-no-default"),
+                what: format!("cargo test -p {krate} --no-default-features"),
+                run: Box::new(move || cargo(&["test", "-p", krate, "--no-default-features"])),
+            });
+            v.push(Case {
+                name: format!("test-{krate}-all-features"),
+                what: format!("cargo test -p {krate} --all-features"),
+                run: Box::new(move || cargo(&["test", "-p", krate, "--all-features"])),
+            });
+        }
+    }
+    v.push(Case {
+        name: "doc".into(),
+        what: "cargo doc --workspace --no-deps with rustdoc warnings denied (doc tests run in the test cases)".into(),
+        run: Box::new(|| {
+            cargo_env(
+                &["doc", "--workspace", "--no-deps", "--all-features", "--exclude", "xtask"],
+                &[("RUSTDOCFLAGS", "-D warnings".into())],
+            )
+        }),
+    });
+    v.push(Case {
+        name: "interop-setup".into(),
+        what: format!("python venv at target/interop-venv with {}", interop::PY_PACKAGES.join(", ")),
+        run: Box::new(|| interop::setup().map(|_| ())),
+    });
+    v.push(Case {
+        name: "e2e-interop".into(),
+        what: "cargo test -p ferry-tests: real TCP/TLS end to end, real NVFlare 2.9 cells".into(),
+        run: Box::new(|| {
+            let py = interop::setup()?;
+            cargo_env(
+                &["test", "-p", "ferry-tests", "--", "--test-threads", "2"],
+                &[("FERRY_INTEROP_PYTHON", py.display().to_string())],
+            )
+        }),
+    });
+    Ok(v)
+}
+
+/// Run the matrix (or list it).
+pub fn run(list: bool, only: &[String], keep_going: bool) -> Result<()> {
+    let all = cases()?;
+    if list {
+        for c in &all {
+            println!("{:<28} {}", c.name, c.what);
+        }
+        return Ok(());
+    }
+    for name in only {
+        if !all.iter().any(|c| &c.name == name) {
+            bail!("no case named {name:?}; `cargo xtask test-matrix --list` shows them");
+        }
+    }
+    let selected: Vec<&Case> = all.iter().filter(|c| only.is_empty() || only.contains(&c.name)).collect();
+    let mut results = Vec::new();
+    for c in &selected {
+        eprintln!("\n=== case {}: {}", c.name, c.what);
+        let t = Instant::now();
+        let r = (c.run)();
+        let secs = t.elapsed().as_secs_f64();
+        match &r {
+            Ok(()) => eprintln!("=== case {} passed in {secs:.1}s", c.name),
+            Err(e) => eprintln!("=== case {} FAILED in {secs:.1}s: {e:#}", c.name),
+        }
+        let failed = r.is_err();
+        results.push((c.name.clone(), r, secs));
+        if failed && !keep_going {
+            break;
+        }
+    }
+    eprintln!("\n=== test matrix summary");
+    let mut failed = 0;
+    for (name, r, secs) in &results {
+        let verdict = if r.is_ok() { "ok" } else { "FAILED" };
+        if r.is_err() {
+            failed += 1;
+        }
+        eprintln!("  {name:<28} {verdict:<7} {secs:>7.1}s");
+    }
+    let skipped = selected.len() - results.len();
+    println!("matrix: {} passed, {} failed", results.len() - failed, failed + skipped);
+    if failed > 0 || skipped > 0 {
+        bail!("{failed} case(s) failed, {skipped} not run");
+    }
+    Ok(())
+}
