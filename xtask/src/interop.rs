@@ -42,8 +42,16 @@ pub fn setup() -> Result<PathBuf> {
         run(Command::new(&base).args(["-m", "venv"]).arg(venv_dir()))
             .with_context(|| format!("creating virtualenv with {base}"))?;
     }
-    run(Command::new(&py).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(PY_PACKAGES))
-        .context("pip install of the interop packages")?;
+    run(Command::new(&py)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(PY_PACKAGES))
+    .context("pip install of the interop packages")?;
     run(Command::new(&py).args([
         "-c",
         "import nvflare, safetensors, numpy; assert nvflare.__version__.startswith('2.9.0'), nvflare.__version__",

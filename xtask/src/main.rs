@@ -4,6 +4,7 @@
 //! `cargo xtask interop-setup` prepares the Python virtualenv with NVFlare 2.9.0 that the
 //! interop tests talk to; `cargo xtask bench NAME` runs a benchmark.
 
+mod bench;
 mod interop;
 mod matrix;
 
@@ -31,6 +32,14 @@ enum Cmd {
         #[arg(long)]
         keep_going: bool,
     },
+    /// Run a benchmark (no name: list them). Extra arguments go to the benchmark.
+    Bench {
+        /// Benchmark name.
+        name: Option<String>,
+        /// Arguments passed through.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Create (or reuse) the Python virtualenv with nvflare==2.9.0 for interop tests and benchmarks.
     InteropSetup,
 }
@@ -43,6 +52,7 @@ fn main() -> Result<()> {
             cases,
             keep_going,
         } => matrix::run(list, &cases, keep_going),
+        Cmd::Bench { name, args } => bench::run(name.as_deref(), &args),
         Cmd::InteropSetup => interop::setup().map(|py| {
             eprintln!("interop python: {}", py.display());
         }),

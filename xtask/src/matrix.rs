@@ -19,8 +19,16 @@ const LAYERING: &[(&str, &[&str])] = &[
     (
         "ferry-core",
         &[
-            "tokio", "dashmap", "mio", "socket2", "rustls", "tokio-rustls", "hyper", "ferry-cellnet",
-            "ferry-objects", "ferry",
+            "tokio",
+            "dashmap",
+            "mio",
+            "socket2",
+            "rustls",
+            "tokio-rustls",
+            "hyper",
+            "ferry-cellnet",
+            "ferry-objects",
+            "ferry",
         ],
     ),
     ("ferry-objects", &["tokio", "mio", "ferry-cellnet", "ferry"]),
@@ -28,7 +36,13 @@ const LAYERING: &[(&str, &[&str])] = &[
 ];
 
 /// The library and binary crates under `crates/` that the matrix tests one by one.
-const CRATES: &[&str] = &["ferry-core", "ferry-cellnet", "ferry-objects", "ferry", "ferry-cli"];
+const CRATES: &[&str] = &[
+    "ferry-core",
+    "ferry-cellnet",
+    "ferry-objects",
+    "ferry",
+    "ferry-cli",
+];
 
 /// One named command.
 struct Case {
@@ -47,7 +61,9 @@ fn cargo_env(args: &[&str], env: &[(&str, String)]) -> Result<()> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let status = cmd.status().with_context(|| format!("spawning cargo {args:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning cargo {args:?}"))?;
     if !status.success() {
         bail!("cargo {} failed with {status}", args.join(" "));
     }
@@ -62,7 +78,10 @@ fn crate_features() -> Result<BTreeMap<String, Vec<String>>> {
         .output()
         .context("cargo metadata")?;
     if !out.status.success() {
-        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let mut map = BTreeMap::new();
@@ -81,18 +100,34 @@ fn layering_check() -> Result<()> {
     let mut bad = Vec::new();
     for (krate, forbidden) in LAYERING {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["tree", "-p", krate, "-e", "normal", "--all-features", "--prefix", "none", "--format", "{p}"])
+            .args([
+                "tree",
+                "-p",
+                krate,
+                "-e",
+                "normal",
+                "--all-features",
+                "--prefix",
+                "none",
+                "--format",
+                "{p}",
+            ])
             .current_dir(interop::workspace_root())
             .output()
             .context("cargo tree")?;
         if !out.status.success() {
-            bail!("cargo tree -p {krate} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "cargo tree -p {krate} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let tree = String::from_utf8_lossy(&out.stdout);
         for line in tree.lines().skip(1) {
             let name = line.split_whitespace().next().unwrap_or_default();
             if forbidden.contains(&name) {
-                bad.push(format!("{krate} depends on {name} (forbidden by the layering)"));
+                bad.push(format!(
+                    "{krate} depends on {name} (forbidden by the layering)"
+                ));
             }
         }
     }
@@ -121,7 +156,17 @@ fn cases() -> Result<Vec<Case>> {
     v.push(Case {
         name: "clippy".into(),
         what: "cargo clippy --workspace --all-targets --all-features -- -D warnings".into(),
-        run: Box::new(|| cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])),
+        run: Box::new(|| {
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        }),
     });
     for krate in CRATES {
         let krate: &'static str = krate;
@@ -157,7 +202,10 @@ fn cases() -> Result<Vec<Case>> {
     });
     v.push(Case {
         name: "interop-setup".into(),
-        what: format!("python venv at target/interop-venv with {}", interop::PY_PACKAGES.join(", ")),
+        what: format!(
+            "python venv at target/interop-venv with {}",
+            interop::PY_PACKAGES.join(", ")
+        ),
         run: Box::new(|| interop::setup().map(|_| ())),
     });
     v.push(Case {
@@ -188,7 +236,10 @@ pub fn run(list: bool, only: &[String], keep_going: bool) -> Result<()> {
             bail!("no case named {name:?}; `cargo xtask test-matrix --list` shows them");
         }
     }
-    let selected: Vec<&Case> = all.iter().filter(|c| only.is_empty() || only.contains(&c.name)).collect();
+    let selected: Vec<&Case> = all
+        .iter()
+        .filter(|c| only.is_empty() || only.contains(&c.name))
+        .collect();
     let mut results = Vec::new();
     for c in &selected {
         eprintln!("\n=== case {}: {}", c.name, c.what);
@@ -215,7 +266,11 @@ pub fn run(list: bool, only: &[String], keep_going: bool) -> Result<()> {
         eprintln!("  {name:<28} {verdict:<7} {secs:>7.1}s");
     }
     let skipped = selected.len() - results.len();
-    println!("matrix: {} passed, {} failed", results.len() - failed, failed + skipped);
+    println!(
+        "matrix: {} passed, {} failed",
+        results.len() - failed,
+        failed + skipped
+    );
     if failed > 0 || skipped > 0 {
         bail!("{failed} case(s) failed, {skipped} not run");
     }

@@ -118,7 +118,10 @@ mod tests {
     #[test]
     fn bytes_are_msgpack_bin() {
         let c = ChunkData::Bytes(Bytes::from_static(b"xy"));
-        assert_eq!(rmp_serde::to_vec_named(&c).unwrap(), vec![0xc4, 0x02, b'x', b'y']);
+        assert_eq!(
+            rmp_serde::to_vec_named(&c).unwrap(),
+            vec![0xc4, 0x02, b'x', b'y']
+        );
         let items = ChunkData::Items(vec![Bytes::from_static(b"a"), Bytes::from_static(b"")]);
         let enc = rmp_serde::to_vec_named(&items).unwrap();
         assert_eq!(enc, vec![0x92, 0xc4, 0x01, b'a', 0xc4, 0x00]);

@@ -34,7 +34,12 @@ pub trait Consumer: Send {
     /// to send with the next request (stop-and-wait mode). When the producer advertised a
     /// [`TransferPlan`] the next states come from the plan instead, and the returned state must
     /// equal `state` (a consumer that transforms it cannot be pipelined).
-    fn consume(&mut self, ref_id: &str, state: &State, data: ChunkData) -> Result<State, ConsumeError>;
+    fn consume(
+        &mut self,
+        ref_id: &str,
+        state: &State,
+        data: ChunkData,
+    ) -> Result<State, ConsumeError>;
 
     /// The producer advertised a plan (total size, digest...). Called at most once, before the
     /// first `consume`. Return an error to refuse the object (e.g. it is larger than allowed).

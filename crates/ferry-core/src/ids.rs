@@ -123,9 +123,21 @@ mod tests {
         assert_eq!(validate_fqcn(""), Err(FqcnError::Empty));
         assert!(matches!(validate_fqcn("a b"), Err(FqcnError::BadChar(_))));
         assert!(matches!(validate_fqcn("a/b"), Err(FqcnError::BadChar(_))));
-        assert!(matches!(validate_fqcn("a..b"), Err(FqcnError::EmptySegment(_))));
-        assert!(matches!(validate_fqcn(".a"), Err(FqcnError::EmptySegment(_))));
-        assert!(matches!(validate_fqcn("a."), Err(FqcnError::EmptySegment(_))));
-        assert!(matches!(validate_fqcn("a.b.a"), Err(FqcnError::DuplicateSegment(_))));
+        assert!(matches!(
+            validate_fqcn("a..b"),
+            Err(FqcnError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            validate_fqcn(".a"),
+            Err(FqcnError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            validate_fqcn("a."),
+            Err(FqcnError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            validate_fqcn("a.b.a"),
+            Err(FqcnError::DuplicateSegment(_))
+        ));
     }
 }

@@ -103,7 +103,8 @@ impl State {
 
     /// `key` as a non-negative integer that must be present.
     pub fn require_u64(&self, key: &str) -> Result<u64, StateError> {
-        self.get_u64(key)?.ok_or_else(|| StateError::Missing(key.to_string()))
+        self.get_u64(key)?
+            .ok_or_else(|| StateError::Missing(key.to_string()))
     }
 
     /// Whether the state has no keys.
@@ -172,9 +173,18 @@ mod tests {
         assert_eq!(s.get_u64("absent"), Ok(None));
         assert_eq!(s.get_u64("nil"), Ok(None));
         assert_eq!(s.get_u64("huge"), Ok(Some(u64::MAX)));
-        assert!(matches!(s.get_u64("neg"), Err(StateError::Negative { value: -3, .. })));
-        assert!(matches!(s.get_u64("str"), Err(StateError::WrongType { .. })));
-        assert_eq!(s.require_u64("absent"), Err(StateError::Missing("absent".into())));
+        assert!(matches!(
+            s.get_u64("neg"),
+            Err(StateError::Negative { value: -3, .. })
+        ));
+        assert!(matches!(
+            s.get_u64("str"),
+            Err(StateError::WrongType { .. })
+        ));
+        assert_eq!(
+            s.require_u64("absent"),
+            Err(StateError::Missing("absent".into()))
+        );
     }
 
     #[test]
