@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import socket
 import sys
 import threading
@@ -33,6 +34,7 @@ _OUT_LOCK = threading.Lock()
 # Set when a "GO" line arrives on stdin (with --exit-on-stdin-eof): lets a parent process
 # (or a Rust test) tell a peer that it may start sending.
 GO = threading.Event()
+STDIN_LINES = queue.Queue()
 
 log = logging.getLogger("ferry_peer")
 
@@ -90,8 +92,12 @@ def add_tls_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", help="PEM private key of this cell")
 
 
-def start_common(args, name: str) -> None:
-    """Logging to stderr, the overall watchdog and the optional stdin-EOF watcher."""
+def start_common(args, name: str, read_stdin: bool = False) -> None:
+    """Logging to stderr, the overall watchdog and the stdin watcher.
+
+    The stdin watcher runs with --exit-on-stdin-eof or read_stdin: a "GO" line sets `GO`,
+    other non-empty lines are queued in `STDIN_LINES`, EOF ends the process (with the flag).
+    """
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         stream=sys.stderr,
@@ -106,19 +112,29 @@ def start_common(args, name: str) -> None:
 
     threading.Thread(target=watchdog, name="watchdog", daemon=True).start()
 
-    if args.exit_on_stdin_eof:
+    if args.exit_on_stdin_eof or read_stdin:
 
         def stdin_watch():
             try:
                 for line in sys.stdin:
-                    if line.strip() == "GO":
+                    line = line.strip()
+                    if line == "GO":
                         GO.set()
+                    elif line:
+                        STDIN_LINES.put(line)
             except Exception:
                 pass
-            log.info("stdin closed; exiting")
-            finish(4)
+            if args.exit_on_stdin_eof:
+                log.info("stdin closed; exiting")
+                finish(4)
 
         threading.Thread(target=stdin_watch, name="stdin-watch", daemon=True).start()
+
+
+def next_stdin_json(timeout: float) -> dict:
+    """The next JSON object line from stdin (needs start_common(..., read_stdin=True))."""
+    line = STDIN_LINES.get(timeout=timeout)
+    return json.loads(line)
 
 
 def credentials(args, listener: bool) -> dict:
@@ -383,3 +399,88 @@ def run_requests(cell, fqcn: str, target: str, args) -> bool:
                 }
             )
     return all_ok
+
+
+def add_endpoint_args(p: argparse.ArgumentParser, default_listen_fqcn: str, default_connect_fqcn: str) -> None:
+    """--listen (be a server root cell on HOST:PORT) or --connect URL (be a client root cell)."""
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--listen", action="store_true", help="listen on --host/--port as a server root cell")
+    mode.add_argument("--connect", metavar="URL", help="connect to URL (tcp:// or stcp://) as a client root cell")
+    p.add_argument("--fqcn", help=f"cell FQCN (default {default_listen_fqcn} with --listen, else {default_connect_fqcn})")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="listen port; 0 = pick a free one (reported in READY)")
+    p.add_argument("--peer", help="with --connect: FQCN of the listening cell (default: whoever answers)")
+    p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.set_defaults(_fqcn_defaults=(default_listen_fqcn, default_connect_fqcn))
+    add_tls_args(p)
+
+
+def bring_up(args, deadline: float, before_start=None):
+    """Create and start the cell described by add_endpoint_args; returns (cell, fqcn, info).
+
+    `before_start(cell, fqcn)` may register handlers. info = {"fqcn", "url", "port", "tls",
+    "mode", "peer"} where "peer" is the connected listener (connect mode) or None.
+    """
+    listen_default, connect_default = args._fqcn_defaults
+    fqcn = args.fqcn or (listen_default if args.listen else connect_default)
+    creds = credentials(args, listener=bool(args.listen))
+    info = {"fqcn": fqcn, "tls": bool(creds), "mode": "listen" if args.listen else "connect", "peer": None}
+    if args.listen:
+        port = args.port or free_port(args.host)
+        url = f"{'stcp' if creds else 'tcp'}://{args.host}:{port}"
+        cell = make_cell(fqcn, root_url=url, creds=creds)
+        info.update(url=url, port=port)
+    else:
+        url = args.connect
+        if creds and url.startswith("tcp://"):
+            url = "stcp://" + url[len("tcp://") :]
+        cell = make_cell(fqcn, root_url=url, creds=creds)
+        info.update(url=url, port=None)
+    if before_start:
+        before_start(cell, fqcn)
+    cell.start()
+    if args.listen:
+        wait_port_bound(args.host, info["port"], deadline)
+    else:
+        info["peer"] = wait_for_peer(cell, args.peer, min(deadline, time.time() + args.connect_timeout))
+    return cell, fqcn, info
+
+
+# Deterministic numpy test arrays: (name suffix, dtype, shape) per slot; sizes scale with --array-scale.
+_ARRAY_SPECS = [
+    ("weight", "float32", (64, 32)),
+    ("bias", "float64", (17,)),
+    ("index", "int32", (3, 5, 7)),
+    ("count", "int64", (100,)),
+    ("mask", "uint8", (1000,)),
+    ("half", "float16", (8, 8)),
+]
+
+
+def make_arrays(seed: int, count: int, scale: int = 1) -> dict:
+    """`count` arrays named layer<i>.<kind>, values from numpy's default_rng(seed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(count):
+        kind, dtype, shape = _ARRAY_SPECS[i % len(_ARRAY_SPECS)]
+        shape = (shape[0] * max(1, scale),) + tuple(shape[1:])
+        if np.dtype(dtype).kind == "f":
+            a = rng.standard_normal(size=shape).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            a = rng.integers(max(info.min, -(2**31)), min(info.max, 2**31 - 1), size=shape, dtype=dtype)
+        out[f"layer{i}.{kind}"] = a
+    return out
+
+
+def array_checksums(arrays: dict) -> dict:
+    """{name: {"dtype": numpy dtype str e.g. "<f4", "shape": [...], "sha256": of the C-order bytes}}."""
+    import numpy as np
+
+    out = {}
+    for name, a in arrays.items():
+        c = np.ascontiguousarray(a)
+        out[name] = {"dtype": c.dtype.str, "shape": list(c.shape), "sha256": sha256(c.tobytes())}
+    return out
