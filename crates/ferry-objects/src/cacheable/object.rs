@@ -1,0 +1,465 @@
+//! The shared item cache and the `Downloadable` built on it.
+
+use super::{CacheOptions, ChunkPacking, ExpectedReceivers, ItemSource, COUNT, START};
+use crate::ObjectsError;
+use bytes::Bytes;
+use ferry_core::{
+    ChunkData, DoneStatus, Downloadable, PlanLayout, ProduceError, Produced, RefId, State,
+    TransferPlan, TxId,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A snapshot of a cache's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Items stored now.
+    pub cached_items: u64,
+    /// Bytes of the items stored now.
+    pub cached_bytes: u64,
+    /// Bytes reserved for prefetched items not yet produced.
+    pub reserved_bytes: u64,
+    /// Highest `cached_bytes + reserved_bytes` ever seen (never above the budget).
+    pub peak_bytes: u64,
+    /// Calls to [`ItemSource::produce_item`] so far.
+    pub productions: u64,
+    /// Items acknowledged by every expected receiver (dropped for good).
+    pub retired_items: u64,
+}
+
+/// What the cache knows about one item.
+#[derive(Debug, Default)]
+struct Slot {
+    /// The item, when cached (`None`: acknowledged by some receivers but not stored, e.g. the
+    /// budget was full when it was produced).
+    data: Option<Bytes>,
+    /// Receivers that acknowledged it.
+    acked: HashSet<Arc<str>>,
+}
+
+/// Expected receivers in a form that is quick to check.
+#[derive(Debug)]
+enum Expect {
+    Unknown,
+    Count(usize),
+    Ids(HashSet<Arc<str>>),
+}
+
+impl Expect {
+    fn from(r: ExpectedReceivers) -> Self {
+        match r {
+            ExpectedReceivers::Unknown | ExpectedReceivers::Count(0) => Expect::Unknown,
+            ExpectedReceivers::Count(n) => Expect::Count(n),
+            ExpectedReceivers::Ids(ids) => Expect::Ids(ids.into_iter().map(Arc::from).collect()),
+        }
+    }
+
+    /// Whether `requester`'s acknowledgement counts.
+    fn counts(&self, requester: &str) -> bool {
+        match self {
+            Expect::Ids(ids) => ids.contains(requester),
+            _ => true,
+        }
+    }
+
+    fn satisfied(&self, acked: &HashSet<Arc<str>>) -> bool {
+        match self {
+            Expect::Unknown => !acked.is_empty(),
+            Expect::Count(n) => acked.len() >= *n,
+            Expect::Ids(ids) => ids.iter().all(|id| acked.contains(id)),
+        }
+    }
+}
+
+/// The mutable part, behind one mutex; never held while producing an item.
+#[derive(Debug)]
+struct Inner {
+    expect: Expect,
+    slots: BTreeMap<u64, Slot>,
+    /// One bit per item: acknowledged by everyone, never cached again.
+    retired: Vec<u64>,
+    retired_count: u64,
+    /// After `downloaded_to_all`/`transaction_done`/`release`: nothing is cached any more
+    /// (a late request re-produces its items uncached, as NVFlare does).
+    cleared: bool,
+    cached_bytes: u64,
+    /// index -> bytes reserved for an accepted prefetch.
+    reserved: BTreeMap<u64, u64>,
+    reserved_bytes: u64,
+    peak_bytes: u64,
+    /// Interned receiver names (acked sets share them).
+    names: HashSet<Arc<str>>,
+    tx: Option<(TxId, RefId)>,
+}
+
+impl Inner {
+    fn is_retired(&self, i: u64) -> bool {
+        self.retired
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn retire(&mut self, i: u64) {
+        if let Some(w) = self.retired.get_mut((i / 64) as usize) {
+            if *w & (1 << (i % 64)) == 0 {
+                *w |= 1 << (i % 64);
+                self.retired_count += 1;
+            }
+        }
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return Arc::clone(n);
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.names.insert(Arc::clone(&n));
+        n
+    }
+
+    fn unreserve(&mut self, i: u64) {
+        if let Some(r) = self.reserved.remove(&i) {
+            self.reserved_bytes -= r;
+        }
+    }
+
+    fn note_peak(&mut self) {
+        self.peak_bytes = self.peak_bytes.max(self.cached_bytes + self.reserved_bytes);
+    }
+
+    /// `requester` acknowledges items `[start, end)`.
+    fn ack(&mut self, requester: &str, start: u64, end: u64) {
+        if start >= end || !self.expect.counts(requester) {
+            return;
+        }
+        let who = self.intern(requester);
+        let mut done = Vec::new();
+        for i in start..end {
+            if self.is_retired(i) {
+                continue;
+            }
+            let slot = self.slots.entry(i).or_default();
+            slot.acked.insert(Arc::clone(&who));
+            if self.expect.satisfied(&slot.acked) {
+                done.push(i);
+            }
+        }
+        for i in done {
+            if let Some(slot) = self.slots.remove(&i) {
+                if let Some(d) = slot.data {
+                    self.cached_bytes -= d.len() as u64;
+                }
+            }
+            self.unreserve(i);
+            self.retire(i);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.reserved.clear();
+        self.cached_bytes = 0;
+        self.reserved_bytes = 0;
+        self.cleared = true;
+    }
+}
+
+/// A [`Downloadable`] over an [`ItemSource`] whose items are produced once and shared by every
+/// receiver (NVFlare's `CacheableObject`).
+///
+/// State: `{"start": s, "count": c}` for the chunk just sent; a request carrying it asks for the
+/// chunk at `s + c` and acknowledges items `[s, s + c)` for its requester. An item leaves the
+/// cache once every expected receiver acknowledged it (count or identity mode, see
+/// [`ExpectedReceivers`]; a receiver is counted once per item however often it retries). The
+/// cache plus prefetch reservations never exceed the byte budget: an item that does not fit is
+/// served without being stored. Items are produced outside the cache lock; when two receivers
+/// produce the same item at once the first stored copy wins.
+pub struct CacheableObject<T: ItemSource> {
+    source: T,
+    count: u64,
+    packing: ChunkPacking,
+    budget: u64,
+    prefetch_depth: u64,
+    /// Sum of size hints when every item has one (for the plan).
+    total_hint: Option<u64>,
+    inner: Mutex<Inner>,
+    productions: AtomicU64,
+    released: AtomicBool,
+}
+
+impl<T: ItemSource> std::fmt::Debug for CacheableObject<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheableObject")
+            .field("count", &self.count)
+            .field("packing", &self.packing)
+            .field("budget", &self.budget)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl<T: ItemSource> CacheableObject<T> {
+    /// Serve `source` with `options`.
+    pub fn new(source: T, options: CacheOptions) -> Result<Self, ObjectsError> {
+        match options.packing {
+            ChunkPacking::PerChunk(0) => {
+                return Err(ObjectsError::InvalidOption(
+                    "items per chunk must be at least 1".into(),
+                ))
+            }
+            ChunkPacking::MaxBytes(0) => {
+                return Err(ObjectsError::InvalidOption(
+                    "max chunk bytes must be at least 1".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let ExpectedReceivers::Ids(ids) = &options.receivers {
+            if ids.is_empty() {
+                return Err(ObjectsError::InvalidOption(
+                    "identity mode needs at least one receiver id".into(),
+                ));
+            }
+        }
+        let count = source.item_count();
+        let words = usize::try_from(count.div_ceil(64)).map_err(|_| {
+            ObjectsError::InvalidOption(format!("{count} items is too many for this platform"))
+        })?;
+        let total_hint = (0..count).try_fold(0u64, |acc, i| {
+            source.item_size_hint(i).and_then(|s| acc.checked_add(s))
+        });
+        Ok(Self {
+            source,
+            count,
+            packing: options.packing,
+            budget: options.cache_budget,
+            prefetch_depth: options.prefetch_depth,
+            total_hint,
+            inner: Mutex::new(Inner {
+                expect: Expect::from(options.receivers),
+                slots: BTreeMap::new(),
+                retired: vec![0; words],
+                retired_count: 0,
+                cleared: false,
+                cached_bytes: 0,
+                reserved: BTreeMap::new(),
+                reserved_bytes: 0,
+                peak_bytes: 0,
+                names: HashSet::new(),
+                tx: None,
+            }),
+            productions: AtomicU64::new(0),
+            released: AtomicBool::new(false),
+        })
+    }
+
+    /// Set who must acknowledge an item before it is dropped (the transaction's receiver count
+    /// or ids: core's `set_transaction` hook does not carry them).
+    pub fn set_expected_receivers(&self, receivers: ExpectedReceivers) {
+        self.lock().expect = Expect::from(receivers);
+    }
+
+    /// The item source.
+    pub fn source(&self) -> &T {
+        &self.source
+    }
+
+    /// Number of items.
+    pub fn item_count(&self) -> u64 {
+        self.count
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CacheStats {
+        let g = self.lock();
+        CacheStats {
+            cached_items: g.slots.values().filter(|s| s.data.is_some()).count() as u64,
+            cached_bytes: g.cached_bytes,
+            reserved_bytes: g.reserved_bytes,
+            peak_bytes: g.peak_bytes,
+            productions: self.productions.load(Ordering::Relaxed),
+            retired_items: g.retired_count,
+        }
+    }
+
+    /// Drop every cached item (kept acknowledgements too); later requests are served uncached.
+    pub fn clear_cache(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The cache's invariants hold between statements; a panic elsewhere cannot break them.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Item `i`, from the cache or produced (outside the lock) and stored if it fits.
+    fn item(&self, i: u64) -> Result<Bytes, ProduceError> {
+        {
+            let g = self.lock();
+            if let Some(d) = g.slots.get(&i).and_then(|s| s.data.clone()) {
+                return Ok(d);
+            }
+        }
+        self.productions.fetch_add(1, Ordering::Relaxed);
+        let data = self
+            .source
+            .produce_item(i)
+            .map_err(|e| ProduceError(e.to_string()))?;
+        let mut g = self.lock();
+        g.unreserve(i);
+        if let Some(d) = g.slots.get(&i).and_then(|s| s.data.clone()) {
+            return Ok(d); // first stored wins
+        }
+        let len = data.len() as u64;
+        if !g.cleared && !g.is_retired(i) && g.cached_bytes + g.reserved_bytes + len <= self.budget
+        {
+            g.slots.entry(i).or_default().data = Some(data.clone());
+            g.cached_bytes += len;
+            g.note_peak();
+        }
+        Ok(data)
+    }
+
+    /// Offer the items after `end` to the source's prefetch, within the budget.
+    fn prefetch(&self, end: u64) {
+        let stop = end.saturating_add(self.prefetch_depth).min(self.count);
+        for i in end..stop {
+            let Some(hint) = self.source.item_size_hint(i) else {
+                return;
+            };
+            {
+                let g = self.lock();
+                if g.cleared
+                    || g.is_retired(i)
+                    || g.reserved.contains_key(&i)
+                    || g.slots.get(&i).is_some_and(|s| s.data.is_some())
+                {
+                    continue;
+                }
+                if g.cached_bytes + g.reserved_bytes + hint > self.budget {
+                    return;
+                }
+            }
+            if self.source.prefetch_item(i) {
+                let mut g = self.lock();
+                if !g.reserved.contains_key(&i)
+                    && g.cached_bytes + g.reserved_bytes + hint <= self.budget
+                {
+                    g.reserved.insert(i, hint);
+                    g.reserved_bytes += hint;
+                    g.note_peak();
+                }
+            }
+        }
+    }
+
+    fn chunk(&self, first: u64) -> Result<Vec<Bytes>, ProduceError> {
+        match self.packing {
+            ChunkPacking::PerChunk(n) => {
+                let end = first.saturating_add(n).min(self.count);
+                (first..end).map(|i| self.item(i)).collect()
+            }
+            ChunkPacking::MaxBytes(max) => {
+                let mut items: Vec<Bytes> = Vec::new();
+                let mut total = 0u64;
+                for i in first..self.count {
+                    if !items.is_empty() {
+                        if let Some(h) = self.source.item_size_hint(i) {
+                            if total.saturating_add(h) >= max {
+                                break;
+                            }
+                        }
+                    }
+                    let d = self.item(i)?;
+                    let len = d.len() as u64;
+                    if !items.is_empty() && total.saturating_add(len) >= max {
+                        break; // produced (and maybe cached) but does not fit this chunk
+                    }
+                    total += len;
+                    items.push(d);
+                }
+                Ok(items)
+            }
+        }
+    }
+}
+
+/// Parse `{"start", "count"}`: absent keys are 0 (NVFlare's defaults); returns
+/// (acknowledged start, next start).
+fn parse_items_state(state: Option<&State>) -> Result<(u64, u64), String> {
+    let Some(s) = state else {
+        return Ok((0, 0));
+    };
+    let start = s
+        .get_u64(START)
+        .map_err(|e| format!("bad request state: {e}"))?
+        .unwrap_or(0);
+    let count = s
+        .get_u64(COUNT)
+        .map_err(|e| format!("bad request state: {e}"))?
+        .unwrap_or(0);
+    let next = start
+        .checked_add(count)
+        .ok_or_else(|| format!("bad request state: start {start} + count {count} overflows"))?;
+    Ok((start, next))
+}
+
+impl<T: ItemSource> Downloadable for CacheableObject<T> {
+    fn produce(&self, state: Option<&State>, requester: &str) -> Result<Produced, ProduceError> {
+        if self.released.load(Ordering::Acquire) {
+            return Err(ProduceError("item object requested after release".into()));
+        }
+        let (acked, next) = match parse_items_state(state) {
+            Ok(v) => v,
+            Err(reason) => {
+                tracing::warn!(requester, %reason, "bad item request");
+                return Ok(Produced::Error { reason });
+            }
+        };
+        self.lock().ack(requester, acked, next.min(self.count));
+        if next >= self.count {
+            return Ok(Produced::Eof);
+        }
+        let items = self.chunk(next)?;
+        let sent = items.len() as u64;
+        self.prefetch(next + sent);
+        Ok(Produced::Data {
+            data: ChunkData::Items(items),
+            state: State::new().with(START, next).with(COUNT, sent),
+        })
+    }
+
+    fn plan(&self) -> Option<TransferPlan> {
+        match self.packing {
+            ChunkPacking::PerChunk(n) => Some(TransferPlan {
+                layout: PlanLayout::Items {
+                    count: self.count,
+                    per_chunk: n,
+                },
+                total_bytes: self.total_hint,
+                blake3: None,
+            }),
+            ChunkPacking::MaxBytes(_) => None,
+        }
+    }
+
+    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId) {
+        tracing::debug!(%tx_id, %ref_id, items = self.count, "item object added to transaction");
+        self.lock().tx = Some((tx_id.clone(), ref_id.clone()));
+    }
+
+    fn downloaded_to_all(&self) {
+        self.clear_cache();
+    }
+
+    fn transaction_done(&self, _tx_id: &TxId, _status: DoneStatus) {
+        self.clear_cache();
+    }
+
+    fn release(&self) {
+        self.released.store(true, Ordering::Release);
+        self.clear_cache();
+        self.source.release();
+    }
+}

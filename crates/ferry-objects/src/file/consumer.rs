@@ -1,0 +1,459 @@
+//! The file consumer.
+
+use crate::byte_state::{chunk_offset, state_after};
+use crate::names::check_destination_name;
+use crate::ranges::RangeSet;
+use crate::ObjectsError;
+use ferry_core::{ChunkData, ConsumeError, Consumer, PlanLayout, State, TransferPlan};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Builds a [`FileConsumer`].
+#[derive(Debug, Clone)]
+pub struct FileConsumerBuilder {
+    dir: PathBuf,
+    name: String,
+    overwrite: bool,
+    keep_part: bool,
+    max_size: u64,
+}
+
+impl FileConsumerBuilder {
+    /// Replace an existing destination file (refused by default).
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+
+    /// On failure keep the verified-contiguous prefix of `NAME.part` so that a later consumer
+    /// can resume from it, and, at construction, continue from an existing `NAME.part`
+    /// instead of starting over. Off by default: a failure removes `NAME.part`.
+    pub fn keep_part_for_resume(mut self, on: bool) -> Self {
+        self.keep_part = on;
+        self
+    }
+
+    /// Refuse objects larger than `max_size` bytes (default: no limit).
+    pub fn max_size(mut self, max_size: u64) -> Self {
+        self.max_size = max_size;
+        self
+    }
+
+    /// Check the name and destination, and open (or, when resuming, reopen) `NAME.part`.
+    pub fn open(self) -> Result<FileConsumer, ObjectsError> {
+        check_destination_name(&self.name)?;
+        let meta = std::fs::metadata(&self.dir)
+            .map_err(|e| ObjectsError::io(format!("target directory {}", self.dir.display()), e))?;
+        if !meta.is_dir() {
+            return Err(ObjectsError::InvalidOption(format!(
+                "target {} is not a directory",
+                self.dir.display()
+            )));
+        }
+        let final_path = self.dir.join(&self.name);
+        let part_path = self.dir.join(format!("{}.part", self.name));
+        if !self.overwrite && final_path.symlink_metadata().is_ok() {
+            return Err(ObjectsError::DestinationExists(final_path));
+        }
+        let existing = part_path.symlink_metadata().ok();
+        let (file, prefix) = match existing {
+            Some(m) if self.keep_part && m.file_type().is_file() => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&part_path)
+                    .map_err(|e| {
+                        ObjectsError::io(format!("reopening {}", part_path.display()), e)
+                    })?;
+                (f, m.len())
+            }
+            Some(_) => {
+                // A stale part (or something else under that name) from an earlier attempt:
+                // start over; never follow a symlink placed there.
+                std::fs::remove_file(&part_path).map_err(|e| {
+                    ObjectsError::io(format!("removing stale {}", part_path.display()), e)
+                })?;
+                (create_part(&part_path)?, 0)
+            }
+            None => (create_part(&part_path)?, 0),
+        };
+        if prefix > self.max_size {
+            return Err(ObjectsError::InvalidOption(format!(
+                "kept {} has {prefix} bytes, more than max_size {}",
+                part_path.display(),
+                self.max_size
+            )));
+        }
+        let mut ranges = RangeSet::new();
+        ranges.insert(0, prefix);
+        if prefix > 0 {
+            tracing::info!(part = %part_path.display(), prefix, "resuming from kept part file");
+        }
+        Ok(FileConsumer {
+            final_path,
+            part_path,
+            overwrite: self.overwrite,
+            keep_part: self.keep_part,
+            max_size: self.max_size,
+            file: Some(file),
+            ranges,
+            resumed_from: prefix,
+            expected_total: None,
+            plan_chunk: None,
+            verifier: None,
+            phase: Phase::Writing,
+        })
+    }
+}
+
+fn create_part(path: &Path) -> Result<File, ObjectsError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| ObjectsError::io(format!("creating {}", path.display()), e))
+}
+
+/// Where the consumer is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Writing,
+    Completed,
+    Failed,
+}
+
+/// An incremental BLAKE3 check that hashes the contiguous prefix as it grows: from the chunk in
+/// memory when it lands at the cursor (the common case), from the `.part` file when a gap
+/// fills after later chunks were already written.
+#[derive(Debug)]
+struct Verifier {
+    hasher: blake3::Hasher,
+    /// Bytes `[0, cursor)` are hashed.
+    cursor: u64,
+    want: String,
+    /// Reused read buffer for catching up from disk (allocated on first use).
+    scratch: Vec<u8>,
+}
+
+/// Writes a byte-stream object (a ferry [`FileObject`](crate::FileObject), a
+/// [`BytesObject`](crate::BytesObject) or an NVFlare file) to `DIR/NAME`.
+///
+/// Chunks are written at their offsets into `DIR/NAME.part` as they arrive, in any order
+/// (`needs_order() == false`); a duplicate chunk never rewrites accepted bytes. At completion
+/// the size (and, when the plan carried one, the BLAKE3 digest) is checked, the file is
+/// fsynced and renamed atomically to `DIR/NAME`, and the directory is fsynced. A failed,
+/// cancelled or dropped download leaves nothing at `DIR/NAME`; `NAME.part` is removed, or,
+/// with [`keep_part_for_resume`](FileConsumerBuilder::keep_part_for_resume), truncated to its
+/// contiguous prefix so that a new consumer resumes from it
+/// ([`resume_state`](Self::resume_state)) and still verifies the whole file.
+#[derive(Debug)]
+pub struct FileConsumer {
+    final_path: PathBuf,
+    part_path: PathBuf,
+    overwrite: bool,
+    keep_part: bool,
+    max_size: u64,
+    /// `None` once finished (closed).
+    file: Option<File>,
+    /// Which bytes of the object are in the part file.
+    ranges: RangeSet,
+    resumed_from: u64,
+    expected_total: Option<u64>,
+    /// The plan's chunk size: a kept prefix is cut to a multiple of it so a resumed pipelined
+    /// download starts on a chunk boundary.
+    plan_chunk: Option<u64>,
+    verifier: Option<Verifier>,
+    phase: Phase,
+}
+
+impl FileConsumer {
+    /// A builder writing `dir/name` (`name` must be a plain file name).
+    pub fn builder(dir: impl AsRef<Path>, name: &str) -> FileConsumerBuilder {
+        FileConsumerBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            name: name.to_string(),
+            overwrite: false,
+            keep_part: false,
+            max_size: u64::MAX,
+        }
+    }
+
+    /// Open a consumer for `dir/name` with default options.
+    pub fn create(dir: impl AsRef<Path>, name: &str) -> Result<Self, ObjectsError> {
+        Self::builder(dir, name).open()
+    }
+
+    /// The state for the first request when a kept `.part` is resumed
+    /// (`{"received_bytes": k}`), `None` when starting from zero.
+    pub fn resume_state(&self) -> Option<State> {
+        (self.resumed_from > 0).then(|| state_after(self.resumed_from))
+    }
+
+    /// The destination path.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// The part file path.
+    pub fn part_path(&self) -> &Path {
+        &self.part_path
+    }
+
+    /// Bytes stored so far (including a resumed prefix).
+    pub fn bytes_received(&self) -> u64 {
+        self.ranges.covered()
+    }
+
+    /// Test hook: write through another handle (e.g. `/dev/full`) to provoke OS errors.
+    #[cfg(test)]
+    pub(crate) fn replace_file_for_test(&mut self, file: File) {
+        self.file = Some(file);
+    }
+
+    fn file(&self) -> Result<&File, ConsumeError> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| ConsumeError::Other("file consumer already finished".into()))
+    }
+
+    fn io(&self, what: &str, source: std::io::Error) -> ConsumeError {
+        ConsumeError::Io {
+            context: format!("{what} {}", self.part_path.display()),
+            source,
+        }
+    }
+
+    /// Hash what became contiguous. `fresh` is the chunk just written, if it was new in full.
+    fn advance_verifier(&mut self, fresh: Option<(u64, &[u8])>) -> Result<(), ConsumeError> {
+        let prefix = self.ranges.prefix_len();
+        let Some(v) = self.verifier.as_mut() else {
+            return Ok(());
+        };
+        if let Some((off, data)) = fresh {
+            if off == v.cursor {
+                v.hasher.update(data);
+                v.cursor += data.len() as u64;
+            }
+        }
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| ConsumeError::Other("file consumer already finished".into()))?;
+        while v.cursor < prefix {
+            if v.scratch.is_empty() {
+                v.scratch = vec![0u8; 1 << 20];
+            }
+            let n = (v.scratch.len() as u64).min(prefix - v.cursor) as usize;
+            file.read_exact_at(&mut v.scratch[..n], v.cursor)
+                .map_err(|e| ConsumeError::Io {
+                    context: format!("re-reading {} to verify it", self.part_path.display()),
+                    source: e,
+                })?;
+            v.hasher.update(&v.scratch[..n]);
+            v.cursor += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Remove the part file, or keep its resumable prefix.
+    fn cleanup(&mut self, keep: bool) {
+        let file = self.file.take();
+        if keep {
+            let mut prefix = self.ranges.prefix_len();
+            if let Some(chunk) = self.plan_chunk {
+                prefix -= prefix % chunk;
+            }
+            let kept = file
+                .as_ref()
+                .map(|f| f.set_len(prefix).and_then(|()| f.sync_all()));
+            match kept {
+                Some(Ok(())) => {
+                    tracing::info!(part = %self.part_path.display(), prefix, "kept part file for resume");
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(part = %self.part_path.display(), error = %e, "could not keep part file; removing it");
+                }
+                None => {}
+            }
+        }
+        drop(file);
+        if let Err(e) = std::fs::remove_file(&self.part_path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(part = %self.part_path.display(), error = %e, "could not remove part file");
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), ConsumeError> {
+        let total = self.expected_total.unwrap_or_else(|| self.ranges.max_end());
+        if !self.ranges.is_exactly(total) {
+            return Err(ConsumeError::Integrity(format!(
+                "received {} of {total} bytes (missing {:?})",
+                self.ranges.covered(),
+                self.ranges.gaps(0, total)
+            )));
+        }
+        self.advance_verifier(None)?;
+        if let Some(v) = self.verifier.take() {
+            let got = v.hasher.finalize().to_hex();
+            if !v.want.eq_ignore_ascii_case(got.as_str()) {
+                return Err(ConsumeError::Integrity(format!(
+                    "BLAKE3 digest mismatch for {}: expected {}, got {got}",
+                    self.final_path.display(),
+                    v.want
+                )));
+            }
+        }
+        let file = self.file()?;
+        file.sync_all().map_err(|e| self.io("fsync", e))?;
+        if !self.overwrite && self.final_path.symlink_metadata().is_ok() {
+            return Err(ConsumeError::Other(format!(
+                "destination {} appeared during the download and overwrite is off",
+                self.final_path.display()
+            )));
+        }
+        std::fs::rename(&self.part_path, &self.final_path).map_err(|e| ConsumeError::Io {
+            context: format!(
+                "renaming {} to {}",
+                self.part_path.display(),
+                self.final_path.display()
+            ),
+            source: e,
+        })?;
+        self.file = None;
+        // Make the rename durable; a failure here is reported but the file is in place.
+        if let Some(dir) = self.final_path.parent() {
+            let synced = File::open(dir).and_then(|d| d.sync_all());
+            if let Err(e) = synced {
+                tracing::warn!(dir = %dir.display(), error = %e, "fsync of the directory failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Consumer for FileConsumer {
+    fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
+        let PlanLayout::Bytes { total, chunk } = plan.layout else {
+            return Err(ConsumeError::BadChunk(
+                "a file consumer needs a byte-stream object, the plan announces items".into(),
+            ));
+        };
+        if total > self.max_size {
+            return Err(ConsumeError::Other(format!(
+                "object of {total} bytes exceeds the limit of {} bytes",
+                self.max_size
+            )));
+        }
+        if self.resumed_from > total {
+            return Err(ConsumeError::Integrity(format!(
+                "kept {} has {} bytes but the object has {total}",
+                self.part_path.display(),
+                self.resumed_from
+            )));
+        }
+        if let Some(want) = &plan.blake3 {
+            if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConsumeError::BadChunk(format!(
+                    "plan digest {want:?} is not a BLAKE3 hex digest"
+                )));
+            }
+            self.verifier = Some(Verifier {
+                hasher: blake3::Hasher::new(),
+                cursor: 0,
+                want: want.clone(),
+                scratch: Vec::new(),
+            });
+        }
+        self.expected_total = Some(total);
+        self.plan_chunk = (chunk > 0).then_some(chunk);
+        Ok(())
+    }
+
+    fn needs_order(&self) -> bool {
+        false
+    }
+
+    fn consume(
+        &mut self,
+        _ref_id: &str,
+        state: &State,
+        data: ChunkData,
+    ) -> Result<State, ConsumeError> {
+        if self.phase != Phase::Writing {
+            return Err(ConsumeError::Other(
+                "chunk after the download finished".into(),
+            ));
+        }
+        let ChunkData::Bytes(chunk) = data else {
+            return Err(ConsumeError::BadChunk(
+                "expected a byte chunk, got a list of items".into(),
+            ));
+        };
+        let len = chunk.len() as u64;
+        let start = chunk_offset(state, len).map_err(ConsumeError::BadChunk)?;
+        let end = start + len;
+        let limit = self.expected_total.unwrap_or(self.max_size);
+        if end > limit {
+            return Err(ConsumeError::BadChunk(format!(
+                "chunk [{start}, {end}) goes beyond the object size {limit}"
+            )));
+        }
+        let gaps = self.ranges.gaps(start, end);
+        let whole = gaps.len() == 1 && gaps[0] == (start, end);
+        for &(s, e) in &gaps {
+            let src = &chunk[(s - start) as usize..(e - start) as usize];
+            self.file()?
+                .write_all_at(src, s)
+                .map_err(|err| self.io(&format!("writing {} bytes at {s} into", e - s), err))?;
+        }
+        self.ranges.insert(start, end);
+        let fresh = whole.then_some((start, &chunk[..]));
+        self.advance_verifier(fresh)?;
+        Ok(state.clone())
+    }
+
+    fn completed(&mut self, ref_id: &str) -> Result<(), ConsumeError> {
+        if self.phase != Phase::Writing {
+            return Err(ConsumeError::Other(
+                "completed called after the download finished".into(),
+            ));
+        }
+        match self.finish() {
+            Ok(()) => {
+                self.phase = Phase::Completed;
+                tracing::info!(ref_id, path = %self.final_path.display(), bytes = self.ranges.covered(), "file received");
+                Ok(())
+            }
+            Err(e) => {
+                // Bad content is never worth resuming from; an OS error may be.
+                let keep = self.keep_part && !matches!(e, ConsumeError::Integrity(_));
+                self.cleanup(keep);
+                self.phase = Phase::Failed;
+                tracing::warn!(ref_id, path = %self.final_path.display(), error = %e, "file download failed at completion");
+                Err(e)
+            }
+        }
+    }
+
+    fn failed(&mut self, ref_id: &str, reason: &str) {
+        if self.phase != Phase::Writing {
+            return;
+        }
+        tracing::warn!(ref_id, path = %self.final_path.display(), reason, "file download failed");
+        self.cleanup(self.keep_part);
+        self.phase = Phase::Failed;
+    }
+}
+
+impl Drop for FileConsumer {
+    fn drop(&mut self) {
+        if self.phase == Phase::Writing {
+            self.cleanup(self.keep_part);
+            self.phase = Phase::Failed;
+        }
+    }
+}

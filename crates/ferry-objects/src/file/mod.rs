@@ -1,0 +1,10 @@
+//! Files: a producer that serves a file by positioned reads from one open handle, and a
+//! consumer that writes chunks at their offsets into `NAME.part`, verifies, and renames.
+
+mod consumer;
+mod producer;
+#[cfg(test)]
+mod tests;
+
+pub use consumer::{FileConsumer, FileConsumerBuilder};
+pub use producer::{FileObject, FileObjectBuilder};

@@ -1,0 +1,131 @@
+//! One item = one safetensors blob holding one tensor (plus, for aliases, the other names).
+
+use super::tensor::{byte_len, Tensor};
+use bytes::Bytes;
+use ferry_core::ConsumeError;
+use safetensors::tensor::Dtype;
+use std::collections::HashMap;
+
+/// `__metadata__` key of an item blob listing the other names of an aliased tensor, as a JSON
+/// array of strings.
+pub const ALIASES_KEY: &str = "ferry.aliases";
+
+/// Serialize one tensor under `names[0]`, listing `names[1..]` as aliases.
+pub(crate) fn encode_item(
+    names: &[String],
+    tensor: &Tensor,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let meta = (names.len() > 1).then(|| {
+        let aliases = serde_json::to_string(&names[1..]).unwrap_or_else(|_| "[]".into());
+        HashMap::from([(ALIASES_KEY.to_string(), aliases)])
+    });
+    safetensors::serialize([(names[0].as_str(), tensor)], meta)
+}
+
+/// The content of one item blob, before its names are checked against the dict.
+#[derive(Debug)]
+pub(crate) struct DecodedItem {
+    /// First the stored name, then the aliases.
+    pub names: Vec<String>,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Offset and length of the tensor data inside the blob.
+    pub data_start: usize,
+    pub data_len: usize,
+}
+
+impl DecodedItem {
+    /// The tensor, as a zero-copy slice of `blob`.
+    pub(crate) fn tensor(&self, index: u64, blob: &Bytes) -> Result<Tensor, ConsumeError> {
+        let end = self.data_start + self.data_len;
+        if end > blob.len() {
+            return Err(ConsumeError::Integrity(format!(
+                "item {index}: tensor data [{}, {end}) beyond the blob's {} bytes",
+                self.data_start,
+                blob.len()
+            )));
+        }
+        Tensor::new(
+            self.dtype,
+            self.shape.clone(),
+            blob.slice(self.data_start..end),
+        )
+        .map_err(|e| ConsumeError::Integrity(format!("item {index}: {e}")))
+    }
+}
+
+/// Parse item `index`: exactly one tensor, optional aliases; errors name the item.
+pub(crate) fn decode_item(index: u64, blob: &[u8]) -> Result<DecodedItem, ConsumeError> {
+    let bad = |why: String| {
+        ConsumeError::Integrity(format!("item {index}: malformed safetensors blob: {why}"))
+    };
+    let (n, meta) =
+        safetensors::SafeTensors::read_metadata(blob).map_err(|e| bad(e.to_string()))?;
+    let names = meta.offset_keys();
+    let [name] = names.as_slice() else {
+        return Err(bad(format!("expected one tensor, found {}", names.len())));
+    };
+    let info = meta
+        .info(name)
+        .ok_or_else(|| bad(format!("tensor {name:?} has no info")))?;
+    let len = byte_len(info.dtype, &info.shape).map_err(&bad)?;
+    let (s, e) = info.data_offsets;
+    if e - s != len {
+        return Err(bad(format!(
+            "tensor {name:?} has {} bytes, expected {len}",
+            e - s
+        )));
+    }
+    let mut all = vec![name.clone()];
+    if let Some(aliases) = meta.metadata().as_ref().and_then(|m| m.get(ALIASES_KEY)) {
+        let list: Vec<String> = serde_json::from_str(aliases)
+            .map_err(|e| bad(format!("bad {ALIASES_KEY} metadata: {e}")))?;
+        for a in list {
+            if a == "__metadata__" || all.contains(&a) {
+                return Err(bad(format!("bad alias name {a:?}")));
+            }
+            all.push(a);
+        }
+    }
+    Ok(DecodedItem {
+        names: all,
+        dtype: info.dtype,
+        shape: info.shape.clone(),
+        data_start: 8 + n + s,
+        data_len: len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(bytes: &'static [u8]) -> Tensor {
+        Tensor::new(Dtype::U8, vec![bytes.len()], Bytes::from_static(bytes)).unwrap()
+    }
+
+    #[test]
+    fn round_trip_with_aliases() {
+        let names = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let blob = Bytes::from(encode_item(&names, &t(b"xyz")).unwrap());
+        let d = decode_item(0, &blob).unwrap();
+        assert_eq!(d.names, names);
+        assert_eq!(d.tensor(0, &blob).unwrap(), t(b"xyz"));
+    }
+
+    #[test]
+    fn truncated_and_garbage_blobs_name_the_item() {
+        let blob = encode_item(&["w".to_string()], &t(b"abcd")).unwrap();
+        for bad in [
+            &blob[..blob.len() - 1],
+            &blob[..5],
+            b"garbage!garbage!".as_slice(),
+        ] {
+            let e = decode_item(7, bad).unwrap_err().to_string();
+            assert!(e.contains("item 7"), "{e}");
+        }
+        let two = safetensors::serialize([("a", &t(b"x")), ("b", &t(b"y"))], None).unwrap();
+        let e = decode_item(3, &two).unwrap_err().to_string();
+        assert!(e.contains("item 3") && e.contains("one tensor"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! Tensor dicts served item by item as one-tensor safetensors blobs, as NVFlare's tensor
+//! downloader does.
+//!
+//! - [`TensorDict`]: named tensors ([`Tensor`]: dtype, shape, little-endian bytes).
+//! - [`TensorSource`] / [`TensorDictObject`]: the producer; one item per distinct buffer, so
+//!   aliased tensors (views of one buffer: same `Bytes` pointer and length, same dtype and
+//!   shape) are sent once and the other names travel in the blob's `__metadata__` under
+//!   [`ALIASES_KEY`] (Python's safetensors ignores it and loads the first name).
+//! - [`TensorDictConsumer`]: rebuilds the dict in memory (tensor data are zero-copy slices of
+//!   the received items; aliases share one buffer again).
+//! - [`SafetensorsFileConsumer`]: writes one valid `.safetensors` file incrementally, holding
+//!   about one item in memory.
+
+mod blob;
+mod disk;
+mod memory;
+mod source;
+mod tensor;
+
+pub use blob::ALIASES_KEY;
+pub use disk::{SafetensorsFileConsumer, SafetensorsFileConsumerBuilder};
+pub use memory::TensorDictConsumer;
+pub use safetensors::Dtype;
+pub use source::{TensorDictObject, TensorSource};
+pub use tensor::{Tensor, TensorDict};
