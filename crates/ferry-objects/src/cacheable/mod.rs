@@ -13,12 +13,14 @@
 mod object;
 mod options;
 mod source;
+#[cfg(test)]
+mod tests;
 mod tracker;
 
 pub use object::{CacheStats, CacheableObject};
-pub use options::{CacheOptions, ChunkPacking, ExpectedReceivers};
+pub use options::{CacheOptions, ChunkPacking, ExpectedReceivers, DEFAULT_CACHE_BUDGET};
 pub use source::{ItemError, ItemSource};
-pub use tracker::ItemTracker;
+pub use tracker::{ItemTracker, DEFAULT_MAX_ITEMS};
 
 /// State key: index of the first item of the chunk just sent.
 pub const START: &str = "start";

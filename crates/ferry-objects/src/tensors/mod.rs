@@ -16,6 +16,8 @@ mod disk;
 mod memory;
 mod source;
 mod tensor;
+#[cfg(test)]
+mod tests;
 
 pub use blob::ALIASES_KEY;
 pub use disk::{SafetensorsFileConsumer, SafetensorsFileConsumerBuilder};

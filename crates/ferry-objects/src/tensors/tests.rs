@@ -1,0 +1,205 @@
+//! Unit tests of tensor dicts, their producer and both consumers.
+
+use super::*;
+use crate::cacheable::{CacheOptions, ExpectedReceivers, ItemSource, COUNT, START};
+use crate::testutil::{drive, pattern};
+use crate::ObjectsError;
+use bytes::Bytes;
+use ferry_core::{ChunkData, ConsumeError, Consumer, Downloadable, State};
+use std::fs::OpenOptions;
+
+fn tensor(dtype: Dtype, shape: &[usize], seed: u64) -> Tensor {
+    let len = super::tensor::byte_len(dtype, shape).unwrap();
+    Tensor::new(dtype, shape.to_vec(), Bytes::from(pattern(len, seed))).unwrap()
+}
+
+/// A dict with several dtypes, an empty tensor, a scalar and two aliases of one buffer.
+fn sample() -> TensorDict {
+    let mut d = TensorDict::new();
+    d.insert("layer.0.weight", tensor(Dtype::F32, &[16, 8], 1))
+        .unwrap();
+    d.insert("layer.0.bias", tensor(Dtype::F32, &[16], 2))
+        .unwrap();
+    d.insert("emb", tensor(Dtype::BF16, &[10, 4], 3)).unwrap();
+    d.insert("steps", tensor(Dtype::I64, &[], 4)).unwrap();
+    d.insert("mask", tensor(Dtype::BOOL, &[7], 5)).unwrap();
+    d.insert("empty", tensor(Dtype::F64, &[0, 3], 6)).unwrap();
+    let shared = tensor(Dtype::F16, &[4, 4], 7);
+    d.insert("tied.a", shared.clone()).unwrap();
+    d.insert("tied.b", shared.clone()).unwrap();
+    d.insert("tied.c", shared).unwrap();
+    d
+}
+
+#[test]
+fn tensors_validate_their_size_and_names() {
+    assert!(matches!(
+        Tensor::new(Dtype::F32, vec![3], Bytes::from_static(&[0; 11])),
+        Err(ObjectsError::InvalidTensor { .. })
+    ));
+    assert!(Tensor::new(Dtype::F32, vec![usize::MAX, 2], Bytes::new()).is_err());
+    let mut d = TensorDict::new();
+    d.insert("a", tensor(Dtype::U8, &[1], 0)).unwrap();
+    assert!(d.insert("a", tensor(Dtype::U8, &[1], 0)).is_err());
+    assert!(d
+        .insert("__metadata__", tensor(Dtype::U8, &[1], 0))
+        .is_err());
+}
+
+#[test]
+fn aliases_are_one_item() {
+    let src = TensorSource::new(sample());
+    assert_eq!(src.item_count(), 7, "9 names, 3 of them one buffer");
+    // same bytes but another buffer is not an alias
+    let mut d = TensorDict::new();
+    d.insert("x", tensor(Dtype::U8, &[4], 9)).unwrap();
+    d.insert("y", tensor(Dtype::U8, &[4], 9)).unwrap();
+    assert_eq!(TensorSource::new(d).item_count(), 2);
+}
+
+#[test]
+fn memory_consumer_rebuilds_the_dict_with_aliases_shared() {
+    let dict = sample();
+    let obj = TensorDictObject::from_tensors(dict.clone(), CacheOptions::default()).unwrap();
+    let mut c = TensorDictConsumer::new();
+    let delivery = c.delivery();
+    drive(&obj, &mut c, None, |v| v.reverse()).unwrap();
+    let got = c.take().unwrap();
+    assert_eq!(got, dict);
+    assert!(!delivery.is_ready(), "take() empties the delivery too");
+    let a = got.get("tied.a").unwrap();
+    assert!(
+        a.is_alias_of(got.get("tied.c").unwrap()),
+        "aliases share one buffer"
+    );
+}
+
+#[test]
+fn items_are_python_loadable_one_tensor_blobs() {
+    let obj = TensorDictObject::from_tensors(sample(), CacheOptions::default()).unwrap();
+    let ferry_core::Produced::Data {
+        data: ChunkData::Items(items),
+        ..
+    } = obj.produce(None, "a").unwrap()
+    else {
+        panic!()
+    };
+    let st = safetensors::SafeTensors::deserialize(&items[0]).unwrap();
+    assert_eq!(st.names(), vec!["layer.0.weight"]);
+}
+
+#[test]
+fn disk_consumer_writes_a_valid_safetensors_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dict = sample();
+    let obj = TensorDictObject::from_tensors(
+        dict.clone(),
+        CacheOptions::default().with_receivers(ExpectedReceivers::Count(1)),
+    )
+    .unwrap();
+    let mut c = SafetensorsFileConsumer::create(dir.path(), "model.safetensors").unwrap();
+    drive(&obj, &mut c, None, |v| v.swap(0, 3)).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(parsed.len(), 9);
+    assert_eq!(TensorDict::load_safetensors(&path).unwrap(), dict);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no part or spool file left");
+    // the destination now exists
+    assert!(matches!(
+        SafetensorsFileConsumer::create(dir.path(), "model.safetensors"),
+        Err(ObjectsError::DestinationExists(_))
+    ));
+    assert!(
+        SafetensorsFileConsumer::builder(dir.path(), "model.safetensors")
+            .overwrite(true)
+            .open()
+            .is_ok()
+    );
+    assert!(SafetensorsFileConsumer::create(dir.path(), "../x").is_err());
+}
+
+#[test]
+fn whole_file_round_trip_through_from_safetensors() {
+    let dict = sample();
+    let buf = Bytes::from(dict.to_safetensors().unwrap());
+    assert_eq!(TensorDict::from_safetensors(buf).unwrap(), dict);
+    assert!(matches!(
+        TensorDict::from_safetensors(Bytes::from_static(b"nonsense")),
+        Err(ObjectsError::Safetensors { .. })
+    ));
+}
+
+fn chunk(start: u64, blobs: Vec<Bytes>) -> (State, ChunkData) {
+    let st = State::new()
+        .with(START, start)
+        .with(COUNT, blobs.len() as u64);
+    (st, ChunkData::Items(blobs))
+}
+
+#[test]
+fn malformed_items_fail_with_the_item_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = TensorSource::new(sample()).produce_item(2).unwrap();
+    let truncated = good.slice(..good.len() - 3);
+    let mut two = TensorDict::new();
+    two.insert("p", tensor(Dtype::U8, &[2], 1)).unwrap();
+    two.insert("q", tensor(Dtype::U8, &[2], 2)).unwrap();
+    let two = Bytes::from(two.to_safetensors().unwrap());
+    for (what, blob) in [
+        ("truncated", truncated),
+        ("garbage", Bytes::from_static(b"\x05\0\0\0\0\0\0\0{bad}")),
+        ("two tensors", two),
+        ("empty", Bytes::new()),
+    ] {
+        let (st, data) = chunk(4, vec![blob]);
+        let mut m = TensorDictConsumer::new();
+        let e = m.consume("r", &st, data.clone()).unwrap_err();
+        assert!(matches!(e, ConsumeError::Integrity(_)), "{what}: {e}");
+        assert!(e.to_string().contains("item 4"), "{what}: {e}");
+        let mut d = SafetensorsFileConsumer::create(dir.path(), "t.safetensors").unwrap();
+        let e = d.consume("r", &st, data).unwrap_err();
+        assert!(e.to_string().contains("item 4"), "{what}: {e}");
+        d.failed("r", &e.to_string());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{what}");
+    }
+    // a name delivered twice by two items
+    let mut m = TensorDictConsumer::new();
+    let (st, data) = chunk(0, vec![good.clone(), good]);
+    let e = m.consume("r", &st, data).unwrap_err();
+    assert!(e.to_string().contains("item 1"), "{e}");
+    // wrong shape
+    let mut m = TensorDictConsumer::new();
+    assert!(matches!(
+        m.consume("r", &st, ChunkData::Bytes(Bytes::new())),
+        Err(ConsumeError::BadChunk(_))
+    ));
+}
+
+#[test]
+fn missing_items_fail_at_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = TensorDictObject::from_tensors(sample(), CacheOptions::default()).unwrap();
+    let mut d = SafetensorsFileConsumer::create(dir.path(), "t.safetensors").unwrap();
+    let e = drive(&obj, &mut d, None, |v| {
+        v.remove(2);
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn disk_write_error_fails_with_the_os_error_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = TensorDictObject::from_tensors(sample(), CacheOptions::default()).unwrap();
+    let mut d = SafetensorsFileConsumer::create(dir.path(), "t.safetensors").unwrap();
+    d.replace_spool_for_test(OpenOptions::new().write(true).open("/dev/full").unwrap());
+    let e = drive(&obj, &mut d, None, |_| {}).unwrap_err();
+    let ConsumeError::Io { source, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(source.raw_os_error(), Some(28), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
