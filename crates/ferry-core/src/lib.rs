@@ -5,7 +5,14 @@
 //! receiver's request window, as deterministic state machines. It performs no I/O, spawns no
 //! threads and never reads a clock: every state-changing call takes `now: Instant`,
 //! `poll_timeout()` tells the caller when to call `handle_timeout(now)` next, and outputs are
-//! pulled with `poll_event()` (the quinn-proto way).
+//! pulled with `poll_event()` / `poll_action()` (the quinn-proto way).
+//!
+//! - [`Service`]: the producer engine (sender side).
+//! - [`Download`]: the receiver engine for one object.
+//! - [`SourceFailureTable`]: the receiver's record of failed sources.
+//! - [`message`]: the wire payloads, byte-compatible with NVFlare 2.9.
+//! - [`testing`]: a seeded, single-threaded simulated network driving real objects, for tests
+//!   of this crate and of crates built on it.
 //!
 //! The contracts shared with the other layers live here too:
 //! - [`Downloadable`]: the sender-side object that produces chunks from a [`State`];
@@ -15,13 +22,33 @@
 pub mod chunk;
 pub mod consumer;
 pub mod downloadable;
+pub mod error;
 pub mod ids;
+pub mod message;
+pub mod outcome;
+pub mod plan;
+pub mod progress;
+pub mod rc;
+pub mod service;
 pub mod state;
 pub mod status;
+pub mod testing;
+mod time;
+mod ttl;
 
 pub use chunk::ChunkData;
 pub use consumer::{ConsumeError, Consumer};
 pub use downloadable::{Downloadable, PlanLayout, ProduceError, Produced, TransferPlan};
+pub use error::Error;
 pub use ids::{validate_fqcn, FqcnError, RefId, TxId};
+pub use outcome::{OutcomeStatus, TransferOutcome};
+pub use plan::{PlanError, WirePlan};
+pub use progress::{ProgressEvent, ProgressState};
+pub use rc::ReturnCode;
+pub use service::{
+    Handled, PendingConfirm, PullTicket, Service, ServiceConfig, ServiceEvent, TransactionInfo,
+    TxConfig,
+};
 pub use state::{State, StateError};
 pub use status::{DoneStatus, DownloadStatus};
+pub use time::strict_deadline;

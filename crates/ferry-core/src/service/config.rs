@@ -1,0 +1,172 @@
+//! Configuration of the producer engine and of each transaction.
+
+use crate::{DoneStatus, Downloadable, TransferOutcome, TxId};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// NVFlare's `FINISHED_REFS_TTL` and `TX_OUTCOME_TTL`: 30 minutes.
+pub const DEFAULT_RECEIPT_TTL: Duration = Duration::from_secs(1800);
+/// NVFlare's `OP_DRAIN_TIMEOUT`: how long settlement waits for in-flight pulls.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// NVFlare's default progress interval.
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Settings of a [`Service`](crate::Service).
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// The producer's receiver-confirm switch: when on (default), a terminal serve to a
+    /// `confirm_capable` receiver is provisional until confirmed.
+    pub confirm_enabled: bool,
+    /// How long a finished ref answers its receivers' late pulls from a tombstone.
+    pub tombstone_ttl: Duration,
+    /// Cap on tombstoned refs; beyond it the oldest is dropped first. Ferry addition: NVFlare
+    /// bounds them by TTL only.
+    pub max_tombstones: usize,
+    /// How long an outcome stays queryable (and blocks reuse of its tx id).
+    pub outcome_ttl: Duration,
+    /// Cap on kept outcomes; beyond it the oldest is dropped first (its id becomes reusable).
+    pub max_outcomes: usize,
+    /// How long settlement waits for in-flight pull tickets before settling anyway.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            confirm_enabled: true,
+            tombstone_ttl: DEFAULT_RECEIPT_TTL,
+            max_tombstones: 65_536,
+            outcome_ttl: DEFAULT_RECEIPT_TTL,
+            max_outcomes: 4_096,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Called at settlement after every object's `transaction_done` hook, with the objects.
+pub type DoneCallback = Box<dyn FnOnce(&TxId, DoneStatus, &[Arc<dyn Downloadable>]) + Send>;
+/// Called at settlement with the computed outcome, before the objects are released.
+pub type OutcomeCallback = Box<dyn FnOnce(&TransferOutcome) + Send>;
+
+/// Settings of one transaction (NVFlare's `new_transaction` arguments). Build with
+/// [`TxConfig::new`] and the `with_*` methods.
+pub struct TxConfig {
+    /// Caller-chosen id; `None` mints `T<uuid4>`.
+    pub tx_id: Option<TxId>,
+    /// Inactivity timeout: the transaction times out when no pull (or accepted confirm) came
+    /// for longer than this (strict `>`).
+    pub timeout: Duration,
+    /// Expected receivers in count mode; 0 = unknown (never finishes, never COMPLETED).
+    pub num_receivers: usize,
+    /// Declared receiver FQCNs (identity mode). Deduplicated, order kept.
+    pub receiver_ids: Option<Vec<String>>,
+    /// Quorum for [`TransferOutcome::quorum_met`].
+    pub min_receivers: Option<usize>,
+    /// Fail a declared receiver that never pulled for this long after a ref was added.
+    pub acquire_timeout: Option<Duration>,
+    /// Fail a receiver silent (across the whole transaction) for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Emit progress events, throttled to one per interval per (ref, receiver); `None` = off.
+    pub progress_interval: Option<Duration>,
+    /// Settlement callback (NVFlare's `transaction_done_cb`).
+    pub on_done: Option<DoneCallback>,
+    /// Outcome callback (NVFlare's `outcome_cb`).
+    pub on_outcome: Option<OutcomeCallback>,
+}
+
+impl TxConfig {
+    /// A transaction with inactivity timeout `timeout` and everything else unset.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            tx_id: None,
+            timeout,
+            num_receivers: 0,
+            receiver_ids: None,
+            min_receivers: None,
+            acquire_timeout: None,
+            idle_timeout: None,
+            progress_interval: None,
+            on_done: None,
+            on_outcome: None,
+        }
+    }
+
+    /// Use this id instead of a random one.
+    pub fn with_tx_id(mut self, id: impl Into<TxId>) -> Self {
+        self.tx_id = Some(id.into());
+        self
+    }
+
+    /// Count mode: expect `n` receivers.
+    pub fn with_num_receivers(mut self, n: usize) -> Self {
+        self.num_receivers = n;
+        self
+    }
+
+    /// Identity mode: expect exactly these receivers.
+    pub fn with_receiver_ids<I, S>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.receiver_ids = Some(ids.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// k-of-N quorum.
+    pub fn with_min_receivers(mut self, k: usize) -> Self {
+        self.min_receivers = Some(k);
+        self
+    }
+
+    /// Acquire budget.
+    pub fn with_acquire_timeout(mut self, d: Duration) -> Self {
+        self.acquire_timeout = Some(d);
+        self
+    }
+
+    /// Idle budget.
+    pub fn with_idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
+
+    /// Progress events every `interval` at most.
+    pub fn with_progress(mut self, interval: Duration) -> Self {
+        self.progress_interval = Some(interval);
+        self
+    }
+
+    /// Settlement callback.
+    pub fn on_done(
+        mut self,
+        f: impl FnOnce(&TxId, DoneStatus, &[Arc<dyn Downloadable>]) + Send + 'static,
+    ) -> Self {
+        self.on_done = Some(Box::new(f));
+        self
+    }
+
+    /// Outcome callback.
+    pub fn on_outcome(mut self, f: impl FnOnce(&TransferOutcome) + Send + 'static) -> Self {
+        self.on_outcome = Some(Box::new(f));
+        self
+    }
+}
+
+impl fmt::Debug for TxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxConfig")
+            .field("tx_id", &self.tx_id)
+            .field("timeout", &self.timeout)
+            .field("num_receivers", &self.num_receivers)
+            .field("receiver_ids", &self.receiver_ids)
+            .field("min_receivers", &self.min_receivers)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("progress_interval", &self.progress_interval)
+            .field("on_done", &self.on_done.is_some())
+            .field("on_outcome", &self.on_outcome.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,201 @@
+//! A transaction's internal state: its refs, the per-(ref, receiver) lifecycle, completion
+//! predicates (§3.2) and budget deadlines (R8).
+
+use super::config::{DoneCallback, OutcomeCallback};
+use crate::progress::ProgressTracker;
+use crate::time::{earliest, strict_deadline};
+use crate::{DoneStatus, DownloadStatus, Downloadable, RefId, TransferPlan, TxId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where a transaction is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serving pulls.
+    Live,
+    /// Unlinked: no new pulls are served (the activity gate is closed); waiting for in-flight
+    /// tickets, then settlement.
+    Settling {
+        /// How it ended.
+        done: DoneStatus,
+        /// When it was unlinked: settlement is due from then on once drained.
+        since: Instant,
+        /// Settle anyway from this instant, even with tickets outstanding (`None`: never).
+        drain_deadline: Option<Instant>,
+        /// Whether the outcome is recorded (not on shutdown).
+        record: bool,
+    },
+}
+
+/// One receiver on one ref: unseen (no slot) → acquired (tx-level) → provisional → final.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    /// FINAL status; the first one wins.
+    pub(crate) status: Option<DownloadStatus>,
+    /// PROVISIONAL status with the nonce a confirm must echo.
+    pub(crate) pending: Option<(DownloadStatus, String)>,
+    /// Per-ref activity stamp (R1).
+    pub(crate) last_active: Option<Instant>,
+    /// Progress counters for this (ref, receiver).
+    pub(crate) progress: ProgressTracker,
+}
+
+/// One registered object.
+pub(crate) struct RefEntry {
+    /// Its id.
+    pub(crate) id: RefId,
+    /// The object.
+    pub(crate) obj: Arc<dyn Downloadable>,
+    /// The object's plan, read once at registration.
+    pub(crate) plan: Option<TransferPlan>,
+    /// When it was added (acquire budget origin).
+    pub(crate) created: Instant,
+    /// Receivers that have a slot (pulled, or were finalized by cancel/budget).
+    pub(crate) slots: BTreeMap<String, Slot>,
+    /// `downloaded_to_all` fired (latched).
+    pub(crate) all_fired: bool,
+}
+
+impl RefEntry {
+    /// The FINAL status of `receiver`.
+    pub(crate) fn final_of(&self, receiver: &str) -> Option<DownloadStatus> {
+        self.slots.get(receiver).and_then(|s| s.status)
+    }
+
+    /// The FINAL statuses.
+    pub(crate) fn finals(&self) -> BTreeMap<String, DownloadStatus> {
+        self.slots
+            .iter()
+            .filter_map(|(r, s)| s.status.map(|st| (r.clone(), st)))
+            .collect()
+    }
+}
+
+/// Who a transaction waits for.
+#[derive(Debug, Clone)]
+pub(crate) struct Expect {
+    /// Count mode target (0 = unknown); derived from `ids` in identity mode.
+    pub(crate) num_receivers: usize,
+    /// Identity mode.
+    pub(crate) ids: Option<Vec<String>>,
+}
+
+impl Expect {
+    /// §3.2: is this ref complete?
+    pub(crate) fn ref_complete(&self, r: &RefEntry) -> bool {
+        match &self.ids {
+            Some(ids) => ids.iter().all(|id| r.final_of(id).is_some()),
+            None => {
+                self.num_receivers > 0
+                    && r.slots.values().filter(|s| s.status.is_some()).count() >= self.num_receivers
+            }
+        }
+    }
+
+    /// Whether `receiver` is declared.
+    pub(crate) fn declares(&self, receiver: &str) -> bool {
+        self.ids
+            .as_ref()
+            .is_some_and(|ids| ids.iter().any(|i| i == receiver))
+    }
+}
+
+/// One transaction.
+pub(crate) struct Tx {
+    /// Its id.
+    pub(crate) id: TxId,
+    /// Inactivity timeout.
+    pub(crate) timeout: Duration,
+    /// Completion target.
+    pub(crate) expect: Expect,
+    /// Quorum.
+    pub(crate) min_receivers: Option<usize>,
+    /// Acquire budget.
+    pub(crate) acquire_timeout: Option<Duration>,
+    /// Idle budget.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Progress throttle (`None` = no progress events).
+    pub(crate) progress_interval: Option<Duration>,
+    /// Settlement callback, taken at settlement.
+    pub(crate) on_done: Option<DoneCallback>,
+    /// Outcome callback, taken at settlement.
+    pub(crate) on_outcome: Option<OutcomeCallback>,
+    /// Objects, in insertion order.
+    pub(crate) refs: Vec<RefEntry>,
+    /// Last pull (any receiver, any ref) or accepted confirm.
+    pub(crate) last_active: Instant,
+    /// Receivers that pulled somewhere in the tx, with their tx-level last activity.
+    pub(crate) acquired: BTreeMap<String, Instant>,
+    /// Life phase.
+    pub(crate) phase: Phase,
+    /// Pull tickets handed out and not finished yet (the activity gate).
+    pub(crate) in_flight: usize,
+    /// Earliest instant a budget may fire (a lower bound: a pass recomputes it exactly).
+    pub(crate) budget_wake: Option<Instant>,
+    /// Chunk bytes served (for the settlement log).
+    pub(crate) bytes_served: u64,
+    /// Creation time (for the settlement log).
+    pub(crate) created: Instant,
+}
+
+impl Tx {
+    /// §3.2: the tx is finished.
+    pub(crate) fn finished(&self) -> bool {
+        self.expect.num_receivers > 0
+            && !self.refs.is_empty()
+            && self.refs.iter().all(|r| self.expect.ref_complete(r))
+    }
+
+    /// Whether any budget is configured.
+    pub(crate) fn has_budgets(&self) -> bool {
+        self.acquire_timeout.is_some() || self.idle_timeout.is_some()
+    }
+
+    /// The index of `ref_id` in `refs`.
+    pub(crate) fn ref_index(&self, ref_id: &RefId) -> Option<usize> {
+        self.refs.iter().position(|r| &r.id == ref_id)
+    }
+
+    /// When the inactivity timeout fires.
+    pub(crate) fn expiry(&self) -> Option<Instant> {
+        strict_deadline(self.last_active, self.timeout)
+    }
+
+    /// Budget candidates of one ref (R8): declared ∪ acquired, minus FINAL ones.
+    pub(crate) fn budget_candidates(&self, r: &RefEntry) -> Vec<String> {
+        let mut c: Vec<String> = self.expect.ids.clone().unwrap_or_default();
+        for a in self.acquired.keys() {
+            if !c.contains(a) {
+                c.push(a.clone());
+            }
+        }
+        c.retain(|rcv| r.final_of(rcv).is_none());
+        c
+    }
+
+    /// The deadline at which the budget fails `receiver` on `r`, if any.
+    pub(crate) fn budget_deadline(&self, r: &RefEntry, receiver: &str) -> Option<Instant> {
+        match self.acquired.get(receiver) {
+            None if self.expect.declares(receiver) => self
+                .acquire_timeout
+                .and_then(|a| strict_deadline(r.created, a)),
+            None => None,
+            Some(&last) => self.idle_timeout.and_then(|i| strict_deadline(last, i)),
+        }
+    }
+
+    /// The exact next budget deadline over all refs and candidates.
+    pub(crate) fn next_budget_deadline(&self) -> Option<Instant> {
+        if !self.has_budgets() {
+            return None;
+        }
+        let mut next = None;
+        for r in &self.refs {
+            for c in self.budget_candidates(r) {
+                next = earliest(next, self.budget_deadline(r, &c));
+            }
+        }
+        next
+    }
+}
