@@ -21,6 +21,7 @@
 
 pub mod chunk;
 pub mod consumer;
+pub mod download;
 pub mod downloadable;
 pub mod error;
 pub mod ids;
@@ -30,6 +31,7 @@ pub mod plan;
 pub mod progress;
 pub mod rc;
 pub mod service;
+pub mod source_failure;
 pub mod state;
 pub mod status;
 pub mod testing;
@@ -38,6 +40,7 @@ mod ttl;
 
 pub use chunk::ChunkData;
 pub use consumer::{ConsumeError, Consumer};
+pub use download::{Action, Download, DownloadConfig, DownloadFailure, RequestId};
 pub use downloadable::{Downloadable, PlanLayout, ProduceError, Produced, TransferPlan};
 pub use error::Error;
 pub use ids::{validate_fqcn, FqcnError, RefId, TxId};
@@ -49,6 +52,7 @@ pub use service::{
     Handled, PendingConfirm, PullTicket, Service, ServiceConfig, ServiceEvent, TransactionInfo,
     TxConfig,
 };
+pub use source_failure::{SourceFailure, SourceFailureTable};
 pub use state::{State, StateError};
 pub use status::{DoneStatus, DownloadStatus};
 pub use time::strict_deadline;

@@ -1,0 +1,490 @@
+//! Receiver-engine tests on virtual time: stop-and-wait (NVFlare), retries and backoff,
+//! failures and cancel, confirm, the window with reordering, plan checks.
+
+use super::*;
+use crate::plan::KEY_RECEIVED_BYTES;
+use crate::{PlanLayout, WirePlan};
+use bytes::Bytes;
+
+const S: Duration = Duration::from_secs(1);
+
+fn cfg() -> DownloadConfig {
+    DownloadConfig {
+        per_request_timeout: 10 * S,
+        ..DownloadConfig::default()
+    }
+}
+
+fn drain(d: &mut Download) -> Vec<Action> {
+    std::iter::from_fn(|| d.poll_action()).collect()
+}
+
+fn sends(actions: &[Action]) -> Vec<(RequestId, Option<State>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { id, request } => Some((*id, request.state.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rb(n: u64) -> State {
+    State::new().with(KEY_RECEIVED_BYTES, n)
+}
+
+fn data(state: State, bytes: &[u8]) -> ReplyBody {
+    ReplyBody::data(state, ChunkData::Bytes(Bytes::copy_from_slice(bytes)))
+}
+
+fn eof(nonce: Option<&str>) -> ReplyBody {
+    ReplyBody {
+        confirm_expected: nonce.map(|_| true),
+        confirm_nonce: nonce.map(str::to_string),
+        ..ReplyBody::terminal(ReplyStatus::Eof)
+    }
+}
+
+fn planned(total: u64, chunk: u64) -> WirePlan {
+    TransferPlan {
+        layout: PlanLayout::Bytes { total, chunk },
+        total_bytes: Some(total),
+        blake3: None,
+    }
+    .to_wire()
+}
+
+#[test]
+fn stop_and_wait_sends_the_state_the_consumer_returned() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let a = drain(&mut d);
+    assert_eq!(a.len(), 1);
+    let Action::Send { id, request } = &a[0] else {
+        panic!()
+    };
+    assert_eq!(request.state, None);
+    assert_eq!(request.confirm_capable, Some(true));
+    d.reply(*id, Ok(data(rb(2), b"ab")), t0);
+    assert_eq!(
+        drain(&mut d),
+        vec![Action::Consume {
+            seq: 0,
+            state: rb(2),
+            data: ChunkData::Bytes(Bytes::from_static(b"ab"))
+        }]
+    );
+    // the consumer transforms the state (NVFlare's file consumer does): it is sent as is
+    d.consumed(0, Ok(rb(2).with("mine", 1u64)), t0);
+    let a = drain(&mut d);
+    let s = sends(&a);
+    assert_eq!(s[0].1, Some(rb(2).with("mine", 1u64)));
+    d.reply(s[0].0, Ok(eof(Some("n1"))), t0);
+    assert_eq!(drain(&mut d), vec![Action::Complete]);
+    d.completion_result(Ok(()), t0);
+    let a = drain(&mut d);
+    assert_eq!(
+        a,
+        vec![
+            Action::SendConfirm(ConfirmRequest {
+                ref_id: RefId::new("R1"),
+                confirm: DownloadStatus::Success,
+                confirm_nonce: "n1".into()
+            }),
+            Action::Finished(Ok(()))
+        ]
+    );
+    assert_eq!(d.poll_timeout(), None);
+}
+
+#[test]
+fn timeouts_retry_the_same_state_with_exponential_backoff_then_fail() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let first = sends(&drain(&mut d))[0].0;
+    let mut t = t0 + 10 * S;
+    assert_eq!(d.poll_timeout(), Some(t));
+    d.handle_timeout(t - Duration::from_nanos(1));
+    assert!(drain(&mut d).is_empty());
+    for backoff in [2u32, 4, 8] {
+        d.handle_timeout(t);
+        assert!(drain(&mut d).is_empty(), "backing off");
+        assert_eq!(d.poll_timeout(), Some(t + S * backoff));
+        t += S * backoff;
+        d.handle_timeout(t);
+        let s = sends(&drain(&mut d));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].1, None, "same state");
+        assert_ne!(s[0].0, first, "new request id");
+        t += 10 * S;
+    }
+    // a late reply to the first request is ignored
+    d.reply(first, Ok(data(rb(1), b"a")), t0);
+    assert!(drain(&mut d).is_empty());
+    d.handle_timeout(t);
+    let a = drain(&mut d);
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Finished(Err(DownloadFailure::RetriesExhausted {
+                attempts: 4,
+                ..
+            }))]
+        ),
+        "no cancel: the producer never said cancel_capable: {a:?}"
+    );
+}
+
+#[test]
+fn glue_reported_timeouts_count_too_and_an_ok_reply_resets_the_counter() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.max_retries = 1;
+    let mut d = Download::new("server", RefId::new("R1"), c, true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Err(ReturnCode::Timeout), t0);
+    d.handle_timeout(t0 + 2 * S);
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Ok(data(rb(1), b"a")), t0 + 2 * S);
+    d.consumed(0, Ok(rb(1)), t0 + 2 * S);
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Err(ReturnCode::Timeout), t0 + 3 * S);
+    assert!(!d.is_finished(), "counter is per chunk and was reset");
+}
+
+#[test]
+fn non_timeout_codes_fail_at_once_and_cancel_when_the_producer_can() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Ok(data(rb(1), b"a")), t0);
+    d.consumed(0, Ok(rb(1)), t0);
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Err(ReturnCode::InvalidRequest), t0);
+    let a = drain(&mut d);
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Action::SendCancel(_),
+                Action::Finished(Err(DownloadFailure::RequestFailed {
+                    rc: ReturnCode::InvalidRequest,
+                    ..
+                }))
+            ]
+        ),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn producer_error_confirms_failed_and_does_not_cancel() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Ok(data(rb(1), b"a")), t0);
+    d.consumed(0, Ok(rb(1)), t0);
+    let id = sends(&drain(&mut d))[0].0;
+    let body = ReplyBody {
+        confirm_expected: Some(true),
+        confirm_nonce: Some("n".into()),
+        ..ReplyBody::terminal(ReplyStatus::Error)
+    };
+    d.reply(id, Ok(body), t0);
+    let a = drain(&mut d);
+    assert!(
+        matches!(&a[..], [Action::SendConfirm(c), Action::Finished(Err(DownloadFailure::ProducerError { .. }))]
+        if c.confirm == DownloadStatus::Failed),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn completion_failure_confirms_failed() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Ok(eof(Some("n"))), t0);
+    assert_eq!(drain(&mut d), vec![Action::Complete]);
+    d.completion_result(Err(ConsumeError::Integrity("digest".into())), t0);
+    let a = drain(&mut d);
+    assert!(
+        matches!(&a[..], [Action::SendConfirm(c), Action::Finished(Err(DownloadFailure::CompletionFailed(_)))]
+        if c.confirm == DownloadStatus::Failed),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn consume_failure_cancels() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Ok(data(rb(1), b"a")), t0);
+    drain(&mut d);
+    d.consumed(0, Err(ConsumeError::Other("disk full".into())), t0);
+    let a = drain(&mut d);
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Action::SendCancel(_),
+                Action::Finished(Err(DownloadFailure::ConsumeFailed(_)))
+            ]
+        ),
+        "{a:?}"
+    );
+}
+
+/// Windowed mode against a planned 5-chunk object, W = 3, replies out of order.
+#[test]
+fn window_keeps_w_chunks_outstanding_reorders_and_requests_eof_last() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.window = 3;
+    let mut d = Download::new("server", RefId::new("R1"), c, true, t0).unwrap();
+    let id0 = sends(&drain(&mut d))[0].0;
+    let mut first = data(rb(2), b"00");
+    first.ferry_plan = Some(planned(10, 2));
+    d.reply(id0, Ok(first), t0);
+    let a = drain(&mut d);
+    assert!(matches!(&a[..], [Action::CheckPlan(p)] if p.chunk_count() == 5));
+    d.plan_result(Ok(()), t0);
+    let a = drain(&mut d);
+    assert!(matches!(&a[0], Action::Consume { seq: 0, .. }));
+    let s = sends(&a);
+    assert_eq!(
+        s.iter().map(|x| x.1.clone()).collect::<Vec<_>>(),
+        vec![Some(rb(2)), Some(rb(4))]
+    );
+    assert!(d.is_windowed());
+    // reply for chunk 2 first: buffered until chunk 1 arrives
+    d.reply(s[1].0, Ok(data(rb(6), b"22")), t0);
+    assert!(drain(&mut d).is_empty(), "window full, chunk 2 buffered");
+    d.consumed(0, Ok(rb(2)), t0);
+    let s3 = sends(&drain(&mut d));
+    assert_eq!(s3[0].1, Some(rb(6)), "a slot freed: chunk 3 requested");
+    d.reply(s[0].0, Ok(data(rb(4), b"11")), t0);
+    let a = drain(&mut d);
+    let seqs: Vec<u64> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Consume { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2], "in order");
+    d.consumed(1, Ok(rb(4)), t0);
+    d.consumed(2, Ok(rb(6)), t0);
+    let s4 = sends(&drain(&mut d));
+    assert_eq!(s4[0].1, Some(rb(8)));
+    d.reply(s3[0].0, Ok(data(rb(8), b"33")), t0);
+    d.reply(s4[0].0, Ok(data(rb(10), b"44")), t0);
+    let a = drain(&mut d);
+    let s5 = sends(&a);
+    assert_eq!(s5.len(), 1);
+    assert_eq!(
+        s5[0].1,
+        Some(rb(10)),
+        "EOF request once all data replies arrived"
+    );
+    d.reply(s5[0].0, Ok(eof(None)), t0);
+    assert!(
+        !drain(&mut d).contains(&Action::Complete),
+        "not before every chunk is consumed"
+    );
+    d.consumed(3, Ok(rb(8)), t0);
+    d.consumed(4, Ok(rb(10)), t0);
+    assert_eq!(drain(&mut d), vec![Action::Complete]);
+    d.completion_result(Ok(()), t0);
+    assert_eq!(drain(&mut d), vec![Action::Finished(Ok(()))]);
+}
+
+fn windowed(t0: Instant, order: bool) -> (Download, Vec<(RequestId, Option<State>)>) {
+    let mut c = cfg();
+    c.window = 4;
+    let mut d = Download::new("server", RefId::new("R1"), c, order, t0).unwrap();
+    let id0 = sends(&drain(&mut d))[0].0;
+    let mut first = data(rb(2), b"00");
+    first.ferry_plan = Some(planned(8, 2));
+    d.reply(id0, Ok(first), t0);
+    drain(&mut d);
+    d.plan_result(Ok(()), t0);
+    let s = sends(&drain(&mut d));
+    (d, s)
+}
+
+#[test]
+fn window_fails_when_the_consumer_changes_the_state() {
+    let t0 = Instant::now();
+    let (mut d, _) = windowed(t0, true);
+    d.consumed(0, Ok(rb(3)), t0);
+    let a = drain(&mut d);
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Action::SendCancel(_),
+                Action::Finished(Err(DownloadFailure::StateChanged))
+            ]
+        ),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn window_fails_when_the_producer_diverges_from_its_plan() {
+    let t0 = Instant::now();
+    let (mut d, s) = windowed(t0, false);
+    d.reply(s[0].0, Ok(eof(None)), t0);
+    let a = drain(&mut d);
+    assert!(matches!(
+        a.last(),
+        Some(Action::Finished(Err(DownloadFailure::PlanMismatch(_))))
+    ));
+    let (mut d, s) = windowed(t0, false);
+    d.reply(s[0].0, Ok(data(rb(5), b"xx")), t0);
+    let a = drain(&mut d);
+    assert!(matches!(
+        a.last(),
+        Some(Action::Finished(Err(DownloadFailure::PlanMismatch(_))))
+    ));
+}
+
+#[test]
+fn unordered_consumers_get_chunks_as_they_arrive() {
+    let t0 = Instant::now();
+    let (mut d, s) = windowed(t0, false);
+    d.reply(s[2].0, Ok(data(rb(8), b"33")), t0);
+    assert!(matches!(
+        &drain(&mut d)[..],
+        [Action::Consume { seq: 3, .. }, ..]
+    ));
+}
+
+#[test]
+fn a_refused_plan_fails_and_cancels() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id0 = sends(&drain(&mut d))[0].0;
+    let mut first = data(rb(2), b"00");
+    first.ferry_plan = Some(planned(8, 2));
+    d.reply(id0, Ok(first), t0);
+    drain(&mut d);
+    d.plan_result(Err(ConsumeError::Integrity("too big".into())), t0);
+    let a = drain(&mut d);
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Action::SendCancel(_),
+                Action::Finished(Err(DownloadFailure::PlanRefused(_)))
+            ]
+        ),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn window_one_keeps_nvflare_stop_and_wait_even_with_a_plan() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.window = 1;
+    let mut d = Download::new("server", RefId::new("R1"), c, true, t0).unwrap();
+    let id0 = sends(&drain(&mut d))[0].0;
+    let mut first = data(rb(2), b"00");
+    first.ferry_plan = Some(planned(8, 2));
+    d.reply(id0, Ok(first), t0);
+    drain(&mut d);
+    d.plan_result(Ok(()), t0);
+    assert!(!d.is_windowed());
+    let a = drain(&mut d);
+    assert_eq!(sends(&a).len(), 0, "nothing before consume returns");
+    d.consumed(0, Ok(rb(2).with("x", 1u64)), t0);
+    assert_eq!(sends(&drain(&mut d))[0].1, Some(rb(2).with("x", 1u64)));
+}
+
+#[test]
+fn abort_and_source_failure() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    d.source_failed("trainer died", t0);
+    let a = drain(&mut d);
+    assert_eq!(
+        a,
+        vec![Action::Finished(Err(DownloadFailure::SourceFailed(
+            "trainer died".into()
+        )))],
+        "the unpolled first request is dropped; no cancel (never learned cancel_capable)"
+    );
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Ok(data(rb(1), b"a")), t0);
+    d.abort(t0);
+    let a = drain(&mut d);
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Action::SendCancel(_),
+                Action::Finished(Err(DownloadFailure::Aborted))
+            ]
+        ),
+        "{a:?}"
+    );
+    d.abort(t0);
+    assert!(drain(&mut d).is_empty(), "terminal once");
+}
+
+#[test]
+fn bad_replies_fail_cleanly() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply_payload(id, ReturnCode::Ok, Some(&[0xc1, 0x00]), t0);
+    assert!(matches!(
+        drain(&mut d).last(),
+        Some(Action::Finished(Err(DownloadFailure::BadReply(_))))
+    ));
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Ok(ReplyBody::terminal(ReplyStatus::Ok)), t0);
+    assert!(matches!(
+        drain(&mut d).last(),
+        Some(Action::Finished(Err(DownloadFailure::BadReply(_))))
+    ));
+    assert!(Download::new("bad fqcn", RefId::new("R1"), cfg(), true, t0).is_err());
+}
+
+#[test]
+fn duplicate_replies_are_ignored() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply(id, Ok(data(rb(1), b"a")), t0);
+    d.reply(id, Ok(data(rb(1), b"a")), t0);
+    assert_eq!(drain(&mut d).len(), 1);
+}
+
+#[test]
+fn progress_reports_start_active_and_terminal() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.progress_interval = Some(Duration::ZERO);
+    let mut d = Download::new("server", RefId::new("R1"), c, true, t0).unwrap();
+    let a = drain(&mut d);
+    let id = sends(&a)[0].0;
+    assert!(matches!(&a[0], Action::Progress(p) if p.state == ProgressState::Start));
+    d.reply(id, Ok(data(rb(3), b"abc")), t0);
+    drain(&mut d);
+    d.consumed(0, Ok(rb(3)), t0);
+    let a = drain(&mut d);
+    assert!(
+        matches!(&a[0], Action::Progress(p) if p.state == ProgressState::Active && p.bytes_done == 3)
+    );
+    d.abort(t0);
+    let a = drain(&mut d);
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Progress(p) if p.state == ProgressState::Aborted)));
+}
