@@ -90,7 +90,6 @@ struct Inner {
     peak_bytes: u64,
     /// Interned receiver names (acked sets share them).
     names: HashSet<Arc<str>>,
-    tx: Option<(TxId, RefId)>,
 }
 
 impl Inner {
@@ -247,7 +246,6 @@ impl<T: ItemSource> CacheableObject<T> {
                 reserved_bytes: 0,
                 peak_bytes: 0,
                 names: HashSet::new(),
-                tx: None,
             }),
             productions: AtomicU64::new(0),
             released: AtomicBool::new(false),
@@ -446,7 +444,6 @@ impl<T: ItemSource> Downloadable for CacheableObject<T> {
 
     fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId) {
         tracing::debug!(%tx_id, %ref_id, items = self.count, "item object added to transaction");
-        self.lock().tx = Some((tx_id.clone(), ref_id.clone()));
     }
 
     fn downloaded_to_all(&self) {

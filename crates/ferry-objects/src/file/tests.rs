@@ -395,3 +395,40 @@ fn without_keep_a_stale_part_is_replaced_and_a_symlink_is_not_followed() {
     assert_eq!(fs::read(&victim).unwrap(), b"precious");
     assert_eq!(fs::read(dst.path().join("out")).unwrap(), data);
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+        /// Any arrival order, with duplicates, yields the exact file and a passing digest.
+        #[test]
+        fn any_order_with_duplicates_rebuilds_the_file(
+            len in 0usize..20_000,
+            chunk in 1u64..3000,
+            order in proptest::collection::vec(any::<u16>(), 0..64),
+            dups in proptest::collection::vec(any::<u16>(), 0..8),
+        ) {
+            let src = tempfile::tempdir().unwrap();
+            let (p, data) = write_file(src.path(), "f", len);
+            let obj = FileObject::builder(&p).chunk_size(chunk).digest(true).open().unwrap();
+            let mut c = FileConsumer::create(src.path(), "out").unwrap();
+            drive(&obj, &mut c, None, |v| {
+                let n = v.len();
+                if n > 1 {
+                    for (i, k) in order.iter().enumerate() {
+                        v.swap(i % n, *k as usize % n);
+                    }
+                }
+                if n > 0 {
+                    for d in &dups {
+                        let x = v[*d as usize % n].clone();
+                        v.push(x);
+                    }
+                }
+            }).unwrap();
+            prop_assert_eq!(fs::read(src.path().join("out")).unwrap(), data);
+        }
+    }
+}
