@@ -1,1 +1,69 @@
-//! ferry-cellnet (in progress).
+//! # ferry-cellnet — NVFlare-compatible cells
+//!
+//! Cells named by dotted FQCNs exchange request/reply and fire-and-forget messages on
+//! (channel, topic) pairs, directly or routed through parent cells. The TCP wire is NVFlare
+//! 2.9's F3 protocol (16-byte frame prefix, HELLO/READY, PING/PONG, msgpack `cn__*` headers,
+//! FOBS payloads, forwarding with `cn__route`, the `sm__*` byte-stream protocol), so a Python
+//! NVFlare cell can be the peer on either side of a connection. `stcp://` wraps the same
+//! stream in mutual TLS (feature `tls`, on by default); `inproc://` pipes serve tests.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), ferry_cellnet::CellnetError> {
+//! use std::time::Duration;
+//! use ferry_cellnet::{Cell, Message, ReturnCode};
+//!
+//! let server = Cell::new("server")?;
+//! server.register_request_handler("task", "*", |req: Message| async move {
+//!     Message::from_value(format!("hello {}", req.origin().unwrap_or("?")))
+//! });
+//! let url = server.listen("tcp://127.0.0.1:0").await?;
+//! let site = Cell::new("site-1")?;
+//! site.connect(&url).await?;
+//! let reply = site
+//!     .send_request("task", "greet", "server", Message::new(), Duration::from_secs(5))
+//!     .await;
+//! assert_eq!(reply.return_code(), ReturnCode::Ok);
+//! assert_eq!(reply.value()?.as_str(), Some("hello site-1"));
+//! site.shutdown().await;
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: [`frame`] (prefix and decoder), [`headers`] (header map), [`fobs`] (payload
+//! container), [`msgpack`] (zero-copy writer, bounded scanner), `connection` (reader/writer
+//! tasks, handshake, heartbeats), `stream` (`sm__*`), `cell` (routing, handlers, waiters),
+//! `driver` (tcp, tls, inproc).
+
+mod cell;
+mod connection;
+mod driver;
+mod error;
+pub mod fobs;
+mod fqcn;
+pub mod frame;
+pub mod headers;
+mod limits;
+mod message;
+pub mod msgpack;
+mod return_code;
+mod stream;
+
+pub use cell::{
+    Cell, CellBuilder, IntoReply, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,
+    DEFAULT_SHUTDOWN_GRACE,
+};
+#[cfg(feature = "tls")]
+pub use driver::tls::{common_name, TlsConfig};
+pub use driver::Url;
+pub use error::{CellnetError, Result};
+pub use fobs::Fobs;
+pub use fqcn::{validate as validate_fqcn, Fqcn, SERVER_ROOT};
+pub use frame::FrameError;
+pub use headers::Headers;
+pub use limits::{Limits, MIB, NVFLARE_MAX_FRAME_SIZE};
+pub use message::{encoding, Message, Payload};
+pub use msgpack::{MsgpackBody, MsgpackWriter};
+pub use return_code::ReturnCode;
+pub use rmpv;
+pub use stream::data_type as stream_data_type;

@@ -1,0 +1,1473 @@
+//! The cell: routing table, handlers, request/reply correlation, forwarding, listeners and
+//! connectors, graceful shutdown (f3-wire.md §2).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use rmpv::Value;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::connection::{self, unix_time, Conn};
+use crate::driver::{self, Url};
+use crate::error::CellnetError;
+use crate::fqcn::{Fqcn, SERVER_ROOT};
+use crate::frame::{Frame, FrameType, OutFrame, APP_ID_CELLNET};
+use crate::headers::{keys, stream_keys, Headers};
+use crate::limits::Limits;
+use crate::message::{encoding, Message, Payload};
+use crate::return_code::ReturnCode;
+use crate::stream::StreamState;
+
+/// Channel of cellnet-internal messages.
+pub const CELLNET_CHANNEL: &str = "cellnet.channel";
+/// Topic a Python cell sends to its peers when it stops.
+pub const BYE_TOPIC: &str = "bye";
+/// Wildcard channel/topic for handler registration.
+pub const ANY: &str = "*";
+
+/// Message type strings (`cn__msg_type`).
+mod msg_type {
+    pub const REQ: &str = "req";
+    pub const REPLY: &str = "reply";
+    pub const RETURN: &str = "return";
+}
+
+/// How long [`Cell::shutdown`] lets running handlers finish before failing their requests.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What a request handler may return.
+///
+/// - [`Message`]: the reply (`cn__return_code` defaults to `ok`);
+/// - `Option<Message>`: `None` sends no reply at all (the requester times out), as a Python
+///   callback returning `None`;
+/// - `Result<Message, E>`: `Err(e)` becomes a `process_exception` reply with `e` as text.
+pub trait IntoReply {
+    /// Convert into the reply to send, `None` for no reply.
+    fn into_reply(self) -> Option<Message>;
+}
+
+impl IntoReply for Message {
+    fn into_reply(self) -> Option<Message> {
+        Some(self)
+    }
+}
+
+impl IntoReply for Option<Message> {
+    fn into_reply(self) -> Option<Message> {
+        self
+    }
+}
+
+impl<E: std::fmt::Display> IntoReply for Result<Message, E> {
+    fn into_reply(self) -> Option<Message> {
+        Some(match self {
+            Ok(m) => m,
+            Err(e) => Message::error(ReturnCode::ProcessException, e.to_string()),
+        })
+    }
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Option<Message>> + Send>>;
+
+trait Handler: Send + Sync {
+    fn call(&self, m: Message) -> HandlerFuture;
+}
+
+struct FnHandler<F>(F);
+
+impl<F, Fut, R> Handler for FnHandler<F>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoReply + 'static,
+{
+    fn call(&self, m: Message) -> HandlerFuture {
+        let fut = (self.0)(m);
+        Box::pin(async move { fut.await.into_reply() })
+    }
+}
+
+/// Options of [`Cell::send_request_with`] and [`Cell::fire_and_forget_with`].
+#[derive(Clone, Debug)]
+pub struct RequestOptions {
+    /// How long to wait for the reply (and, for streams, to send the request).
+    pub timeout: Duration,
+    /// Send the request as an `sm__*` byte stream (NVFlare `Cell` style) instead of one DATA
+    /// frame (the CoreCell path, the default). The reply then comes back as a stream too.
+    pub streamed: bool,
+    /// Set `cn__optional` (only lowers log levels on the peer).
+    pub optional: bool,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        RequestOptions {
+            timeout: Duration::from_secs(30),
+            streamed: false,
+            optional: false,
+        }
+    }
+}
+
+impl RequestOptions {
+    /// Default options with this timeout.
+    pub fn timeout(timeout: Duration) -> Self {
+        RequestOptions {
+            timeout,
+            ..Default::default()
+        }
+    }
+
+    /// Builder: stream the request.
+    pub fn streamed(mut self, yes: bool) -> Self {
+        self.streamed = yes;
+        self
+    }
+}
+
+/// Someone waiting for a reply.
+pub(crate) struct Waiter {
+    /// The FQCN the request went to; a plain reply must come from it.
+    pub target: String,
+    /// The connection the request left on; if it closes, the waiter fails at once.
+    pub conn_id: u64,
+    pub tx: oneshot::Sender<Message>,
+}
+
+/// Where the reply to a dispatched request goes.
+pub(crate) enum ReplyTo {
+    /// Fire-and-forget: no reply.
+    Nobody,
+    /// A plain REPLY with this `cn__req_id`.
+    Plain(String),
+    /// A streamed reply on `return_only` with this `sm__ri`.
+    Stream(String),
+}
+
+/// Builder of a [`Cell`].
+#[derive(Debug)]
+pub struct CellBuilder {
+    fqcn: Fqcn,
+    limits: Limits,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::driver::tls::TlsConfig>,
+}
+
+impl CellBuilder {
+    /// Use these limits (see [`Limits`] for the defaults).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Certificates for `stcp://` URLs (listening and connecting).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::driver::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Create the cell. No task runs until it listens or connects.
+    pub fn build(self) -> Cell {
+        let limits = self.limits.sanitized();
+        Cell {
+            inner: Arc::new(CellInner {
+                conn_slots: Arc::new(Semaphore::new(limits.max_connections)),
+                fqcn: self.fqcn,
+                limits,
+                #[cfg(feature = "tls")]
+                tls: self.tls,
+                handlers: RwLock::new(HashMap::new()),
+                agents: DashMap::new(),
+                parent: Mutex::new(None),
+                waiters: DashMap::new(),
+                stream_waiters: DashMap::new(),
+                streams: StreamState::default(),
+                io_tasks: TaskTracker::new(),
+                handler_tasks: TaskTracker::new(),
+                conns_token: CancellationToken::new(),
+                listeners_token: CancellationToken::new(),
+                handlers_token: CancellationToken::new(),
+                shutting_down: AtomicBool::new(false),
+                inproc_names: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}
+
+/// A cell: a named endpoint that listens and/or connects, serves requests on
+/// (channel, topic) pairs and sends requests to other cells, directly or through parents.
+///
+/// Cheap to clone (an `Arc`). Background tasks run until [`Cell::shutdown`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ferry_cellnet::CellnetError> {
+/// use std::time::Duration;
+/// use ferry_cellnet::{Cell, Message, ReturnCode};
+///
+/// let server = Cell::new("server")?;
+/// server.register_request_handler("task", "echo", |req: Message| async move {
+///     Message::from_value(req.value().unwrap_or_default())
+/// });
+/// let url = server.listen("tcp://127.0.0.1:0").await?;
+///
+/// let client = Cell::new("site-1")?;
+/// client.connect(&url).await?;
+/// let reply = client
+///     .send_request("task", "echo", "server", Message::from_value("hi"), Duration::from_secs(5))
+///     .await;
+/// assert_eq!(reply.return_code(), ReturnCode::Ok);
+/// assert_eq!(reply.value()?.as_str(), Some("hi"));
+/// client.shutdown().await;
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cell {
+    inner: Arc<CellInner>,
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cell")
+            .field("fqcn", &self.inner.fqcn)
+            .field("peers", &self.connected_peers())
+            .finish()
+    }
+}
+
+pub(crate) struct CellInner {
+    pub fqcn: Fqcn,
+    pub limits: Limits,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::driver::tls::TlsConfig>,
+    handlers: RwLock<HashMap<(String, String), Arc<dyn Handler>>>,
+    /// Routing table: peer FQCN → its (single) connection.
+    agents: DashMap<String, Arc<Conn>>,
+    /// FQCN of the peer reached by [`Cell::connect`]: the route of last resort.
+    parent: Mutex<Option<String>>,
+    /// Plain requests waiting for a reply, by `cn__req_id`.
+    pub waiters: DashMap<String, Waiter>,
+    /// Streamed requests waiting for a streamed reply, by `sm__ri`.
+    pub stream_waiters: DashMap<String, Waiter>,
+    pub streams: StreamState,
+    /// Reader, writer, listener and connector tasks.
+    pub io_tasks: TaskTracker,
+    /// Running request handlers.
+    handler_tasks: TaskTracker,
+    /// Cancelled to close every connection (their writers flush first).
+    pub conns_token: CancellationToken,
+    listeners_token: CancellationToken,
+    /// Cancelled when the shutdown grace is over: handlers still running are abandoned.
+    handlers_token: CancellationToken,
+    shutting_down: AtomicBool,
+    /// Accepted connections allowed at once (all listeners together).
+    conn_slots: Arc<Semaphore>,
+    inproc_names: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Cell {
+    /// A cell named `fqcn` with default limits and no TLS.
+    pub fn new(fqcn: &str) -> Result<Cell, CellnetError> {
+        Ok(Self::builder(fqcn)?.build())
+    }
+
+    /// A builder for a cell named `fqcn` (limits, TLS).
+    pub fn builder(fqcn: &str) -> Result<CellBuilder, CellnetError> {
+        Ok(CellBuilder {
+            fqcn: Fqcn::new(fqcn)?,
+            limits: Limits::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
+        })
+    }
+
+    /// This cell's FQCN.
+    pub fn fqcn(&self) -> &Fqcn {
+        &self.inner.fqcn
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// FQCNs of the peers with an established connection.
+    pub fn connected_peers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.agents.iter().map(|e| e.key().clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// True if a connection to `fqcn` is established.
+    pub fn is_connected(&self, fqcn: &str) -> bool {
+        self.inner.agents.contains_key(fqcn)
+    }
+
+    /// Register the handler of requests and fire-and-forget messages on (`channel`, `topic`).
+    /// Either may be [`ANY`] (`"*"`). Lookup order is NVFlare's: (channel, topic), then
+    /// (channel, `*`), then (`*`, `*`). A second registration replaces the first.
+    ///
+    /// The handler sees the same [`Message`] whether the request came as one frame or as a
+    /// byte stream; what it returns is described by [`IntoReply`].
+    pub fn register_request_handler<F, Fut, R>(&self, channel: &str, topic: &str, handler: F)
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (channel.to_string(), topic.to_string()),
+                Arc::new(FnHandler(handler)),
+            );
+    }
+
+    /// Remove the handler registered on exactly (`channel`, `topic`).
+    pub fn unregister_request_handler(&self, channel: &str, topic: &str) {
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(channel.to_string(), topic.to_string()));
+    }
+
+    /// Listen on `tcp://HOST:PORT`, `stcp://HOST:PORT` (mutual TLS) or `inproc://NAME` and
+    /// return the bound URL (port 0 is replaced by the port the OS chose).
+    pub async fn listen(&self, url: &str) -> Result<String, CellnetError> {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(CellnetError::Shutdown);
+        }
+        match Url::parse(url)? {
+            Url::Tcp(addr) => {
+                let (l, bound) = driver::tcp::bind(&addr).await?;
+                info!(cell = %inner.fqcn, "listening on tcp://{bound}");
+                inner.io_tasks.spawn(accept_loop(inner.clone(), l, None));
+                Ok(format!("tcp://{bound}"))
+            }
+            #[cfg(feature = "tls")]
+            Url::Stcp(addr) => {
+                let tls = inner.tls.as_ref().ok_or_else(|| {
+                    CellnetError::Tls("stcp:// needs a TlsConfig (CellBuilder::tls)".into())
+                })?;
+                let acceptor = tls.acceptor()?;
+                let (l, bound) = driver::tcp::bind(&addr).await?;
+                info!(cell = %inner.fqcn, "listening on stcp://{bound}");
+                inner
+                    .io_tasks
+                    .spawn(accept_loop(inner.clone(), l, Some(acceptor)));
+                Ok(format!("stcp://{bound}"))
+            }
+            #[cfg(not(feature = "tls"))]
+            Url::Stcp(_) => Err(CellnetError::Tls(
+                "ferry-cellnet was built without the `tls` feature".into(),
+            )),
+            Url::Inproc(name) => {
+                let rx = driver::inproc::listen(&name)?;
+                lock(&inner.inproc_names).push(name.clone());
+                inner
+                    .io_tasks
+                    .spawn(inproc_accept_loop(inner.clone(), rx, name.clone()));
+                Ok(format!("inproc://{name}"))
+            }
+        }
+    }
+
+    /// Connect to a parent cell at `url`, do the HELLO/READY handshake and return the peer's
+    /// FQCN. The peer becomes this cell's parent: the route of last resort.
+    pub async fn connect(&self, url: &str) -> Result<Fqcn, CellnetError> {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(CellnetError::Shutdown);
+        }
+        let t = tokio::time::timeout(inner.limits.handshake_timeout, async {
+            match Url::parse(url)? {
+                Url::Tcp(addr) => Ok(driver::tcp::transport(driver::tcp::connect(&addr).await?)),
+                #[cfg(feature = "tls")]
+                Url::Stcp(addr) => {
+                    let tls = inner.tls.as_ref().ok_or_else(|| {
+                        CellnetError::Tls("stcp:// needs a TlsConfig (CellBuilder::tls)".into())
+                    })?;
+                    let connector = tls.connector()?;
+                    let s = driver::tcp::connect(&addr).await?;
+                    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
+                    driver::tls::connect(&connector, host, s).await
+                }
+                #[cfg(not(feature = "tls"))]
+                Url::Stcp(_) => Err(CellnetError::Tls(
+                    "ferry-cellnet was built without the `tls` feature".into(),
+                )),
+                Url::Inproc(name) => Ok(driver::inproc::transport(
+                    driver::inproc::connect(&name).await?,
+                    &name,
+                )),
+            }
+        })
+        .await
+        .map_err(|_| CellnetError::Timeout(format!("connecting to {url}")))??;
+        let (tx, rx) = oneshot::channel();
+        inner
+            .io_tasks
+            .spawn(connection::run(inner.clone(), t, true, Some(tx)));
+        let peer = rx
+            .await
+            .map_err(|_| CellnetError::Handshake("connection ended during handshake".into()))??;
+        *lock(&inner.parent) = Some(peer.as_str().to_string());
+        Ok(peer)
+    }
+
+    /// Send a request and wait for the reply, on the plain (one DATA frame) path.
+    ///
+    /// Never fails: errors come back as a reply whose [`Message::return_code`] says what went
+    /// wrong (`timeout`, `target_unreachable`, `comm_error`, `msg_too_big`, ...), as NVFlare.
+    pub async fn send_request(
+        &self,
+        channel: &str,
+        topic: &str,
+        target: &str,
+        message: Message,
+        timeout: Duration,
+    ) -> Message {
+        self.send_request_with(
+            channel,
+            topic,
+            target,
+            message,
+            RequestOptions::timeout(timeout),
+        )
+        .await
+    }
+
+    /// Send a request with options (e.g. streamed) and wait for the reply.
+    pub async fn send_request_with(
+        &self,
+        channel: &str,
+        topic: &str,
+        target: &str,
+        message: Message,
+        opts: RequestOptions,
+    ) -> Message {
+        let span =
+            tracing::debug_span!("request", cell = %self.inner.fqcn, %channel, %topic, %target);
+        self.inner
+            .request(channel, topic, target, message, &opts)
+            .instrument(span)
+            .await
+    }
+
+    /// Send the same request to several targets at once; replies by target FQCN.
+    pub async fn broadcast_request(
+        &self,
+        channel: &str,
+        topic: &str,
+        targets: &[&str],
+        message: Message,
+        timeout: Duration,
+    ) -> HashMap<String, Message> {
+        let opts = RequestOptions::timeout(timeout);
+        let futs = targets.iter().map(|t| {
+            let m = message.clone();
+            let opts = opts.clone();
+            async move {
+                (
+                    t.to_string(),
+                    self.inner.request(channel, topic, t, m, &opts).await,
+                )
+            }
+        });
+        futures::future::join_all(futs).await.into_iter().collect()
+    }
+
+    /// Send a message that expects no reply (the plain path).
+    pub async fn fire_and_forget(
+        &self,
+        channel: &str,
+        topic: &str,
+        target: &str,
+        message: Message,
+    ) -> Result<(), CellnetError> {
+        self.fire_and_forget_with(channel, topic, target, message, RequestOptions::default())
+            .await
+    }
+
+    /// Send a message that expects no reply, with options (e.g. streamed).
+    pub async fn fire_and_forget_with(
+        &self,
+        channel: &str,
+        topic: &str,
+        target: &str,
+        message: Message,
+        opts: RequestOptions,
+    ) -> Result<(), CellnetError> {
+        let inner = &self.inner;
+        let target = Fqcn::new(target)?;
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(CellnetError::Shutdown);
+        }
+        if target == inner.fqcn {
+            inner.dispatch_local(channel, topic, message, false);
+            return Ok(());
+        }
+        if opts.streamed {
+            let mut blob = message.headers;
+            if opts.optional {
+                blob.insert(stream_keys::OPTIONAL, true);
+            }
+            let sid = inner.streams.next_id();
+            let r = tokio::time::timeout(
+                opts.timeout,
+                inner.send_stream(
+                    target.as_str(),
+                    sid,
+                    blob,
+                    channel,
+                    topic,
+                    message.payload,
+                    None,
+                    None,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| Err(CellnetError::Timeout("sending the stream".into())));
+            inner.streams.outgoing.remove(&sid);
+            return r.map(|_| ());
+        }
+        let payload_encoding = message.payload.encoding();
+        let payload = message.payload.into_segments();
+        inner.check_size(&payload)?;
+        let headers = inner.request_headers(
+            message.headers,
+            target.as_str(),
+            channel,
+            topic,
+            None,
+            opts.optional,
+            payload_encoding,
+            seg_len(&payload),
+        );
+        inner
+            .send_message(target.as_str(), headers, payload, None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Stop: refuse new work, let running handlers finish (up to [`DEFAULT_SHUTDOWN_GRACE`])
+    /// and send their replies, fail every request still waiting with `comm_error`, close all
+    /// connections after flushing what is queued, and join every task.
+    pub async fn shutdown(&self) {
+        self.shutdown_with_grace(DEFAULT_SHUTDOWN_GRACE).await
+    }
+
+    /// [`Cell::shutdown`] with an explicit grace period for running handlers.
+    pub async fn shutdown_with_grace(&self, grace: Duration) {
+        let inner = &self.inner;
+        if inner.shutting_down.swap(true, Ordering::SeqCst) {
+            // second caller: just wait for the first one to finish
+            inner.io_tasks.wait().await;
+            return;
+        }
+        info!(cell = %inner.fqcn, "shutting down");
+        inner.listeners_token.cancel();
+        for name in lock(&inner.inproc_names).drain(..) {
+            driver::inproc::unlisten(&name);
+        }
+        inner.handler_tasks.close();
+        if tokio::time::timeout(grace, inner.handler_tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("handlers still running after {grace:?}; failing their requests");
+            inner.handlers_token.cancel();
+            inner.handler_tasks.wait().await;
+        }
+        inner.fail_all_waiters("cell is shut down");
+        inner.conns_token.cancel();
+        inner.io_tasks.close();
+        inner.io_tasks.wait().await;
+        inner.agents.clear();
+        info!(cell = %inner.fqcn, "shut down");
+    }
+}
+
+fn seg_len(s: &[Bytes]) -> usize {
+    s.iter().map(Bytes::len).sum()
+}
+
+fn route_entry(fqcn: &Fqcn) -> Value {
+    Value::Array(vec![fqcn.as_str().into(), Value::F64(unix_time())])
+}
+
+async fn accept_loop(
+    inner: Arc<CellInner>,
+    l: tokio::net::TcpListener,
+    #[cfg(feature = "tls")] tls: Option<tokio_rustls::TlsAcceptor>,
+    #[cfg(not(feature = "tls"))] _tls: Option<()>,
+) {
+    loop {
+        let (s, addr) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = inner.listeners_token.cancelled() => return,
+        };
+        let Ok(permit) = inner.conn_slots.clone().try_acquire_owned() else {
+            warn!(%addr, "connection limit of {} reached; closing", inner.limits.max_connections);
+            drop(s);
+            continue;
+        };
+        let inner2 = inner.clone();
+        #[cfg(feature = "tls")]
+        let tls = tls.clone();
+        inner.io_tasks.spawn(async move {
+            let _permit = permit;
+            #[cfg(feature = "tls")]
+            let t = match tls {
+                Some(acc) => {
+                    match tokio::time::timeout(
+                        inner2.limits.handshake_timeout,
+                        driver::tls::accept(&acc, s),
+                    )
+                    .await
+                    {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => {
+                            warn!(%addr, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            warn!(%addr, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+                None => driver::tcp::transport(s),
+            };
+            #[cfg(not(feature = "tls"))]
+            let t = driver::tcp::transport(s);
+            connection::run(inner2, t, false, None).await;
+        });
+    }
+}
+
+async fn inproc_accept_loop(
+    inner: Arc<CellInner>,
+    mut rx: tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>,
+    name: String,
+) {
+    loop {
+        let s = tokio::select! {
+            s = rx.recv() => match s { Some(s) => s, None => return },
+            _ = inner.listeners_token.cancelled() => return,
+        };
+        let Ok(permit) = inner.conn_slots.clone().try_acquire_owned() else {
+            warn!("connection limit reached; closing inproc connection");
+            continue;
+        };
+        let t = driver::inproc::transport(s, &name);
+        let inner2 = inner.clone();
+        inner.io_tasks.spawn(async move {
+            let _permit = permit;
+            connection::run(inner2, t, false, None).await;
+        });
+    }
+}
+
+impl CellInner {
+    pub(crate) fn register_agent(&self, conn: Arc<Conn>) {
+        if let Some(old) = self.agents.insert(conn.peer.clone(), conn.clone()) {
+            if old.id != conn.id {
+                info!(peer = %conn.peer, "new connection replaces the old one");
+                old.close.cancel();
+            }
+        }
+    }
+
+    pub(crate) fn unregister_agent(&self, conn: &Arc<Conn>) {
+        self.agents.remove_if(&conn.peer, |_, c| c.id == conn.id);
+        // Requests that left on this connection cannot be answered through it any more.
+        let msg = format!("connection to {} lost", conn.peer);
+        for map in [&self.waiters, &self.stream_waiters] {
+            let dead: Vec<String> = map
+                .iter()
+                .filter(|w| w.conn_id == conn.id)
+                .map(|w| w.key().clone())
+                .collect();
+            for k in dead {
+                if let Some((_, w)) = map.remove(&k) {
+                    let _ =
+                        w.tx.send(Message::error(ReturnCode::CommError, msg.clone()));
+                }
+            }
+        }
+    }
+
+    fn fail_all_waiters(&self, why: &str) {
+        for map in [&self.waiters, &self.stream_waiters] {
+            let keys: Vec<String> = map.iter().map(|w| w.key().clone()).collect();
+            for k in keys {
+                if let Some((_, w)) = map.remove(&k) {
+                    let _ = w.tx.send(Message::error(ReturnCode::CommError, why));
+                }
+            }
+        }
+    }
+
+    /// The connection a message for `target` leaves on: a direct connection, else the
+    /// nearest connected ancestor of the target, else the server root, else the parent.
+    /// `exclude` is the hop a forwarded message came from (never bounce it back).
+    pub(crate) fn find_route(&self, target: &str, exclude: Option<&str>) -> Option<Arc<Conn>> {
+        let pick = |name: &str| -> Option<Arc<Conn>> {
+            if Some(name) == exclude {
+                return None;
+            }
+            self.agents.get(name).map(|c| c.clone())
+        };
+        if let Some(c) = pick(target) {
+            return Some(c);
+        }
+        if let Ok(t) = Fqcn::new(target) {
+            for a in t.ancestors() {
+                if let Some(c) = pick(a.as_str()) {
+                    return Some(c);
+                }
+            }
+        }
+        if let Some(c) = pick(SERVER_ROOT) {
+            return Some(c);
+        }
+        let parent = lock(&self.parent).clone();
+        parent.and_then(|p| pick(&p))
+    }
+
+    pub(crate) fn check_size(&self, payload: &[Bytes]) -> Result<(), CellnetError> {
+        let size = seg_len(payload);
+        if size > self.limits.max_message_size {
+            return Err(CellnetError::MessageTooBig {
+                size,
+                max: self.limits.max_message_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Headers of a REQ (plain request, fire-and-forget, or stream chunk/ACK/ERROR).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn request_headers(
+        &self,
+        app: Headers,
+        target: &str,
+        channel: &str,
+        topic: &str,
+        req_id: Option<&str>,
+        optional: bool,
+        payload_encoding: &str,
+        payload_len: usize,
+    ) -> Headers {
+        let mut h = app;
+        h.insert(keys::TOPIC, topic);
+        h.insert(keys::CHANNEL, channel);
+        h.insert(keys::DESTINATION, target);
+        if let Some(r) = req_id {
+            h.insert(keys::REQ_ID, r);
+        }
+        h.insert(keys::REPLY_EXPECTED, req_id.is_some());
+        h.insert(keys::SECURE, false);
+        h.insert(keys::OPTIONAL, optional);
+        h.insert(keys::FROM, self.fqcn.as_str());
+        h.insert(keys::ORIGIN, self.fqcn.as_str());
+        h.insert(keys::MSG_TYPE, msg_type::REQ);
+        h.insert(keys::ROUTE, Value::Array(vec![route_entry(&self.fqcn)]));
+        h.insert(keys::PAYLOAD_ENCODING, payload_encoding);
+        h.insert(keys::PAYLOAD_LEN, payload_len as u64);
+        h.insert(keys::SEND_TIME, Value::F64(unix_time()));
+        h
+    }
+
+    /// Route and queue one DATA frame (waits while the connection's queue is full).
+    pub(crate) async fn send_message(
+        &self,
+        target: &str,
+        mut headers: Headers,
+        payload: Vec<Bytes>,
+        fallback: Option<&Arc<Conn>>,
+        exclude: Option<&str>,
+    ) -> Result<Arc<Conn>, CellnetError> {
+        let conn = self
+            .find_route(target, exclude)
+            .or_else(|| fallback.cloned())
+            .ok_or_else(|| CellnetError::NoRoute(target.to_string()))?;
+        headers.insert(keys::TO, conn.peer.as_str());
+        let frame = self.data_frame(&headers, payload)?;
+        conn.send(frame).await?;
+        Ok(conn)
+    }
+
+    /// Route and queue one DATA frame without waiting (from the reader task).
+    pub(crate) fn send_message_detached(
+        &self,
+        target: &str,
+        mut headers: Headers,
+        payload: Vec<Bytes>,
+        fallback: Option<&Arc<Conn>>,
+    ) {
+        let Some(conn) = self.find_route(target, None).or_else(|| fallback.cloned()) else {
+            debug!(%target, "no route; message dropped");
+            return;
+        };
+        headers.insert(keys::TO, conn.peer.as_str());
+        match self.data_frame(&headers, payload) {
+            Ok(f) => conn.send_detached(f),
+            Err(e) => warn!("message not sent: {e}"),
+        }
+    }
+
+    fn data_frame(&self, headers: &Headers, payload: Vec<Bytes>) -> Result<OutFrame, CellnetError> {
+        let hb = headers.encode();
+        if hb.len() > self.limits.max_header_size {
+            return Err(CellnetError::Headers(format!(
+                "header map of {} bytes exceeds the limit of {}",
+                hb.len(),
+                self.limits.max_header_size
+            )));
+        }
+        Ok(OutFrame {
+            frame_type: FrameType::Data,
+            app_id: APP_ID_CELLNET,
+            headers: Bytes::from(hb),
+            payload,
+        })
+    }
+
+    async fn request(
+        self: &Arc<Self>,
+        channel: &str,
+        topic: &str,
+        target: &str,
+        message: Message,
+        opts: &RequestOptions,
+    ) -> Message {
+        let target = match Fqcn::new(target) {
+            Ok(t) => t,
+            Err(e) => return Message::error(ReturnCode::InvalidTarget, e.to_string()),
+        };
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Message::error(ReturnCode::CommError, "cell is shut down");
+        }
+        if target == self.fqcn {
+            return self
+                .request_local(channel, topic, message, opts.timeout)
+                .await;
+        }
+        if opts.streamed {
+            return self
+                .request_streamed(channel, topic, target.as_str(), message, opts)
+                .await;
+        }
+        let payload_encoding = message.payload.encoding();
+        let payload = message.payload.into_segments();
+        if let Err(e) = self.check_size(&payload) {
+            return Message::error(e.return_code(), e.to_string());
+        }
+        let req_id = uuid::Uuid::new_v4().to_string();
+        let headers = self.request_headers(
+            message.headers,
+            target.as_str(),
+            channel,
+            topic,
+            Some(&req_id),
+            opts.optional,
+            payload_encoding,
+            seg_len(&payload),
+        );
+        let (tx, rx) = oneshot::channel();
+        let Some(conn) = self.find_route(target.as_str(), None) else {
+            return Message::error(
+                ReturnCode::TargetUnreachable,
+                format!("no connection leads to {target}"),
+            );
+        };
+        self.waiters.insert(
+            req_id.clone(),
+            Waiter {
+                target: target.as_str().to_string(),
+                conn_id: conn.id,
+                tx,
+            },
+        );
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let sent = tokio::time::timeout_at(
+            deadline,
+            self.send_message(target.as_str(), headers, payload, Some(&conn), None),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                self.waiters.remove(&req_id);
+                return Message::error(e.return_code(), e.to_string());
+            }
+            Err(_) => {
+                self.waiters.remove(&req_id);
+                return Message::error(ReturnCode::Timeout, "timed out sending the request");
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => Message::error(ReturnCode::CommError, "request abandoned"),
+            Err(_) => {
+                self.waiters.remove(&req_id);
+                debug!(%req_id, "no reply in {:?}", opts.timeout);
+                Message::error(
+                    ReturnCode::Timeout,
+                    format!("no reply from {target} in {:?}", opts.timeout),
+                )
+            }
+        }
+    }
+
+    async fn request_streamed(
+        self: &Arc<Self>,
+        channel: &str,
+        topic: &str,
+        target: &str,
+        message: Message,
+        opts: &RequestOptions,
+    ) -> Message {
+        let ri = uuid::Uuid::new_v4().to_string();
+        let Some(conn) = self.find_route(target, None) else {
+            return Message::error(
+                ReturnCode::TargetUnreachable,
+                format!("no connection leads to {target}"),
+            );
+        };
+        let (tx, rx) = oneshot::channel();
+        self.stream_waiters.insert(
+            ri.clone(),
+            Waiter {
+                target: target.to_string(),
+                conn_id: conn.id,
+                tx,
+            },
+        );
+        let mut blob = message.headers;
+        if opts.optional {
+            blob.insert(stream_keys::OPTIONAL, true);
+        }
+        let sid = self.streams.next_id();
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let sent = tokio::time::timeout_at(
+            deadline,
+            self.send_stream(
+                target,
+                sid,
+                blob,
+                channel,
+                topic,
+                message.payload,
+                Some(ri.clone()),
+                Some(&conn),
+            ),
+        )
+        .await;
+        let reply = match sent {
+            Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(_)) => Message::error(ReturnCode::CommError, "request abandoned"),
+                Err(_) => Message::error(
+                    ReturnCode::Timeout,
+                    format!("no reply from {target} in {:?}", opts.timeout),
+                ),
+            },
+            Ok(Err(e)) => Message::error(e.return_code(), e.to_string()),
+            Err(_) => Message::error(ReturnCode::Timeout, "timed out sending the request stream"),
+        };
+        self.stream_waiters.remove(&ri);
+        self.streams.outgoing.remove(&sid);
+        reply
+    }
+
+    /// A request to this cell itself: run the handler in place.
+    async fn request_local(
+        self: &Arc<Self>,
+        channel: &str,
+        topic: &str,
+        mut message: Message,
+        timeout: Duration,
+    ) -> Message {
+        message.headers.insert(keys::ORIGIN, self.fqcn.as_str());
+        message
+            .headers
+            .insert(keys::DESTINATION, self.fqcn.as_str());
+        message.headers.insert(keys::CHANNEL, channel);
+        message.headers.insert(keys::TOPIC, topic);
+        let Some(h) = self.lookup(channel, topic) else {
+            return Message::error(ReturnCode::ProcessException, "no callback");
+        };
+        match tokio::time::timeout(timeout, run_handler(h, message)).await {
+            Ok(Some(mut m)) => {
+                if !m.headers.contains(keys::RETURN_CODE) {
+                    m.headers.insert(keys::RETURN_CODE, "ok");
+                }
+                m.headers.insert(keys::ORIGIN, self.fqcn.as_str());
+                m
+            }
+            Ok(None) => Message::error(ReturnCode::Timeout, "handler sent no reply"),
+            Err(_) => Message::error(ReturnCode::Timeout, "handler did not finish in time"),
+        }
+    }
+
+    fn dispatch_local(self: &Arc<Self>, channel: &str, topic: &str, mut m: Message, _reply: bool) {
+        m.headers.insert(keys::ORIGIN, self.fqcn.as_str());
+        m.headers.insert(keys::CHANNEL, channel);
+        m.headers.insert(keys::TOPIC, topic);
+        if let Some(h) = self.lookup(channel, topic) {
+            self.handler_tasks.spawn(async move {
+                let _ = run_handler(h, m).await;
+            });
+        } else {
+            warn!(%channel, %topic, "no callback for a local fire-and-forget message");
+        }
+    }
+
+    fn lookup(&self, channel: &str, topic: &str) -> Option<Arc<dyn Handler>> {
+        let h = self.handlers.read().unwrap_or_else(|e| e.into_inner());
+        h.get(&(channel.to_string(), topic.to_string()))
+            .or_else(|| h.get(&(channel.to_string(), ANY.to_string())))
+            .or_else(|| h.get(&(ANY.to_string(), ANY.to_string())))
+            .cloned()
+    }
+
+    /// A DATA frame from `conn` (called by its reader task).
+    pub(crate) async fn on_data(self: &Arc<Self>, conn: &Arc<Conn>, frame: Frame) {
+        let headers = match Headers::decode(&frame.headers) {
+            Ok(h) => h,
+            Err(e) => {
+                error!(peer = %conn.peer, "error processing frame: {e}; dropped");
+                return;
+            }
+        };
+        let (Some(mtype), Some(origin), Some(dest)) = (
+            headers.get_str(keys::MSG_TYPE),
+            headers.get_str(keys::ORIGIN),
+            headers.get_str(keys::DESTINATION),
+        ) else {
+            warn!(peer = %conn.peer, "message without cn__msg_type/cn__origin/cn__destination; dropped");
+            return;
+        };
+        if dest != self.fqcn.as_str() {
+            let (mtype, dest) = (mtype.to_string(), dest.to_string());
+            self.forward(conn, &mtype, &dest, headers, frame.payload)
+                .await;
+            return;
+        }
+        let origin = origin.to_string();
+        match mtype {
+            msg_type::REQ => self.on_request(conn, origin, headers, frame.payload),
+            msg_type::REPLY | msg_type::RETURN => {
+                let is_return = mtype == msg_type::RETURN;
+                self.on_reply(conn, origin, headers, frame.payload, is_return)
+            }
+            other => warn!(peer = %conn.peer, "unknown cn__msg_type {other:?}; dropped"),
+        }
+    }
+
+    async fn forward(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        mtype: &str,
+        dest: &str,
+        mut headers: Headers,
+        payload: Bytes,
+    ) {
+        let hops = headers
+            .get(keys::ROUTE)
+            .and_then(Value::as_array)
+            .map(Vec::len)
+            .unwrap_or(0);
+        let next = if hops >= self.limits.max_route_hops {
+            warn!(%dest, hops, "route too long; not forwarding");
+            None
+        } else {
+            self.find_route(dest, Some(&conn.peer))
+        };
+        if let Some(next) = next {
+            let original = headers.clone();
+            headers.insert(keys::FROM, self.fqcn.as_str());
+            headers.insert(keys::TO, next.peer.as_str());
+            let mut route = match headers.remove(keys::ROUTE) {
+                Some(Value::Array(r)) => r,
+                _ => Vec::new(),
+            };
+            route.push(route_entry(&self.fqcn));
+            headers.insert(keys::ROUTE, Value::Array(route));
+            match self.data_frame(&headers, vec![payload]) {
+                Ok(f) => {
+                    if next.send(f).await.is_ok() {
+                        debug!(%dest, via = %next.peer, "forwarded");
+                        return;
+                    }
+                }
+                Err(e) => warn!("cannot forward: {e}"),
+            }
+            headers = original;
+        }
+        // No path: bounce a RETURN to the requester if it waits for a reply.
+        let reply_expected = headers.get_bool(keys::REPLY_EXPECTED) == Some(true);
+        if mtype != msg_type::REQ || !reply_expected {
+            warn!(%dest, "cannot forward {mtype} message; dropped");
+            return;
+        }
+        warn!(%dest, "cannot forward request; returning comm_error");
+        let origin = headers
+            .get_str(keys::ORIGIN)
+            .unwrap_or_default()
+            .to_string();
+        let mut h = Headers::new();
+        if let Some(v) = headers.get(keys::CHANNEL) {
+            h.insert(keys::CHANNEL, v.clone());
+        }
+        if let Some(v) = headers.get(keys::TOPIC) {
+            h.insert(keys::TOPIC, v.clone());
+        }
+        let req_ids = match headers.get(keys::REQ_ID) {
+            Some(Value::Array(a)) => a.clone(),
+            Some(v) => vec![v.clone()],
+            None => Vec::new(),
+        };
+        h.insert(keys::REQ_ID, Value::Array(req_ids));
+        h.insert(keys::RETURN_CODE, ReturnCode::CommError.as_str());
+        h.insert(keys::ERROR, "cannot forward");
+        h.insert(keys::RETURN_REASON, "cant_forward");
+        h.insert(keys::ORIGINAL_HEADERS, headers.to_value());
+        h.insert(keys::MSG_TYPE, msg_type::RETURN);
+        h.insert(keys::ORIGIN, self.fqcn.as_str());
+        h.insert(keys::DESTINATION, origin.as_str());
+        h.insert(keys::FROM, self.fqcn.as_str());
+        h.insert(keys::ROUTE, Value::Array(vec![route_entry(&self.fqcn)]));
+        h.insert(keys::PAYLOAD_ENCODING, encoding::NONE);
+        h.insert(keys::PAYLOAD_LEN, 0);
+        h.insert(keys::SEND_TIME, Value::F64(unix_time()));
+        // The RETURN goes back the way the request came.
+        h.insert(keys::TO, conn.peer.as_str());
+        match self.data_frame(&h, Vec::new()) {
+            Ok(f) => conn.send_detached(f),
+            Err(e) => warn!("RETURN not sent: {e}"),
+        }
+    }
+
+    fn on_request(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        origin: String,
+        headers: Headers,
+        payload: Bytes,
+    ) {
+        let channel = headers
+            .get_str(keys::CHANNEL)
+            .unwrap_or_default()
+            .to_string();
+        let topic = headers.get_str(keys::TOPIC).unwrap_or_default().to_string();
+        if channel == stream_keys::STREAM_CHANNEL {
+            self.on_stream(conn, origin, &topic, headers, payload);
+            return;
+        }
+        let reply_to = match (
+            headers.get_bool(keys::REPLY_EXPECTED),
+            headers.get_str(keys::REQ_ID),
+        ) {
+            (Some(true), Some(id)) => ReplyTo::Plain(id.to_string()),
+            (Some(true), None) => {
+                warn!(%origin, "request expects a reply but has no cn__req_id; treated as fire-and-forget");
+                ReplyTo::Nobody
+            }
+            _ => ReplyTo::Nobody,
+        };
+        let payload = match Payload::from_wire(headers.get_str(keys::PAYLOAD_ENCODING), payload) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(%origin, %channel, %topic, "undecodable payload: {e}");
+                self.reply(
+                    conn,
+                    &origin,
+                    &channel,
+                    &topic,
+                    reply_to,
+                    Message::error(ReturnCode::InvalidRequest, e.to_string()),
+                );
+                return;
+            }
+        };
+        self.dispatch_request(conn, Message { headers, payload }, reply_to);
+    }
+
+    /// Run the handler of a complete request (plain or reassembled from a stream).
+    pub(crate) fn dispatch_request(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        msg: Message,
+        reply_to: ReplyTo,
+    ) {
+        let origin = msg.origin().unwrap_or_default().to_string();
+        let channel = msg.channel().unwrap_or_default().to_string();
+        let topic = msg.topic().unwrap_or_default().to_string();
+        if channel == CELLNET_CHANNEL && topic == BYE_TOPIC {
+            debug!(%origin, "bye");
+            let mut m = Message::new();
+            m.headers.insert(keys::RETURN_CODE, "ok");
+            self.reply(conn, &origin, &channel, &topic, reply_to, m);
+            return;
+        }
+        if self.shutting_down.load(Ordering::SeqCst) {
+            self.reply(
+                conn,
+                &origin,
+                &channel,
+                &topic,
+                reply_to,
+                Message::error(ReturnCode::ServiceUnavailable, "cell is shutting down"),
+            );
+            return;
+        }
+        let Some(handler) = self.lookup(&channel, &topic) else {
+            warn!(%origin, %channel, %topic, "no callback registered");
+            if matches!(reply_to, ReplyTo::Nobody) {
+                return;
+            }
+            self.reply(
+                conn,
+                &origin,
+                &channel,
+                &topic,
+                reply_to,
+                Message::error(ReturnCode::ProcessException, "no callback"),
+            );
+            return;
+        };
+        let Ok(permit) = conn.in_flight.clone().try_acquire_owned() else {
+            warn!(%origin, "too many in-flight requests from this peer");
+            self.reply(
+                conn,
+                &origin,
+                &channel,
+                &topic,
+                reply_to,
+                Message::error(
+                    ReturnCode::ServiceUnavailable,
+                    format!(
+                        "more than {} in-flight requests",
+                        self.limits.max_in_flight_per_peer
+                    ),
+                ),
+            );
+            return;
+        };
+        let me = self.clone();
+        let conn = conn.clone();
+        let cancel = self.handlers_token.clone();
+        let span = tracing::debug_span!("handler", %origin, %channel, %topic);
+        self.handler_tasks.spawn(
+            async move {
+                let _permit = permit;
+                let reply = tokio::select! {
+                    r = run_handler(handler, msg) => r,
+                    _ = cancel.cancelled() => Some(Message::error(ReturnCode::CommError, "cell shut down before the handler finished")),
+                };
+                if let Some(reply) = reply {
+                    me.reply_async(&conn, &origin, &channel, &topic, reply_to, reply)
+                        .await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Send a reply from a context that must not wait (the reader task).
+    fn reply(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        origin: &str,
+        channel: &str,
+        topic: &str,
+        reply_to: ReplyTo,
+        reply: Message,
+    ) {
+        if matches!(reply_to, ReplyTo::Nobody) {
+            return;
+        }
+        let me = self.clone();
+        let conn = conn.clone();
+        let (origin, channel, topic) = (origin.to_string(), channel.to_string(), topic.to_string());
+        self.handler_tasks.spawn(async move {
+            me.reply_async(&conn, &origin, &channel, &topic, reply_to, reply)
+                .await
+        });
+    }
+
+    async fn reply_async(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        origin: &str,
+        channel: &str,
+        topic: &str,
+        reply_to: ReplyTo,
+        reply: Message,
+    ) {
+        match reply_to {
+            ReplyTo::Nobody => {}
+            ReplyTo::Plain(req_id) => {
+                let mut reply = reply;
+                let mut payload = std::mem::take(&mut reply.payload);
+                let mut segs_encoding = payload.encoding();
+                let mut segs = payload.into_segments();
+                if let Err(e) = self.check_size(&segs) {
+                    warn!("reply too big: {e}");
+                    reply = Message::error(ReturnCode::MsgTooBig, e.to_string());
+                    payload = Payload::None;
+                    segs_encoding = payload.encoding();
+                    segs = Vec::new();
+                }
+                let mut h = reply.headers;
+                if !h.contains(keys::RETURN_CODE) {
+                    h.insert(keys::RETURN_CODE, "ok");
+                }
+                h.insert(keys::CHANNEL, channel);
+                h.insert(keys::TOPIC, topic);
+                h.insert(keys::FROM, self.fqcn.as_str());
+                h.insert(keys::ORIGIN, self.fqcn.as_str());
+                h.insert(keys::DESTINATION, origin);
+                h.insert(keys::REQ_ID, req_id.as_str());
+                h.insert(keys::MSG_TYPE, msg_type::REPLY);
+                h.insert(keys::ROUTE, Value::Array(vec![route_entry(&self.fqcn)]));
+                h.insert(keys::PAYLOAD_ENCODING, segs_encoding);
+                h.insert(keys::PAYLOAD_LEN, seg_len(&segs) as u64);
+                h.insert(keys::SEND_TIME, Value::F64(unix_time()));
+                if let Err(e) = self.send_message(origin, h, segs, Some(conn), None).await {
+                    warn!(%origin, "reply not sent: {e}");
+                }
+            }
+            ReplyTo::Stream(ri) => {
+                let mut blob = reply.headers;
+                if !blob.contains(keys::RETURN_CODE) {
+                    blob.insert(keys::RETURN_CODE, "ok");
+                }
+                let sid = self.streams.next_id();
+                let tp = format!("{channel}:{topic}");
+                let r = self
+                    .send_stream(
+                        origin,
+                        sid,
+                        blob,
+                        stream_keys::RETURN_ONLY,
+                        &tp,
+                        reply.payload,
+                        Some(ri),
+                        Some(conn),
+                    )
+                    .await;
+                self.streams.outgoing.remove(&sid);
+                if let Err(e) = r {
+                    warn!(%origin, "streamed reply not sent: {e}");
+                }
+            }
+        }
+    }
+
+    fn on_reply(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        origin: String,
+        headers: Headers,
+        payload: Bytes,
+        is_return: bool,
+    ) {
+        let ids: Vec<String> = match headers.get(keys::REQ_ID) {
+            Some(Value::String(s)) => s.as_str().map(|s| vec![s.to_string()]).unwrap_or_default(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if ids.is_empty() {
+            warn!(peer = %conn.peer, %origin, "reply without cn__req_id; dropped");
+            return;
+        }
+        let payload = match Payload::from_wire(headers.get_str(keys::PAYLOAD_ENCODING), payload) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(%origin, "undecodable reply payload: {e}");
+                let mut m =
+                    Message::error(ReturnCode::CommError, format!("bad reply payload: {e}"));
+                m.headers.insert(keys::ORIGIN, origin.as_str());
+                for id in ids {
+                    if let Some((_, w)) = self.waiters.remove(&id) {
+                        let _ = w.tx.send(m.clone());
+                    }
+                }
+                return;
+            }
+        };
+        let msg = Message { headers, payload };
+        for id in ids {
+            // A plain reply must come from the cell the request went to (NVFlare's origin
+            // check); a RETURN comes from whichever hop could not forward.
+            match self
+                .waiters
+                .remove_if(&id, |_, w| is_return || w.target == origin)
+            {
+                Some((_, w)) => {
+                    let _ = w.tx.send(msg.clone());
+                }
+                None => {
+                    warn!(%origin, req_id = %id, "unexpected reply (nobody waits for it); dropped")
+                }
+            }
+        }
+    }
+}
+
+async fn run_handler(h: Arc<dyn Handler>, m: Message) -> Option<Message> {
+    // Run in its own task so a panicking handler becomes a process_exception reply; abort it
+    // if the caller gives up (shutdown grace over, local timeout).
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = tokio::spawn(async move { h.call(m).await });
+    let _guard = AbortOnDrop(task.abort_handle());
+    match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            error!("request handler failed: {e}");
+            Some(Message::error(
+                ReturnCode::ProcessException,
+                format!("handler failed: {e}"),
+            ))
+        }
+    }
+}

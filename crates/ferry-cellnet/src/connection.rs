@@ -1,0 +1,608 @@
+//! One connection: a reader task that splits frames off the socket and hands them to the cell,
+//! a writer task that writes queued frames with vectored I/O, the HELLO/READY handshake and
+//! heartbeats (f3-wire.md §1.3, §1.4).
+
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rmpv::Value;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::cell::CellInner;
+use crate::driver::{ReadHalf, Transport, WriteHalf};
+use crate::error::CellnetError;
+use crate::fqcn::{self, Fqcn};
+use crate::frame::{Frame, FrameDecoder, FrameType, OutFrame, APP_ID_CELLNET, PREFIX_LEN};
+use crate::msgpack;
+
+/// Frames queued for the writer before senders wait (backpressure).
+const WRITE_QUEUE: usize = 64;
+/// Frames written with one vectored write at most.
+const WRITE_BATCH: usize = 32;
+/// Spare room kept in the read buffer so small frames are read many at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// How often the heartbeat monitor looks at a connection (NVFlare ticks every 5 s).
+const HEARTBEAT_TICK: Duration = Duration::from_secs(5);
+
+/// A connection after the handshake: the cell's routing-table entry for a peer.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Unique per cell; tells an evicted connection from its replacement.
+    pub id: u64,
+    /// The peer's FQCN (from HELLO or READY).
+    pub peer: String,
+    /// Peer socket address, for logs.
+    pub peer_addr: String,
+    tx: mpsc::Sender<OutFrame>,
+    /// Cancelled to close the connection (the writer flushes what is queued first).
+    pub close: CancellationToken,
+    /// Permits for requests from this peer whose handlers are running.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl Conn {
+    /// Queue a frame, waiting while the queue is full.
+    pub async fn send(&self, f: OutFrame) -> Result<(), CellnetError> {
+        self.tx.send(f).await.map_err(|_| {
+            CellnetError::ConnectionClosed(format!("connection to {} is closed", self.peer))
+        })
+    }
+
+    /// Queue a frame without waiting: if the queue is full a task waits for room. Used from
+    /// the reader (ACKs, PONGs, RETURNs) so the reader never blocks on its own writer.
+    pub fn send_detached(&self, f: OutFrame) {
+        match self.tx.try_send(f) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(f)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(f).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(peer = %self.peer, "dropping frame for a closed connection");
+            }
+        }
+    }
+}
+
+/// Seconds since the epoch as float64 (HELLO `timestamp`, `cn__send_time`, `cn__route`).
+pub(crate) fn unix_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// The payload of HELLO and READY.
+fn hello_payload(own: &Fqcn) -> Bytes {
+    let mut w = msgpack::MsgpackWriter::new();
+    w.map_len(3)
+        .str("endpoint_name")
+        .str(own.as_str())
+        .str("timestamp")
+        .f64(unix_time())
+        .str("fqcn")
+        .str(own.as_str());
+    w.finish().to_contiguous()
+}
+
+/// The `endpoint_name` of a HELLO/READY payload.
+fn hello_name(payload: &[u8]) -> Result<String, CellnetError> {
+    let v = msgpack::decode_value(payload, payload.len().max(1))
+        .map_err(|e| CellnetError::Handshake(format!("undecodable HELLO/READY payload: {e}")))?;
+    let Value::Map(entries) = v else {
+        return Err(CellnetError::Handshake(
+            "HELLO/READY payload is not a map".into(),
+        ));
+    };
+    entries
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("endpoint_name"))
+        .and_then(|(_, v)| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| CellnetError::Handshake("HELLO/READY without endpoint_name".into()))
+}
+
+fn control(frame_type: FrameType, payload: Bytes) -> OutFrame {
+    OutFrame {
+        frame_type,
+        app_id: 0,
+        headers: Bytes::new(),
+        payload: vec![payload],
+    }
+}
+
+fn nil_payload() -> Bytes {
+    Bytes::from_static(&[0xc0])
+}
+
+/// Splits frames off a read half, growing its buffer only to validated frame lengths.
+pub(crate) struct FrameReader {
+    rd: ReadHalf,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    pub fn new(rd: ReadHalf, decoder: FrameDecoder) -> Self {
+        FrameReader {
+            rd,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder,
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream. Fatal framing errors and I/O
+    /// errors are `Err`; non-fatal ones are logged and the frame is skipped.
+    pub async fn next(&mut self) -> Result<Option<Frame>, CellnetError> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(f)) => return Ok(Some(f)),
+                Ok(None) => {}
+                Err(e) if e.is_fatal() => return Err(e.into()),
+                Err(e) => {
+                    error!("frame dropped: {e}");
+                    continue;
+                }
+            }
+            // Only validated lengths reach here (peek_length checked the limit).
+            let need = self
+                .decoder
+                .peek_length(&self.buf)?
+                .unwrap_or(PREFIX_LEN)
+                .saturating_sub(self.buf.len());
+            let want = need.max(READ_CHUNK);
+            if self.buf.capacity() - self.buf.len() < want {
+                self.buf.reserve(want);
+            }
+            let n = self.rd.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(CellnetError::ConnectionClosed(format!(
+                    "peer closed the connection inside a frame ({} bytes pending)",
+                    self.buf.len()
+                )));
+            }
+        }
+    }
+}
+
+/// Write all buffers with vectored writes, advancing over partial writes.
+async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    bufs: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut i = 0;
+    while i < bufs.len() {
+        if bufs[i].is_empty() {
+            i += 1;
+            continue;
+        }
+        let n = {
+            let slices: Vec<IoSlice<'_>> = bufs[i..]
+                .iter()
+                .filter(|b| !b.is_empty())
+                .take(64)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n;
+        while n > 0 && i < bufs.len() {
+            let l = bufs[i].len();
+            if n >= l {
+                n -= l;
+                i += 1;
+            } else {
+                bufs[i].advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-connection prefix counters (f3-wire.md §1.1).
+struct Counters {
+    sequence: u16,
+    stream_id: u16,
+}
+
+impl Counters {
+    fn next(&mut self, t: FrameType) -> (u16, u16) {
+        self.sequence = self.sequence.wrapping_add(1);
+        let sid = match t {
+            FrameType::Hello | FrameType::Ready => 1,
+            _ => {
+                self.stream_id = self.stream_id.wrapping_add(1);
+                self.stream_id
+            }
+        };
+        (sid, self.sequence)
+    }
+}
+
+async fn write_batch(
+    wr: &mut WriteHalf,
+    batch: Vec<OutFrame>,
+    counters: &mut Counters,
+) -> std::io::Result<()> {
+    let mut prefixes = BytesMut::with_capacity(batch.len() * PREFIX_LEN);
+    let mut parts: Vec<(usize, OutFrame)> = Vec::with_capacity(batch.len());
+    for f in batch {
+        let (sid, seq) = counters.next(f.frame_type);
+        match f.prefix(sid, seq) {
+            Ok(p) => {
+                let at = prefixes.len();
+                prefixes.put_slice(&p.to_bytes());
+                parts.push((at, f));
+            }
+            Err(e) => error!("frame not sent: {e}"),
+        }
+    }
+    let prefixes = prefixes.freeze();
+    let mut bufs: Vec<Bytes> = Vec::with_capacity(parts.len() * 3);
+    for (at, f) in parts {
+        bufs.push(prefixes.slice(at..at + PREFIX_LEN));
+        bufs.push(f.headers);
+        bufs.extend(f.payload);
+    }
+    write_all_vectored(wr.as_mut(), &mut bufs).await?;
+    wr.flush().await
+}
+
+async fn writer_task(
+    mut wr: WriteHalf,
+    mut rx: mpsc::Receiver<OutFrame>,
+    close: CancellationToken,
+    send_timeout: Duration,
+) {
+    let mut counters = Counters {
+        sequence: 0,
+        stream_id: 16,
+    };
+    loop {
+        let mut closing = false;
+        let first = tokio::select! {
+            biased;
+            f = rx.recv() => match f {
+                Some(f) => Some(f),
+                None => break,
+            },
+            _ = close.cancelled() => {
+                closing = true;
+                None
+            }
+        };
+        let mut batch: Vec<OutFrame> = first.into_iter().collect();
+        while closing || batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            match tokio::time::timeout(send_timeout, write_batch(&mut wr, batch, &mut counters))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!("write failed: {e}");
+                    close.cancel();
+                    break;
+                }
+                Err(_) => {
+                    warn!("write made no progress for {send_timeout:?}; closing the connection");
+                    close.cancel();
+                    break;
+                }
+            }
+        }
+        if closing {
+            break;
+        }
+    }
+    rx.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+}
+
+/// What the handshake learnt.
+enum Handshake {
+    /// The peer's validated FQCN.
+    Peer(String),
+    /// The peer claimed our own name: keep the socket, never register it (NVFlare).
+    OwnName,
+}
+
+async fn handshake(
+    cell: &CellInner,
+    reader: &mut FrameReader,
+    tx: &mpsc::Sender<OutFrame>,
+    active: bool,
+    peer_cn: Option<&str>,
+) -> Result<Handshake, CellnetError> {
+    let closed = || CellnetError::ConnectionClosed("closed during handshake".into());
+    if active {
+        tx.send(control(FrameType::Hello, hello_payload(&cell.fqcn)))
+            .await
+            .map_err(|_| closed())?;
+    }
+    loop {
+        let Some(frame) = reader.next().await? else {
+            return Err(closed());
+        };
+        match (frame.frame_type(), active) {
+            (Some(FrameType::Ready), true) => {
+                let name = hello_name(&frame.payload)?;
+                fqcn::validate(&name).map_err(|r| {
+                    CellnetError::Handshake(format!("READY with invalid FQCN {name:?}: {r}"))
+                })?;
+                return Ok(Handshake::Peer(name));
+            }
+            (Some(FrameType::Hello), false) => {
+                // NVFlare answers READY first and validates afterwards.
+                tx.send(control(FrameType::Ready, hello_payload(&cell.fqcn)))
+                    .await
+                    .map_err(|_| closed())?;
+                let name = hello_name(&frame.payload)?;
+                if let Err(r) = fqcn::validate(&name) {
+                    return Err(CellnetError::Handshake(format!(
+                        "HELLO with invalid FQCN {name:?}: {r}"
+                    )));
+                }
+                if let Some(cn) = peer_cn {
+                    let root = name.split('.').next().unwrap_or_default();
+                    if root != cn {
+                        return Err(CellnetError::Tls(format!(
+                            "authenticated as {cn:?} but claimed endpoint {name:?}"
+                        )));
+                    }
+                }
+                if name == cell.fqcn.as_str() {
+                    error!("peer claims this cell's own name {name:?}; not registered");
+                    return Ok(Handshake::OwnName);
+                }
+                return Ok(Handshake::Peer(name));
+            }
+            (Some(FrameType::Ping), _) => {
+                let _ = tx.try_send(control(FrameType::Pong, nil_payload()));
+            }
+            (Some(FrameType::Data), _) => {
+                error!("DATA frame before the handshake completed; dropped");
+            }
+            (Some(t), _) => debug!("{t:?} frame during the handshake; dropped"),
+            (None, _) => error!(
+                "received unsupported frame type {}; dropped",
+                frame.prefix.frame_type
+            ),
+        }
+    }
+}
+
+/// Run a connection until it closes. `ready` receives the handshake outcome (the peer FQCN).
+pub(crate) async fn run(
+    cell: Arc<CellInner>,
+    t: Transport,
+    active: bool,
+    ready: Option<oneshot::Sender<Result<Fqcn, CellnetError>>>,
+) {
+    static IDS: AtomicU64 = AtomicU64::new(1);
+    let id = IDS.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        cell = %cell.fqcn,
+        addr = %t.peer_addr,
+        dir = if active { "out" } else { "in" },
+        peer = tracing::field::Empty
+    );
+    run_inner(cell, t, active, ready, id).instrument(span).await
+}
+
+async fn run_inner(
+    cell: Arc<CellInner>,
+    t: Transport,
+    active: bool,
+    mut ready: Option<oneshot::Sender<Result<Fqcn, CellnetError>>>,
+    id: u64,
+) {
+    let limits = &cell.limits;
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let close = cell.conns_token.child_token();
+    cell.io_tasks
+        .spawn(writer_task(t.wr, rx, close.clone(), limits.send_timeout).in_current_span());
+    let mut reader = FrameReader::new(
+        t.rd,
+        FrameDecoder::new(limits.max_frame_size, limits.max_header_size),
+    );
+
+    let hs = tokio::select! {
+        r = tokio::time::timeout(
+            limits.handshake_timeout,
+            handshake(&cell, &mut reader, &tx, active, t.peer_cn.as_deref()),
+        ) => r.unwrap_or_else(|_| Err(CellnetError::Timeout("handshake".into()))),
+        _ = close.cancelled() => Err(CellnetError::Shutdown),
+    };
+    let peer = match hs {
+        Ok(Handshake::Peer(p)) => p,
+        Ok(Handshake::OwnName) => {
+            // keep the socket open (NVFlare does) but never route to it
+            idle_unregistered(&mut reader, &tx, &close).await;
+            close.cancel();
+            return;
+        }
+        Err(e) => {
+            warn!("handshake failed: {e}; closing");
+            if let Some(r) = ready.take() {
+                let _ = r.send(Err(e));
+            }
+            close.cancel();
+            return;
+        }
+    };
+    let conn = Arc::new(Conn {
+        id,
+        peer: peer.clone(),
+        peer_addr: t.peer_addr.clone(),
+        tx,
+        close: close.clone(),
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight_per_peer)),
+    });
+    tracing::Span::current().record("peer", tracing::field::display(&peer));
+    info!(peer = %peer, "connected");
+    cell.register_agent(conn.clone());
+    if let Some(r) = ready.take() {
+        // peer was validated in the handshake
+        let _ = r.send(Fqcn::new(peer.clone()));
+    }
+
+    let reason = read_loop(&cell, &conn, &mut reader).await;
+    info!(peer = %peer, addr = %conn.peer_addr, "connection closed: {reason}");
+    close.cancel();
+    cell.unregister_agent(&conn);
+}
+
+async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameReader) -> String {
+    let hb = cell.limits.heartbeat_interval;
+    let mut tick = tokio::time::interval(HEARTBEAT_TICK.min(hb / 2).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rx = Instant::now();
+    let mut last_ping = Instant::now();
+    loop {
+        let frame = tokio::select! {
+            r = reader.next() => r,
+            _ = conn.close.cancelled() => return "closed locally".into(),
+            _ = tick.tick() => {
+                cell.streams.sweep(cell.limits.stream_idle_timeout);
+                let now = Instant::now();
+                if now.duration_since(last_rx) >= hb && now.duration_since(last_ping) >= hb {
+                    debug!("idle for {:?}; sending PING", now.duration_since(last_rx));
+                    last_ping = now;
+                    conn.send_detached(control(FrameType::Ping, nil_payload()));
+                }
+                continue;
+            }
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => return "peer closed the connection".into(),
+            Err(e) => {
+                if matches!(e, CellnetError::Frame(_)) {
+                    error!("bad frame, closing the connection: {e}");
+                }
+                return e.to_string();
+            }
+        };
+        last_rx = Instant::now();
+        match frame.frame_type() {
+            Some(FrameType::Data) => {
+                if frame.prefix.app_id != APP_ID_CELLNET {
+                    warn!("DATA frame for app_id {}; dropped", frame.prefix.app_id);
+                    continue;
+                }
+                cell.on_data(conn, frame).await;
+            }
+            Some(FrameType::Ping) => conn.send_detached(control(FrameType::Pong, nil_payload())),
+            Some(FrameType::Pong) => {}
+            Some(t) => debug!("{t:?} frame after the handshake; dropped"),
+            None => error!(
+                "received unsupported frame type {}; dropped",
+                frame.prefix.frame_type
+            ),
+        }
+    }
+}
+
+/// A peer that claimed our own name: answer PINGs, drop everything else, until it leaves.
+async fn idle_unregistered(
+    reader: &mut FrameReader,
+    tx: &mpsc::Sender<OutFrame>,
+    close: &CancellationToken,
+) {
+    loop {
+        let f = tokio::select! {
+            r = reader.next() => r,
+            _ = close.cancelled() => return,
+        };
+        match f {
+            Ok(Some(f)) if f.frame_type() == Some(FrameType::Ping) => {
+                let _ = tx.try_send(control(FrameType::Pong, nil_payload()));
+            }
+            Ok(Some(_)) => debug!("frame from an unregistered peer dropped"),
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_capture_parses() {
+        // f3-wire.md §1.3: HELLO site-1 → server, 69 bytes
+        let mut wire = vec![
+            0x00, 0x00, 0x00, 0x45, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+            0x00, 0x01, 0x83, 0xad,
+        ];
+        wire.extend_from_slice(b"endpoint_name");
+        wire.push(0xa6);
+        wire.extend_from_slice(b"site-1");
+        wire.push(0xa9);
+        wire.extend_from_slice(b"timestamp");
+        wire.extend_from_slice(&[0xcb, 0x41, 0xda, 0xc2, 0x86, 0x77, 0xde, 0xf7, 0x74, 0xa4]);
+        wire.extend_from_slice(b"fqcn");
+        wire.push(0xa6);
+        wire.extend_from_slice(b"site-1");
+        assert_eq!(wire.len(), 69);
+        let mut buf = BytesMut::from(&wire[..]);
+        let f = FrameDecoder::new(1 << 20, 65535)
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.frame_type(), Some(FrameType::Hello));
+        assert_eq!(hello_name(&f.payload).unwrap(), "site-1");
+        // our own HELLO has the same shape and length for the same name
+        let ours = control(
+            FrameType::Hello,
+            hello_payload(&Fqcn::new("site-1").unwrap()),
+        )
+        .to_bytes(1, 1)
+        .unwrap();
+        assert_eq!(ours.len(), 69);
+        assert_eq!(&ours[..16], &wire[..16]);
+        assert_eq!(&ours[16..36], &wire[16..36]);
+    }
+
+    #[test]
+    fn counters_follow_nvflare() {
+        let mut c = Counters {
+            sequence: 0,
+            stream_id: 16,
+        };
+        assert_eq!(c.next(FrameType::Hello), (1, 1));
+        assert_eq!(c.next(FrameType::Data), (17, 2));
+        assert_eq!(c.next(FrameType::Ping), (18, 3));
+    }
+
+    #[test]
+    fn hello_name_rejects_garbage() {
+        assert!(hello_name(&[0xc0]).is_err());
+        assert!(hello_name(&[0x80]).is_err());
+        assert!(hello_name(&[0xc1]).is_err());
+        assert!(hello_name(&[0x81, 0xad]).is_err());
+    }
+}

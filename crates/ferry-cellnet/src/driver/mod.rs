@@ -1,0 +1,103 @@
+//! Transport drivers: they turn a URL into byte streams (TCP, mutual TLS over TCP, or an
+//! in-process pipe). Framing and the protocol above are the same for all of them.
+
+pub(crate) mod inproc;
+pub(crate) mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::CellnetError;
+
+/// The read half of a connection.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a connection.
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An established byte stream, split, plus what the transport knows about the peer.
+pub(crate) struct Transport {
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
+    /// The peer's address, for logs.
+    pub peer_addr: String,
+    /// Under mutual TLS on the accepting side: the CN of the client certificate, which the
+    /// HELLO name's first segment must equal.
+    pub peer_cn: Option<String>,
+}
+
+/// A parsed cell URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Url {
+    /// `tcp://HOST:PORT`
+    Tcp(String),
+    /// `stcp://HOST:PORT` (mutual TLS)
+    Stcp(String),
+    /// `inproc://NAME` (in-process pipe, for tests)
+    Inproc(String),
+}
+
+impl Url {
+    /// Parse `tcp://HOST:PORT`, `stcp://HOST:PORT` or `inproc://NAME`.
+    pub fn parse(url: &str) -> Result<Url, CellnetError> {
+        let bad = |reason: &str| CellnetError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("missing scheme://"))?;
+        if rest.is_empty() {
+            return Err(bad("missing address"));
+        }
+        let host_port = |rest: &str| -> Result<String, CellnetError> {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| bad("expected HOST:PORT"))?;
+            if host.is_empty() {
+                return Err(bad("empty host"));
+            }
+            port.parse::<u16>().map_err(|_| bad("bad port"))?;
+            Ok(rest.trim_end_matches('/').to_string())
+        };
+        match scheme {
+            "tcp" => Ok(Url::Tcp(host_port(rest)?)),
+            "stcp" => Ok(Url::Stcp(host_port(rest)?)),
+            "inproc" => Ok(Url::Inproc(rest.to_string())),
+            other => Err(bad(&format!("unsupported scheme {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Url::parse("tcp://127.0.0.1:0").unwrap(),
+            Url::Tcp("127.0.0.1:0".into())
+        );
+        assert_eq!(
+            Url::parse("stcp://localhost:8002").unwrap(),
+            Url::Stcp("localhost:8002".into())
+        );
+        assert_eq!(
+            Url::parse("tcp://[::1]:80").unwrap(),
+            Url::Tcp("[::1]:80".into())
+        );
+        assert_eq!(Url::parse("inproc://x").unwrap(), Url::Inproc("x".into()));
+        for bad in [
+            "",
+            "tcp://",
+            "tcp://host",
+            "tcp://:1",
+            "tcp://h:99999",
+            "http://h:1",
+            "h:1",
+        ] {
+            assert!(Url::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

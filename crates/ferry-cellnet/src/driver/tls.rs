@@ -1,0 +1,377 @@
+//! Mutual TLS (rustls, ring provider) around the same F3 byte stream (f3-wire.md §6.1).
+//!
+//! Both sides present a certificate signed by the project's root CA and verify the peer's
+//! chain against it. Host names are **not** checked (as NVFlare). On the accepting side the
+//! client certificate's common name must equal the first segment of the FQCN the peer claims
+//! in its HELLO; the cell checks that after the handshake.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::Transport;
+use crate::error::CellnetError;
+
+/// Certificates and key of a cell for `stcp://` URLs.
+///
+/// ```no_run
+/// # fn main() -> Result<(), ferry_cellnet::CellnetError> {
+/// use ferry_cellnet::{Cell, TlsConfig};
+/// let tls = TlsConfig::from_pem_files("rootCA.pem", "site-1.crt", "site-1.key")?;
+/// let cell = Cell::builder("site-1")?.tls(tls).build();
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    // PrivateKeyDer is not Clone; keep one copy behind an Arc.
+    key: Arc<PrivateKeyDer<'static>>,
+    /// false = server-only TLS (NVFlare's `connection_security: tls`).
+    require_client_cert: bool,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(e: impl std::fmt::Display) -> CellnetError {
+    CellnetError::Tls(e.to_string())
+}
+
+impl TlsConfig {
+    /// From PEM bytes: the root CA certificate(s), this cell's certificate chain (leaf first)
+    /// and its private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, CellnetError> {
+        let mut roots = RootCertStore::empty();
+        let cas: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &ca_pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(tls_err)?;
+        if cas.is_empty() {
+            return Err(CellnetError::Tls("no CA certificate in PEM".into()));
+        }
+        for c in cas {
+            roots.add(c).map_err(tls_err)?;
+        }
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(tls_err)?;
+        if chain.is_empty() {
+            return Err(CellnetError::Tls("no certificate in PEM".into()));
+        }
+        let key = rustls_pemfile::private_key(&mut &key_pem[..])
+            .map_err(tls_err)?
+            .ok_or_else(|| CellnetError::Tls("no private key in PEM".into()))?;
+        Ok(TlsConfig {
+            roots: Arc::new(roots),
+            chain,
+            key: Arc::new(key),
+            require_client_cert: true,
+        })
+    }
+
+    /// From PEM files (NVFlare's `rootCA.pem`, `client.crt`/`server.crt`, `*.key`).
+    pub fn from_pem_files(
+        ca: impl AsRef<Path>,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, CellnetError> {
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| tls_err(format!("{}: {e}", p.display())));
+        Self::from_pem(
+            &read(ca.as_ref())?,
+            &read(cert.as_ref())?,
+            &read(key.as_ref())?,
+        )
+    }
+
+    /// Whether a listener requires client certificates (default true: mutual TLS). Without
+    /// them the CN check cannot be made and any FQCN is accepted.
+    pub fn require_client_cert(mut self, yes: bool) -> Self {
+        self.require_client_cert = yes;
+        self
+    }
+
+    pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, CellnetError> {
+        let p = provider();
+        let builder = rustls::ServerConfig::builder_with_provider(p.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?;
+        let builder = if self.require_client_cert {
+            let v = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), p)
+                .build()
+                .map_err(tls_err)?;
+            builder.with_client_cert_verifier(v)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let cfg = builder
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls_err)?;
+        Ok(TlsAcceptor::from(Arc::new(cfg)))
+    }
+
+    pub(crate) fn connector(&self) -> Result<TlsConnector, CellnetError> {
+        let p = provider();
+        let verifier = Arc::new(CaOnlyVerifier {
+            roots: self.roots.clone(),
+            provider: p.clone(),
+        });
+        let cfg = rustls::ClientConfig::builder_with_provider(p)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls_err)?;
+        Ok(TlsConnector::from(Arc::new(cfg)))
+    }
+}
+
+/// Verifies the server chain against the root CA but not the host name (NVFlare's rule).
+#[derive(Debug)]
+struct CaOnlyVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for CaOnlyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// TLS handshake on an accepted socket; returns the transport with the client's CN.
+pub(crate) async fn accept(
+    acceptor: &TlsAcceptor,
+    s: TcpStream,
+) -> Result<Transport, CellnetError> {
+    let _ = s.set_nodelay(true);
+    let peer_addr = s
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let tls = acceptor.accept(s).await.map_err(tls_err)?;
+    let peer_cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| common_name(c).ok_or_else(|| tls_err("client certificate has no CN")))
+        .transpose()?;
+    let (rd, wr) = tokio::io::split(tls);
+    Ok(Transport {
+        rd: Box::new(rd),
+        wr: Box::new(wr),
+        peer_addr,
+        peer_cn,
+    })
+}
+
+/// TLS handshake on a connected socket.
+pub(crate) async fn connect(
+    connector: &TlsConnector,
+    host: &str,
+    s: TcpStream,
+) -> Result<Transport, CellnetError> {
+    let peer_addr = s
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    // Any syntactically valid name works: the verifier does not check it.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
+        ServerName::try_from("ferry.invalid".to_string()).expect("valid DNS name")
+    });
+    let tls = connector.connect(name, s).await.map_err(tls_err)?;
+    let (rd, wr) = tokio::io::split(tls);
+    Ok(Transport {
+        rd: Box::new(rd),
+        wr: Box::new(wr),
+        peer_addr,
+        peer_cn: None,
+    })
+}
+
+/// Minimal DER reader: one TLV at the start of `b` → (tag, content, rest).
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let l0 = *b.get(1)? as usize;
+    let (len, hdr) = if l0 < 0x80 {
+        (l0, 2)
+    } else {
+        let n = l0 & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let end = hdr.checked_add(len)?;
+    if end > b.len() {
+        return None;
+    }
+    Some((tag, &b[hdr..end], &b[end..]))
+}
+
+/// The subject common name (OID 2.5.4.3) of a DER certificate. The certificate has already
+/// been verified against the CA by rustls; this only walks its structure, bounds-checked.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    const SEQ: u8 = 0x30;
+    let (tag, cert, _) = tlv(cert.as_ref())?;
+    if tag != SEQ {
+        return None;
+    }
+    let (tag, tbs, _) = tlv(cert)?;
+    if tag != SEQ {
+        return None;
+    }
+    let mut rest = tbs;
+    // optional [0] version
+    let (tag, _, r) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = r;
+    }
+    // serial, signature algorithm, issuer, validity, subject
+    let mut fields = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let (tag, content, r) = tlv(rest)?;
+        fields.push((tag, content));
+        rest = r;
+    }
+    let (tag, subject) = fields[4];
+    if tag != SEQ {
+        return None;
+    }
+    let mut rdns = subject;
+    while !rdns.is_empty() {
+        let (_set_tag, set, r) = tlv(rdns)?;
+        rdns = r;
+        let mut atvs = set;
+        while !atvs.is_empty() {
+            let (_, atv, r) = tlv(atvs)?;
+            atvs = r;
+            let (oid_tag, oid, val) = tlv(atv)?;
+            if oid_tag == 0x06 && oid == [0x55, 0x04, 0x03] {
+                let (vtag, v, _) = tlv(val)?;
+                return match vtag {
+                    // UTF8String, PrintableString, IA5String, T61String
+                    0x0c | 0x13 | 0x16 | 0x14 => String::from_utf8(v.to_vec()).ok(),
+                    // BMPString (UTF-16BE)
+                    0x1e if v.len() % 2 == 0 => {
+                        let units: Vec<u16> = v
+                            .chunks_exact(2)
+                            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                            .collect();
+                        String::from_utf16(&units).ok()
+                    }
+                    _ => None,
+                };
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with_cn(cn: &str) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "ferry");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn extracts_cn() {
+        assert_eq!(
+            common_name(&cert_with_cn("site-1")).as_deref(),
+            Some("site-1")
+        );
+        assert_eq!(
+            common_name(&cert_with_cn("server")).as_deref(),
+            Some("server")
+        );
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        assert_eq!(
+            common_name(&CertificateDer::from(vec![0x30, 0x82, 0xff])),
+            None
+        );
+        assert_eq!(common_name(&CertificateDer::from(vec![])), None);
+        assert_eq!(common_name(&CertificateDer::from(vec![0x30, 0x00])), None);
+        let good = cert_with_cn("x");
+        for cut in [1, 10, 50, good.len() / 2] {
+            let _ = common_name(&CertificateDer::from(good[..cut].to_vec()));
+        }
+    }
+}

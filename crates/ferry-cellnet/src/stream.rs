@@ -1,0 +1,582 @@
+//! The `sm__*` byte-stream protocol (f3-wire.md §4): sending a blob as chunks with a window
+//! driven by ACKs, and reassembling received chunks (out of order, duplicates, limits), with
+//! ACKs and ERRORs. Streamed requests carry `sm__ri`; their replies are streams on
+//! `return_only` carrying the same `sm__ri`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::cell::{CellInner, ReplyTo};
+use crate::connection::Conn;
+use crate::error::CellnetError;
+use crate::headers::{keys, stream_keys as sk, Headers};
+use crate::message::{encoding, Message, Payload};
+use crate::return_code::ReturnCode;
+
+/// `sm__dt` values.
+pub mod data_type {
+    /// A chunk that is not the last.
+    pub const CHUNK: u64 = 1;
+    /// The last chunk.
+    pub const FINAL: u64 = 2;
+    /// Receiver → sender acknowledgement.
+    pub const ACK: u64 = 3;
+    /// Abort (either direction).
+    pub const ERROR: u64 = 6;
+}
+
+/// Reassembly buffers are pre-sized to the announced size, but never beyond this.
+const MAX_PREALLOC: usize = 8 * 1024 * 1024;
+
+/// Progress of a stream this cell sends.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Progress {
+    /// Bytes the receiver has acknowledged.
+    pub acked: u64,
+    /// Set when the receiver aborted the stream.
+    pub error: Option<String>,
+}
+
+pub(crate) struct OutStream {
+    progress: watch::Sender<Progress>,
+    /// `sm__ri` of a streamed request (to fail its waiter on an ERROR).
+    ri: Option<String>,
+}
+
+/// A stream being reassembled.
+struct Reassembly {
+    /// Headers of the first chunk received (every chunk carries the blob headers).
+    headers: Headers,
+    /// Whether `headers` came from chunk 0 (preferred: it carries the optional hints).
+    headers_from_first: bool,
+    /// In-order bytes so far.
+    data: BytesMut,
+    /// A stream of exactly one chunk keeps that chunk without copying.
+    single: Option<Bytes>,
+    next_seq: u64,
+    /// Chunks that arrived ahead of `next_seq`.
+    pending: BTreeMap<u64, Bytes>,
+    pending_bytes: usize,
+    final_seq: Option<u64>,
+    acked_bytes: usize,
+    last_activity: Instant,
+    /// The connection the chunks arrive on (ACKs fall back to it).
+    conn: Arc<Conn>,
+}
+
+impl Reassembly {
+    fn total(&self) -> usize {
+        self.data.len() + self.pending_bytes + self.single.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// Stream state of a cell.
+#[derive(Default)]
+pub(crate) struct StreamState {
+    incoming: Mutex<HashMap<(String, u64), Reassembly>>,
+    pub outgoing: DashMap<u64, OutStream>,
+    next: AtomicU64,
+}
+
+impl StreamState {
+    /// A fresh stream id, unique per sender: µs timestamp at first use, then a counter
+    /// (NVFlare uses the same shape, ≈1.8e15).
+    pub fn next_id(&self) -> u64 {
+        if self.next.load(Ordering::Relaxed) == 0 {
+            let seed = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(1);
+            let _ = self
+                .next
+                .compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Drop reassemblies idle for longer than `idle` (called from heartbeat ticks).
+    pub fn sweep(&self, idle: std::time::Duration) {
+        let now = Instant::now();
+        let mut map = self.incoming.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|(origin, sid), r| {
+            let keep = now.duration_since(r.last_activity) < idle;
+            if !keep {
+                warn!(%origin, sid, "stream idle for {idle:?}; dropped");
+            }
+            keep
+        });
+    }
+}
+
+/// Split segments into chunks of at most `size` bytes (zero-copy slices).
+fn chunks(segments: Vec<Bytes>, size: usize) -> Vec<Vec<Bytes>> {
+    let mut out: Vec<Vec<Bytes>> = Vec::new();
+    let mut cur: Vec<Bytes> = Vec::new();
+    let mut cur_len = 0;
+    for mut s in segments {
+        while !s.is_empty() {
+            let take = (size - cur_len).min(s.len());
+            cur.push(s.split_to(take));
+            cur_len += take;
+            if cur_len == size {
+                out.push(std::mem::take(&mut cur));
+                cur_len = 0;
+            }
+        }
+    }
+    if !cur.is_empty() || out.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+impl CellInner {
+    /// Send `payload` as a stream to `target`. `app_headers` are the blob headers copied into
+    /// every chunk; `ri` makes it a streamed request (or reply, on `return_only`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_stream(
+        self: &Arc<Self>,
+        target: &str,
+        sid: u64,
+        app_headers: Headers,
+        channel: &str,
+        topic: &str,
+        payload: Payload,
+        ri: Option<String>,
+        fallback: Option<&Arc<Conn>>,
+    ) -> Result<(), CellnetError> {
+        let pe = payload.encoding();
+        let segments = payload.into_segments();
+        let total: usize = segments.iter().map(Bytes::len).sum();
+        if total > self.limits.max_stream_bytes {
+            return Err(CellnetError::MessageTooBig {
+                size: total,
+                max: self.limits.max_stream_bytes,
+            });
+        }
+        let (ptx, mut prx) = watch::channel(Progress::default());
+        self.streams.outgoing.insert(
+            sid,
+            OutStream {
+                progress: ptx,
+                ri: ri.clone(),
+            },
+        );
+        let chunk_size = self.limits.stream_chunk_size;
+        let window = self.limits.stream_window as u64;
+        let parts = chunks(segments, chunk_size);
+        let n = parts.len();
+        let mut offset = 0u64;
+        for (seq, part) in parts.into_iter().enumerate() {
+            // flow control: wait while more than a window is unacknowledged
+            loop {
+                let p = prx.borrow_and_update().clone();
+                if let Some(e) = p.error {
+                    return Err(CellnetError::Stream(e));
+                }
+                if offset.saturating_sub(p.acked) <= window {
+                    break;
+                }
+                match tokio::time::timeout(self.limits.stream_idle_timeout, prx.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(CellnetError::Stream("stream cancelled".into())),
+                    Err(_) => {
+                        return Err(CellnetError::Timeout(format!(
+                            "no ACK progress on stream {sid} for {:?}",
+                            self.limits.stream_idle_timeout
+                        )))
+                    }
+                }
+            }
+            let len: usize = part.iter().map(Bytes::len).sum();
+            let mut h = app_headers.clone();
+            if let Some(ri) = &ri {
+                h.insert(sk::REQ_ID, ri.as_str());
+            }
+            h.insert(sk::PAYLOAD_ENCODING, pe);
+            h.insert(sk::CHANNEL, channel);
+            h.insert(sk::TOPIC, topic);
+            h.insert(sk::ID, sid);
+            h.insert(sk::SEQ, seq as u64);
+            h.insert(
+                sk::DATA_TYPE,
+                if seq + 1 == n {
+                    data_type::FINAL
+                } else {
+                    data_type::CHUNK
+                },
+            );
+            h.insert(sk::OFFSET, offset);
+            h.insert(sk::SIZE, total as u64);
+            h.insert(sk::RELIABLE, false);
+            if seq == 0 {
+                h.insert(sk::CHUNK_SIZE, chunk_size as u64);
+                h.insert(sk::WINDOW, window);
+            }
+            let h = self.request_headers(
+                h,
+                target,
+                sk::STREAM_CHANNEL,
+                sk::TOPIC_DATA,
+                None,
+                false,
+                encoding::BYTES,
+                len,
+            );
+            self.send_message(target, h, part, fallback, None).await?;
+            offset += len as u64;
+        }
+        debug!(sid, %target, total, chunks = n, "stream sent");
+        Ok(())
+    }
+
+    /// A message on `sm__STREAM` (called by the reader task; never waits).
+    pub(crate) fn on_stream(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        origin: String,
+        topic: &str,
+        headers: Headers,
+        payload: Bytes,
+    ) {
+        let Some(sid) = headers.get_u64(sk::ID) else {
+            warn!(%origin, "stream message without sm__id; dropped");
+            return;
+        };
+        let dt = headers.get_u64(sk::DATA_TYPE).unwrap_or(0);
+        match topic {
+            sk::TOPIC_DATA if dt == data_type::ERROR => {
+                let em = headers
+                    .get_str(sk::ERROR_MSG)
+                    .unwrap_or("aborted by sender");
+                warn!(%origin, sid, "sender aborted the stream: {em}");
+                self.streams
+                    .incoming
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(origin, sid));
+            }
+            sk::TOPIC_DATA => self.on_chunk(conn, origin, sid, dt, headers, payload),
+            sk::TOPIC_ACK | sk::TOPIC_ERROR if dt == data_type::ERROR => {
+                let em = headers
+                    .get_str(sk::ERROR_MSG)
+                    .unwrap_or("stream rejected by receiver")
+                    .to_string();
+                warn!(%origin, sid, "receiver aborted the stream: {em}");
+                let ri = self
+                    .streams
+                    .outgoing
+                    .get(&sid)
+                    .map(|o| {
+                        o.progress.send_modify(|p| p.error = Some(em.clone()));
+                        o.ri.clone()
+                    })
+                    .unwrap_or(None)
+                    .or_else(|| headers.get_str(sk::REQ_ID).map(str::to_string));
+                if let Some(ri) = ri {
+                    if let Some((_, w)) = self.stream_waiters.remove(&ri) {
+                        let _ = w.tx.send(Message::error(ReturnCode::CommError, em));
+                    }
+                }
+            }
+            sk::TOPIC_ACK => {
+                if let Some(o) = self.streams.outgoing.get(&sid) {
+                    let os = headers.get_u64(sk::OFFSET).unwrap_or(0);
+                    o.progress.send_if_modified(|p| {
+                        if os > p.acked {
+                            p.acked = os;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+            }
+            sk::TOPIC_ERROR => debug!(%origin, sid, "sm__ERROR without dt=6; ignored"),
+            other => warn!(%origin, "unknown stream topic {other:?}; dropped"),
+        }
+    }
+
+    fn on_chunk(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        origin: String,
+        sid: u64,
+        dt: u64,
+        headers: Headers,
+        payload: Bytes,
+    ) {
+        let seq = headers.get_u64(sk::SEQ).unwrap_or(0);
+        let max = self.limits.max_stream_bytes;
+        let key = (origin.clone(), sid);
+        let mut map = self
+            .streams
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(&key) {
+            let size = headers.get_u64(sk::SIZE).unwrap_or(0);
+            let from_origin = map.keys().filter(|(o, _)| *o == origin).count();
+            let refuse = if size > max as u64 {
+                Some(format!("stream of {size} bytes exceeds the limit of {max}"))
+            } else if from_origin >= self.limits.max_streams_per_peer {
+                Some(format!(
+                    "more than {} concurrent streams from {origin}",
+                    self.limits.max_streams_per_peer
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = refuse {
+                drop(map);
+                warn!(%origin, sid, "stream refused: {why}");
+                self.send_stream_error(conn, &origin, sid, &headers, &why);
+                return;
+            }
+            map.insert(
+                key.clone(),
+                Reassembly {
+                    headers: headers.clone(),
+                    headers_from_first: seq == 0,
+                    data: BytesMut::with_capacity((size as usize).min(MAX_PREALLOC)),
+                    single: None,
+                    next_seq: 0,
+                    pending: BTreeMap::new(),
+                    pending_bytes: 0,
+                    final_seq: None,
+                    acked_bytes: 0,
+                    last_activity: Instant::now(),
+                    conn: conn.clone(),
+                },
+            );
+        }
+        let Some(r) = map.get_mut(&key) else { return };
+        r.last_activity = Instant::now();
+        if seq == 0 && !r.headers_from_first {
+            r.headers = headers;
+            r.headers_from_first = true;
+        }
+        if dt == data_type::FINAL {
+            r.final_seq = Some(seq);
+        }
+        let duplicate = seq < r.next_seq || r.pending.contains_key(&seq);
+        if !duplicate {
+            if r.total() + payload.len() > max {
+                map.remove(&key);
+                drop(map);
+                let why = format!("stream exceeds the limit of {max} bytes");
+                warn!(%origin, sid, "{why}");
+                let h = Headers::new();
+                self.send_stream_error(conn, &origin, sid, &h, &why);
+                return;
+            }
+            if seq == r.next_seq {
+                if seq == 0 && dt == data_type::FINAL {
+                    r.single = Some(payload);
+                } else {
+                    r.data.extend_from_slice(&payload);
+                }
+                r.next_seq += 1;
+                while let Some(p) = r.pending.remove(&r.next_seq) {
+                    r.pending_bytes -= p.len();
+                    r.data.extend_from_slice(&p);
+                    r.next_seq += 1;
+                }
+            } else {
+                r.pending_bytes += payload.len();
+                r.pending.insert(seq, payload);
+            }
+        }
+        let consumed = r.data.len() + r.single.as_ref().map_or(0, Bytes::len);
+        let complete = r.final_seq.is_some_and(|f| r.next_seq > f);
+        if complete || consumed - r.acked_bytes >= self.limits.stream_ack_interval {
+            r.acked_bytes = consumed;
+            let last_seq = r.next_seq.saturating_sub(1);
+            let ack_conn = r.conn.clone();
+            self.send_stream_ack(&ack_conn, &origin, sid, consumed as u64, last_seq);
+        }
+        if !complete {
+            return;
+        }
+        let Some(r) = map.remove(&key) else { return };
+        drop(map);
+        self.stream_complete(origin, sid, r);
+    }
+
+    fn stream_complete(self: &Arc<Self>, origin: String, sid: u64, r: Reassembly) {
+        let blob = match r.single {
+            Some(b) => b,
+            None => r.data.freeze(),
+        };
+        let mut h = r.headers;
+        let channel = h.get_str(sk::CHANNEL).unwrap_or_default().to_string();
+        let topic = h.get_str(sk::TOPIC).unwrap_or_default().to_string();
+        let pe = h.get_str(sk::PAYLOAD_ENCODING).map(str::to_string);
+        let ri = h.get_str(sk::REQ_ID).map(str::to_string);
+        // The handler sees the blob's own headers plus where it came from; the per-chunk
+        // stream and routing bookkeeping is dropped.
+        h.retain(|k, _| !k.starts_with("sm__") || k == sk::REQ_ID);
+        for k in [
+            keys::MSG_TYPE,
+            keys::FROM,
+            keys::TO,
+            keys::REPLY_EXPECTED,
+            keys::REQ_ID,
+            keys::PAYLOAD_LEN,
+        ] {
+            h.remove(k);
+        }
+        h.insert(keys::CHANNEL, channel.as_str());
+        h.insert(keys::TOPIC, topic.as_str());
+        h.insert(keys::ORIGIN, origin.as_str());
+        h.insert(
+            keys::PAYLOAD_ENCODING,
+            pe.as_deref().unwrap_or(encoding::BYTES),
+        );
+        debug!(%origin, sid, bytes = blob.len(), %channel, %topic, "stream complete");
+        let payload = Payload::from_wire(pe.as_deref(), blob);
+        if channel == sk::RETURN_ONLY {
+            let Some(ri) = ri else {
+                warn!(%origin, sid, "streamed reply without sm__ri; dropped");
+                return;
+            };
+            let Some((_, w)) = self.stream_waiters.remove(&ri) else {
+                warn!(%origin, %ri, "unexpected streamed reply (nobody waits for it); dropped");
+                return;
+            };
+            let msg = match payload {
+                Ok(p) => Message {
+                    headers: h,
+                    payload: p,
+                },
+                Err(e) => Message::error(ReturnCode::CommError, format!("bad reply payload: {e}")),
+            };
+            let _ = w.tx.send(msg);
+            return;
+        }
+        let reply_to = match ri {
+            Some(ri) => ReplyTo::Stream(ri),
+            None => ReplyTo::Nobody,
+        };
+        let conn = r.conn;
+        match payload {
+            Ok(p) => self.dispatch_request(
+                &conn,
+                Message {
+                    headers: h,
+                    payload: p,
+                },
+                reply_to,
+            ),
+            Err(e) => {
+                warn!(%origin, "undecodable streamed payload: {e}");
+                let mut m = Message::error(ReturnCode::InvalidRequest, e.to_string());
+                m.headers.insert(keys::ORIGIN, origin.as_str());
+                m.headers.insert(keys::CHANNEL, channel.as_str());
+                m.headers.insert(keys::TOPIC, topic.as_str());
+                if let ReplyTo::Stream(ri) = reply_to {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let sid = me.streams.next_id();
+                        let tp = format!("{channel}:{topic}");
+                        let blob = m.headers.clone();
+                        let _ = me
+                            .send_stream(
+                                &origin,
+                                sid,
+                                blob,
+                                sk::RETURN_ONLY,
+                                &tp,
+                                Payload::None,
+                                Some(ri),
+                                Some(&conn),
+                            )
+                            .await;
+                        me.streams.outgoing.remove(&sid);
+                    });
+                }
+            }
+        }
+    }
+
+    fn send_stream_ack(&self, conn: &Arc<Conn>, origin: &str, sid: u64, os: u64, sq: u64) {
+        let mut h = Headers::new();
+        h.insert(sk::ID, sid);
+        h.insert(sk::DATA_TYPE, data_type::ACK);
+        h.insert(sk::OFFSET, os);
+        h.insert(sk::SEQ, sq);
+        let h = self.request_headers(
+            h,
+            origin,
+            sk::STREAM_CHANNEL,
+            sk::TOPIC_ACK,
+            None,
+            false,
+            encoding::NONE,
+            0,
+        );
+        self.send_message_detached(origin, h, Vec::new(), Some(conn));
+    }
+
+    /// Reject a stream: an ERROR on `sm__ERROR` (2.9) and the same on `sm__ACK` (≤ 2.8).
+    fn send_stream_error(
+        &self,
+        conn: &Arc<Conn>,
+        origin: &str,
+        sid: u64,
+        chunk: &Headers,
+        why: &str,
+    ) {
+        for topic in [sk::TOPIC_ERROR, sk::TOPIC_ACK] {
+            let mut h = Headers::new();
+            h.insert(sk::ID, sid);
+            h.insert(sk::DATA_TYPE, data_type::ERROR);
+            h.insert(sk::ERROR_MSG, why);
+            h.insert(sk::ERROR_TYPE, "StreamError");
+            for k in [sk::CHANNEL, sk::TOPIC, sk::REQ_ID] {
+                if let Some(v) = chunk.get(k) {
+                    h.insert(k, v.clone());
+                }
+            }
+            let h = self.request_headers(
+                h,
+                origin,
+                sk::STREAM_CHANNEL,
+                topic,
+                None,
+                false,
+                encoding::NONE,
+                0,
+            );
+            self.send_message_detached(origin, h, Vec::new(), Some(conn));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunking_is_zero_copy_and_exact() {
+        let a = Bytes::from(vec![1u8; 5]);
+        let b = Bytes::from(vec![2u8; 7]);
+        let c = chunks(vec![a.clone(), b.clone()], 4);
+        let lens: Vec<usize> = c.iter().map(|p| p.iter().map(Bytes::len).sum()).collect();
+        assert_eq!(lens, [4, 4, 4]);
+        assert_eq!(c[0][0].as_ptr(), a.as_ptr());
+        let c = chunks(vec![], 4);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].is_empty());
+        let c = chunks(vec![Bytes::from(vec![0u8; 8])], 4);
+        assert_eq!(c.len(), 2);
+    }
+}
