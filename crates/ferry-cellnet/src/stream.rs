@@ -67,6 +67,9 @@ struct Reassembly {
     pending_bytes: usize,
     final_seq: Option<u64>,
     acked_bytes: usize,
+    /// ACK every this many bytes: our interval, but at most half the sender's window
+    /// (`sm__ws`) so a sender with a small window never stalls.
+    ack_every: usize,
     last_activity: Instant,
     /// The connection the chunks arrive on (ACKs fall back to it).
     conn: Arc<Conn>,
@@ -353,6 +356,11 @@ impl CellInner {
                     pending_bytes: 0,
                     final_seq: None,
                     acked_bytes: 0,
+                    ack_every: headers
+                        .get_u64(sk::WINDOW)
+                        .map(|w| (w as usize / 2).max(1))
+                        .unwrap_or(usize::MAX)
+                        .min(self.limits.stream_ack_interval),
                     last_activity: Instant::now(),
                     conn: conn.clone(),
                 },
@@ -361,6 +369,9 @@ impl CellInner {
         let Some(r) = map.get_mut(&key) else { return };
         r.last_activity = Instant::now();
         if seq == 0 && !r.headers_from_first {
+            if let Some(w) = headers.get_u64(sk::WINDOW) {
+                r.ack_every = r.ack_every.min((w as usize / 2).max(1));
+            }
             r.headers = headers;
             r.headers_from_first = true;
         }
@@ -397,7 +408,7 @@ impl CellInner {
         }
         let consumed = r.data.len() + r.single.as_ref().map_or(0, Bytes::len);
         let complete = r.final_seq.is_some_and(|f| r.next_seq > f);
-        if complete || consumed - r.acked_bytes >= self.limits.stream_ack_interval {
+        if complete || consumed - r.acked_bytes >= r.ack_every {
             r.acked_bytes = consumed;
             let last_seq = r.next_seq.saturating_sub(1);
             let ack_conn = r.conn.clone();
