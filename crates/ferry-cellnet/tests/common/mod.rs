@@ -78,6 +78,13 @@ pub struct RawPeer {
 }
 
 impl RawPeer {
+    pub fn from_stream(s: TcpStream) -> RawPeer {
+        RawPeer {
+            s,
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn connect(url: &str) -> RawPeer {
         let addr = url.trim_start_matches("tcp://");
         let s = TcpStream::connect(addr).await.unwrap();
