@@ -437,3 +437,6 @@ impl Consumer for MemorySink {
         r.completed = false;
     }
 }
+
+mod sim;
+pub use sim::{DownloadHandle, ReceiverId, Sim, SimConfig, SimStats};

@@ -1,0 +1,682 @@
+//! A seeded, single-threaded network on virtual time: one producer [`Service`] (named
+//! [`SimConfig::sender`]) and N receivers running [`Download`]s, with latency, loss,
+//! duplication, reordering (random latency), slow receivers, slow `produce`, receiver crash and
+//! restart, transaction deletion and source-failure notices. The simulator plays the glue: it
+//! encodes every request and reply with the real wire types, runs `produce` on the objects and
+//! the consumer calls the engines ask for, and records every service event with its instant.
+//!
+//! Quinn's `Pair` idea, for the download service. Everything is deterministic for a seed.
+//!
+//! ```
+//! use ferry_core::testing::{BytesObject, MemorySink, Sim, SimConfig};
+//! use ferry_core::{DownloadConfig, TxConfig};
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//!
+//! let mut sim = Sim::new(SimConfig { seed: 7, ..SimConfig::default() }, Instant::now());
+//! let now = sim.now();
+//! let tx = sim.service().new_transaction(TxConfig::new(Duration::from_secs(60)).with_num_receivers(2), now)?;
+//! let obj = Arc::new(BytesObject::new((0..100u8).collect::<Vec<u8>>(), 16));
+//! let rid = sim.service().add_object(&tx, obj, None, now)?;
+//! let mut sinks = Vec::new();
+//! for name in ["site-1", "site-2"] {
+//!     let r = sim.add_receiver(name);
+//!     let (sink, result) = MemorySink::bytes();
+//!     let mut sink = Some(sink);
+//!     sim.start_download(r, rid.clone(), DownloadConfig::default(), move || {
+//!         Box::new(sink.take().unwrap_or_else(|| MemorySink::bytes().0))
+//!     });
+//!     sinks.push(result);
+//! }
+//! sim.run_for(Duration::from_secs(3600));
+//! assert!(sim.outcomes()[0].completed());
+//! assert_eq!(sinks[0].lock().unwrap().bytes, (0..100u8).collect::<Vec<u8>>());
+//! # Ok::<(), ferry_core::Error>(())
+//! ```
+
+use super::SplitMix64;
+use crate::message::{encode, SourceFailureNotice};
+use crate::{
+    Action, Consumer, Download, DownloadConfig, DownloadFailure, Handled, PullTicket, RefId,
+    RequestId, ReturnCode, Service, ServiceConfig, ServiceEvent, SourceFailureTable,
+    TransferOutcome, TxId,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+/// Network and timing parameters of a [`Sim`].
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// The producer's FQCN.
+    pub sender: String,
+    /// One-way latency, uniform in `[min, max]` (times the receiver's slowness).
+    pub latency: (Duration, Duration),
+    /// Probability that a pull request or its reply is lost.
+    pub loss: f64,
+    /// Probability that a reply, confirm or cancel is delivered twice. Pull requests are not
+    /// duplicated: a duplicated terminal pull makes the producer issue two provisional serves,
+    /// and R6 accepts only the latest nonce, so the receiver's confirm could be stale (NVFlare
+    /// semantics; cellnet over TCP never duplicates a request).
+    pub duplicate: f64,
+    /// Whether confirms and cancels can be lost too (fire-and-forget over a lossy link:
+    /// the producer then ends by budget or timeout, fail-closed).
+    pub lossy_fire_and_forget: bool,
+    /// How long `produce` takes, uniform in `[min, max]` (the pull ticket is held meanwhile).
+    pub produce_time: (Duration, Duration),
+    /// Safety bound on simulation steps per run call.
+    pub max_steps: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            sender: "server".into(),
+            latency: (Duration::from_millis(1), Duration::from_millis(5)),
+            loss: 0.0,
+            duplicate: 0.0,
+            lossy_fire_and_forget: false,
+            produce_time: (Duration::ZERO, Duration::ZERO),
+            max_steps: 10_000_000,
+        }
+    }
+}
+
+/// Index of a receiver in a [`Sim`].
+pub type ReceiverId = usize;
+
+/// Identifies one download started with [`Sim::start_download`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DownloadHandle {
+    /// The receiver.
+    pub receiver: ReceiverId,
+    /// Index among that receiver's downloads.
+    pub index: usize,
+}
+
+/// Message counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Messages handed to the network.
+    pub sent: u64,
+    /// Messages dropped by loss.
+    pub lost: u64,
+    /// Extra copies delivered.
+    pub duplicated: u64,
+    /// Messages dropped because their receiver had crashed.
+    pub dropped_by_crash: u64,
+    /// `produce` calls run.
+    pub produced: u64,
+}
+
+/// Builds a fresh consumer (again after a crash).
+type ConsumerFactory = Box<dyn FnMut() -> Box<dyn Consumer>>;
+
+/// One download slot of a receiver (survives crashes: a restart builds a new engine).
+struct Slot {
+    ref_id: RefId,
+    cfg: DownloadConfig,
+    factory: ConsumerFactory,
+    /// The live engine and its consumer (`None` while crashed).
+    live: Option<(Download, Box<dyn Consumer>)>,
+    /// Bumped on every (re)start so that replies to an old life are dropped.
+    life: u64,
+    result: Option<Result<(), DownloadFailure>>,
+    finished_at: Option<Instant>,
+}
+
+/// One simulated receiver cell.
+struct Receiver {
+    name: String,
+    slowness: u32,
+    crashed: bool,
+    slots: Vec<Slot>,
+    failures: SourceFailureTable,
+}
+
+/// Something the network will do at an instant.
+enum Event {
+    /// A topic-A message arrives at the producer.
+    Request {
+        from: ReceiverId,
+        slot: usize,
+        life: u64,
+        id: Option<RequestId>,
+        payload: Vec<u8>,
+    },
+    /// `produce` for a ticket is done.
+    Produced {
+        ticket: PullTicket,
+        from: ReceiverId,
+        slot: usize,
+        life: u64,
+        id: RequestId,
+    },
+    /// A reply arrives at a receiver.
+    Reply {
+        to: ReceiverId,
+        slot: usize,
+        life: u64,
+        id: RequestId,
+        rc: ReturnCode,
+        payload: Option<Vec<u8>>,
+    },
+    Crash(ReceiverId),
+    Restart(ReceiverId),
+    DeleteTx(TxId),
+    SourceFailure(ReceiverId, SourceFailureNotice),
+}
+
+/// The simulated network. See the [module docs](self).
+pub struct Sim {
+    cfg: SimConfig,
+    rng: SplitMix64,
+    t0: Instant,
+    now: Instant,
+    service: Service,
+    receivers: Vec<Receiver>,
+    /// (when, sequence) -> event; the sequence keeps same-instant events in schedule order.
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    events: BTreeMap<u64, Event>,
+    seq: u64,
+    log: Vec<(Instant, ServiceEvent)>,
+    stats: SimStats,
+}
+
+impl Sim {
+    /// A network with a default-configured service, starting at virtual instant `t0` (any
+    /// `Instant`: only differences matter; the simulator never reads the clock).
+    pub fn new(cfg: SimConfig, t0: Instant) -> Self {
+        Self::with_service(cfg, ServiceConfig::default(), t0)
+    }
+
+    /// A network whose producer uses `service_cfg`.
+    pub fn with_service(cfg: SimConfig, service_cfg: ServiceConfig, t0: Instant) -> Self {
+        Self {
+            rng: SplitMix64::new(cfg.seed),
+            cfg,
+            t0,
+            now: t0,
+            service: Service::new(service_cfg),
+            receivers: Vec::new(),
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            seq: 0,
+            log: Vec::new(),
+            stats: SimStats::default(),
+        }
+    }
+
+    /// Virtual now.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The instant the simulation started.
+    pub fn t0(&self) -> Instant {
+        self.t0
+    }
+
+    /// The producer engine (create transactions and add objects through it).
+    pub fn service(&mut self) -> &mut Service {
+        &mut self.service
+    }
+
+    /// Add a receiver cell named `name` (an FQCN).
+    pub fn add_receiver(&mut self, name: &str) -> ReceiverId {
+        self.receivers.push(Receiver {
+            name: name.to_string(),
+            slowness: 1,
+            crashed: false,
+            slots: Vec::new(),
+            failures: SourceFailureTable::new(),
+        });
+        self.receivers.len() - 1
+    }
+
+    /// Multiply this receiver's link latency by `factor` (a slow receiver).
+    pub fn set_slowness(&mut self, r: ReceiverId, factor: u32) {
+        self.receivers[r].slowness = factor.max(1);
+    }
+
+    /// Start downloading `ref_id` from the sender on receiver `r`. `factory` builds the consumer
+    /// (once now, again after each restart).
+    pub fn start_download(
+        &mut self,
+        r: ReceiverId,
+        ref_id: RefId,
+        cfg: DownloadConfig,
+        factory: impl FnMut() -> Box<dyn Consumer> + 'static,
+    ) -> DownloadHandle {
+        let rc = &mut self.receivers[r];
+        rc.slots.push(Slot {
+            ref_id,
+            cfg,
+            factory: Box::new(factory),
+            live: None,
+            life: 0,
+            result: None,
+            finished_at: None,
+        });
+        let index = rc.slots.len() - 1;
+        if !rc.crashed {
+            self.launch(r, index);
+        }
+        self.pump();
+        DownloadHandle { receiver: r, index }
+    }
+
+    /// (Re)create the engine of a slot.
+    fn launch(&mut self, r: ReceiverId, index: usize) {
+        let now = self.now;
+        let sender = self.cfg.sender.clone();
+        let rc = &mut self.receivers[r];
+        let slot = &mut rc.slots[index];
+        slot.life += 1;
+        let consumer = (slot.factory)();
+        let mut dl = match Download::new(
+            sender.clone(),
+            slot.ref_id.clone(),
+            slot.cfg.clone(),
+            consumer.needs_order(),
+            now,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                slot.result = Some(Err(DownloadFailure::BadReply(e.to_string())));
+                slot.finished_at = Some(now);
+                return;
+            }
+        };
+        if let Some(reason) = rc.failures.check(&sender, &slot.ref_id, now) {
+            dl.source_failed(&reason, now);
+        }
+        slot.live = Some((dl, consumer));
+    }
+
+    /// Crash receiver `r` at `at`: its engines and consumers are dropped, messages to it are
+    /// lost, unfinished downloads restart from scratch at [`restart_at`](Self::restart_at).
+    pub fn crash_at(&mut self, r: ReceiverId, at: Instant) {
+        self.schedule(at, Event::Crash(r));
+    }
+
+    /// Restart receiver `r` at `at`.
+    pub fn restart_at(&mut self, r: ReceiverId, at: Instant) {
+        self.schedule(at, Event::Restart(r));
+    }
+
+    /// Delete a transaction at `at` (the owner gives up).
+    pub fn delete_at(&mut self, tx: TxId, at: Instant) {
+        self.schedule(at, Event::DeleteTx(tx));
+    }
+
+    /// Deliver a source-failure notice to receiver `r` at `at` (origin: the notice's parent).
+    pub fn source_failure_at(&mut self, r: ReceiverId, notice: SourceFailureNotice, at: Instant) {
+        self.schedule(at, Event::SourceFailure(r, notice));
+    }
+
+    fn schedule(&mut self, at: Instant, ev: Event) {
+        let s = self.seq;
+        self.seq += 1;
+        self.queue.push(Reverse((at.max(self.now), s)));
+        self.events.insert(s, ev);
+    }
+
+    fn latency(&mut self, r: ReceiverId) -> Duration {
+        let (lo, hi) = self.cfg.latency;
+        let ns = self.rng.range(lo.as_nanos() as u64, hi.as_nanos() as u64);
+        Duration::from_nanos(ns).saturating_mul(self.receivers[r].slowness)
+    }
+
+    /// Put a message on the wire: maybe lose it, maybe duplicate it.
+    fn transmit(&mut self, r: ReceiverId, lossy: bool, dup: bool, ev: impl Fn() -> Event) {
+        self.stats.sent += 1;
+        if lossy && self.rng.chance(self.cfg.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let d = self.latency(r);
+        self.schedule(self.now + d, ev());
+        if dup && self.rng.chance(self.cfg.duplicate) {
+            self.stats.duplicated += 1;
+            let d = self.latency(r);
+            self.schedule(self.now + d, ev());
+        }
+    }
+
+    /// Execute every pending action of every live download and collect service events,
+    /// until nothing is left to do at this instant.
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            for r in 0..self.receivers.len() {
+                for s in 0..self.receivers[r].slots.len() {
+                    while let Some(action) = self.next_action(r, s) {
+                        progressed = true;
+                        self.execute(r, s, action);
+                    }
+                }
+            }
+            while let Some(ev) = self.service.poll_event() {
+                self.log.push((self.now, ev));
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn next_action(&mut self, r: ReceiverId, s: usize) -> Option<Action> {
+        self.receivers[r].slots[s].live.as_mut()?.0.poll_action()
+    }
+
+    fn execute(&mut self, r: ReceiverId, s: usize, action: Action) {
+        let now = self.now;
+        let life = self.receivers[r].slots[s].life;
+        let lossy_ff = self.cfg.lossy_fire_and_forget;
+        match action {
+            Action::Send { id, request } => {
+                let payload = encode(&request);
+                self.transmit(r, true, false, || Event::Request {
+                    from: r,
+                    slot: s,
+                    life,
+                    id: Some(id),
+                    payload: payload.clone(),
+                });
+            }
+            Action::SendConfirm(c) => {
+                let payload = encode(&c);
+                self.transmit(r, lossy_ff, true, || Event::Request {
+                    from: r,
+                    slot: s,
+                    life,
+                    id: None,
+                    payload: payload.clone(),
+                });
+            }
+            Action::SendCancel(c) => {
+                let payload = encode(&c);
+                self.transmit(r, lossy_ff, true, || Event::Request {
+                    from: r,
+                    slot: s,
+                    life,
+                    id: None,
+                    payload: payload.clone(),
+                });
+            }
+            Action::Progress(_) => {}
+            other => {
+                let slot = &mut self.receivers[r].slots[s];
+                let Some((dl, consumer)) = slot.live.as_mut() else {
+                    return;
+                };
+                let rid = slot.ref_id.as_str();
+                match other {
+                    Action::CheckPlan(plan) => {
+                        let res = consumer.plan_received(&plan);
+                        dl.plan_result(res, now);
+                    }
+                    Action::Consume { seq, state, data } => {
+                        let res = consumer.consume(rid, &state, data);
+                        dl.consumed(seq, res, now);
+                    }
+                    Action::Complete => {
+                        let res = consumer.completed(rid);
+                        dl.completion_result(res, now);
+                    }
+                    Action::Finished(res) => {
+                        if let Err(e) = &res {
+                            consumer.failed(rid, &e.to_string());
+                        }
+                        slot.result = Some(res);
+                        slot.finished_at = Some(now);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The earliest instant anything has work.
+    fn next_instant(&self) -> Option<Instant> {
+        let mut next = self.queue.peek().map(|Reverse((t, _))| *t);
+        let mut take = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        take(self.service.poll_timeout());
+        for rc in &self.receivers {
+            take(rc.failures.poll_timeout());
+            for s in &rc.slots {
+                if let Some((dl, _)) = &s.live {
+                    take(dl.poll_timeout());
+                }
+            }
+        }
+        next
+    }
+
+    /// Run until nothing is scheduled before `deadline` (time then stands at the last event, or
+    /// at `deadline` if work remains). Returns the number of steps taken.
+    pub fn run_until(&mut self, deadline: Instant) -> u64 {
+        let mut steps = 0;
+        self.pump();
+        while let Some(next) = self.next_instant() {
+            if next > deadline {
+                self.now = deadline.max(self.now);
+                break;
+            }
+            steps += 1;
+            assert!(
+                steps <= self.cfg.max_steps,
+                "simulation exceeded {} steps (livelock?)",
+                self.cfg.max_steps
+            );
+            self.now = self.now.max(next);
+            self.step();
+        }
+        steps
+    }
+
+    /// Run for `d` of virtual time (or until quiescent).
+    pub fn run_for(&mut self, d: Duration) -> u64 {
+        self.run_until(self.now + d)
+    }
+
+    /// Do everything due at `self.now`.
+    fn step(&mut self) {
+        let now = self.now;
+        while let Some(Reverse((t, s))) = self.queue.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.queue.pop();
+            if let Some(ev) = self.events.remove(&s) {
+                self.deliver(ev);
+                self.pump();
+            }
+        }
+        if self.service.poll_timeout().is_some_and(|t| t <= now) {
+            self.service.handle_timeout(now);
+        }
+        for r in 0..self.receivers.len() {
+            self.receivers[r].failures.handle_timeout(now);
+            for s in 0..self.receivers[r].slots.len() {
+                if let Some((dl, _)) = self.receivers[r].slots[s].live.as_mut() {
+                    if dl.poll_timeout().is_some_and(|t| t <= now) {
+                        dl.handle_timeout(now);
+                    }
+                }
+            }
+        }
+        self.pump();
+    }
+
+    fn deliver(&mut self, ev: Event) {
+        let now = self.now;
+        match ev {
+            Event::Request {
+                from,
+                slot,
+                life,
+                id,
+                payload,
+            } => {
+                let name = self.receivers[from].name.clone();
+                match self.service.handle_payload(&name, &payload, now) {
+                    Handled::Reply(reply) => {
+                        if let Some(id) = id {
+                            let body = reply.body.map(|b| b.encode());
+                            self.transmit(from, true, true, || Event::Reply {
+                                to: from,
+                                slot,
+                                life,
+                                id,
+                                rc: reply.rc,
+                                payload: body.clone(),
+                            });
+                        }
+                    }
+                    Handled::Pull(ticket) => {
+                        let (lo, hi) = self.cfg.produce_time;
+                        let d = Duration::from_nanos(
+                            self.rng.range(lo.as_nanos() as u64, hi.as_nanos() as u64),
+                        );
+                        // A pull always expects a reply.
+                        let id = id.unwrap_or(RequestId(u64::MAX));
+                        self.schedule(
+                            now + d,
+                            Event::Produced {
+                                ticket,
+                                from,
+                                slot,
+                                life,
+                                id,
+                            },
+                        );
+                    }
+                }
+            }
+            Event::Produced {
+                ticket,
+                from,
+                slot,
+                life,
+                id,
+            } => {
+                self.stats.produced += 1;
+                let produced = ticket.produce();
+                let reply = self.service.finish_pull(ticket, produced, now);
+                let body = reply.body.map(|b| b.encode());
+                self.transmit(from, true, true, || Event::Reply {
+                    to: from,
+                    slot,
+                    life,
+                    id,
+                    rc: reply.rc,
+                    payload: body.clone(),
+                });
+            }
+            Event::Reply {
+                to,
+                slot,
+                life,
+                id,
+                rc,
+                payload,
+            } => {
+                let rc_ = &mut self.receivers[to];
+                let sl = &mut rc_.slots[slot];
+                if rc_.crashed || sl.life != life {
+                    self.stats.dropped_by_crash += 1;
+                    return;
+                }
+                if let Some((dl, _)) = sl.live.as_mut() {
+                    dl.reply_payload(id, rc, payload.as_deref(), now);
+                }
+            }
+            Event::Crash(r) => {
+                let rc = &mut self.receivers[r];
+                rc.crashed = true;
+                for s in &mut rc.slots {
+                    if s.result.is_none() {
+                        s.live = None;
+                    }
+                }
+            }
+            Event::Restart(r) => {
+                if !self.receivers[r].crashed {
+                    return;
+                }
+                self.receivers[r].crashed = false;
+                for s in 0..self.receivers[r].slots.len() {
+                    if self.receivers[r].slots[s].result.is_none() {
+                        self.launch(r, s);
+                    }
+                }
+            }
+            Event::DeleteTx(tx) => {
+                let _ = self.service.delete_transaction(&tx, now);
+            }
+            Event::SourceFailure(r, notice) => {
+                let origin = notice
+                    .source_fqcn
+                    .rsplit_once('.')
+                    .map(|(p, _)| p.to_string())
+                    .unwrap_or_default();
+                let rc = &mut self.receivers[r];
+                let Ok(failed) = rc.failures.record_notice(&origin, &notice, now) else {
+                    return;
+                };
+                for f in failed {
+                    if f.source != self.cfg.sender {
+                        continue;
+                    }
+                    for s in &mut rc.slots {
+                        if s.ref_id == f.ref_id {
+                            if let Some((dl, _)) = s.live.as_mut() {
+                                dl.source_failed(&f.reason, now);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The result of a download, once finished.
+    pub fn result(&self, h: DownloadHandle) -> Option<&Result<(), DownloadFailure>> {
+        self.receivers[h.receiver].slots[h.index].result.as_ref()
+    }
+
+    /// When a download finished.
+    pub fn finished_at(&self, h: DownloadHandle) -> Option<Instant> {
+        self.receivers[h.receiver].slots[h.index].finished_at
+    }
+
+    /// Every service event so far, with the instant it was polled.
+    pub fn service_events(&self) -> &[(Instant, ServiceEvent)] {
+        &self.log
+    }
+
+    /// The outcomes of settled transactions, in settlement order.
+    pub fn outcomes(&self) -> Vec<&TransferOutcome> {
+        self.log
+            .iter()
+            .filter_map(|(_, e)| match e {
+                ServiceEvent::TransactionDone { outcome, .. } => Some(outcome),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Message counters.
+    pub fn stats(&self) -> SimStats {
+        self.stats
+    }
+}
