@@ -598,6 +598,36 @@ mod tests {
         assert_eq!(c.next(FrameType::Ping), (18, 3));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Whatever arrives, the reader's buffer never grows beyond the frame limit plus one
+        /// read chunk, and it never panics.
+        #[test]
+        fn reader_buffer_stays_bounded(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            prefix_len in proptest::prelude::any::<u32>(),
+        ) {
+            let max = 1024usize;
+            let mut bytes = prefix_len.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 1, 0, 17, 0, 2]);
+            bytes.extend_from_slice(&input);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let rd: ReadHalf = Box::new(std::io::Cursor::new(bytes));
+                let mut r = FrameReader::new(rd, FrameDecoder::new(max, 65535));
+                loop {
+                    let res = r.next().await;
+                    assert!(r.buf.capacity() <= 2 * (max + READ_CHUNK), "buffer grew to {}", r.buf.capacity());
+                    match res {
+                        Ok(Some(_)) => continue,
+                        _ => break,
+                    }
+                }
+            });
+        }
+    }
+
     #[test]
     fn hello_name_rejects_garbage() {
         assert!(hello_name(&[0xc0]).is_err());

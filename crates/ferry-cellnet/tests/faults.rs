@@ -44,8 +44,13 @@ async fn raw_peer_gets_a_reply_and_answers_pings() {
     let f = p.next_frame().await.unwrap();
     assert_eq!(f.frame_type(), Some(FrameType::Pong));
     assert_eq!(&f.payload[..], &[0xc0]);
-    p.send(&frame(FrameType::Data, 1, req_headers("site-1", "server", "R1"), vec![]))
-        .await;
+    p.send(&frame(
+        FrameType::Data,
+        1,
+        req_headers("site-1", "server", "R1"),
+        vec![],
+    ))
+    .await;
     let f = p.next_data().await.unwrap();
     let h = Headers::decode(&f.headers).unwrap();
     assert_eq!(h.get_str("cn__msg_type"), Some("reply"));
@@ -61,17 +66,24 @@ async fn bad_frames_are_dropped_and_the_connection_kept() {
     echo(&server);
     let mut p = RawPeer::connect(&url).await;
     // DATA before HELLO: dropped, connection kept, a later HELLO works
-    p.send(&frame(FrameType::Data, 1, req_headers("site-1", "server", "R0"), vec![]))
-        .await;
+    p.send(&frame(
+        FrameType::Data,
+        1,
+        req_headers("site-1", "server", "R0"),
+        vec![],
+    ))
+    .await;
     p.handshake("site-1").await;
     // unknown frame type 9
     let mut unknown = frame(FrameType::Data, 0, vec![], vec![1, 2, 3]).to_vec();
     unknown[6] = 9;
     p.send(&unknown).await;
     // undecodable headers
-    p.send(&frame(FrameType::Data, 1, vec![0xc1, 0xc1], vec![])).await;
+    p.send(&frame(FrameType::Data, 1, vec![0xc1, 0xc1], vec![]))
+        .await;
     // headers that are not a map / keys that are not str
-    p.send(&frame(FrameType::Data, 1, vec![0x81, 0x01, 0x02], vec![])).await;
+    p.send(&frame(FrameType::Data, 1, vec![0x81, 0x01, 0x02], vec![]))
+        .await;
     // header_len larger than the frame
     let mut overrun = frame(FrameType::Data, 1, vec![0x80], vec![]).to_vec();
     overrun[5] = 50;
@@ -91,14 +103,25 @@ async fn bad_frames_are_dropped_and_the_connection_kept() {
     // a FOBS payload that is garbage: invalid_request
     let mut bad = Headers::decode(&req_headers("site-1", "server", "R2")).unwrap();
     bad.insert("cn__payload_encoding", "fobs");
-    p.send(&frame(FrameType::Data, 1, bad.encode(), vec![0x64, 0, 0xff])).await;
+    p.send(&frame(
+        FrameType::Data,
+        1,
+        bad.encode(),
+        vec![0x64, 0, 0xff],
+    ))
+    .await;
     let f = p.next_data().await.unwrap();
     let h = Headers::decode(&f.headers).unwrap();
     assert_eq!(h.get_str("cn__req_id"), Some("R2"));
     assert_eq!(h.get_str("cn__return_code"), Some("invalid_request"));
     // after all that the connection still serves a request
-    p.send(&frame(FrameType::Data, 1, req_headers("site-1", "server", "R3"), vec![]))
-        .await;
+    p.send(&frame(
+        FrameType::Data,
+        1,
+        req_headers("site-1", "server", "R3"),
+        vec![],
+    ))
+    .await;
     let f = p.next_data().await.unwrap();
     let h = Headers::decode(&f.headers).unwrap();
     assert_eq!(h.get_str("cn__req_id"), Some("R3"));
@@ -294,4 +317,23 @@ async fn shutdown_fails_waiting_requests_and_abandons_stuck_handlers() {
     let r = pending.await.unwrap();
     assert_eq!(r.return_code(), ReturnCode::CommError);
     client.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connection_gets_a_ping() {
+    let limits = Limits {
+        heartbeat_interval: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let (server, url) = listening("server", limits).await;
+    let mut p = RawPeer::connect(&url).await;
+    p.handshake("site-1").await;
+    // say nothing: the server pings the idle connection
+    let f = p.next_frame().await.unwrap();
+    assert_eq!(f.frame_type(), Some(FrameType::Ping));
+    assert_eq!(f.prefix.app_id, 0);
+    assert_eq!(&f.payload[..], &[0xc0]);
+    p.send(&frame(FrameType::Pong, 0, vec![], vec![0xc0])).await;
+    assert!(server.is_connected("site-1"));
+    server.shutdown().await;
 }

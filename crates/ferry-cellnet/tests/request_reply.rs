@@ -44,7 +44,12 @@ async fn request_reply_with_headers_and_binary() {
             LONG,
         )
         .await;
-    assert_eq!(reply.return_code(), ReturnCode::Ok, "{:?}", reply.error_text());
+    assert_eq!(
+        reply.return_code(),
+        ReturnCode::Ok,
+        "{:?}",
+        reply.error_text()
+    );
     assert_eq!(reply.value().unwrap(), v);
     assert_eq!(reply.headers.get_u64("x-echo"), Some(7));
     assert_eq!(reply.headers.get_str("x-origin"), Some("site-1"));
@@ -191,9 +196,7 @@ async fn handler_lookup_order_exact_then_topic_star_then_star_star() {
     server.register_request_handler("ch", ANY, |_m: Message| async {
         Message::from_value("ch/*")
     });
-    server.register_request_handler(ANY, ANY, |_m: Message| async {
-        Message::from_value("*/*")
-    });
+    server.register_request_handler(ANY, ANY, |_m: Message| async { Message::from_value("*/*") });
     let client = connected("site-1", &url).await;
     for (ch, tp, want) in [
         ("ch", "exact", "exact"),

@@ -21,7 +21,10 @@ fn who_am_i(cell: &Cell) {
                 .unwrap_or(0);
             Message::from_value(me)
                 .with_header("x-route-len", route_len as u64)
-                .with_header("x-from", req.headers.get_str("cn__from").unwrap_or_default())
+                .with_header(
+                    "x-from",
+                    req.headers.get_str("cn__from").unwrap_or_default(),
+                )
         }
     });
 }

@@ -16,8 +16,7 @@ pub const LONG: Duration = Duration::from_secs(20);
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
@@ -100,8 +99,13 @@ impl RawPeer {
 
     /// HELLO as `name`, expect READY.
     pub async fn handshake(&mut self, name: &str) {
-        self.send(&frame(FrameType::Hello, 0, vec![], hello_payload(name).to_vec()))
-            .await;
+        self.send(&frame(
+            FrameType::Hello,
+            0,
+            vec![],
+            hello_payload(name).to_vec(),
+        ))
+        .await;
         let f = self.next_frame().await.expect("READY");
         assert_eq!(f.frame_type(), Some(FrameType::Ready));
     }
