@@ -1,6 +1,6 @@
 //! Test support, public so that crates built on ferry-core can reuse it: reference
 //! [`Downloadable`]s and [`Consumer`]s that record what happens to them, and (in
-//! [`sim`](crate::testing::Sim)) a seeded single-threaded network that drives one producer
+//! [`sim`]) a seeded single-threaded network that drives one producer
 //! [`Service`](crate::Service) and many receiver [`Download`](crate::Download)s on virtual time.
 //!
 //! Nothing here reads a clock or spawns a thread; randomness comes from a seeded
@@ -438,5 +438,5 @@ impl Consumer for MemorySink {
     }
 }
 
-mod sim;
+pub mod sim;
 pub use sim::{DownloadHandle, ReceiverId, Sim, SimConfig, SimStats};
