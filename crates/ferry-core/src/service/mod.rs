@@ -758,6 +758,28 @@ impl Service {
         }
     }
 
+    /// Give a ticket back without a result (the producing task was cancelled or panicked):
+    /// nothing is recorded, the gate is released, and the reply to send (if any) is
+    /// `process_exception`. A ticket that is neither finished nor abandoned holds its
+    /// transaction's settlement until the drain timeout.
+    pub fn abandon_pull(&mut self, ticket: PullTicket, now: Instant) -> Reply {
+        let _ = self.tick(now);
+        if let Some(tx_id) = self.tickets.remove(&ticket.id) {
+            match self.txs.get_mut(&tx_id) {
+                Some(tx) => tx.in_flight -= 1,
+                None => {
+                    if let Some(n) = self.leaked.get_mut(&tx_id) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.leaked.remove(&tx_id);
+                        }
+                    }
+                }
+            }
+        }
+        Reply::error(ReturnCode::ProcessException, "pull abandoned")
+    }
+
     /// A terminal serve (`eof` → SUCCESS, `error` → FAILED): provisional for a confirm-capable
     /// receiver (R4), final otherwise (R3).
     fn serve_terminal(

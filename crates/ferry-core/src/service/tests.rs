@@ -1033,3 +1033,57 @@ fn exactly_one_transaction_done_event_even_when_several_triggers_coincide() {
     assert!(h.svc.delete_transaction(&tx, h.now).is_err());
     assert_eq!(h.done_events().len(), 1);
 }
+
+#[test]
+fn an_abandoned_ticket_releases_the_gate_without_recording_anything() {
+    let mut h = H::new();
+    let tx = h.tx(TxConfig::new(10 * S).with_num_receivers(1));
+    let (rid, obj) = h.obj(&tx, 4, 4);
+    let req = PullRequest {
+        ref_id: rid.clone(),
+        state: Some(State::new().with("received_bytes", 4u64)),
+        confirm_capable: None,
+    };
+    let t = h.svc.begin_pull("site-1", req, h.now).unwrap();
+    assert_eq!(h.svc.tickets_in_flight(), 1);
+    h.svc.delete_transaction(&tx, h.now).unwrap();
+    assert!(!obj.probe.released());
+    let r = h.svc.abandon_pull(t, h.now);
+    assert_eq!(r.rc, ReturnCode::ProcessException);
+    assert_eq!(h.svc.tickets_in_flight(), 0);
+    h.fire();
+    let o = h.done_events();
+    assert_eq!(o.len(), 1);
+    assert!(o[0].refs[0].1.is_empty(), "nothing recorded");
+    assert!(obj.probe.released());
+    assert_eq!(obj.probe.produce_calls(), 0);
+}
+
+#[test]
+fn payload_dispatch_follows_nvflare_order() {
+    let mut h = H::new();
+    let tx = h.tx(TxConfig::new(10 * S).with_num_receivers(1));
+    let (rid, _) = h.obj(&tx, 4, 4);
+    let pull = crate::message::encode(&PullRequest {
+        ref_id: rid.clone(),
+        state: None,
+        confirm_capable: Some(true),
+    });
+    let Handled::Pull(t) = h.svc.handle_payload("site-1", &pull, h.now) else {
+        panic!("a pull")
+    };
+    let p = t.produce();
+    let r = h.svc.finish_pull(t, p, h.now);
+    assert!(
+        r.body.unwrap().ferry_plan.is_none(),
+        "unplanned object: no ferry_plan key"
+    );
+    let cancel = crate::message::encode(&crate::message::CancelRequest::new(rid.clone()));
+    assert!(
+        matches!(h.svc.handle_payload("site-1", &cancel, h.now), Handled::Reply(r) if r == Reply::ack())
+    );
+    assert_eq!(
+        h.svc.receiver_status(&rid, "site-1"),
+        Some(DownloadStatus::Failed)
+    );
+}
