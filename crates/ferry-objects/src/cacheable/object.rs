@@ -24,18 +24,23 @@ pub struct CacheStats {
     pub peak_bytes: u64,
     /// Calls to [`ItemSource::produce_item`] so far.
     pub productions: u64,
-    /// Items acknowledged by every expected receiver (dropped for good).
+    /// Items served to and acknowledged by every expected receiver (dropped for good).
     pub retired_items: u64,
 }
 
 /// What the cache knows about one item.
 #[derive(Debug, Default)]
 struct Slot {
-    /// The item, when cached (`None`: acknowledged by some receivers but not stored, e.g. the
-    /// budget was full when it was produced).
+    /// The item, when cached (`None`: known to some receivers but not stored, e.g. the budget
+    /// was full when it was produced).
     data: Option<Bytes>,
-    /// Receivers that acknowledged it.
+    /// Receivers that were served it.
+    served: HashSet<Arc<str>>,
+    /// Receivers whose later request acknowledged it. A pipelining receiver sends this before
+    /// the chunk reached it, so it only counts together with `served`.
     acked: HashSet<Arc<str>>,
+    /// Receivers both served and acknowledging: these no longer need the item.
+    done: HashSet<Arc<str>>,
 }
 
 /// Expected receivers in a form that is quick to check.
@@ -70,6 +75,13 @@ impl Expect {
             Expect::Ids(ids) => ids.iter().all(|id| acked.contains(id)),
         }
     }
+}
+
+/// Which half of "served and acknowledged" a request records.
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    Served,
+    Acked,
 }
 
 /// The mutable part, behind one mutex; never held while producing an item.
@@ -129,22 +141,38 @@ impl Inner {
 
     /// `requester` acknowledges items `[start, end)`.
     fn ack(&mut self, requester: &str, start: u64, end: u64) {
+        self.mark(requester, start, end, Mark::Acked);
+    }
+
+    /// `requester` is served items `[start, end)`.
+    fn served(&mut self, requester: &str, start: u64, end: u64) {
+        self.mark(requester, start, end, Mark::Served);
+    }
+
+    fn mark(&mut self, requester: &str, start: u64, end: u64, mark: Mark) {
         if start >= end || !self.expect.counts(requester) {
             return;
         }
         let who = self.intern(requester);
-        let mut done = Vec::new();
+        let mut finished = Vec::new();
         for i in start..end {
             if self.is_retired(i) {
                 continue;
             }
             let slot = self.slots.entry(i).or_default();
-            slot.acked.insert(Arc::clone(&who));
-            if self.expect.satisfied(&slot.acked) {
-                done.push(i);
+            let (mine, other) = match mark {
+                Mark::Served => (&mut slot.served, &slot.acked),
+                Mark::Acked => (&mut slot.acked, &slot.served),
+            };
+            mine.insert(Arc::clone(&who));
+            if other.contains(&who) {
+                slot.done.insert(Arc::clone(&who));
+                if self.expect.satisfied(&slot.done) {
+                    finished.push(i);
+                }
             }
         }
-        for i in done {
+        for i in finished {
             if let Some(slot) = self.slots.remove(&i) {
                 if let Some(d) = slot.data {
                     self.cached_bytes -= d.len() as u64;
@@ -169,8 +197,12 @@ impl Inner {
 ///
 /// State: `{"start": s, "count": c}` for the chunk just sent; a request carrying it asks for the
 /// chunk at `s + c` and acknowledges items `[s, s + c)` for its requester. An item leaves the
-/// cache once every expected receiver acknowledged it (count or identity mode, see
-/// [`ExpectedReceivers`]; a receiver is counted once per item however often it retries). The
+/// cache once every expected receiver was served it and acknowledged it (count or identity
+/// mode, see [`ExpectedReceivers`]; a receiver is counted once per item however often it
+/// retries). Requiring the serve as well as the acknowledgement matters for pipelining
+/// receivers, which send the acknowledging request before the chunk reached them: a reordered
+/// request cannot evict an item its sender still needs. (A lost reply to a pipelined request
+/// can still cost one re-production after the item left; the data stay correct.) The
 /// cache plus prefetch reservations never exceed the byte budget: an item that does not fit is
 /// served without being stored. Items are produced outside the cache lock; when two receivers
 /// produce the same item at once the first stored copy wins.
@@ -421,6 +453,7 @@ impl<T: ItemSource> Downloadable for CacheableObject<T> {
         }
         let items = self.chunk(next)?;
         let sent = items.len() as u64;
+        self.lock().served(requester, next, next + sent);
         self.prefetch(next + sent);
         Ok(Produced::Data {
             data: ChunkData::Items(items),

@@ -244,7 +244,17 @@ fn identity_mode_ignores_strangers_and_retries_do_not_double_ack() {
         "x does not count, a counts once"
     );
     obj.produce(Some(&ack0), "b").unwrap();
-    assert_eq!(obj.stats().retired_items, 1);
+    assert_eq!(
+        obj.stats().retired_items,
+        0,
+        "b acknowledged before it was served (pipelining)"
+    );
+    obj.produce(None, "b").unwrap();
+    assert_eq!(
+        obj.stats().retired_items,
+        1,
+        "served to and acknowledged by a and b"
+    );
 
     // count mode: one receiver retrying is still one receiver
     let obj = CacheableObject::new(
