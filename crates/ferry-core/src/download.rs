@@ -65,6 +65,11 @@ pub struct DownloadConfig {
     pub window: usize,
     /// Emit progress actions, throttled to one per interval; `None` = off.
     pub progress_interval: Option<Duration>,
+    /// State of the first request (resume: e.g. `{"received_bytes": k}` for a file whose first
+    /// `k` bytes are already here). `None` (default) starts from the beginning. A resumed
+    /// download runs stop-and-wait: producers advertise their plan only to a first request
+    /// without state.
+    pub initial_state: Option<State>,
 }
 
 impl Default for DownloadConfig {
@@ -77,6 +82,7 @@ impl Default for DownloadConfig {
             confirm_capable: true,
             window: 8,
             progress_interval: None,
+            initial_state: None,
         }
     }
 }
@@ -318,7 +324,8 @@ impl Download {
             result: None,
         };
         d.emit_progress(ProgressState::Start, true, now);
-        d.send(0, None, now);
+        let first = d.cfg.initial_state.clone();
+        d.send(0, first, now);
         Ok(d)
     }
 

@@ -47,8 +47,9 @@ pub enum StateError {
 
 /// A download state: an ordered map from string keys to msgpack values.
 ///
-/// Equality is by value and key order matters only for the bytes on the wire.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Equality is by value: two states with the same keys and values are equal whatever the
+/// order of their keys (the order matters only for the bytes on the wire).
+#[derive(Clone, Debug, Default)]
 pub struct State {
     entries: Vec<(String, Value)>,
 }
@@ -123,6 +124,18 @@ impl State {
     }
 }
 
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        // Keys are unique (set() replaces, deserialization refuses duplicates), so equal
+        // lengths plus every key of one found with an equal value in the other is equality.
+        self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .all(|(k, v)| other.get(k).is_some_and(|o| o == v))
+    }
+}
+
 impl Serialize for State {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.entries.len()))?;
@@ -185,6 +198,15 @@ mod tests {
             s.require_u64("absent"),
             Err(StateError::Missing("absent".into()))
         );
+    }
+
+    #[test]
+    fn equality_ignores_key_order() {
+        let a = State::new().with("start", 0u64).with("count", 4u64);
+        let b = State::new().with("count", 4u64).with("start", 0u64);
+        assert_eq!(a, b);
+        assert_ne!(a, State::new().with("start", 0u64));
+        assert_ne!(a, State::new().with("start", 0u64).with("count", 5u64));
     }
 
     #[test]

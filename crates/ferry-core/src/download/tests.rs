@@ -98,6 +98,24 @@ fn stop_and_wait_sends_the_state_the_consumer_returned() {
 }
 
 #[test]
+fn a_resumed_download_starts_from_its_initial_state_and_ignores_no_plan() {
+    let t0 = Instant::now();
+    let c = DownloadConfig {
+        initial_state: Some(rb(4)),
+        ..cfg()
+    };
+    let mut d = Download::new("server", RefId::new("R1"), c, false, t0).unwrap();
+    let s = sends(&drain(&mut d));
+    assert_eq!(s, vec![(s[0].0, Some(rb(4)))]);
+    d.reply(s[0].0, Ok(data(rb(6), b"ef")), t0);
+    assert!(!d.is_windowed());
+    let a = drain(&mut d);
+    assert!(matches!(&a[..], [Action::Consume { seq: 0, state, .. }] if *state == rb(6)));
+    d.consumed(0, Ok(rb(6)), t0);
+    assert_eq!(sends(&drain(&mut d))[0].1, Some(rb(6)));
+}
+
+#[test]
 fn timeouts_retry_the_same_state_with_exponential_backoff_then_fail() {
     let t0 = Instant::now();
     let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
