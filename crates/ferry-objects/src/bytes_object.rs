@@ -106,9 +106,10 @@ impl Downloadable for BytesObject {
 
 /// Collects a byte-stream object (a [`BytesObject`], a file, or an NVFlare file) into memory.
 ///
-/// Chunks may arrive in any order (each is placed by its state). The size announced by a plan
-/// and every chunk end are capped by `max_size` before anything is allocated; a plan digest is
-/// checked at completion. The result is available from [`take`](Self::take) or from the
+/// With a plan, chunks may arrive in any order (each is placed by its state); without one
+/// (NVFlare producers, stop-and-wait) each chunk must continue the received prefix. The size
+/// announced by a plan and every chunk end are capped by `max_size` before anything is
+/// allocated; a plan digest is checked at completion. The result is available from [`take`](Self::take) or from the
 /// [`Delivery`] returned by [`delivery`](Self::delivery).
 #[derive(Debug)]
 pub struct BytesConsumer {
@@ -206,6 +207,14 @@ impl Consumer for BytesConsumer {
         if end > limit {
             return Err(ConsumeError::BadChunk(format!(
                 "chunk [{start}, {end}) goes beyond the object size limit {limit}"
+            )));
+        }
+        // Without a plan chunks come stop-and-wait, in order: a chunk past the received prefix
+        // would only make us allocate a hole on a peer's word.
+        if self.expected_total.is_none() && start > self.ranges.prefix_len() {
+            return Err(ConsumeError::BadChunk(format!(
+                "chunk starts at {start}, past the {} bytes received (no plan: chunks come in order)",
+                self.ranges.prefix_len()
             )));
         }
         if self.buf.len() < end as usize {
@@ -340,6 +349,16 @@ mod tests {
             c.plan_received(&o.plan().unwrap()).is_err(),
             "over max_size"
         );
+        let mut c = BytesConsumer::new();
+        let far = State::new().with(RECEIVED_BYTES, 1u64 << 29);
+        assert!(
+            matches!(
+                c.consume("r", &far, ChunkData::Bytes(Bytes::from_static(b"ab"))),
+                Err(ConsumeError::BadChunk(_))
+            ),
+            "no plan: a chunk far ahead is refused, nothing allocated"
+        );
+        assert!(c.buf.capacity() < 1 << 20);
     }
 
     #[test]

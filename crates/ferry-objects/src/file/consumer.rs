@@ -140,8 +140,10 @@ struct Verifier {
 /// Writes a byte-stream object (a ferry [`FileObject`](crate::FileObject), a
 /// [`BytesObject`](crate::BytesObject) or an NVFlare file) to `DIR/NAME`.
 ///
-/// Chunks are written at their offsets into `DIR/NAME.part` as they arrive, in any order
-/// (`needs_order() == false`); a duplicate chunk never rewrites accepted bytes. At completion
+/// Chunks are written at their offsets into `DIR/NAME.part` as they arrive, in any order when
+/// the producer sent a plan (`needs_order() == false`); without a plan (an NVFlare producer,
+/// stop-and-wait) each chunk must continue the received prefix. A duplicate chunk never
+/// rewrites accepted bytes. At completion
 /// the size (and, when the plan carried one, the BLAKE3 digest) is checked, the file is
 /// fsynced and renamed atomically to `DIR/NAME`, and the directory is fsynced. A failed,
 /// cancelled or dropped download leaves nothing at `DIR/NAME`; `NAME.part` is removed, or,
@@ -400,6 +402,12 @@ impl Consumer for FileConsumer {
         if end > limit {
             return Err(ConsumeError::BadChunk(format!(
                 "chunk [{start}, {end}) goes beyond the object size {limit}"
+            )));
+        }
+        if self.expected_total.is_none() && start > self.ranges.prefix_len() {
+            return Err(ConsumeError::BadChunk(format!(
+                "chunk starts at {start}, past the {} bytes received (no plan: chunks come in order)",
+                self.ranges.prefix_len()
             )));
         }
         let gaps = self.ranges.gaps(start, end);

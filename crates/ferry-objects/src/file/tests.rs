@@ -432,3 +432,20 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn without_a_plan_chunks_must_continue_the_prefix() {
+    let dst = tempfile::tempdir().unwrap();
+    let mut c = FileConsumer::create(dst.path(), "out").unwrap();
+    let s = |end: u64| State::new().with(RECEIVED_BYTES, end);
+    let chunk = || ChunkData::Bytes(Bytes::from_static(b"abcd"));
+    c.consume("r", &s(4), chunk()).unwrap();
+    c.consume("r", &s(4), chunk()).unwrap(); // a retry
+    assert!(matches!(
+        c.consume("r", &s(1 << 40), chunk()),
+        Err(ConsumeError::BadChunk(_))
+    ));
+    c.consume("r", &s(8), chunk()).unwrap();
+    c.completed("r").unwrap();
+    assert_eq!(fs::read(dst.path().join("out")).unwrap(), b"abcdabcd");
+}
