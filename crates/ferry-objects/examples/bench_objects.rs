@@ -351,6 +351,13 @@ fn main() {
             kib as f64 / 1024.0
         ));
     }
+    table.push_str(
+        "\nA chunk is handed off to the network, so every produce needs a fresh buffer; the gap to \
+         the reused-buffer `pread` loop is that buffer's zeroing and page faults (safe Rust cannot \
+         read into uninitialised memory), and matches the fresh-buffer baseline. Tensor items \
+         cost one copy (the safetensors blob), like `memcpy`. Peak heap is the replies alive \
+         (chunk × window × receivers) and does not grow with the file.\n",
+    );
     table.push('\n');
     print!("{table}");
     if docs {
