@@ -124,11 +124,67 @@ fn nil_payload() -> Bytes {
     Bytes::from_static(&[0xc0])
 }
 
+/// Frames at least this long are read into a recycled buffer of their own instead of the
+/// shared read buffer (fresh multi-MiB allocations cost a page fault per 4 KiB).
+const LARGE_FRAME: usize = 1024 * 1024;
+/// Large-frame buffers a connection keeps for reuse.
+const POOL_BUFFERS: usize = 4;
+
+/// Recycled buffers for large frames. A frame's `Bytes` owns its buffer; when the last slice
+/// of it is dropped the buffer comes back here (if there is room).
+#[derive(Clone, Default)]
+struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// A buffer of exactly `len` initialized bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = pool.iter().position(|b| b.capacity() >= len) {
+            let mut b = pool.swap_remove(i);
+            b.resize(len, 0);
+            return b;
+        }
+        drop(pool);
+        vec![0u8; len]
+    }
+
+    fn give(&self, b: Vec<u8>) {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_BUFFERS {
+            pool.push(b);
+        }
+    }
+}
+
+/// A pooled buffer owned by a `Bytes`; returns itself to the pool when dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: BufferPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
+}
+
 /// Splits frames off a read half, growing its buffer only to validated frame lengths.
+///
+/// [`FrameReader::next`] is cancel-safe (the reader task drops it in a `select!` whenever the
+/// heartbeat ticks): bytes already read stay in `buf` or in `large`.
 pub(crate) struct FrameReader {
     rd: ReadHalf,
     buf: BytesMut,
     decoder: FrameDecoder,
+    pool: BufferPool,
+    /// A large frame being read in place: its buffer and how many bytes are filled.
+    large: Option<(Vec<u8>, usize)>,
 }
 
 impl FrameReader {
@@ -137,6 +193,8 @@ impl FrameReader {
             rd,
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder,
+            pool: BufferPool::default(),
+            large: None,
         }
     }
 
@@ -144,6 +202,12 @@ impl FrameReader {
     /// errors are `Err`; non-fatal ones are logged and the frame is skipped.
     pub async fn next(&mut self) -> Result<Option<Frame>, CellnetError> {
         loop {
+            if self.large.is_some() {
+                match self.read_large().await? {
+                    Some(f) => return Ok(Some(f)),
+                    None => continue,
+                }
+            }
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(f)) => return Ok(Some(f)),
                 Ok(None) => {}
@@ -154,11 +218,18 @@ impl FrameReader {
                 }
             }
             // Only validated lengths reach here (peek_length checked the limit).
-            let need = self
-                .decoder
-                .peek_length(&self.buf)?
-                .unwrap_or(PREFIX_LEN)
-                .saturating_sub(self.buf.len());
+            let len = self.decoder.peek_length(&self.buf)?;
+            if let Some(len) = len.filter(|&l| l >= LARGE_FRAME) {
+                // Move what is buffered of this frame into a pooled buffer of its own; the
+                // rest is read in place by read_large.
+                let mut big = self.pool.take(len);
+                let have = self.buf.len().min(len);
+                big[..have].copy_from_slice(&self.buf[..have]);
+                self.buf.advance(have);
+                self.large = Some((big, have));
+                continue;
+            }
+            let need = len.unwrap_or(PREFIX_LEN).saturating_sub(self.buf.len());
             let want = need.max(READ_CHUNK);
             if self.buf.capacity() - self.buf.len() < want {
                 self.buf.reserve(want);
@@ -172,6 +243,37 @@ impl FrameReader {
                     "peer closed the connection inside a frame ({} bytes pending)",
                     self.buf.len()
                 )));
+            }
+        }
+    }
+
+    /// Finish reading the large frame in `self.large`. Each `read` either completes (and is
+    /// accounted) or is dropped before consuming anything, so cancellation loses no bytes.
+    /// `None` = the frame was dropped (bad header length).
+    async fn read_large(&mut self) -> Result<Option<Frame>, CellnetError> {
+        if let Some((big, filled)) = self.large.as_mut() {
+            while *filled < big.len() {
+                let n = self.rd.read(&mut big[*filled..]).await?;
+                if n == 0 {
+                    return Err(CellnetError::ConnectionClosed(
+                        "peer closed the connection inside a frame".into(),
+                    ));
+                }
+                *filled += n;
+            }
+        }
+        let Some((big, _)) = self.large.take() else {
+            return Ok(None);
+        };
+        let bytes = Bytes::from_owner(Pooled {
+            buf: big,
+            pool: self.pool.clone(),
+        });
+        match self.decoder.split(bytes) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => {
+                error!("frame dropped: {e}");
+                Ok(None)
             }
         }
     }
@@ -626,6 +728,100 @@ mod tests {
                 }
             });
         }
+    }
+
+    #[tokio::test]
+    async fn large_frames_use_recycled_buffers() {
+        let payload = Bytes::from((0..3 * LARGE_FRAME).map(|i| i as u8).collect::<Vec<u8>>());
+        let f = OutFrame {
+            frame_type: FrameType::Data,
+            app_id: 1,
+            headers: Bytes::from_static(&[0x80]),
+            payload: vec![payload.clone()],
+        }
+        .to_bytes(17, 2)
+        .unwrap();
+        let mut wire = f.to_vec();
+        wire.extend_from_slice(&f);
+        wire.extend_from_slice(
+            &control(FrameType::Ping, nil_payload())
+                .to_bytes(18, 3)
+                .unwrap(),
+        );
+        let rd: ReadHalf = Box::new(std::io::Cursor::new(wire));
+        let mut r = FrameReader::new(rd, FrameDecoder::new(16 * LARGE_FRAME, 65535));
+        let a = r.next().await.unwrap().unwrap();
+        assert_eq!(a.payload, payload);
+        assert_eq!(&a.headers[..], &[0x80]);
+        let ptr = a.payload.as_ptr();
+        drop(a);
+        // the second frame lands in the buffer the first one gave back
+        let b = r.next().await.unwrap().unwrap();
+        assert_eq!(b.payload, payload);
+        assert_eq!(b.payload.as_ptr(), ptr);
+        let c = r.next().await.unwrap().unwrap();
+        assert_eq!(c.frame_type(), Some(FrameType::Ping));
+        assert!(r.next().await.unwrap().is_none());
+    }
+
+    /// The reader task drops `next()` whenever the heartbeat ticks; no byte may be lost.
+    #[tokio::test]
+    async fn next_is_cancel_safe() {
+        let payload = Bytes::from(
+            (0..2 * LARGE_FRAME + 5)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let big = OutFrame {
+            frame_type: FrameType::Data,
+            app_id: 1,
+            headers: Bytes::from_static(&[0x80]),
+            payload: vec![payload.clone()],
+        }
+        .to_bytes(17, 2)
+        .unwrap();
+        let small = control(FrameType::Ping, nil_payload())
+            .to_bytes(18, 3)
+            .unwrap();
+        let mut wire = Vec::new();
+        for _ in 0..2 {
+            wire.extend_from_slice(&small);
+            wire.extend_from_slice(&big);
+        }
+        let (mut tx, rx) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move {
+            for piece in wire.chunks(3000) {
+                tx.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let rd: ReadHalf = Box::new(rx);
+        let mut r = FrameReader::new(rd, FrameDecoder::new(16 * LARGE_FRAME, 65535));
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            // cancel next() at every await point it reaches
+            tokio::select! {
+                biased;
+                f = r.next() => got.push(f.unwrap().unwrap()),
+                _ = tokio::task::yield_now() => {}
+            }
+        }
+        writer.await.unwrap();
+        for pair in got.chunks(2) {
+            assert_eq!(pair[0].frame_type(), Some(FrameType::Ping));
+            assert_eq!(pair[1].payload, payload);
+        }
+    }
+
+    #[tokio::test]
+    async fn truncated_large_frame_is_an_error() {
+        let mut wire = vec![0u8; 16];
+        wire[..4].copy_from_slice(&(2 * LARGE_FRAME as u32).to_be_bytes());
+        wire[6] = 1;
+        wire.extend_from_slice(&[0u8; 1000]);
+        let rd: ReadHalf = Box::new(std::io::Cursor::new(wire));
+        let mut r = FrameReader::new(rd, FrameDecoder::new(16 * LARGE_FRAME, 65535));
+        assert!(r.next().await.is_err());
     }
 
     #[test]

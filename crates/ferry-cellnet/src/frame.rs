@@ -201,10 +201,16 @@ impl FrameDecoder {
         if buf.len() < len {
             return Ok(None);
         }
+        let frame = buf.split_to(len).freeze();
+        self.split(frame).map(Some)
+    }
+
+    /// Split one whole frame (exactly `length` bytes, prefix included, as validated by
+    /// [`FrameDecoder::peek_length`]) into prefix, headers and payload, zero-copy.
+    pub fn split(&self, mut frame: Bytes) -> Result<Frame, FrameError> {
         let mut raw = [0u8; PREFIX_LEN];
-        raw.copy_from_slice(&buf[..PREFIX_LEN]);
+        raw.copy_from_slice(&frame[..PREFIX_LEN]);
         let prefix = Prefix::parse(&raw);
-        let mut frame = buf.split_to(len).freeze();
         frame.advance(PREFIX_LEN);
         let body = frame.len();
         let hl = prefix.header_len as usize;
@@ -221,11 +227,11 @@ impl FrameDecoder {
             });
         }
         let headers = frame.split_to(hl);
-        Ok(Some(Frame {
+        Ok(Frame {
             prefix,
             headers,
             payload: frame,
-        }))
+        })
     }
 }
 
