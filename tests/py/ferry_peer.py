@@ -484,3 +484,44 @@ def array_checksums(arrays: dict) -> dict:
         c = np.ascontiguousarray(a)
         out[name] = {"dtype": c.dtype.str, "shape": list(c.shape), "sha256": sha256(c.tobytes())}
     return out
+
+
+def tensor_item_classes():
+    """Torch-free stand-ins for NVFlare's TensorDownloadable / TensorConsumer.
+
+    torch is not in the interop venv, so app_opt/pt/tensor_downloader.py cannot be imported.
+    These classes use the same building blocks (CacheableObject / ItemConsumer) and the same
+    item format — one safetensors blob per tensor holding a one-key dict, size estimate =
+    raw byte count — with safetensors.numpy instead of safetensors.torch (the file format is
+    the same library's). Returns (SafetensorsDownloadable, SafetensorsConsumer).
+    """
+    from safetensors.numpy import load as st_load
+    from safetensors.numpy import save as st_save
+
+    from nvflare.fuel.f3.streaming.cacheable import CacheableObject, ItemConsumer
+
+    class SafetensorsDownloadable(CacheableObject):
+        def __init__(self, arrays: dict, max_chunk_size: int):
+            self.keys = list(arrays.keys())
+            super().__init__(arrays, max_chunk_size)
+
+        def get_item_count(self) -> int:
+            return len(self.keys)
+
+        def produce_item(self, index: int) -> bytes:
+            key = self.keys[index]
+            return st_save({key: self.base_obj[key]})
+
+        def get_item_size(self, index: int):
+            return int(self.base_obj[self.keys[index]].nbytes)
+
+    class SafetensorsConsumer(ItemConsumer):
+        def consume_items(self, items, result):
+            if not isinstance(items, list):
+                raise TypeError(f"items must be list but got {type(items)}")
+            result = {} if result is None else result
+            for item in items:
+                result.update(st_load(bytes(item)))
+            return result
+
+    return SafetensorsDownloadable, SafetensorsConsumer

@@ -9,7 +9,7 @@ confirm at the end) and numpy refs with `download_arrays` (ArrayConsumer, pipeli
   --connect URL                  be client root cell `site-1` and connect to a Ferry listener
 
 Which refs: --source FQCN with --file-ref / --arrays-ref, or --refs-from-stdin: after READY
-the script reads one JSON line {"source": fqcn, "file_ref": id?, "arrays_ref": id?} from
+the script reads one JSON line {"source": fqcn, "file_ref"?, "arrays_ref"?, "tensors_ref"?} from
 stdin (so a test can start the receiver before it knows the ref ids, e.g. listen mode).
 The download starts once the source's FQCN root is connected (--wait-source, default on
 in listen mode) — a source behind the connected peer is reached by forwarding.
@@ -17,6 +17,8 @@ in listen mode) — a source behind the connected peer is reached by forwarding.
 READY {"fqcn", "url", "port", "tls", "mode", "peer"}
 RESULT {"event": "file", "ref_id", "source", "error", "path", "size", "sha256"}
 RESULT {"event": "arrays", "ref_id", "source", "error", "arrays": {name: {dtype, shape, sha256}}}
+RESULT {"event": "tensors", ... same as arrays}  (--tensors-ref: each item one safetensors blob,
+        decoded with safetensors.numpy — NVFlare's TensorConsumer format without torch)
 RESULT {"event": "downloads_done", "all_ok"}
 """
 
@@ -36,6 +38,7 @@ def parse_args():
     p.add_argument("--source", help="FQCN of the cell that owns the refs")
     p.add_argument("--file-ref", help="ref id of a file to download with download_file")
     p.add_argument("--arrays-ref", help="ref id of numpy arrays to download with download_arrays")
+    p.add_argument("--tensors-ref", help="ref id of a safetensors-item object (TensorConsumer's format, no torch)")
     p.add_argument("--refs-from-stdin", action="store_true", help="read {source, file_ref, arrays_ref} from stdin")
     p.add_argument("--out-dir", help="directory for downloaded files (default: a new temp dir)")
     p.add_argument("--per-request-timeout", type=float, default=30.0)
@@ -68,7 +71,10 @@ def main():
         source = req.get("source", source)
         file_ref = req.get("file_ref", file_ref)
         arrays_ref = req.get("arrays_ref", arrays_ref)
-    if not source or not (file_ref or arrays_ref):
+        tensors_ref = req.get("tensors_ref", args.tensors_ref)
+    else:
+        tensors_ref = args.tensors_ref
+    if not source or not (file_ref or arrays_ref or tensors_ref):
         raise SystemExit("need a source FQCN and at least one ref id")
 
     wait_source = args.wait_source == "yes" or (args.wait_source == "auto" and args.listen)
@@ -108,6 +114,28 @@ def main():
         rec = {"event": "arrays", "ref_id": arrays_ref, "source": source, "error": err}
         if not err and arrays is not None:
             rec["arrays"] = fp.array_checksums(arrays)
+        all_ok = all_ok and not err
+        fp.result(rec)
+
+    if tensors_ref:
+        from nvflare.fuel.f3.streaming.download_service import download_object
+
+        _, consumer_cls = fp.tensor_item_classes()
+        consumer = consumer_cls()
+        try:
+            download_object(
+                from_fqcn=source,
+                ref_id=tensors_ref,
+                per_request_timeout=args.per_request_timeout,
+                cell=cell,
+                consumer=consumer,
+            )
+            err, tensors = consumer.error, consumer.result
+        except Exception as ex:
+            err, tensors = f"exception: {ex!r}", None
+        rec = {"event": "tensors", "ref_id": tensors_ref, "source": source, "error": err}
+        if not err and tensors is not None:
+            rec["arrays"] = fp.array_checksums(tensors)
         all_ok = all_ok and not err
         fp.result(rec)
 

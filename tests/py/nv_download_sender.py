@@ -11,7 +11,10 @@ Creates one ObjectDownloader transaction on a real Cell and adds a file
 
 READY {"fqcn", "url", "port", "tls", "mode", "peer", "tx_id",
        "file": {"ref_id", "path", "size", "sha256", "chunk_size"} | null,
-       "arrays": {"ref_id", "count", "max_chunk_size", "checksums": {name: {dtype, shape, sha256}}} | null}
+       "arrays": {"ref_id", "count", "max_chunk_size", "checksums": {name: {dtype, shape, sha256}}} | null,
+       "tensors": same shape as "arrays" | null}
+--tensors N offers arrays as one-safetensors-blob-per-item (NVFlare's TensorDownloadable
+item format, produced with safetensors.numpy because torch is not installed).
 RESULT {"event": "downloaded_to_one", "receiver", "status", "ref": "file"}   (file callback, per receiver)
 RESULT {"event": "tx_done", "status"}                                          (transaction_done_cb)
 RESULT {"event": "outcome", "status", "reason", "done_status", "num_receivers",
@@ -39,6 +42,14 @@ def parse_args():
     p.add_argument("--seed", type=int, default=7, help="seed of the arrays (numpy default_rng)")
     p.add_argument("--array-scale", type=int, default=1, help="multiply the first dimension of every array")
     p.add_argument("--array-chunk-size", type=int, default=2 * 1024 * 1024, help="max_chunk_size of add_arrays")
+    p.add_argument(
+        "--tensors",
+        type=int,
+        default=0,
+        help="offer this many deterministic arrays as safetensors items (TensorDownloadable's format, no torch)",
+    )
+    p.add_argument("--tensor-seed", type=int, default=11)
+    p.add_argument("--tensor-chunk-size", type=int, default=2 * 1024 * 1024)
     p.add_argument("--num-receivers", type=int, default=1, help="expected receivers (0 = unknown)")
     p.add_argument("--receiver-ids", help="comma list of expected receiver FQCNs (identity completion)")
     p.add_argument("--tx-timeout", type=float, default=60.0, help="transaction timeout in seconds")
@@ -49,8 +60,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if not args.file and not args.arrays:
-        raise SystemExit("nothing to offer: give --file and/or --arrays N")
+    if not args.file and not args.arrays and not args.tensors:
+        raise SystemExit("nothing to offer: give --file, --arrays N and/or --tensors N")
     fp.start_common(args, "sender")
     deadline = time.time() + args.timeout
 
@@ -102,6 +113,19 @@ def main():
             "seed": args.seed,
             "max_chunk_size": args.array_chunk_size,
             "checksums": fp.array_checksums(arrays),
+        }
+
+    info["tensors"] = None
+    if args.tensors:
+        downloadable_cls, _ = fp.tensor_item_classes()
+        tensors = fp.make_arrays(args.tensor_seed, args.tensors, args.array_scale)
+        rid = downloader.add_object(downloadable_cls(tensors, args.tensor_chunk_size))
+        info["tensors"] = {
+            "ref_id": rid,
+            "count": len(tensors),
+            "seed": args.tensor_seed,
+            "max_chunk_size": args.tensor_chunk_size,
+            "checksums": fp.array_checksums(tensors),
         }
 
     waiter = downloader.get_waiter()

@@ -110,6 +110,10 @@ fn python_download_sender_and_receiver_agree() {
             &"6",
             &"--array-chunk-size",
             &"5000",
+            &"--tensors",
+            &"4",
+            &"--tensor-chunk-size",
+            &"3000",
             &"--timeout",
             &"90",
         ]),
@@ -119,6 +123,7 @@ fn python_download_sender_and_receiver_agree() {
     let url = ready["url"].as_str().unwrap();
     let file_ref = ready["file"]["ref_id"].as_str().unwrap();
     let arrays_ref = ready["arrays"]["ref_id"].as_str().unwrap();
+    let tensors_ref = ready["tensors"]["ref_id"].as_str().unwrap();
 
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
@@ -133,6 +138,8 @@ fn python_download_sender_and_receiver_agree() {
             &file_ref,
             &"--arrays-ref",
             &arrays_ref,
+            &"--tensors-ref",
+            &tensors_ref,
             &"--out-dir",
             &out,
             &"--timeout",
@@ -144,6 +151,8 @@ fn python_download_sender_and_receiver_agree() {
     assert_eq!(got["sha256"], ready["file"]["sha256"]);
     let got = receiver.wait_event("arrays");
     assert_eq!(got["arrays"], ready["arrays"]["checksums"]);
+    let got = receiver.wait_event("tensors");
+    assert_eq!(got["arrays"], ready["tensors"]["checksums"]);
 
     let outcome = sender.wait_event("outcome");
     assert_eq!(outcome["status"], "completed", "{outcome}");
