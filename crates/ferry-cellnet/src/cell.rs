@@ -213,11 +213,11 @@ impl CellBuilder {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), ferry_cellnet::CellnetError> {
 /// use std::time::Duration;
-/// use ferry_cellnet::{Cell, Message, ReturnCode};
+/// use ferry_cellnet::{rmpv, Cell, Message, ReturnCode};
 ///
 /// let server = Cell::new("server")?;
 /// server.register_request_handler("task", "echo", |req: Message| async move {
-///     Message::from_value(req.value().unwrap_or_default())
+///     Message::from_value(req.value().unwrap_or(rmpv::Value::Nil))
 /// });
 /// let url = server.listen("tcp://127.0.0.1:0").await?;
 ///
