@@ -53,10 +53,25 @@ impl FileConsumerBuilder {
         }
         let final_path = self.dir.join(&self.name);
         let part_path = self.dir.join(format!("{}.part", self.name));
+        let plan_path = self.dir.join(format!("{}.part.plan", self.name));
         if !self.overwrite && final_path.symlink_metadata().is_ok() {
             return Err(ObjectsError::DestinationExists(final_path));
         }
-        let existing = part_path.symlink_metadata().ok();
+        let mut existing = part_path.symlink_metadata().ok();
+        let mut kept_plan = None;
+        if self.keep_part && existing.as_ref().is_some_and(|m| m.file_type().is_file()) {
+            match KeptPlan::read(&plan_path) {
+                Ok(p) => kept_plan = p,
+                Err(why) => {
+                    tracing::warn!(part = %part_path.display(), %why, "kept part has an unreadable plan; starting over");
+                    remove_if_exists(&part_path)?;
+                    existing = None;
+                }
+            }
+        }
+        if kept_plan.is_none() {
+            remove_if_exists(&plan_path)?;
+        }
         let (file, prefix) = match existing {
             Some(m) if self.keep_part && m.file_type().is_file() => {
                 let f = OpenOptions::new()
@@ -78,6 +93,12 @@ impl FileConsumerBuilder {
             }
             None => (create_part(&part_path)?, 0),
         };
+        if kept_plan.as_ref().is_some_and(|p| prefix > p.total) {
+            return Err(ObjectsError::InvalidOption(format!(
+                "kept {} has {prefix} bytes, more than the object it belongs to",
+                part_path.display()
+            )));
+        }
         if prefix > self.max_size {
             return Err(ObjectsError::InvalidOption(format!(
                 "kept {} has {prefix} bytes, more than max_size {}",
@@ -90,9 +111,11 @@ impl FileConsumerBuilder {
         if prefix > 0 {
             tracing::info!(part = %part_path.display(), prefix, "resuming from kept part file");
         }
-        Ok(FileConsumer {
+        let mut consumer = FileConsumer {
             final_path,
             part_path,
+            plan_path,
+            plan: None,
             overwrite: self.overwrite,
             keep_part: self.keep_part,
             max_size: self.max_size,
@@ -103,7 +126,85 @@ impl FileConsumerBuilder {
             plan_chunk: None,
             verifier: None,
             phase: Phase::Writing,
+        };
+        if let Some(p) = kept_plan {
+            consumer.adopt(p);
+        }
+        Ok(consumer)
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), ObjectsError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ObjectsError::io(
+            format!("removing stale {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// The producer's plan, kept beside a resumable `.part` (`NAME.part.plan`, JSON) because a
+/// resumed request carries a state and producers send plans only to first requests: the
+/// resumed download still knows the size and digest of the whole file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeptPlan {
+    total: u64,
+    chunk: u64,
+    blake3: Option<String>,
+}
+
+impl KeptPlan {
+    fn from_plan(plan: &TransferPlan) -> Result<Self, ConsumeError> {
+        let PlanLayout::Bytes { total, chunk } = plan.layout else {
+            return Err(ConsumeError::BadChunk(
+                "a file consumer needs a byte-stream object, the plan announces items".into(),
+            ));
+        };
+        if let Some(want) = &plan.blake3 {
+            if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConsumeError::BadChunk(format!(
+                    "plan digest {want:?} is not a BLAKE3 hex digest"
+                )));
+            }
+        }
+        Ok(Self {
+            total,
+            chunk,
+            blake3: plan.blake3.as_ref().map(|d| d.to_ascii_lowercase()),
         })
+    }
+
+    /// `Ok(None)` when there is no sidecar; `Err` when it exists but is unusable.
+    fn read(path: &Path) -> Result<Option<Self>, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let total = v["total"].as_u64().ok_or("no total")?;
+        let chunk = v["chunk"].as_u64().ok_or("no chunk")?;
+        let blake3 = match &v["blake3"] {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            _ => return Err("bad blake3".into()),
+        };
+        let plan = TransferPlan {
+            layout: PlanLayout::Bytes { total, chunk },
+            total_bytes: Some(total),
+            blake3,
+        };
+        Self::from_plan(&plan).map(Some).map_err(|e| e.to_string())
+    }
+
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        let v =
+            serde_json::json!({"total": self.total, "chunk": self.chunk, "blake3": self.blake3});
+        let f = File::create(path)?;
+        serde_json::to_writer(&f, &v).map_err(std::io::Error::other)?;
+        f.sync_all()
     }
 }
 
@@ -148,12 +249,18 @@ struct Verifier {
 /// fsynced and renamed atomically to `DIR/NAME`, and the directory is fsynced. A failed,
 /// cancelled or dropped download leaves nothing at `DIR/NAME`; `NAME.part` is removed, or,
 /// with [`keep_part_for_resume`](FileConsumerBuilder::keep_part_for_resume), truncated to its
-/// contiguous prefix so that a new consumer resumes from it
-/// ([`resume_state`](Self::resume_state)) and still verifies the whole file.
+/// contiguous prefix (cut to a chunk boundary) so that a new consumer resumes from it
+/// ([`resume_state`](Self::resume_state)) and still verifies the whole file: the producer's
+/// plan (size, chunk, digest) is kept beside it in `NAME.part.plan`, since a resumed request
+/// carries a state and gets no plan.
 #[derive(Debug)]
 pub struct FileConsumer {
     final_path: PathBuf,
     part_path: PathBuf,
+    /// `NAME.part.plan`: the plan kept beside a resumable part.
+    plan_path: PathBuf,
+    /// The plan in force (from the producer or from a kept part).
+    plan: Option<KeptPlan>,
     overwrite: bool,
     keep_part: bool,
     max_size: u64,
@@ -214,6 +321,21 @@ impl FileConsumer {
         self.file = Some(file);
     }
 
+    /// Take `plan` as the object's size, chunk and digest.
+    fn adopt(&mut self, plan: KeptPlan) {
+        if let Some(want) = &plan.blake3 {
+            self.verifier = Some(Verifier {
+                hasher: blake3::Hasher::new(),
+                cursor: 0,
+                want: want.clone(),
+                scratch: Vec::new(),
+            });
+        }
+        self.expected_total = Some(plan.total);
+        self.plan_chunk = (plan.chunk > 0).then_some(plan.chunk);
+        self.plan = Some(plan);
+    }
+
     fn file(&self) -> Result<&File, ConsumeError> {
         self.file
             .as_ref()
@@ -272,6 +394,16 @@ impl FileConsumer {
                 .map(|f| f.set_len(prefix).and_then(|()| f.sync_all()));
             match kept {
                 Some(Ok(())) => {
+                    match &self.plan {
+                        Some(plan) => {
+                            if let Err(e) = plan.write(&self.plan_path) {
+                                tracing::warn!(path = %self.plan_path.display(), error = %e, "could not keep the plan beside the part file");
+                            }
+                        }
+                        None => {
+                            let _ = remove_if_exists(&self.plan_path);
+                        }
+                    }
                     tracing::info!(part = %self.part_path.display(), prefix, "kept part file for resume");
                     return;
                 }
@@ -282,6 +414,9 @@ impl FileConsumer {
             }
         }
         drop(file);
+        if let Err(e) = remove_if_exists(&self.plan_path) {
+            tracing::warn!(error = %e, "could not remove the kept plan");
+        }
         if let Err(e) = std::fs::remove_file(&self.part_path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(part = %self.part_path.display(), error = %e, "could not remove part file");
@@ -326,6 +461,9 @@ impl FileConsumer {
             source: e,
         })?;
         self.file = None;
+        if let Err(e) = remove_if_exists(&self.plan_path) {
+            tracing::warn!(error = %e, "could not remove the kept plan");
+        }
         // Make the rename durable; a failure here is reported but the file is in place.
         if let Some(dir) = self.final_path.parent() {
             let synced = File::open(dir).and_then(|d| d.sync_all());
@@ -339,39 +477,35 @@ impl FileConsumer {
 
 impl Consumer for FileConsumer {
     fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
-        let PlanLayout::Bytes { total, chunk } = plan.layout else {
-            return Err(ConsumeError::BadChunk(
-                "a file consumer needs a byte-stream object, the plan announces items".into(),
-            ));
-        };
-        if total > self.max_size {
-            return Err(ConsumeError::Other(format!(
-                "object of {total} bytes exceeds the limit of {} bytes",
-                self.max_size
-            )));
-        }
-        if self.resumed_from > total {
-            return Err(ConsumeError::Integrity(format!(
-                "kept {} has {} bytes but the object has {total}",
-                self.part_path.display(),
-                self.resumed_from
-            )));
-        }
-        if let Some(want) = &plan.blake3 {
-            if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ConsumeError::BadChunk(format!(
-                    "plan digest {want:?} is not a BLAKE3 hex digest"
+        let new = KeptPlan::from_plan(plan)?;
+        if let Some(kept) = &self.plan {
+            if (kept.total, &kept.blake3) != (new.total, &new.blake3) {
+                return Err(ConsumeError::Integrity(format!(
+                    "the object changed since {} was kept (size {} / digest {:?} now {} / {:?})",
+                    self.part_path.display(),
+                    kept.total,
+                    kept.blake3,
+                    new.total,
+                    new.blake3
                 )));
             }
-            self.verifier = Some(Verifier {
-                hasher: blake3::Hasher::new(),
-                cursor: 0,
-                want: want.clone(),
-                scratch: Vec::new(),
-            });
+            return Ok(());
         }
-        self.expected_total = Some(total);
-        self.plan_chunk = (chunk > 0).then_some(chunk);
+        if new.total > self.max_size {
+            return Err(ConsumeError::Other(format!(
+                "object of {} bytes exceeds the limit of {} bytes",
+                new.total, self.max_size
+            )));
+        }
+        if self.resumed_from > new.total {
+            return Err(ConsumeError::Integrity(format!(
+                "kept {} has {} bytes but the object has {}",
+                self.part_path.display(),
+                self.resumed_from,
+                new.total
+            )));
+        }
+        self.adopt(new);
         Ok(())
     }
 

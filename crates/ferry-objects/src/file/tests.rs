@@ -449,3 +449,116 @@ fn without_a_plan_chunks_must_continue_the_prefix() {
     c.completed("r").unwrap();
     assert_eq!(fs::read(dst.path().join("out")).unwrap(), b"abcdabcd");
 }
+
+/// Feed chunks from `first` on without telling the consumer the plan (what a receiver engine
+/// does for a resumed download: the producer sends plans to first requests only).
+fn drive_without_plan(
+    obj: &FileObject,
+    c: &mut FileConsumer,
+    first: Option<State>,
+    corrupt: Option<usize>,
+) -> Result<(), ConsumeError> {
+    let r = (|| {
+        for (i, (s, mut d)) in all_chunks(obj, "a", first).into_iter().enumerate() {
+            if corrupt == Some(i) {
+                if let ChunkData::Bytes(b) = &d {
+                    let mut v = b.to_vec();
+                    v[0] ^= 0x80;
+                    d = ChunkData::Bytes(Bytes::from(v));
+                }
+            }
+            c.consume("r", &s, d)?;
+        }
+        c.completed("r")
+    })();
+    if let Err(e) = &r {
+        c.failed("r", &e.to_string());
+    }
+    r
+}
+
+fn fail_after_prefix(obj: &FileObject, dir: &Path, chunks: usize) {
+    let mut c = FileConsumer::builder(dir, "out")
+        .keep_part_for_resume(true)
+        .open()
+        .unwrap();
+    c.plan_received(&obj.plan().unwrap()).unwrap();
+    for (s, d) in all_chunks(obj, "a", None).into_iter().take(chunks) {
+        c.consume("r", &s, d).unwrap();
+    }
+    c.failed("r", "link lost");
+    assert_eq!(names_in(dir), vec!["out.part", "out.part.plan"]);
+}
+
+#[test]
+fn a_resumed_download_without_plan_still_verifies_size_and_digest() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (p, data) = write_file(src.path(), "f", 9_999);
+    let obj = FileObject::builder(&p)
+        .chunk_size(1000)
+        .digest(true)
+        .open()
+        .unwrap();
+
+    // corrupted after resume: the kept plan's digest catches it
+    fail_after_prefix(&obj, dst.path(), 4);
+    let mut c = FileConsumer::builder(dst.path(), "out")
+        .keep_part_for_resume(true)
+        .open()
+        .unwrap();
+    let st = c.resume_state();
+    assert_eq!(st, Some(State::new().with(RECEIVED_BYTES, 4000u64)));
+    let e = drive_without_plan(&obj, &mut c, st, Some(2)).unwrap_err();
+    assert!(e.to_string().contains("digest mismatch"), "{e}");
+    assert!(
+        names_in(dst.path()).is_empty(),
+        "{:?}",
+        names_in(dst.path())
+    );
+
+    // clean resume
+    fail_after_prefix(&obj, dst.path(), 4);
+    let mut c = FileConsumer::builder(dst.path(), "out")
+        .keep_part_for_resume(true)
+        .open()
+        .unwrap();
+    let st = c.resume_state();
+    drive_without_plan(&obj, &mut c, st, None).unwrap();
+    assert_eq!(fs::read(dst.path().join("out")).unwrap(), data);
+    assert_eq!(names_in(dst.path()), vec!["out"]);
+}
+
+#[test]
+fn a_kept_part_of_another_object_is_refused() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (p, _) = write_file(src.path(), "f", 5000);
+    let obj = FileObject::builder(&p)
+        .chunk_size(1000)
+        .digest(true)
+        .open()
+        .unwrap();
+    fail_after_prefix(&obj, dst.path(), 2);
+    let (p2, _) = write_file(src.path(), "g", 6000);
+    let other = FileObject::builder(&p2)
+        .chunk_size(1000)
+        .digest(true)
+        .open()
+        .unwrap();
+    let mut c = FileConsumer::builder(dst.path(), "out")
+        .keep_part_for_resume(true)
+        .open()
+        .unwrap();
+    let e = c.plan_received(&other.plan().unwrap()).unwrap_err();
+    assert!(matches!(e, ConsumeError::Integrity(_)), "{e}");
+    c.failed("r", &e.to_string());
+    // an unreadable kept plan: start over instead of trusting the part
+    fs::write(dst.path().join("out.part.plan"), b"{not json").unwrap();
+    let c = FileConsumer::builder(dst.path(), "out")
+        .keep_part_for_resume(true)
+        .open()
+        .unwrap();
+    assert!(c.resume_state().is_none());
+    assert_eq!(names_in(dst.path()), vec!["out.part"]);
+}
