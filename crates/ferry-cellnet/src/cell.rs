@@ -1450,23 +1450,21 @@ impl CellInner {
 }
 
 async fn run_handler(h: Arc<dyn Handler>, m: Message) -> Option<Message> {
-    // Run in its own task so a panicking handler becomes a process_exception reply; abort it
-    // if the caller gives up (shutdown grace over, local timeout).
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let task = tokio::spawn(async move { h.call(m).await });
-    let _guard = AbortOnDrop(task.abort_handle());
-    match task.await {
+    use futures::FutureExt;
+    // A panicking handler becomes a process_exception reply. The handler owns nothing that a
+    // panic could leave half-updated for us: we only use its output.
+    match std::panic::AssertUnwindSafe(h.call(m)).catch_unwind().await {
         Ok(r) => r,
-        Err(e) => {
-            error!("request handler failed: {e}");
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            error!("request handler panicked: {what}");
             Some(Message::error(
                 ReturnCode::ProcessException,
-                format!("handler failed: {e}"),
+                format!("handler panicked: {what}"),
             ))
         }
     }

@@ -139,8 +139,9 @@ impl BufferPool {
     /// A buffer of exactly `len` initialized bytes (contents unspecified).
     fn take(&self, len: usize) -> Vec<u8> {
         let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = pool.iter().position(|b| b.capacity() >= len) {
-            let mut b = pool.swap_remove(i);
+        // most recently returned first: its pages are the likeliest to be in cache
+        if let Some(i) = pool.iter().rposition(|b| b.capacity() >= len) {
+            let mut b = pool.remove(i);
             b.resize(len, 0);
             return b;
         }
