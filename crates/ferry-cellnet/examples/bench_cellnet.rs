@@ -107,6 +107,13 @@ async fn ferry_rtt(client: &Cell, in_flight: usize, dur: Duration) -> f64 {
 }
 
 async fn ferry_bulk(client: &Cell, size: usize, total: usize) -> f64 {
+    let client = client.clone();
+    tokio::spawn(async move { ferry_bulk_task(&client, size, total).await })
+        .await
+        .unwrap()
+}
+
+async fn ferry_bulk_task(client: &Cell, size: usize, total: usize) -> f64 {
     let chunk = Bytes::from(vec![0xabu8; size]);
     let n = total.div_ceil(size);
     let body_len = bulk_message(&chunk).fobs().unwrap().main.len() as u64;
@@ -154,8 +161,11 @@ async fn tcp_server() -> String {
                     s.read_exact(&mut buf[..len]).await.unwrap();
                     match hdr[0] {
                         b'E' => {
-                            s.write_all(&hdr).await.unwrap();
-                            s.write_all(&buf[..len]).await.unwrap();
+                            // one write per reply, as ferry writes one frame
+                            let mut reply = Vec::with_capacity(5 + len);
+                            reply.extend_from_slice(&hdr);
+                            reply.extend_from_slice(&buf[..len]);
+                            s.write_all(&reply).await.unwrap();
                         }
                         b'B' => s.write_all(&[1]).await.unwrap(),
                         _ => {}
@@ -168,6 +178,13 @@ async fn tcp_server() -> String {
 }
 
 async fn tcp_rtt(addr: &str, dur: Duration) -> f64 {
+    let addr = addr.to_string();
+    tokio::spawn(async move { tcp_rtt_task(&addr, dur).await })
+        .await
+        .unwrap()
+}
+
+async fn tcp_rtt_task(addr: &str, dur: Duration) -> f64 {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     let mut msg = vec![b'E', 0, 0, 0, SMALL as u8];
@@ -184,6 +201,13 @@ async fn tcp_rtt(addr: &str, dur: Duration) -> f64 {
 }
 
 async fn tcp_bulk(addr: &str, size: usize, total: usize) -> f64 {
+    let addr = addr.to_string();
+    tokio::spawn(async move { tcp_bulk_task(&addr, size, total).await })
+        .await
+        .unwrap()
+}
+
+async fn tcp_bulk_task(addr: &str, size: usize, total: usize) -> f64 {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     let block = vec![0xabu8; size];
