@@ -1205,6 +1205,21 @@ impl CellInner {
             }
             _ => ReplyTo::Nobody,
         };
+        if headers.get_bool(keys::ENCRYPTED) == Some(true) {
+            warn!(%origin, %channel, %topic, "end-to-end encrypted payload; not supported");
+            self.reply(
+                conn,
+                &origin,
+                &channel,
+                &topic,
+                reply_to,
+                Message::error(
+                    ReturnCode::InvalidRequest,
+                    "end-to-end encrypted payloads (cn__secure) are not supported by this cell",
+                ),
+            );
+            return;
+        }
         let payload = match Payload::from_wire(headers.get_str(keys::PAYLOAD_ENCODING), payload) {
             Ok(p) => p,
             Err(e) => {
@@ -1383,13 +1398,33 @@ impl CellInner {
                         stream_keys::RETURN_ONLY,
                         &tp,
                         reply.payload,
-                        Some(ri),
+                        Some(ri.clone()),
                         Some(conn),
                     )
                     .await;
                 self.streams.outgoing.remove(&sid);
-                if let Err(e) = r {
-                    warn!(%origin, "streamed reply not sent: {e}");
+                match r {
+                    Ok(()) => {}
+                    Err(e @ CellnetError::MessageTooBig { .. }) => {
+                        // tell the requester instead of letting it time out
+                        warn!(%origin, "streamed reply too big: {e}");
+                        let err = Message::error(ReturnCode::MsgTooBig, e.to_string());
+                        let sid = self.streams.next_id();
+                        let _ = self
+                            .send_stream(
+                                origin,
+                                sid,
+                                err.headers,
+                                stream_keys::RETURN_ONLY,
+                                &tp,
+                                Payload::None,
+                                Some(ri),
+                                Some(conn),
+                            )
+                            .await;
+                        self.streams.outgoing.remove(&sid);
+                    }
+                    Err(e) => warn!(%origin, "streamed reply not sent: {e}"),
                 }
             }
         }

@@ -337,3 +337,21 @@ async fn idle_connection_gets_a_ping() {
     assert!(server.is_connected("site-1"));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn encrypted_payloads_are_refused_clearly() {
+    let (server, url) = listening("server", Limits::default()).await;
+    echo(&server);
+    let mut p = RawPeer::connect(&url).await;
+    p.handshake("site-1").await;
+    let mut h = Headers::decode(&req_headers("site-1", "server", "E1")).unwrap();
+    h.insert("cn__secure", true);
+    h.insert("cn__encrypted", true);
+    p.send(&frame(FrameType::Data, 1, h.encode(), vec![1; 600]))
+        .await;
+    let f = p.next_data().await.unwrap();
+    let h = Headers::decode(&f.headers).unwrap();
+    assert_eq!(h.get_str("cn__req_id"), Some("E1"));
+    assert_eq!(h.get_str("cn__return_code"), Some("invalid_request"));
+    server.shutdown().await;
+}

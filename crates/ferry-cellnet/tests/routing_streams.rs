@@ -247,3 +247,31 @@ async fn streamed_fire_and_forget_and_forwarded_stream() {
     b.shutdown().await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn streamed_reply_over_the_limit_is_msg_too_big() {
+    let (server, url) = listening(
+        "server",
+        Limits {
+            max_stream_bytes: 1000,
+            ..Limits::default()
+        },
+    )
+    .await;
+    server.register_request_handler("s", "big", |_m: Message| async {
+        Message::from_bytes(vec![0u8; 5000])
+    });
+    let client = connected("site-1", &url).await;
+    let r = client
+        .send_request_with(
+            "s",
+            "big",
+            "server",
+            Message::new(),
+            RequestOptions::timeout(LONG).streamed(true),
+        )
+        .await;
+    assert_eq!(r.return_code(), ReturnCode::MsgTooBig);
+    client.shutdown().await;
+    server.shutdown().await;
+}
