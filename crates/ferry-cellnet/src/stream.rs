@@ -81,10 +81,16 @@ impl Reassembly {
     }
 }
 
+/// Completed streams remembered so that late duplicate chunks (a reliable sender retrying
+/// before our final ACK reached it) are re-acknowledged instead of starting a new stream.
+const RECENT_STREAMS: usize = 256;
+
 /// Stream state of a cell.
 #[derive(Default)]
 pub(crate) struct StreamState {
     incoming: Mutex<HashMap<(String, u64), Reassembly>>,
+    /// (origin, sm__id) → (bytes consumed, last seq) of recently completed streams.
+    recent: Mutex<std::collections::VecDeque<((String, u64), (u64, u64))>>,
     pub outgoing: DashMap<u64, OutStream>,
     next: AtomicU64,
 }
@@ -326,6 +332,20 @@ impl CellInner {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if !map.contains_key(&key) {
+            let done = self
+                .streams
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| *v);
+            if let Some((os, sq)) = done {
+                drop(map);
+                debug!(%origin, sid, seq, "chunk of a completed stream; re-acknowledged");
+                self.send_stream_ack(conn, &origin, sid, os, sq);
+                return;
+            }
             let size = headers.get_u64(sk::SIZE).unwrap_or(0);
             let from_origin = map.keys().filter(|(o, _)| *o == origin).count();
             let refuse = if size > max as u64 {
@@ -419,6 +439,17 @@ impl CellInner {
         }
         let Some(r) = map.remove(&key) else { return };
         drop(map);
+        {
+            let mut recent = self
+                .streams
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if recent.len() >= RECENT_STREAMS {
+                recent.pop_front();
+            }
+            recent.push_back((key, (consumed as u64, r.next_seq.saturating_sub(1))));
+        }
         self.stream_complete(origin, sid, r);
     }
 

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
 use ferry_cellnet::frame::FrameType;
 use ferry_cellnet::headers::Headers;
@@ -353,5 +354,80 @@ async fn encrypted_payloads_are_refused_clearly() {
     let h = Headers::decode(&f.headers).unwrap();
     assert_eq!(h.get_str("cn__req_id"), Some("E1"));
     assert_eq!(h.get_str("cn__return_code"), Some("invalid_request"));
+    server.shutdown().await;
+}
+
+/// A raw peer streams a request in chunks out of order, with a duplicate, and after the
+/// stream completed resends a chunk (as a reliable sender does): one reply, re-ACKed duplicate.
+#[tokio::test]
+async fn raw_stream_out_of_order_duplicates_and_late_retry() {
+    let (server, url) = listening("server", Limits::default()).await;
+    server.register_request_handler("ch", "tp", |m: Message| async move {
+        Message::from_bytes(m.bytes().cloned().unwrap_or_default())
+    });
+    let mut p = RawPeer::connect(&url).await;
+    p.handshake("site-1").await;
+    let blob: Vec<u8> = (0..30u8).collect();
+    let chunk = |seq: u64| -> Bytes {
+        let mut h: Headers = [
+            ("cn__msg_type", "req"),
+            ("cn__origin", "site-1"),
+            ("cn__destination", "server"),
+            ("cn__channel", "sm__STREAM"),
+            ("cn__topic", "sm__DATA"),
+            ("cn__payload_encoding", "bytes"),
+            ("sm__ch", "ch"),
+            ("sm__tp", "tp"),
+            ("sm__pe", "bytes"),
+            ("sm__ri", "RI-1"),
+        ]
+        .into_iter()
+        .collect();
+        h.insert("cn__reply_expected", false);
+        h.insert("sm__id", 77u64);
+        h.insert("sm__sq", seq);
+        h.insert("sm__dt", if seq == 2 { 2u64 } else { 1u64 });
+        h.insert("sm__os", seq * 10);
+        h.insert("sm__sz", 30u64);
+        h.insert("sm__rs", true);
+        let s = (seq * 10) as usize;
+        frame(FrameType::Data, 1, h.encode(), blob[s..s + 10].to_vec())
+    };
+    for seq in [2u64, 0, 0, 1] {
+        p.send(&chunk(seq)).await;
+    }
+    // ACK(s) then the streamed reply on return_only with our sm__ri
+    let mut reply = Vec::new();
+    let mut acks = 0;
+    loop {
+        let f = p.next_data().await.unwrap();
+        let h = Headers::decode(&f.headers).unwrap();
+        match h.get_str("cn__topic") {
+            Some("sm__ACK") => {
+                assert_eq!(h.get_u64("sm__dt"), Some(3));
+                acks += 1;
+            }
+            Some("sm__DATA") => {
+                assert_eq!(h.get_str("sm__ch"), Some("return_only"));
+                assert_eq!(h.get_str("sm__tp"), Some("ch:tp"));
+                assert_eq!(h.get_str("sm__ri"), Some("RI-1"));
+                assert_eq!(h.get_str("cn__return_code"), Some("ok"));
+                reply.extend_from_slice(&f.payload);
+                if h.get_u64("sm__dt") == Some(2) {
+                    break;
+                }
+            }
+            other => panic!("unexpected topic {other:?}"),
+        }
+    }
+    assert!(acks >= 1);
+    assert_eq!(reply, blob);
+    // a late retry of chunk 1 is re-acknowledged, not treated as a new stream
+    p.send(&chunk(1)).await;
+    let f = p.next_data().await.unwrap();
+    let h = Headers::decode(&f.headers).unwrap();
+    assert_eq!(h.get_str("cn__topic"), Some("sm__ACK"));
+    assert_eq!(h.get_u64("sm__os"), Some(30));
+    assert_eq!(h.get_u64("sm__sq"), Some(2));
     server.shutdown().await;
 }
