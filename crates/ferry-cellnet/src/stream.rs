@@ -85,12 +85,15 @@ impl Reassembly {
 /// before our final ACK reached it) are re-acknowledged instead of starting a new stream.
 const RECENT_STREAMS: usize = 256;
 
+/// A stream's key: (origin FQCN, `sm__id`).
+type StreamKey = (String, u64);
+
 /// Stream state of a cell.
 #[derive(Default)]
 pub(crate) struct StreamState {
-    incoming: Mutex<HashMap<(String, u64), Reassembly>>,
+    incoming: Mutex<HashMap<StreamKey, Reassembly>>,
     /// (origin, sm__id) → (bytes consumed, last seq) of recently completed streams.
-    recent: Mutex<std::collections::VecDeque<((String, u64), (u64, u64))>>,
+    recent: Mutex<std::collections::VecDeque<(StreamKey, (u64, u64))>>,
     pub outgoing: DashMap<u64, OutStream>,
     next: AtomicU64,
 }
