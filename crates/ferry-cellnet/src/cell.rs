@@ -398,31 +398,7 @@ impl Cell {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(CellnetError::Shutdown);
         }
-        let t = tokio::time::timeout(inner.limits.handshake_timeout, async {
-            match Url::parse(url)? {
-                Url::Tcp(addr) => Ok(driver::tcp::transport(driver::tcp::connect(&addr).await?)),
-                #[cfg(feature = "tls")]
-                Url::Stcp(addr) => {
-                    let tls = inner.tls.as_ref().ok_or_else(|| {
-                        CellnetError::Tls("stcp:// needs a TlsConfig (CellBuilder::tls)".into())
-                    })?;
-                    let connector = tls.connector()?;
-                    let s = driver::tcp::connect(&addr).await?;
-                    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
-                    driver::tls::connect(&connector, host, s).await
-                }
-                #[cfg(not(feature = "tls"))]
-                Url::Stcp(_) => Err(CellnetError::Tls(
-                    "ferry-cellnet was built without the `tls` feature".into(),
-                )),
-                Url::Inproc(name) => Ok(driver::inproc::transport(
-                    driver::inproc::connect(&name).await?,
-                    &name,
-                )),
-            }
-        })
-        .await
-        .map_err(|_| CellnetError::Timeout(format!("connecting to {url}")))??;
+        let t = inner.establish(url).await?;
         let (tx, rx) = oneshot::channel();
         inner
             .io_tasks
@@ -432,6 +408,78 @@ impl Cell {
             .map_err(|_| CellnetError::Handshake("connection ended during handshake".into()))??;
         *lock(&inner.parent) = Some(peer.as_str().to_string());
         Ok(peer)
+    }
+
+    /// Like [`Cell::connect`], and keep the connection: whenever it is lost, reconnect in the
+    /// background (backoff from 100 ms doubling to 5 s) until [`Cell::shutdown`], as NVFlare
+    /// cells do with their parent. Fails only if the first attempt fails.
+    pub async fn connect_persistent(&self, url: &str) -> Result<Fqcn, CellnetError> {
+        let first = self.connect(url).await?;
+        let peer = first.clone();
+        let inner = self.inner.clone();
+        let url = url.to_string();
+        let stop = inner.listeners_token.clone();
+        let span = tracing::info_span!("reconnect", cell = %inner.fqcn, %url);
+        self.inner.io_tasks.spawn(
+            async move {
+                const MIN: Duration = Duration::from_millis(100);
+                const MAX: Duration = Duration::from_secs(5);
+                let mut backoff = MIN;
+                loop {
+                    // wait until the parent connection is gone
+                    while inner.agents.contains_key(peer.as_str()) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(MIN) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    let attempt = async {
+                        let t = inner.establish(&url).await?;
+                        let (tx, rx) = oneshot::channel();
+                        inner
+                            .io_tasks
+                            .spawn(connection::run(inner.clone(), t, true, Some(tx)));
+                        rx.await.map_err(|_| {
+                            CellnetError::Handshake("connection ended during handshake".into())
+                        })?
+                    };
+                    let r = tokio::select! {
+                        r = attempt => r,
+                        _ = stop.cancelled() => return,
+                    };
+                    match r {
+                        Ok(p) => {
+                            info!(peer = %p, "reconnected");
+                            *lock(&inner.parent) = Some(p.as_str().to_string());
+                            backoff = MIN;
+                        }
+                        Err(e) => {
+                            debug!("reconnect failed: {e}");
+                            backoff = (backoff * 2).min(MAX);
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(self
+            .fqcn_of_parent()
+            .unwrap_or_else(|| self.inner.fqcn.clone()))
+    }
+
+    /// The FQCN of the parent (the peer of the last successful [`Cell::connect`]).
+    pub fn parent(&self) -> Option<Fqcn> {
+        self.fqcn_of_parent()
+    }
+
+    fn fqcn_of_parent(&self) -> Option<Fqcn> {
+        lock(&self.inner.parent)
+            .as_deref()
+            .and_then(|p| Fqcn::new(p).ok())
     }
 
     /// Send a request and wait for the reply, on the plain (one DATA frame) path.
@@ -696,6 +744,35 @@ async fn inproc_accept_loop(
 }
 
 impl CellInner {
+    /// Open the transport for `url` (TCP connect, TLS handshake, or an in-process pipe).
+    async fn establish(&self, url: &str) -> Result<driver::Transport, CellnetError> {
+        tokio::time::timeout(self.limits.handshake_timeout, async {
+            match Url::parse(url)? {
+                Url::Tcp(addr) => Ok(driver::tcp::transport(driver::tcp::connect(&addr).await?)),
+                #[cfg(feature = "tls")]
+                Url::Stcp(addr) => {
+                    let tls = self.tls.as_ref().ok_or_else(|| {
+                        CellnetError::Tls("stcp:// needs a TlsConfig (CellBuilder::tls)".into())
+                    })?;
+                    let connector = tls.connector()?;
+                    let s = driver::tcp::connect(&addr).await?;
+                    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
+                    driver::tls::connect(&connector, host, s).await
+                }
+                #[cfg(not(feature = "tls"))]
+                Url::Stcp(_) => Err(CellnetError::Tls(
+                    "ferry-cellnet was built without the `tls` feature".into(),
+                )),
+                Url::Inproc(name) => Ok(driver::inproc::transport(
+                    driver::inproc::connect(&name).await?,
+                    &name,
+                )),
+            }
+        })
+        .await
+        .map_err(|_| CellnetError::Timeout(format!("connecting to {url}")))?
+    }
+
     pub(crate) fn register_agent(&self, conn: Arc<Conn>) {
         if let Some(old) = self.agents.insert(conn.peer.clone(), conn.clone()) {
             if old.id != conn.id {

@@ -431,3 +431,27 @@ async fn raw_stream_out_of_order_duplicates_and_late_retry() {
     assert_eq!(h.get_u64("sm__sq"), Some(2));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn persistent_connection_comes_back_after_the_parent_restarts() {
+    let (server, url) = listening("server", Limits::default()).await;
+    let client = Cell::new("site-1").unwrap();
+    assert_eq!(
+        client.connect_persistent(&url).await.unwrap().as_str(),
+        "server"
+    );
+    assert_eq!(client.parent().unwrap().as_str(), "server");
+    server.shutdown().await;
+    eventually(|| !client.is_connected("server")).await;
+    // a new server on the same address
+    let server2 = Cell::new("server").unwrap();
+    echo(&server2);
+    assert_eq!(server2.listen(&url).await.unwrap(), url);
+    eventually(|| client.is_connected("server")).await;
+    let r = client
+        .send_request("t", "echo", "server", Message::from_value(5), LONG)
+        .await;
+    assert_eq!(r.return_code(), ReturnCode::Ok);
+    client.shutdown().await;
+    server2.shutdown().await;
+}
