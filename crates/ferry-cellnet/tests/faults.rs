@@ -303,8 +303,14 @@ async fn graceful_shutdown_answers_in_flight_requests() {
 #[tokio::test]
 async fn shutdown_fails_waiting_requests_and_abandons_stuck_handlers() {
     let (server, url) = listening("server", Limits::default()).await;
-    server.register_request_handler("t", "stuck", |_m: Message| async {
-        std::future::pending::<Message>().await
+    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let e2 = entered.clone();
+    server.register_request_handler("t", "stuck", move |_m: Message| {
+        let e2 = e2.clone();
+        async move {
+            e2.notify_one();
+            std::future::pending::<Message>().await
+        }
     });
     let client = connected("site-1", &url).await;
     let c2 = client.clone();
@@ -312,7 +318,7 @@ async fn shutdown_fails_waiting_requests_and_abandons_stuck_handlers() {
         c2.send_request("t", "stuck", "server", Message::new(), LONG)
             .await
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    entered.notified().await;
     // the server gives up on its stuck handler and fails the request
     server.shutdown_with_grace(Duration::from_millis(50)).await;
     let r = pending.await.unwrap();
