@@ -744,6 +744,45 @@ async fn inproc_accept_loop(
 }
 
 impl CellInner {
+    /// Send probe requests to a freshly connected `peer` until one is answered (with any
+    /// return code) or `budget` is spent; attempts time out after 100 ms, doubling.
+    pub(crate) async fn probe(self: &Arc<Self>, peer: &str, budget: Duration) {
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut wait = Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let opts = RequestOptions {
+                timeout: wait,
+                streamed: false,
+                optional: true,
+            };
+            let r = self
+                .request(
+                    CELLNET_CHANNEL,
+                    connection::PROBE_TOPIC,
+                    peer,
+                    Message::new(),
+                    &opts,
+                )
+                .await;
+            match r.return_code() {
+                ReturnCode::Timeout if tokio::time::Instant::now() < deadline => {
+                    debug!(%peer, attempts, "probe unanswered; peer not ready yet");
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                ReturnCode::Timeout => {
+                    warn!(%peer, attempts, "peer never answered the connection probe");
+                    return;
+                }
+                rc => {
+                    debug!(%peer, attempts, %rc, "peer registered us");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Open the transport for `url` (TCP connect, TLS handshake, or an in-process pipe).
     async fn establish(&self, url: &str) -> Result<driver::Transport, CellnetError> {
         tokio::time::timeout(self.limits.handshake_timeout, async {
@@ -1325,8 +1364,8 @@ impl CellInner {
         let origin = msg.origin().unwrap_or_default().to_string();
         let channel = msg.channel().unwrap_or_default().to_string();
         let topic = msg.topic().unwrap_or_default().to_string();
-        if channel == CELLNET_CHANNEL && topic == BYE_TOPIC {
-            debug!(%origin, "bye");
+        if channel == CELLNET_CHANNEL && (topic == BYE_TOPIC || topic == connection::PROBE_TOPIC) {
+            debug!(%origin, %topic, "cellnet message");
             let mut m = Message::new();
             m.headers.insert(keys::RETURN_CODE, "ok");
             self.reply(conn, &origin, &channel, &topic, reply_to, m);

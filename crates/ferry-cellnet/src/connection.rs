@@ -81,17 +81,38 @@ pub(crate) fn unix_time() -> f64 {
         .unwrap_or_default()
 }
 
+/// Extra HELLO/READY key: "this endpoint registers a peer before it reads the peer's next
+/// frame", i.e. DATA may follow READY at once. NVFlare keeps unknown keys as endpoint
+/// properties and ignores them.
+const SYNC_KEY: &str = "ferry_sync";
+
+/// Channel/topic of the probe a connecting cell sends to a peer that does not announce
+/// [`SYNC_KEY`] (NVFlare): its reply proves the peer has registered us.
+pub(crate) const PROBE_TOPIC: &str = "ferry_probe";
+
 /// The payload of HELLO and READY.
 fn hello_payload(own: &Fqcn) -> Bytes {
     let mut w = msgpack::MsgpackWriter::new();
-    w.map_len(3)
+    w.map_len(4)
         .str("endpoint_name")
         .str(own.as_str())
         .str("timestamp")
         .f64(unix_time())
         .str("fqcn")
-        .str(own.as_str());
+        .str(own.as_str())
+        .str(SYNC_KEY)
+        .bool(true);
     w.finish().to_contiguous()
+}
+
+/// True if a READY/HELLO payload announces [`SYNC_KEY`].
+fn hello_sync(payload: &[u8]) -> bool {
+    match msgpack::decode_value(payload, payload.len().max(1)) {
+        Ok(Value::Map(entries)) => entries
+            .iter()
+            .any(|(k, v)| k.as_str() == Some(SYNC_KEY) && v.as_bool() == Some(true)),
+        _ => false,
+    }
 }
 
 /// The `endpoint_name` of a HELLO/READY payload.
@@ -424,8 +445,9 @@ async fn writer_task(
 
 /// What the handshake learnt.
 enum Handshake {
-    /// The peer's validated FQCN.
-    Peer(String),
+    /// The peer's validated FQCN, and whether it may receive DATA right away (always true
+    /// on the accepting side; on the connecting side only if READY announced [`SYNC_KEY`]).
+    Peer(String, bool),
     /// The peer claimed our own name: keep the socket, never register it (NVFlare).
     OwnName,
 }
@@ -453,7 +475,7 @@ async fn handshake(
                 fqcn::validate(&name).map_err(|r| {
                     CellnetError::Handshake(format!("READY with invalid FQCN {name:?}: {r}"))
                 })?;
-                return Ok(Handshake::Peer(name));
+                return Ok(Handshake::Peer(name, hello_sync(&frame.payload)));
             }
             (Some(FrameType::Hello), false) => {
                 // NVFlare answers READY first and validates afterwards.
@@ -478,7 +500,7 @@ async fn handshake(
                     error!("peer claims this cell's own name {name:?}; not registered");
                     return Ok(Handshake::OwnName);
                 }
-                return Ok(Handshake::Peer(name));
+                return Ok(Handshake::Peer(name, true));
             }
             (Some(FrameType::Ping), _) => {
                 let _ = tx.try_send(control(FrameType::Pong, nil_payload()));
@@ -539,8 +561,8 @@ async fn run_inner(
         ) => r.unwrap_or_else(|_| Err(CellnetError::Timeout("handshake".into()))),
         _ = close.cancelled() => Err(CellnetError::Shutdown),
     };
-    let peer = match hs {
-        Ok(Handshake::Peer(p)) => p,
+    let (peer, sync) = match hs {
+        Ok(Handshake::Peer(p, sync)) => (p, sync),
         Ok(Handshake::OwnName) => {
             // keep the socket open (NVFlare does) but never route to it
             idle_unregistered(&mut reader, &tx, &close).await;
@@ -569,7 +591,24 @@ async fn run_inner(
     cell.register_agent(conn.clone());
     if let Some(r) = ready.take() {
         // peer was validated in the handshake
-        let _ = r.send(Fqcn::new(peer.clone()));
+        let fqcn = Fqcn::new(peer.clone());
+        if sync {
+            let _ = r.send(fqcn);
+        } else {
+            // NVFlare sends READY before it registers us and handles frames on a thread
+            // pool: a DATA frame right behind READY can be dropped. Report the connection
+            // only once a probe request got a reply (any reply) through it.
+            let cell2 = cell.clone();
+            let peer2 = peer.clone();
+            let budget = cell.limits.handshake_timeout;
+            cell.io_tasks.spawn(
+                async move {
+                    cell2.probe(&peer2, budget).await;
+                    let _ = r.send(fqcn);
+                }
+                .in_current_span(),
+            );
+        }
     }
 
     let reason = read_loop(&cell, &conn, &mut reader).await;
@@ -685,9 +724,13 @@ mod tests {
         )
         .to_bytes(1, 1)
         .unwrap();
-        assert_eq!(ours.len(), 69);
-        assert_eq!(&ours[..16], &wire[..16]);
-        assert_eq!(&ours[16..36], &wire[16..36]);
+        // plus the ferry_sync key: 83 -> 84 map, 12 more bytes
+        assert_eq!(ours.len(), 69 + 12);
+        assert_eq!(&ours[4..16], &wire[4..16]);
+        assert_eq!(ours[16], 0x84);
+        assert_eq!(&ours[17..36], &wire[17..36]);
+        assert!(hello_sync(&ours[16..]));
+        assert!(!hello_sync(&wire[16..]));
     }
 
     #[test]

@@ -229,7 +229,7 @@ async fn peer_killed_mid_request_yields_an_error_not_a_hang() {
             FrameType::Ready,
             0,
             vec![],
-            hello_payload("server").to_vec(),
+            hello_payload_sync("server").to_vec(),
         ))
         .await;
         let req = p.next_data().await.unwrap();
@@ -460,4 +460,72 @@ async fn persistent_connection_comes_back_after_the_parent_restarts() {
     assert_eq!(r.return_code(), ReturnCode::Ok);
     client.shutdown().await;
     server2.shutdown().await;
+}
+
+/// NVFlare sends READY before registering the new peer and handles frames on a thread pool,
+/// so DATA right behind READY may be dropped. A listener that does not announce `ferry_sync`
+/// is probed: `connect` returns only once a probe was answered.
+#[tokio::test]
+async fn connect_waits_until_a_python_like_peer_has_registered_us() {
+    init_tracing();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("tcp://{}", l.local_addr().unwrap());
+    let peer = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut p = RawPeer::from_stream(s);
+        assert_eq!(
+            p.next_frame().await.unwrap().frame_type(),
+            Some(FrameType::Hello)
+        );
+        // plain NVFlare READY (no ferry_sync)
+        p.send(&frame(
+            FrameType::Ready,
+            0,
+            vec![],
+            hello_payload("server").to_vec(),
+        ))
+        .await;
+        // "not registered yet": drop the first DATA frame, answer everything after it
+        let first = p.next_data().await.unwrap();
+        let h = Headers::decode(&first.headers).unwrap();
+        assert_eq!(h.get_str("cn__channel"), Some("cellnet.channel"));
+        assert_eq!(h.get_bool("cn__optional"), Some(true));
+        let mut answered = Vec::new();
+        while let Some(f) = p.next_data().await {
+            let h = Headers::decode(&f.headers).unwrap();
+            let topic = h.get_str("cn__topic").unwrap_or_default().to_string();
+            let reply: Headers = [
+                ("cn__msg_type", "reply"),
+                ("cn__origin", "server"),
+                ("cn__destination", "site-1"),
+                ("cn__req_id", h.get_str("cn__req_id").unwrap()),
+                (
+                    "cn__return_code",
+                    if topic == "ferry_probe" {
+                        "process_exception"
+                    } else {
+                        "ok"
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect();
+            p.send(&frame(FrameType::Data, 1, reply.encode(), vec![]))
+                .await;
+            answered.push(topic.clone());
+            if topic == "echo" {
+                break;
+            }
+        }
+        answered
+    });
+    let c = connected("site-1", &url).await;
+    // the first request after connect is answered
+    let r = c
+        .send_request("t", "echo", "server", Message::new(), LONG)
+        .await;
+    assert_eq!(r.return_code(), ReturnCode::Ok);
+    let answered = peer.await.unwrap();
+    assert_eq!(answered, ["ferry_probe", "echo"]);
+    c.shutdown().await;
 }

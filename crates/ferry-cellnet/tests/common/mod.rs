@@ -58,6 +58,19 @@ pub fn hello_payload(name: &str) -> Bytes {
     w.finish().to_contiguous()
 }
 
+/// A HELLO/READY payload that announces ferry's `ferry_sync` (DATA may follow at once).
+pub fn hello_payload_sync(name: &str) -> Bytes {
+    let mut w = MsgpackWriter::new();
+    w.map_len(3)
+        .str("endpoint_name")
+        .str(name)
+        .str("timestamp")
+        .f64(1.0)
+        .str("ferry_sync")
+        .bool(true);
+    w.finish().to_contiguous()
+}
+
 /// A frame as bytes.
 pub fn frame(t: FrameType, app_id: u16, headers: Vec<u8>, payload: Vec<u8>) -> Bytes {
     OutFrame {
