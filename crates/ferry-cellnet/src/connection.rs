@@ -24,6 +24,9 @@ use crate::msgpack;
 
 /// Frames queued for the writer before senders wait (backpressure).
 const WRITE_QUEUE: usize = 64;
+/// Small control frames (PONG, ACK, ERROR, RETURN) queued ahead of data; beyond this the
+/// peer is not reading and further control frames are dropped.
+const CONTROL_QUEUE: usize = 1024;
 /// Frames written with one vectored write at most.
 const WRITE_BATCH: usize = 32;
 /// Spare room kept in the read buffer so small frames are read many at a time.
@@ -41,6 +44,8 @@ pub(crate) struct Conn {
     /// Peer socket address, for logs.
     pub peer_addr: String,
     tx: mpsc::Sender<OutFrame>,
+    /// Control frames, written before queued data (bounded by [`CONTROL_QUEUE`]).
+    ctl_tx: mpsc::Sender<OutFrame>,
     /// Cancelled to close the connection (the writer flushes what is queued first).
     pub close: CancellationToken,
     /// Permits for requests from this peer whose handlers are running.
@@ -55,16 +60,16 @@ impl Conn {
         })
     }
 
-    /// Queue a frame without waiting: if the queue is full a task waits for room. Used from
-    /// the reader (ACKs, PONGs, RETURNs) so the reader never blocks on its own writer.
+    /// Queue a control frame without waiting (from the reader: PONGs, ACKs, ERRORs, RETURNs),
+    /// ahead of queued data, so the reader never blocks on its own writer. If even the
+    /// control queue is full the peer is not reading at all; the frame is dropped rather than
+    /// buffered without bound (a dropped ACK is repeated later, a dropped RETURN makes the
+    /// requester time out).
     pub fn send_detached(&self, f: OutFrame) {
-        match self.tx.try_send(f) {
+        match self.ctl_tx.try_send(f) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(f)) => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(f).await;
-                });
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(peer = %self.peer, "write queue full; control frame dropped");
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 debug!(peer = %self.peer, "dropping frame for a closed connection");
@@ -391,6 +396,7 @@ async fn write_batch(
 async fn writer_task(
     mut wr: WriteHalf,
     mut rx: mpsc::Receiver<OutFrame>,
+    mut ctl_rx: mpsc::Receiver<OutFrame>,
     close: CancellationToken,
     send_timeout: Duration,
 ) {
@@ -398,10 +404,20 @@ async fn writer_task(
         sequence: 0,
         stream_id: 16,
     };
+    let mut ctl_open = true;
     loop {
         let mut closing = false;
+        // control frames (PONG, ACK, ERROR, RETURN) go first: they are small and a peer's
+        // stream window may be waiting for them
         let first = tokio::select! {
             biased;
+            f = ctl_rx.recv(), if ctl_open => match f {
+                Some(f) => Some(f),
+                None => {
+                    ctl_open = false;
+                    continue;
+                }
+            },
             f = rx.recv() => match f {
                 Some(f) => Some(f),
                 None => break,
@@ -413,7 +429,7 @@ async fn writer_task(
         };
         let mut batch: Vec<OutFrame> = first.into_iter().collect();
         while closing || batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
+            match ctl_rx.try_recv().or_else(|_| rx.try_recv()) {
                 Ok(f) => batch.push(f),
                 Err(_) => break,
             }
@@ -440,6 +456,7 @@ async fn writer_task(
         }
     }
     rx.close();
+    ctl_rx.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }
 
@@ -546,9 +563,10 @@ async fn run_inner(
 ) {
     let limits = &cell.limits;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let close = cell.conns_token.child_token();
     cell.io_tasks
-        .spawn(writer_task(t.wr, rx, close.clone(), limits.send_timeout).in_current_span());
+        .spawn(writer_task(t.wr, rx, ctl_rx, close.clone(), limits.send_timeout).in_current_span());
     let mut reader = FrameReader::new(
         t.rd,
         FrameDecoder::new(limits.max_frame_size, limits.max_header_size),
@@ -583,6 +601,7 @@ async fn run_inner(
         peer: peer.clone(),
         peer_addr: t.peer_addr.clone(),
         tx,
+        ctl_tx,
         close: close.clone(),
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight_per_peer)),
     });
