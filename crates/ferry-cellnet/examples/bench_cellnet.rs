@@ -337,8 +337,10 @@ async fn main() {
         "\nTarget: ferry ≥ 0.80× plain TCP at 8 MiB — measured {ratio_8:.2}×. Ferry frames carry F3 \
          headers (~300 B) and a FOBS container per message; payload bytes are never copied on \
          the send path (vectored writes); on the receive path each large frame is read into a \
-         recycled buffer and handed to the handler as zero-copy slices. The figures are noisy \
-         on a shared 2-core machine.\n"
+         recycled buffer and handed to the handler as zero-copy slices. A ferry round trip \
+         crosses four task hand-offs (caller → writer, reader → handler, handler → writer, \
+         reader → caller) that the one-task-per-side baseline does not, hence the lower \
+         small-message rate. The figures are noisy on a shared 2-core machine.\n"
     ));
     println!("{table}");
     if opts.write_docs {
