@@ -1,1 +1,76 @@
-//! ferry (in progress).
+//! # ferry — pull-based distribution of large objects over NVFlare-compatible cells
+//!
+//! The sender registers objects in a transaction on its [`DownloadService`] and hands out ref
+//! ids (in any message of its own); each receiver pulls the object chunk by chunk with
+//! [`download_object`] (or [`download_file`], [`download_tensors`], [`download_bytes`]). The
+//! service frees an object when every expected receiver confirmed it, or when the transaction
+//! times out or is deleted, and reports a [`TransferOutcome`](ferry_core::TransferOutcome).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ferry::prelude::*;
+//! use std::time::Duration;
+//!
+//! // The sender: a cell, its download service, a transaction with one object.
+//! let server = Cell::new("server")?;
+//! let url = server.listen("tcp://127.0.0.1:0").await?;
+//! let sender = DownloadService::new(&server, ServiceOptions::default());
+//! let tx = ObjectDownloader::new(&sender, TxConfig::new(Duration::from_secs(30)).with_num_receivers(1))?;
+//! let rid = tx.add_bytes(bytes::Bytes::from_static(b"weights"))?;
+//!
+//! // A receiver: its own cell connected to the sender, pulling the ref.
+//! let site = Cell::new("site-1")?;
+//! site.connect(&url).await?;
+//! let receiver = DownloadService::new(&site, ServiceOptions::default());
+//! let got = download_bytes(&receiver, "server", &rid, DownloadOptions::default()).await?;
+//! assert_eq!(&got[..], b"weights");
+//!
+//! let outcome = tx.waiter().wait().await.expect("recorded");
+//! assert!(outcome.completed());
+//! # receiver.shutdown().await; sender.shutdown().await; site.shutdown().await; server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Layers (arrows point down): `ferry` (this crate: the async glue) →
+//! [`ferry_core`] (sans-IO engines), [`ferry_cellnet`] (cells, F3 wire), [`ferry_objects`]
+//! (files, caches, tensors). All three are re-exported.
+
+mod budget;
+mod client;
+mod codec;
+mod downloader;
+mod error;
+mod service;
+mod waiter;
+
+pub use budget::{BudgetPermit, ByteBudget};
+pub use client::{
+    download_bytes, download_file, download_object, download_tensors, download_tensors_to_file,
+    notify_source_failure, DownloadOptions, DownloadProgress, FileOptions, ProgressFn,
+};
+pub use downloader::ObjectDownloader;
+pub use error::DownloadError;
+pub use service::{DownloadService, ServiceOptions};
+pub use waiter::TransferWaiter;
+
+pub use ferry_cellnet as cellnet;
+pub use ferry_core as core;
+pub use ferry_objects as objects;
+
+/// One import for application code.
+pub mod prelude {
+    pub use crate::{
+        download_bytes, download_file, download_object, download_tensors, download_tensors_to_file,
+        notify_source_failure, DownloadError, DownloadOptions, DownloadProgress, DownloadService,
+        FileOptions, ObjectDownloader, ServiceOptions, TransferWaiter,
+    };
+    pub use ferry_cellnet::{Cell, Message, ReturnCode as WireReturnCode};
+    pub use ferry_core::service::ServiceEvent;
+    pub use ferry_core::{
+        Consumer, DoneStatus, DownloadStatus, Downloadable, OutcomeStatus, RefId, State,
+        TransferOutcome, TxConfig, TxId,
+    };
+    pub use ferry_objects::{BytesObject, FileObject, Tensor, TensorDict, TensorDictObject};
+    pub use tokio_util::sync::CancellationToken;
+}

@@ -1,0 +1,105 @@
+//! [`ObjectDownloader`]: one transaction and the objects in it (NVFlare's facade).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::{Downloadable, RefId, TxConfig, TxId};
+use ferry_objects::{
+    BytesObject, CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject,
+};
+
+use crate::error::DownloadError;
+use crate::service::DownloadService;
+use crate::waiter::TransferWaiter;
+
+/// A transaction on a [`DownloadService`] and helpers to add the usual objects to it.
+#[derive(Debug)]
+pub struct ObjectDownloader {
+    service: DownloadService,
+    tx_id: TxId,
+    /// Who the transaction expects, so cacheable objects know when an item may leave the cache.
+    receivers: ExpectedReceivers,
+}
+
+impl ObjectDownloader {
+    /// Create the transaction.
+    pub fn new(service: &DownloadService, cfg: TxConfig) -> Result<Self, DownloadError> {
+        let receivers = match &cfg.receiver_ids {
+            Some(ids) => ExpectedReceivers::Ids(ids.clone()),
+            None if cfg.num_receivers > 0 => ExpectedReceivers::Count(cfg.num_receivers),
+            None => ExpectedReceivers::Unknown,
+        };
+        let tx_id = service.new_transaction(cfg)?;
+        Ok(Self {
+            service: service.clone(),
+            tx_id,
+            receivers,
+        })
+    }
+
+    /// The transaction id.
+    pub fn tx_id(&self) -> &TxId {
+        &self.tx_id
+    }
+
+    /// The service.
+    pub fn service(&self) -> &DownloadService {
+        &self.service
+    }
+
+    /// Add any downloadable object; returns its ref id.
+    pub fn add_object(&self, obj: Arc<dyn Downloadable>) -> Result<RefId, DownloadError> {
+        self.service.add_object(&self.tx_id, obj, None)
+    }
+
+    /// Add an object under a ref id of the caller's choosing.
+    pub fn add_object_with_id(
+        &self,
+        obj: Arc<dyn Downloadable>,
+        ref_id: RefId,
+    ) -> Result<RefId, DownloadError> {
+        self.service.add_object(&self.tx_id, obj, Some(ref_id))
+    }
+
+    /// Add a file, read chunk by chunk with positioned reads; `chunk_size` bytes per chunk. The
+    /// file's BLAKE3 digest is computed now (one read of the file) and advertised, so ferry
+    /// receivers verify what they wrote.
+    pub fn add_file(
+        &self,
+        path: impl AsRef<Path>,
+        chunk_size: u64,
+    ) -> Result<RefId, DownloadError> {
+        let obj = FileObject::builder(path.as_ref())
+            .chunk_size(chunk_size)
+            .digest(true)
+            .open()
+            .map_err(|e| DownloadError::Local(format!("{}: {e}", path.as_ref().display())))?;
+        self.add_object(Arc::new(obj))
+    }
+
+    /// Add an in-memory byte buffer (one chunk per MiB).
+    pub fn add_bytes(&self, data: Bytes) -> Result<RefId, DownloadError> {
+        self.add_object(Arc::new(BytesObject::new(data)))
+    }
+
+    /// Add a tensor dict, served tensor by tensor as one-tensor safetensors items (aliases once).
+    pub fn add_tensors(&self, dict: TensorDict) -> Result<RefId, DownloadError> {
+        let obj = TensorDictObject::from_tensors(
+            dict,
+            CacheOptions::default().with_receivers(self.receivers.clone()),
+        )
+        .map_err(|e| DownloadError::Local(e.to_string()))?;
+        self.add_object(Arc::new(obj))
+    }
+
+    /// A waiter for this transaction's outcome.
+    pub fn waiter(&self) -> TransferWaiter {
+        self.service.waiter(&self.tx_id)
+    }
+
+    /// Delete the transaction now (downloads in progress fail).
+    pub fn delete_transaction(&self) -> Result<(), DownloadError> {
+        self.service.delete_transaction(&self.tx_id)
+    }
+}

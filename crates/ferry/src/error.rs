@@ -1,0 +1,47 @@
+//! The one error enum of the `ferry` crate.
+
+use ferry_core::DownloadFailure;
+
+/// What can go wrong in the download service and the download client.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The engine refused the call (unknown or reused transaction id, bad configuration, ...).
+    #[error(transparent)]
+    Engine(#[from] ferry_core::Error),
+    /// The download failed; the reason says why (producer error, no reply after retries,
+    /// consumer or integrity error, source failure, ...).
+    #[error("download of {ref_id} from {source_fqcn} failed: {failure}")]
+    Failed {
+        /// The ref.
+        ref_id: String,
+        /// The source cell.
+        source_fqcn: String,
+        /// The engine's verdict.
+        failure: DownloadFailure,
+    },
+    /// The download was cancelled by its caller.
+    #[error("download of {ref_id} cancelled")]
+    Cancelled {
+        /// The ref.
+        ref_id: String,
+    },
+    /// A message that does not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The service has been shut down.
+    #[error("download service is shut down")]
+    ShutDown,
+    /// A local I/O or setup problem (opening a file, creating a consumer, ...).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl DownloadError {
+    /// The engine's failure, if this is a failed download.
+    pub fn failure(&self) -> Option<&DownloadFailure> {
+        match self {
+            Self::Failed { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! [`DownloadService`]: ferry-core's producer engine running on a cellnet [`Cell`].
+//!
+//! One service per cell (an instance, never a global). It registers the `download_service__`
+//! handlers, drives the engine's timers from a tokio task (`poll_timeout` / `handle_timeout`),
+//! runs `produce` on the blocking pool with bounded concurrency so disk reads never stall the
+//! reactor, bounds the bytes of produced-but-unsent chunks with one global [`ByteBudget`], and
+//! delivers lifecycle events as a broadcast stream and as [`TransferWaiter`]s.
+//!
+//! The receiving side of the same service (downloads, source-failure notices) is in
+//! [`crate::client`].
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferry_cellnet::{Cell, Message, ReturnCode as WireCode};
+use ferry_core::message::{Reply, CHANNEL, TOPIC_DOWNLOAD, TOPIC_SOURCE_FAILURE};
+use ferry_core::service::{Handled, PullTicket, ServiceConfig, ServiceEvent, TransactionInfo};
+use ferry_core::{
+    ChunkData, Downloadable, ProduceError, Produced, RefId, Service, SourceFailureTable,
+    TransferOutcome, TxConfig, TxId,
+};
+use tokio::sync::{broadcast, oneshot, watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::budget::{attach, ByteBudget};
+use crate::codec;
+use crate::error::DownloadError;
+use crate::waiter::TransferWaiter;
+
+/// Settings of a [`DownloadService`].
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    /// The producer engine's settings (confirm switch, tombstone and outcome TTLs and caps,
+    /// drain timeout).
+    pub engine: ServiceConfig,
+    /// How many `produce` calls may run at once (on tokio's blocking pool).
+    pub max_concurrent_produce: usize,
+    /// Global budget on chunk bytes produced but not yet written to a socket, across every
+    /// transaction and receiver. This is what bounds the sender's memory.
+    pub byte_budget: u64,
+    /// What a chunk is assumed to weigh before it is produced (the budget is topped up after
+    /// `produce` if the chunk is bigger).
+    pub chunk_estimate: u64,
+    /// Capacity of the lifecycle event stream; slow subscribers miss the oldest events.
+    pub event_capacity: usize,
+    /// Register the `download_service__` handlers on the cell. Turn off only to wrap
+    /// [`DownloadService::handle_download`] in a handler of your own (fault injection, auth).
+    pub register_handlers: bool,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            engine: ServiceConfig::default(),
+            max_concurrent_produce: 8,
+            byte_budget: 32 << 20,
+            chunk_estimate: 1 << 20,
+            event_capacity: 1024,
+            register_handlers: true,
+        }
+    }
+}
+
+/// The current instant on tokio's clock, as the engine wants it (virtual under
+/// `tokio::time::pause`).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Lock a mutex even if a panicking thread poisoned it: the engines keep their own invariants
+/// and never panic on input, so the data is still consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Key of an active download for source-failure interrupts: (source FQCN, ref id).
+type SourceKey = (String, String);
+
+pub(crate) struct Inner {
+    pub(crate) cell: Cell,
+    opts: ServiceOptions,
+    /// The producer engine. A std mutex: every engine call is short and never awaits.
+    engine: Mutex<Service>,
+    /// Receiver side: failures of sources announced by their parents.
+    pub(crate) failures: Mutex<SourceFailureTable>,
+    /// Receiver side: active downloads to interrupt when their source fails.
+    pub(crate) watches: Mutex<HashMap<SourceKey, Vec<watch::Sender<Option<String>>>>>,
+    /// Waiters parked until their transaction's outcome is recorded.
+    waiters: Mutex<HashMap<TxId, Vec<oneshot::Sender<Option<TransferOutcome>>>>>,
+    events: broadcast::Sender<ServiceEvent>,
+    /// Tells the timer task that a deadline may have moved.
+    wake: Notify,
+    produce_slots: Arc<Semaphore>,
+    budget: ByteBudget,
+    pub(crate) stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The download service of one cell. Cheap to clone (a handle).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use ferry::prelude::*;
+/// use std::time::Duration;
+/// let cell = Cell::new("server")?;
+/// cell.listen("tcp://127.0.0.1:0").await?;
+/// let service = DownloadService::new(&cell, ServiceOptions::default());
+/// let tx = ObjectDownloader::new(&service, TxConfig::new(Duration::from_secs(60)).with_num_receivers(2))?;
+/// let rid = tx.add_bytes(bytes::Bytes::from_static(b"hello"))?;
+/// // ... send `rid` and "server" to the receivers in some message, then:
+/// let outcome = tx.waiter().wait().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DownloadService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DownloadService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadService")
+            .field("cell", &self.inner.cell.fqcn().as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DownloadService {
+    /// Start the service on `cell`: register the handlers and the timer task. Must be called
+    /// inside a tokio runtime.
+    pub fn new(cell: &Cell, opts: ServiceOptions) -> DownloadService {
+        let (events, _) = broadcast::channel(opts.event_capacity.max(1));
+        let inner = Arc::new(Inner {
+            cell: cell.clone(),
+            engine: Mutex::new(Service::new(opts.engine.clone())),
+            failures: Mutex::new(SourceFailureTable::new()),
+            watches: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            events,
+            wake: Notify::new(),
+            produce_slots: Arc::new(Semaphore::new(opts.max_concurrent_produce.max(1))),
+            budget: ByteBudget::new(opts.byte_budget),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            opts,
+        });
+        if inner.opts.register_handlers {
+            let weak = Arc::downgrade(&inner);
+            cell.register_request_handler(CHANNEL, TOPIC_DOWNLOAD, move |msg: Message| {
+                let weak = weak.clone();
+                async move {
+                    match weak.upgrade() {
+                        Some(inner) => Inner::handle_download(inner, msg).await,
+                        None => Some(Message::error(
+                            WireCode::ServiceUnavailable,
+                            "download service stopped",
+                        )),
+                    }
+                }
+            });
+            let weak = Arc::downgrade(&inner);
+            cell.register_request_handler(CHANNEL, TOPIC_SOURCE_FAILURE, move |msg: Message| {
+                let weak = weak.clone();
+                async move {
+                    match weak.upgrade() {
+                        Some(inner) => Some(inner.handle_source_failure(msg)),
+                        None => Some(Message::error(
+                            WireCode::ServiceUnavailable,
+                            "download service stopped",
+                        )),
+                    }
+                }
+            });
+        }
+        let driver = Arc::clone(&inner);
+        let span = tracing::info_span!("download_service", cell = %cell.fqcn().as_str());
+        inner.tasks.spawn(driver.drive().instrument(span));
+        DownloadService { inner }
+    }
+
+    /// The cell this service runs on.
+    pub fn cell(&self) -> &Cell {
+        &self.inner.cell
+    }
+
+    /// The options the service was started with.
+    pub fn options(&self) -> &ServiceOptions {
+        &self.inner.opts
+    }
+
+    /// Create a transaction (see [`TxConfig`]). Callbacks in the config run inside the engine at
+    /// settlement, in NVFlare's order; they must not call back into this service (use
+    /// [`DownloadService::events`] or a [`TransferWaiter`] for that).
+    pub fn new_transaction(&self, cfg: TxConfig) -> Result<TxId, DownloadError> {
+        self.inner
+            .with_engine(|svc, now| svc.new_transaction(cfg, now))
+            .map_err(Into::into)
+    }
+
+    /// Add an object to a live transaction; returns its ref id (`R<uuid4>` unless given).
+    pub fn add_object(
+        &self,
+        tx_id: &TxId,
+        obj: Arc<dyn Downloadable>,
+        ref_id: Option<RefId>,
+    ) -> Result<RefId, DownloadError> {
+        self.inner
+            .with_engine(|svc, now| svc.add_object(tx_id, obj, ref_id, now))
+            .map_err(Into::into)
+    }
+
+    /// Stop a transaction now: downloads in progress get `invalid_request` on their next pull,
+    /// the outcome is ABORTED (unless everyone already succeeded).
+    pub fn delete_transaction(&self, tx_id: &TxId) -> Result<(), DownloadError> {
+        self.inner
+            .with_engine(|svc, now| svc.delete_transaction(tx_id, now))
+            .map_err(Into::into)
+    }
+
+    /// The recorded outcome of a transaction, while kept (TTL).
+    pub fn outcome(&self, tx_id: &TxId) -> Option<TransferOutcome> {
+        self.inner.with_engine(|svc, now| svc.outcome(tx_id, now))
+    }
+
+    /// A snapshot of a live or settling transaction.
+    pub fn transaction_info(&self, tx_id: &TxId) -> Option<TransactionInfo> {
+        lock(&self.inner.engine).transaction_info(tx_id)
+    }
+
+    /// Receivers that pulled at least once in the transaction.
+    pub fn acquired_receivers(&self, tx_id: &TxId) -> Vec<String> {
+        lock(&self.inner.engine).acquired_receivers(tx_id)
+    }
+
+    /// Pull requests currently being produced.
+    pub fn pulls_in_flight(&self) -> usize {
+        lock(&self.inner.engine).tickets_in_flight()
+    }
+
+    /// Live and settling transactions.
+    pub fn transaction_count(&self) -> usize {
+        lock(&self.inner.engine).transaction_count()
+    }
+
+    /// A waiter for the outcome of `tx_id`.
+    pub fn waiter(&self, tx_id: &TxId) -> TransferWaiter {
+        TransferWaiter::new(self.clone(), tx_id.clone())
+    }
+
+    /// Subscribe to lifecycle events (downloaded to one / to all, transaction done, progress).
+    pub fn events(&self) -> broadcast::Receiver<ServiceEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Bytes of the chunk budget currently free (for monitoring and tests).
+    pub fn budget_available(&self) -> u64 {
+        self.inner.budget.available()
+    }
+
+    /// Serve one topic-A request (pull, confirm or cancel) and build its reply; `None` means
+    /// no reply. The registered handler calls this; call it yourself only with
+    /// `register_handlers: false`.
+    pub async fn handle_download(&self, msg: Message) -> Option<Message> {
+        Inner::handle_download(Arc::clone(&self.inner), msg).await
+    }
+
+    /// Shut down: every transaction is settled as DELETED (outcomes not kept), waiters resolve
+    /// with `None`, downloads in progress on this cell fail, handlers are removed and the timer
+    /// task is joined. The cell itself keeps running.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner
+            .cell
+            .unregister_request_handler(CHANNEL, TOPIC_DOWNLOAD);
+        inner
+            .cell
+            .unregister_request_handler(CHANNEL, TOPIC_SOURCE_FAILURE);
+        inner.with_engine(|svc, now| svc.shutdown(now));
+        for (_, ws) in lock(&inner.waiters).drain() {
+            for w in ws {
+                let _ = w.send(None);
+            }
+        }
+        for (_, ws) in lock(&inner.watches).drain() {
+            for w in ws {
+                let _ = w.send(Some("download service shut down".into()));
+            }
+        }
+        inner.stop.cancel();
+        inner.tasks.close();
+        inner.tasks.wait().await;
+    }
+
+    /// Register a waiter; resolved at once when the outcome is known or the id unknown.
+    pub(crate) fn park_waiter(
+        &self,
+        tx_id: &TxId,
+    ) -> Result<Option<TransferOutcome>, oneshot::Receiver<Option<TransferOutcome>>> {
+        let inner = &self.inner;
+        let now = now();
+        let mut svc = lock(&inner.engine);
+        if let Some(o) = svc.outcome(tx_id, now) {
+            return Ok(Some(o));
+        }
+        if svc.is_shut_down() || svc.transaction_info(tx_id).is_none() {
+            return Ok(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        // Registered while the engine is locked: the TransactionDone event for this id cannot
+        // have been dispatched yet (dispatch happens after the engine lock is released, and
+        // the outcome check above would have seen a recorded outcome).
+        lock(&inner.waiters)
+            .entry(tx_id.clone())
+            .or_default()
+            .push(tx);
+        Err(rx)
+    }
+}
+
+impl Inner {
+    /// Run `f` on the engine, then deliver the events it produced and re-arm the timer.
+    pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Service, Instant) -> R) -> R {
+        let (r, events) = {
+            let mut svc = lock(&self.engine);
+            let r = f(&mut svc, now());
+            let events: Vec<ServiceEvent> = std::iter::from_fn(|| svc.poll_event()).collect();
+            (r, events)
+        };
+        self.dispatch(events);
+        self.wake.notify_one();
+        r
+    }
+
+    fn dispatch(&self, events: Vec<ServiceEvent>) {
+        for ev in events {
+            if let ServiceEvent::TransactionDone { outcome, recorded } = &ev {
+                tracing::info!(
+                    tx = %outcome.tx_id,
+                    status = outcome.status.as_str(),
+                    reason = %outcome.reason,
+                    recorded,
+                    "transaction done"
+                );
+                let parked = lock(&self.waiters).remove(&outcome.tx_id);
+                for w in parked.into_iter().flatten() {
+                    let _ = w.send(recorded.then(|| outcome.clone()));
+                }
+            }
+            // No subscriber is fine: events are optional for users.
+            let _ = self.events.send(ev);
+        }
+    }
+
+    /// The timer task: sleep until the engine's (or the failure table's) next deadline, or
+    /// until an engine call may have moved it.
+    async fn drive(self: Arc<Self>) {
+        loop {
+            let deadline = {
+                let a = lock(&self.engine).poll_timeout();
+                let b = lock(&self.failures).poll_timeout();
+                match (a, b) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = sleep => {
+                    self.with_engine(|svc, now| svc.handle_timeout(now));
+                    lock(&self.failures).handle_timeout(now());
+                }
+            }
+        }
+    }
+
+    async fn handle_download(self: Arc<Self>, msg: Message) -> Option<Message> {
+        let Some(origin) = msg.origin().map(str::to_owned) else {
+            return Some(Message::error(
+                WireCode::InvalidRequest,
+                "request without origin",
+            ));
+        };
+        let body = match codec::main_body(&msg) {
+            Ok(b) => b,
+            Err(e) => return Some(Message::error(WireCode::InvalidRequest, e.to_string())),
+        };
+        let handled = self.with_engine(|svc, now| svc.handle_payload(&origin, &body, now));
+        match handled {
+            Handled::Reply(reply) => Some(codec::reply_message(reply)),
+            Handled::Pull(ticket) => {
+                let span = tracing::debug_span!(
+                    "pull",
+                    tx = %ticket.tx_id(),
+                    rid = %ticket.ref_id(),
+                    receiver = %ticket.receiver()
+                );
+                Some(codec::reply_message(
+                    self.serve(ticket).instrument(span).await,
+                ))
+            }
+        }
+    }
+
+    /// Produce the chunk of a validated pull off the async threads, under the byte budget.
+    async fn serve(self: &Arc<Self>, ticket: PullTicket) -> Reply {
+        // Whatever happens to this future (cancelled by a cell shutdown, ...), the ticket goes
+        // back to the engine: a lost ticket would hold its transaction until the drain timeout.
+        let mut guard = TicketGuard {
+            inner: Arc::clone(self),
+            ticket: Some(ticket),
+        };
+        let estimate = self.opts.chunk_estimate;
+        let permit = self.budget.acquire(estimate).await;
+        tracing::trace!(estimate, "budget acquired");
+        let Ok(slot) = Arc::clone(&self.produce_slots).acquire_owned().await else {
+            return guard.abandon();
+        };
+        let Some(ticket) = guard.ticket.take() else {
+            return Reply::error(ferry_core::ReturnCode::ProcessException, "ticket lost");
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let result = catch_unwind(AssertUnwindSafe(|| ticket.produce())).unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                Err(ProduceError(format!("produce panicked: {what}")))
+            });
+            (ticket, result)
+        })
+        .await;
+        let Ok((ticket, result)) = joined else {
+            // Only when the runtime shuts down under us; the ticket is gone with the task.
+            return Reply::error(
+                ferry_core::ReturnCode::ServiceUnavailable,
+                "runtime shutting down",
+            );
+        };
+        guard.ticket = Some(ticket);
+        tracing::trace!(ok = result.is_ok(), "produced");
+        let result = match result {
+            Ok(Produced::Data { data, state }) => {
+                let len = data.byte_len();
+                let permit = if len > estimate {
+                    drop(permit);
+                    self.budget.acquire(len).await
+                } else {
+                    permit
+                };
+                let data = match data {
+                    ChunkData::Bytes(b) => ChunkData::Bytes(attach(b, permit)),
+                    ChunkData::Items(mut items) => {
+                        if let Some(first) = items.first_mut() {
+                            *first = attach(std::mem::take(first), permit);
+                        }
+                        ChunkData::Items(items)
+                    }
+                };
+                Ok(Produced::Data { data, state })
+            }
+            other => other,
+        };
+        let Some(ticket) = guard.ticket.take() else {
+            return Reply::error(ferry_core::ReturnCode::ProcessException, "ticket lost");
+        };
+        self.with_engine(|svc, now| svc.finish_pull(ticket, result, now))
+    }
+
+    fn handle_source_failure(&self, msg: Message) -> Message {
+        let Some(origin) = msg.origin().map(str::to_owned) else {
+            return Message::error(WireCode::InvalidRequest, "notice without origin");
+        };
+        let body = match codec::main_body(&msg) {
+            Ok(b) => b,
+            Err(e) => return Message::error(WireCode::InvalidRequest, e.to_string()),
+        };
+        let (reply, failed) = lock(&self.failures).handle_payload(&origin, &body, now());
+        for f in failed {
+            let key = (f.source.clone(), f.ref_id.as_str().to_string());
+            if let Some(ws) = lock(&self.watches).get(&key) {
+                for w in ws {
+                    let _ = w.send(Some(f.reason.clone()));
+                }
+            }
+        }
+        self.wake.notify_one();
+        codec::reply_message(reply)
+    }
+}
+
+/// Gives a pull ticket back to the engine if the serving future is dropped early.
+struct TicketGuard {
+    inner: Arc<Inner>,
+    ticket: Option<PullTicket>,
+}
+
+impl TicketGuard {
+    fn abandon(&mut self) -> Reply {
+        match self.ticket.take() {
+            Some(t) => self.inner.with_engine(|svc, now| svc.abandon_pull(t, now)),
+            None => Reply::error(
+                ferry_core::ReturnCode::ServiceUnavailable,
+                "service stopping",
+            ),
+        }
+    }
+}
+
+impl Drop for TicketGuard {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            let _ = self.abandon();
+        }
+    }
+}
+
+/// How long a source-failure notice may take per target (NVFlare: 3 s per attempt).
+pub(crate) const NOTICE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
