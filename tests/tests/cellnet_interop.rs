@@ -166,41 +166,18 @@ fn ferry_tls(pki: &TestPki, cert: &CellCert) -> TlsConfig {
     .expect("TLS config from generated PEM")
 }
 
-/// Connect `cell` to the NVFlare cell at `url`, then wait until that cell has registered us.
+/// Connect `cell` to the NVFlare cell at `url`; returns the peer's FQCN.
 ///
-/// NVFlare's passive side sends READY *before* it registers the connecting endpoint, and
-/// handles frames in a thread pool: a DATA frame sent right after READY can be handled first
-/// and is then dropped ("'NoneType' object has no attribute 'endpoint'"), so the request
-/// times out. `Cell::connect` does not (yet) guard against that — the test
-/// `first_request_right_after_connect_is_answered` pins it down — so the other tests probe
-/// with an optional request to a topic nobody serves until NVFlare answers (`no callback`).
+/// NVFlare's passive side sends READY *before* it registers the connecting endpoint and handles
+/// frames in a thread pool, so a request sent right after READY could be dropped.
+/// `Cell::connect` guards against that itself (it probes an NVFlare peer until it answers);
+/// `first_request_right_after_connect_is_answered` pins that behaviour down.
 async fn connect_settled(cell: &Cell, url: &str) -> String {
-    let peer = cell
-        .connect(url)
+    cell.connect(url)
         .await
         .expect("HELLO/READY with NVFlare")
         .as_str()
-        .to_string();
-    let probe = RequestOptions {
-        timeout: Duration::from_secs(2),
-        streamed: false,
-        optional: true,
-    };
-    for _ in 0..30 {
-        let reply = cell
-            .send_request_with(
-                "ferry_probe",
-                "settled",
-                &peer,
-                Message::new(),
-                probe.clone(),
-            )
-            .await;
-        if reply.return_code() != ReturnCode::Timeout {
-            return peer;
-        }
-    }
-    panic!("{peer} never answered a probe request after the handshake");
+        .to_string()
 }
 
 fn bin_sha(v: &Value) -> String {
@@ -320,13 +297,11 @@ async fn ferry_cell_requests_a_python_server() {
     site.shutdown().await;
 }
 
-/// The first request after `Cell::connect` returns must be answered. Against NVFlare 2.9 it
-/// is not reliably: the Python listener sends READY before registering the new endpoint and
-/// processes frames on a thread pool, so a DATA frame that follows READY at once can be
-/// handled before the registration and is dropped (`Error processing frame: AttributeError:
-/// 'NoneType' object has no attribute 'endpoint'` in the peer log); the request then times
-/// out. Several fresh connections make the race show up. A fix belongs in ferry-cellnet's
-/// active handshake (e.g. hold back DATA until the peer provably registered us).
+/// The first request after `Cell::connect` returns must be answered. NVFlare 2.9's listener
+/// sends READY before registering the new endpoint and processes frames on a thread pool, so
+/// a DATA frame that follows READY at once could be handled before the registration and be
+/// dropped (`'NoneType' object has no attribute 'endpoint'` in the peer log). `Cell::connect`
+/// therefore probes an NVFlare peer until it answers; several fresh connections check it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_request_right_after_connect_is_answered() {
     init_tracing();
