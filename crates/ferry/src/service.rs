@@ -93,7 +93,7 @@ pub(crate) struct Inner {
     waiters: Mutex<HashMap<TxId, Vec<oneshot::Sender<Option<TransferOutcome>>>>>,
     events: broadcast::Sender<ServiceEvent>,
     /// Tells the timer task that a deadline may have moved.
-    wake: Notify,
+    wake: Arc<Notify>,
     produce_slots: Arc<Semaphore>,
     budget: ByteBudget,
     pub(crate) stop: CancellationToken,
@@ -140,7 +140,7 @@ impl DownloadService {
             watches: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             events,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             produce_slots: Arc::new(Semaphore::new(opts.max_concurrent_produce.max(1))),
             budget: ByteBudget::new(opts.byte_budget),
             stop: CancellationToken::new(),
@@ -175,9 +175,15 @@ impl DownloadService {
                 }
             });
         }
-        let driver = Arc::clone(&inner);
         let span = tracing::info_span!("download_service", cell = %cell.fqcn().as_str());
-        inner.tasks.spawn(driver.drive().instrument(span));
+        inner.tasks.spawn(
+            drive(
+                Arc::downgrade(&inner),
+                Arc::clone(&inner.wake),
+                inner.stop.clone(),
+            )
+            .instrument(span),
+        );
         DownloadService { inner }
     }
 
@@ -354,35 +360,6 @@ impl Inner {
         }
     }
 
-    /// The timer task: sleep until the engine's (or the failure table's) next deadline, or
-    /// until an engine call may have moved it.
-    async fn drive(self: Arc<Self>) {
-        loop {
-            let deadline = {
-                let a = lock(&self.engine).poll_timeout();
-                let b = lock(&self.failures).poll_timeout();
-                match (a, b) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            };
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = self.stop.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = sleep => {
-                    self.with_engine(|svc, now| svc.handle_timeout(now));
-                    lock(&self.failures).handle_timeout(now());
-                }
-            }
-        }
-    }
-
     async fn handle_download(self: Arc<Self>, msg: Message) -> Option<Message> {
         let Some(origin) = msg.origin().map(str::to_owned) else {
             return Some(Message::error(
@@ -497,6 +474,45 @@ impl Inner {
         }
         self.wake.notify_one();
         codec::reply_message(reply)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Every handle is gone without a shutdown: stop the timer task.
+        self.stop.cancel();
+    }
+}
+
+/// The timer task: sleep until the engine's (or the failure table's) next deadline, or until an
+/// engine call may have moved it. It holds the service only weakly, so dropping every
+/// [`DownloadService`] handle ends it even without [`DownloadService::shutdown`].
+async fn drive(weak: std::sync::Weak<Inner>, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let deadline = {
+            let Some(inner) = weak.upgrade() else { break };
+            let a = lock(&inner.engine).poll_timeout();
+            let b = lock(&inner.failures).poll_timeout();
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = sleep => {
+                let Some(inner) = weak.upgrade() else { break };
+                inner.with_engine(|svc, now| svc.handle_timeout(now));
+                lock(&inner.failures).handle_timeout(now());
+            }
+        }
     }
 }
 
