@@ -128,6 +128,10 @@ struct OrchArgs {
     /// Keep the generated source files (under <target>/bench-download/data) for the next run.
     #[arg(long)]
     keep_data: bool,
+    /// Run ferry senders and receivers under `perf record -g` and keep the profiles in this
+    /// directory (for finding where the time goes; the figures of such a run are not clean).
+    #[arg(long)]
+    perf_dir: Option<PathBuf>,
     /// Write the raw measurements as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -436,13 +440,12 @@ mod roles {
 
     /// The tensor dict of the benchmark: `len` bytes of `file` cut into 1-D f32 tensors of
     /// [`TENSOR_BYTES`] each, named so that name order is insertion order.
-    fn tensor_dict(file: &Path, len: u64) -> Result<(TensorDict, String)> {
+    fn tensor_dict(file: &Path, len: u64) -> Result<TensorDict> {
         let mut f = File::open(file)?;
         let mut buf = vec![0u8; usize::try_from(len)?];
         f.read_exact(&mut buf)
             .with_context(|| format!("reading {len} bytes of {}", file.display()))?;
         let all = bytes::Bytes::from(buf);
-        let digest = blake3::hash(&all).to_hex().to_string();
         let mut dict = TensorDict::new();
         let mut off = 0usize;
         let mut i = 0;
@@ -456,19 +459,16 @@ mod roles {
             off += n;
             i += 1;
         }
-        Ok((dict, digest))
+        Ok(dict)
     }
 
     pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
         let rt = runtime()?;
         rt.block_on(async {
             watch_stdin_eof();
-            let (tensors, digest) = match a.kind.as_str() {
-                "tensors" => {
-                    let (d, h) = tensor_dict(&a.file, a.len)?;
-                    (Some(d), h)
-                }
-                _ => (None, blake3_file(&a.file, None)?),
+            let tensors = match a.kind.as_str() {
+                "tensors" => Some(tensor_dict(&a.file, a.len)?),
+                _ => None,
             };
             let cell = Cell::new(SENDER_FQCN)?;
             let url = cell.listen("tcp://127.0.0.1:0").await?;
@@ -497,7 +497,7 @@ mod roles {
             let refs: Vec<&str> = refs.iter().map(RefId::as_str).collect();
             emit(
                 "READY",
-                &json!({"url": url, "fqcn": SENDER_FQCN, "refs": refs, "blake3": digest}),
+                &json!({"url": url, "fqcn": SENDER_FQCN, "refs": refs}),
             );
             let outcome = tx
                 .waiter()
@@ -584,7 +584,12 @@ mod roles {
                     bytes = n;
                     let cpu = cpu_now() - cpu0;
                     emit("DONE", &json!({"bytes": bytes}));
-                    for (_, t) in dict.iter() {
+                    // The received dict is in arrival order: hash in name order (the
+                    // sender's names sort in its insertion order).
+                    let mut names: Vec<&str> = dict.iter().map(|(n, _)| n).collect();
+                    names.sort_unstable();
+                    for n in names {
+                        let t = dict.get(n).expect("listed");
                         h.update(t.data());
                     }
                     res["blake3"] = json!(h.finalize().to_hex().to_string());
@@ -1099,6 +1104,32 @@ struct Ctx {
     data: PathBuf,
     ferry_chunk: u64,
     ferry_window: usize,
+    perf_dir: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// A command running this binary as `role`, under `perf record` when profiling ferry.
+    fn rust_role(&self, role: &str, name: &str, title: &str) -> Command {
+        match &self.perf_dir {
+            Some(dir) if role.starts_with("ferry") => {
+                let mut c = Command::new("perf");
+                c.args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
+                    .arg(dir.join(format!(
+                        "{}-{name}.perf.data",
+                        title.replace([' ', '×'], "_")
+                    )))
+                    .arg("--")
+                    .arg(&self.exe)
+                    .arg(role);
+                c
+            }
+            _ => {
+                let mut c = Command::new(&self.exe);
+                c.arg(role);
+                c
+            }
+        }
+    }
 }
 
 struct Case {
@@ -1165,9 +1196,8 @@ fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
                 Scenario::Small => "small",
                 _ => "file",
             };
-            let mut c = Command::new(&ctx.exe);
-            c.arg(role)
-                .args(["--kind", kind, "--file"])
+            let mut c = ctx.rust_role(role, "sender", &title);
+            c.args(["--kind", kind, "--file"])
                 .arg(&case.source)
                 .args(["--len", &case.size.to_string()])
                 .args(["--count", &case.count.to_string()])
@@ -1221,9 +1251,8 @@ fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
                 } else {
                     "tcp-receiver"
                 };
-                let mut c = Command::new(&ctx.exe);
-                c.arg(role)
-                    .args(["--url", &url, "--fqcn", &fqcn, "--mode", mode, "--out-dir"])
+                let mut c = ctx.rust_role(role, &fqcn, &title);
+                c.args(["--url", &url, "--fqcn", &fqcn, "--mode", mode, "--out-dir"])
                     .arg(&out)
                     .args(["--len", &case.size.to_string()])
                     .args(["--window", &ctx.ferry_window.to_string()])
@@ -1422,7 +1451,11 @@ fn orchestrate(a: OrchArgs) -> Result<()> {
         data: data.clone(),
         ferry_chunk: a.ferry_chunk_kib.unwrap_or(0) * 1024,
         ferry_window: a.ferry_window.unwrap_or(0),
+        perf_dir: a.perf_dir.clone(),
     };
+    if let Some(d) = &ctx.perf_dir {
+        fs::create_dir_all(d)?;
+    }
 
     // Sources.
     let t = Instant::now();
@@ -1519,14 +1552,27 @@ fn orchestrate(a: OrchArgs) -> Result<()> {
         eprint!("bench_download: {:<40} ", case.title());
         match run_case(&ctx, case) {
             Ok(r) => {
-                eprintln!(
-                    "{:>9.1} MiB/s  sender {:>5} MiB  receivers ≤ {:>5} MiB  cpu {:>6.2} s/GiB  ({:.1}s)",
-                    r.mib_s,
-                    r.sender_rss_kib / 1024,
-                    r.receiver_rss_kib_max / 1024,
-                    r.cpu_per_gib(),
-                    t.elapsed().as_secs_f64()
-                );
+                if r.scenario == Scenario::Small {
+                    eprintln!(
+                        "median {:.3} ms over {} fetches  ({:.1}s)",
+                        median(&r.latencies_ms).unwrap_or(f64::NAN),
+                        r.latencies_ms.len(),
+                        t.elapsed().as_secs_f64()
+                    );
+                } else {
+                    let g = r.gib_delivered();
+                    eprintln!(
+                        "{:>8.1} MiB/s  RSS sender {:>4} / receivers ≤ {:>4} MiB  \
+                         cpu {:.2} s/GiB (sender {:.2} + receivers {:.2})  ({:.1}s)",
+                        r.mib_s,
+                        r.sender_rss_kib / 1024,
+                        r.receiver_rss_kib_max / 1024,
+                        r.cpu_per_gib(),
+                        r.sender_cpu_s / g,
+                        r.receivers_cpu_s / g,
+                        t.elapsed().as_secs_f64()
+                    );
+                }
                 runs.push(r);
             }
             Err(e) => {
@@ -1571,7 +1617,12 @@ fn orchestrate(a: OrchArgs) -> Result<()> {
         }
     }
     if !report.failures.is_empty() {
-        bail!("{} measurement(s) failed", report.failures.len());
+        let kept = work.keep();
+        bail!(
+            "{} measurement(s) failed; their logs are under {}",
+            report.failures.len(),
+            kept.display()
+        );
     }
     Ok(())
 }
