@@ -9,6 +9,7 @@
 //! | in-memory bytes | [`BytesObject`] | [`BytesConsumer`] | `{"received_bytes": n}` |
 //! | file | [`FileObject`] | [`FileConsumer`] | `{"received_bytes": n}` |
 //! | items shared by many receivers | [`CacheableObject`] over an [`ItemSource`] | [`ItemTracker`] helps write one | `{"start": s, "count": c}` |
+//! | NumPy array dict (one-key `.npz` items) | [`NpzDictObject`] | [`NpzDictConsumer`] | `{"start": s, "count": c}` |
 //! | tensor dict (safetensors) | [`TensorDictObject`] | [`TensorDictConsumer`] (memory), [`SafetensorsFileConsumer`] (disk) | `{"start": s, "count": c}` |
 //!
 //! Byte-stream objects advertise a [`TransferPlan`](ferry_core::TransferPlan) with their size,
@@ -55,6 +56,7 @@ mod delivery;
 mod error;
 pub mod file;
 mod names;
+pub mod numpy;
 mod ranges;
 pub mod tensors;
 
@@ -67,6 +69,7 @@ pub use cacheable::{
 pub use delivery::Delivery;
 pub use error::ObjectsError;
 pub use file::{FileConsumer, FileConsumerBuilder, FileObject, FileObjectBuilder};
+pub use numpy::{NdArray, NdArrayDict, NpzDictConsumer, NpzDictObject, NpzSource};
 pub use tensors::{
     SafetensorsFileConsumer, Tensor, TensorDict, TensorDictConsumer, TensorDictObject, TensorSource,
 };
