@@ -1,1 +1,77 @@
-fn main() {}
+//! `ferry`: move large files and tensor dicts from one sender to many receivers, by pull.
+//!
+//! * `ferry demo` — one sender and N receiver processes on loopback, live progress, a result
+//!   table (bytes, time, throughput, outcome, peak RSS).
+//! * `ferry serve PATH...` — serve files, directories and `.safetensors` tensor dicts; prints
+//!   one ticket per object; exits when every expected receiver has everything.
+//! * `ferry get TICKET...` — download, verify, print where the files are.
+//!
+//! Exit codes (see [`exit`]): 0 ok, 1 transfer failed, 2 usage or input error, 130
+//! interrupted. `--json` switches stdout to JSON lines; `RUST_LOG` sets the log filter (stderr).
+
+mod args;
+mod cells;
+mod demo;
+mod exit;
+mod get;
+mod interrupt;
+mod pinned;
+mod serve;
+mod sysinfo;
+mod throttle;
+mod ticket;
+mod ui;
+mod units;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::exit::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ui::init_logging();
+    let json = cli.json;
+    if json || matches!(cli.command, Command::DemoReceiver(_)) {
+        ui::hide_bars();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(&Failure::transfer(format!("cannot start the async runtime: {e}")), json),
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(a) => demo::run(a, json).await,
+            Command::Serve(a) => serve::run(a, json).await,
+            Command::Get(a) => get::run(a, json).await,
+            Command::DemoReceiver(a) => demo::receiver::run(a).await,
+        }
+    });
+    // Blocking-pool threads (a produce or a consume still sleeping) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => report(&f, json),
+    }
+}
+
+/// Print a failure (one line on stderr; a JSON object on stdout too with `--json`) and turn it
+/// into the exit code.
+fn report(f: &Failure, json: bool) -> ExitCode {
+    ui::bars().clear().ok();
+    if json {
+        ui::json_line(&serde_json::json!({
+            "event": "error",
+            "kind": f.kind(),
+            "exit_code": f.code(),
+            "message": f.to_string(),
+        }));
+    }
+    eprintln!("ferry: error: {f}");
+    f.exit_code()
+}

@@ -1,0 +1,208 @@
+//! Command-line arguments (clap derive). Sizes accept `4MiB`-style units and durations
+//! `90s`-style ones (see [`crate::units`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::units::{parse_duration, parse_size};
+
+/// ferry: move large files and tensor dicts from one sender to many receivers, by pull.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, long_about = None)]
+#[command(after_help = "Exit codes: 0 ok, 1 transfer failed, 2 usage or input error, 130 interrupted.\n\
+Sizes: 4MiB, 1.5GiB, 1GB, 65536. Durations: 90s, 5m, 1h30m.\n\
+Logs: RUST_LOG=info (or ferry=debug, ferry_cellnet=trace, ...) to stderr.\n\
+Guide: docs/user-guide.md")]
+pub struct Cli {
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one sender and several receivers on loopback and show how fast they go.
+    Demo(DemoArgs),
+    /// Serve files (or .safetensors tensor dicts) until every receiver has them.
+    Serve(ServeArgs),
+    /// Download objects from the tickets `ferry serve` printed.
+    Get(GetArgs),
+    /// Internal: one receiver process of `ferry demo` (progress as JSON lines on stdout).
+    #[command(name = "__demo-receiver", hide = true)]
+    DemoReceiver(DemoReceiverArgs),
+}
+
+/// TLS options shared by `serve` and `get`: all three or none.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM certificate of this cell (its CN must be the first segment of --name).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of this cell.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// PEM root CA that signed the peer's certificate.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// `ferry demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of receivers.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub receivers: u32,
+    /// Size of the generated file (1 byte to 64GiB).
+    #[arg(long, default_value = "256MiB", value_parser = parse_demo_size, value_name = "SIZE")]
+    pub size: u64,
+    /// Also distribute a generated tensor dict (float32 tensors, a quarter of --size).
+    #[arg(long)]
+    pub tensors: bool,
+    /// Chunk size (64KiB to 64MiB).
+    #[arg(long, default_value = "1MiB", value_parser = parse_chunk, value_name = "SIZE")]
+    pub chunk: u64,
+    /// Keep the generated and received files in this directory (default: a temp dir, removed).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+/// `ferry serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Files or directories to serve (directories: every regular file below them).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Listen URL.
+    #[arg(long, default_value = "tcp://0.0.0.0:7051", value_name = "URL")]
+    pub listen: String,
+    /// Address to put in the tickets when listening on 0.0.0.0 (default: this host's name).
+    #[arg(long, value_name = "HOST")]
+    pub advertise: Option<String>,
+    /// This cell's name (FQCN).
+    #[arg(long, default_value = "ferry-sender", value_name = "FQCN")]
+    pub name: String,
+    /// Number of receivers expected (count mode): exit when this many have every object.
+    #[arg(long, conflicts_with = "allow", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub receivers: u32,
+    /// Expected receivers by name (identity mode); others are refused.
+    #[arg(long, value_name = "FQCN")]
+    pub allow: Vec<String>,
+    /// Give up (exit 1) when no receiver pulled anything for this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DUR")]
+    pub timeout: Duration,
+    /// Cap the bytes per second sent to all receivers together (e.g. 50MiB); default: no cap.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub limit_rate: Option<u64>,
+    /// Chunk size (64KiB to 64MiB).
+    #[arg(long, default_value = "1MiB", value_parser = parse_chunk, value_name = "SIZE")]
+    pub chunk: u64,
+    /// Serve `.safetensors` files as tensor dicts (item by item) instead of as plain files.
+    #[arg(long)]
+    pub tensors: bool,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// `ferry get`.
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Tickets printed by `ferry serve`.
+    #[arg(required = true, value_name = "TICKET")]
+    pub tickets: Vec<String>,
+    /// Output directory (created if missing).
+    #[arg(short = 'o', long, default_value = ".", value_name = "DIR")]
+    pub output: PathBuf,
+    /// This cell's name (FQCN); default `ferry-get-<pid>`.
+    #[arg(long, value_name = "FQCN")]
+    pub name: Option<String>,
+    /// Keep `NAME.part` on failure and continue from it next time.
+    #[arg(long)]
+    pub resume: bool,
+    /// Overwrite files that already exist.
+    #[arg(long)]
+    pub force: bool,
+    /// Give up on a chunk when the sender has not answered for this long (3 tries).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    pub request_timeout: Duration,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// `ferry __demo-receiver` (spawned by `ferry demo`, not for people).
+#[derive(Args, Debug)]
+pub struct DemoReceiverArgs {
+    /// The sender's cellnet URL.
+    #[arg(long)]
+    pub url: String,
+    /// The sender's FQCN.
+    #[arg(long)]
+    pub source: String,
+    /// This receiver's FQCN.
+    #[arg(long)]
+    pub name: String,
+    /// Directory to write into.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Ref id of the file.
+    #[arg(long)]
+    pub file_ref: String,
+    /// BLAKE3 of the file.
+    #[arg(long)]
+    pub file_b3: Option<String>,
+    /// Ref id of the tensor dict, if any.
+    #[arg(long)]
+    pub tensors_ref: Option<String>,
+}
+
+/// A chunk size within what the protocol and memory budgets handle well.
+fn parse_chunk(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !(64 << 10..=64 << 20).contains(&n) {
+        return Err(format!("chunk size {s} is outside 64KiB..=64MiB"));
+    }
+    Ok(n)
+}
+
+/// A demo file size: at least a byte, at most 64 GiB.
+fn parse_demo_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !(1..=64 << 30).contains(&n) {
+        return Err(format!("demo size {s} is outside 1B..=64GiB"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_units_and_conflicts() {
+        let cli = Cli::try_parse_from(["ferry", "serve", "a", "--chunk", "4MiB", "--timeout", "90s"]).unwrap();
+        let Command::Serve(s) = cli.command else { panic!("not serve") };
+        assert_eq!(s.chunk, 4 << 20);
+        assert_eq!(s.timeout, Duration::from_secs(90));
+        assert!(Cli::try_parse_from(["ferry", "serve", "a", "--chunk", "1k"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "serve", "a", "--receivers", "2", "--allow", "x"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "serve", "a", "--tls-cert", "c"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "get"]).is_err());
+        let cli = Cli::try_parse_from(["ferry", "--json", "demo"]).unwrap();
+        assert!(cli.json);
+        let Command::Demo(d) = cli.command else { panic!("not demo") };
+        assert_eq!((d.receivers, d.size), (4, 256 << 20));
+    }
+}

@@ -1,0 +1,91 @@
+//! Building the cell a command runs on: its name, and mutual TLS from `--tls-*` files.
+
+use std::path::Path;
+
+use ferry::cellnet::{Cell, CellnetError, TlsConfig};
+
+use crate::args::TlsArgs;
+use crate::exit::{CmdResult, Failure};
+
+/// What to tell the user to do about TLS files, appended to every TLS error.
+const TLS_HINT: &str = "pass PEM files: --tls-cert (this cell's certificate), --tls-key (its private key), --tls-ca (the root CA that signed both sides)";
+
+/// Load the TLS configuration, if `--tls-*` was given. Missing, unreadable or non-PEM files
+/// are usage errors.
+pub fn tls_config(tls: &TlsArgs) -> CmdResult<Option<TlsConfig>> {
+    let (Some(cert), Some(key), Some(ca)) = (&tls.tls_cert, &tls.tls_key, &tls.tls_ca) else {
+        return Ok(None);
+    };
+    for (what, path) in [("--tls-cert", cert), ("--tls-key", key), ("--tls-ca", ca)] {
+        if !path.is_file() {
+            return Err(Failure::usage(format!(
+                "{what} {}: no such file; {TLS_HINT}",
+                path.display()
+            )));
+        }
+    }
+    TlsConfig::from_pem_files(ca, cert, key)
+        .map(Some)
+        .map_err(|e| Failure::usage(format!("TLS files unusable ({e}); {TLS_HINT}")))
+}
+
+/// The common name of the first certificate in a PEM file (the FQCN root a TLS peer accepts).
+pub fn cert_common_name(path: &Path) -> CmdResult<String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Failure::usage(format!("--tls-cert {}: {e}; {TLS_HINT}", path.display())))?;
+    let cert = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "--tls-cert {}: no PEM certificate in it; {TLS_HINT}",
+                path.display()
+            ))
+        })?;
+    ferry::cellnet::common_name(&cert).ok_or_else(|| {
+        Failure::usage(format!(
+            "--tls-cert {}: the certificate has no common name; pass --name explicitly",
+            path.display()
+        ))
+    })
+}
+
+/// Check an FQCN given on the command line.
+pub fn check_name(flag: &str, name: &str) -> CmdResult {
+    ferry::core::validate_fqcn(name).map_err(|e| {
+        Failure::usage(format!(
+            "{flag} {name:?}: {e}; a cell name is dot-separated segments of letters, digits, _ ~ -"
+        ))
+    })
+}
+
+/// Build a cell named `name`, with TLS when configured.
+pub fn build_cell(name: &str, tls: Option<TlsConfig>) -> CmdResult<Cell> {
+    check_name("--name", name)?;
+    let builder = Cell::builder(name).map_err(|e| Failure::usage(format!("--name {name:?}: {e}")))?;
+    Ok(match tls {
+        Some(t) => builder.tls(t).build(),
+        None => builder.build(),
+    })
+}
+
+/// Explain a failed `connect` to a sender: TLS trouble is an input error (exit 2), anything
+/// else means the sender is not there or refused us (exit 1).
+pub fn connect_failure(url: &str, e: &CellnetError) -> Failure {
+    match e {
+        CellnetError::Tls(why) => Failure::usage(format!(
+            "TLS with the sender at {url} failed ({why}); check that --tls-ca is the CA that signed the sender's certificate and that --tls-cert/--tls-key belong together"
+        )),
+        CellnetError::Handshake(why) | CellnetError::ConnectionClosed(why) => Failure::transfer(format!(
+            "the sender at {url} refused the connection ({why}); with TLS, the CN of --tls-cert must be the first segment of --name and be signed by the sender's CA"
+        )),
+        CellnetError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Failure::transfer(format!(
+                "nothing listens at {url} (connection refused); is `ferry serve` still running there, and is this the address it printed?"
+            ))
+        }
+        other => Failure::transfer(format!(
+            "cannot reach the sender at {url} ({other}); check the address in the ticket and that the port is open"
+        )),
+    }
+}

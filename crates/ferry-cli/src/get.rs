@@ -1,0 +1,353 @@
+//! `ferry get`: download the objects of one or more tickets, verify them, print where they are.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry::core::{DownloadFailure, RefId};
+use ferry::objects::FileConsumer;
+use ferry::{download_object, download_tensors_to_file, DownloadError, DownloadOptions};
+use ferry::{DownloadService, ServiceOptions};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::GetArgs;
+use crate::cells;
+use crate::exit::{CmdResult, Failure};
+use crate::interrupt;
+use crate::pinned::PinnedFile;
+use crate::serve::io_reason;
+use crate::ticket::{Kind, Ticket};
+use crate::ui;
+use crate::units::{fmt_bytes, fmt_rate};
+
+/// Downloads run at once (more tickets wait their turn).
+const PARALLEL_DOWNLOADS: usize = 4;
+
+/// One finished download.
+#[derive(Debug)]
+struct Got {
+    path: PathBuf,
+    bytes: u64,
+    secs: f64,
+    verified: &'static str,
+}
+
+/// Parse every ticket first: a typo in the third must not cost the first two downloads.
+pub fn parse_tickets(raw: &[String]) -> CmdResult<Vec<Ticket>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names = BTreeSet::new();
+    for (i, s) in raw.iter().enumerate() {
+        let t: Ticket = s.parse().map_err(|e| {
+            let which = if raw.len() > 1 {
+                format!("ticket {}: ", i + 1)
+            } else {
+                String::new()
+            };
+            Failure::usage(format!("{which}{e}"))
+        })?;
+        if !names.insert(t.name.clone()) {
+            return Err(Failure::usage(format!(
+                "two tickets write {:?}; get them into different directories with -o",
+                t.name
+            )));
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Where each ticket lands; existing destinations are refused unless `force`.
+fn destinations(tickets: &[Ticket], out: &Path, force: bool) -> CmdResult<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).map_err(|e| {
+        Failure::usage(format!(
+            "cannot create the output directory {}: {}",
+            out.display(),
+            io_reason(&e)
+        ))
+    })?;
+    let mut dests = Vec::new();
+    for t in tickets {
+        let dest = out.join(&t.name);
+        if let Ok(meta) = dest.symlink_metadata() {
+            if meta.is_dir() {
+                return Err(Failure::usage(format!(
+                    "{} is a directory; remove it or pick another directory with -o",
+                    dest.display()
+                )));
+            }
+            if !force {
+                return Err(Failure::usage(format!(
+                    "{} already exists; pass --force to overwrite it, or pick another directory with -o",
+                    dest.display()
+                )));
+            }
+        }
+        dests.push(dest);
+    }
+    Ok(dests)
+}
+
+/// Run `ferry get`.
+pub async fn run(args: GetArgs, json: bool) -> CmdResult {
+    let tickets = parse_tickets(&args.tickets)?;
+    let tls = cells::tls_config(&args.tls)?;
+    if tls.is_none() && tickets.iter().any(|t| t.tls) {
+        return Err(Failure::usage(
+            "this ticket is for a TLS sender (ferry+stcp://); pass --tls-cert, --tls-key and --tls-ca",
+        ));
+    }
+    let name = match (&args.name, &args.tls.tls_cert) {
+        (Some(n), _) => n.clone(),
+        (None, Some(cert)) if tls.is_some() => cells::cert_common_name(cert)?,
+        _ => format!("ferry-get-{}", std::process::id()),
+    };
+    let dests = destinations(&tickets, &args.output, args.force)?;
+    let cell = cells::build_cell(&name, tls)?;
+    let cancel = interrupt::on_signal();
+    let result = async {
+        let urls: BTreeSet<String> = tickets.iter().map(Ticket::url).collect();
+        for url in &urls {
+            tokio::select! {
+                r = cell.connect(url) => { r.map_err(|e| cells::connect_failure(url, &e))?; }
+                _ = cancel.cancelled() => return Err(Failure::Interrupted("interrupted while connecting".into())),
+            }
+        }
+        let service = DownloadService::new(&cell, ServiceOptions::default());
+        let r = fetch_all(&service, &args, &tickets, &dests, &cancel, json).await;
+        service.shutdown().await;
+        r
+    }
+    .await;
+    cell.shutdown().await;
+    result
+}
+
+async fn fetch_all(
+    service: &DownloadService,
+    args: &GetArgs,
+    tickets: &[Ticket],
+    dests: &[PathBuf],
+    cancel: &CancellationToken,
+    json: bool,
+) -> CmdResult {
+    let slots = Arc::new(Semaphore::new(PARALLEL_DOWNLOADS));
+    let jobs = tickets.iter().zip(dests).map(|(t, dest)| {
+        let slots = Arc::clone(&slots);
+        async move {
+            let _slot = slots.acquire().await;
+            let r = fetch_one(service, args, t, dest, cancel, json).await;
+            (t, r)
+        }
+    });
+    let results = futures::future::join_all(jobs).await;
+    let mut failures = Vec::new();
+    for (t, r) in results {
+        match r {
+            Ok(got) => {
+                if json {
+                    ui::json_line(&json!({
+                        "event": "done",
+                        "name": t.name,
+                        "path": got.path,
+                        "bytes": got.bytes,
+                        "seconds": got.secs,
+                        "verified": got.verified,
+                    }));
+                } else {
+                    ui::err_line(&format!(
+                        "got {} ({} in {:.1}s, {}, verified: {})",
+                        t.name,
+                        fmt_bytes(got.bytes),
+                        got.secs,
+                        fmt_rate(got.bytes, std::time::Duration::from_secs_f64(got.secs)),
+                        got.verified
+                    ));
+                    ui::out_line(&got.path.display().to_string());
+                }
+            }
+            Err(f) => failures.push((t, f)),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    // Interrupted beats failed; report every failure but return the most telling one.
+    failures.sort_by_key(|(_, f)| std::cmp::Reverse(f.code()));
+    for (t, f) in failures.iter().skip(1) {
+        ui::err_line(&format!("ferry: error: {}: {f}", t.name));
+    }
+    Err(failures.swap_remove(0).1)
+}
+
+async fn fetch_one(
+    service: &DownloadService,
+    args: &GetArgs,
+    t: &Ticket,
+    dest: &Path,
+    cancel: &CancellationToken,
+    json: bool,
+) -> CmdResult<Got> {
+    let (dir, base) = split_dest(dest)?;
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Failure::usage(format!("cannot create {}: {}", dir.display(), io_reason(&e)))
+    })?;
+    let bar = ui::byte_bar(&t.name, t.size);
+    let name = t.name.clone();
+    let progress_bar = bar.clone();
+    let mut opts = DownloadOptions {
+        per_request_timeout: args.request_timeout,
+        cancel: Some(cancel.clone()),
+        ..DownloadOptions::default()
+    }
+    .with_progress(move |p| {
+        if let Some(total) = p.total_bytes {
+            progress_bar.set_length(total);
+        }
+        progress_bar.set_position(p.bytes_done);
+        if json {
+            ui::json_line(&json!({
+                "event": "progress",
+                "name": name,
+                "bytes": p.bytes_done,
+                "total": p.total_bytes,
+                "state": format!("{:?}", p.state).to_lowercase(),
+            }));
+        }
+    });
+    let rid = RefId::new(t.ref_id.clone());
+    let started = Instant::now();
+    let result = match t.kind {
+        Kind::File => {
+            let consumer = FileConsumer::builder(&dir, &base)
+                .overwrite(args.force)
+                .keep_part_for_resume(args.resume)
+                .open()
+                .map_err(|e| Failure::usage(format!("cannot write {}: {e}", dest.display())))?;
+            if args.resume {
+                opts.resume_state = consumer.resume_state();
+            }
+            let verified = if t.blake3.is_some() {
+                "size + BLAKE3 pinned by the ticket"
+            } else {
+                "size + BLAKE3 from the sender"
+            };
+            download_object(
+                service,
+                &t.source,
+                &rid,
+                PinnedFile::new(consumer, t.blake3.clone()),
+                opts,
+            )
+            .await
+            .map(|c| (c.final_path().to_path_buf(), verified))
+        }
+        Kind::Tensors => {
+            download_tensors_to_file(service, &t.source, &rid, &dir, &base, args.force, opts)
+                .await
+                .map(|p| (p, "every tensor item; written as safetensors"))
+        }
+    };
+    bar.finish_and_clear();
+    let (path, verified) = result.map_err(|e| explain(e, t, dest, args.resume))?;
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok(Got {
+        path,
+        bytes,
+        secs: started.elapsed().as_secs_f64(),
+        verified,
+    })
+}
+
+/// (directory, file name) of a destination.
+fn split_dest(dest: &Path) -> CmdResult<(PathBuf, String)> {
+    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Failure::usage(format!("{}: not a file name", dest.display())))?;
+    Ok((dir, base.to_string()))
+}
+
+/// A failed download in one line: what happened, and what to do.
+fn explain(e: DownloadError, t: &Ticket, dest: &Path, resume: bool) -> Failure {
+    let part = format!("{}.part", dest.display());
+    let retry = if resume {
+        format!("the data so far is kept in {part}; run the same `ferry get --resume` with a fresh ticket to continue")
+    } else {
+        "nothing was left at the destination; use --resume to keep partial data across attempts"
+            .to_string()
+    };
+    let src = &t.source;
+    match e {
+        DownloadError::Cancelled { .. } => Failure::Interrupted(format!(
+            "interrupted: {} cancelled{}",
+            t.name,
+            if resume {
+                format!(", partial data kept in {part}")
+            } else {
+                ", nothing left at the destination".into()
+            }
+        )),
+        DownloadError::Failed { failure, .. } => match failure {
+            DownloadFailure::RequestFailed { rc, .. } => Failure::transfer(format!(
+                "lost the sender {src} at {} while downloading {} ({rc}); is `ferry serve` still running? {retry}",
+                t.addr, t.name
+            )),
+            DownloadFailure::ProducerError { .. } => Failure::transfer(format!(
+                "the sender {src} refused {} (ref {}): the transfer is over or timed out, or this receiver is not on its --allow list; ask for a fresh ticket",
+                t.name, t.ref_id
+            )),
+            DownloadFailure::RetriesExhausted { attempts, .. } => Failure::transfer(format!(
+                "the sender {src} stopped answering ({attempts} attempts for one chunk); check it is alive and reachable, or raise --request-timeout; {retry}"
+            )),
+            DownloadFailure::PlanRefused(why)
+            | DownloadFailure::ConsumeFailed(why)
+            | DownloadFailure::CompletionFailed(why) => Failure::transfer(format!(
+                "{} failed verification or could not be written ({why}); {retry}",
+                t.name
+            )),
+            other => Failure::transfer(format!("{}: {other}; {retry}", t.name)),
+        },
+        DownloadError::Local(why) => {
+            Failure::usage(format!("cannot write {}: {why}", dest.display()))
+        }
+        other => Failure::transfer(format!("{}: {other}; {retry}", t.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(name: &str) -> String {
+        format!("ferry+tcp://127.0.0.1:7001/s/R1?name={name}")
+    }
+
+    #[test]
+    fn tickets_are_all_parsed_first() {
+        let ok = parse_tickets(&[ticket("a"), ticket("b")]).unwrap();
+        assert_eq!(ok.len(), 2);
+        let bad = parse_tickets(&[ticket("a"), "ferry+tcp://x".into()]).unwrap_err();
+        assert_eq!(bad.code(), 2);
+        assert!(bad.to_string().starts_with("ticket 2: malformed ticket"), "{bad}");
+        let dup = parse_tickets(&[ticket("a"), ticket("a")]).unwrap_err();
+        assert!(dup.to_string().contains("two tickets"), "{dup}");
+    }
+
+    #[test]
+    fn existing_destinations_need_force() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"old").unwrap();
+        let t = parse_tickets(&[ticket("a"), ticket("sub%2Fb")]).unwrap();
+        let e = destinations(&t, d.path(), false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        let dests = destinations(&t, d.path(), true).unwrap();
+        assert_eq!(dests[1], d.path().join("sub/b"));
+        std::fs::create_dir(d.path().join("b")).unwrap();
+        let t = parse_tickets(&[ticket("b")]).unwrap();
+        assert!(destinations(&t, d.path(), true).is_err());
+    }
+}

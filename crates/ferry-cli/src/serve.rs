@@ -1,0 +1,595 @@
+//! `ferry serve`: register files (and tensor dicts) in one transaction, print a ticket per
+//! object, and exit when every expected receiver has them all (0), or when the transfer fails or
+//! times out (1), or on Ctrl-C (130, after deleting the transaction).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry::core::service::ServiceEvent;
+use ferry::core::{DownloadStatus, Downloadable, OutcomeStatus, TransferOutcome, TxConfig};
+use ferry::objects::{
+    CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject,
+};
+use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
+use indicatif::ProgressBar;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::args::ServeArgs;
+use crate::cells;
+use crate::exit::{CmdResult, Failure};
+use crate::interrupt;
+use crate::sysinfo;
+use crate::throttle::{RateLimiter, Throttled};
+use crate::ticket::{check_relative_name, Kind, Ticket};
+use crate::ui;
+use crate::units::fmt_bytes;
+
+/// One thing to serve, found on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Where it is on disk.
+    pub path: PathBuf,
+    /// Where receivers write it, relative to their output directory.
+    pub name: String,
+    /// File or tensor dict.
+    pub kind: Kind,
+}
+
+/// Expand the PATH arguments: files as themselves, directories as every regular file below
+/// them (named `DIR/REL/PATH`). Missing paths, empty directories, names that are not plain
+/// relative paths and two objects with the same name are usage errors.
+pub fn collect(paths: &[PathBuf], tensors: bool) -> CmdResult<Vec<Entry>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| {
+            Failure::usage(format!(
+                "{}: {}; check the path (files and directories can be served)",
+                p.display(),
+                io_reason(&e)
+            ))
+        })?;
+        let base = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .or_else(|| {
+                // `.` or `..`: name the tree after the directory it stands for
+                std::fs::canonicalize(p)
+                    .ok()
+                    .and_then(|c| c.file_name().and_then(|n| n.to_str()).map(str::to_string))
+            })
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "{}: cannot name it in a ticket (not UTF-8?); rename or serve its files",
+                    p.display()
+                ))
+            })?;
+        if meta.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &base, &mut found)?;
+            if found.is_empty() {
+                return Err(Failure::usage(format!(
+                    "{}: no regular files below this directory; nothing to serve",
+                    p.display()
+                )));
+            }
+            found.sort();
+            out.extend(found.into_iter().map(|(name, path)| entry(path, name, tensors)));
+        } else if meta.is_file() {
+            out.push(entry(p.clone(), base, tensors));
+        } else {
+            return Err(Failure::usage(format!(
+                "{}: not a regular file or directory",
+                p.display()
+            )));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for e in &out {
+        check_relative_name(&e.name).map_err(|why| {
+            Failure::usage(format!("{}: {why}; rename it", e.path.display()))
+        })?;
+        if !seen.insert(e.name.as_str()) {
+            return Err(Failure::usage(format!(
+                "two objects would be named {:?} on the receivers; serve them in separate runs or rename one",
+                e.name
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn entry(path: PathBuf, name: String, tensors: bool) -> Entry {
+    let is_st = path
+        .extension()
+        .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"));
+    let kind = if tensors && is_st {
+        Kind::Tensors
+    } else {
+        Kind::File
+    };
+    Entry { path, name, kind }
+}
+
+/// Regular files below `dir` (symlinked directories are not followed, so no loops).
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> CmdResult {
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        Failure::usage(format!("{}: {}", dir.display(), io_reason(&e)))
+    })?;
+    for item in rd {
+        let item = item.map_err(|e| Failure::usage(format!("{}: {}", dir.display(), io_reason(&e))))?;
+        let path = item.path();
+        let Some(fname) = item.file_name().to_str().map(str::to_string) else {
+            return Err(Failure::usage(format!(
+                "{}: file name is not UTF-8; rename it",
+                path.display()
+            )));
+        };
+        let name = format!("{prefix}/{fname}");
+        let ft = item
+            .file_type()
+            .map_err(|e| Failure::usage(format!("{}: {}", path.display(), io_reason(&e))))?;
+        if ft.is_dir() {
+            walk(&path, &name, out)?;
+        } else if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            out.push((name, path));
+        }
+    }
+    Ok(())
+}
+
+/// An OS error without the "(os error N)" noise.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The URL to listen on: `tcp://` becomes `stcp://` when TLS files are given; `stcp://`
+/// without them is refused.
+pub fn listen_url(listen: &str, tls: bool) -> CmdResult<String> {
+    if let Some(rest) = listen.strip_prefix("tcp://") {
+        Ok(if tls {
+            format!("stcp://{rest}")
+        } else {
+            listen.to_string()
+        })
+    } else if listen.starts_with("stcp://") {
+        if tls {
+            Ok(listen.to_string())
+        } else {
+            Err(Failure::usage(format!(
+                "--listen {listen} needs --tls-cert, --tls-key and --tls-ca"
+            )))
+        }
+    } else {
+        Err(Failure::usage(format!(
+            "--listen {listen:?}: expected tcp://HOST:PORT (e.g. tcp://0.0.0.0:7051)"
+        )))
+    }
+}
+
+/// `HOST:PORT` for tickets, from the bound URL: a wildcard host is replaced by `advertise`
+/// or this host's routable address.
+pub fn ticket_addr(bound: &str, advertise: Option<&str>) -> String {
+    let addr = bound.split_once("://").map_or(bound, |(_, a)| a);
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+    let host = match advertise {
+        Some(h) => h.to_string(),
+        None if matches!(host, "0.0.0.0" | "[::]" | "::" | "") => sysinfo::advertised_host(),
+        None => host.to_string(),
+    };
+    format!("{host}:{port}")
+}
+
+/// Run `ferry serve`.
+pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
+    let entries = collect(&args.paths, args.tensors)?;
+    for a in &args.allow {
+        cells::check_name("--allow", a)?;
+    }
+    let tls = cells::tls_config(&args.tls)?;
+    let url = listen_url(&args.listen, tls.is_some())?;
+    let cell = cells::build_cell(&args.name, tls)?;
+    let bound = cell.listen(&url).await.map_err(|e| {
+        Failure::usage(format!(
+            "cannot listen on {url} ({e}); pick another address or port with --listen tcp://HOST:PORT"
+        ))
+    })?;
+    let service = DownloadService::new(&cell, ServiceOptions::default());
+    let result = serve(&service, &args, &entries, &bound, json).await;
+    service.shutdown().await;
+    cell.shutdown().await;
+    result
+}
+
+async fn serve(
+    service: &DownloadService,
+    args: &ServeArgs,
+    entries: &[Entry],
+    bound: &str,
+    json: bool,
+) -> CmdResult {
+    let (cfg, expected) = if args.allow.is_empty() {
+        let n = args.receivers as usize;
+        (
+            TxConfig::new(args.timeout).with_num_receivers(n),
+            ExpectedReceivers::Count(n),
+        )
+    } else {
+        (
+            TxConfig::new(args.timeout).with_receiver_ids(args.allow.clone()),
+            ExpectedReceivers::Ids(args.allow.clone()),
+        )
+    };
+    let cfg = cfg.with_progress(std::time::Duration::from_millis(250));
+    let tx = ObjectDownloader::new(service, cfg)
+        .map_err(|e| Failure::usage(format!("cannot start the transfer: {e}")))?;
+    let limiter = args.limit_rate.map(RateLimiter::new);
+    let cancel = interrupt::on_signal();
+
+    let addr = ticket_addr(bound, args.advertise.as_deref());
+    let mut tickets = Vec::new();
+    let mut names = HashMap::new();
+    let mut total_bytes = 0u64;
+    for e in entries {
+        if cancel.is_cancelled() {
+            tx.delete_transaction().ok();
+            return Err(Failure::Interrupted("interrupted before serving".into()));
+        }
+        let (obj, size, blake3) = load(e, args.chunk, &expected).await?;
+        let obj: Arc<dyn Downloadable> = match &limiter {
+            Some(l) => Arc::new(Throttled::new(obj, Arc::clone(l))),
+            None => obj,
+        };
+        let rid = tx
+            .add_object(obj)
+            .map_err(|err| Failure::usage(format!("{}: {err}", e.path.display())))?;
+        total_bytes += size;
+        names.insert(rid.to_string(), e.name.clone());
+        tickets.push(Ticket {
+            tls: bound.starts_with("stcp://"),
+            addr: addr.clone(),
+            source: args.name.clone(),
+            ref_id: rid.to_string(),
+            kind: e.kind,
+            name: e.name.clone(),
+            size: Some(size),
+            blake3,
+        });
+    }
+
+    let who = if args.allow.is_empty() {
+        format!(
+            "{} receiver{}",
+            args.receivers,
+            if args.receivers == 1 { "" } else { "s" }
+        )
+    } else {
+        args.allow.join(", ")
+    };
+    if !json {
+        ui::err_line(&format!(
+            "serving {} object{} ({}) as {:?} on {bound} for {who}; Ctrl-C stops.\non each receiver run: ferry get {}",
+            tickets.len(),
+            if tickets.len() == 1 { "" } else { "s" },
+            fmt_bytes(total_bytes),
+            args.name,
+            if tickets.len() == 1 { "TICKET" } else { "TICKET..." },
+        ));
+    }
+    for t in &tickets {
+        if json {
+            ui::json_line(&json!({
+                "event": "ticket",
+                "ticket": t.to_string(),
+                "name": t.name,
+                "kind": if t.kind == Kind::File { "file" } else { "tensors" },
+                "size": t.size,
+                "ref_id": t.ref_id,
+                "source": t.source,
+                "address": t.addr,
+                "blake3": t.blake3,
+            }));
+        } else {
+            ui::out_line(&t.to_string());
+        }
+    }
+
+    let started = Instant::now();
+    let waiter = tx.waiter();
+    let wait = waiter.wait();
+    tokio::pin!(wait);
+    let mut events = service.events();
+    let mut watch = ReceiverBars::new(total_bytes, json);
+    let mut interrupted = false;
+    let outcome = loop {
+        tokio::select! {
+            o = &mut wait => break o,
+            _ = cancel.cancelled(), if !interrupted => {
+                interrupted = true;
+                if !json {
+                    ui::err_line("interrupted: deleting the transaction (receivers in progress will fail)");
+                }
+                if let Err(e) = tx.delete_transaction() {
+                    tracing::debug!(error = %e, "delete after interrupt");
+                }
+            }
+            ev = events.recv() => match ev {
+                Ok(ev) => watch.event(&ev, &names),
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => {}
+            },
+        }
+    };
+    watch.finish();
+    let elapsed = started.elapsed();
+    let Some(outcome) = outcome else {
+        return Err(Failure::transfer(
+            "the transfer ended without an outcome (the download service stopped)",
+        ));
+    };
+    if json {
+        ui::json_line(&outcome_json(&outcome, &names, elapsed.as_secs_f64()));
+    }
+    if interrupted && !outcome.completed() {
+        return Err(Failure::Interrupted(
+            "interrupted: the transfer was cancelled and the transaction deleted".into(),
+        ));
+    }
+    if outcome.completed() {
+        if !json {
+            ui::err_line(&format!(
+                "done: {} got every object ({} each) in {:.1}s",
+                who,
+                fmt_bytes(total_bytes),
+                elapsed.as_secs_f64()
+            ));
+        }
+        return Ok(());
+    }
+    Err(Failure::transfer(explain(&outcome, args, &names)))
+}
+
+/// Build the downloadable for one entry: (object, payload bytes, BLAKE3 for files).
+async fn load(
+    e: &Entry,
+    chunk: u64,
+    expected: &ExpectedReceivers,
+) -> CmdResult<(Arc<dyn Downloadable>, u64, Option<String>)> {
+    let bar = ui::bars().add(ProgressBar::new_spinner());
+    bar.set_message(format!(
+        "{} {}",
+        if e.kind == Kind::File { "hashing" } else { "loading" },
+        e.name
+    ));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let path = e.path.clone();
+    let kind = e.kind;
+    let expected = expected.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        match kind {
+            Kind::File => {
+                let obj = FileObject::builder(&path)
+                    .chunk_size(chunk)
+                    .digest(true)
+                    .open()
+                    .map_err(|e| e.to_string())?;
+                let size = obj.size();
+                let digest = obj.digest().map(str::to_string);
+                Ok((Arc::new(obj) as Arc<dyn Downloadable>, size, digest))
+            }
+            Kind::Tensors => {
+                let dict = TensorDict::load_safetensors(&path).map_err(|e| e.to_string())?;
+                let size = dict.total_bytes();
+                let obj = TensorDictObject::from_tensors(
+                    dict,
+                    CacheOptions::default().with_receivers(expected),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((Arc::new(obj) as Arc<dyn Downloadable>, size, None))
+            }
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    match loaded {
+        Ok(Ok(x)) => Ok(x),
+        Ok(Err(why)) => Err(Failure::usage(format!(
+            "cannot serve {}: {why}",
+            e.path.display()
+        ))),
+        Err(join) => Err(Failure::transfer(format!(
+            "reading {} failed: {join}",
+            e.path.display()
+        ))),
+    }
+}
+
+/// Why a transfer did not complete, in one line, with what to do.
+fn explain(o: &TransferOutcome, args: &ServeArgs, names: &HashMap<String, String>) -> String {
+    let mut failed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut succeeded: BTreeSet<&str> = BTreeSet::new();
+    for (rid, statuses) in &o.refs {
+        for (who, st) in statuses {
+            match st {
+                DownloadStatus::Failed => failed
+                    .entry(who.as_str())
+                    .or_default()
+                    .push(names.get(rid.as_str()).map_or(rid.as_str(), String::as_str)),
+                DownloadStatus::Success => {
+                    succeeded.insert(who.as_str());
+                }
+            }
+        }
+    }
+    let mut parts = vec![format!(
+        "transfer {} ({})",
+        o.status.as_str(),
+        o.reason
+    )];
+    if !failed.is_empty() {
+        let list: Vec<String> = failed
+            .iter()
+            .map(|(who, objs)| format!("{who} failed on {}", objs.join(", ")))
+            .collect();
+        parts.push(list.join("; "));
+    }
+    if o.status == OutcomeStatus::Failed && o.reason == ferry::core::outcome::reason::TIMEOUT {
+        parts.push(format!(
+            "no receiver pulled for {}; {} of the expected receivers finished; start `ferry get` sooner or raise --timeout",
+            humantime::format_duration(args.timeout),
+            succeeded.len()
+        ));
+    } else if !failed.is_empty() {
+        parts.push("see the receivers' own errors; run `ferry serve` again for a retry".into());
+    }
+    parts.join(": ")
+}
+
+fn outcome_json(
+    o: &TransferOutcome,
+    names: &HashMap<String, String>,
+    secs: f64,
+) -> serde_json::Value {
+    let objects: Vec<serde_json::Value> = o
+        .refs
+        .iter()
+        .map(|(rid, st)| {
+            json!({
+                "ref_id": rid.as_str(),
+                "name": names.get(rid.as_str()),
+                "receivers": st.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    json!({
+        "event": "outcome",
+        "status": o.status.as_str(),
+        "reason": o.reason,
+        "done_status": o.done_status.as_str(),
+        "seconds": secs,
+        "objects": objects,
+    })
+}
+
+/// Sender-side view: one bar per receiver (bytes served across all objects), and a line when
+/// a receiver finishes an object.
+struct ReceiverBars {
+    total: u64,
+    json: bool,
+    /// receiver -> (ref -> bytes served), and its bar
+    seen: BTreeMap<String, (HashMap<String, u64>, ProgressBar)>,
+}
+
+impl ReceiverBars {
+    fn new(total: u64, json: bool) -> Self {
+        Self {
+            total,
+            json,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    fn bar(&mut self, receiver: &str) -> &mut (HashMap<String, u64>, ProgressBar) {
+        let total = self.total;
+        self.seen
+            .entry(receiver.to_string())
+            .or_insert_with(|| (HashMap::new(), ui::byte_bar(receiver, Some(total))))
+    }
+
+    fn event(&mut self, ev: &ServiceEvent, names: &HashMap<String, String>) {
+        match ev {
+            ServiceEvent::Progress(p) => {
+                let Some(receiver) = &p.receiver else { return };
+                let (per_ref, bar) = self.bar(receiver);
+                per_ref.insert(p.ref_id.to_string(), p.bytes_done);
+                bar.set_position(per_ref.values().sum());
+            }
+            ServiceEvent::DownloadedToOne {
+                ref_id,
+                receiver,
+                status,
+                ..
+            } => {
+                let name = names.get(ref_id.as_str()).cloned().unwrap_or_default();
+                if self.json {
+                    ui::json_line(&json!({
+                        "event": "received",
+                        "receiver": receiver,
+                        "name": name,
+                        "ref_id": ref_id.as_str(),
+                        "status": status.as_str(),
+                    }));
+                } else {
+                    ui::err_line(&format!("{receiver}: {name} {}", status.as_str()));
+                }
+                if *status == DownloadStatus::Failed {
+                    let (_, bar) = self.bar(receiver);
+                    bar.set_message("failed");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        for (_, bar) in self.seen.values() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_urls() {
+        assert_eq!(listen_url("tcp://0.0.0.0:1", false).unwrap(), "tcp://0.0.0.0:1");
+        assert_eq!(listen_url("tcp://0.0.0.0:1", true).unwrap(), "stcp://0.0.0.0:1");
+        assert_eq!(listen_url("stcp://h:1", true).unwrap(), "stcp://h:1");
+        assert_eq!(listen_url("stcp://h:1", false).unwrap_err().code(), 2);
+        assert_eq!(listen_url("http://h:1", false).unwrap_err().code(), 2);
+    }
+
+    #[test]
+    fn ticket_addresses() {
+        assert_eq!(ticket_addr("tcp://127.0.0.1:5000", None), "127.0.0.1:5000");
+        assert_eq!(ticket_addr("tcp://0.0.0.0:5000", Some("gpu-7")), "gpu-7:5000");
+        assert!(ticket_addr("tcp://0.0.0.0:5000", None).ends_with(":5000"));
+        assert!(!ticket_addr("tcp://0.0.0.0:5000", None).starts_with("0.0.0.0"));
+    }
+
+    #[test]
+    fn collects_files_and_trees() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("ckpt");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("a.bin"), b"a").unwrap();
+        std::fs::write(root.join("sub/b.safetensors"), b"b").unwrap();
+        std::fs::write(d.path().join("c.bin"), b"c").unwrap();
+        let got = collect(&[root.clone(), d.path().join("c.bin")], true).unwrap();
+        let names: Vec<(&str, Kind)> = got.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+        assert_eq!(
+            names,
+            [
+                ("ckpt/a.bin", Kind::File),
+                ("ckpt/sub/b.safetensors", Kind::Tensors),
+                ("c.bin", Kind::File)
+            ]
+        );
+        let missing = collect(&[d.path().join("nope")], false).unwrap_err();
+        assert_eq!(missing.code(), 2);
+        assert!(missing.to_string().contains("no such file"), "{missing}");
+        let dup = collect(&[d.path().join("c.bin"), d.path().join("c.bin")], false).unwrap_err();
+        assert!(dup.to_string().contains("two objects"), "{dup}");
+        std::fs::create_dir(d.path().join("empty")).unwrap();
+        assert_eq!(collect(&[d.path().join("empty")], false).unwrap_err().code(), 2);
+    }
+}

@@ -1,0 +1,123 @@
+//! Terminal output: progress bars on stderr (indicatif), JSON lines on stdout, and a tracing
+//! writer that hides the bars while a log line is printed so logs never tear them.
+
+use std::io::{self, Write};
+use std::sync::OnceLock;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+/// The one set of progress bars of this process (stderr; hidden when stderr is not a
+/// terminal, or with `--json`).
+pub fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)))
+}
+
+/// Hide every bar (for `--json` and child processes).
+pub fn hide_bars() {
+    bars().set_draw_target(ProgressDrawTarget::hidden());
+}
+
+/// A byte progress bar: `name [=====>    ] 1.2 GiB/4.0 GiB 812 MiB/s ETA 3s`.
+pub fn byte_bar(label: &str, total: Option<u64>) -> ProgressBar {
+    let bar = bars().add(ProgressBar::new(total.unwrap_or(0)));
+    let template = if total.is_some() {
+        "{prefix:>14.bold} [{bar:32.cyan/blue}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}"
+    } else {
+        "{prefix:>14.bold} {spinner} {bytes:>10} {binary_bytes_per_sec:>12} {msg}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(shorten(label, 14));
+    bar
+}
+
+/// `s` cut to at most `max` characters, with an ellipsis in front when cut.
+pub fn shorten(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - (max - 1)).collect();
+    format!("…{tail}")
+}
+
+/// Print one JSON value as a line on stdout (flushed, so a reader sees it at once).
+pub fn json_line(v: &serde_json::Value) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// Print a line on stdout, suspending the bars meanwhile.
+pub fn out_line(s: &str) {
+    bars().suspend(|| {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    });
+}
+
+/// Print a line on stderr, suspending the bars meanwhile.
+pub fn err_line(s: &str) {
+    bars().suspend(|| eprintln!("{s}"));
+}
+
+/// Install the log subscriber: `RUST_LOG` (EnvFilter syntax) to stderr, `warn` by default.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(BarSafeStderr)
+        .with_target(true)
+        .try_init();
+}
+
+/// Makes writers that print to stderr with the bars suspended.
+struct BarSafeStderr;
+
+/// One log event's bytes, written when dropped (tracing-subscriber writes an event in pieces).
+struct BufferedLine(Vec<u8>);
+
+impl Write for BufferedLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BufferedLine {
+    fn drop(&mut self) {
+        let bytes = std::mem::take(&mut self.0);
+        bars().suspend(|| {
+            let _ = io::stderr().lock().write_all(&bytes);
+        });
+    }
+}
+
+impl<'a> MakeWriter<'a> for BarSafeStderr {
+    type Writer = BufferedLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        BufferedLine(Vec::with_capacity(256))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_keeps_the_tail() {
+        assert_eq!(shorten("model.bin", 14), "model.bin");
+        assert_eq!(shorten("a-very-long-file-name.bin", 10), "…-name.bin");
+        assert_eq!(shorten("a-very-long-file-name.bin", 10).chars().count(), 10);
+    }
+}
