@@ -20,6 +20,7 @@
 //! assert_eq!(echo["cell"], "server");
 //! ```
 
+pub mod e2e;
 mod peer;
 mod pki;
 mod python;

@@ -130,12 +130,54 @@ impl PyPeer {
         Ok(peer)
     }
 
+    /// Spawn any program that speaks the same line protocol (READY / RESULT on stdout, exits
+    /// when stdin closes given `--exit-on-stdin-eof`), e.g. the `ferry-peer` test binary, and
+    /// wait for its READY without blocking the runtime.
+    ///
+    /// # Panics
+    /// Like [`PyPeer::spawn`].
+    pub async fn spawn_program_async<I, S>(program: &Path, args: I) -> PyPeer
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "program".into());
+        let go = async {
+            let mut peer = Self::start_command(&name, Command::new(program), args)?;
+            let deadline = Instant::now() + DEFAULT_DEADLINE;
+            let ready = peer.wait_inbox_async(deadline, |st| st.ready.take()).await;
+            peer.ready = peer.settle_ready(ready)?;
+            anyhow::Ok(peer)
+        };
+        go.await.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Kill the process now (SIGKILL) and reap it; its output read so far stays available.
+    pub fn kill(&mut self) {
+        self.stdin = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn start<I, S>(script_name: &str, args: I) -> Result<PyPeer>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
         let path = script(script_name);
+        let mut cmd = Command::new(python());
+        cmd.arg("-u").arg(&path);
+        Self::start_command(script_name, cmd, args)
+    }
+
+    fn start_command<I, S>(script_name: &str, mut cmd: Command, args: I) -> Result<PyPeer>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let log_dir = tempfile::Builder::new()
             .prefix("ferry-interop-")
             .tempdir()
@@ -143,10 +185,7 @@ impl PyPeer {
         let log_path = log_dir.path().join(format!("{script_name}.stderr.log"));
         let log = File::create(&log_path).context("creating the peer log file")?;
 
-        let mut cmd = Command::new(python());
-        cmd.arg("-u")
-            .arg(&path)
-            .args(args)
+        cmd.args(args)
             .arg("--exit-on-stdin-eof")
             .current_dir(log_dir.path())
             .env("PYTHONUNBUFFERED", "1")
