@@ -11,10 +11,12 @@ use crate::units::{parse_duration, parse_size};
 /// ferry: move large files and tensor dicts from one sender to many receivers, by pull.
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version, about, long_about = None)]
-#[command(after_help = "Exit codes: 0 ok, 1 transfer failed, 2 usage or input error, 130 interrupted.\n\
+#[command(
+    after_help = "Exit codes: 0 ok, 1 transfer failed, 2 usage or input error, 130 interrupted.\n\
 Sizes: 4MiB, 1.5GiB, 1GB, 65536. Durations: 90s, 5m, 1h30m.\n\
 Logs: RUST_LOG=info (or ferry=debug, ferry_cellnet=trace, ...) to stderr.\n\
-Guide: docs/user-guide.md")]
+Guide: docs/user-guide.md"
+)]
 pub struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
@@ -192,17 +194,26 @@ mod tests {
 
     #[test]
     fn parses_units_and_conflicts() {
-        let cli = Cli::try_parse_from(["ferry", "serve", "a", "--chunk", "4MiB", "--timeout", "90s"]).unwrap();
-        let Command::Serve(s) = cli.command else { panic!("not serve") };
+        let cli =
+            Cli::try_parse_from(["ferry", "serve", "a", "--chunk", "4MiB", "--timeout", "90s"])
+                .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
         assert_eq!(s.chunk, 4 << 20);
         assert_eq!(s.timeout, Duration::from_secs(90));
         assert!(Cli::try_parse_from(["ferry", "serve", "a", "--chunk", "1k"]).is_err());
-        assert!(Cli::try_parse_from(["ferry", "serve", "a", "--receivers", "2", "--allow", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["ferry", "serve", "a", "--receivers", "2", "--allow", "x"])
+                .is_err()
+        );
         assert!(Cli::try_parse_from(["ferry", "serve", "a", "--tls-cert", "c"]).is_err());
         assert!(Cli::try_parse_from(["ferry", "get"]).is_err());
         let cli = Cli::try_parse_from(["ferry", "--json", "demo"]).unwrap();
         assert!(cli.json);
-        let Command::Demo(d) = cli.command else { panic!("not demo") };
+        let Command::Demo(d) = cli.command else {
+            panic!("not demo")
+        };
         assert_eq!((d.receivers, d.size), (4, 256 << 20));
     }
 }

@@ -62,7 +62,8 @@ pub fn check_name(flag: &str, name: &str) -> CmdResult {
 /// Build a cell named `name`, with TLS when configured.
 pub fn build_cell(name: &str, tls: Option<TlsConfig>) -> CmdResult<Cell> {
     check_name("--name", name)?;
-    let builder = Cell::builder(name).map_err(|e| Failure::usage(format!("--name {name:?}: {e}")))?;
+    let builder =
+        Cell::builder(name).map_err(|e| Failure::usage(format!("--name {name:?}: {e}")))?;
     Ok(match tls {
         Some(t) => builder.tls(t).build(),
         None => builder.build(),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry::core::{DownloadFailure, RefId};
+use ferry::core::{DownloadFailure, RefId, ReturnCode};
 use ferry::objects::FileConsumer;
 use ferry::{download_object, download_tensors_to_file, DownloadError, DownloadOptions};
 use ferry::{DownloadService, ServiceOptions};
@@ -192,7 +192,11 @@ async fn fetch_one(
 ) -> CmdResult<Got> {
     let (dir, base) = split_dest(dest)?;
     std::fs::create_dir_all(&dir).map_err(|e| {
-        Failure::usage(format!("cannot create {}: {}", dir.display(), io_reason(&e)))
+        Failure::usage(format!(
+            "cannot create {}: {}",
+            dir.display(),
+            io_reason(&e)
+        ))
     })?;
     let bar = ui::byte_bar(&t.name, t.size);
     let name = t.name.clone();
@@ -292,6 +296,19 @@ fn explain(e: DownloadError, t: &Ticket, dest: &Path, resume: bool) -> Failure {
             }
         )),
         DownloadError::Failed { failure, .. } => match failure {
+            DownloadFailure::RequestFailed {
+                rc: ReturnCode::AuthenticationError | ReturnCode::Unauthenticated,
+                ..
+            } => Failure::transfer(format!(
+                "the sender {src} refused this receiver: it serves only the cells on its --allow list; pass one of those names with --name"
+            )),
+            DownloadFailure::RequestFailed {
+                rc: ReturnCode::InvalidRequest,
+                ..
+            } => Failure::transfer(format!(
+                "the sender {src} no longer serves {} (its transfer was cancelled or is over); ask for a fresh ticket; {retry}",
+                t.name
+            )),
             DownloadFailure::RequestFailed { rc, .. } => Failure::transfer(format!(
                 "lost the sender {src} at {} while downloading {} ({rc}); is `ferry serve` still running? {retry}",
                 t.addr, t.name
@@ -332,7 +349,10 @@ mod tests {
         assert_eq!(ok.len(), 2);
         let bad = parse_tickets(&[ticket("a"), "ferry+tcp://x".into()]).unwrap_err();
         assert_eq!(bad.code(), 2);
-        assert!(bad.to_string().starts_with("ticket 2: malformed ticket"), "{bad}");
+        assert!(
+            bad.to_string().starts_with("ticket 2: malformed ticket"),
+            "{bad}"
+        );
         let dup = parse_tickets(&[ticket("a"), ticket("a")]).unwrap_err();
         assert!(dup.to_string().contains("two tickets"), "{dup}");
     }

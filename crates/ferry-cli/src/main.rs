@@ -42,7 +42,12 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return report(&Failure::transfer(format!("cannot start the async runtime: {e}")), json),
+        Err(e) => {
+            return report(
+                &Failure::transfer(format!("cannot start the async runtime: {e}")),
+                json,
+            )
+        }
     };
     let result = runtime.block_on(async move {
         match cli.command {

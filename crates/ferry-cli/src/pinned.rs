@@ -80,10 +80,7 @@ mod tests {
 
     fn plan(b3: Option<&str>) -> TransferPlan {
         TransferPlan {
-            layout: PlanLayout::Bytes {
-                total: 4,
-                chunk: 4,
-            },
+            layout: PlanLayout::Bytes { total: 4, chunk: 4 },
             total_bytes: Some(4),
             blake3: b3.map(str::to_string),
         }
@@ -98,7 +95,9 @@ mod tests {
         assert!(ok.plan_received(&plan(Some(&digest))).is_ok());
         ok.failed("R", "test over");
         let mut other = PinnedFile::new(open(), Some(digest.clone()));
-        let err = other.plan_received(&plan(Some(&"0".repeat(64)))).unwrap_err();
+        let err = other
+            .plan_received(&plan(Some(&"0".repeat(64))))
+            .unwrap_err();
         assert!(err.to_string().contains("pins"), "{err}");
         other.failed("R", "refused");
         let mut none = PinnedFile::new(open(), Some(digest));

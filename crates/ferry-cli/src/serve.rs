@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use ferry::cellnet::{Cell, Message, ReturnCode as WireCode};
+use ferry::core::message::{CHANNEL, TOPIC_DOWNLOAD};
 use ferry::core::service::ServiceEvent;
 use ferry::core::{DownloadStatus, Downloadable, OutcomeStatus, TransferOutcome, TxConfig};
-use ferry::objects::{
-    CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject,
-};
+use ferry::objects::{CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject};
 use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -77,7 +77,11 @@ pub fn collect(paths: &[PathBuf], tensors: bool) -> CmdResult<Vec<Entry>> {
                 )));
             }
             found.sort();
-            out.extend(found.into_iter().map(|(name, path)| entry(path, name, tensors)));
+            out.extend(
+                found
+                    .into_iter()
+                    .map(|(name, path)| entry(path, name, tensors)),
+            );
         } else if meta.is_file() {
             out.push(entry(p.clone(), base, tensors));
         } else {
@@ -89,9 +93,8 @@ pub fn collect(paths: &[PathBuf], tensors: bool) -> CmdResult<Vec<Entry>> {
     }
     let mut seen = BTreeSet::new();
     for e in &out {
-        check_relative_name(&e.name).map_err(|why| {
-            Failure::usage(format!("{}: {why}; rename it", e.path.display()))
-        })?;
+        check_relative_name(&e.name)
+            .map_err(|why| Failure::usage(format!("{}: {why}; rename it", e.path.display())))?;
         if !seen.insert(e.name.as_str()) {
             return Err(Failure::usage(format!(
                 "two objects would be named {:?} on the receivers; serve them in separate runs or rename one",
@@ -116,11 +119,11 @@ fn entry(path: PathBuf, name: String, tensors: bool) -> Entry {
 
 /// Regular files below `dir` (symlinked directories are not followed, so no loops).
 fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> CmdResult {
-    let rd = std::fs::read_dir(dir).map_err(|e| {
-        Failure::usage(format!("{}: {}", dir.display(), io_reason(&e)))
-    })?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| Failure::usage(format!("{}: {}", dir.display(), io_reason(&e))))?;
     for item in rd {
-        let item = item.map_err(|e| Failure::usage(format!("{}: {}", dir.display(), io_reason(&e))))?;
+        let item =
+            item.map_err(|e| Failure::usage(format!("{}: {}", dir.display(), io_reason(&e))))?;
         let path = item.path();
         let Some(fname) = item.file_name().to_str().map(str::to_string) else {
             return Err(Failure::usage(format!(
@@ -187,6 +190,42 @@ pub fn ticket_addr(bound: &str, advertise: Option<&str>) -> String {
     format!("{host}:{port}")
 }
 
+/// Start the download service. With `--allow`, requests from any other cell are refused with
+/// `authentication_error` before they reach the engine: the engine alone would serve an
+/// undeclared receiver (NVFlare's identity mode only keeps it from counting).
+fn start_service(cell: &Cell, allow: &[String]) -> DownloadService {
+    if allow.is_empty() {
+        return DownloadService::new(cell, ServiceOptions::default());
+    }
+    let service = DownloadService::new(
+        cell,
+        ServiceOptions {
+            register_handlers: false,
+            ..ServiceOptions::default()
+        },
+    );
+    let allowed: Arc<BTreeSet<String>> = Arc::new(allow.iter().cloned().collect());
+    // The handler holds a service handle; `DownloadService::shutdown` unregisters this
+    // (channel, topic), which drops it and breaks the cell -> handler -> service cycle.
+    let handle = service.clone();
+    cell.register_request_handler(CHANNEL, TOPIC_DOWNLOAD, move |msg: Message| {
+        let allowed = Arc::clone(&allowed);
+        let service = handle.clone();
+        async move {
+            let origin = msg.origin().unwrap_or_default().to_string();
+            if !allowed.contains(&origin) {
+                tracing::warn!(receiver = %origin, "refused: not on the --allow list");
+                return Some(Message::error(
+                    WireCode::AuthenticationError,
+                    format!("{origin} is not on the sender's --allow list"),
+                ));
+            }
+            service.handle_download(msg).await
+        }
+    });
+    service
+}
+
 /// Run `ferry serve`.
 pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
     let entries = collect(&args.paths, args.tensors)?;
@@ -201,7 +240,7 @@ pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
             "cannot listen on {url} ({e}); pick another address or port with --listen tcp://HOST:PORT"
         ))
     })?;
-    let service = DownloadService::new(&cell, ServiceOptions::default());
+    let service = start_service(&cell, &args.allow);
     let result = serve(&service, &args, &entries, &bound, json).await;
     service.shutdown().await;
     cell.shutdown().await;
@@ -365,7 +404,11 @@ async fn load(
     let bar = ui::bars().add(ProgressBar::new_spinner());
     bar.set_message(format!(
         "{} {}",
-        if e.kind == Kind::File { "hashing" } else { "loading" },
+        if e.kind == Kind::File {
+            "hashing"
+        } else {
+            "loading"
+        },
         e.name
     ));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -428,11 +471,7 @@ fn explain(o: &TransferOutcome, args: &ServeArgs, names: &HashMap<String, String
             }
         }
     }
-    let mut parts = vec![format!(
-        "transfer {} ({})",
-        o.status.as_str(),
-        o.reason
-    )];
+    let mut parts = vec![format!("transfer {} ({})", o.status.as_str(), o.reason)];
     if !failed.is_empty() {
         let list: Vec<String> = failed
             .iter()
@@ -551,8 +590,14 @@ mod tests {
 
     #[test]
     fn listen_urls() {
-        assert_eq!(listen_url("tcp://0.0.0.0:1", false).unwrap(), "tcp://0.0.0.0:1");
-        assert_eq!(listen_url("tcp://0.0.0.0:1", true).unwrap(), "stcp://0.0.0.0:1");
+        assert_eq!(
+            listen_url("tcp://0.0.0.0:1", false).unwrap(),
+            "tcp://0.0.0.0:1"
+        );
+        assert_eq!(
+            listen_url("tcp://0.0.0.0:1", true).unwrap(),
+            "stcp://0.0.0.0:1"
+        );
         assert_eq!(listen_url("stcp://h:1", true).unwrap(), "stcp://h:1");
         assert_eq!(listen_url("stcp://h:1", false).unwrap_err().code(), 2);
         assert_eq!(listen_url("http://h:1", false).unwrap_err().code(), 2);
@@ -561,7 +606,10 @@ mod tests {
     #[test]
     fn ticket_addresses() {
         assert_eq!(ticket_addr("tcp://127.0.0.1:5000", None), "127.0.0.1:5000");
-        assert_eq!(ticket_addr("tcp://0.0.0.0:5000", Some("gpu-7")), "gpu-7:5000");
+        assert_eq!(
+            ticket_addr("tcp://0.0.0.0:5000", Some("gpu-7")),
+            "gpu-7:5000"
+        );
         assert!(ticket_addr("tcp://0.0.0.0:5000", None).ends_with(":5000"));
         assert!(!ticket_addr("tcp://0.0.0.0:5000", None).starts_with("0.0.0.0"));
     }
@@ -590,6 +638,11 @@ mod tests {
         let dup = collect(&[d.path().join("c.bin"), d.path().join("c.bin")], false).unwrap_err();
         assert!(dup.to_string().contains("two objects"), "{dup}");
         std::fs::create_dir(d.path().join("empty")).unwrap();
-        assert_eq!(collect(&[d.path().join("empty")], false).unwrap_err().code(), 2);
+        assert_eq!(
+            collect(&[d.path().join("empty")], false)
+                .unwrap_err()
+                .code(),
+            2
+        );
     }
 }

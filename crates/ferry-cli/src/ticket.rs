@@ -70,9 +70,14 @@ pub fn check_relative_name(name: &str) -> Result<(), String> {
     }
     let parts: Vec<&str> = name.split('/').collect();
     if parts.len() > MAX_NAME_DEPTH {
-        return Err(format!("file name {name:?} is more than {MAX_NAME_DEPTH} levels deep"));
+        return Err(format!(
+            "file name {name:?} is more than {MAX_NAME_DEPTH} levels deep"
+        ));
     }
-    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
         return Err(format!("file name {name:?} is not a plain relative path"));
     }
     Ok(())
@@ -122,12 +127,18 @@ impl std::str::FromStr for Ticket {
         } else if let Some(r) = s.strip_prefix("ferry+stcp://") {
             (true, r)
         } else {
-            return Err(TicketError("it does not start with ferry+tcp:// or ferry+stcp://".into()));
+            return Err(TicketError(
+                "it does not start with ferry+tcp:// or ferry+stcp://".into(),
+            ));
         };
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut parts = path.split('/');
-        let (Some(addr), Some(source), Some(ref_id), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(TicketError("expected HOST:PORT/SENDER/REF after the scheme".into()));
+        let (Some(addr), Some(source), Some(ref_id), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TicketError(
+                "expected HOST:PORT/SENDER/REF after the scheme".into(),
+            ));
         };
         let (host, port) = addr
             .rsplit_once(':')
@@ -136,7 +147,11 @@ impl std::str::FromStr for Ticket {
             return Err(TicketError(format!("{addr:?} is not HOST:PORT")));
         }
         ferry::core::validate_fqcn(source).map_err(|e| TicketError(format!("sender name: {e}")))?;
-        if ref_id.is_empty() || !ref_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if ref_id.is_empty()
+            || !ref_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(TicketError(format!("{ref_id:?} is not a ref id")));
         }
         let mut kind = None;
@@ -145,7 +160,8 @@ impl std::str::FromStr for Ticket {
         let mut blake3 = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = pct_decode(v).ok_or_else(|| TicketError(format!("bad percent-encoding in {k}")))?;
+            let v =
+                pct_decode(v).ok_or_else(|| TicketError(format!("bad percent-encoding in {k}")))?;
             match k {
                 "kind" => {
                     kind = Some(match v.as_str() {
@@ -155,7 +171,12 @@ impl std::str::FromStr for Ticket {
                     })
                 }
                 "name" => name = Some(v),
-                "size" => size = Some(v.parse::<u64>().map_err(|_| TicketError(format!("size {v:?} is not a number")))?),
+                "size" => {
+                    size = Some(
+                        v.parse::<u64>()
+                            .map_err(|_| TicketError(format!("size {v:?} is not a number")))?,
+                    )
+                }
                 "b3" => {
                     if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
                         return Err(TicketError(format!("b3 {v:?} is not a BLAKE3 digest")));
@@ -236,7 +257,10 @@ mod tests {
     fn round_trip() {
         let t = sample();
         let s = t.to_string();
-        assert!(s.starts_with("ferry+tcp://127.0.0.1:7001/ferry-sender/R3c1e"), "{s}");
+        assert!(
+            s.starts_with("ferry+tcp://127.0.0.1:7001/ferry-sender/R3c1e"),
+            "{s}"
+        );
         assert!(!s.contains(' '));
         assert_eq!(s.parse::<Ticket>().unwrap(), t);
         let tls = Ticket {
@@ -303,6 +327,9 @@ mod name_tests {
         assert_eq!(t.size, None);
         assert_eq!(t.url(), "tcp://h:1");
         let upper = format!("ferry+tcp://h:1/s/R1?b3={}", "AB".repeat(32));
-        assert_eq!(upper.parse::<Ticket>().unwrap().blake3, Some("ab".repeat(32)));
+        assert_eq!(
+            upper.parse::<Ticket>().unwrap().blake3,
+            Some("ab".repeat(32))
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Terminal output: progress bars on stderr (indicatif), JSON lines on stdout, and a tracing
 //! writer that hides the bars while a log line is printed so logs never tear them.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::OnceLock;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -66,11 +66,14 @@ pub fn err_line(s: &str) {
     bars().suspend(|| eprintln!("{s}"));
 }
 
-/// Install the log subscriber: `RUST_LOG` (EnvFilter syntax) to stderr, `warn` by default.
+/// Install the log subscriber: `RUST_LOG` (EnvFilter syntax) to stderr. Without `RUST_LOG`
+/// only `error` events show: every failure the user must know about is reported by the command
+/// itself in one line, and the libraries' warnings about the same failure would only repeat it.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(BarSafeStderr)
         .with_target(true)
         .try_init();

@@ -64,9 +64,8 @@ pub async fn run(args: DemoArgs, json: bool) -> CmdResult {
     // Keep the temp dir alive (and removed at the end) unless --keep names a directory.
     let (tmp, dir) = match &args.keep {
         Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| {
-                Failure::usage(format!("--keep {}: {e}", d.display()))
-            })?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| Failure::usage(format!("--keep {}: {e}", d.display())))?;
             (None, d.clone())
         }
         None => {
@@ -96,11 +95,15 @@ async fn demo(
     let file = src.join(receiver::FILE_NAME);
     let spinner = ui::bars().add(ProgressBar::new_spinner());
     spinner.enable_steady_tick(Duration::from_millis(120));
-    spinner.set_message(format!("generating {} of pseudo-random data", fmt_bytes(args.size)));
+    spinner.set_message(format!(
+        "generating {} of pseudo-random data",
+        fmt_bytes(args.size)
+    ));
     let (size, chunk, tensors) = (args.size, args.chunk, args.tensors);
     let file2 = file.clone();
     let prepared = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        data::write_random_file(&file2, size, 0x5eed).map_err(|e| format!("writing {}: {e}", file2.display()))?;
+        data::write_random_file(&file2, size, 0x5eed)
+            .map_err(|e| format!("writing {}: {e}", file2.display()))?;
         let obj = FileObject::builder(&file2)
             .chunk_size(chunk)
             .digest(true)
@@ -136,7 +139,10 @@ async fn demo(
             .add_object(Arc::new(file_obj))
             .map_err(|e| Failure::transfer(e.to_string()))?;
         let tensors_ref = match dict {
-            Some(d) => Some(tx.add_tensors(d).map_err(|e| Failure::transfer(e.to_string()))?),
+            Some(d) => Some(
+                tx.add_tensors(d)
+                    .map_err(|e| Failure::transfer(e.to_string()))?,
+            ),
             None => None,
         };
         if !json {

@@ -203,7 +203,10 @@ mod tests {
         let r = report("failed: boom", Some("failed"));
         assert!(!r.all_ok());
         let s = r.failure_summary();
-        assert!(s.contains("demo-site-2: failed: boom") && s.contains("transaction failed"), "{s}");
+        assert!(
+            s.contains("demo-site-2: failed: boom") && s.contains("transaction failed"),
+            "{s}"
+        );
         assert!(!report("success", None).all_ok());
     }
 }

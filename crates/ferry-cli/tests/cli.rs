@@ -1,0 +1,506 @@
+//! The `ferry` binary driven as a user would: real processes, real TCP on OS-assigned loopback
+//! ports, real files, real TLS certificates. No timing assertions: every wait is a generous
+//! hang guard, and "mid-way" is made deterministic with `serve --limit-rate`.
+
+mod common;
+
+use common::*;
+use predicates::prelude::*;
+use std::path::Path;
+
+/// The only stderr line of a failed command.
+fn one_error_line(stderr: &[u8]) -> String {
+    let s = String::from_utf8_lossy(stderr);
+    let errs: Vec<&str> = s
+        .lines()
+        .filter(|l| l.starts_with("ferry: error:"))
+        .collect();
+    assert_eq!(errs.len(), 1, "expected one error line, got: {s}");
+    errs[0].to_string()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Happy paths
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn serve_then_get_delivers_identical_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("weights.bin");
+    let data = random_file(&src, 3 * 1024 * 1024 + 17, 1);
+    let (mut server, ticket) = serve(&[path_str(&src)]);
+    assert!(ticket.starts_with("ferry+tcp://127.0.0.1:"), "{ticket}");
+    assert!(
+        !ticket.contains(":0/"),
+        "ticket must carry the bound port: {ticket}"
+    );
+    let out = d.path().join("out");
+    let got = ferry()
+        .args(["get", &ticket, "-o", path_str(&out)])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&got.get_output().stdout).to_string();
+    let dest = out.join("weights.bin");
+    assert_eq!(stdout.trim(), dest.display().to_string());
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(list(&out), ["weights.bin"], "no .part or other leftovers");
+    let st = server.wait();
+    assert!(st.success(), "serve: {st:?} {}", server.stderr_text());
+}
+
+#[test]
+fn json_mode_serves_a_directory_to_two_receivers() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("ckpt");
+    std::fs::create_dir_all(tree.join("shards")).unwrap();
+    let a = random_file(&tree.join("config.bin"), 1000, 2);
+    let b = random_file(&tree.join("shards/0.bin"), 2 * 1024 * 1024, 3);
+    let mut server = Proc::spawn(&[
+        "--json",
+        "serve",
+        path_str(&tree),
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--receivers",
+        "2",
+        "--chunk",
+        "256KiB",
+    ]);
+    let t1 = json(&server.line());
+    let t2 = json(&server.line());
+    assert_eq!(t1["event"], "ticket");
+    assert_eq!(t1["name"], "ckpt/config.bin");
+    assert_eq!(t2["name"], "ckpt/shards/0.bin");
+    assert_eq!(t2["size"], 2 * 1024 * 1024);
+    let tickets = [
+        t1["ticket"].as_str().unwrap().to_string(),
+        t2["ticket"].as_str().unwrap().to_string(),
+    ];
+    for site in ["site-a", "site-b"] {
+        let out = d.path().join(site);
+        let got = ferry()
+            .args(["--json", "get", "--name", site, "-o", path_str(&out)])
+            .args(&tickets)
+            .assert()
+            .success();
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&got.get_output().stdout)
+            .lines()
+            .map(json)
+            .collect();
+        let done: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "done").collect();
+        assert_eq!(done.len(), 2, "{lines:?}");
+        assert!(lines.iter().any(|l| l["event"] == "progress"));
+        assert_eq!(std::fs::read(out.join("ckpt/config.bin")).unwrap(), a);
+        assert_eq!(std::fs::read(out.join("ckpt/shards/0.bin")).unwrap(), b);
+    }
+    assert!(server.wait().success(), "{}", server.stderr_text());
+    let rest: Vec<serde_json::Value> = server.rest().iter().map(|l| json(l)).collect();
+    let outcome = rest
+        .iter()
+        .find(|l| l["event"] == "outcome")
+        .expect("outcome line");
+    assert_eq!(outcome["status"], "completed");
+    let received = rest.iter().filter(|l| l["event"] == "received").count();
+    assert_eq!(received, 4, "2 objects x 2 receivers: {rest:?}");
+}
+
+#[test]
+fn safetensors_are_served_as_a_tensor_dict() {
+    use ferry::objects::tensors::Dtype;
+    use ferry::objects::{Tensor, TensorDict};
+    let d = tempfile::tempdir().unwrap();
+    let mut dict = TensorDict::new();
+    for i in 0..3u8 {
+        let data: Vec<u8> = (0..4096u32).map(|x| (x as u8) ^ i).collect();
+        let t = Tensor::new(Dtype::F32, vec![32, 32], bytes::Bytes::from(data)).unwrap();
+        dict.insert(format!("layer.{i}"), t).unwrap();
+    }
+    let src = d.path().join("model.safetensors");
+    std::fs::write(&src, dict.to_safetensors().unwrap()).unwrap();
+    let (mut server, ticket) = serve(&[path_str(&src), "--tensors"]);
+    assert!(ticket.contains("kind=tensors"), "{ticket}");
+    let out = d.path().join("out");
+    ferry()
+        .args(["get", &ticket, "-o", path_str(&out)])
+        .assert()
+        .success();
+    let got = TensorDict::load_safetensors(out.join("model.safetensors")).unwrap();
+    assert_eq!(got.len(), 3);
+    for (name, t) in dict.iter() {
+        let g = got.get(name).expect(name);
+        assert_eq!(g.shape(), t.shape());
+        assert_eq!(g.data(), t.data());
+    }
+    assert!(server.wait().success());
+}
+
+#[test]
+fn mutual_tls_end_to_end() {
+    let pki = Pki::new();
+    let (scert, skey) = pki.issue("ferry-sender");
+    let (ccert, ckey) = pki.issue("site-1");
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("secret.bin");
+    let data = random_file(&src, 100_000, 4);
+    let (mut server, ticket) = serve(&[
+        path_str(&src),
+        "--tls-cert",
+        path_str(&scert),
+        "--tls-key",
+        path_str(&skey),
+        "--tls-ca",
+        path_str(&pki.ca()),
+    ]);
+    assert!(ticket.starts_with("ferry+stcp://"), "{ticket}");
+    let out = d.path().join("out");
+    // Without TLS files: a usage error, before any connection.
+    let e = ferry()
+        .args(["get", &ticket, "-o", path_str(&out)])
+        .assert()
+        .code(2);
+    assert!(one_error_line(&e.get_output().stderr).contains("--tls-cert"));
+    // With them (the cell name defaults to the certificate's CN).
+    ferry()
+        .args(["get", &ticket, "-o", path_str(&out)])
+        .args(["--tls-cert", path_str(&ccert), "--tls-key", path_str(&ckey)])
+        .args(["--tls-ca", path_str(&pki.ca())])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(out.join("secret.bin")).unwrap(), data);
+    assert!(server.wait().success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: one line saying what and what to do, the right exit code, nothing at the final path
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn malformed_tickets_are_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    for bad in [
+        "hello",
+        "ferry+tcp://127.0.0.1/sender/R1",
+        "ferry+tcp://127.0.0.1:7000/sender/R1?name=../../etc/passwd",
+    ] {
+        let a = ferry()
+            .args(["get", bad, "-o", path_str(d.path())])
+            .assert()
+            .code(2);
+        let line = one_error_line(&a.get_output().stderr);
+        assert!(line.contains("malformed ticket"), "{line}");
+        assert!(line.contains("copy it whole"), "says what to do: {line}");
+    }
+    assert!(list(d.path()).is_empty());
+}
+
+#[test]
+fn unreachable_sender_fails_with_exit_1() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = tempfile::tempdir().unwrap();
+    let ticket = format!("ferry+tcp://127.0.0.1:{port}/ferry-sender/R1?name=x.bin");
+    let a = ferry()
+        .args(["get", &ticket, "-o", path_str(d.path())])
+        .assert()
+        .code(1);
+    let line = one_error_line(&a.get_output().stderr);
+    assert!(line.contains("nothing listens"), "{line}");
+    assert!(line.contains("ferry serve"), "{line}");
+    assert!(list(d.path()).is_empty(), "{:?}", list(d.path()));
+}
+
+#[test]
+fn sender_refuses_a_receiver_it_does_not_expect() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("a.bin");
+    random_file(&src, 10_000, 5);
+    let (mut server, ticket) = serve(&[path_str(&src), "--allow", "site-1", "--timeout", "5m"]);
+    let out = d.path().join("out");
+    let a = ferry()
+        .args(["get", &ticket, "--name", "intruder", "-o", path_str(&out)])
+        .assert()
+        .code(1);
+    let line = one_error_line(&a.get_output().stderr);
+    assert!(line.contains("refused"), "{line}");
+    assert!(list(&out).is_empty(), "{:?}", list(&out));
+    // The expected receiver still gets it.
+    ferry()
+        .args(["get", &ticket, "--name", "site-1", "-o", path_str(&out)])
+        .assert()
+        .success();
+    assert!(server.wait().success(), "{}", server.stderr_text());
+}
+
+#[test]
+fn serving_a_missing_path_is_a_usage_error() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("nope.bin");
+    let a = ferry()
+        .args(["serve", path_str(&missing), "--listen", "tcp://127.0.0.1:0"])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::is_empty());
+    let line = one_error_line(&a.get_output().stderr);
+    assert!(
+        line.contains("nope.bin") && line.contains("no such file"),
+        "{line}"
+    );
+}
+
+#[test]
+fn existing_destination_needs_force() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("a.bin");
+    let data = random_file(&src, 50_000, 6);
+    let out = d.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("a.bin"), b"precious").unwrap();
+    let (mut server, ticket) = serve(&[path_str(&src)]);
+    let a = ferry()
+        .args(["get", &ticket, "-o", path_str(&out)])
+        .assert()
+        .code(2);
+    let line = one_error_line(&a.get_output().stderr);
+    assert!(
+        line.contains("already exists") && line.contains("--force"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), b"precious");
+    ferry()
+        .args(["get", &ticket, "-o", path_str(&out), "--force"])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), data);
+    assert!(server.wait().success());
+}
+
+#[test]
+fn missing_or_wrong_tls_files() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("a.bin");
+    random_file(&src, 1000, 7);
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("ferry-sender");
+    let missing = d.path().join("missing.pem");
+    // missing file
+    let a = ferry()
+        .args(["serve", path_str(&src), "--listen", "tcp://127.0.0.1:0"])
+        .args(["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)])
+        .args(["--tls-ca", path_str(&missing)])
+        .assert()
+        .code(2);
+    let line = one_error_line(&a.get_output().stderr);
+    assert!(
+        line.contains("--tls-ca") && line.contains("no such file"),
+        "{line}"
+    );
+    // not PEM at all
+    let junk = d.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let a = ferry()
+        .args(["serve", path_str(&src), "--listen", "tcp://127.0.0.1:0"])
+        .args(["--tls-cert", path_str(&junk), "--tls-key", path_str(&key)])
+        .args(["--tls-ca", path_str(&pki.ca())])
+        .assert()
+        .code(2);
+    let line = one_error_line(&a.get_output().stderr);
+    assert!(line.contains("TLS"), "{line}");
+    // a CA that did not sign the sender: the receiver refuses the handshake
+    let (mut server, ticket) = serve(&[
+        path_str(&src),
+        "--tls-cert",
+        path_str(&cert),
+        "--tls-key",
+        path_str(&key),
+        "--tls-ca",
+        path_str(&pki.ca()),
+    ]);
+    let other = Pki::new();
+    let (ccert, ckey) = other.issue("site-1");
+    let out = d.path().join("out");
+    let a = ferry()
+        .args(["get", &ticket, "-o", path_str(&out)])
+        .args(["--tls-cert", path_str(&ccert), "--tls-key", path_str(&ckey)])
+        .args(["--tls-ca", path_str(&other.ca())])
+        .assert()
+        .failure();
+    let code = a.get_output().status.code();
+    assert!(matches!(code, Some(1 | 2)), "{code:?}");
+    let line = one_error_line(&a.get_output().stderr);
+    assert!(line.contains("TLS") || line.contains("refused"), "{line}");
+    assert!(list(&out).is_empty());
+    server.signal("INT");
+    assert_eq!(server.wait().code(), Some(130));
+}
+
+#[test]
+fn sender_that_stops_midway_leaves_nothing_then_resume_completes() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    let data = random_file(&src, 16 * 1024 * 1024, 8);
+    let out = d.path().join("out");
+    let dest = out.join("big.bin");
+
+    // Without --resume: no file, no .part.
+    let (mut server, ticket) =
+        serve(&[path_str(&src), "--limit-rate", "1MiB", "--chunk", "256KiB"]);
+    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out)]);
+    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    server.child.kill().unwrap();
+    let st = get.wait();
+    assert_eq!(st.code(), Some(1), "{}", get.stderr_text());
+    let err = get.stderr_text();
+    assert!(
+        err.contains("lost the sender") || err.contains("stopped answering"),
+        "{err}"
+    );
+    assert!(err.contains("--resume"), "says what to do: {err}");
+    assert!(list(&out).is_empty(), "{:?}", list(&out));
+    drop(server);
+
+    // With --resume: the .part stays, and a second run with a fresh ticket finishes it.
+    let (mut server, ticket) =
+        serve(&[path_str(&src), "--limit-rate", "1MiB", "--chunk", "256KiB"]);
+    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out), "--resume"]);
+    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    server.child.kill().unwrap();
+    assert_eq!(get.wait().code(), Some(1));
+    assert!(!dest.exists());
+    let part = out.join("big.bin.part");
+    assert!(part.exists(), "{:?}", list(&out));
+    drop(server);
+
+    let (mut server, ticket) = serve(&[path_str(&src)]);
+    ferry()
+        .args(["get", &ticket, "-o", path_str(&out), "--resume"])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(list(&out), ["big.bin"]);
+    assert!(server.wait().success());
+}
+
+#[test]
+fn ctrl_c_on_get_cancels_and_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, 16 * 1024 * 1024, 9);
+    let out = d.path().join("out");
+    let (mut server, ticket) =
+        serve(&[path_str(&src), "--limit-rate", "1MiB", "--chunk", "256KiB"]);
+    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out)]);
+    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    get.signal("INT");
+    assert_eq!(get.wait().code(), Some(130), "{}", get.stderr_text());
+    let rest = get.rest();
+    let err = rest.iter().map(|l| json(l)).find(|l| l["event"] == "error");
+    assert_eq!(err.expect("json error line")["kind"], "interrupted");
+    assert!(list(&out).is_empty(), "{:?}", list(&out));
+    server.signal("INT");
+    assert_eq!(server.wait().code(), Some(130));
+}
+
+#[test]
+fn ctrl_c_on_serve_deletes_the_transaction() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, 16 * 1024 * 1024, 10);
+    let out = d.path().join("out");
+    let (mut server, ticket) =
+        serve(&[path_str(&src), "--limit-rate", "1MiB", "--chunk", "256KiB"]);
+    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out)]);
+    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    server.signal("INT");
+    assert_eq!(server.wait().code(), Some(130), "{}", server.stderr_text());
+    assert!(server.stderr_text().contains("interrupted"));
+    assert_eq!(get.wait().code(), Some(1));
+    let err = get.stderr_text();
+    assert!(
+        err.contains("no longer serves") || err.contains("lost the sender"),
+        "{err}"
+    );
+    assert!(list(&out).is_empty(), "{:?}", list(&out));
+}
+
+#[test]
+fn serve_times_out_without_receivers() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("a.bin");
+    random_file(&src, 1000, 11);
+    let (mut server, _ticket) = serve(&[path_str(&src), "--timeout", "1s"]);
+    assert_eq!(server.wait().code(), Some(1));
+    let err = server.stderr_text();
+    let line = one_error_line(err.as_bytes());
+    assert!(
+        line.contains("timeout") && line.contains("--timeout"),
+        "{line}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    ferry().args(["get"]).assert().code(2);
+    ferry()
+        .args(["serve", "x", "--chunk", "12 parsecs"])
+        .assert()
+        .code(2);
+    ferry().args(["demo", "--receivers", "0"]).assert().code(2);
+    ferry()
+        .args(["serve", "x", "--receivers", "2", "--allow", "site-1"])
+        .assert()
+        .code(2);
+    ferry()
+        .args(["--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "Exit codes: 0 ok, 1 transfer failed, 2 usage or input error",
+        ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn demo_smoke_json() {
+    let a = ferry()
+        .args(["--json", "demo", "--receivers", "2", "--size", "8MiB"])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    let last = out.lines().last().expect("a result line");
+    let v = json(last);
+    assert_eq!(v["event"], "demo");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["aggregate"]["bytes"], 2 * 8 * 1024 * 1024);
+    assert_eq!(v["transaction"]["status"], "completed");
+    let rows = v["receivers"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert_eq!(r["outcome"], "success");
+        assert_eq!(r["bytes"], 8 * 1024 * 1024);
+    }
+}
+
+#[test]
+fn demo_smoke_text_with_tensors() {
+    let a = ferry()
+        .args(["demo", "--receivers", "2", "--size", "8MiB", "--tensors"])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&a.get_output().stdout).to_string();
+    let result = out.lines().find(|l| l.starts_with("result:")).expect(&out);
+    assert!(result.contains("delivered to 2 receivers"), "{result}");
+    // 8 MiB file + 2 MiB tensors, twice
+    assert!(result.contains("20.00 MiB"), "{result}");
+    assert!(out.contains("completed (all_receivers_succeeded)"), "{out}");
+}
