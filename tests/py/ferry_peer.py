@@ -481,7 +481,8 @@ def array_checksums(arrays: dict) -> dict:
 
     out = {}
     for name, a in arrays.items():
-        c = np.ascontiguousarray(a)
+        # asarray keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
+        c = np.asarray(a, order="C")
         out[name] = {"dtype": c.dtype.str, "shape": list(c.shape), "sha256": sha256(c.tobytes())}
     return out
 
