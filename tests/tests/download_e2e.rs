@@ -70,14 +70,21 @@ fn short_opts() -> DownloadOptions {
     }
 }
 
-/// Every event received so far.
-fn drain(rx: &mut broadcast::Receiver<ServiceEvent>) -> Vec<ServiceEvent> {
+/// Every event up to and including the (first) `TransactionDone`. Waiters may resolve a
+/// moment before that event is broadcast, so this waits for it (bounded).
+async fn events_until_done(rx: &mut broadcast::Receiver<ServiceEvent>) -> Vec<ServiceEvent> {
     let mut out = Vec::new();
     loop {
-        match rx.try_recv() {
-            Ok(ev) => out.push(ev),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => panic!("lost {n} events"),
-            Err(_) => return out,
+        match tokio::time::timeout(SOON, rx.recv()).await {
+            Ok(Ok(ev)) => {
+                let done = matches!(ev, ServiceEvent::TransactionDone { .. });
+                out.push(ev);
+                if done {
+                    return out;
+                }
+            }
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("no TransactionDone event; got {out:?}"),
         }
     }
 }
@@ -181,7 +188,7 @@ async fn one_sender_eight_receiver_processes_get_identical_bytes() {
             "{st:?}"
         );
     }
-    let evs = drain(&mut events);
+    let evs = events_until_done(&mut events).await;
     for rid in [&file_rid, &tensors_rid] {
         let to_all = evs
             .iter()
@@ -646,7 +653,8 @@ async fn cancelled_download_cleans_up_and_the_sender_sees_it_failed() {
         statuses(&outcome, &rid),
         vec![("site-1".to_string(), DownloadStatus::Failed)]
     );
-    let failed_events = drain(&mut events)
+    let failed_events = events_until_done(&mut events)
+        .await
         .into_iter()
         .filter(|e| {
             matches!(e, ServiceEvent::DownloadedToOne { receiver, status, .. }
