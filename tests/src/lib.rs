@@ -8,6 +8,8 @@
 //! * [`TestPki`] makes a CA and per-cell certificates for mutual TLS, as PEM strings and as
 //!   files for NVFlare.
 //! * [`pattern_bytes`], [`sha256_hex`] agree byte for byte with what the peers send/report.
+//! * [`e2e`]: gates for deterministic mid-download points, test data and digests for the
+//!   download-service tests and the `ferry-peer` binary (`src/bin/ferry-peer.rs`).
 //!
 //! The scripts and their command lines are documented in `tests/py/README.md`.
 //!

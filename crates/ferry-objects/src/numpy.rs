@@ -1285,6 +1285,33 @@ mod tests {
         assert!(c.take().is_none());
     }
 
+    proptest::proptest! {
+        /// Arbitrary corruption of a valid blob (bytes flipped, truncated, extended) gives a
+        /// result or an error, never a panic; whatever parses has consistent arrays.
+        #[test]
+        fn corrupted_blobs_never_panic(
+            flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..6),
+            cut in 0usize..400,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let a = arr("<i4", &[3, 5], 1);
+            let b = arr("|u1", &[7], 2);
+            let mut blob = encode_npz([("a", &a), ("b", &b)]).unwrap();
+            for (at, x) in flips {
+                let n = blob.len();
+                blob[at % n] ^= x;
+            }
+            blob.truncate(blob.len().min(cut.max(1) * 2));
+            blob.extend_from_slice(&tail);
+            if let Ok(arrays) = decode_npz(&Bytes::from(blob)) {
+                for (_, x) in arrays {
+                    let want = byte_len(x.dtype(), x.shape()).unwrap();
+                    proptest::prop_assert_eq!(want, x.data().len() as u64);
+                }
+            }
+        }
+    }
+
     #[test]
     fn source_after_release_errors() {
         let src = NpzSource::new(sample_dict());
