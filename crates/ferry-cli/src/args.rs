@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::units::{parse_duration, parse_size};
 
-/// ferry: move large files and tensor dicts from one sender to many receivers, by pull.
+/// Move large files and tensor dicts from one sender to many receivers, by pull, over
+/// NVFlare-compatible cells.
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about, long_about = None)]
+#[command(name = "ferry", version, long_about = None)]
 #[command(
     after_help = "Exit codes: 0 ok, 1 transfer failed, 2 usage or input error, 130 interrupted.\n\
 Sizes: 4MiB, 1.5GiB, 1GB, 65536. Durations: 90s, 5m, 1h30m.\n\
@@ -57,8 +58,8 @@ pub struct TlsArgs {
 /// `ferry demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Number of receivers.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Number of receiver processes (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub receivers: u32,
     /// Size of the generated file (1 byte to 64GiB).
     #[arg(long, default_value = "256MiB", value_parser = parse_demo_size, value_name = "SIZE")]
@@ -83,14 +84,14 @@ pub struct ServeArgs {
     /// Listen URL.
     #[arg(long, default_value = "tcp://0.0.0.0:7051", value_name = "URL")]
     pub listen: String,
-    /// Address to put in the tickets when listening on 0.0.0.0 (default: this host's name).
+    /// Host to put in the tickets (default: the listen host, or this host's routable address when listening on 0.0.0.0).
     #[arg(long, value_name = "HOST")]
     pub advertise: Option<String>,
     /// This cell's name (FQCN).
     #[arg(long, default_value = "ferry-sender", value_name = "FQCN")]
     pub name: String,
     /// Number of receivers expected (count mode): exit when this many have every object.
-    #[arg(long, conflicts_with = "allow", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, value_name = "N", conflicts_with = "allow", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub receivers: u32,
     /// Expected receivers by name (identity mode); others are refused.
     #[arg(long, value_name = "FQCN")]
@@ -121,7 +122,7 @@ pub struct GetArgs {
     /// Output directory (created if missing).
     #[arg(short = 'o', long, default_value = ".", value_name = "DIR")]
     pub output: PathBuf,
-    /// This cell's name (FQCN); default `ferry-get-<pid>`.
+    /// This cell's name (FQCN); default: the CN of --tls-cert, else `ferry-get-<pid>`.
     #[arg(long, value_name = "FQCN")]
     pub name: Option<String>,
     /// Keep `NAME.part` on failure and continue from it next time.
