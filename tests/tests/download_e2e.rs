@@ -12,7 +12,9 @@ use std::time::Duration;
 use ferry::core::{DownloadFailure, ReturnCode};
 use ferry::objects::FileObject;
 use ferry::prelude::*;
-use ferry_tests::e2e::{make_tensors, tensor_digest, write_random_file, Gate, GatedObject};
+use ferry_tests::e2e::{
+    make_tensors, tensor_digest, write_random_file, Gate, GatedObject, StallingConsumer,
+};
 use ferry_tests::PyPeer;
 use tokio::sync::broadcast;
 
@@ -461,6 +463,72 @@ async fn inactive_transaction_times_out() {
     assert_eq!(outcome.done_status, DoneStatus::Timeout);
     assert_eq!(service.transaction_count(), 0);
     service.shutdown().await;
+}
+
+/// Real sockets: a receiver stops consuming mid-download, the transaction sees no pulls for
+/// longer than its timeout and ends as TIMEOUT; when the receiver resumes, its pulls are
+/// refused and its download fails; the sender released everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_times_out_while_its_receiver_stalls() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.bin");
+    write_random_file(&src, 24 << 20, 11).unwrap();
+    let (cell, service, url) = sender("server", ServiceOptions::default()).await;
+    let tx = ObjectDownloader::new(
+        &service,
+        TxConfig::new(Duration::from_secs(2)).with_num_receivers(1),
+    )
+    .unwrap();
+    let rid = tx.add_file(&src, 1 << 20).unwrap();
+    let (rcell, rservice) = receiver("site-1", &url).await;
+    let out = tempfile::tempdir().unwrap();
+    let consumer = StallingConsumer::new(
+        ferry::objects::FileConsumer::create(out.path(), "model.bin").unwrap(),
+        2,
+    );
+    let gate = consumer.gate();
+    let rid2 = rid.clone();
+    let dl = tokio::spawn(async move {
+        download_object(
+            &rservice,
+            "server",
+            &rid2,
+            consumer,
+            DownloadOptions {
+                window: 2,
+                ..DownloadOptions::default()
+            },
+        )
+        .await
+        .map(|_| ())
+    });
+    gate.wait_reached(SOON).await.unwrap();
+    let outcome = tx.waiter().wait_timeout(SOON).await.expect("outcome");
+    assert_eq!(outcome.status, OutcomeStatus::Failed, "{outcome:?}");
+    assert_eq!(outcome.reason, "timeout");
+    assert_eq!(outcome.done_status, DoneStatus::Timeout);
+    gate.open();
+    let err = tokio::time::timeout(SOON, dl)
+        .await
+        .expect("the download ends")
+        .unwrap()
+        .expect_err("the transaction timed out");
+    assert!(
+        matches!(
+            err.failure(),
+            Some(DownloadFailure::RequestFailed {
+                rc: ReturnCode::InvalidRequest,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(files_in(out.path()), Vec::<PathBuf>::new());
+    assert_released(&service).await;
+    rcell.shutdown().await;
+    service.shutdown().await;
+    cell.shutdown().await;
 }
 
 /// Add a gated copy of a file object (first `free` produces pass) to `tx`.

@@ -288,6 +288,89 @@ async fn python_receivers_download_file_and_arrays_from_a_ferry_sender() {
     cell.shutdown().await;
 }
 
+/// An NVFlare receiver dies mid-download from a Ferry sender: a Ferry receiver of the same
+/// transaction still finishes, the dead one is FAILED at its idle budget, and the sender
+/// releases every chunk it had produced for the dead connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_receiver_killed_mid_download_is_failed_at_its_idle_budget() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("weights.bin");
+    std::fs::write(&src, pattern_bytes(12 << 20, 3)).unwrap();
+    let cell = Cell::new("server").unwrap();
+    let url = cell.listen("tcp://127.0.0.1:0").await.unwrap();
+    let service = DownloadService::new(&cell, ServiceOptions::default());
+    let tx = ObjectDownloader::new(
+        &service,
+        TxConfig::new(Duration::from_secs(120))
+            .with_num_receivers(2)
+            .with_idle_timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let obj = ferry::objects::FileObject::builder(&src)
+        .chunk_size(1 << 20)
+        .open()
+        .unwrap();
+    let gated = ferry_tests::e2e::GatedObject::new(obj, 3);
+    let gate = gated.gate();
+    let rid = tx.add_object(Arc::new(gated)).unwrap();
+    let mut victim = PyPeer::spawn_async(
+        "nv_download_receiver.py",
+        args(&[
+            &"--connect",
+            &url,
+            &"--fqcn",
+            &"site-1",
+            &"--source",
+            &"server",
+            &"--file-ref",
+            &rid.as_str(),
+            &"--timeout",
+            &PEER_TIMEOUT,
+        ]),
+    )
+    .await;
+    gate.wait_reached(SOON).await.unwrap();
+    victim.kill();
+    gate.open();
+    let rcell = Cell::new("site-2").unwrap();
+    rcell.connect(&url).await.unwrap();
+    let rservice = DownloadService::new(&rcell, ServiceOptions::default());
+    let out = tempfile::tempdir().unwrap();
+    let path = download_file(
+        &rservice,
+        "server",
+        &rid,
+        out.path(),
+        "w.bin",
+        FileOptions::default(),
+        opts(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sha256_file_hex(&path).unwrap(),
+        sha256_file_hex(&src).unwrap()
+    );
+    let o = tx.waiter().wait_timeout(SOON).await.expect("outcome");
+    assert_eq!(o.status, OutcomeStatus::Failed, "{o:?}");
+    assert_eq!(o.reason, "receiver_failed");
+    let st = &o.refs[0].1;
+    assert_eq!(st.get("site-1"), Some(&DownloadStatus::Failed), "{st:?}");
+    assert_eq!(st.get("site-2"), Some(&DownloadStatus::Success), "{st:?}");
+    let full = service.options().byte_budget;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while service.budget_available() != full && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(service.budget_available(), full, "byte budget not returned");
+    assert_eq!(service.transaction_count(), 0);
+    rservice.shutdown().await;
+    rcell.shutdown().await;
+    service.shutdown().await;
+    cell.shutdown().await;
+}
+
 /// Ferry's `.npz` items are what `np.load` reads, array for array.
 #[test]
 fn numpy_loads_the_npz_items_ferry_produces() {
