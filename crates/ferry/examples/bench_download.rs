@@ -128,6 +128,9 @@ struct OrchArgs {
     /// Keep the generated source files (under <target>/bench-download/data) for the next run.
     #[arg(long)]
     keep_data: bool,
+    /// Measure every case this many times and keep the fastest (a shared machine is noisy).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Run ferry senders and receivers under `perf record -g` and keep the profiles in this
     /// directory (for finding where the time goes; the figures of such a run are not clean).
     #[arg(long)]
@@ -1369,6 +1372,37 @@ fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
     Ok(run)
 }
 
+/// Measure `case` `repeat` times; keep the run with the highest throughput (the lowest median
+/// latency for the small-object case).
+fn run_best(ctx: &Ctx, case: &Case, repeat: usize) -> Result<Run> {
+    let mut best: Option<Run> = None;
+    for _ in 0..repeat {
+        settle(case)?;
+        let r = run_case(ctx, case)?;
+        let better = match &best {
+            None => true,
+            Some(b) if case.scenario == Scenario::Small => {
+                median(&r.latencies_ms) < median(&b.latencies_ms)
+            }
+            Some(b) => r.mib_s > b.mib_s,
+        };
+        if better {
+            best = Some(r);
+        }
+    }
+    best.ok_or_else(|| anyhow!("no run"))
+}
+
+/// Same start for every system: the source is read once (into the page cache) and the
+/// writeback of earlier runs' files is flushed (`sync`) so it does not land in this one.
+fn settle(case: &Case) -> Result<()> {
+    let mut f = File::open(&case.source)?;
+    let mut buf = vec![0u8; BLAST_BUF];
+    while fill(&mut f, &mut buf)? > 0 {}
+    let _ = Command::new("sync").status();
+    Ok(())
+}
+
 /// Write `size` bytes of deterministic pseudo-random data (xorshift64*) to `path`, unless a
 /// file of that size from an earlier run is already there.
 fn make_source(path: &Path, size: u64) -> Result<()> {
@@ -1550,7 +1584,7 @@ fn orchestrate(a: OrchArgs) -> Result<()> {
     for case in &cases {
         let t = Instant::now();
         eprint!("bench_download: {:<40} ", case.title());
-        match run_case(&ctx, case) {
+        match run_best(&ctx, case, a.repeat.max(1)) {
             Ok(r) => {
                 if r.scenario == Scenario::Small {
                     eprintln!(
@@ -1598,6 +1632,7 @@ fn orchestrate(a: OrchArgs) -> Result<()> {
         orchestrator_hwm_kib: own_hwm,
         total_s: total.as_secs_f64(),
         quick: q,
+        repeat: a.repeat.max(1),
     };
     let text = report.markdown();
     println!("{text}");
@@ -1644,6 +1679,7 @@ struct Report {
     orchestrator_hwm_kib: u64,
     total_s: f64,
     quick: bool,
+    repeat: usize,
 }
 
 fn mib(kib: u64) -> String {
@@ -1781,8 +1817,12 @@ impl Report {
              file receiver is `download_file` followed by an fsync, its hashing receiver \
              `download_object` with a consumer shaped like its file consumer, its tensor receiver \
              `download_arrays` (numpy arrays of 4 MiB). Plain TCP: 1 MiB reads and writes, one \
-             connection per receiver. Every receiver's bytes are verified after it reports done.",
-            mib(self.orchestrator_hwm_kib)
+             connection per receiver. Every receiver's bytes are verified after it reports done. \
+             Before each measurement the source is read once (page cache warm for every system) \
+             and `sync` flushes the writeback of earlier runs; each case was measured {} time(s) \
+             and the fastest kept.",
+            mib(self.orchestrator_hwm_kib),
+            self.repeat
         );
         o
     }
@@ -1805,6 +1845,12 @@ impl Report {
                     let x = r.mib_s / nv.mib_s;
                     ok &= x >= 8.0;
                     parts.push(format!("{} NVFlare (≥ 8×)", ratio(x)));
+                    if let Some(t) = tcp {
+                        parts.push(format!(
+                            "(plain TCP itself: {} NVFlare)",
+                            ratio(t.mib_s / nv.mib_s)
+                        ));
+                    }
                 }
                 if let Some(t) = tcp {
                     let x = r.mib_s / t.mib_s;
