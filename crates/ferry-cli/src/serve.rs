@@ -15,7 +15,7 @@ use ferry::objects::{CacheOptions, ExpectedReceivers, FileObject, TensorDict, Te
 use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
 use indicatif::ProgressBar;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::args::ServeArgs;
 use crate::cells;
@@ -366,6 +366,15 @@ async fn serve(
             },
         }
     };
+    // Events of the settling batch (the last receivers' DownloadedToOne) may still be queued:
+    // the waiter resolves while they are dispatched.
+    loop {
+        match events.try_recv() {
+            Ok(ev) => watch.event(&ev, &names),
+            Err(TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
     watch.finish();
     let elapsed = started.elapsed();
     let Some(outcome) = outcome else {

@@ -404,8 +404,17 @@ fn ctrl_c_on_get_cancels_and_leaves_nothing() {
     let src = d.path().join("big.bin");
     random_file(&src, 16 * 1024 * 1024, 9);
     let out = d.path().join("out");
-    let (mut server, ticket) =
-        serve(&[path_str(&src), "--limit-rate", "1MiB", "--chunk", "256KiB"]);
+    // Two expected receivers: the cancelled one alone cannot settle the transaction, so the
+    // sender is still serving when it gets its own Ctrl-C.
+    let (mut server, ticket) = serve(&[
+        path_str(&src),
+        "--limit-rate",
+        "1MiB",
+        "--chunk",
+        "256KiB",
+        "--receivers",
+        "2",
+    ]);
     let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out)]);
     get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
     get.signal("INT");

@@ -112,9 +112,13 @@ impl Proc {
         self.stderr.recv_timeout(DEADLINE).unwrap_or_default()
     }
 
-    /// Remaining stdout lines (after it exited).
+    /// Remaining stdout lines, up to EOF (call after it exited).
     pub fn rest(&mut self) -> Vec<String> {
-        self.lines.try_iter().collect()
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(DEADLINE) {
+            out.push(l);
+        }
+        out
     }
 
     /// Send a signal with the `kill` utility (no libc in tests).
