@@ -531,6 +531,105 @@ async fn transaction_times_out_while_its_receiver_stalls() {
     cell.shutdown().await;
 }
 
+/// A receiver process that is alive but frozen (SIGSTOP: its socket stops draining) holds the
+/// chunks produced for it — and their share of the sender's global byte budget — until the
+/// connection's send timeout (30 s) closes its connection. Meanwhile a healthy receiver's
+/// pulls wait at the sender for budget. The healthy receiver must not be blamed for that: its
+/// pulls are in the sender's hands, so its idle budget must not expire, and once the frozen
+/// connection is dropped it must finish. The frozen one is FAILED at its idle budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_receiver_does_not_get_a_healthy_receiver_failed() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.bin");
+    let digest = write_random_file(&src, 64 << 20, 12).unwrap();
+    let (cell, service, url) = sender(
+        "server",
+        ServiceOptions {
+            byte_budget: 4 << 20,
+            ..ServiceOptions::default()
+        },
+    )
+    .await;
+    let tx = ObjectDownloader::new(
+        &service,
+        TxConfig::new(Duration::from_secs(120))
+            .with_num_receivers(2)
+            .with_idle_timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let rid = tx.add_file(&src, 1 << 20).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut frozen = PyPeer::spawn_program_async(
+        ferry_peer(),
+        [
+            "receive",
+            "--url",
+            &url,
+            "--fqcn",
+            "site-1",
+            "--file-ref",
+            rid.as_str(),
+            "--window",
+            "32",
+            "--out-dir",
+            out.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    frozen.wait_event_async("progress").await;
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &frozen.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    // The frozen receiver's outstanding pulls soak up the whole budget once its socket
+    // buffers are full.
+    let deadline = tokio::time::Instant::now() + SOON;
+    while service.budget_available() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the frozen receiver never filled the byte budget"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (rcell, rservice) = receiver("site-2", &url).await;
+    let res = download_file(
+        &rservice,
+        "server",
+        &rid,
+        out.path(),
+        "healthy.bin",
+        FileOptions::default(),
+        DownloadOptions {
+            per_request_timeout: Duration::from_secs(60),
+            ..DownloadOptions::default()
+        },
+    )
+    .await;
+    frozen.kill();
+    let path = match res {
+        Ok(p) => p,
+        Err(e) => panic!(
+            "the healthy receiver failed while its pulls waited for the sender's byte budget \
+             (held by the frozen receiver's unsent chunks): {e}"
+        ),
+    };
+    assert_eq!(ferry_tests::e2e::blake3_file(&path).unwrap(), digest);
+    let outcome = tx.waiter().wait_timeout(SOON).await.expect("outcome");
+    assert_eq!(
+        statuses(&outcome, &rid),
+        vec![
+            ("site-1".to_string(), DownloadStatus::Failed),
+            ("site-2".to_string(), DownloadStatus::Success),
+        ]
+    );
+    assert_released(&service).await;
+    rcell.shutdown().await;
+    service.shutdown().await;
+    cell.shutdown().await;
+}
+
 /// Add a gated copy of a file object (first `free` produces pass) to `tx`.
 fn add_gated_file(tx: &ObjectDownloader, path: &Path, free: u64) -> (RefId, Gate) {
     let obj = FileObject::builder(path)
