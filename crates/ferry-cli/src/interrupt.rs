@@ -2,9 +2,9 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// A token cancelled on the first SIGINT or SIGTERM. A second signal is handled by the default
-/// action again only after the command has had its chance to clean up; commands finish quickly
-/// once cancelled (the sender deletes its transaction, receivers drop their partial files).
+/// A token cancelled on the first SIGINT or SIGTERM: commands then finish quickly and cleanly
+/// (the sender deletes its transaction, receivers drop their partial files). A second signal
+/// exits at once with 130, for the impatient.
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
@@ -12,6 +12,9 @@ pub fn on_signal() -> CancellationToken {
         wait_for_signal().await;
         tracing::info!("interrupted: cancelling");
         t.cancel();
+        wait_for_signal().await;
+        eprintln!("ferry: error: interrupted twice: exiting without cleaning up");
+        std::process::exit(130);
     });
     token
 }

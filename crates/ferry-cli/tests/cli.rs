@@ -523,3 +523,22 @@ fn demo_smoke_text_with_tensors() {
     assert!(result.contains("20.00 MiB"), "{result}");
     assert!(out.contains("completed (all_receivers_succeeded)"), "{out}");
 }
+
+#[test]
+fn demo_keep_runs_twice_and_keeps_verified_copies() {
+    let d = tempfile::tempdir().unwrap();
+    let keep = d.path().join("demo");
+    for _ in 0..2 {
+        ferry()
+            .args(["demo", "--receivers", "1", "--size", "1MiB", "--keep"])
+            .arg(&keep)
+            .assert()
+            .success();
+    }
+    let sent = std::fs::read(keep.join("sender/demo.bin")).unwrap();
+    assert_eq!(sent.len(), 1 << 20);
+    assert_eq!(
+        std::fs::read(keep.join("demo-site-1/demo.bin")).unwrap(),
+        sent
+    );
+}

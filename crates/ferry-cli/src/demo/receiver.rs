@@ -73,7 +73,10 @@ async fn receive(
         .map_err(|e| crate::cells::connect_failure(&a.url, &e))?;
     let service = DownloadService::new(&cell, ServiceOptions::default());
     let r = async {
-        let consumer = FileConsumer::create(&a.dir, FILE_NAME)
+        // Overwrite: a second `ferry demo --keep DIR` replaces the first run's copies.
+        let consumer = FileConsumer::builder(&a.dir, FILE_NAME)
+            .overwrite(true)
+            .open()
             .map_err(|e| Failure::transfer(e.to_string()))?;
         let consumer = PinnedFile::new(consumer, a.file_b3.clone());
         let got = download_object(
@@ -94,7 +97,7 @@ async fn receive(
                 &RefId::new(tref.clone()),
                 &a.dir,
                 TENSORS_NAME,
-                false,
+                true,
                 options(cancel, file_bytes, bytes),
             )
             .await
