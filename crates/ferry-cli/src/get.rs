@@ -1,6 +1,6 @@
 //! `ferry get`: download the objects of one or more tickets, verify them, print where they are.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -105,28 +105,44 @@ pub async fn run(args: GetArgs, json: bool) -> CmdResult {
         _ => format!("ferry-get-{}", std::process::id()),
     };
     let dests = destinations(&tickets, &args.output, args.force)?;
-    let cell = cells::build_cell(&name, tls)?;
-    let cancel = interrupt::on_signal();
-    let result = async {
-        let urls: BTreeSet<String> = tickets.iter().map(Ticket::url).collect();
-        for url in &urls {
-            tokio::select! {
-                r = cell.connect(url) => { r.map_err(|e| cells::connect_failure(url, &e))?; }
-                _ = cancel.cancelled() => return Err(Failure::Interrupted("interrupted while connecting".into())),
-            }
-        }
-        let service = DownloadService::new(&cell, ServiceOptions::default());
-        let r = fetch_all(&service, &args, &tickets, &dests, &cancel, json).await;
-        service.shutdown().await;
-        r
+    // One cell per sender address: two senders may carry the same name (the default
+    // `ferry-sender`), and one cell routes by name, so a shared cell would mix them up.
+    let urls: BTreeSet<String> = tickets.iter().map(Ticket::url).collect();
+    let mut cells = BTreeMap::new();
+    for url in &urls {
+        cells.insert(url.clone(), cells::build_cell(&name, tls.clone())?);
     }
-    .await;
-    cell.shutdown().await;
+    let cancel = interrupt::on_signal();
+    let mut services = BTreeMap::new();
+    let mut result = Ok(());
+    for (url, cell) in &cells {
+        let connected = tokio::select! {
+            r = cell.connect(url) => r.map_err(|e| cells::connect_failure(url, &e)),
+            _ = cancel.cancelled() => Err(Failure::Interrupted("interrupted while connecting".into())),
+        };
+        if let Err(f) = connected {
+            result = Err(f);
+            break;
+        }
+        services.insert(
+            url.clone(),
+            DownloadService::new(cell, ServiceOptions::default()),
+        );
+    }
+    if result.is_ok() {
+        result = fetch_all(&services, &args, &tickets, &dests, &cancel, json).await;
+    }
+    for service in services.values() {
+        service.shutdown().await;
+    }
+    for cell in cells.values() {
+        cell.shutdown().await;
+    }
     result
 }
 
 async fn fetch_all(
-    service: &DownloadService,
+    services: &BTreeMap<String, DownloadService>,
     args: &GetArgs,
     tickets: &[Ticket],
     dests: &[PathBuf],
@@ -138,7 +154,10 @@ async fn fetch_all(
         let slots = Arc::clone(&slots);
         async move {
             let _slot = slots.acquire().await;
-            let r = fetch_one(service, args, t, dest, cancel, json).await;
+            let r = match services.get(&t.url()) {
+                Some(service) => fetch_one(service, args, t, dest, cancel, json).await,
+                None => Err(Failure::transfer(format!("no connection to {}", t.url()))),
+            };
             (t, r)
         }
     });

@@ -542,3 +542,47 @@ fn demo_keep_runs_twice_and_keeps_verified_copies() {
         sent
     );
 }
+
+#[test]
+fn one_get_pulls_from_two_senders_with_the_same_name() {
+    let d = tempfile::tempdir().unwrap();
+    let a = random_file(&d.path().join("a.bin"), 700_000, 31);
+    let b = random_file(&d.path().join("b.bin"), 900_000, 32);
+    let (mut sa, ta) = serve(&[path_str(&d.path().join("a.bin"))]);
+    let (mut sb, tb) = serve(&[path_str(&d.path().join("b.bin"))]);
+    assert!(ta.contains("/ferry-sender/") && tb.contains("/ferry-sender/"));
+    let out = d.path().join("out");
+    ferry()
+        .args(["get", &ta, &tb, "-o", path_str(&out)])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), a);
+    assert_eq!(std::fs::read(out.join("b.bin")).unwrap(), b);
+    assert!(sa.wait().success());
+    assert!(sb.wait().success());
+}
+
+#[test]
+fn ctrl_c_on_get_with_resume_keeps_only_the_part_file() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, 16 * 1024 * 1024, 12);
+    let out = d.path().join("out");
+    let (mut server, ticket) = serve(&[
+        path_str(&src),
+        "--limit-rate",
+        "1MiB",
+        "--chunk",
+        "256KiB",
+        "--receivers",
+        "2",
+    ]);
+    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out), "--resume"]);
+    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    get.signal("TERM");
+    assert_eq!(get.wait().code(), Some(130), "{}", get.stderr_text());
+    assert!(!out.join("big.bin").exists());
+    assert!(out.join("big.bin.part").exists(), "{:?}", list(&out));
+    server.signal("INT");
+    assert_eq!(server.wait().code(), Some(130));
+}
