@@ -377,6 +377,52 @@ mod tests {
     }
 
     #[test]
+    fn failures_say_what_and_what_to_do() {
+        let t: Ticket = ticket("a").parse().unwrap();
+        let dest = Path::new("/out/a");
+        let failed = |rc| DownloadError::Failed {
+            ref_id: "R1".into(),
+            source_fqcn: "s".into(),
+            failure: DownloadFailure::RequestFailed {
+                source_fqcn: "s".into(),
+                rc,
+            },
+        };
+        let f = explain(
+            DownloadError::Cancelled {
+                ref_id: "R1".into(),
+            },
+            &t,
+            dest,
+            true,
+        );
+        assert_eq!(f.code(), 130);
+        assert!(f.to_string().contains("/out/a.part"), "{f}");
+        let f = explain(failed(ReturnCode::CommError), &t, dest, false);
+        assert_eq!(f.code(), 1);
+        assert!(
+            f.to_string().contains("lost the sender") && f.to_string().contains("--resume"),
+            "{f}"
+        );
+        let f = explain(failed(ReturnCode::AuthenticationError), &t, dest, false);
+        assert!(f.to_string().contains("--allow list"), "{f}");
+        let f = explain(failed(ReturnCode::InvalidRequest), &t, dest, true);
+        assert!(
+            f.to_string().contains("no longer serves") && f.to_string().contains("kept in"),
+            "{f}"
+        );
+        let f = explain(DownloadError::Local("disk on fire".into()), &t, dest, false);
+        assert_eq!(f.code(), 2);
+        let integrity = DownloadError::Failed {
+            ref_id: "R1".into(),
+            source_fqcn: "s".into(),
+            failure: DownloadFailure::PlanRefused("pins another digest".into()),
+        };
+        let f = explain(integrity, &t, dest, false);
+        assert!(f.to_string().contains("failed verification"), "{f}");
+    }
+
+    #[test]
     fn existing_destinations_need_force() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("a"), b"old").unwrap();
