@@ -29,6 +29,11 @@ pub struct ServiceConfig {
     pub max_outcomes: usize,
     /// How long settlement waits for in-flight pull tickets before settling anyway.
     pub drain_timeout: Duration,
+    /// In identity mode (`receiver_ids` declared), answer pulls from any other cell with
+    /// `invalid_request` instead of serving them. Ferry's default (`true`): an undeclared cell
+    /// has no business reading the object. NVFlare serves such receivers and merely does not
+    /// count them; set `false` for exactly that behaviour.
+    pub refuse_undeclared: bool,
 }
 
 impl Default for ServiceConfig {
@@ -40,6 +45,7 @@ impl Default for ServiceConfig {
             outcome_ttl: DEFAULT_RECEIPT_TTL,
             max_outcomes: 4_096,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            refuse_undeclared: true,
         }
     }
 }

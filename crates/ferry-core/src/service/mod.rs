@@ -454,6 +454,7 @@ impl Service {
                 acquired: BTreeMap::new(),
                 phase: Phase::Live,
                 in_flight: 0,
+                pulls_by_receiver: BTreeMap::new(),
                 budget_wake: None,
                 bytes_served: 0,
                 created: now,
@@ -639,6 +640,14 @@ impl Service {
                 _ => Reply::error(ReturnCode::InvalidRequest, format!("no ref found: {rid}")),
             });
         }
+        if self.config.refuse_undeclared && tx.expect.ids.is_some() && !tx.expect.declares(receiver)
+        {
+            tracing::warn!(tx = %tx_id, receiver, "pull from a cell outside receiver_ids refused");
+            return Err(Reply::error(
+                ReturnCode::InvalidRequest,
+                format!("{receiver} is not an expected receiver of {rid}"),
+            ));
+        }
         // R1
         tx.last_active = now;
         let first_in_tx = tx.acquired.insert(receiver.to_string(), now).is_none();
@@ -664,6 +673,7 @@ impl Service {
             );
         }
         tx.in_flight += 1;
+        tx.pull_started(receiver);
         let r = &tx.refs[ri];
         let id = self.next_ticket;
         self.next_ticket += 1;
@@ -724,6 +734,7 @@ impl Service {
             );
         };
         tx.in_flight -= 1;
+        tx.pull_ended(&ticket.receiver, now);
         let Some(ri) = tx.ref_index(&ticket.ref_id) else {
             return Reply::error(ReturnCode::InvalidRequest, "ref vanished");
         };
@@ -766,7 +777,10 @@ impl Service {
         let _ = self.tick(now);
         if let Some(tx_id) = self.tickets.remove(&ticket.id) {
             match self.txs.get_mut(&tx_id) {
-                Some(tx) => tx.in_flight -= 1,
+                Some(tx) => {
+                    tx.in_flight -= 1;
+                    tx.pull_ended(&ticket.receiver, now);
+                }
                 None => {
                     if let Some(n) = self.leaked.get_mut(&tx_id) {
                         *n -= 1;

@@ -529,7 +529,11 @@ fn s3_2_count_mode_counts_any_receivers_final_statuses() {
 
 #[test]
 fn s3_2_identity_mode_ignores_unexpected_receivers() {
-    let mut h = H::new();
+    // NVFlare's behaviour: served, not counted.
+    let mut h = H::with(ServiceConfig {
+        refuse_undeclared: false,
+        ..ServiceConfig::default()
+    });
     let tx = h.tx(TxConfig::new(10 * S).with_receiver_ids(["site-1"]));
     let (rid, obj) = h.obj(&tx, 4, 4);
     let _ = h.download("intruder", &rid, false);
@@ -540,6 +544,56 @@ fn s3_2_identity_mode_ignores_unexpected_receivers() {
     h.fire();
     let o = h.done_events();
     assert!(o[0].completed());
+}
+
+#[test]
+fn identity_mode_refuses_undeclared_receivers_by_default() {
+    let mut h = H::new();
+    let tx = h.tx(TxConfig::new(10 * S).with_receiver_ids(["site-1"]));
+    let (rid, _obj) = h.obj(&tx, 4, 4);
+    let err = h.pull("intruder", &rid, None, false);
+    assert_eq!(err.rc, ReturnCode::InvalidRequest);
+    assert!(
+        h.svc.acquired_receivers(&tx).is_empty(),
+        "no activity recorded"
+    );
+    let _ = h.download("site-1", &rid, false);
+    h.fire();
+    assert!(h.done_events()[0].completed());
+}
+
+#[test]
+fn a_receiver_waiting_for_its_pull_is_not_idle() {
+    let mut h = H::new();
+    let tx = h.tx(TxConfig::new(100 * S)
+        .with_num_receivers(1)
+        .with_idle_timeout(5 * S));
+    let (rid, _obj) = h.obj(&tx, 4, 4);
+    let req = PullRequest {
+        ref_id: rid.clone(),
+        state: None,
+        confirm_capable: None,
+    };
+    let t = h.now;
+    let ticket = h.svc.begin_pull("site-1", req, t).unwrap();
+    // The sender takes 20 s to produce (e.g. waiting for its byte budget).
+    h.now += 20 * S;
+    h.fire();
+    assert!(h.done_events().is_empty(), "not failed while being served");
+    let result = ticket.produce();
+    let now = h.now;
+    let reply = h.svc.finish_pull(ticket, result, now);
+    assert_eq!(reply.rc, ReturnCode::Ok);
+    // The idle clock restarts at the answer: 5 s later (strictly) it fires.
+    h.now += 5 * S;
+    h.fire();
+    assert!(h.done_events().is_empty());
+    h.now += S;
+    h.fire();
+    h.fire();
+    let o = h.done_events();
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].reason, "receiver_failed", "{:?}", o[0]);
 }
 
 #[test]

@@ -131,6 +131,10 @@ pub(crate) struct Tx {
     pub(crate) phase: Phase,
     /// Pull tickets handed out and not finished yet (the activity gate).
     pub(crate) in_flight: usize,
+    /// The same, per receiver. A receiver with a pull being served is waiting for us, not
+    /// idle: its idle budget does not run (ferry addition; otherwise a sender that is slow to
+    /// produce — e.g. waiting for its byte budget — would fail healthy receivers).
+    pub(crate) pulls_by_receiver: BTreeMap<String, usize>,
     /// Earliest instant a budget may fire (a lower bound: a pass recomputes it exactly).
     pub(crate) budget_wake: Option<Instant>,
     /// Chunk bytes served (for the settlement log).
@@ -140,6 +144,31 @@ pub(crate) struct Tx {
 }
 
 impl Tx {
+    /// A pull of `receiver` started being served.
+    pub(crate) fn pull_started(&mut self, receiver: &str) {
+        *self
+            .pulls_by_receiver
+            .entry(receiver.to_string())
+            .or_default() += 1;
+    }
+
+    /// A pull of `receiver` was answered (or abandoned) at `now`: the receiver was alive and
+    /// waiting until then, so its idle clock restarts here.
+    pub(crate) fn pull_ended(&mut self, receiver: &str, now: Instant) {
+        if let Some(n) = self.pulls_by_receiver.get_mut(receiver) {
+            *n -= 1;
+            if *n == 0 {
+                self.pulls_by_receiver.remove(receiver);
+            }
+        }
+        if let Some(last) = self.acquired.get_mut(receiver) {
+            *last = (*last).max(now);
+        }
+        if let Some(idle) = self.idle_timeout {
+            self.budget_wake = earliest(self.budget_wake, strict_deadline(now, idle));
+        }
+    }
+
     /// §3.2: the tx is finished.
     pub(crate) fn finished(&self) -> bool {
         self.expect.num_receivers > 0
@@ -181,6 +210,7 @@ impl Tx {
                 .acquire_timeout
                 .and_then(|a| strict_deadline(r.created, a)),
             None => None,
+            Some(_) if self.pulls_by_receiver.contains_key(receiver) => None,
             Some(&last) => self.idle_timeout.and_then(|i| strict_deadline(last, i)),
         }
     }
