@@ -154,6 +154,14 @@ fn cases() -> Result<Vec<Case>> {
         run: Box::new(layering_check),
     });
     v.push(Case {
+        name: "interop-setup".into(),
+        what: format!(
+            "python venv at target/interop-venv with {}",
+            interop::PY_PACKAGES.join(", ")
+        ),
+        run: Box::new(|| interop::setup().map(|_| ())),
+    });
+    v.push(Case {
         name: "clippy".into(),
         what: "cargo clippy --workspace --all-targets --all-features -- -D warnings".into(),
         run: Box::new(|| {
@@ -199,14 +207,6 @@ fn cases() -> Result<Vec<Case>> {
                 &[("RUSTDOCFLAGS", "-D warnings".into())],
             )
         }),
-    });
-    v.push(Case {
-        name: "interop-setup".into(),
-        what: format!(
-            "python venv at target/interop-venv with {}",
-            interop::PY_PACKAGES.join(", ")
-        ),
-        run: Box::new(|| interop::setup().map(|_| ())),
     });
     v.push(Case {
         name: "e2e-interop".into(),

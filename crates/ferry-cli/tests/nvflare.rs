@@ -21,10 +21,9 @@ fn python() -> Option<PathBuf> {
 
 #[test]
 fn nvflare_download_file_pulls_from_ferry_serve() {
-    let Some(py) = python() else {
-        eprintln!("SKIPPED: no NVFlare interop venv (run `cargo xtask interop-setup`)");
-        return;
-    };
+    let py = python().expect(
+        "no NVFlare interop venv: run `cargo xtask interop-setup` (or set FERRY_INTEROP_PYTHON)",
+    );
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/py/nv_download_receiver.py");
     let d = tempfile::tempdir().unwrap();
