@@ -127,6 +127,84 @@ pub(crate) fn main_body(msg: &Message) -> Result<Bytes, DownloadError> {
         .map_err(|e| DownloadError::Protocol(format!("payload: {e}")))
 }
 
+/// Decode a reply body without copying the chunk: `data` (a `bin`, or a list of `bin`) comes
+/// out as slices of `body`, the buffer the frame was read into. The other keys are small and go
+/// through serde. Unknown keys are skipped, as NVFlare does.
+pub(crate) fn decode_reply(body: &Bytes) -> Result<ReplyBody, String> {
+    use ferry_core::message::ReplyStatus;
+    let mut rd: &[u8] = &body[..];
+    let offset = |rd: &[u8]| body.len() - rd.len();
+    let n = rmp::decode::read_map_len(&mut rd).map_err(|e| format!("reply is not a map: {e}"))?;
+    let mut status: Option<ReplyStatus> = None;
+    let mut out = ReplyBody::terminal(ReplyStatus::Ok);
+    for _ in 0..n {
+        let klen =
+            rmp::decode::read_str_len(&mut rd).map_err(|e| format!("reply key: {e}"))? as usize;
+        if klen > rd.len() {
+            return Err("truncated reply key".into());
+        }
+        let key = std::str::from_utf8(&rd[..klen])
+            .map_err(|_| "reply key is not UTF-8".to_string())?
+            .to_string();
+        rd = &rd[klen..];
+        if key == "data" {
+            out.data = decode_data(body, &mut rd)?;
+            continue;
+        }
+        let start = offset(rd);
+        rmpv::decode::read_value_ref(&mut rd)
+            .map_err(|e| format!("reply value of {key:?}: {e}"))?;
+        let v = &body[start..offset(rd)];
+        let bad = |e: rmp_serde::decode::Error| format!("reply value of {key:?}: {e}");
+        match key.as_str() {
+            "status" => status = Some(rmp_serde::from_slice(v).map_err(bad)?),
+            "state" => out.state = rmp_serde::from_slice(v).map_err(bad)?,
+            "cancel_capable" => out.cancel_capable = rmp_serde::from_slice(v).map_err(bad)?,
+            "confirm_expected" => out.confirm_expected = rmp_serde::from_slice(v).map_err(bad)?,
+            "confirm_nonce" => out.confirm_nonce = rmp_serde::from_slice(v).map_err(bad)?,
+            "ferry_plan" => out.ferry_plan = rmp_serde::from_slice(v).map_err(bad)?,
+            _ => {}
+        }
+    }
+    out.status = status.ok_or_else(|| "reply without status".to_string())?;
+    Ok(out)
+}
+
+/// `data`: nil, a `bin`, or an array of `bin`, sliced out of `body`.
+fn decode_data(body: &Bytes, rd: &mut &[u8]) -> Result<Option<ChunkData>, String> {
+    let bin = |rd: &mut &[u8]| -> Result<Bytes, String> {
+        let len =
+            rmp::decode::read_bin_len(rd).map_err(|e| format!("data must be bytes: {e}"))? as usize;
+        if len > rd.len() {
+            return Err("truncated data".into());
+        }
+        let start = body.len() - rd.len();
+        *rd = &rd[len..];
+        Ok(body.slice(start..start + len))
+    };
+    match rd.first() {
+        Some(0xc0) => {
+            *rd = &rd[1..];
+            Ok(None)
+        }
+        Some(0xc4..=0xc6) => Ok(Some(ChunkData::Bytes(bin(rd)?))),
+        Some(0x90..=0x9f | 0xdc | 0xdd) => {
+            let n =
+                rmp::decode::read_array_len(rd).map_err(|e| format!("data list: {e}"))? as usize;
+            // Every item takes at least one byte: a hostile count cannot make us allocate more.
+            if n > rd.len() {
+                return Err("data list longer than the message".into());
+            }
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push(bin(rd)?);
+            }
+            Ok(Some(ChunkData::Items(items)))
+        }
+        _ => Err("data must be bytes or a list of bytes".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +233,17 @@ mod tests {
             let enc = encode_body(body.clone());
             let flat = concat(&enc);
             assert_eq!(ReplyBody::decode(&flat).unwrap(), body);
+            let flat = Bytes::from(flat);
+            let fast = decode_reply(&flat).unwrap();
+            assert_eq!(fast, body);
+            if let Some(ChunkData::Bytes(b)) = &fast.data {
+                assert!(
+                    flat.as_ptr_range().contains(&b.as_ptr()),
+                    "sliced, not copied"
+                );
+            }
+            // and the serde encoding (other key order) decodes the same
+            assert_eq!(decode_reply(&Bytes::from(body.encode())).unwrap(), body);
             // same bytes as the serde encoding modulo key order: same length
             assert_eq!(flat.len(), body.encode().len());
         }
@@ -167,6 +256,28 @@ mod tests {
             ReplyBody::decode(&concat(&encode_body(term.clone()))).unwrap(),
             term
         );
+    }
+
+    #[test]
+    fn hostile_reply_bodies_are_refused() {
+        for bad in [
+            &[0x92u8, 0x01, 0x02][..],                                // not a map
+            &[0x81, 0xa4, b'd', b'a', b't', b'a', 0xc4, 0x09, 1][..], // bin longer than the message
+            &[
+                0x81, 0xa4, b'd', b'a', b't', b'a', 0xdd, 0xff, 0xff, 0xff, 0xff,
+            ][..], // huge list
+            &[0x81, 0xa4, b'd', b'a', b't', b'a', 0x92, 0x01, 0x02][..], // list of integers
+            &[0x81, 0xa4, b'd', b'a', b't', b'a', 0xa1, b'x'][..],    // a string
+            &[0x80][..],                                              // no status
+            &[
+                0x81, 0xa6, b's', b't', b'a', b't', b'u', b's', 0xa3, b'b', b'a', b'd',
+            ][..],
+        ] {
+            assert!(
+                decode_reply(&Bytes::copy_from_slice(bad)).is_err(),
+                "{bad:02x?}"
+            );
+        }
     }
 
     #[test]
