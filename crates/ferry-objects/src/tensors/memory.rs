@@ -15,7 +15,11 @@ use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 #[derive(Debug, Default)]
 pub struct TensorDictConsumer {
     tracker: ItemTracker,
-    dict: TensorDict,
+    /// Received tensors by item index: items may arrive out of order, the dict is built in
+    /// the sender's order at completion.
+    items: std::collections::BTreeMap<u64, Vec<(String, super::Tensor)>>,
+    /// Every name received so far, to refuse a name delivered twice as soon as it arrives.
+    names: std::collections::HashSet<String>,
     result: Option<TensorDict>,
     delivery: Delivery<TensorDict>,
 }
@@ -67,18 +71,32 @@ impl Consumer for TensorDictConsumer {
         for (index, blob) in self.tracker.accept(state, data)? {
             let item = decode_item(index, &blob)?;
             let tensor = item.tensor(index, &blob)?;
-            for name in item.names {
-                self.dict
-                    .insert(name, tensor.clone())
-                    .map_err(|e| ConsumeError::Integrity(format!("item {index}: {e}")))?;
+            for n in &item.names {
+                if !self.names.insert(n.clone()) {
+                    return Err(ConsumeError::Integrity(format!(
+                        "item {index}: tensor {n:?} was already received"
+                    )));
+                }
             }
+            let named = item
+                .names
+                .into_iter()
+                .map(|n| (n, tensor.clone()))
+                .collect();
+            self.items.insert(index as u64, named);
         }
         Ok(state.clone())
     }
 
     fn completed(&mut self, _ref_id: &str) -> Result<(), ConsumeError> {
         self.tracker.finish()?;
-        let dict = std::mem::take(&mut self.dict);
+        let mut dict = TensorDict::new();
+        for (index, named) in std::mem::take(&mut self.items) {
+            for (name, tensor) in named {
+                dict.insert(name, tensor)
+                    .map_err(|e| ConsumeError::Integrity(format!("item {index}: {e}")))?;
+            }
+        }
         self.delivery.put(dict.clone());
         self.result = Some(dict);
         Ok(())
@@ -86,6 +104,7 @@ impl Consumer for TensorDictConsumer {
 
     fn failed(&mut self, ref_id: &str, reason: &str) {
         tracing::debug!(ref_id, reason, "tensor dict download failed");
-        self.dict = TensorDict::new();
+        self.items.clear();
+        self.names.clear();
     }
 }

@@ -203,3 +203,23 @@ fn disk_write_error_fails_with_the_os_error_and_cleans_up() {
     assert_eq!(source.raw_os_error(), Some(28), "{e}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn memory_consumer_keeps_the_senders_order_when_items_arrive_out_of_order() {
+    let src = TensorSource::new(sample());
+    let n = src.item_count();
+    let mut m = TensorDictConsumer::new();
+    for i in (0..n).rev() {
+        let (st, data) = chunk(i, vec![src.produce_item(i).unwrap()]);
+        m.consume("r", &st, data).unwrap();
+    }
+    m.completed("r").unwrap();
+    let got: Vec<String> = m
+        .take()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let want: Vec<String> = sample().iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(got, want);
+}
