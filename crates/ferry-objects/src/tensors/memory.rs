@@ -83,7 +83,7 @@ impl Consumer for TensorDictConsumer {
                 .into_iter()
                 .map(|n| (n, tensor.clone()))
                 .collect();
-            self.items.insert(index as u64, named);
+            self.items.insert(index, named);
         }
         Ok(state.clone())
     }
