@@ -49,6 +49,7 @@
 //! assert_eq!(consumer.take().unwrap(), Bytes::from_static(b"hello ferry"));
 //! ```
 
+mod buffer_pool;
 mod byte_state;
 mod bytes_object;
 pub mod cacheable;

@@ -1,8 +1,8 @@
 //! The file producer.
 
+use crate::buffer_pool::BufferPool;
 use crate::byte_state::{parse_byte_request, state_after, ByteRequest};
 use crate::{ObjectsError, DEFAULT_CHUNK_SIZE};
-use bytes::BytesMut;
 use ferry_core::{
     ChunkData, Downloadable, PlanLayout, ProduceError, Produced, RefId, State, TransferPlan, TxId,
 };
@@ -74,6 +74,9 @@ impl FileObjectBuilder {
             identity,
             chunk_size: self.chunk_size,
             digest,
+            // Keep up to ~16 MiB of idle buffers (at least one): enough to recycle the chunks
+            // in flight at a steady pace without holding memory for huge chunk sizes.
+            pool: BufferPool::new(((16u64 << 20) / self.chunk_size).clamp(1, 16) as usize),
         })
     }
 }
@@ -110,7 +113,7 @@ fn hash_file(file: &File, size: u64) -> std::io::Result<String> {
 /// A file served with NVFlare's file state `{"received_bytes": n}`.
 ///
 /// Chunks are read with `pread` from one handle opened at construction (no reopen per chunk)
-/// into a fresh buffer frozen into `Bytes`. After each read the handle is checked against the
+/// into a pooled buffer frozen into `Bytes` (returned to the pool once written). After each read the handle is checked against the
 /// size and modification time seen at construction: a file that changed fails the download
 /// with a logical `error` status rather than sending mixed content. The object advertises a
 /// [`PlanLayout::Bytes`] plan (size, chunk size and, if built with
@@ -123,6 +126,8 @@ pub struct FileObject {
     identity: FileIdentity,
     chunk_size: u64,
     digest: Option<String>,
+    /// Chunk buffers, reused once the connection has written them.
+    pool: BufferPool,
 }
 
 impl FileObject {
@@ -179,7 +184,7 @@ impl Downloadable for FileObject {
             Ok(ByteRequest::Read { offset, len }) => (offset, len),
         };
         // len <= chunk_size <= MAX_CHUNK_SIZE, so it fits a usize.
-        let mut buf = BytesMut::zeroed(len as usize);
+        let mut buf = self.pool.take(len as usize);
         match file.read_exact_at(&mut buf, offset) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
@@ -201,7 +206,7 @@ impl Downloadable for FileObject {
             return Ok(self.changed("its size or modification time changed"));
         }
         Ok(Produced::Data {
-            data: ChunkData::Bytes(buf.freeze()),
+            data: ChunkData::Bytes(self.pool.freeze(buf)),
             state: state_after(offset + len),
         })
     }
@@ -223,6 +228,7 @@ impl Downloadable for FileObject {
 
     fn release(&self) {
         *self.file.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.pool.clear();
     }
 }
 
