@@ -4,7 +4,7 @@
 //! An NVFlare numpy item is what `np.savez(stream, allow_pickle=False, **{name: array})`
 //! writes: an uncompressed (stored) zip archive holding one entry `NAME.npy`, an `.npy` file.
 //! The object's state is the cacheable `{"start": s, "count": c}` and the chunk data a list of
-//! such blobs (NVFlare packs items up to 2 MiB per chunk, [`ChunkPacking::MaxBytes`]).
+//! such blobs (NVFlare packs items up to 2 MiB per chunk, [`ChunkPacking::MaxBytes`](crate::ChunkPacking::MaxBytes)).
 //!
 //! - [`NdArray`]: a dtype (NumPy's `descr` string, e.g. `"<f4"`), a shape and the C-order data.
 //! - [`NdArrayDict`]: named arrays in insertion order.
@@ -875,7 +875,7 @@ pub type NpzDictObject = CacheableObject<NpzSource>;
 
 impl CacheableObject<NpzSource> {
     /// Serve `dict` (one array per item; use
-    /// [`ChunkPacking::MaxBytes`](crate::ChunkPacking::MaxBytes)`(2 MiB)` to pack chunks as
+    /// [`ChunkPacking::MaxBytes`](crate::ChunkPacking::MaxBytes)(crate::ChunkPacking::MaxBytes)`(2 MiB)` to pack chunks as
     /// NVFlare does).
     pub fn from_arrays(dict: NdArrayDict, options: CacheOptions) -> Result<Self, ObjectsError> {
         CacheableObject::new(NpzSource::new(dict), options)
