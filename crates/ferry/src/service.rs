@@ -342,21 +342,29 @@ impl Inner {
 
     fn dispatch(&self, events: Vec<ServiceEvent>) {
         for ev in events {
-            if let ServiceEvent::TransactionDone { outcome, recorded } = &ev {
-                tracing::info!(
-                    tx = %outcome.tx_id,
-                    status = outcome.status.as_str(),
-                    reason = %outcome.reason,
-                    recorded,
-                    "transaction done"
-                );
+            let done = match &ev {
+                ServiceEvent::TransactionDone { outcome, recorded } => {
+                    tracing::info!(
+                        tx = %outcome.tx_id,
+                        status = outcome.status.as_str(),
+                        reason = %outcome.reason,
+                        recorded,
+                        "transaction done"
+                    );
+                    Some((outcome.clone(), *recorded))
+                }
+                _ => None,
+            };
+            // No subscriber is fine: events are optional for users.
+            let _ = self.events.send(ev);
+            // Waiters last (NVFlare: "record outcome & wake waiters"): whoever wakes up sees
+            // the TransactionDone event already published.
+            if let Some((outcome, recorded)) = done {
                 let parked = lock(&self.waiters).remove(&outcome.tx_id);
                 for w in parked.into_iter().flatten() {
                     let _ = w.send(recorded.then(|| outcome.clone()));
                 }
             }
-            // No subscriber is fine: events are optional for users.
-            let _ = self.events.send(ev);
         }
     }
 

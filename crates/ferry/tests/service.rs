@@ -86,8 +86,11 @@ async fn a_file_reaches_three_receivers_and_the_sender_lets_go() {
     );
     let mut to_all = 0;
     let mut to_one = 0;
+    let mut done = 0;
+    // The waiter resolved, so the TransactionDone event is already published.
     while let Ok(ev) = events.try_recv() {
         match ev {
+            ServiceEvent::TransactionDone { .. } => done += 1,
             ServiceEvent::DownloadedToAll { .. } => to_all += 1,
             ServiceEvent::DownloadedToOne { status, .. } => {
                 assert_eq!(status, DownloadStatus::Success);
@@ -96,7 +99,7 @@ async fn a_file_reaches_three_receivers_and_the_sender_lets_go() {
             _ => {}
         }
     }
-    assert_eq!((to_one, to_all), (3, 1));
+    assert_eq!((to_one, to_all, done), (3, 1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
