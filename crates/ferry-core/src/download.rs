@@ -35,7 +35,6 @@
 //! retried; any other non-`ok` code fails at once.
 
 use crate::message::{CancelRequest, ConfirmRequest, PullRequest, ReplyBody, ReplyStatus};
-use crate::plan::same_state;
 use crate::progress::{ProgressKey, ProgressTracker};
 use crate::time::{earliest, Clock};
 use crate::{
@@ -582,7 +581,7 @@ impl Download {
                 return self.fail(DownloadFailure::PlanMismatch(why), true, now);
             }
             let want = plan.state_for(index + 1).unwrap_or_default();
-            if !same_state(&state, &want) {
+            if state != want {
                 let why = format!("chunk {index} came with an unplanned state");
                 return self.fail(DownloadFailure::PlanMismatch(why), true, now);
             }
@@ -646,7 +645,7 @@ impl Download {
                     );
                 }
                 let want = plan.state_for(1).unwrap_or_default();
-                if !same_state(&state, &want) {
+                if state != want {
                     return self.fail(
                         DownloadFailure::PlanMismatch(
                             "chunk 0 came with an unplanned state".into(),
@@ -685,7 +684,7 @@ impl Download {
         self.progress.add(c.bytes, c.items);
         self.emit_progress(ProgressState::Active, false, now);
         if self.plan.is_some() {
-            if !same_state(&new_state, &c.state) {
+            if new_state != c.state {
                 return self.fail(DownloadFailure::StateChanged, true, now);
             }
             self.fill_window(now);

@@ -91,11 +91,6 @@ impl TransferPlan {
     }
 }
 
-/// Order-insensitive state equality (the wire keeps key order; meaning does not depend on it).
-pub fn same_state(a: &State, b: &State) -> bool {
-    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k) == Some(v))
-}
-
 /// The `ferry_plan` map as it travels in a reply. Build it with [`TransferPlan::to_wire`],
 /// read it back with [`WirePlan::to_plan`] (which validates).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,13 +209,5 @@ mod tests {
             ..p.to_wire()
         };
         assert_eq!(bad.to_plan(), Err(PlanError::BadDigest));
-    }
-
-    #[test]
-    fn state_equality_ignores_key_order() {
-        let a = State::new().with("start", 1u64).with("count", 2u64);
-        let b = State::new().with("count", 2u64).with("start", 1u64);
-        assert!(same_state(&a, &b));
-        assert!(!same_state(&a, &State::new().with("start", 1u64)));
     }
 }
