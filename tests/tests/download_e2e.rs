@@ -532,21 +532,21 @@ async fn transaction_times_out_while_its_receiver_stalls() {
 }
 
 /// A receiver process that is alive but frozen (SIGSTOP: its socket stops draining) holds the
-/// chunks produced for it — and their share of the sender's global byte budget — until the
-/// connection's send timeout (30 s) closes its connection. Meanwhile a healthy receiver's
-/// pulls wait at the sender for budget. The healthy receiver must not be blamed for that: its
-/// pulls are in the sender's hands, so its idle budget must not expire, and once the frozen
-/// connection is dropped it must finish. The frozen one is FAILED at its idle budget.
+/// chunks produced for it until the connection's send timeout (30 s) closes its connection.
+/// Those chunks hold byte budget, but only the frozen receiver's share of it (a quarter): a
+/// healthy receiver must download the whole file while the frozen one is still frozen. The
+/// frozen one is FAILED at its idle budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frozen_receiver_does_not_get_a_healthy_receiver_failed() {
+async fn frozen_receiver_holds_only_its_share_of_the_byte_budget() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("model.bin");
     let digest = write_random_file(&src, 64 << 20, 12).unwrap();
+    let budget = 8 << 20;
     let (cell, service, url) = sender(
         "server",
         ServiceOptions {
-            byte_budget: 4 << 20,
+            byte_budget: budget,
             ..ServiceOptions::default()
         },
     )
@@ -583,16 +583,21 @@ async fn frozen_receiver_does_not_get_a_healthy_receiver_failed() {
         .status()
         .unwrap();
     assert!(stopped.success());
-    // The frozen receiver's outstanding pulls soak up the whole budget once its socket
-    // buffers are full.
+    // The frozen receiver's outstanding pulls use up its share once its socket buffers are
+    // full; the rest of the budget stays free for everyone else.
     let deadline = tokio::time::Instant::now() + SOON;
-    while service.budget_available() > 0 {
+    while service.budget_available_for("site-1") > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the frozen receiver never filled the byte budget"
+            "the frozen receiver never filled its share of the byte budget"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        service.budget_available(),
+        budget - budget / 4,
+        "a frozen receiver holds exactly its share"
+    );
     let (rcell, rservice) = receiver("site-2", &url).await;
     let res = download_file(
         &rservice,
@@ -607,13 +612,12 @@ async fn frozen_receiver_does_not_get_a_healthy_receiver_failed() {
         },
     )
     .await;
+    // Still frozen: the healthy download did not need the frozen receiver's budget back.
+    assert_eq!(service.budget_available_for("site-1"), 0);
     frozen.kill();
     let path = match res {
         Ok(p) => p,
-        Err(e) => panic!(
-            "the healthy receiver failed while its pulls waited for the sender's byte budget \
-             (held by the frozen receiver's unsent chunks): {e}"
-        ),
+        Err(e) => panic!("the healthy receiver failed next to a frozen one: {e}"),
     };
     assert_eq!(ferry_tests::e2e::blake3_file(&path).unwrap(), digest);
     let outcome = tx.waiter().wait_timeout(SOON).await.expect("outcome");

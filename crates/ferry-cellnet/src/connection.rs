@@ -153,8 +153,12 @@ fn nil_payload() -> Bytes {
 /// Frames at least this long are read into a recycled buffer of their own instead of the
 /// shared read buffer (fresh multi-MiB allocations cost a page fault per 4 KiB).
 const LARGE_FRAME: usize = 1024 * 1024;
-/// Large-frame buffers a connection keeps for reuse.
-const POOL_BUFFERS: usize = 4;
+/// Bytes of large-frame buffers a connection keeps for reuse. A receiver pulling with a window
+/// of eight 1 MiB chunks has about nine frames alive at once; a pool smaller than that means
+/// fresh allocations (zeroing and a page fault per 4 KiB) for part of every window. The pool
+/// only ever holds buffers that were alive at the same time, so an idle connection keeps
+/// nothing beyond its peak.
+const POOL_BYTES: usize = 16 * 1024 * 1024;
 
 /// Recycled buffers for large frames. A frame's `Bytes` owns its buffer; when the last slice
 /// of it is dropped the buffer comes back here (if there is room).
@@ -177,7 +181,8 @@ impl BufferPool {
 
     fn give(&self, b: Vec<u8>) {
         let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOL_BUFFERS {
+        let pooled: usize = pool.iter().map(Vec::capacity).sum();
+        if pooled + b.capacity() <= POOL_BYTES {
             pool.push(b);
         }
     }

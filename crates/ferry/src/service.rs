@@ -40,7 +40,8 @@ pub struct ServiceOptions {
     /// How many `produce` calls may run at once (on tokio's blocking pool).
     pub max_concurrent_produce: usize,
     /// Global budget on chunk bytes produced but not yet written to a socket, across every
-    /// transaction and receiver. This is what bounds the sender's memory.
+    /// transaction and receiver. This is what bounds the sender's memory. One receiver may
+    /// hold at most a quarter of it, so receivers that stop reading cannot starve the rest.
     pub byte_budget: u64,
     /// What a chunk is assumed to weigh before it is produced (the budget is topped up after
     /// `produce` if the chunk is bigger).
@@ -57,7 +58,7 @@ impl Default for ServiceOptions {
         Self {
             engine: ServiceConfig::default(),
             max_concurrent_produce: 8,
-            byte_budget: 32 << 20,
+            byte_budget: 16 << 20,
             chunk_estimate: 1 << 20,
             event_capacity: 1024,
             register_handlers: true,
@@ -266,6 +267,12 @@ impl DownloadService {
         self.inner.budget.available()
     }
 
+    /// Bytes of its share of the chunk budget that `receiver` (an FQCN) may still take: a
+    /// receiver holds at most a quarter of the budget, however many pulls it sends.
+    pub fn budget_available_for(&self, receiver: &str) -> u64 {
+        self.inner.budget.available_for(receiver)
+    }
+
     /// Serve one topic-A request (pull, confirm or cancel) and build its reply; `None` means
     /// no reply. The registered handler calls this; call it yourself only with
     /// `register_handlers: false`.
@@ -400,12 +407,13 @@ impl Inner {
     async fn serve(self: &Arc<Self>, ticket: PullTicket) -> Reply {
         // Whatever happens to this future (cancelled by a cell shutdown, ...), the ticket goes
         // back to the engine: a lost ticket would hold its transaction until the drain timeout.
+        let peer = ticket.receiver().to_string();
         let mut guard = TicketGuard {
             inner: Arc::clone(self),
             ticket: Some(ticket),
         };
         let estimate = self.opts.chunk_estimate;
-        let permit = self.budget.acquire(estimate).await;
+        let permit = self.budget.acquire_for(&peer, estimate).await;
         tracing::trace!(estimate, "budget acquired");
         let Ok(slot) = Arc::clone(&self.produce_slots).acquire_owned().await else {
             return guard.abandon();
@@ -440,7 +448,7 @@ impl Inner {
                 let len = data.byte_len();
                 let permit = if len > estimate {
                     drop(permit);
-                    self.budget.acquire(len).await
+                    self.budget.acquire_for(&peer, len).await
                 } else {
                     permit
                 };
