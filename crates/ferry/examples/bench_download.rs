@@ -119,6 +119,9 @@ struct OrchArgs {
     /// Chunk size of the ferry sender in KiB (default: ferry's default, 1 MiB).
     #[arg(long)]
     ferry_chunk_kib: Option<u64>,
+    /// Byte budget of the ferry sender in KiB (default: ferry's default).
+    #[arg(long)]
+    ferry_budget_kib: Option<u64>,
     /// Requests in flight per ferry receiver (default: ferry's default).
     #[arg(long)]
     ferry_window: Option<usize>,
@@ -160,6 +163,9 @@ struct SenderArgs {
     /// Chunk size in bytes (ferry file objects; 0 = ferry's default).
     #[arg(long, default_value_t = 0)]
     chunk: u64,
+    /// Byte budget on produced-but-unsent chunks (ferry; 0 = ferry's default).
+    #[arg(long, default_value_t = 0)]
+    budget: u64,
     /// Deadline of the process, seconds.
     #[arg(long, default_value_t = 600.0)]
     timeout: f64,
@@ -475,7 +481,11 @@ mod roles {
             };
             let cell = Cell::new(SENDER_FQCN)?;
             let url = cell.listen("tcp://127.0.0.1:0").await?;
-            let service = DownloadService::new(&cell, ServiceOptions::default());
+            let mut sopts = ServiceOptions::default();
+            if a.budget > 0 {
+                sopts.byte_budget = a.budget;
+            }
+            let service = DownloadService::new(&cell, sopts);
             let cpu0 = cpu_now();
             let tx = ObjectDownloader::new(
                 &service,
@@ -1106,6 +1116,7 @@ struct Ctx {
     work: PathBuf,
     data: PathBuf,
     ferry_chunk: u64,
+    ferry_budget: u64,
     ferry_window: usize,
     perf_dir: Option<PathBuf>,
 }
@@ -1206,6 +1217,7 @@ fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
                 .args(["--count", &case.count.to_string()])
                 .args(["--receivers", &n.to_string()])
                 .args(["--chunk", &ctx.ferry_chunk.to_string()])
+                .args(["--budget", &ctx.ferry_budget.to_string()])
                 .args(["--timeout", &timeout]);
             c
         }
@@ -1484,6 +1496,7 @@ fn orchestrate(a: OrchArgs) -> Result<()> {
         work: work.path().to_path_buf(),
         data: data.clone(),
         ferry_chunk: a.ferry_chunk_kib.unwrap_or(0) * 1024,
+        ferry_budget: a.ferry_budget_kib.unwrap_or(0) * 1024,
         ferry_window: a.ferry_window.unwrap_or(0),
         perf_dir: a.perf_dir.clone(),
     };
