@@ -39,6 +39,23 @@ impl BufferPool {
         buf
     }
 
+    /// An empty buffer with room for at least `capacity` bytes, for a caller that appends:
+    /// an idle buffer that is big enough is preferred (its pages are already resident, so
+    /// appending neither zeroes nor faults), else any idle one is grown.
+    pub(crate) fn take_empty(&self, capacity: usize) -> Vec<u8> {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            match free.iter().rposition(|b| b.capacity() >= capacity) {
+                Some(i) => Some(free.swap_remove(i)),
+                None => free.pop(),
+            }
+        };
+        let mut buf = reused.unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity);
+        buf
+    }
+
     /// Freeze `buf` into `Bytes` that return it to this pool when dropped.
     pub(crate) fn freeze(&self, buf: Vec<u8>) -> Bytes {
         Bytes::from_owner(Pooled {
@@ -109,6 +126,31 @@ mod tests {
             pool.take(16)
         };
         assert_eq!(&longer[8..], &[0u8; 8], "a grown tail is zeroed");
+    }
+
+    #[test]
+    fn take_empty_prefers_a_buffer_that_is_big_enough() {
+        let pool = BufferPool::new(4);
+        let small = pool.freeze(Vec::with_capacity(16));
+        let big = {
+            let mut b = pool.take_empty(4096);
+            b.extend_from_slice(&[1; 100]);
+            b
+        };
+        let big_ptr = big.as_ptr();
+        let big = pool.freeze(big);
+        drop(big);
+        drop(small);
+        let again = pool.take_empty(1000);
+        assert!(again.is_empty());
+        assert!(again.capacity() >= 1000);
+        assert_eq!(
+            again.as_ptr(),
+            big_ptr,
+            "the big buffer was reused, not the small one"
+        );
+        let grown = pool.take_empty(8192);
+        assert!(grown.is_empty() && grown.capacity() >= 8192);
     }
 
     #[test]

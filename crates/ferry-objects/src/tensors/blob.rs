@@ -3,7 +3,8 @@
 use super::tensor::{byte_len, Tensor};
 use bytes::Bytes;
 use ferry_core::ConsumeError;
-use safetensors::tensor::Dtype;
+use safetensors::tensor::{Dtype, View};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// `__metadata__` key of an item blob listing the other names of an aliased tensor, as a JSON
@@ -11,15 +12,53 @@ use std::collections::HashMap;
 pub const ALIASES_KEY: &str = "ferry.aliases";
 
 /// Serialize one tensor under `names[0]`, listing `names[1..]` as aliases.
+#[cfg(test)]
 pub(crate) fn encode_item(
     names: &[String],
     tensor: &Tensor,
 ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let mut out = Vec::new();
+    encode_item_into(names, tensor, &mut out)?;
+    Ok(out)
+}
+
+/// Serialize one tensor under `names[0]`, listing `names[1..]` as aliases, appending the blob
+/// to `out`. safetensors writes the header (length prefix and JSON, which depend only on the
+/// names, dtype and shape); the data is appended here, so a recycled `out` is filled without
+/// an intermediate buffer.
+pub(crate) fn encode_item_into(
+    names: &[String],
+    tensor: &Tensor,
+    out: &mut Vec<u8>,
+) -> Result<(), safetensors::SafeTensorError> {
     let meta = (names.len() > 1).then(|| {
         let aliases = serde_json::to_string(&names[1..]).unwrap_or_else(|_| "[]".into());
         HashMap::from([(ALIASES_KEY.to_string(), aliases)])
     });
-    safetensors::serialize([(names[0].as_str(), tensor)], meta)
+    let header = safetensors::serialize([(names[0].as_str(), HeaderOnly(tensor))], meta)?;
+    out.reserve(header.len() + tensor.data().len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(tensor.data());
+    Ok(())
+}
+
+/// A tensor that shows safetensors its dtype, shape and length but no data: serializing it
+/// yields the blob's header alone.
+struct HeaderOnly<'a>(&'a Tensor);
+
+impl View for HeaderOnly<'_> {
+    fn dtype(&self) -> Dtype {
+        View::dtype(&self.0)
+    }
+    fn shape(&self) -> &[usize] {
+        self.0.shape()
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&[])
+    }
+    fn data_len(&self) -> usize {
+        self.0.data().len()
+    }
 }
 
 /// The content of one item blob, before its names are checked against the dict.
@@ -111,6 +150,29 @@ mod tests {
         let d = decode_item(0, &blob).unwrap();
         assert_eq!(d.names, names);
         assert_eq!(d.tensor(0, &blob).unwrap(), t(b"xyz"));
+    }
+
+    #[test]
+    fn blobs_are_byte_identical_to_safetensors_serialize() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(4 * 37).collect();
+        let tensor = Tensor::new(Dtype::F32, vec![37], Bytes::from(data)).unwrap();
+        for names in [
+            vec!["layer.0.weight".to_string()],
+            vec!["w".to_string(), "tied.w".to_string()],
+        ] {
+            let meta = (names.len() > 1).then(|| {
+                HashMap::from([(
+                    ALIASES_KEY.to_string(),
+                    serde_json::to_string(&names[1..]).unwrap(),
+                )])
+            });
+            let reference = safetensors::serialize([(names[0].as_str(), &tensor)], meta).unwrap();
+            // Appending into a recycled buffer that still has old contents past its length.
+            let mut out = vec![0xAA; 4096];
+            out.clear();
+            encode_item_into(&names, &tensor, &mut out).unwrap();
+            assert_eq!(out, reference, "{names:?}");
+        }
     }
 
     #[test]
