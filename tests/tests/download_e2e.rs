@@ -737,16 +737,31 @@ async fn outsider(require_refusal: bool) {
                 "site-2 is not in receiver_ids but downloaded {} bytes",
                 got.len()
             ),
-            Err(err) => assert!(
-                matches!(
-                    err.failure(),
-                    Some(DownloadFailure::RequestFailed {
-                        rc: ReturnCode::InvalidRequest,
-                        ..
-                    })
-                ),
-                "{err}"
-            ),
+            Err(err) => {
+                assert!(
+                    matches!(
+                        err.failure(),
+                        Some(DownloadFailure::RequestFailed {
+                            rc: ReturnCode::InvalidRequest,
+                            ..
+                        })
+                    ),
+                    "{err}"
+                );
+                // The sender's reason crosses the wire (cn__error) into the failure.
+                let Some(DownloadFailure::RequestFailed {
+                    detail: Some(detail),
+                    ..
+                }) = err.failure()
+                else {
+                    panic!("no sender text in {err:?}");
+                };
+                assert!(
+                    detail.contains("site-2") && detail.contains("not an expected receiver"),
+                    "{detail}"
+                );
+                assert!(err.to_string().contains(detail.as_str()), "{err}");
+            }
         }
     }
     let (c1, s1) = receiver("site-1", &url).await;

@@ -386,6 +386,7 @@ mod tests {
             failure: DownloadFailure::RequestFailed {
                 source_fqcn: "s".into(),
                 rc,
+                detail: None,
             },
         };
         let f = explain(

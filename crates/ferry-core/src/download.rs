@@ -5,7 +5,7 @@
 //!
 //! | action | the caller does | then reports |
 //! |---|---|---|
-//! | [`Action::Send`] | sends the pull request to the source | [`Download::reply`] / [`Download::reply_payload`] with the same [`RequestId`] |
+//! | [`Action::Send`] | sends the pull request to the source | [`Download::reply`] / [`Download::reply_payload`] / [`Download::reply_error`] with the same [`RequestId`] |
 //! | [`Action::CheckPlan`] | `consumer.plan_received(&plan)` | [`Download::plan_result`] |
 //! | [`Action::Consume`] | `consumer.consume(ref_id, &state, data)` | [`Download::consumed`] with the same `seq` |
 //! | [`Action::Complete`] | `consumer.completed(ref_id)` | [`Download::completion_result`] |
@@ -86,6 +86,46 @@ impl Default for DownloadConfig {
     }
 }
 
+/// Longest sender-provided error text kept in [`DownloadFailure::RequestFailed`], in bytes
+/// (longer text is cut at a character boundary and marked with `…`).
+pub const MAX_FAILURE_DETAIL: usize = 512;
+
+/// Formats an optional detail as `": detail"` (nothing without one), for `Display`.
+struct DetailSuffix<'a>(Option<&'a str>);
+
+impl std::fmt::Display for DetailSuffix<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, ": {d}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Make a peer's error text safe to keep and print: control characters (terminal escapes,
+/// newlines) become spaces, surrounding whitespace is trimmed, the result is capped to
+/// [`MAX_FAILURE_DETAIL`] bytes; empty text is no text.
+fn sanitize_detail(text: &str) -> Option<String> {
+    let cleaned: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let cleaned = cleaned.trim();
+    if cleaned.is_empty() {
+        return None;
+    }
+    if cleaned.len() <= MAX_FAILURE_DETAIL {
+        return Some(cleaned.to_string());
+    }
+    const MARK: &str = "…";
+    let mut cut = MAX_FAILURE_DETAIL - MARK.len();
+    while !cleaned.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Some(format!("{}{MARK}", cleaned[..cut].trim_end()))
+}
+
 /// Identifies one request sent by a [`Download`]; a retry gets a new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
@@ -100,12 +140,17 @@ pub enum DownloadFailure {
         source_fqcn: String,
     },
     /// A request ended with a non-retryable return code.
-    #[error("error requesting data from {source_fqcn}: {rc}")]
+    #[error("error requesting data from {source_fqcn}: {rc}{}", DetailSuffix(detail.as_deref()))]
     RequestFailed {
         /// The source.
         source_fqcn: String,
         /// The code.
         rc: ReturnCode,
+        /// The sender's own words (the reply's `cn__error` text, e.g. "site-9 is not an
+        /// expected receiver of R1"), when it gave any. It comes from a peer, so it is capped
+        /// to [`MAX_FAILURE_DETAIL`] bytes and control characters are replaced (see
+        /// [`Download::reply_error`]).
+        detail: Option<String>,
     },
     /// A chunk timed out more than `max_retries` times in a row.
     #[error("no reply from {source_fqcn} after {attempts} attempts")]
@@ -476,17 +521,7 @@ impl Download {
         let body = match result {
             Ok(b) => b,
             Err(ReturnCode::Timeout) => return self.timed_out(id, now),
-            Err(rc) => {
-                if !self.outstanding.contains_key(&id) {
-                    return;
-                }
-                let source_fqcn = self.source.clone();
-                return self.fail(
-                    DownloadFailure::RequestFailed { source_fqcn, rc },
-                    true,
-                    now,
-                );
-            }
+            Err(rc) => return self.request_failed(id, rc, None, now),
         };
         let Some(req) = self.outstanding.remove(&id) else {
             tracing::debug!(rid = %self.ref_id, id = id.0, "stale reply ignored");
@@ -546,6 +581,51 @@ impl Download {
                 self.fail(DownloadFailure::BadReply(why), true, now);
             }
         }
+    }
+
+    /// Report a reply that carries no payload but an error text: the return code and the
+    /// sender's explanation (the `cn__error` header of an F3 reply), which a resulting
+    /// [`DownloadFailure::RequestFailed`] keeps as its `detail` (sanitized and capped to
+    /// [`MAX_FAILURE_DETAIL`] bytes). The text changes nothing else: `timeout` is still
+    /// retried (the text is dropped), any other non-`ok` code fails at once, and `ok` without
+    /// a payload is a bad reply, exactly as with [`reply_payload`](Self::reply_payload).
+    pub fn reply_error(&mut self, id: RequestId, rc: ReturnCode, text: Option<&str>, now: Instant) {
+        match rc {
+            ReturnCode::Ok | ReturnCode::Timeout => self.reply_payload(id, rc, None, now),
+            _ => {
+                let now = self.clock.advance(now);
+                self.request_failed(id, rc, text.and_then(sanitize_detail), now);
+            }
+        }
+    }
+
+    /// Request `id` ended with the non-retryable code `rc` (timeouts are retried instead).
+    fn request_failed(
+        &mut self,
+        id: RequestId,
+        rc: ReturnCode,
+        detail: Option<String>,
+        now: Instant,
+    ) {
+        if matches!(self.stage, Stage::Done) {
+            return;
+        }
+        if rc == ReturnCode::Timeout {
+            return self.timed_out(id, now);
+        }
+        if !self.outstanding.contains_key(&id) {
+            return;
+        }
+        let source_fqcn = self.source.clone();
+        self.fail(
+            DownloadFailure::RequestFailed {
+                source_fqcn,
+                rc,
+                detail,
+            },
+            true,
+            now,
+        );
     }
 
     fn on_data(&mut self, index: u64, body: ReplyBody, now: Instant) {

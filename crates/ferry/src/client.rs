@@ -372,7 +372,8 @@ async fn run<C: Consumer + 'static>(
                     if let Some(text) = reply.error_text() {
                         tracing::debug!(rc = %rc, error = text, "request failed");
                     }
-                    dl.reply_payload(id, rc, None, now());
+                    // The sender's explanation travels into the failure (capped by the engine).
+                    dl.reply_error(id, rc, reply.error_text(), now());
                 }
             }
             joined = work_done => {

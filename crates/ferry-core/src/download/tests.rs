@@ -196,6 +196,105 @@ fn non_timeout_codes_fail_at_once_and_cancel_when_the_producer_can() {
 }
 
 #[test]
+fn the_senders_error_text_is_kept_and_shown() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply_error(
+        id,
+        ReturnCode::InvalidRequest,
+        Some("site-9 is not an expected receiver of R1"),
+        t0,
+    );
+    let a = drain(&mut d);
+    let Some(Action::Finished(Err(failure))) = a.last() else {
+        panic!("{a:?}");
+    };
+    assert_eq!(
+        failure,
+        &DownloadFailure::RequestFailed {
+            source_fqcn: "server".into(),
+            rc: ReturnCode::InvalidRequest,
+            detail: Some("site-9 is not an expected receiver of R1".into()),
+        }
+    );
+    assert_eq!(
+        failure.to_string(),
+        "error requesting data from server: invalid_request: site-9 is not an expected receiver of R1"
+    );
+    // Without text the message is what it always was.
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply_error(id, ReturnCode::CommError, None, t0);
+    let a = drain(&mut d);
+    let Some(Action::Finished(Err(failure))) = a.last() else {
+        panic!("{a:?}");
+    };
+    assert_eq!(
+        failure.to_string(),
+        "error requesting data from server: comm_error"
+    );
+}
+
+#[test]
+fn the_senders_error_text_is_capped_and_cleaned() {
+    let t0 = Instant::now();
+    let fail_with = |text: &str| {
+        let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+        let id = sends(&drain(&mut d))[0].0;
+        d.reply_error(id, ReturnCode::ProcessException, Some(text), t0);
+        match d.result() {
+            Some(Err(DownloadFailure::RequestFailed { detail, .. })) => detail.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Far beyond the cap, with multi-byte characters straddling it.
+    let long = "é".repeat(10_000);
+    let kept = fail_with(&long).unwrap();
+    assert!(kept.len() <= MAX_FAILURE_DETAIL, "{}", kept.len());
+    assert!(kept.len() > MAX_FAILURE_DETAIL - 8, "{}", kept.len());
+    assert!(kept.ends_with('…'), "marked as cut");
+    // Terminal escapes and line breaks cannot reach the user's terminal or logs as such.
+    let kept = fail_with("bad\u{1b}[2Jthing\nsecond line\r\n").unwrap();
+    assert_eq!(kept, "bad [2Jthing second line");
+    // Blank text is no text.
+    assert_eq!(fail_with(" \t\n"), None);
+    // Exactly at the cap: kept whole.
+    let exact = "x".repeat(MAX_FAILURE_DETAIL);
+    assert_eq!(fail_with(&exact), Some(exact));
+}
+
+#[test]
+fn an_error_text_does_not_change_the_retry_rules() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.max_retries = 1;
+    let mut d = Download::new("server", RefId::new("R1"), c, true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    // A timeout with text is still a timeout: retried after the backoff.
+    d.reply_error(id, ReturnCode::Timeout, Some("took too long"), t0);
+    assert!(!d.is_finished());
+    d.handle_timeout(t0 + 2 * S);
+    let retry = sends(&drain(&mut d))[0].0;
+    assert_ne!(retry, id);
+    // A late error for the superseded request is ignored.
+    d.reply_error(id, ReturnCode::InvalidRequest, Some("stale"), t0 + 2 * S);
+    assert!(!d.is_finished());
+    // `ok` without a payload is a bad reply, text or not.
+    d.reply_error(retry, ReturnCode::Ok, Some("odd"), t0 + 2 * S);
+    assert!(matches!(
+        d.result(),
+        Some(Err(DownloadFailure::BadReply(_)))
+    ));
+    // After the end, nothing changes the verdict.
+    d.reply_error(retry, ReturnCode::InvalidRequest, Some("late"), t0 + 3 * S);
+    assert!(matches!(
+        d.result(),
+        Some(Err(DownloadFailure::BadReply(_)))
+    ));
+}
+
+#[test]
 fn producer_error_confirms_failed_and_does_not_cancel() {
     let t0 = Instant::now();
     let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
