@@ -28,7 +28,8 @@ pub enum ConsumeError {
 /// Consumes the chunks of one download (NVFlare's `Consumer`).
 ///
 /// The receiver engine decides when each method is called; the glue runs them off the async
-/// threads, so they may block on disk I/O.
+/// threads (unless [`blocks`](Consumer::blocks) says they never block), so they may block on
+/// disk I/O.
 pub trait Consumer: Send {
     /// Consume one chunk. `state` is the state the producer returned with it. Returns the state
     /// to send with the next request (stop-and-wait mode). When the producer advertised a
@@ -50,6 +51,17 @@ pub trait Consumer: Send {
     /// Whether chunks must be delivered in order. When `false` (e.g. a file written at offsets)
     /// the engine hands chunks over as they arrive and keeps no reorder buffer.
     fn needs_order(&self) -> bool {
+        true
+    }
+
+    /// Whether `consume` may block (disk or network I/O, fsync) or run long. `true` (the
+    /// default) makes the glue run it on a thread pool. Return `false` for consumers that only
+    /// do bounded in-memory work per chunk (hashing it, keeping it): the glue then runs
+    /// `consume` on the download task itself, which saves two thread hand-offs per chunk and
+    /// keeps the chunk in the cache of the core that just received it. `plan_received`,
+    /// `completed` and `failed` run once per download and always go to the pool (a final
+    /// digest check may take a while).
+    fn blocks(&self) -> bool {
         true
     }
 

@@ -80,6 +80,19 @@ pub trait Downloadable: Send + Sync + 'static {
     /// `requester` (its FQCN).
     fn produce(&self, state: Option<&State>, requester: &str) -> Result<Produced, ProduceError>;
 
+    /// Produce the chunk at once if that cannot block: the data is in memory, or in the page
+    /// cache. `None` (the default) means "call [`produce`](Downloadable::produce) on a thread
+    /// that may block". The glue tries this on its async thread first, which saves two thread
+    /// hand-offs per chunk; an implementation must return `None` rather than wait for a disk or
+    /// a lock held across I/O, and must give the same answer `produce` would.
+    fn try_produce_now(
+        &self,
+        _state: Option<&State>,
+        _requester: &str,
+    ) -> Option<Result<Produced, ProduceError>> {
+        None
+    }
+
     /// How states advance, if predictable. `None` (the default) keeps receivers stop-and-wait.
     fn plan(&self) -> Option<TransferPlan> {
         None

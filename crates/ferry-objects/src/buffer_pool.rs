@@ -65,6 +65,11 @@ impl BufferPool {
         })
     }
 
+    /// Give back a buffer that was taken but not used.
+    pub(crate) fn recycle(&self, buf: Vec<u8>) {
+        drop(self.freeze(buf));
+    }
+
     /// Drop every idle buffer.
     pub(crate) fn clear(&self) {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -69,6 +69,15 @@ impl BytesObject {
 }
 
 impl Downloadable for BytesObject {
+    /// The bytes are in memory: a chunk is a slice of them, made at once.
+    fn try_produce_now(
+        &self,
+        state: Option<&State>,
+        requester: &str,
+    ) -> Option<Result<Produced, ProduceError>> {
+        Some(self.produce(state, requester))
+    }
+
     fn produce(&self, state: Option<&State>, _requester: &str) -> Result<Produced, ProduceError> {
         let guard = self.data.read().unwrap_or_else(|p| p.into_inner());
         let Some(data) = guard.as_ref() else {
@@ -167,6 +176,11 @@ impl BytesConsumer {
 }
 
 impl Consumer for BytesConsumer {
+    /// `consume` never blocks: a chunk is copied into a buffer in memory.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
         let PlanLayout::Bytes { total, .. } = plan.layout else {
             return Err(ConsumeError::BadChunk(

@@ -925,6 +925,11 @@ impl NpzDictConsumer {
 }
 
 impl Consumer for NpzDictConsumer {
+    /// `consume` never blocks: arrays are parsed in memory.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
         self.tracker.plan_received(plan)
     }

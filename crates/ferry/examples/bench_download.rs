@@ -419,6 +419,11 @@ mod roles {
     }
 
     impl Consumer for HashConsumer {
+        /// Hashing a chunk is bounded CPU work: run it on the download task.
+        fn blocks(&self) -> bool {
+            false
+        }
+
         fn consume(
             &mut self,
             _ref_id: &str,

@@ -123,6 +123,13 @@ impl PullTicket {
         self.object.produce(self.state.as_ref(), &self.receiver)
     }
 
+    /// Run the object's [`try_produce_now`](Downloadable::try_produce_now): the chunk, if it can
+    /// be made without blocking.
+    pub fn try_produce_now(&self) -> Option<Result<Produced, ProduceError>> {
+        self.object
+            .try_produce_now(self.state.as_ref(), &self.receiver)
+    }
+
     /// The transaction.
     pub fn tx_id(&self) -> &TxId {
         &self.tx_id

@@ -105,6 +105,52 @@ fn producer_applies_nvflare_state_rules() {
     assert!(obj.produce(None, "a").is_err());
 }
 
+/// `try_produce_now` (page-cache reads on the async thread) answers exactly what `produce`
+/// answers, for data, EOF, bad states, a changed file and a released object.
+#[test]
+fn non_blocking_produce_answers_what_produce_answers() {
+    let src = tempfile::tempdir().unwrap();
+    let (p, _) = write_file(src.path(), "f", 3 * 4096 + 17);
+    let obj = FileObject::builder(&p).chunk_size(4096).open().unwrap();
+    let st = |v: rmpv::Value| State::new().with(RECEIVED_BYTES, v);
+    let mut states = vec![None];
+    for off in [4096u64, 8192, 12288, 12305, 99999] {
+        states.push(Some(st(off.into())));
+    }
+    states.push(Some(st("bad".into())));
+    let mut inline = 0;
+    for state in &states {
+        let blocking = obj.produce(state.as_ref(), "a").unwrap();
+        match obj.try_produce_now(state.as_ref(), "a") {
+            Some(now) => {
+                inline += 1;
+                assert_eq!(now.unwrap(), blocking, "{state:?}");
+            }
+            None => assert!(
+                obj.nowait_unsupported
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                "a freshly written file is in the page cache"
+            ),
+        }
+    }
+    if inline > 0 {
+        // A change is seen the same way on both paths.
+        OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        let now = obj.try_produce_now(None, "a").expect("in the page cache");
+        assert!(matches!(now.unwrap(), Produced::Error { .. }));
+    }
+    obj.release();
+    if inline > 0 {
+        assert!(obj.try_produce_now(None, "a").expect("answered").is_err());
+    }
+    assert!(obj.produce(None, "a").is_err());
+}
+
 #[test]
 fn producer_options_are_checked() {
     let src = tempfile::tempdir().unwrap();

@@ -54,6 +54,12 @@ impl TensorDictConsumer {
 }
 
 impl Consumer for TensorDictConsumer {
+    /// `consume` never blocks: tensors stay zero-copy slices of the received frames, and a
+    /// chunk costs a header parse.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
         self.tracker.plan_received(plan)
     }
