@@ -172,6 +172,54 @@ enum Done {
     Completed(Result<(), ConsumeError>),
 }
 
+/// The consumer's current piece of work: on the blocking pool, or already done on the
+/// download task (a non-blocking consumer's chunk). Either gives the consumer back (`None` if
+/// it panicked) with its answer.
+enum Working<C> {
+    Pool(JoinHandle<(Option<C>, Done)>),
+    /// Boxed: consumers can be large, and this sits in every download future.
+    Ready(Option<Box<(Option<C>, Done)>>),
+}
+
+/// Run `work` on consumer `c`. A panic becomes the answer to that piece of work ("consumer
+/// panicked: ..."), so the engine fails the download with the panic's message; the consumer
+/// is then gone (`None`) and nobody calls it again.
+fn do_work<C: Consumer>(c: C, rid: &str, work: Work) -> (Option<C>, Done) {
+    let panicked = |p: Box<dyn std::any::Any + Send>| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        ConsumeError::Other(format!("consumer panicked: {what}"))
+    };
+    let mut c = c;
+    let done = match work {
+        Work::Plan(p) => {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.plan_received(&p))) {
+                Ok(r) => Done::Plan(r),
+                Err(e) => return (None, Done::Plan(Err(panicked(e)))),
+            }
+        }
+        Work::Consume { seq, state, data } => {
+            let n = data.byte_len();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                c.consume(rid, &state, data)
+            })) {
+                Ok(r) => Done::Consumed(seq, r, n),
+                Err(e) => return (None, Done::Consumed(seq, Err(panicked(e)), n)),
+            }
+        }
+        Work::Complete => {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.completed(rid))) {
+                Ok(r) => Done::Completed(r),
+                Err(e) => return (None, Done::Completed(Err(panicked(e)))),
+            }
+        }
+    };
+    (Some(c), done)
+}
+
 /// Removes this download's source-failure watch when the download ends.
 struct WatchGuard<'a> {
     service: &'a DownloadService,
@@ -204,7 +252,9 @@ pub async fn download_object<C: Consumer + 'static>(
     opts: DownloadOptions,
 ) -> Result<C, DownloadError> {
     let span = tracing::info_span!("download", rid = %ref_id, %source);
-    run(service, source, ref_id, consumer, opts)
+    // Boxed once per download: the loop's state (consumer, queues, in-flight requests) is
+    // large, and callers embed this future in their own.
+    Box::pin(run(service, source, ref_id, consumer, opts))
         .instrument(span)
         .await
 }
@@ -240,7 +290,7 @@ async fn run<C: Consumer + 'static>(
     let cancel = opts.cancel.clone().unwrap_or_default();
     let mut consumer = Some(consumer);
     let mut queue: VecDeque<Work> = VecDeque::new();
-    let mut working: Option<JoinHandle<(C, Done)>> = None;
+    let mut working: Option<Working<C>> = None;
     let mut inflight = FuturesUnordered::new();
     let mut total_bytes: Option<u64> = None;
     let mut bytes_done = 0u64;
@@ -316,19 +366,16 @@ async fn run<C: Consumer + 'static>(
             break r;
         }
         if working.is_none() && !queue.is_empty() && consumer.is_some() {
-            if let (Some(work), Some(mut c)) = (queue.pop_front(), consumer.take()) {
+            if let (Some(work), Some(c)) = (queue.pop_front(), consumer.take()) {
                 let rid = ref_id.as_str().to_string();
-                working = Some(tokio::task::spawn_blocking(move || {
-                    let done = match work {
-                        Work::Plan(p) => Done::Plan(c.plan_received(&p)),
-                        Work::Consume { seq, state, data } => {
-                            let n = data.byte_len();
-                            Done::Consumed(seq, c.consume(&rid, &state, data), n)
-                        }
-                        Work::Complete => Done::Completed(c.completed(&rid)),
-                    };
-                    (c, done)
-                }));
+                // A non-blocking consumer takes its chunks right here; everything else (and
+                // every plan and completion) goes to the blocking pool.
+                let inline = matches!(work, Work::Consume { .. }) && !c.blocks();
+                working = Some(if inline {
+                    Working::Ready(Some(Box::new(do_work(c, &rid, work))))
+                } else {
+                    Working::Pool(tokio::task::spawn_blocking(move || do_work(c, &rid, work)))
+                });
             }
         }
         let deadline = dl.poll_timeout();
@@ -347,7 +394,11 @@ async fn run<C: Consumer + 'static>(
         };
         let work_done = async {
             match working.as_mut() {
-                Some(h) => h.await,
+                Some(Working::Pool(h)) => h.await.map_err(|e| e.to_string()),
+                Some(Working::Ready(r)) => r
+                    .take()
+                    .map(|b| *b)
+                    .ok_or_else(|| "consumer lost".to_string()),
                 None => std::future::pending().await,
             }
         };
@@ -381,7 +432,7 @@ async fn run<C: Consumer + 'static>(
                 working = None;
                 match joined {
                     Ok((c, done)) => {
-                        consumer = Some(c);
+                        consumer = c;
                         match done {
                             Done::Plan(r) => dl.plan_result(r, now()),
                             Done::Consumed(seq, r, n) => {
@@ -396,8 +447,9 @@ async fn run<C: Consumer + 'static>(
                         }
                     }
                     Err(e) => {
-                        // The consumer panicked: it is gone, so nobody can clean up after it.
-                        dl.completion_result(Err(ConsumeError::Other(format!("consumer panicked: {e}"))), now());
+                        // Only when the runtime shuts down under us: the consumer is gone with
+                        // its task, so nobody can clean up after it.
+                        tracing::warn!(error = %e, "consumer task lost");
                         dl.abort(now());
                     }
                 }
@@ -415,10 +467,13 @@ async fn run<C: Consumer + 'static>(
         }
     };
     // Let a consume in progress finish before the consumer cleans up or is returned.
-    if let Some(h) = working.take() {
-        if let Ok((c, _)) = h.await {
-            consumer = Some(c);
-        }
+    let last = match working.take() {
+        Some(Working::Pool(h)) => h.await.ok(),
+        Some(Working::Ready(r)) => r.map(|b| *b),
+        None => None,
+    };
+    if let Some((c, _)) = last {
+        consumer = c;
     }
     match result {
         Ok(()) => {

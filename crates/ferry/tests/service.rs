@@ -256,3 +256,61 @@ async fn cancelling_sends_cancel_and_the_sender_fails_that_receiver() {
     // Settled by the accepted cancel, not by the 30 s inactivity timeout.
     assert_eq!(outcome.reason, "receiver_failed", "{outcome:?}");
 }
+
+/// Panics in its second `consume`; runs inline or on the pool as told.
+#[derive(Debug)]
+struct PanickingConsumer {
+    blocks: bool,
+    chunks: usize,
+}
+
+impl Consumer for PanickingConsumer {
+    fn consume(&mut self, _: &str, state: &State, _: ChunkData) -> Result<State, ConsumeError> {
+        self.chunks += 1;
+        if self.chunks == 2 {
+            panic!("consumer bug");
+        }
+        Ok(state.clone())
+    }
+
+    fn blocks(&self) -> bool {
+        self.blocks
+    }
+
+    fn completed(&mut self, _: &str) -> Result<(), ConsumeError> {
+        Ok(())
+    }
+
+    fn failed(&mut self, _: &str, _: &str) {}
+}
+
+/// A consumer that panics fails its download with a clear error, whether it runs on the
+/// download task (non-blocking) or on the blocking pool, and the sender hears of the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_consumer_fails_the_download_inline_or_on_the_pool() {
+    for blocks in [false, true] {
+        let net = net(1).await;
+        let tx = ObjectDownloader::new(
+            &net.sender,
+            TxConfig::new(Duration::from_secs(30)).with_num_receivers(1),
+        )
+        .unwrap();
+        let rid = tx.add_bytes(pattern(4 << 20, 3)).unwrap();
+        let err = within(download_object(
+            &net.receivers[0],
+            "server",
+            &rid,
+            PanickingConsumer { blocks, chunks: 0 },
+            DownloadOptions::default(),
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("consumer panicked")
+                && err.to_string().contains("consumer bug"),
+            "blocks={blocks}: {err}"
+        );
+        let outcome = within(tx.waiter().wait()).await.unwrap();
+        assert_eq!(outcome.status, OutcomeStatus::Failed, "blocks={blocks}");
+    }
+}
