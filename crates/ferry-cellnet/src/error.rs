@@ -37,12 +37,15 @@ pub enum CellnetError {
     /// The HELLO/READY handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(String),
-    /// TLS setup or handshake failed, or the peer certificate does not match its FQCN.
+    /// TLS setup or handshake failed, the peer refused our certificate (its alert arrives on
+    /// the first read after the handshake), or the peer certificate does not match its FQCN.
     #[error("tls: {0}")]
     Tls(String),
-    /// A socket operation failed.
+    /// A socket operation failed. I/O errors that carry a TLS error (tokio-rustls wraps
+    /// `rustls::Error`s in `std::io::Error`) become [`CellnetError::Tls`] instead (see the
+    /// `From<std::io::Error>` impl).
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::io::Error),
     /// The connection to the peer is gone (closed, reset or evicted).
     #[error("connection closed: {0}")]
     ConnectionClosed(String),
@@ -69,6 +72,19 @@ pub enum CellnetError {
     /// A byte stream (`sm__*`) failed or was aborted.
     #[error("stream error: {0}")]
     Stream(String),
+}
+
+impl From<std::io::Error> for CellnetError {
+    /// `Io`, unless the error carries a `rustls::Error` (a bad or unknown certificate, a
+    /// wrong CA, the peer's alert, ...): then `Tls`, so callers can tell "TLS refused" from
+    /// "socket failed" whichever step of the connection met it.
+    fn from(e: std::io::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if let Some(why) = crate::driver::tls::describe_tls_io(&e) {
+            return CellnetError::Tls(why);
+        }
+        CellnetError::Io(e)
+    }
 }
 
 impl CellnetError {

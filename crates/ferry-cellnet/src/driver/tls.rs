@@ -46,6 +46,40 @@ fn tls_err(e: impl std::fmt::Display) -> CellnetError {
     CellnetError::Tls(e.to_string())
 }
 
+/// A failed TLS handshake: the rustls error inside the I/O error when there is one (see
+/// [`describe_tls_io`]), else the I/O error itself (reset or closed mid-handshake); `Tls`
+/// either way, since the connection failed at the TLS step.
+fn handshake_err(e: std::io::Error) -> CellnetError {
+    CellnetError::Tls(describe_tls_io(&e).unwrap_or_else(|| format!("handshake: {e}")))
+}
+
+/// The TLS error carried by an I/O error, in words, if it carries one. tokio-rustls reports
+/// every rustls failure (certificate refused by us, the peer's alert, a malformed record) as
+/// `std::io::Error` wrapping a `rustls::Error`. A received alert that concerns certificates
+/// means the peer refused ours: with TLS 1.3 the client's handshake is over before the
+/// server has checked the client certificate, so the client meets that refusal as an alert
+/// on its first read.
+pub(crate) fn describe_tls_io(e: &std::io::Error) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::AlertReceived(
+            alert @ (A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::AccessDenied),
+        ) => format!("the peer refused our TLS certificate (alert {alert:?})"),
+        rustls::Error::AlertReceived(alert) => {
+            format!("the peer ended the TLS session (alert {alert:?})")
+        }
+        other => other.to_string(),
+    })
+}
+
 impl TlsConfig {
     /// From PEM bytes: the root CA certificate(s), this cell's certificate chain (leaf first)
     /// and its private key (PKCS#8, PKCS#1 or SEC1).
@@ -207,7 +241,7 @@ pub(crate) async fn accept(
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    let tls = acceptor.accept(s).await.map_err(tls_err)?;
+    let tls = acceptor.accept(s).await.map_err(handshake_err)?;
     let peer_cn = tls
         .get_ref()
         .1
@@ -239,7 +273,7 @@ pub(crate) async fn connect(
     let name = ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
         ServerName::try_from("ferry.invalid".to_string()).expect("valid DNS name")
     });
-    let tls = connector.connect(name, s).await.map_err(tls_err)?;
+    let tls = connector.connect(name, s).await.map_err(handshake_err)?;
     let (rd, wr) = tokio::io::split(tls);
     Ok(Transport {
         rd: Box::new(rd),
@@ -359,6 +393,46 @@ mod tests {
             common_name(&cert_with_cn("server")).as_deref(),
             Some("server")
         );
+    }
+
+    #[test]
+    fn io_errors_carrying_rustls_errors_are_tls_errors() {
+        use std::io::{Error, ErrorKind};
+        let alert = |a| Error::new(ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        // The peer refused our certificate.
+        let e = CellnetError::from(alert(rustls::AlertDescription::UnknownCA));
+        assert!(
+            matches!(&e, CellnetError::Tls(why) if why.contains("refused our TLS certificate")),
+            "{e:?}"
+        );
+        // Another alert: still TLS, but not a certificate refusal.
+        let e = CellnetError::from(alert(rustls::AlertDescription::HandshakeFailure));
+        assert!(
+            matches!(&e, CellnetError::Tls(why) if why.contains("HandshakeFailure") && !why.contains("certificate")),
+            "{e:?}"
+        );
+        // We refused theirs.
+        let e = CellnetError::from(Error::new(
+            ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert!(
+            matches!(&e, CellnetError::Tls(why) if why.contains("UnknownIssuer")),
+            "{e:?}"
+        );
+        // Plain socket errors stay I/O errors, with their kind.
+        let e = CellnetError::from(Error::from(ErrorKind::ConnectionRefused));
+        assert!(
+            matches!(&e, CellnetError::Io(io) if io.kind() == ErrorKind::ConnectionRefused),
+            "{e:?}"
+        );
+        let e = CellnetError::from(Error::other("not tls"));
+        assert!(matches!(e, CellnetError::Io(_)), "{e:?}");
+        // During the TLS handshake every failure is a TLS failure.
+        assert!(matches!(
+            handshake_err(Error::from(ErrorKind::ConnectionReset)),
+            CellnetError::Tls(_)
+        ));
     }
 
     #[test]
