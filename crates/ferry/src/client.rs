@@ -2,7 +2,8 @@
 //!
 //! A download is ferry-core's [`Download`] engine driven by one async loop: requests go out
 //! through the cell (several at once when the producer advertised a plan), chunks are handed
-//! to the [`Consumer`] on the blocking pool (it may write to disk), timers come from the
+//! to the [`Consumer`] on the blocking pool (it may write to disk) or, when its
+//! [`blocks`](Consumer::blocks) is false, right on the download task; timers come from the
 //! engine's `poll_timeout`, and the loop stops on the engine's verdict, on the caller's
 //! [`CancellationToken`], or on a source-failure notice for this (source, ref).
 
@@ -154,7 +155,7 @@ impl DownloadOptions {
     }
 }
 
-/// Work for the consumer, run on the blocking pool in engine order.
+/// Work for the consumer, run in engine order.
 enum Work {
     Plan(TransferPlan),
     Consume {

@@ -2,8 +2,8 @@
 //!
 //! One service per cell (an instance, never a global). It registers the `download_service__`
 //! handlers, drives the engine's timers from a tokio task (`poll_timeout` / `handle_timeout`),
-//! runs `produce` on the blocking pool with bounded concurrency so disk reads never stall the
-//! reactor, bounds the bytes of produced-but-unsent chunks with one global [`ByteBudget`], and
+//! makes chunks that cannot block (page cache, memory) at once and runs every other `produce`
+//! on the blocking pool with bounded concurrency so disk reads never stall the reactor, bounds the bytes of produced-but-unsent chunks with one global [`ByteBudget`], and
 //! delivers lifecycle events as a broadcast stream and as [`TransferWaiter`]s.
 //!
 //! The receiving side of the same service (downloads, source-failure notices) is in
