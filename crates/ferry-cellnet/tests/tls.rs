@@ -154,6 +154,36 @@ async fn certificate_from_another_ca_fails_the_handshake() {
 }
 
 #[tokio::test]
+async fn certificate_from_a_look_alike_ca_is_a_tls_refusal() {
+    // Same CA name, other key: the server finds the issuer by name, the signature fails.
+    let real = ca("ferry-test-ca");
+    let fake = ca("ferry-test-ca");
+    let (server, url) = tls_server(&real).await;
+    let with_real_ca = {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "site-1");
+        let cert = p.signed_by(&key, &fake.issuer).unwrap();
+        TlsConfig::from_pem(
+            real.pem.as_bytes(),
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .unwrap()
+    };
+    let c = Cell::builder("site-1").unwrap().tls(with_real_ca).build();
+    match c.connect(&url).await {
+        Err(CellnetError::Tls(why)) => {
+            assert!(why.contains("refused our TLS certificate"), "{why}")
+        }
+        other => panic!("expected CellnetError::Tls, got {other:?}"),
+    }
+    assert!(server.connected_peers().is_empty());
+    c.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn plain_tcp_to_a_tls_listener_fails() {
     let ca = ca("ferry-test-ca");
     let (server, url) = tls_server(&ca).await;

@@ -58,7 +58,8 @@ fn handshake_err(e: std::io::Error) -> CellnetError {
 /// `std::io::Error` wrapping a `rustls::Error`. A received alert that concerns certificates
 /// means the peer refused ours: with TLS 1.3 the client's handshake is over before the
 /// server has checked the client certificate, so the client meets that refusal as an alert
-/// on its first read.
+/// on its first read. `decrypt_error` counts too: rustls sends it for a certificate whose
+/// signature does not verify (signed by a look-alike CA with the same name).
 pub(crate) fn describe_tls_io(e: &std::io::Error) -> Option<String> {
     use rustls::AlertDescription as A;
     let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
@@ -71,7 +72,8 @@ pub(crate) fn describe_tls_io(e: &std::io::Error) -> Option<String> {
             | A::CertificateUnknown
             | A::UnknownCA
             | A::CertificateRequired
-            | A::AccessDenied),
+            | A::AccessDenied
+            | A::DecryptError),
         ) => format!("the peer refused our TLS certificate (alert {alert:?})"),
         rustls::Error::AlertReceived(alert) => {
             format!("the peer ended the TLS session (alert {alert:?})")
@@ -401,6 +403,11 @@ mod tests {
         let alert = |a| Error::new(ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
         // The peer refused our certificate.
         let e = CellnetError::from(alert(rustls::AlertDescription::UnknownCA));
+        assert!(
+            matches!(&e, CellnetError::Tls(why) if why.contains("refused our TLS certificate")),
+            "{e:?}"
+        );
+        let e = CellnetError::from(alert(rustls::AlertDescription::DecryptError));
         assert!(
             matches!(&e, CellnetError::Tls(why) if why.contains("refused our TLS certificate")),
             "{e:?}"
