@@ -294,7 +294,24 @@ fn split_dest(dest: &Path) -> CmdResult<(PathBuf, String)> {
     Ok((dir, base.to_string()))
 }
 
-/// A failed download in one line: what happened, and what to do.
+/// What a Ferry sender says when it refuses a pull from a cell outside its declared receivers
+/// (`--allow`): "NAME is not an expected receiver of REF". Only used to pick the advice; the
+/// sender's text is printed whatever it says.
+const NOT_EXPECTED: &str = "is not an expected receiver";
+
+/// The advice for a receiver the sender does not serve.
+const ALLOW_HINT: &str =
+    "it serves only the cells on its --allow list; pass one of those names with --name";
+
+/// `" (it said: TEXT)"`, or nothing without text.
+fn said(detail: Option<&str>) -> String {
+    detail
+        .map(|d| format!(" (it said: {d})"))
+        .unwrap_or_default()
+}
+
+/// A failed download in one line: what happened (with the sender's own reason when it gave
+/// one), and what to do.
 fn explain(e: DownloadError, t: &Ticket, dest: &Path, resume: bool) -> Failure {
     let part = format!("{}.part", dest.display());
     let retry = if resume {
@@ -316,21 +333,35 @@ fn explain(e: DownloadError, t: &Ticket, dest: &Path, resume: bool) -> Failure {
         )),
         DownloadError::Failed { failure, .. } => match failure {
             DownloadFailure::RequestFailed {
-                rc: ReturnCode::AuthenticationError | ReturnCode::Unauthenticated,
+                rc: rc @ (ReturnCode::AuthenticationError | ReturnCode::Unauthenticated),
+                detail,
                 ..
             } => Failure::transfer(format!(
-                "the sender {src} refused this receiver: it serves only the cells on its --allow list; pass one of those names with --name"
+                "the sender {src} refused this receiver ({}): {ALLOW_HINT}",
+                detail.unwrap_or_else(|| rc.to_string())
             )),
             DownloadFailure::RequestFailed {
                 rc: ReturnCode::InvalidRequest,
+                detail: Some(detail),
                 ..
-            } => Failure::transfer(format!(
-                "the sender {src} no longer serves {} (its transfer was cancelled or is over); ask for a fresh ticket; {retry}",
+            } if detail.contains(NOT_EXPECTED) => Failure::transfer(format!(
+                "the sender {src} refused {}: {detail}; {ALLOW_HINT}",
                 t.name
             )),
-            DownloadFailure::RequestFailed { rc, .. } => Failure::transfer(format!(
-                "lost the sender {src} at {} while downloading {} ({rc}); is `ferry serve` still running? {retry}",
-                t.addr, t.name
+            DownloadFailure::RequestFailed {
+                rc: ReturnCode::InvalidRequest,
+                detail,
+                ..
+            } => Failure::transfer(format!(
+                "the sender {src} no longer serves {}: its transfer was cancelled or is over{}; ask for a fresh ticket; {retry}",
+                t.name,
+                said(detail.as_deref())
+            )),
+            DownloadFailure::RequestFailed { rc, detail, .. } => Failure::transfer(format!(
+                "lost the sender {src} at {} while downloading {} ({rc}{}); is `ferry serve` still running? {retry}",
+                t.addr,
+                t.name,
+                detail.map(|d| format!(": {d}")).unwrap_or_default()
             )),
             DownloadFailure::ProducerError { .. } => Failure::transfer(format!(
                 "the sender {src} refused {} (ref {}): the transfer is over or timed out, or this receiver is not on its --allow list; ask for a fresh ticket",
@@ -380,15 +411,16 @@ mod tests {
     fn failures_say_what_and_what_to_do() {
         let t: Ticket = ticket("a").parse().unwrap();
         let dest = Path::new("/out/a");
-        let failed = |rc| DownloadError::Failed {
+        let failed_with = |rc, detail: Option<&str>| DownloadError::Failed {
             ref_id: "R1".into(),
             source_fqcn: "s".into(),
             failure: DownloadFailure::RequestFailed {
                 source_fqcn: "s".into(),
                 rc,
-                detail: None,
+                detail: detail.map(str::to_string),
             },
         };
+        let failed = |rc| failed_with(rc, None);
         let f = explain(
             DownloadError::Cancelled {
                 ref_id: "R1".into(),
@@ -410,6 +442,58 @@ mod tests {
         let f = explain(failed(ReturnCode::InvalidRequest), &t, dest, true);
         assert!(
             f.to_string().contains("no longer serves") && f.to_string().contains("kept in"),
+            "{f}"
+        );
+        // The sender's reason is printed; its refusal of an undeclared receiver gets the
+        // --allow advice, any other invalid_request the "fresh ticket" advice.
+        let f = explain(
+            failed_with(
+                ReturnCode::InvalidRequest,
+                Some("intruder is not an expected receiver of R1"),
+            ),
+            &t,
+            dest,
+            false,
+        );
+        assert_eq!(f.code(), 1);
+        assert!(
+            f.to_string()
+                .contains("refused a: intruder is not an expected receiver of R1")
+                && f.to_string().contains("--allow list")
+                && f.to_string().contains("--name"),
+            "{f}"
+        );
+        let f = explain(
+            failed_with(ReturnCode::InvalidRequest, Some("no ref found: R1")),
+            &t,
+            dest,
+            false,
+        );
+        assert!(
+            f.to_string().contains("no longer serves a")
+                && f.to_string().contains("(it said: no ref found: R1)")
+                && !f.to_string().contains("--allow"),
+            "{f}"
+        );
+        let f = explain(
+            failed_with(ReturnCode::CommError, Some("connection to s lost")),
+            &t,
+            dest,
+            false,
+        );
+        assert!(
+            f.to_string().contains("(comm_error: connection to s lost)"),
+            "{f}"
+        );
+        let f = explain(
+            failed_with(ReturnCode::AuthenticationError, Some("site-9 not allowed")),
+            &t,
+            dest,
+            false,
+        );
+        assert!(
+            f.to_string()
+                .contains("refused this receiver (site-9 not allowed)"),
             "{f}"
         );
         let f = explain(DownloadError::Local("disk on fire".into()), &t, dest, false);

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry::cellnet::{Cell, Message, ReturnCode as WireCode};
-use ferry::core::message::{CHANNEL, TOPIC_DOWNLOAD};
+use ferry::cellnet::Cell;
 use ferry::core::service::ServiceEvent;
-use ferry::core::{DownloadStatus, Downloadable, OutcomeStatus, TransferOutcome, TxConfig};
+use ferry::core::{
+    DownloadStatus, Downloadable, OutcomeStatus, ServiceConfig, TransferOutcome, TxConfig,
+};
 use ferry::objects::{CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject};
 use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
 use indicatif::ProgressBar;
@@ -190,40 +191,23 @@ pub fn ticket_addr(bound: &str, advertise: Option<&str>) -> String {
     format!("{host}:{port}")
 }
 
-/// Start the download service. With `--allow`, requests from any other cell are refused with
-/// `authentication_error` before they reach the engine: the engine alone would serve an
-/// undeclared receiver (NVFlare's identity mode only keeps it from counting).
-fn start_service(cell: &Cell, allow: &[String]) -> DownloadService {
-    if allow.is_empty() {
-        return DownloadService::new(cell, ServiceOptions::default());
-    }
-    let service = DownloadService::new(
+/// Start the download service. With `--allow` the transaction declares its receivers
+/// (`receiver_ids`), and the engine answers pulls from any other cell with `invalid_request`
+/// and the reason ("NAME is not an expected receiver of REF"), which `ferry get` prints.
+/// NVFlare's identity mode would serve such a cell and only not count it; Ferry's engine
+/// refuses by default, and this keeps it explicit. An outsider's confirm or cancel changes
+/// nothing: it never pulled, so the engine has no slot for it.
+fn start_service(cell: &Cell) -> DownloadService {
+    DownloadService::new(
         cell,
         ServiceOptions {
-            register_handlers: false,
+            engine: ServiceConfig {
+                refuse_undeclared: true,
+                ..ServiceConfig::default()
+            },
             ..ServiceOptions::default()
         },
-    );
-    let allowed: Arc<BTreeSet<String>> = Arc::new(allow.iter().cloned().collect());
-    // The handler holds a service handle; `DownloadService::shutdown` unregisters this
-    // (channel, topic), which drops it and breaks the cell -> handler -> service cycle.
-    let handle = service.clone();
-    cell.register_request_handler(CHANNEL, TOPIC_DOWNLOAD, move |msg: Message| {
-        let allowed = Arc::clone(&allowed);
-        let service = handle.clone();
-        async move {
-            let origin = msg.origin().unwrap_or_default().to_string();
-            if !allowed.contains(&origin) {
-                tracing::warn!(receiver = %origin, "refused: not on the --allow list");
-                return Some(Message::error(
-                    WireCode::AuthenticationError,
-                    format!("{origin} is not on the sender's --allow list"),
-                ));
-            }
-            service.handle_download(msg).await
-        }
-    });
-    service
+    )
 }
 
 /// Run `ferry serve`.
@@ -240,7 +224,7 @@ pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
             "cannot listen on {url} ({e}); pick another address or port with --listen tcp://HOST:PORT"
         ))
     })?;
-    let service = start_service(&cell, &args.allow);
+    let service = start_service(&cell);
     let result = serve(&service, &args, &entries, &bound, json).await;
     service.shutdown().await;
     cell.shutdown().await;

@@ -229,7 +229,15 @@ fn sender_refuses_a_receiver_it_does_not_expect() {
         .assert()
         .code(1);
     let line = one_error_line(&a.get_output().stderr);
-    assert!(line.contains("refused"), "{line}");
+    // The sender's own reason, then what to do.
+    assert!(
+        line.contains("refused") && line.contains("intruder is not an expected receiver"),
+        "{line}"
+    );
+    assert!(
+        line.contains("--allow list") && line.contains("--name"),
+        "{line}"
+    );
     assert!(list(&out).is_empty(), "{:?}", list(&out));
     // The expected receiver still gets it.
     ferry()
