@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry::core::{DownloadFailure, RefId, ReturnCode};
-use ferry::objects::FileConsumer;
+use ferry::objects::{FileConsumer, ObjectsError};
 use ferry::{download_object, download_tensors_to_file, DownloadError, DownloadOptions};
 use ferry::{DownloadService, ServiceOptions};
 use serde_json::json;
@@ -59,7 +59,25 @@ pub fn parse_tickets(raw: &[String]) -> CmdResult<Vec<Ticket>> {
     Ok(out)
 }
 
-/// Where each ticket lands; existing destinations are refused unless `force`.
+/// An existing destination without `--force`.
+fn exists(dest: &Path) -> Failure {
+    Failure::usage(format!(
+        "{} already exists; pass --force to overwrite it, or pick another directory with -o",
+        dest.display()
+    ))
+}
+
+/// A destination that cannot be written (exit 2). [`destinations`] already refused existing
+/// ones, but a file may appear there before the download opens it: same message then.
+fn unwritable(e: &ObjectsError, dest: &Path) -> Failure {
+    match e {
+        ObjectsError::DestinationExists(_) => exists(dest),
+        other => Failure::usage(format!("cannot write {}: {other}", dest.display())),
+    }
+}
+
+/// Where each ticket lands; existing destinations are refused unless `force`. Checked for all
+/// tickets before anything is downloaded.
 fn destinations(tickets: &[Ticket], out: &Path, force: bool) -> CmdResult<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| {
         Failure::usage(format!(
@@ -79,10 +97,7 @@ fn destinations(tickets: &[Ticket], out: &Path, force: bool) -> CmdResult<Vec<Pa
                 )));
             }
             if !force {
-                return Err(Failure::usage(format!(
-                    "{} already exists; pass --force to overwrite it, or pick another directory with -o",
-                    dest.display()
-                )));
+                return Err(exists(&dest));
             }
         }
         dests.push(dest);
@@ -248,7 +263,7 @@ async fn fetch_one(
                 .overwrite(args.force)
                 .keep_part_for_resume(args.resume)
                 .open()
-                .map_err(|e| Failure::usage(format!("cannot write {}: {e}", dest.display())))?;
+                .map_err(|e| unwritable(&e, dest))?;
             if args.resume {
                 opts.resume_state = consumer.resume_state();
             }
@@ -378,6 +393,7 @@ fn explain(e: DownloadError, t: &Ticket, dest: &Path, resume: bool) -> Failure {
             )),
             other => Failure::transfer(format!("{}: {other}; {retry}", t.name)),
         },
+        DownloadError::Objects(e) => unwritable(&e, dest),
         DownloadError::Local(why) => {
             Failure::usage(format!("cannot write {}: {why}", dest.display()))
         }
@@ -494,6 +510,34 @@ mod tests {
         assert!(
             f.to_string()
                 .contains("refused this receiver (site-9 not allowed)"),
+            "{f}"
+        );
+        // Local setup errors are usage errors; one that appeared after the up-front check
+        // reads like the check's own message.
+        let f = explain(
+            DownloadError::Objects(ObjectsError::DestinationExists(dest.to_path_buf())),
+            &t,
+            dest,
+            false,
+        );
+        assert_eq!(f.code(), 2);
+        assert!(
+            f.to_string()
+                .contains("/out/a already exists; pass --force"),
+            "{f}"
+        );
+        let f = explain(
+            DownloadError::Objects(ObjectsError::InvalidOption(
+                "target is not a directory".into(),
+            )),
+            &t,
+            dest,
+            false,
+        );
+        assert_eq!(f.code(), 2);
+        assert!(
+            f.to_string()
+                .contains("cannot write /out/a: invalid option: target is not a directory"),
             "{f}"
         );
         let f = explain(DownloadError::Local("disk on fire".into()), &t, dest, false);

@@ -561,7 +561,10 @@ pub struct FileOptions {
 }
 
 /// Download a file into `dir/name` (written as `name.part`, verified, fsynced, renamed);
-/// returns the final path. Nothing is left at the final path on failure.
+/// returns the final path. Nothing is left at the final path on failure. A destination that
+/// cannot be used (it exists and `overwrite` is off, the name is not a plain relative name,
+/// the directory is missing or not writable) fails before anything is requested, with
+/// [`DownloadError::Objects`].
 pub async fn download_file(
     service: &DownloadService,
     source: &str,
@@ -574,8 +577,7 @@ pub async fn download_file(
     let consumer = FileConsumer::builder(dir.as_ref(), name)
         .overwrite(file.overwrite)
         .keep_part_for_resume(file.resume)
-        .open()
-        .map_err(|e| DownloadError::Local(e.to_string()))?;
+        .open()?;
     if file.resume && opts.resume_state.is_none() {
         opts.resume_state = consumer.resume_state();
     }
@@ -596,7 +598,9 @@ pub async fn download_tensors(
 }
 
 /// Download a tensor dict straight into one `.safetensors` file at `dir/name` (written
-/// incrementally, never whole in memory); returns the final path.
+/// incrementally, never whole in memory); returns the final path. An unusable destination
+/// fails before anything is requested, with [`DownloadError::Objects`] (as for
+/// [`download_file`]).
 pub async fn download_tensors_to_file(
     service: &DownloadService,
     source: &str,
@@ -608,8 +612,7 @@ pub async fn download_tensors_to_file(
 ) -> Result<PathBuf, DownloadError> {
     let consumer = SafetensorsFileConsumer::builder(dir.as_ref(), name)
         .overwrite(overwrite)
-        .open()
-        .map_err(|e| DownloadError::Local(e.to_string()))?;
+        .open()?;
     let c = download_object(service, source, ref_id, consumer, opts).await?;
     Ok(c.final_path().to_path_buf())
 }

@@ -64,7 +64,8 @@ impl ObjectDownloader {
 
     /// Add a file, read chunk by chunk with positioned reads; `chunk_size` bytes per chunk. The
     /// file's BLAKE3 digest is computed now (one read of the file) and advertised, so ferry
-    /// receivers verify what they wrote.
+    /// receivers verify what they wrote. A file that cannot be opened or read, or a chunk
+    /// size out of range, is a [`DownloadError::Objects`].
     pub fn add_file(
         &self,
         path: impl AsRef<Path>,
@@ -73,8 +74,7 @@ impl ObjectDownloader {
         let obj = FileObject::builder(path.as_ref())
             .chunk_size(chunk_size)
             .digest(true)
-            .open()
-            .map_err(|e| DownloadError::Local(format!("{}: {e}", path.as_ref().display())))?;
+            .open()?;
         self.add_object(Arc::new(obj))
     }
 
@@ -84,12 +84,12 @@ impl ObjectDownloader {
     }
 
     /// Add a tensor dict, served tensor by tensor as one-tensor safetensors items (aliases once).
+    /// A dict that cannot be served is a [`DownloadError::Objects`].
     pub fn add_tensors(&self, dict: TensorDict) -> Result<RefId, DownloadError> {
         let obj = TensorDictObject::from_tensors(
             dict,
             CacheOptions::default().with_receivers(self.receivers.clone()),
-        )
-        .map_err(|e| DownloadError::Local(e.to_string()))?;
+        )?;
         self.add_object(Arc::new(obj))
     }
 

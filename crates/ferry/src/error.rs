@@ -31,7 +31,15 @@ pub enum DownloadError {
     /// The service has been shut down.
     #[error("download service is shut down")]
     ShutDown,
-    /// A local I/O or setup problem (opening a file, creating a consumer, ...).
+    /// A local object or consumer could not be built (ferry-objects): the destination
+    /// exists, its name is unsafe, a file cannot be opened or created, an option is out of
+    /// range, a tensor dict is invalid, ... Match on the [`ObjectsError`] to tell them apart;
+    /// its message names the path.
+    ///
+    /// [`ObjectsError`]: ferry_objects::ObjectsError
+    #[error(transparent)]
+    Objects(#[from] ferry_objects::ObjectsError),
+    /// Any other local problem (a consumer lost or that returned no data, a bad argument).
     #[error("{0}")]
     Local(String),
 }

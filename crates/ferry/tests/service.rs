@@ -188,6 +188,8 @@ async fn unknown_refs_fail_clearly_and_unknown_waiters_resolve_at_once() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("invalid_request"), "{err}");
+    // The sender's reason travels with the code.
+    assert!(err.to_string().contains("no ref found: Rnope"), "{err}");
     assert!(within(net.sender.waiter(&TxId::new("Tunknown")).wait())
         .await
         .is_none());
@@ -313,4 +315,114 @@ async fn a_panicking_consumer_fails_the_download_inline_or_on_the_pool() {
         let outcome = within(tx.waiter().wait()).await.unwrap();
         assert_eq!(outcome.status, OutcomeStatus::Failed, "blocks={blocks}");
     }
+}
+
+/// Local setup failures keep ferry-objects' typed error, so callers can match on them; nothing
+/// is requested and nothing at the destination changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_setup_errors_are_typed_objects_errors() {
+    use ferry::objects::ObjectsError;
+    let dir = tempfile::tempdir().unwrap();
+    let net = net(1).await;
+    let tx = ObjectDownloader::new(
+        &net.sender,
+        TxConfig::new(Duration::from_secs(30)).with_num_receivers(1),
+    )
+    .unwrap();
+
+    // Sender side: a missing file, a chunk size out of range.
+    let missing = dir.path().join("missing.bin");
+    let err = tx.add_file(&missing, 1 << 20).unwrap_err();
+    match &err {
+        DownloadError::Objects(ObjectsError::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string().contains("missing.bin"),
+        "names the path: {err}"
+    );
+    let src = dir.path().join("model.bin");
+    std::fs::write(&src, pattern(1000, 1)).unwrap();
+    assert!(matches!(
+        tx.add_file(&src, 0),
+        Err(DownloadError::Objects(ObjectsError::InvalidOption(_)))
+    ));
+    let rid = tx.add_file(&src, 256).unwrap();
+
+    // Receiver side: an existing destination without overwrite, an unsafe name.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("model.bin"), b"precious").unwrap();
+    let r = &net.receivers[0];
+    let err = within(download_file(
+        r,
+        "server",
+        &rid,
+        &out,
+        "model.bin",
+        FileOptions::default(),
+        DownloadOptions::default(),
+    ))
+    .await
+    .unwrap_err();
+    match &err {
+        DownloadError::Objects(ObjectsError::DestinationExists(p)) => {
+            assert_eq!(p, &out.join("model.bin"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read(out.join("model.bin")).unwrap(), b"precious");
+    let err = within(download_tensors_to_file(
+        r,
+        "server",
+        &rid,
+        &out,
+        "model.bin",
+        false,
+        DownloadOptions::default(),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DownloadError::Objects(ObjectsError::DestinationExists(_))
+        ),
+        "{err:?}"
+    );
+    let err = within(download_file(
+        r,
+        "server",
+        &rid,
+        &out,
+        "../escape.bin",
+        FileOptions::default(),
+        DownloadOptions::default(),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DownloadError::Objects(ObjectsError::InvalidName { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(!dir.path().join("escape.bin").exists());
+
+    // None of that touched the transaction: the file is still served.
+    let got = within(download_file(
+        r,
+        "server",
+        &rid,
+        &out,
+        "fresh.bin",
+        FileOptions::default(),
+        DownloadOptions::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(got).unwrap(), std::fs::read(&src).unwrap());
 }
