@@ -74,20 +74,18 @@ pub fn build_cell(name: &str, tls: Option<TlsConfig>) -> CmdResult<Cell> {
 /// else means the sender is not there or refused us (exit 1).
 pub fn connect_failure(url: &str, e: &CellnetError) -> Failure {
     match e {
+        // The sender's TLS alert after the handshake: it does not trust our certificate.
+        CellnetError::Tls(why) if why.contains("refused our TLS certificate") => {
+            Failure::usage(format!(
+                "the sender at {url} refused our TLS certificate ({why}); --tls-cert must be signed by the CA the sender trusts, with a CN equal to the first segment of --name"
+            ))
+        }
         CellnetError::Tls(why) => Failure::usage(format!(
             "TLS with the sender at {url} failed ({why}); check that --tls-ca is the CA that signed the sender's certificate and that --tls-cert/--tls-key belong together"
         )),
         CellnetError::Handshake(why) | CellnetError::ConnectionClosed(why) => Failure::transfer(format!(
             "the sender at {url} refused the connection ({why}); with TLS, the CN of --tls-cert must be the first segment of --name and be signed by the sender's CA"
         )),
-        // rustls reports the peer's alert (it refused our certificate) as InvalidData I/O.
-        CellnetError::Io(io)
-            if io.kind() == std::io::ErrorKind::InvalidData && io.to_string().contains("alert") =>
-        {
-            Failure::usage(format!(
-                "the sender at {url} refused our TLS certificate ({io}); --tls-cert must be signed by the CA the sender trusts, with a CN equal to the first segment of --name"
-            ))
-        }
         CellnetError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             Failure::transfer(format!(
                 "nothing listens at {url} (connection refused); is `ferry serve` still running there, and is this the address it printed?"

@@ -353,7 +353,11 @@ fn missing_or_wrong_tls_files() {
         .failure();
     assert_eq!(a.get_output().status.code(), Some(2));
     let line = one_error_line(&a.get_output().stderr);
-    assert!(line.contains("refused our TLS certificate"), "{line}");
+    assert!(
+        line.contains("refused our TLS certificate")
+            && line.contains("signed by the CA the sender trusts"),
+        "says what to fix: {line}"
+    );
     assert!(list(&out).is_empty());
     server.signal("INT");
     assert_eq!(server.wait().code(), Some(130));
