@@ -312,7 +312,7 @@ fn split_dest(dest: &Path) -> CmdResult<(PathBuf, String)> {
 /// What a Ferry sender says when it refuses a pull from a cell outside its declared receivers
 /// (`--allow`): "NAME is not an expected receiver of REF". Only used to pick the advice; the
 /// sender's text is printed whatever it says.
-const NOT_EXPECTED: &str = "is not an expected receiver";
+const NOT_EXPECTED: &str = ferry::core::service::NOT_EXPECTED_RECEIVER;
 
 /// The advice for a receiver the sender does not serve.
 const ALLOW_HINT: &str =
@@ -379,7 +379,7 @@ fn explain(e: DownloadError, t: &Ticket, dest: &Path, resume: bool) -> Failure {
                 detail.map(|d| format!(": {d}")).unwrap_or_default()
             )),
             DownloadFailure::ProducerError { .. } => Failure::transfer(format!(
-                "the sender {src} refused {} (ref {}): the transfer is over or timed out, or this receiver is not on its --allow list; ask for a fresh ticket",
+                "the sender {src} could not produce {} (ref {}): the file may have changed or become unreadable there, or the transfer is over; ask for a fresh ticket",
                 t.name, t.ref_id
             )),
             DownloadFailure::RetriesExhausted { attempts, .. } => Failure::transfer(format!(

@@ -34,6 +34,13 @@
 mod config;
 mod tx;
 
+/// The words of the `invalid_request` refusal a cell outside a transaction's `receiver_ids`
+/// gets (with [`ServiceConfig::refuse_undeclared`]): the reply's error text is
+/// `"{receiver} is not an expected receiver of {ref_id}"`. Public so that tools can tell this
+/// refusal from other `invalid_request` replies (an unknown or finished ref) without copying
+/// the wording.
+pub const NOT_EXPECTED_RECEIVER: &str = "is not an expected receiver of";
+
 pub use config::{
     DoneCallback, OutcomeCallback, ServiceConfig, TxConfig, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_PROGRESS_INTERVAL, DEFAULT_RECEIPT_TTL,
@@ -652,7 +659,7 @@ impl Service {
             tracing::warn!(tx = %tx_id, receiver, "pull from a cell outside receiver_ids refused");
             return Err(Reply::error(
                 ReturnCode::InvalidRequest,
-                format!("{receiver} is not an expected receiver of {rid}"),
+                format!("{receiver} {NOT_EXPECTED_RECEIVER} {rid}"),
             ));
         }
         // R1
