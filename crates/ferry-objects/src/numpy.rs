@@ -29,6 +29,7 @@
 //!   entry's CRC-32 and stops at the central directory; compressed (`savez_compressed`) and
 //!   encrypted entries are refused.
 
+use crate::buffer_pool::BufferPool;
 use crate::cacheable::{CacheOptions, CacheableObject, ItemError, ItemSource, ItemTracker};
 use crate::delivery::Delivery;
 use crate::ObjectsError;
@@ -458,6 +459,19 @@ pub fn encode_npz<'a>(
     arrays: impl IntoIterator<Item = (&'a str, &'a NdArray)>,
 ) -> Result<Vec<u8>, ObjectsError> {
     let mut out = Vec::new();
+    encode_npz_into(arrays, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_npz`], appending the archive to `buf` (a recycled buffer is filled without growing
+/// when it is big enough). Offsets inside the archive count from where it starts in `buf`; on
+/// error `buf` may hold part of an archive.
+pub(crate) fn encode_npz_into<'a>(
+    arrays: impl IntoIterator<Item = (&'a str, &'a NdArray)>,
+    buf: &mut Vec<u8>,
+) -> Result<(), ObjectsError> {
+    let base = buf.len();
+    let out = buf;
     // (name, crc, size, offset of the local header)
     let mut entries: Vec<(String, u32, u64, u64)> = Vec::new();
     for (name, arr) in arrays {
@@ -477,30 +491,30 @@ pub fn encode_npz<'a>(
         crc.update(&header);
         crc.update(&arr.data);
         let crc = crc.finalize();
-        let offset = out.len() as u64;
+        let offset = (out.len() - base) as u64;
         let flags = if file.is_ascii() { 0 } else { FLAG_UTF8 };
         // Local header, ZIP64 form like NumPy's (`force_zip64=True`).
-        put32(&mut out, LOCAL_SIG);
-        put16(&mut out, ZIP_VERSION_64);
-        put16(&mut out, flags);
-        put16(&mut out, 0); // stored
-        put16(&mut out, DOS_TIME);
-        put16(&mut out, DOS_DATE);
-        put32(&mut out, crc);
-        put32(&mut out, u32::MAX);
-        put32(&mut out, u32::MAX);
-        put16(&mut out, file.len() as u16);
-        put16(&mut out, 20);
+        put32(out, LOCAL_SIG);
+        put16(out, ZIP_VERSION_64);
+        put16(out, flags);
+        put16(out, 0); // stored
+        put16(out, DOS_TIME);
+        put16(out, DOS_DATE);
+        put32(out, crc);
+        put32(out, u32::MAX);
+        put32(out, u32::MAX);
+        put16(out, file.len() as u16);
+        put16(out, 20);
         out.extend_from_slice(file.as_bytes());
-        put16(&mut out, ZIP64_EXTRA_ID);
-        put16(&mut out, 16);
-        put64(&mut out, size);
-        put64(&mut out, size);
+        put16(out, ZIP64_EXTRA_ID);
+        put16(out, 16);
+        put64(out, size);
+        put64(out, size);
         out.extend_from_slice(&header);
         out.extend_from_slice(&arr.data);
         entries.push((file, crc, size, offset));
     }
-    let cd_start = out.len() as u64;
+    let cd_start = (out.len() - base) as u64;
     for (file, crc, size, offset) in &entries {
         let big_size = *size >= u64::from(u32::MAX);
         let big_off = *offset >= u64::from(u32::MAX);
@@ -513,61 +527,61 @@ pub fn encode_npz<'a>(
             put64(&mut extra, *offset);
         }
         let zip64 = !extra.is_empty();
-        put32(&mut out, CENTRAL_SIG);
-        put16(&mut out, ZIP_VERSION_64); // made by
-        put16(&mut out, if zip64 { ZIP_VERSION_64 } else { ZIP_VERSION });
-        put16(&mut out, if file.is_ascii() { 0 } else { FLAG_UTF8 });
-        put16(&mut out, 0);
-        put16(&mut out, DOS_TIME);
-        put16(&mut out, DOS_DATE);
-        put32(&mut out, *crc);
+        put32(out, CENTRAL_SIG);
+        put16(out, ZIP_VERSION_64); // made by
+        put16(out, if zip64 { ZIP_VERSION_64 } else { ZIP_VERSION });
+        put16(out, if file.is_ascii() { 0 } else { FLAG_UTF8 });
+        put16(out, 0);
+        put16(out, DOS_TIME);
+        put16(out, DOS_DATE);
+        put32(out, *crc);
         let s32 = if big_size { u32::MAX } else { *size as u32 };
-        put32(&mut out, s32);
-        put32(&mut out, s32);
-        put16(&mut out, file.len() as u16);
-        put16(&mut out, if zip64 { extra.len() as u16 + 4 } else { 0 });
-        put16(&mut out, 0); // comment
-        put16(&mut out, 0); // disk
-        put16(&mut out, 0); // internal attributes
-        put32(&mut out, 0o600 << 16); // external: -rw-------
-        put32(&mut out, if big_off { u32::MAX } else { *offset as u32 });
+        put32(out, s32);
+        put32(out, s32);
+        put16(out, file.len() as u16);
+        put16(out, if zip64 { extra.len() as u16 + 4 } else { 0 });
+        put16(out, 0); // comment
+        put16(out, 0); // disk
+        put16(out, 0); // internal attributes
+        put32(out, 0o600 << 16); // external: -rw-------
+        put32(out, if big_off { u32::MAX } else { *offset as u32 });
         out.extend_from_slice(file.as_bytes());
         if zip64 {
-            put16(&mut out, ZIP64_EXTRA_ID);
-            put16(&mut out, extra.len() as u16);
+            put16(out, ZIP64_EXTRA_ID);
+            put16(out, extra.len() as u16);
             out.extend_from_slice(&extra);
         }
     }
-    let cd_end = out.len() as u64;
+    let cd_end = (out.len() - base) as u64;
     let cd_size = cd_end - cd_start;
     let n = entries.len() as u64;
     let zip64_end = cd_start >= u64::from(u32::MAX) || n >= u64::from(u16::MAX);
     if zip64_end {
-        put32(&mut out, EOCD64_SIG);
-        put64(&mut out, 44);
-        put16(&mut out, ZIP_VERSION_64);
-        put16(&mut out, ZIP_VERSION_64);
-        put32(&mut out, 0);
-        put32(&mut out, 0);
-        put64(&mut out, n);
-        put64(&mut out, n);
-        put64(&mut out, cd_size);
-        put64(&mut out, cd_start);
-        put32(&mut out, EOCD64_LOCATOR_SIG);
-        put32(&mut out, 0);
-        put64(&mut out, cd_end);
-        put32(&mut out, 1);
+        put32(out, EOCD64_SIG);
+        put64(out, 44);
+        put16(out, ZIP_VERSION_64);
+        put16(out, ZIP_VERSION_64);
+        put32(out, 0);
+        put32(out, 0);
+        put64(out, n);
+        put64(out, n);
+        put64(out, cd_size);
+        put64(out, cd_start);
+        put32(out, EOCD64_LOCATOR_SIG);
+        put32(out, 0);
+        put64(out, cd_end);
+        put32(out, 1);
     }
-    put32(&mut out, EOCD_SIG);
-    put16(&mut out, 0);
-    put16(&mut out, 0);
+    put32(out, EOCD_SIG);
+    put16(out, 0);
+    put16(out, 0);
     let n16 = if zip64_end { u16::MAX } else { n as u16 };
-    put16(&mut out, n16);
-    put16(&mut out, n16);
-    put32(&mut out, if zip64_end { u32::MAX } else { cd_size as u32 });
-    put32(&mut out, if zip64_end { u32::MAX } else { cd_start as u32 });
-    put16(&mut out, 0);
-    Ok(out)
+    put16(out, n16);
+    put16(out, n16);
+    put32(out, if zip64_end { u32::MAX } else { cd_size as u32 });
+    put32(out, if zip64_end { u32::MAX } else { cd_start as u32 });
+    put16(out, 0);
+    Ok(())
 }
 
 fn put16(v: &mut Vec<u8>, x: u16) {
@@ -821,7 +835,13 @@ pub struct NpzSource {
     arrays: RwLock<Option<Vec<(String, NdArray)>>>,
     /// Per item: data length (a lower bound of the blob, the size hint), kept after release.
     sizes: Vec<u64>,
+    /// Blob buffers come back here once the cache and the connections are done with an item
+    /// (a fresh multi-MiB allocation per item costs a page fault per 4 KiB).
+    pool: BufferPool,
 }
+
+/// Idle blob buffers an [`NpzSource`] keeps.
+const NPZ_POOL_IDLE: usize = 16;
 
 impl NpzSource {
     /// Serve `dict`, one item per array in insertion order.
@@ -834,6 +854,7 @@ impl NpzSource {
         Self {
             arrays: RwLock::new(Some(dict.entries)),
             sizes,
+            pool: BufferPool::new(NPZ_POOL_IDLE),
         }
     }
 }
@@ -853,9 +874,11 @@ impl ItemSource for NpzSource {
             .ok()
             .and_then(|i| arrays.get(i))
             .ok_or_else(|| err("no such item".into()))?;
-        encode_npz([(name.as_str(), arr)])
-            .map(Bytes::from)
-            .map_err(|e| err(format!("serializing {name:?}: {e}")))
+        // Zip and .npy headers are small; reserve the data plus room for them.
+        let mut buf = self.pool.take_empty(arr.data.len() + 4096);
+        encode_npz_into([(name.as_str(), arr)], &mut buf)
+            .map_err(|e| err(format!("serializing {name:?}: {e}")))?;
+        Ok(self.pool.freeze(buf))
     }
 
     fn item_size_hint(&self, index: u64) -> Option<u64> {
@@ -867,6 +890,7 @@ impl ItemSource for NpzSource {
 
     fn release(&self) {
         *self.arrays.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.pool.clear();
     }
 }
 
@@ -1075,6 +1099,19 @@ mod tests {
         assert_eq!(got.len(), d.len());
         for ((n1, a1), (n2, a2)) in got.iter().zip(d.iter()) {
             assert_eq!((n1.as_str(), a1), (n2, a2));
+        }
+    }
+
+    #[test]
+    fn appending_into_a_used_buffer_writes_the_same_archive() {
+        let d = sample_dict();
+        let whole = encode_npz(d.iter()).unwrap();
+        // A recycled buffer: cleared, or still holding bytes before the archive.
+        for prefix in [&b""[..], b"earlier bytes"] {
+            let mut buf = Vec::with_capacity(8);
+            buf.extend_from_slice(prefix);
+            encode_npz_into(d.iter(), &mut buf).unwrap();
+            assert_eq!(&buf[prefix.len()..], &whole[..], "prefix {prefix:?}");
         }
     }
 
