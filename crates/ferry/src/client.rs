@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use crate::codec;
 use crate::error::DownloadError;
-use crate::service::{lock, now, DownloadService};
+use crate::service::{lock, now, panic_text, DownloadService};
 
 /// Progress of one download, as reported to [`DownloadOptions::progress`].
 #[derive(Clone, Debug)]
@@ -187,12 +187,7 @@ enum Working<C> {
 /// is then gone (`None`) and nobody calls it again.
 fn do_work<C: Consumer>(c: C, rid: &str, work: Work) -> (Option<C>, Done) {
     let panicked = |p: Box<dyn std::any::Any + Send>| {
-        let what = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into());
-        ConsumeError::Other(format!("consumer panicked: {what}"))
+        ConsumeError::Other(format!("consumer panicked: {}", panic_text(&*p)))
     };
     let mut c = c;
     let done = match work {

@@ -66,14 +66,17 @@ impl Default for ServiceOptions {
     }
 }
 
-/// A `produce` that panicked, as the error the receiver gets.
-fn panicked(p: Box<dyn std::any::Any + Send>) -> ProduceError {
-    let what = p
-        .downcast_ref::<&str>()
+/// The message of a caught panic (`"panic"` when it carried no text).
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into());
-    ProduceError(format!("produce panicked: {what}"))
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// A `produce` that panicked, as the error the receiver gets.
+fn panicked(p: Box<dyn std::any::Any + Send>) -> ProduceError {
+    ProduceError(format!("produce panicked: {}", panic_text(&*p)))
 }
 
 /// The current instant on tokio's clock, as the engine wants it (virtual under
