@@ -37,7 +37,9 @@ pub struct ServiceOptions {
     /// The producer engine's settings (confirm switch, tombstone and outcome TTLs and caps,
     /// drain timeout).
     pub engine: ServiceConfig,
-    /// How many `produce` calls may run at once (on tokio's blocking pool).
+    /// How many `produce` calls may run at once on tokio's blocking pool. Chunks made without
+    /// blocking ([`Downloadable::try_produce_now`](ferry_core::Downloadable::try_produce_now):
+    /// page-cache reads, in-memory objects) do not take a slot.
     pub max_concurrent_produce: usize,
     /// Global budget on chunk bytes produced but not yet written to a socket, across every
     /// transaction and receiver. This is what bounds the sender's memory. One receiver may
