@@ -63,7 +63,8 @@ impl ObjectDownloader {
     }
 
     /// Add a file, read chunk by chunk with positioned reads; `chunk_size` bytes per chunk. The
-    /// file's BLAKE3 digest is computed now (one read of the file) and advertised, so ferry
+    /// file's BLAKE3 digest is computed now (one read of the file; none when this process
+    /// already hashed the unchanged file for another transaction) and advertised, so ferry
     /// receivers verify what they wrote. A file that cannot be opened or read, or a chunk
     /// size out of range, is a [`DownloadError::Objects`].
     pub fn add_file(

@@ -2,6 +2,7 @@
 //! consumer that writes chunks at their offsets into `NAME.part`, verifies, and renames.
 
 mod consumer;
+mod digest_cache;
 mod producer;
 #[cfg(test)]
 mod tests;

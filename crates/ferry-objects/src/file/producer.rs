@@ -1,5 +1,6 @@
 //! The file producer.
 
+use super::digest_cache::{self, DigestKey};
 use crate::buffer_pool::BufferPool;
 use crate::byte_state::{parse_byte_request, state_after, ByteRequest};
 use crate::{ObjectsError, DEFAULT_CHUNK_SIZE};
@@ -31,7 +32,10 @@ impl FileObjectBuilder {
     }
 
     /// Compute the file's BLAKE3 digest at construction (one full read) and advertise it in the
-    /// plan, so ferry receivers verify the whole file. Off by default.
+    /// plan, so ferry receivers verify the whole file. Off by default. The digest is remembered
+    /// for the life of the process, keyed by device, inode, size, modification and
+    /// status-change time: opening the unchanged file again (for another transaction) does not
+    /// read it again.
     pub fn digest(mut self, on: bool) -> Self {
         self.digest = on;
         self
@@ -52,23 +56,34 @@ impl FileObjectBuilder {
             )));
         }
         let identity = FileIdentity::of(&meta);
-        let digest = if self.digest {
+        let key = DigestKey::of(&meta);
+        let cached = self
+            .digest
+            .then(|| key.as_ref().and_then(digest_cache::get))
+            .flatten();
+        let digest_cached = cached.is_some();
+        let digest = if let Some(d) = cached {
+            Some(d)
+        } else if self.digest {
             let d = hash_file(&file, identity.size)
                 .map_err(|e| ObjectsError::io(format!("hashing {}", self.path.display()), e))?;
             let after = file
                 .metadata()
                 .map_err(|e| ObjectsError::io(format!("stat {}", self.path.display()), e))?;
-            if FileIdentity::of(&after) != identity {
+            if FileIdentity::of(&after) != identity || DigestKey::of(&after) != key {
                 return Err(ObjectsError::io(
                     format!("hashing {}", self.path.display()),
                     std::io::Error::other("the file changed while its digest was computed"),
                 ));
             }
+            if let Some(key) = key {
+                digest_cache::put(key, &d);
+            }
             Some(d)
         } else {
             None
         };
-        tracing::debug!(path = %self.path.display(), size = identity.size, chunk = self.chunk_size, digest = ?digest, "file object opened");
+        tracing::debug!(path = %self.path.display(), size = identity.size, chunk = self.chunk_size, digest = ?digest, digest_cached, "file object opened");
         Ok(FileObject {
             path: self.path,
             file: RwLock::new(Some(file)),
@@ -79,6 +94,7 @@ impl FileObjectBuilder {
             // in flight at a steady pace without holding memory for huge chunk sizes.
             pool: BufferPool::new(((16u64 << 20) / self.chunk_size).clamp(1, 16) as usize),
             nowait_unsupported: AtomicBool::new(false),
+            digest_cached,
         })
     }
 }
@@ -132,6 +148,8 @@ pub struct FileObject {
     pool: BufferPool,
     /// Set once `RWF_NOWAIT` reads were refused: every chunk then goes through `produce`.
     pub(super) nowait_unsupported: AtomicBool,
+    /// The digest came from this process's cache of digests (no read of the file).
+    digest_cached: bool,
 }
 
 impl FileObject {
@@ -167,6 +185,12 @@ impl FileObject {
     /// The BLAKE3 digest (hex), if computed.
     pub fn digest(&self) -> Option<&str> {
         self.digest.as_deref()
+    }
+
+    /// Whether the digest came from this process's memory of unchanged files rather than from
+    /// reading the file (see [`FileObjectBuilder::digest`]).
+    pub fn digest_was_cached(&self) -> bool {
+        self.digest_cached
     }
 
     /// Produce the chunk after `state`. `None` only in [`ReadMode::NoWait`], when the read

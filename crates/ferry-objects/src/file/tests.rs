@@ -105,6 +105,44 @@ fn producer_applies_nvflare_state_rules() {
     assert!(obj.produce(None, "a").is_err());
 }
 
+/// A digest is computed once per file content: opening the unchanged file again reuses it,
+/// while a rewrite — even one that keeps the size and restores the modification time — is
+/// hashed again (its status-change time moved).
+#[test]
+fn digests_are_reused_only_for_unchanged_files() {
+    let src = tempfile::tempdir().unwrap();
+    let (p, _) = write_file(src.path(), "model.bin", 3 * 4096 + 5);
+    let first = FileObject::builder(&p).digest(true).open().unwrap();
+    assert!(!first.digest_was_cached());
+    let again = FileObject::builder(&p).digest(true).open().unwrap();
+    assert!(again.digest_was_cached(), "unchanged file: digest reused");
+    assert_eq!(again.digest(), first.digest());
+    assert!(
+        FileObject::builder(&p).open().unwrap().digest().is_none(),
+        "digest off: none"
+    );
+    // Same size, same modification time, other bytes.
+    let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut other = fs::read(&p).unwrap();
+    other[0] ^= 0xff;
+    fs::write(&p, &other).unwrap();
+    File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), mtime);
+    let changed = FileObject::builder(&p).digest(true).open().unwrap();
+    assert!(!changed.digest_was_cached(), "rewritten file: hashed again");
+    assert_eq!(
+        changed.digest().unwrap(),
+        blake3::hash(&other).to_hex().as_str()
+    );
+    assert_ne!(changed.digest(), first.digest());
+}
+
 /// `try_produce_now` (page-cache reads on the async thread) answers exactly what `produce`
 /// answers, for data, EOF, bad states, a changed file and a released object.
 #[test]
