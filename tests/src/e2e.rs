@@ -215,6 +215,7 @@ impl<C: Consumer> Consumer for StallingConsumer<C> {
     fn needs_order(&self) -> bool {
         self.inner.needs_order()
     }
+    // `blocks` stays true whatever the inner consumer says: waiting at the gate blocks.
     fn completed(&mut self, ref_id: &str) -> Result<(), ConsumeError> {
         self.inner.completed(ref_id)
     }

@@ -64,6 +64,10 @@ impl Consumer for PinnedFile {
         self.inner.needs_order()
     }
 
+    fn blocks(&self) -> bool {
+        self.inner.blocks()
+    }
+
     fn completed(&mut self, ref_id: &str) -> Result<(), ConsumeError> {
         self.inner.completed(ref_id)
     }
