@@ -571,7 +571,7 @@ impl Cell {
             return Err(CellnetError::Shutdown);
         }
         if target == inner.fqcn {
-            inner.dispatch_local(channel, topic, message, false);
+            inner.dispatch_local(channel, topic, message);
             return Ok(());
         }
         if opts.streamed {
@@ -1155,7 +1155,7 @@ impl CellInner {
         }
     }
 
-    fn dispatch_local(self: &Arc<Self>, channel: &str, topic: &str, mut m: Message, _reply: bool) {
+    fn dispatch_local(self: &Arc<Self>, channel: &str, topic: &str, mut m: Message) {
         m.headers.insert(keys::ORIGIN, self.fqcn.as_str());
         m.headers.insert(keys::CHANNEL, channel);
         m.headers.insert(keys::TOPIC, topic);
