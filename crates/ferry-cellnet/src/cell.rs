@@ -255,7 +255,7 @@ pub(crate) struct CellInner {
     /// Routing table: peer FQCN → its (single) connection.
     agents: DashMap<String, Arc<Conn>>,
     /// FQCN of the peer reached by [`Cell::connect`]: the route of last resort.
-    parent: Mutex<Option<String>>,
+    parent: Mutex<Option<Fqcn>>,
     /// Plain requests waiting for a reply, by `cn__req_id`.
     pub waiters: DashMap<String, Waiter>,
     /// Streamed requests waiting for a streamed reply, by `sm__ri`.
@@ -398,24 +398,15 @@ impl Cell {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(CellnetError::Shutdown);
         }
-        let t = inner.establish(url).await?;
-        let (tx, rx) = oneshot::channel();
-        inner
-            .io_tasks
-            .spawn(connection::run(inner.clone(), t, true, Some(tx)));
-        let peer = rx
-            .await
-            .map_err(|_| CellnetError::Handshake("connection ended during handshake".into()))??;
-        *lock(&inner.parent) = Some(peer.as_str().to_string());
-        Ok(peer)
+        inner.connect_parent(url).await
     }
 
     /// Like [`Cell::connect`], and keep the connection: whenever it is lost, reconnect in the
     /// background (backoff from 100 ms doubling to 5 s) until [`Cell::shutdown`], as NVFlare
     /// cells do with their parent. Fails only if the first attempt fails.
     pub async fn connect_persistent(&self, url: &str) -> Result<Fqcn, CellnetError> {
-        let first = self.connect(url).await?;
-        let peer = first.clone();
+        let peer = self.connect(url).await?;
+        let first = peer.clone();
         let inner = self.inner.clone();
         let url = url.to_string();
         let stop = inner.listeners_token.clone();
@@ -437,24 +428,13 @@ impl Cell {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.cancelled() => return,
                     }
-                    let attempt = async {
-                        let t = inner.establish(&url).await?;
-                        let (tx, rx) = oneshot::channel();
-                        inner
-                            .io_tasks
-                            .spawn(connection::run(inner.clone(), t, true, Some(tx)));
-                        rx.await.map_err(|_| {
-                            CellnetError::Handshake("connection ended during handshake".into())
-                        })?
-                    };
                     let r = tokio::select! {
-                        r = attempt => r,
+                        r = inner.connect_parent(&url) => r,
                         _ = stop.cancelled() => return,
                     };
                     match r {
                         Ok(p) => {
                             info!(peer = %p, "reconnected");
-                            *lock(&inner.parent) = Some(p.as_str().to_string());
                             backoff = MIN;
                         }
                         Err(e) => {
@@ -466,20 +446,12 @@ impl Cell {
             }
             .instrument(span),
         );
-        Ok(self
-            .fqcn_of_parent()
-            .unwrap_or_else(|| self.inner.fqcn.clone()))
+        Ok(first)
     }
 
     /// The FQCN of the parent (the peer of the last successful [`Cell::connect`]).
     pub fn parent(&self) -> Option<Fqcn> {
-        self.fqcn_of_parent()
-    }
-
-    fn fqcn_of_parent(&self) -> Option<Fqcn> {
-        lock(&self.inner.parent)
-            .as_deref()
-            .and_then(|p| Fqcn::new(p).ok())
+        lock(&self.inner.parent).clone()
     }
 
     /// Send a request and wait for the reply, on the plain (one DATA frame) path.
@@ -783,6 +755,20 @@ impl CellInner {
         }
     }
 
+    /// Open a connection to `url`, run it, wait for its handshake and make the peer this
+    /// cell's parent (one attempt of [`Cell::connect`] and of the reconnect loop).
+    async fn connect_parent(self: &Arc<Self>, url: &str) -> Result<Fqcn, CellnetError> {
+        let t = self.establish(url).await?;
+        let (tx, rx) = oneshot::channel();
+        self.io_tasks
+            .spawn(connection::run(self.clone(), t, true, Some(tx)));
+        let peer = rx
+            .await
+            .map_err(|_| CellnetError::Handshake("connection ended during handshake".into()))??;
+        *lock(&self.parent) = Some(peer.clone());
+        Ok(peer)
+    }
+
     /// Open the transport for `url` (TCP connect, TLS handshake, or an in-process pipe).
     async fn establish(&self, url: &str) -> Result<driver::Transport, CellnetError> {
         tokio::time::timeout(self.limits.handshake_timeout, async {
@@ -875,7 +861,7 @@ impl CellInner {
             return Some(c);
         }
         let parent = lock(&self.parent).clone();
-        parent.and_then(|p| pick(&p))
+        parent.and_then(|p| pick(p.as_str()))
     }
 
     pub(crate) fn check_size(&self, payload: &[Bytes]) -> Result<(), CellnetError> {
