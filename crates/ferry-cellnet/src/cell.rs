@@ -1350,19 +1350,19 @@ impl CellInner {
         let origin = msg.origin().unwrap_or_default().to_string();
         let channel = msg.channel().unwrap_or_default().to_string();
         let topic = msg.topic().unwrap_or_default().to_string();
+        // answers that need no handler, queued without waiting
+        let answer = |reply_to: ReplyTo, m: Message| {
+            self.reply(conn, &origin, &channel, &topic, reply_to, m);
+        };
         if channel == CELLNET_CHANNEL && (topic == BYE_TOPIC || topic == connection::PROBE_TOPIC) {
             debug!(%origin, %topic, "cellnet message");
             let mut m = Message::new();
             m.headers.insert(keys::RETURN_CODE, "ok");
-            self.reply(conn, &origin, &channel, &topic, reply_to, m);
+            answer(reply_to, m);
             return;
         }
         if self.shutting_down.load(Ordering::SeqCst) {
-            self.reply(
-                conn,
-                &origin,
-                &channel,
-                &topic,
+            answer(
                 reply_to,
                 Message::error(ReturnCode::ServiceUnavailable, "cell is shutting down"),
             );
@@ -1370,14 +1370,7 @@ impl CellInner {
         }
         let Some(handler) = self.lookup(&channel, &topic) else {
             warn!(%origin, %channel, %topic, "no callback registered");
-            if matches!(reply_to, ReplyTo::Nobody) {
-                return;
-            }
-            self.reply(
-                conn,
-                &origin,
-                &channel,
-                &topic,
+            answer(
                 reply_to,
                 Message::error(ReturnCode::ProcessException, "no callback"),
             );
@@ -1385,11 +1378,7 @@ impl CellInner {
         };
         let Ok(permit) = conn.in_flight.clone().try_acquire_owned() else {
             warn!(%origin, "too many in-flight requests from this peer");
-            self.reply(
-                conn,
-                &origin,
-                &channel,
-                &topic,
+            answer(
                 reply_to,
                 Message::error(
                     ReturnCode::ServiceUnavailable,
