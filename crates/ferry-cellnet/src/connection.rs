@@ -311,6 +311,9 @@ impl FrameReader {
     }
 }
 
+/// Buffers handed to one vectored write at most (a batch with more takes several writes).
+const MAX_IOV: usize = 64;
+
 /// Write all buffers with vectored writes, advancing over partial writes.
 async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
     w: &mut W,
@@ -323,13 +326,14 @@ async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
             continue;
         }
         let n = {
-            let slices: Vec<IoSlice<'_>> = bufs[i..]
-                .iter()
-                .filter(|b| !b.is_empty())
-                .take(64)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            w.write_vectored(&slices).await?
+            // on the stack: a large batch takes many partial writes, none of them allocates
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for b in bufs[i..].iter().filter(|b| !b.is_empty()).take(MAX_IOV) {
+                slices[k] = IoSlice::new(b);
+                k += 1;
+            }
+            w.write_vectored(&slices[..k]).await?
         };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
@@ -890,6 +894,68 @@ mod tests {
         let rd: ReadHalf = Box::new(std::io::Cursor::new(wire));
         let mut r = FrameReader::new(rd, FrameDecoder::new(16 * LARGE_FRAME, 65535));
         assert!(r.next().await.is_err());
+    }
+
+    /// Accepts at most 7 bytes of at most 3 buffers per write: every write is partial.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(7);
+            self.0.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs.iter().take(3) {
+                let take = b.len().min(7 - n);
+                self.0.extend_from_slice(&b[..take]);
+                n += take;
+                if n == 7 {
+                    break;
+                }
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_survive_partial_writes_and_many_buffers() {
+        // more buffers than one write takes, empty ones among them
+        let mut bufs: Vec<Bytes> = (0..3 * MAX_IOV)
+            .map(|i| Bytes::from(vec![i as u8; i % 6]))
+            .collect();
+        let want: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut w = Trickle(Vec::new());
+        write_all_vectored(&mut w, &mut bufs).await.unwrap();
+        assert_eq!(w.0, want);
     }
 
     #[test]
