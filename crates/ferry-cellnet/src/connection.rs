@@ -802,17 +802,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn large_frames_use_recycled_buffers() {
-        let payload = Bytes::from((0..3 * LARGE_FRAME).map(|i| i as u8).collect::<Vec<u8>>());
-        let f = OutFrame {
+    /// A DATA frame on the wire with an empty header map and this payload.
+    fn data_frame(payload: &Bytes) -> Bytes {
+        OutFrame {
             frame_type: FrameType::Data,
-            app_id: 1,
+            app_id: APP_ID_CELLNET,
             headers: Bytes::from_static(&[0x80]),
             payload: vec![payload.clone()],
         }
         .to_bytes(17, 2)
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn large_frames_use_recycled_buffers() {
+        let payload = Bytes::from((0..3 * LARGE_FRAME).map(|i| i as u8).collect::<Vec<u8>>());
+        let f = data_frame(&payload);
         let mut wire = f.to_vec();
         wire.extend_from_slice(&f);
         wire.extend_from_slice(
@@ -844,14 +849,7 @@ mod tests {
                 .map(|i| (i % 251) as u8)
                 .collect::<Vec<u8>>(),
         );
-        let big = OutFrame {
-            frame_type: FrameType::Data,
-            app_id: 1,
-            headers: Bytes::from_static(&[0x80]),
-            payload: vec![payload.clone()],
-        }
-        .to_bytes(17, 2)
-        .unwrap();
+        let big = data_frame(&payload);
         let small = control(FrameType::Ping, nil_payload())
             .to_bytes(18, 3)
             .unwrap();

@@ -329,12 +329,7 @@ pub fn concat(segments: &[Bytes]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::{hex, spec_example};
 
     #[test]
     fn main_section_matches_capture() {
@@ -358,14 +353,7 @@ mod tests {
     #[test]
     fn spec_example_46_bytes() {
         // §3: {"a":1,"b":b"xy","l":[1,"s"],"d":{"k":None},"f":1.5,"t":True}, 46 bytes
-        let v = Value::Map(vec![
-            ("a".into(), 1.into()),
-            ("b".into(), Value::Binary(b"xy".to_vec())),
-            ("l".into(), Value::Array(vec![1.into(), "s".into()])),
-            ("d".into(), Value::Map(vec![("k".into(), Value::Nil)])),
-            ("f".into(), Value::F64(1.5)),
-            ("t".into(), true.into()),
-        ]);
+        let v = spec_example();
         let b = concat(&Fobs::from_value(v).into_segments());
         assert_eq!(b.len(), 46);
         assert_eq!(&b[..10], &hex("64 00 00 00 00 00 00 00 00 24")[..]);

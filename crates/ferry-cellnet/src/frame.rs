@@ -296,12 +296,7 @@ impl OutFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::hex;
 
     #[test]
     fn ping_capture_decodes() {

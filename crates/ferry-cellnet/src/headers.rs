@@ -252,12 +252,7 @@ impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::hex;
 
     /// Build msgpack bytes from a list of (hex | "str") tokens.
     fn mp(parts: &[&str]) -> Vec<u8> {

@@ -48,6 +48,8 @@ mod message;
 pub mod msgpack;
 mod return_code;
 mod stream;
+#[cfg(test)]
+mod testutil;
 
 pub use cell::{
     Cell, CellBuilder, IntoReply, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,

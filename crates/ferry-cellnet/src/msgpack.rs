@@ -392,18 +392,12 @@ pub fn decode_value(buf: &[u8], max_nodes: usize) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::spec_example;
 
     #[test]
     fn writer_matches_python_bytes() {
         // f3-wire.md §3: {"a":1,"b":b"xy","l":[1,"s"],"d":{"k":None},"f":1.5,"t":True}
-        let v = Value::Map(vec![
-            ("a".into(), 1.into()),
-            ("b".into(), Value::Binary(b"xy".to_vec())),
-            ("l".into(), Value::Array(vec![1.into(), "s".into()])),
-            ("d".into(), Value::Map(vec![("k".into(), Value::Nil)])),
-            ("f".into(), Value::F64(1.5)),
-            ("t".into(), true.into()),
-        ]);
+        let v = spec_example();
         let b = encode_value(v.clone());
         let want: Vec<u8> = [
             &[0x86, 0xa1, 0x61, 0x01, 0xa1, 0x62, 0xc4, 0x02, 0x78, 0x79][..],
