@@ -51,6 +51,7 @@ impl Url {
             return Err(bad("missing address"));
         }
         let host_port = |rest: &str| -> Result<String, CellnetError> {
+            let rest = rest.trim_end_matches('/');
             let (host, port) = rest
                 .rsplit_once(':')
                 .ok_or_else(|| bad("expected HOST:PORT"))?;
@@ -58,7 +59,7 @@ impl Url {
                 return Err(bad("empty host"));
             }
             port.parse::<u16>().map_err(|_| bad("bad port"))?;
-            Ok(rest.trim_end_matches('/').to_string())
+            Ok(rest.to_string())
         };
         match scheme {
             "tcp" => Ok(Url::Tcp(host_port(rest)?)),
@@ -86,6 +87,10 @@ mod tests {
         assert_eq!(
             Url::parse("tcp://[::1]:80").unwrap(),
             Url::Tcp("[::1]:80".into())
+        );
+        assert_eq!(
+            Url::parse("tcp://h:8002/").unwrap(),
+            Url::Tcp("h:8002".into())
         );
         assert_eq!(Url::parse("inproc://x").unwrap(), Url::Inproc("x".into()));
         for bad in [
