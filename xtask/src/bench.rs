@@ -3,7 +3,6 @@
 //! table and write it into their section of `docs/benchmarks.md`.
 
 use anyhow::{bail, Context, Result};
-use std::process::Command;
 
 use crate::interop;
 
@@ -41,12 +40,11 @@ pub fn run(name: Option<&str>, args: &[String]) -> Result<()> {
         bail!("no benchmark named {name:?}; `cargo xtask bench` lists them");
     };
     let py = interop::venv_python();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = interop::cargo_command()
         .args(["run", "--release", "-p", pkg, "--example", example, "--"])
         .args(args)
         .env("FERRY_INTEROP_PYTHON", py)
         .env("FERRY_WORKSPACE", interop::workspace_root())
-        .current_dir(interop::workspace_root())
         .status()
         .context("spawning cargo run")?;
     if !status.success() {

@@ -19,6 +19,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A `cargo` command (the one running xtask, via `$CARGO`) working in the workspace root.
+pub fn cargo_command() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
 /// Where the virtualenv lives.
 pub fn venv_dir() -> PathBuf {
     workspace_root().join("target").join("interop-venv")

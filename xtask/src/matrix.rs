@@ -9,7 +9,6 @@
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Instant;
 
 use crate::interop;
@@ -56,8 +55,8 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn cargo_env(args: &[&str], env: &[(&str, String)]) -> Result<()> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args).current_dir(interop::workspace_root());
+    let mut cmd = interop::cargo_command();
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -72,9 +71,8 @@ fn cargo_env(args: &[&str], env: &[(&str, String)]) -> Result<()> {
 
 /// Features each crate declares (besides `default`), read from `cargo metadata`.
 fn crate_features() -> Result<BTreeMap<String, Vec<String>>> {
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = interop::cargo_command()
         .args(["metadata", "--no-deps", "--format-version", "1"])
-        .current_dir(interop::workspace_root())
         .output()
         .context("cargo metadata")?;
     if !out.status.success() {
@@ -99,7 +97,7 @@ fn crate_features() -> Result<BTreeMap<String, Vec<String>>> {
 fn layering_check() -> Result<()> {
     let mut bad = Vec::new();
     for (krate, forbidden) in LAYERING {
-        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        let out = interop::cargo_command()
             .args([
                 "tree",
                 "-p",
@@ -112,7 +110,6 @@ fn layering_check() -> Result<()> {
                 "--format",
                 "{p}",
             ])
-            .current_dir(interop::workspace_root())
             .output()
             .context("cargo tree")?;
         if !out.status.success() {
