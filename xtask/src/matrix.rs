@@ -1,9 +1,10 @@
 //! The named test matrix: every case is one command with a name, so CI output and `--case NAME`
 //! speak the same language (in the spirit of IronRDP's xtask).
 //!
-//! Cases are derived from `cargo metadata`: every library crate is built and tested on its own
-//! (`-p`) with its default features, with no default features and with all features (crates that
-//! declare no features get one case, since the three builds are the same). Then come formatting,
+//! Every crate under `crates/` ([`CRATES`], bottom layer first; a crate missing from that list
+//! fails the matrix) is built and tested on its own (`-p`) with no default features and with all
+//! features, which are read from `cargo metadata` (crates that declare no features get one case,
+//! since every build is the same). Then come formatting,
 //! clippy, doc tests and rustdoc, the layering check, and the workspace-level end-to-end and
 //! interop tests (which need the Python virtualenv, prepared by the `interop-setup` case).
 
@@ -69,7 +70,7 @@ fn cargo_env(args: &[&str], env: &[(&str, String)]) -> Result<()> {
     Ok(())
 }
 
-/// Features each crate declares (besides `default`), read from `cargo metadata`.
+/// Features each crate under `crates/` declares (besides `default`), read from `cargo metadata`.
 fn crate_features() -> Result<BTreeMap<String, Vec<String>>> {
     let out = interop::cargo_command()
         .args(["metadata", "--no-deps", "--format-version", "1"])
@@ -84,6 +85,10 @@ fn crate_features() -> Result<BTreeMap<String, Vec<String>>> {
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let mut map = BTreeMap::new();
     for pkg in meta["packages"].as_array().into_iter().flatten() {
+        let manifest = pkg["manifest_path"].as_str().unwrap_or_default();
+        if !manifest.contains("/crates/") {
+            continue;
+        }
         let name = pkg["name"].as_str().unwrap_or_default().to_string();
         let feats = pkg["features"]
             .as_object()
@@ -92,6 +97,17 @@ fn crate_features() -> Result<BTreeMap<String, Vec<String>>> {
         map.insert(name, feats);
     }
     Ok(map)
+}
+
+/// The forbidden packages in `tree`, the output of `cargo tree -p KRATE --prefix none --format
+/// {p}` (one `name vX.Y.Z ...` per line; the first line is `krate` itself).
+fn violations(krate: &str, forbidden: &[&str], tree: &str) -> Vec<String> {
+    tree.lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| forbidden.contains(name))
+        .map(|name| format!("{krate} depends on {name} (forbidden by the layering)"))
+        .collect()
 }
 
 fn layering_check() -> Result<()> {
@@ -118,15 +134,11 @@ fn layering_check() -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let tree = String::from_utf8_lossy(&out.stdout);
-        for line in tree.lines().skip(1) {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            if forbidden.contains(&name) {
-                bad.push(format!(
-                    "{krate} depends on {name} (forbidden by the layering)"
-                ));
-            }
-        }
+        bad.extend(violations(
+            krate,
+            forbidden,
+            &String::from_utf8_lossy(&out.stdout),
+        ));
     }
     bad.sort();
     bad.dedup();
@@ -139,6 +151,9 @@ fn layering_check() -> Result<()> {
 
 fn cases() -> Result<Vec<Case>> {
     let features = crate_features()?;
+    if let Some(missing) = features.keys().find(|k| !CRATES.contains(&k.as_str())) {
+        bail!("crate {missing} is not in the test matrix: add it to CRATES in xtask/src/matrix.rs");
+    }
     let mut v: Vec<Case> = Vec::new();
     v.push(Case {
         name: "fmt".into(),
@@ -196,6 +211,11 @@ fn cases() -> Result<Vec<Case>> {
         }
     }
     v.push(Case {
+        name: "test-xtask".into(),
+        what: "cargo test -p xtask (the layering check's parser finds a forbidden crate)".into(),
+        run: Box::new(|| cargo(&["test", "-p", "xtask"])),
+    });
+    v.push(Case {
         name: "doc".into(),
         what: "cargo doc --workspace --no-deps with rustdoc warnings denied (doc tests run in the test cases)".into(),
         run: Box::new(|| {
@@ -224,7 +244,7 @@ pub fn run(list: bool, only: &[String], keep_going: bool) -> Result<()> {
     let all = cases()?;
     if list {
         for c in &all {
-            println!("{:<28} {}", c.name, c.what);
+            println!("{:<32} {}", c.name, c.what);
         }
         return Ok(());
     }
@@ -260,7 +280,7 @@ pub fn run(list: bool, only: &[String], keep_going: bool) -> Result<()> {
         if r.is_err() {
             failed += 1;
         }
-        eprintln!("  {name:<28} {verdict:<7} {secs:>7.1}s");
+        eprintln!("  {name:<32} {verdict:<7} {secs:>7.1}s");
     }
     let skipped = selected.len() - results.len();
     println!(
@@ -272,4 +292,26 @@ pub fn run(list: bool, only: &[String], keep_going: bool) -> Result<()> {
         bail!("{failed} case(s) failed, {skipped} not run");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering_violations_are_found_below_the_root() {
+        let tree = "ferry-core v0.1.0 (/w/crates/ferry-core)\n\
+                    thiserror v2.0.0\n\
+                    tokio v1.54.1\n\
+                    tokio v1.54.1 (*)\n\
+                    tokio-util v0.7.20\n";
+        assert_eq!(
+            violations("ferry-core", &["tokio", "ferry-core"], tree),
+            [
+                "ferry-core depends on tokio (forbidden by the layering)",
+                "ferry-core depends on tokio (forbidden by the layering)"
+            ]
+        );
+        assert!(violations("ferry-core", &["dashmap"], tree).is_empty());
+    }
 }
