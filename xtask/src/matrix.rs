@@ -284,9 +284,8 @@ pub fn run(list: bool, only: &[String], keep_going: bool) -> Result<()> {
     }
     let skipped = selected.len() - results.len();
     println!(
-        "matrix: {} passed, {} failed",
-        results.len() - failed,
-        failed + skipped
+        "matrix: {} passed, {failed} failed, {skipped} not run",
+        results.len() - failed
     );
     if failed > 0 || skipped > 0 {
         bail!("{failed} case(s) failed, {skipped} not run");
