@@ -54,20 +54,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration ({e}; examples: 90s, 5m, 1h30m)"))
 }
 
-/// Format a byte count with a binary unit, e.g. `1.50 GiB`.
+/// Format a byte count with a binary unit, e.g. `1.50 GiB` (the progress bars' own format).
 pub fn fmt_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[i])
-    }
+    indicatif::BinaryBytes(n).to_string()
 }
 
 /// Format a rate in bytes per second, e.g. `812.3 MiB/s`.
