@@ -23,6 +23,23 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `ferry serve SRC EXTRA...` paced at 1 MiB/s in 256 KiB chunks: a 16 MiB transfer is still
+/// running, whatever the machine's speed, when the test interrupts it.
+fn slow_serve(src: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![path_str(src), "--limit-rate", "1MiB", "--chunk", "256KiB"];
+    args.extend_from_slice(extra);
+    serve(&args)
+}
+
+/// `ferry --json get TICKET -o OUT EXTRA...`, returned once its first bytes have arrived.
+fn get_in_progress(ticket: &str, out: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec!["--json", "get", ticket, "-o", path_str(out)];
+    args.extend_from_slice(extra);
+    let mut get = Proc::spawn(&args);
+    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    get
+}
+
 // ---------------------------------------------------------------------------------------------
 // Happy paths
 // ---------------------------------------------------------------------------------------------
@@ -372,10 +389,8 @@ fn sender_that_stops_midway_leaves_nothing_then_resume_completes() {
     let dest = out.join("big.bin");
 
     // Without --resume: no file, no .part.
-    let (mut server, ticket) =
-        serve(&[path_str(&src), "--limit-rate", "1MiB", "--chunk", "256KiB"]);
-    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out)]);
-    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    let (mut server, ticket) = slow_serve(&src, &[]);
+    let mut get = get_in_progress(&ticket, &out, &[]);
     server.child.kill().unwrap();
     let st = get.wait();
     assert_eq!(st.code(), Some(1), "{}", get.stderr_text());
@@ -389,10 +404,8 @@ fn sender_that_stops_midway_leaves_nothing_then_resume_completes() {
     drop(server);
 
     // With --resume: the .part stays, and a second run with a fresh ticket finishes it.
-    let (mut server, ticket) =
-        serve(&[path_str(&src), "--limit-rate", "1MiB", "--chunk", "256KiB"]);
-    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out), "--resume"]);
-    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    let (mut server, ticket) = slow_serve(&src, &[]);
+    let mut get = get_in_progress(&ticket, &out, &["--resume"]);
     server.child.kill().unwrap();
     assert_eq!(get.wait().code(), Some(1));
     assert!(!dest.exists());
@@ -418,17 +431,8 @@ fn ctrl_c_on_get_cancels_and_leaves_nothing() {
     let out = d.path().join("out");
     // Two expected receivers: the cancelled one alone cannot settle the transaction, so the
     // sender is still serving when it gets its own Ctrl-C.
-    let (mut server, ticket) = serve(&[
-        path_str(&src),
-        "--limit-rate",
-        "1MiB",
-        "--chunk",
-        "256KiB",
-        "--receivers",
-        "2",
-    ]);
-    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out)]);
-    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    let (mut server, ticket) = slow_serve(&src, &["--receivers", "2"]);
+    let mut get = get_in_progress(&ticket, &out, &[]);
     get.signal("INT");
     assert_eq!(get.wait().code(), Some(130), "{}", get.stderr_text());
     let rest = get.rest();
@@ -445,10 +449,8 @@ fn ctrl_c_on_serve_deletes_the_transaction() {
     let src = d.path().join("big.bin");
     random_file(&src, 16 * 1024 * 1024, 10);
     let out = d.path().join("out");
-    let (mut server, ticket) =
-        serve(&[path_str(&src), "--limit-rate", "1MiB", "--chunk", "256KiB"]);
-    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out)]);
-    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    let (mut server, ticket) = slow_serve(&src, &[]);
+    let mut get = get_in_progress(&ticket, &out, &[]);
     server.signal("INT");
     assert_eq!(server.wait().code(), Some(130), "{}", server.stderr_text());
     assert!(server.stderr_text().contains("interrupted"));
@@ -580,17 +582,8 @@ fn ctrl_c_on_get_with_resume_keeps_only_the_part_file() {
     let src = d.path().join("big.bin");
     random_file(&src, 16 * 1024 * 1024, 12);
     let out = d.path().join("out");
-    let (mut server, ticket) = serve(&[
-        path_str(&src),
-        "--limit-rate",
-        "1MiB",
-        "--chunk",
-        "256KiB",
-        "--receivers",
-        "2",
-    ]);
-    let mut get = Proc::spawn(&["--json", "get", &ticket, "-o", path_str(&out), "--resume"]);
-    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    let (mut server, ticket) = slow_serve(&src, &["--receivers", "2"]);
+    let mut get = get_in_progress(&ticket, &out, &["--resume"]);
     get.signal("TERM");
     assert_eq!(get.wait().code(), Some(130), "{}", get.stderr_text());
     assert!(!out.join("big.bin").exists());
