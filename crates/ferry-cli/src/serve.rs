@@ -312,7 +312,7 @@ async fn serve(
                 "event": "ticket",
                 "ticket": t.to_string(),
                 "name": t.name,
-                "kind": if t.kind == Kind::File { "file" } else { "tensors" },
+                "kind": t.kind.as_str(),
                 "size": t.size,
                 "ref_id": t.ref_id,
                 "source": t.source,

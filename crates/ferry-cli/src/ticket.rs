@@ -22,7 +22,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    /// `file` or `tensors`: the ticket's `kind=` value (and the `kind` of `serve --json`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::File => "file",
             Kind::Tensors => "tensors",
