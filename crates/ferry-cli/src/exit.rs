@@ -79,6 +79,15 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// An OS error without the "(os error N)" noise.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// The result of a command.
 pub type CmdResult<T = ()> = Result<T, Failure>;
 

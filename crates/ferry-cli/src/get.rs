@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::GetArgs;
 use crate::cells;
-use crate::exit::{CmdResult, Failure};
+use crate::exit::{io_reason, CmdResult, Failure};
 use crate::interrupt;
 use crate::pinned::PinnedFile;
-use crate::serve::io_reason;
 use crate::ticket::{Kind, Ticket};
 use crate::ui;
 use crate::units::{fmt_bytes, fmt_rate};

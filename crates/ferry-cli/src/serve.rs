@@ -20,7 +20,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::args::ServeArgs;
 use crate::cells;
-use crate::exit::{CmdResult, Failure};
+use crate::exit::{io_reason, CmdResult, Failure};
 use crate::interrupt;
 use crate::sysinfo;
 use crate::throttle::{RateLimiter, Throttled};
@@ -143,15 +143,6 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> CmdResult
         }
     }
     Ok(())
-}
-
-/// An OS error without the "(os error N)" noise.
-pub fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
 }
 
 /// The URL to listen on: `tcp://` becomes `stcp://` when TLS files are given; `stcp://`
