@@ -2,8 +2,8 @@
 //! connected to the address in the ticket, with the sender FQCN and ref id from the ticket.
 //!
 //! Needs the interop venv (`cargo xtask interop-setup`; `$FERRY_INTEROP_PYTHON` or
-//! `target/interop-venv/bin/python`). Without it the test says so on stderr and passes: the
-//! interop cases of `cargo xtask test-matrix` always create the venv first.
+//! `target/interop-venv/bin/python`). Without it the test fails and says how to create it; the
+//! `interop-setup` case of `cargo xtask test-matrix` runs before every test case.
 
 mod common;
 
