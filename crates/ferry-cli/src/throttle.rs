@@ -49,6 +49,8 @@ impl Throttled {
     }
 }
 
+// `try_produce_now` is deliberately not forwarded: every chunk must go through the sleeping
+// `produce`, on the blocking pool, or the rate limit would be skipped for cached chunks.
 impl Downloadable for Throttled {
     fn produce(&self, state: Option<&State>, requester: &str) -> Result<Produced, ProduceError> {
         let produced = self.inner.produce(state, requester)?;
