@@ -56,6 +56,7 @@ pub mod cacheable;
 mod delivery;
 mod error;
 pub mod file;
+mod item_dict;
 mod names;
 pub mod numpy;
 mod ranges;

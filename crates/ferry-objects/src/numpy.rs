@@ -32,6 +32,7 @@
 use crate::buffer_pool::BufferPool;
 use crate::cacheable::{CacheOptions, CacheableObject, ItemError, ItemSource, ItemTracker};
 use crate::delivery::Delivery;
+use crate::item_dict::ItemDictAssembly;
 use crate::ObjectsError;
 use bytes::Bytes;
 use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
@@ -909,14 +910,12 @@ impl CacheableObject<NpzSource> {
 /// Rebuilds an array dict in memory from a NumPy item object (NVFlare's `add_arrays` or an
 /// [`NpzDictObject`]).
 ///
-/// Items may arrive in any order; each may hold several arrays (all are taken, as NVFlare's
-/// `ArrayConsumer` does). A malformed item fails the download with an error naming the item.
+/// Items may arrive in any order; the dict is built in the sender's order. Each item may hold
+/// several arrays (all are taken, as NVFlare's `ArrayConsumer` does). A malformed item fails
+/// the download with an error naming the item.
 #[derive(Debug, Default)]
 pub struct NpzDictConsumer {
-    tracker: ItemTracker,
-    dict: NdArrayDict,
-    result: Option<NdArrayDict>,
-    delivery: Delivery<NdArrayDict>,
+    assembly: ItemDictAssembly<NdArrayDict>,
 }
 
 impl NpzDictConsumer {
@@ -928,23 +927,18 @@ impl NpzDictConsumer {
     /// A consumer whose tracker has a custom item limit.
     pub fn with_tracker(tracker: ItemTracker) -> Self {
         Self {
-            tracker,
-            ..Self::default()
+            assembly: ItemDictAssembly::new(tracker),
         }
     }
 
     /// A handle that receives the dict when the download completes.
     pub fn delivery(&self) -> Delivery<NdArrayDict> {
-        self.delivery.clone()
+        self.assembly.delivery()
     }
 
     /// The dict, once completed (taken once).
     pub fn take(&mut self) -> Option<NdArrayDict> {
-        let out = self.result.take();
-        if out.is_some() {
-            self.delivery.take();
-        }
-        out
+        self.assembly.take()
     }
 }
 
@@ -955,7 +949,7 @@ impl Consumer for NpzDictConsumer {
     }
 
     fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
-        self.tracker.plan_received(plan)
+        self.assembly.plan_received(plan)
     }
 
     fn needs_order(&self) -> bool {
@@ -968,29 +962,18 @@ impl Consumer for NpzDictConsumer {
         state: &State,
         data: ChunkData,
     ) -> Result<State, ConsumeError> {
-        for (index, blob) in self.tracker.accept(state, data)? {
-            let arrays = decode_npz(&blob)
-                .map_err(|e| ConsumeError::Integrity(format!("item {index}: {e}")))?;
-            for (name, arr) in arrays {
-                self.dict
-                    .insert(name, arr)
-                    .map_err(|e| ConsumeError::Integrity(format!("item {index}: {e}")))?;
-            }
-        }
-        Ok(state.clone())
+        self.assembly.consume(state, data, |index, blob| {
+            decode_npz(blob).map_err(|e| ConsumeError::Integrity(format!("item {index}: {e}")))
+        })
     }
 
     fn completed(&mut self, _ref_id: &str) -> Result<(), ConsumeError> {
-        self.tracker.finish()?;
-        let dict = std::mem::take(&mut self.dict);
-        self.delivery.put(dict.clone());
-        self.result = Some(dict);
-        Ok(())
+        self.assembly.completed()
     }
 
     fn failed(&mut self, ref_id: &str, reason: &str) {
         tracing::debug!(ref_id, reason, "numpy dict download failed");
-        self.dict = NdArrayDict::new();
+        self.assembly.failed();
     }
 }
 
@@ -1299,8 +1282,10 @@ mod tests {
             assert!(delivery.is_ready());
             let got = c.take().unwrap();
             assert_eq!(got, d, "{packing:?}");
+            // Chunks arrived in reverse; the dict keeps the sender's order.
             let names: Vec<&str> = got.iter().map(|(n, _)| n).collect();
-            assert_eq!(names.len(), d.len());
+            let sent: Vec<&str> = d.iter().map(|(n, _)| n).collect();
+            assert_eq!(names, sent, "{packing:?}");
             obj.release();
         }
     }
