@@ -35,7 +35,7 @@ pub struct SourceFailureTable {
     /// (source, rid) -> reason.
     map: TtlMap<(String, String), String>,
     /// Monotonic virtual time.
-    clock: Option<Clock>,
+    clock: Clock,
 }
 
 impl Default for SourceFailureTable {
@@ -54,17 +54,7 @@ impl SourceFailureTable {
     pub fn with_limits(ttl: Duration, cap: usize) -> Self {
         Self {
             map: TtlMap::new(ttl, cap),
-            clock: None,
-        }
-    }
-
-    fn tick(&mut self, now: Instant) -> Instant {
-        match &mut self.clock {
-            Some(c) => c.advance(now),
-            None => {
-                self.clock = Some(Clock::new(now));
-                now
-            }
+            clock: Clock::default(),
         }
     }
 
@@ -78,7 +68,7 @@ impl SourceFailureTable {
         notice: &SourceFailureNotice,
         now: Instant,
     ) -> Result<Vec<SourceFailure>, Error> {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         let bad = |why: String| Err(Error::InvalidNotice(why));
         if let Err(e) = validate_fqcn(origin) {
             return bad(format!("origin: {e}"));
@@ -151,7 +141,7 @@ impl SourceFailureTable {
     /// The failure reason recorded for (source, ref), if any and not expired. Check it before
     /// starting a download: a recorded failure fails it before the first request.
     pub fn check(&mut self, source: &str, ref_id: &RefId, now: Instant) -> Option<String> {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         self.map
             .get(&(source.to_string(), ref_id.as_str().to_string()), now)
             .cloned()
@@ -164,7 +154,7 @@ impl SourceFailureTable {
 
     /// Drop expired records.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         self.map.expire(now);
     }
 

@@ -31,24 +31,24 @@ pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant
 
 /// Keeps the engine's notion of "now" monotonic even if a caller passes an instant slightly
 /// older than one it passed before (two threads reading the clock before taking a lock).
-#[derive(Debug, Clone, Copy)]
+/// `Default` is a clock that has not seen an instant yet; the first `advance` starts it.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Clock {
-    /// The latest instant seen so far.
-    latest: Instant,
+    /// The latest instant seen so far (`None` before the first call).
+    latest: Option<Instant>,
 }
 
 impl Clock {
     /// A clock that starts at `now`.
     pub(crate) fn new(now: Instant) -> Self {
-        Self { latest: now }
+        Self { latest: Some(now) }
     }
 
     /// Advance to `now` (never backwards) and return the effective instant.
     pub(crate) fn advance(&mut self, now: Instant) -> Instant {
-        if now > self.latest {
-            self.latest = now;
-        }
-        self.latest
+        let latest = self.latest.map_or(now, |l| l.max(now));
+        self.latest = Some(latest);
+        latest
     }
 }
 
@@ -75,5 +75,8 @@ mod tests {
             c.advance(t0 + Duration::from_secs(2)),
             t0 + Duration::from_secs(2)
         );
+        let mut unstarted = Clock::default();
+        assert_eq!(unstarted.advance(t0), t0);
+        assert_eq!(unstarted.advance(t0 - Duration::from_secs(1)), t0);
     }
 }
