@@ -206,8 +206,8 @@ pub struct PendingConfirm {
 pub struct Service {
     /// Settings.
     config: ServiceConfig,
-    /// Monotonic virtual time (`None` before the first call).
-    clock: Option<Clock>,
+    /// Monotonic virtual time (unset before the first call).
+    clock: Clock,
     /// Live and settling transactions. A BTreeMap so that simultaneous settlements happen in a
     /// deterministic order.
     txs: BTreeMap<TxId, Tx>,
@@ -344,7 +344,7 @@ impl Service {
             tombstones: TtlMap::new(config.tombstone_ttl, config.max_tombstones),
             outcomes: TtlMap::new(config.outcome_ttl, config.max_outcomes),
             config,
-            clock: None,
+            clock: Clock::default(),
             txs: BTreeMap::new(),
             ref_index: HashMap::new(),
             leaked: HashMap::new(),
@@ -360,15 +360,13 @@ impl Service {
         &self.config
     }
 
-    /// Advance virtual time (never backwards) and return the effective instant.
-    fn tick(&mut self, now: Instant) -> Instant {
-        match &mut self.clock {
-            Some(c) => c.advance(now),
-            None => {
-                self.clock = Some(Clock::new(now));
-                now
-            }
-        }
+    /// The ids of the live (not settling) transactions, copied so the caller may retire them.
+    fn live_tx_ids(&self) -> Vec<TxId> {
+        self.txs
+            .iter()
+            .filter(|(_, t)| t.phase == Phase::Live)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     // ----------------------------------------------------------------------------------------
@@ -378,7 +376,7 @@ impl Service {
     /// caller-chosen id that is live, settling, still has an unexpired outcome receipt, or whose
     /// previous life has pulls in flight past its drain deadline (§3.6).
     pub fn new_transaction(&mut self, cfg: TxConfig, now: Instant) -> Result<TxId, Error> {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         if self.shut_down {
             return Err(Error::ShutDown);
         }
@@ -486,7 +484,7 @@ impl Service {
         ref_id: Option<RefId>,
         now: Instant,
     ) -> Result<RefId, Error> {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         if self.shut_down {
             return Err(Error::ShutDown);
         }
@@ -529,7 +527,7 @@ impl Service {
     /// Delete a live transaction (NVFlare `delete_transaction`): it settles as DELETED, at once
     /// if no pull is in flight, otherwise as soon as they finish (or the drain timeout passes).
     pub fn delete_transaction(&mut self, tx_id: &TxId, now: Instant) -> Result<(), Error> {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         let tx = self
             .txs
             .get_mut(tx_id)
@@ -547,14 +545,9 @@ impl Service {
     /// ([`Error::ShutDown`], or `service_unavailable` to peers). Transactions with pulls in
     /// flight settle when those finish or the drain timeout passes.
     pub fn shutdown(&mut self, now: Instant) {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         self.shut_down = true;
-        let live: Vec<TxId> = self
-            .txs
-            .iter()
-            .filter(|(_, t)| t.phase == Phase::Live)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let live = self.live_tx_ids();
         for id in live {
             self.retire(&id, DoneStatus::Deleted, false, now);
         }
@@ -590,7 +583,7 @@ impl Service {
     ) -> Handled {
         match req {
             DownloadRequest::Invalid(why) => {
-                let _ = self.tick(now);
+                let _ = self.clock.advance(now);
                 tracing::warn!(receiver, why = %why, "invalid download request");
                 Handled::Reply(Reply::error(ReturnCode::InvalidRequest, why))
             }
@@ -620,7 +613,7 @@ impl Service {
         req: PullRequest,
         now: Instant,
     ) -> Result<PullTicket, Reply> {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         if self.shut_down {
             return Err(Reply::error(
                 ReturnCode::ServiceUnavailable,
@@ -730,7 +723,7 @@ impl Service {
         result: Result<Produced, ProduceError>,
         now: Instant,
     ) -> Reply {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         let Some(tx_id) = self.tickets.remove(&ticket.id) else {
             return Reply::error(ReturnCode::InvalidRequest, "unknown pull ticket");
         };
@@ -788,7 +781,7 @@ impl Service {
     /// `process_exception`. A ticket that is neither finished nor abandoned holds its
     /// transaction's settlement until the drain timeout.
     pub fn abandon_pull(&mut self, ticket: PullTicket, now: Instant) -> Reply {
-        let _ = self.tick(now);
+        let _ = self.clock.advance(now);
         if let Some(tx_id) = self.tickets.remove(&ticket.id) {
             match self.txs.get_mut(&tx_id) {
                 Some(tx) => {
@@ -874,7 +867,7 @@ impl Service {
         nonce: Option<&str>,
         now: Instant,
     ) -> Reply {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         let Some((tx_id, ri)) = self.live_ref(ref_id) else {
             tracing::debug!(rid = %ref_id, receiver, "confirm for unknown ref dropped");
             return Reply::ack();
@@ -910,7 +903,7 @@ impl Service {
     /// The cancel path (R7): from a receiver that pulled somewhere in the transaction, FAILED on
     /// every ref where it is not yet FINAL. Always acknowledged with `ok`.
     pub fn cancel(&mut self, receiver: &str, ref_id: &RefId, now: Instant) -> Reply {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         let Some((tx_id, _)) = self.live_ref(ref_id) else {
             tracing::debug!(rid = %ref_id, receiver, "cancel for unknown ref dropped");
             return Reply::ack();
@@ -983,13 +976,8 @@ impl Service {
     /// Fire everything due at `now`, in NVFlare's order: budgets, then classification
     /// (finished beats expired), then TTL expiry, then settlement of drained transactions.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let now = self.tick(now);
-        let live: Vec<TxId> = self
-            .txs
-            .iter()
-            .filter(|(_, t)| t.phase == Phase::Live)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let now = self.clock.advance(now);
+        let live = self.live_tx_ids();
         for id in live {
             let Some(tx) = self.txs.get_mut(&id) else {
                 continue;
@@ -1153,7 +1141,7 @@ impl Service {
 
     /// The recorded outcome of `tx_id`, if still within its TTL.
     pub fn outcome(&mut self, tx_id: &TxId, now: Instant) -> Option<TransferOutcome> {
-        let now = self.tick(now);
+        let now = self.clock.advance(now);
         self.outcomes.get(tx_id, now).cloned()
     }
 
