@@ -451,20 +451,19 @@ impl Download {
     /// Windowed mode: request more chunks while the window has room; request EOF once every
     /// data reply arrived.
     fn fill_window(&mut self, now: Instant) {
-        let Some(plan) = self.plan.clone() else {
-            return;
-        };
-        if !matches!(self.stage, Stage::Running) {
+        if self.plan.is_none() || !matches!(self.stage, Stage::Running) {
             return;
         }
+        // The state is looked up per request instead of cloning the plan on every reply.
+        let planned = |d: &Self, i: u64| d.plan.as_ref().and_then(|p| p.state_for(i));
         while self.next_send < self.n_chunks && self.occupancy() < self.cfg.window {
             let i = self.next_send;
             self.next_send += 1;
-            self.send(i, plan.state_for(i), now);
+            self.send(i, planned(self, i), now);
         }
         if !self.eof_requested && self.received == self.n_chunks {
             self.eof_requested = true;
-            self.send(self.n_chunks, plan.state_for(self.n_chunks), now);
+            self.send(self.n_chunks, planned(self, self.n_chunks), now);
         }
     }
 
