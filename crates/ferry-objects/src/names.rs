@@ -1,7 +1,55 @@
-//! Destination names: a single path component that cannot escape its directory.
+//! Destinations of the file consumers: a name that is a single path component and cannot
+//! escape its directory, and the final move of a finished part file onto it.
 
 use crate::ObjectsError;
-use std::path::{Component, Path};
+use ferry_core::ConsumeError;
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+/// Check `name` and the directory `dir` for a new download and return `dir/name`; an existing
+/// destination is refused unless `overwrite`.
+pub(crate) fn destination_path(
+    dir: &Path,
+    name: &str,
+    overwrite: bool,
+) -> Result<PathBuf, ObjectsError> {
+    check_destination_name(name)?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| ObjectsError::io(format!("target directory {}", dir.display()), e))?;
+    if !meta.is_dir() {
+        return Err(ObjectsError::InvalidOption(format!(
+            "target {} is not a directory",
+            dir.display()
+        )));
+    }
+    let final_path = dir.join(name);
+    if !overwrite && final_path.symlink_metadata().is_ok() {
+        return Err(ObjectsError::DestinationExists(final_path));
+    }
+    Ok(final_path)
+}
+
+/// Rename the finished, fsynced `part` to `final_path` and fsync the directory so the rename
+/// is durable (a failure of that fsync is logged: the file is in place). A destination that
+/// appeared during the download is refused unless `overwrite`.
+pub(crate) fn publish(part: &Path, final_path: &Path, overwrite: bool) -> Result<(), ConsumeError> {
+    if !overwrite && final_path.symlink_metadata().is_ok() {
+        return Err(ConsumeError::Other(format!(
+            "destination {} appeared during the download and overwrite is off",
+            final_path.display()
+        )));
+    }
+    std::fs::rename(part, final_path).map_err(|e| ConsumeError::Io {
+        context: format!("renaming {} to {}", part.display(), final_path.display()),
+        source: e,
+    })?;
+    if let Some(dir) = final_path.parent() {
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "fsync of the directory failed");
+        }
+    }
+    Ok(())
+}
 
 /// Check that `name` is one normal path component (no separator, not `.`/`..`, not empty, no
 /// NUL), so that `dir.join(name)` stays inside `dir`.

@@ -1,7 +1,7 @@
 //! The file consumer.
 
 use crate::byte_state::{chunk_offset, state_after};
-use crate::names::check_destination_name;
+use crate::names::{destination_path, publish};
 use crate::ranges::RangeSet;
 use crate::ObjectsError;
 use ferry_core::{ChunkData, ConsumeError, Consumer, PlanLayout, State, TransferPlan};
@@ -42,21 +42,9 @@ impl FileConsumerBuilder {
 
     /// Check the name and destination, and open (or, when resuming, reopen) `NAME.part`.
     pub fn open(self) -> Result<FileConsumer, ObjectsError> {
-        check_destination_name(&self.name)?;
-        let meta = std::fs::metadata(&self.dir)
-            .map_err(|e| ObjectsError::io(format!("target directory {}", self.dir.display()), e))?;
-        if !meta.is_dir() {
-            return Err(ObjectsError::InvalidOption(format!(
-                "target {} is not a directory",
-                self.dir.display()
-            )));
-        }
-        let final_path = self.dir.join(&self.name);
+        let final_path = destination_path(&self.dir, &self.name, self.overwrite)?;
         let part_path = self.dir.join(format!("{}.part", self.name));
         let plan_path = self.dir.join(format!("{}.part.plan", self.name));
-        if !self.overwrite && final_path.symlink_metadata().is_ok() {
-            return Err(ObjectsError::DestinationExists(final_path));
-        }
         let mut existing = part_path.symlink_metadata().ok();
         let mut kept_plan = None;
         if self.keep_part && existing.as_ref().is_some_and(|m| m.file_type().is_file()) {
@@ -446,30 +434,10 @@ impl FileConsumer {
         }
         let file = self.file()?;
         file.sync_all().map_err(|e| self.io("fsync", e))?;
-        if !self.overwrite && self.final_path.symlink_metadata().is_ok() {
-            return Err(ConsumeError::Other(format!(
-                "destination {} appeared during the download and overwrite is off",
-                self.final_path.display()
-            )));
-        }
-        std::fs::rename(&self.part_path, &self.final_path).map_err(|e| ConsumeError::Io {
-            context: format!(
-                "renaming {} to {}",
-                self.part_path.display(),
-                self.final_path.display()
-            ),
-            source: e,
-        })?;
+        publish(&self.part_path, &self.final_path, self.overwrite)?;
         self.file = None;
         if let Err(e) = remove_if_exists(&self.plan_path) {
             tracing::warn!(error = %e, "could not remove the kept plan");
-        }
-        // Make the rename durable; a failure here is reported but the file is in place.
-        if let Some(dir) = self.final_path.parent() {
-            let synced = File::open(dir).and_then(|d| d.sync_all());
-            if let Err(e) = synced {
-                tracing::warn!(dir = %dir.display(), error = %e, "fsync of the directory failed");
-            }
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use super::blob::decode_item;
 use crate::cacheable::ItemTracker;
-use crate::names::check_destination_name;
+use crate::names::{destination_path, publish};
 use crate::ObjectsError;
 use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
@@ -36,19 +36,7 @@ impl SafetensorsFileConsumerBuilder {
 
     /// Check the name and destination and create the (unlinked) data spool file.
     pub fn open(self) -> Result<SafetensorsFileConsumer, ObjectsError> {
-        check_destination_name(&self.name)?;
-        let meta = std::fs::metadata(&self.dir)
-            .map_err(|e| ObjectsError::io(format!("target directory {}", self.dir.display()), e))?;
-        if !meta.is_dir() {
-            return Err(ObjectsError::InvalidOption(format!(
-                "target {} is not a directory",
-                self.dir.display()
-            )));
-        }
-        let final_path = self.dir.join(&self.name);
-        if !self.overwrite && final_path.symlink_metadata().is_ok() {
-            return Err(ObjectsError::DestinationExists(final_path));
-        }
+        let final_path = destination_path(&self.dir, &self.name, self.overwrite)?;
         // In the target directory (same file system, no tmpfs surprise), already unlinked: the
         // OS frees it whatever happens to this process.
         let spool = tempfile::tempfile_in(&self.dir).map_err(|e| {
@@ -209,28 +197,7 @@ impl SafetensorsFileConsumer {
         }
         part.sync_all()
             .map_err(|e| self.io(format!("fsync {}", self.part_path.display()), e))?;
-        if !self.overwrite && self.final_path.symlink_metadata().is_ok() {
-            return Err(ConsumeError::Other(format!(
-                "destination {} appeared during the download and overwrite is off",
-                self.final_path.display()
-            )));
-        }
-        std::fs::rename(&self.part_path, &self.final_path).map_err(|e| {
-            self.io(
-                format!(
-                    "renaming {} to {}",
-                    self.part_path.display(),
-                    self.final_path.display()
-                ),
-                e,
-            )
-        })?;
-        if let Some(dir) = self.final_path.parent() {
-            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-                tracing::warn!(dir = %dir.display(), error = %e, "fsync of the directory failed");
-            }
-        }
-        Ok(())
+        publish(&self.part_path, &self.final_path, self.overwrite)
     }
 
     fn cleanup(&mut self) {
