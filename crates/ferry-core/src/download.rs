@@ -517,7 +517,7 @@ impl Download {
         if matches!(self.stage, Stage::Done) {
             return;
         }
-        let body = match result {
+        let mut body = match result {
             Ok(b) => b,
             Err(ReturnCode::Timeout) => return self.timed_out(id, now),
             Err(rc) => return self.request_failed(id, rc, None, now),
@@ -527,6 +527,11 @@ impl Download {
             return;
         };
         self.timeouts.remove(&req.index);
+        // a terminal reply's nonce is confirmed only when the producer asks for it
+        let nonce = body
+            .confirm_nonce
+            .take()
+            .filter(|_| body.confirm_expected == Some(true));
         match body.status {
             ReplyStatus::Ok => self.on_data(req.index, body, now),
             ReplyStatus::Eof => {
@@ -534,20 +539,10 @@ impl Download {
                     let why = format!("eof at chunk {} of {}", req.index, self.n_chunks);
                     return self.fail(DownloadFailure::PlanMismatch(why), true, now);
                 }
-                let nonce = if body.confirm_expected == Some(true) {
-                    body.confirm_nonce
-                } else {
-                    None
-                };
                 self.eof = Some(nonce);
-                self.maybe_complete(now);
+                self.maybe_complete();
             }
             ReplyStatus::Error => {
-                let nonce = if body.confirm_expected == Some(true) {
-                    body.confirm_nonce
-                } else {
-                    None
-                };
                 self.confirm(nonce, DownloadStatus::Failed);
                 let source_fqcn = self.source.clone();
                 self.fail(DownloadFailure::ProducerError { source_fqcn }, false, now);
@@ -598,7 +593,8 @@ impl Download {
         }
     }
 
-    /// Request `id` ended with the non-retryable code `rc` (timeouts are retried instead).
+    /// Request `id` ended with the non-retryable code `rc` (both callers route `timeout` to
+    /// [`timed_out`](Self::timed_out) instead).
     fn request_failed(
         &mut self,
         id: RequestId,
@@ -608,9 +604,6 @@ impl Download {
     ) {
         if matches!(self.stage, Stage::Done) {
             return;
-        }
-        if rc == ReturnCode::Timeout {
-            return self.timed_out(id, now);
         }
         if !self.outstanding.contains_key(&id) {
             return;
@@ -767,14 +760,13 @@ impl Download {
                 return self.fail(DownloadFailure::StateChanged, true, now);
             }
             self.fill_window(now);
-            self.maybe_complete(now);
+            self.maybe_complete();
         } else {
             self.send(seq + 1, Some(new_state), now);
         }
     }
 
-    fn maybe_complete(&mut self, now: Instant) {
-        let _ = now;
+    fn maybe_complete(&mut self) {
         if !matches!(self.stage, Stage::Running) || self.eof.is_none() {
             return;
         }
