@@ -289,8 +289,8 @@ async fn receive(a: ReceiveArgs) -> Result<()> {
         emit("RESULT", &rec);
     }
     emit("RESULT", &json!({"event": "done", "all_ok": all_ok}));
-    // Let the last confirm leave before the cell goes away.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The last confirm is queued on the connection by now (the download awaited it), and
+    // `Cell::shutdown` writes out what is queued before it closes a connection.
     service.shutdown().await;
     cell.shutdown().await;
     Ok(())
