@@ -1,6 +1,8 @@
 //! NVFlare's byte-stream state `{"received_bytes": n}`, shared by the bytes and file objects.
 
-use ferry_core::State;
+use crate::ranges::RangeSet;
+use bytes::Bytes;
+use ferry_core::{ChunkData, ConsumeError, State};
 
 /// The state key of byte-stream objects (NVFlare's file state).
 pub const RECEIVED_BYTES: &str = "received_bytes";
@@ -52,6 +54,53 @@ pub(crate) fn chunk_offset(state: &State, len: u64) -> Result<u64, String> {
     end.checked_sub(len).ok_or_else(|| {
         format!("chunk state {RECEIVED_BYTES}={end} is smaller than the chunk length {len}")
     })
+}
+
+/// Check a received byte chunk and return where it starts and its bytes: it must be a byte
+/// chunk placed by its state (see [`chunk_offset`]) and end within the plan's size
+/// (`planned_total`), else within `max_size`; without a plan chunks come stop-and-wait, in
+/// order, so it must also continue the prefix received so far (a chunk past it would only
+/// make the consumer allocate a hole on a peer's word).
+pub(crate) fn check_byte_chunk(
+    state: &State,
+    data: ChunkData,
+    planned_total: Option<u64>,
+    max_size: u64,
+    received: &RangeSet,
+) -> Result<(u64, Bytes), ConsumeError> {
+    let ChunkData::Bytes(chunk) = data else {
+        return Err(ConsumeError::BadChunk(
+            "expected a byte chunk, got a list of items".into(),
+        ));
+    };
+    let len = chunk.len() as u64;
+    let start = chunk_offset(state, len).map_err(ConsumeError::BadChunk)?;
+    let end = start + len;
+    let limit = planned_total.unwrap_or(max_size);
+    if end > limit {
+        return Err(ConsumeError::BadChunk(format!(
+            "chunk [{start}, {end}) goes beyond the object size limit {limit}"
+        )));
+    }
+    if planned_total.is_none() && start > received.prefix_len() {
+        return Err(ConsumeError::BadChunk(format!(
+            "chunk starts at {start}, past the {} bytes received (no plan: chunks come in order)",
+            received.prefix_len()
+        )));
+    }
+    Ok((start, chunk))
+}
+
+/// Check that `received` covers exactly `[0, total)`.
+pub(crate) fn check_complete(received: &RangeSet, total: u64) -> Result<(), ConsumeError> {
+    if !received.is_exactly(total) {
+        return Err(ConsumeError::Integrity(format!(
+            "received {} of {total} bytes (missing ranges {:?})",
+            received.covered(),
+            received.gaps(0, total)
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The simplest object: an in-memory [`Bytes`] served as a byte stream, and a consumer that
 //! collects one into memory.
 
-use crate::byte_state::{chunk_offset, parse_byte_request, state_after, ByteRequest};
+use crate::byte_state::{
+    check_byte_chunk, check_complete, parse_byte_request, state_after, ByteRequest,
+};
 use crate::delivery::Delivery;
 use crate::ranges::RangeSet;
 use crate::{ObjectsError, DEFAULT_CHUNK_SIZE};
@@ -209,28 +211,14 @@ impl Consumer for BytesConsumer {
         state: &State,
         data: ChunkData,
     ) -> Result<State, ConsumeError> {
-        let ChunkData::Bytes(chunk) = data else {
-            return Err(ConsumeError::BadChunk(
-                "expected a byte chunk, got a list of items".into(),
-            ));
-        };
-        let len = chunk.len() as u64;
-        let start = chunk_offset(state, len).map_err(ConsumeError::BadChunk)?;
-        let end = start + len;
-        let limit = self.expected_total.unwrap_or(self.max_size);
-        if end > limit {
-            return Err(ConsumeError::BadChunk(format!(
-                "chunk [{start}, {end}) goes beyond the object size limit {limit}"
-            )));
-        }
-        // Without a plan chunks come stop-and-wait, in order: a chunk past the received prefix
-        // would only make us allocate a hole on a peer's word.
-        if self.expected_total.is_none() && start > self.ranges.prefix_len() {
-            return Err(ConsumeError::BadChunk(format!(
-                "chunk starts at {start}, past the {} bytes received (no plan: chunks come in order)",
-                self.ranges.prefix_len()
-            )));
-        }
+        let (start, chunk) = check_byte_chunk(
+            state,
+            data,
+            self.expected_total,
+            self.max_size,
+            &self.ranges,
+        )?;
+        let end = start + chunk.len() as u64;
         if self.buf.len() < end as usize {
             self.buf.resize(end as usize, 0);
         }
@@ -245,13 +233,7 @@ impl Consumer for BytesConsumer {
 
     fn completed(&mut self, _ref_id: &str) -> Result<(), ConsumeError> {
         let total = self.expected_total.unwrap_or(self.ranges.max_end());
-        if !self.ranges.is_exactly(total) {
-            return Err(ConsumeError::Integrity(format!(
-                "received {} of {total} bytes (missing ranges {:?})",
-                self.ranges.covered(),
-                self.ranges.gaps(0, total)
-            )));
-        }
+        check_complete(&self.ranges, total)?;
         self.buf.truncate(total as usize);
         if let Some(want) = &self.expected_digest {
             let got = blake3::hash(&self.buf).to_hex();

@@ -1,6 +1,6 @@
 //! The file consumer.
 
-use crate::byte_state::{chunk_offset, state_after};
+use crate::byte_state::{check_byte_chunk, check_complete, state_after};
 use crate::names::{destination_path, publish};
 use crate::ranges::RangeSet;
 use crate::ObjectsError;
@@ -414,13 +414,7 @@ impl FileConsumer {
 
     fn finish(&mut self) -> Result<(), ConsumeError> {
         let total = self.expected_total.unwrap_or_else(|| self.ranges.max_end());
-        if !self.ranges.is_exactly(total) {
-            return Err(ConsumeError::Integrity(format!(
-                "received {} of {total} bytes (missing {:?})",
-                self.ranges.covered(),
-                self.ranges.gaps(0, total)
-            )));
-        }
+        check_complete(&self.ranges, total)?;
         self.advance_verifier(None)?;
         if let Some(v) = self.verifier.take() {
             let got = v.hasher.finalize().to_hex();
@@ -492,26 +486,14 @@ impl Consumer for FileConsumer {
                 "chunk after the download finished".into(),
             ));
         }
-        let ChunkData::Bytes(chunk) = data else {
-            return Err(ConsumeError::BadChunk(
-                "expected a byte chunk, got a list of items".into(),
-            ));
-        };
-        let len = chunk.len() as u64;
-        let start = chunk_offset(state, len).map_err(ConsumeError::BadChunk)?;
-        let end = start + len;
-        let limit = self.expected_total.unwrap_or(self.max_size);
-        if end > limit {
-            return Err(ConsumeError::BadChunk(format!(
-                "chunk [{start}, {end}) goes beyond the object size {limit}"
-            )));
-        }
-        if self.expected_total.is_none() && start > self.ranges.prefix_len() {
-            return Err(ConsumeError::BadChunk(format!(
-                "chunk starts at {start}, past the {} bytes received (no plan: chunks come in order)",
-                self.ranges.prefix_len()
-            )));
-        }
+        let (start, chunk) = check_byte_chunk(
+            state,
+            data,
+            self.expected_total,
+            self.max_size,
+            &self.ranges,
+        )?;
+        let end = start + chunk.len() as u64;
         let gaps = self.ranges.gaps(start, end);
         let whole = gaps.len() == 1 && gaps[0] == (start, end);
         for &(s, e) in &gaps {
