@@ -10,6 +10,7 @@
 //! * [`pattern_bytes`], [`sha256_hex`] agree byte for byte with what the peers send/report.
 //! * [`e2e`]: gates for deterministic mid-download points, test data and digests for the
 //!   download-service tests and the `ferry-peer` binary (`src/bin/ferry-peer.rs`).
+//! * [`init_tracing`]: test logs (`RUST_LOG`, default `warn`) through the test writer.
 //!
 //! The scripts and their command lines are documented in `tests/py/README.md`.
 //!
@@ -36,6 +37,18 @@ pub use python::{
 
 #[cfg(test)]
 mod selftest;
+
+/// Route `tracing` output of the code under test to the test harness's captured output,
+/// filtered by `RUST_LOG` (default `warn`). Safe to call from every test: only the first call
+/// in a process installs the subscriber.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
 
 /// Names shared with `tests/py/ferry_peer.py`.
 pub mod names {

@@ -20,7 +20,7 @@ use ferry_tests::names::{
     ECHO_HEADER, ECHO_TOPIC, NOTIFY_TOPIC, PLAIN_CHANNEL, REPLY_HEADER, REQUEST_HEADER,
     STREAM_CHANNEL,
 };
-use ferry_tests::{args, pattern_bytes, sha256_hex, CellCert, PyPeer, TestPki};
+use ferry_tests::{args, init_tracing, pattern_bytes, sha256_hex, CellCert, PyPeer, TestPki};
 use tokio::sync::mpsc;
 
 /// Per-request bound; generous because NVFlare runs on a loaded 2-core CI box.
@@ -29,15 +29,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const PEER_TIMEOUT: &str = "150";
 /// Above FOBS's 10 MiB datum threshold: such a value travels as a datum section.
 const DATUM_SIZE: usize = 10 * 1024 * 1024 + 4321;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// What a Ferry-side handler saw.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use ferry::prelude::*;
 use ferry_tests::e2e::{
     make_tensors, tensor_digest, write_random_file, Gate, GatedObject, StallingConsumer,
 };
-use ferry_tests::PyPeer;
+use ferry_tests::{init_tracing, PyPeer};
 use tokio::sync::broadcast;
 
 /// The `ferry-peer` test binary (built with this package).
@@ -34,15 +34,6 @@ fn big_file_len() -> u64 {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(256);
     mib << 20
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
 }
 
 /// A listening sender cell with its service.

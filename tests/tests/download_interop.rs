@@ -22,22 +22,13 @@ use ferry::objects::{
     NpzDictObject,
 };
 use ferry::prelude::*;
-use ferry_tests::{args, pattern_bytes, python, sha256_file_hex, sha256_hex, PyPeer};
+use ferry_tests::{args, init_tracing, pattern_bytes, python, sha256_file_hex, sha256_hex, PyPeer};
 use serde_json::{json, Value};
 
 /// Overall deadline handed to every Python peer.
 const PEER_TIMEOUT: &str = "150";
 /// Generous bound for outcomes on a loaded 2-core machine.
 const SOON: Duration = Duration::from_secs(90);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 fn opts() -> DownloadOptions {
     DownloadOptions {
