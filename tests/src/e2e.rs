@@ -9,6 +9,8 @@
 //! * [`write_random_file`], [`blake3_file`], [`make_tensors`], [`tensor_digest`]: test data and
 //!   the digests both sides compare.
 //! * [`outcome_json`]: a [`TransferOutcome`] as the json the peer prints.
+//! * [`sender`], [`receiver`]: a listening / connected cell with its download service;
+//!   [`statuses`] and [`assert_released`] check what the sender recorded and gave back.
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,6 +24,7 @@ use ferry::core::{
 };
 use ferry::objects::tensors::Dtype;
 use ferry::objects::{Tensor, TensorDict};
+use ferry::prelude::{Cell, DownloadService, ServiceOptions};
 use serde_json::{json, Value};
 
 /// How long a held `produce` or a stalled consumer waits at most before giving up on its own:
@@ -319,4 +322,57 @@ pub fn outcome_json(o: &TransferOutcome) -> Value {
         "num_receivers": o.num_receivers,
         "receivers": refs,
     })
+}
+
+/// A sender cell `fqcn` listening on an OS-assigned loopback port, with its download service
+/// and the URL to reach it.
+///
+/// # Panics
+/// When the cell cannot be created or cannot listen.
+pub async fn sender(fqcn: &str, opts: ServiceOptions) -> (Cell, DownloadService, String) {
+    let cell = Cell::new(fqcn).unwrap();
+    let url = cell.listen("tcp://127.0.0.1:0").await.unwrap();
+    let service = DownloadService::new(&cell, opts);
+    (cell, service, url)
+}
+
+/// A receiver cell `fqcn` connected to `url`, with its download service (default options).
+///
+/// # Panics
+/// When the cell cannot be created or the connection fails.
+pub async fn receiver(fqcn: &str, url: &str) -> (Cell, DownloadService) {
+    let cell = Cell::new(fqcn).unwrap();
+    cell.connect(url).await.unwrap();
+    let service = DownloadService::new(&cell, ServiceOptions::default());
+    (cell, service)
+}
+
+/// The final status of every receiver of ref `rid` in `outcome`, in receiver order (empty
+/// when the outcome has no such ref).
+pub fn statuses(outcome: &TransferOutcome, rid: &RefId) -> Vec<(String, DownloadStatus)> {
+    outcome
+        .refs
+        .iter()
+        .find(|(r, _)| r == rid)
+        .map(|(_, m)| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default()
+}
+
+/// Assert that the sender released everything: no transaction left, no pull in flight and the
+/// byte budget whole again. The budget comes back when the connection writers drop the last
+/// reply buffers, which may trail the outcome slightly, hence the bounded poll first.
+///
+/// # Panics
+/// When something is still held after 30 s.
+pub async fn assert_released(service: &DownloadService) {
+    let full = service.options().byte_budget;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while (service.transaction_count() != 0 || service.budget_available() != full)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(service.transaction_count(), 0, "transactions left");
+    assert_eq!(service.pulls_in_flight(), 0, "pulls in flight");
+    assert_eq!(service.budget_available(), full, "byte budget not returned");
 }

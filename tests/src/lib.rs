@@ -8,8 +8,9 @@
 //! * [`TestPki`] makes a CA and per-cell certificates for mutual TLS, as PEM strings and as
 //!   files for NVFlare.
 //! * [`pattern_bytes`], [`sha256_hex`] agree byte for byte with what the peers send/report.
-//! * [`e2e`]: gates for deterministic mid-download points, test data and digests for the
-//!   download-service tests and the `ferry-peer` binary (`src/bin/ferry-peer.rs`).
+//! * [`e2e`]: gates for deterministic mid-download points, test data and digests, sender and
+//!   receiver cells for the download-service tests and the `ferry-peer` binary
+//!   (`src/bin/ferry-peer.rs`).
 //! * [`init_tracing`]: test logs (`RUST_LOG`, default `warn`) through the test writer.
 //!
 //! The scripts and their command lines are documented in `tests/py/README.md`.

@@ -13,7 +13,8 @@ use ferry::core::{DownloadFailure, ReturnCode};
 use ferry::objects::FileObject;
 use ferry::prelude::*;
 use ferry_tests::e2e::{
-    make_tensors, tensor_digest, write_random_file, Gate, GatedObject, StallingConsumer,
+    assert_released, make_tensors, receiver, sender, statuses, tensor_digest, write_random_file,
+    Gate, GatedObject, StallingConsumer,
 };
 use ferry_tests::{init_tracing, PyPeer};
 use tokio::sync::broadcast;
@@ -34,22 +35,6 @@ fn big_file_len() -> u64 {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(256);
     mib << 20
-}
-
-/// A listening sender cell with its service.
-async fn sender(fqcn: &str, opts: ServiceOptions) -> (Cell, DownloadService, String) {
-    let cell = Cell::new(fqcn).unwrap();
-    let url = cell.listen("tcp://127.0.0.1:0").await.unwrap();
-    let service = DownloadService::new(&cell, opts);
-    (cell, service, url)
-}
-
-/// A receiver cell connected to `url`, with its service.
-async fn receiver(fqcn: &str, url: &str) -> (Cell, DownloadService) {
-    let cell = Cell::new(fqcn).unwrap();
-    cell.connect(url).await.unwrap();
-    let service = DownloadService::new(&cell, ServiceOptions::default());
-    (cell, service)
 }
 
 /// Short timeouts for tests where requests are expected to go unanswered.
@@ -82,36 +67,11 @@ async fn events_until_done(rx: &mut broadcast::Receiver<ServiceEvent>) -> Vec<Se
     }
 }
 
-/// The sender released everything: no transaction left and the byte budget whole again. The
-/// budget comes back when the last reply buffers are dropped by the connection writers, which
-/// may trail the outcome slightly, hence the bounded wait.
-async fn assert_released(service: &DownloadService) {
-    let full = service.options().byte_budget;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while (service.transaction_count() != 0 || service.budget_available() != full)
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(service.transaction_count(), 0, "transactions left");
-    assert_eq!(service.pulls_in_flight(), 0, "pulls in flight");
-    assert_eq!(service.budget_available(), full, "byte budget not returned");
-}
-
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect()
-}
-
-fn statuses(outcome: &TransferOutcome, rid: &RefId) -> Vec<(String, DownloadStatus)> {
-    outcome
-        .refs
-        .iter()
-        .find(|(r, _)| r == rid)
-        .map(|(_, m)| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,6 @@
 //! Needs the interop interpreter (`cargo xtask interop-setup`, or `FERRY_INTEROP_PYTHON`);
 //! without it every test here fails with that instruction.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use ferry::objects::{
     NpzDictObject,
 };
 use ferry::prelude::*;
+use ferry_tests::e2e::{assert_released, receiver, sender, statuses, GatedObject};
 use ferry_tests::{args, init_tracing, pattern_bytes, python, sha256_file_hex, sha256_hex, PyPeer};
 use serde_json::{json, Value};
 
@@ -122,9 +122,7 @@ async fn ferry_receiver_downloads_file_and_arrays_from_a_python_sender() {
     let file_ref = RefId::from(ready["file"]["ref_id"].as_str().unwrap());
     let arrays_ref = RefId::from(ready["arrays"]["ref_id"].as_str().unwrap());
 
-    let cell = Cell::new("site-1").unwrap();
-    cell.connect(&url).await.unwrap();
-    let service = DownloadService::new(&cell, ServiceOptions::default());
+    let (cell, service) = receiver("site-1", &url).await;
     let out = tempfile::tempdir().unwrap();
     let path = download_file(
         &service,
@@ -178,9 +176,7 @@ async fn python_receivers_download_file_and_arrays_from_a_ferry_sender() {
     let arrays = ferry_arrays();
     let want = checksums(&arrays);
 
-    let cell = Cell::new("server").unwrap();
-    let url = cell.listen("tcp://127.0.0.1:0").await.unwrap();
-    let service = DownloadService::new(&cell, ServiceOptions::default());
+    let (cell, service, url) = sender("server", ServiceOptions::default()).await;
     // Transaction 1 for site-1: the file and the arrays packed NVFlare's way (2 MiB chunks).
     let tx1 = ObjectDownloader::new(
         &service,
@@ -266,13 +262,11 @@ async fn python_receivers_download_file_and_arrays_from_a_ferry_sender() {
         let o = tx.waiter().wait_timeout(SOON).await.expect("outcome");
         assert_eq!(o.status, OutcomeStatus::Completed, "{o:?}");
         for (rid, who) in refs {
-            let st: BTreeMap<String, DownloadStatus> = o
-                .refs
-                .iter()
-                .find(|(r, _)| r == rid)
-                .map(|(_, m)| m.clone())
-                .unwrap_or_default();
-            assert_eq!(st.get(who), Some(&DownloadStatus::Success), "{rid}: {st:?}");
+            assert_eq!(
+                statuses(&o, rid),
+                vec![(who.to_string(), DownloadStatus::Success)],
+                "{rid}"
+            );
         }
     }
     service.shutdown().await;
@@ -288,9 +282,7 @@ async fn python_receiver_killed_mid_download_is_failed_at_its_idle_budget() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("weights.bin");
     std::fs::write(&src, pattern_bytes(12 << 20, 3)).unwrap();
-    let cell = Cell::new("server").unwrap();
-    let url = cell.listen("tcp://127.0.0.1:0").await.unwrap();
-    let service = DownloadService::new(&cell, ServiceOptions::default());
+    let (cell, service, url) = sender("server", ServiceOptions::default()).await;
     let tx = ObjectDownloader::new(
         &service,
         TxConfig::new(Duration::from_secs(120))
@@ -302,7 +294,7 @@ async fn python_receiver_killed_mid_download_is_failed_at_its_idle_budget() {
         .chunk_size(1 << 20)
         .open()
         .unwrap();
-    let gated = ferry_tests::e2e::GatedObject::new(obj, 3);
+    let gated = GatedObject::new(obj, 3);
     let gate = gated.gate();
     let rid = tx.add_object(Arc::new(gated)).unwrap();
     let mut victim = PyPeer::spawn_async(
@@ -324,9 +316,7 @@ async fn python_receiver_killed_mid_download_is_failed_at_its_idle_budget() {
     gate.wait_reached(SOON).await.unwrap();
     victim.kill();
     gate.open();
-    let rcell = Cell::new("site-2").unwrap();
-    rcell.connect(&url).await.unwrap();
-    let rservice = DownloadService::new(&rcell, ServiceOptions::default());
+    let (rcell, rservice) = receiver("site-2", &url).await;
     let out = tempfile::tempdir().unwrap();
     let path = download_file(
         &rservice,
@@ -346,16 +336,14 @@ async fn python_receiver_killed_mid_download_is_failed_at_its_idle_budget() {
     let o = tx.waiter().wait_timeout(SOON).await.expect("outcome");
     assert_eq!(o.status, OutcomeStatus::Failed, "{o:?}");
     assert_eq!(o.reason, "receiver_failed");
-    let st = &o.refs[0].1;
-    assert_eq!(st.get("site-1"), Some(&DownloadStatus::Failed), "{st:?}");
-    assert_eq!(st.get("site-2"), Some(&DownloadStatus::Success), "{st:?}");
-    let full = service.options().byte_budget;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while service.budget_available() != full && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(service.budget_available(), full, "byte budget not returned");
-    assert_eq!(service.transaction_count(), 0);
+    assert_eq!(
+        statuses(&o, &rid),
+        vec![
+            ("site-1".to_string(), DownloadStatus::Failed),
+            ("site-2".to_string(), DownloadStatus::Success),
+        ]
+    );
+    assert_released(&service).await;
     rservice.shutdown().await;
     rcell.shutdown().await;
     service.shutdown().await;
