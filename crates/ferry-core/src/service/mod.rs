@@ -329,12 +329,22 @@ fn terminal_progress(status: DownloadStatus) -> ProgressState {
     }
 }
 
-/// The bare terminal reply for a status (legacy serve, tombstone replay).
-fn terminal_reply(status: DownloadStatus) -> Reply {
-    Reply::ok(ReplyBody::terminal(match status {
+/// The terminal reply status that serves a final status (`eof` for SUCCESS, `error` for FAILED).
+fn terminal_status(status: DownloadStatus) -> ReplyStatus {
+    match status {
         DownloadStatus::Success => ReplyStatus::Eof,
         DownloadStatus::Failed => ReplyStatus::Error,
-    }))
+    }
+}
+
+/// The bare terminal reply for a status (legacy serve, tombstone replay).
+fn terminal_reply(status: DownloadStatus) -> Reply {
+    Reply::ok(ReplyBody::terminal(terminal_status(status)))
+}
+
+/// NVFlare's `invalid_request` answer to a pull for a ref that is not (or no longer) served.
+fn no_ref(rid: &RefId) -> Reply {
+    Reply::error(ReturnCode::InvalidRequest, format!("no ref found: {rid}"))
 }
 
 impl Service {
@@ -628,23 +638,17 @@ impl Service {
             return Err(self.replay_tombstone(&rid, receiver, now));
         };
         let Some(tx) = self.txs.get_mut(&tx_id) else {
-            return Err(Reply::error(
-                ReturnCode::InvalidRequest,
-                format!("no ref found: {rid}"),
-            ));
+            return Err(no_ref(&rid));
         };
         let Some(ri) = tx.ref_index(&rid) else {
-            return Err(Reply::error(
-                ReturnCode::InvalidRequest,
-                format!("no ref found: {rid}"),
-            ));
+            return Err(no_ref(&rid));
         };
         if let Phase::Settling { done, .. } = tx.phase {
             // The gate is closed: the ref looks gone. A FINISHED tx answers its final receivers
             // exactly as its tombstone will.
             return Err(match (done, tx.refs[ri].final_of(receiver)) {
                 (DoneStatus::Finished, Some(st)) => terminal_reply(st),
-                _ => Reply::error(ReturnCode::InvalidRequest, format!("no ref found: {rid}")),
+                _ => no_ref(&rid),
             });
         }
         if self.config.refuse_undeclared && tx.expect.ids.is_some() && !tx.expect.declares(receiver)
@@ -711,7 +715,7 @@ impl Service {
             Some(st) => terminal_reply(st),
             None => {
                 tracing::warn!(rid = %rid, receiver, "no ref found");
-                Reply::error(ReturnCode::InvalidRequest, format!("no ref found: {rid}"))
+                no_ref(rid)
             }
         }
     }
@@ -735,10 +739,7 @@ impl Service {
                     self.leaked.remove(&tx_id);
                 }
             }
-            return Reply::error(
-                ReturnCode::InvalidRequest,
-                format!("no ref found: {}", ticket.ref_id),
-            );
+            return no_ref(&ticket.ref_id);
         };
         tx.in_flight -= 1;
         tx.pull_ended(&ticket.receiver, now);
@@ -811,10 +812,7 @@ impl Service {
         status: DownloadStatus,
         now: Instant,
     ) -> Reply {
-        let rs = match status {
-            DownloadStatus::Success => ReplyStatus::Eof,
-            DownloadStatus::Failed => ReplyStatus::Error,
-        };
+        let rs = terminal_status(status);
         let confirm = self.config.confirm_enabled && ticket.confirm_capable;
         let Some(tx) = self.txs.get_mut(tx_id) else {
             return Reply::ok(ReplyBody::terminal(rs));
