@@ -130,7 +130,7 @@ fn assert_python_echo(reply: &Message, sent: &Value, by: &str, origin: &str, cha
 }
 
 /// Assert a Python `reply` RESULT (a Python cell's request answered by a Ferry cell).
-async fn assert_ferry_echo_result(r: &serde_json::Value, by: &str, origin: &str) {
+fn assert_ferry_echo_result(r: &serde_json::Value, by: &str, origin: &str) {
     assert_eq!(r["rc"], "ok", "{r}");
     assert_eq!(r["headers"][REPLY_HEADER], by, "{r}");
     let kind = r["kind"].as_str().unwrap();
@@ -353,7 +353,7 @@ async fn python_server_requests_a_ferry_cell() {
                     v["event"] == "reply" && v["kind"] == kind && v["seq"] == seq
                 })
                 .await;
-            assert_ferry_echo_result(&r, "site-1", "server").await;
+            assert_ferry_echo_result(&r, "site-1", "server");
         }
     }
     let done = server.wait_event_async("requests_done").await;
@@ -419,7 +419,7 @@ async fn python_client_streams_requests_to_a_ferry_listener() {
         let r = client
             .wait_result_async(|v| v["event"] == "reply" && v["kind"] == kind)
             .await;
-        assert_ferry_echo_result(&r, "server", "site-1").await;
+        assert_ferry_echo_result(&r, "server", "site-1");
         assert_eq!(r["payload"]["big"]["bytes_len"], DATUM_SIZE, "{r}");
     }
     let done = client.wait_event_async("requests_done").await;
@@ -521,7 +521,7 @@ async fn forwarding_both_ways(site: Cell, server: &mut PyPeer) {
                 v["event"] == "reply" && v["cell"] == "server.j1" && v["kind"] == kind
             })
             .await;
-        assert_ferry_echo_result(&r, "site-1", "server.j1").await;
+        assert_ferry_echo_result(&r, "site-1", "server.j1");
     }
     let done = server
         .wait_cell_event_async("server.j1", "requests_done")
@@ -633,7 +633,7 @@ async fn mutual_tls_python_client_to_ferry_listener() {
         let r = client
             .wait_result_async(|v| v["event"] == "reply" && v["kind"] == kind)
             .await;
-        assert_ferry_echo_result(&r, "server", "site-1").await;
+        assert_ferry_echo_result(&r, "server", "site-1");
     }
     for _ in 0..2 {
         let s = tokio::time::timeout(REQUEST_TIMEOUT, seen.recv())
