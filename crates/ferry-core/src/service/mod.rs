@@ -733,12 +733,7 @@ impl Service {
         };
         let Some(tx) = self.txs.get_mut(&tx_id) else {
             // Settled past its drain deadline while this pull ran: the result is discarded.
-            if let Some(n) = self.leaked.get_mut(&tx_id) {
-                *n -= 1;
-                if *n == 0 {
-                    self.leaked.remove(&tx_id);
-                }
-            }
+            self.leaked_ticket_returned(&tx_id);
             return no_ref(&ticket.ref_id);
         };
         tx.in_flight -= 1;
@@ -789,17 +784,21 @@ impl Service {
                     tx.in_flight -= 1;
                     tx.pull_ended(&ticket.receiver, now);
                 }
-                None => {
-                    if let Some(n) = self.leaked.get_mut(&tx_id) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.leaked.remove(&tx_id);
-                        }
-                    }
-                }
+                None => self.leaked_ticket_returned(&tx_id),
             }
         }
         Reply::error(ReturnCode::ProcessException, "pull abandoned")
+    }
+
+    /// A ticket of a transaction settled past its drain deadline came back: once all of them
+    /// have, the id may be reused.
+    fn leaked_ticket_returned(&mut self, tx_id: &TxId) {
+        if let Some(n) = self.leaked.get_mut(tx_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.leaked.remove(tx_id);
+            }
+        }
     }
 
     /// A terminal serve (`eof` → SUCCESS, `error` → FAILED): provisional for a confirm-capable
@@ -874,18 +873,16 @@ impl Service {
             return Reply::ack();
         };
         let accepted = match (status, nonce, tx.refs[ri].slots.get(receiver)) {
-            (Some(st), Some(n), Some(slot)) => {
-                slot.status.is_none()
-                    && slot.pending.as_ref().is_some_and(|(_, want)| want == n)
-                    && matches!(st, DownloadStatus::Success | DownloadStatus::Failed)
+            (Some(st), Some(n), Some(slot))
+                if slot.status.is_none()
+                    && slot.pending.as_ref().is_some_and(|(_, want)| want == n) =>
+            {
+                Some(st)
             }
-            _ => false,
+            _ => None,
         };
-        if !accepted {
+        let Some(st) = accepted else {
             tracing::debug!(rid = %ref_id, receiver, "confirm dropped (unsolicited, stale or invalid)");
-            return Reply::ack();
-        }
-        let Some(st) = status else {
             return Reply::ack();
         };
         let events = &mut self.events;
