@@ -374,70 +374,58 @@ impl Sim {
     }
 
     fn execute(&mut self, r: ReceiverId, s: usize, action: Action) {
-        let now = self.now;
         let life = self.receivers[r].slots[s].life;
         let lossy_ff = self.cfg.lossy_fire_and_forget;
+        // (request id, payload, may be lost, may be duplicated): pulls are request/reply,
+        // confirm and cancel fire-and-forget
+        let (id, payload, lossy, dup) = match action {
+            Action::Send { id, request } => (Some(id), encode(&request), true, false),
+            Action::SendConfirm(c) => (None, encode(&c), lossy_ff, true),
+            Action::SendCancel(c) => (None, encode(&c), lossy_ff, true),
+            Action::Progress(_) => return,
+            other => return self.run_consumer(r, s, other),
+        };
+        self.transmit(r, lossy, dup, || Event::Request {
+            from: r,
+            slot: s,
+            life,
+            id,
+            payload: payload.clone(),
+        });
+    }
+
+    /// Execute a consumer-facing action of slot `s` of receiver `r` and report the result.
+    fn run_consumer(&mut self, r: ReceiverId, s: usize, action: Action) {
+        let now = self.now;
+        let slot = &mut self.receivers[r].slots[s];
+        let Some((dl, consumer)) = slot.live.as_mut() else {
+            return;
+        };
+        let rid = slot.ref_id.as_str();
         match action {
-            Action::Send { id, request } => {
-                let payload = encode(&request);
-                self.transmit(r, true, false, || Event::Request {
-                    from: r,
-                    slot: s,
-                    life,
-                    id: Some(id),
-                    payload: payload.clone(),
-                });
+            Action::CheckPlan(plan) => {
+                let res = consumer.plan_received(&plan);
+                dl.plan_result(res, now);
             }
-            Action::SendConfirm(c) => {
-                let payload = encode(&c);
-                self.transmit(r, lossy_ff, true, || Event::Request {
-                    from: r,
-                    slot: s,
-                    life,
-                    id: None,
-                    payload: payload.clone(),
-                });
+            Action::Consume { seq, state, data } => {
+                let res = consumer.consume(rid, &state, data);
+                dl.consumed(seq, res, now);
             }
-            Action::SendCancel(c) => {
-                let payload = encode(&c);
-                self.transmit(r, lossy_ff, true, || Event::Request {
-                    from: r,
-                    slot: s,
-                    life,
-                    id: None,
-                    payload: payload.clone(),
-                });
+            Action::Complete => {
+                let res = consumer.completed(rid);
+                dl.completion_result(res, now);
             }
-            Action::Progress(_) => {}
-            other => {
-                let slot = &mut self.receivers[r].slots[s];
-                let Some((dl, consumer)) = slot.live.as_mut() else {
-                    return;
-                };
-                let rid = slot.ref_id.as_str();
-                match other {
-                    Action::CheckPlan(plan) => {
-                        let res = consumer.plan_received(&plan);
-                        dl.plan_result(res, now);
-                    }
-                    Action::Consume { seq, state, data } => {
-                        let res = consumer.consume(rid, &state, data);
-                        dl.consumed(seq, res, now);
-                    }
-                    Action::Complete => {
-                        let res = consumer.completed(rid);
-                        dl.completion_result(res, now);
-                    }
-                    Action::Finished(res) => {
-                        if let Err(e) = &res {
-                            consumer.failed(rid, &e.to_string());
-                        }
-                        slot.result = Some(res);
-                        slot.finished_at = Some(now);
-                    }
-                    _ => {}
+            Action::Finished(res) => {
+                if let Err(e) = &res {
+                    consumer.failed(rid, &e.to_string());
                 }
+                slot.result = Some(res);
+                slot.finished_at = Some(now);
             }
+            Action::Send { .. }
+            | Action::SendConfirm(_)
+            | Action::SendCancel(_)
+            | Action::Progress(_) => {}
         }
     }
 
