@@ -237,8 +237,7 @@ impl ReplyBody {
 
     /// msgpack bytes of this body.
     pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain maps, strings, integers and bytes into a Vec cannot fail.
-        rmp_serde::to_vec_named(self).unwrap_or_default()
+        encode(self)
     }
 
     /// Decode a reply body.
@@ -309,12 +308,13 @@ impl SourceFailureNotice {
 
     /// msgpack bytes of this notice.
     pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec_named(self).unwrap_or_default()
+        encode(self)
     }
 }
 
 /// msgpack bytes of any request (`to_vec_named`, the map form NVFlare expects).
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing plain maps, strings, integers and bytes into a Vec cannot fail.
     rmp_serde::to_vec_named(msg).unwrap_or_default()
 }
 
