@@ -683,7 +683,6 @@ impl Service {
                 &mut self.events,
             );
         }
-        tx.in_flight += 1;
         tx.pull_started(receiver);
         let r = &tx.refs[ri];
         let id = self.next_ticket;
@@ -736,7 +735,6 @@ impl Service {
             self.leaked_ticket_returned(&tx_id);
             return no_ref(&ticket.ref_id);
         };
-        tx.in_flight -= 1;
         tx.pull_ended(&ticket.receiver, now);
         let Some(ri) = tx.ref_index(&ticket.ref_id) else {
             return Reply::error(ReturnCode::InvalidRequest, "ref vanished");
@@ -780,10 +778,7 @@ impl Service {
         let _ = self.clock.advance(now);
         if let Some(tx_id) = self.tickets.remove(&ticket.id) {
             match self.txs.get_mut(&tx_id) {
-                Some(tx) => {
-                    tx.in_flight -= 1;
-                    tx.pull_ended(&ticket.receiver, now);
-                }
+                Some(tx) => tx.pull_ended(&ticket.receiver, now),
                 None => self.leaked_ticket_returned(&tx_id),
             }
         }

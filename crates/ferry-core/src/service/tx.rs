@@ -129,7 +129,9 @@ pub(crate) struct Tx {
     pub(crate) acquired: BTreeMap<String, Instant>,
     /// Life phase.
     pub(crate) phase: Phase,
-    /// Pull tickets handed out and not finished yet (the activity gate).
+    /// Pull tickets handed out and not finished yet (the activity gate): the sum of
+    /// `pulls_by_receiver`, kept by [`pull_started`](Self::pull_started) and
+    /// [`pull_ended`](Self::pull_ended).
     pub(crate) in_flight: usize,
     /// The same, per receiver. A receiver with a pull being served is waiting for us, not
     /// idle: its idle budget does not run (ferry addition; otherwise a sender that is slow to
@@ -146,6 +148,7 @@ pub(crate) struct Tx {
 impl Tx {
     /// A pull of `receiver` started being served.
     pub(crate) fn pull_started(&mut self, receiver: &str) {
+        self.in_flight += 1;
         *self
             .pulls_by_receiver
             .entry(receiver.to_string())
@@ -155,6 +158,7 @@ impl Tx {
     /// A pull of `receiver` was answered (or abandoned) at `now`: the receiver was alive and
     /// waiting until then, so its idle clock restarts here.
     pub(crate) fn pull_ended(&mut self, receiver: &str, now: Instant) {
+        self.in_flight -= 1;
         if let Some(n) = self.pulls_by_receiver.get_mut(receiver) {
             *n -= 1;
             if *n == 0 {
