@@ -18,9 +18,9 @@ use crate::cells;
 use crate::exit::{io_reason, CmdResult, Failure};
 use crate::interrupt;
 use crate::pinned::PinnedFile;
-use crate::ticket::{Kind, Ticket};
 use crate::ui;
 use crate::units::{fmt_bytes, fmt_rate};
+use ferry::ticket::{Kind, Ticket};
 
 /// Downloads run at once (more tickets wait their turn).
 const PARALLEL_DOWNLOADS: usize = 4;

@@ -19,7 +19,6 @@ mod pinned;
 mod serve;
 mod sysinfo;
 mod throttle;
-mod ticket;
 mod ui;
 mod units;
 

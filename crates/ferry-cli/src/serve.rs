@@ -24,9 +24,9 @@ use crate::exit::{io_reason, CmdResult, Failure};
 use crate::interrupt;
 use crate::sysinfo;
 use crate::throttle::{RateLimiter, Throttled};
-use crate::ticket::{check_relative_name, Kind, Ticket};
 use crate::ui;
 use crate::units::fmt_bytes;
+use ferry::ticket::{check_relative_name, Kind, Ticket};
 
 /// One thing to serve, found on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]

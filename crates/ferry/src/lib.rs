@@ -42,6 +42,7 @@ mod codec;
 mod downloader;
 mod error;
 mod service;
+pub mod ticket;
 mod waiter;
 
 pub use budget::{BudgetPermit, ByteBudget};

@@ -1,5 +1,7 @@
-//! Tickets: one copy-pasteable string that tells `ferry get` everything it needs to pull an
+//! Tickets: one copy-pasteable string that tells a receiver everything it needs to pull an
 //! object — where the sender listens, the sender's cell name, the ref id, and what the object is.
+//! `ferry serve` prints them and `ferry get` reads them; they live in this library so that every
+//! front end (the CLI, the Python bindings) writes and reads the same strings.
 //!
 //! Shape: `ferry+tcp://HOST:PORT/SOURCE_FQCN/REF_ID?kind=file&name=NAME&size=BYTES&b3=DIGEST`
 //! (`ferry+stcp://` when the sender listens with TLS). Query values are percent-encoded.
@@ -147,7 +149,7 @@ impl std::str::FromStr for Ticket {
         if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(TicketError(format!("{addr:?} is not HOST:PORT")));
         }
-        ferry::core::validate_fqcn(source).map_err(|e| TicketError(format!("sender name: {e}")))?;
+        ferry_core::validate_fqcn(source).map_err(|e| TicketError(format!("sender name: {e}")))?;
         if ref_id.is_empty()
             || !ref_id
                 .bytes()
