@@ -26,6 +26,7 @@ use crate::limits::Limits;
 use crate::message::{encoding, Message, Payload};
 use crate::return_code::ReturnCode;
 use crate::stream::StreamState;
+use crate::trust::{self, Forwarding};
 
 /// Channel of cellnet-internal messages.
 pub const CELLNET_CHANNEL: &str = "cellnet.channel";
@@ -158,6 +159,7 @@ pub(crate) enum ReplyTo {
 pub struct CellBuilder {
     fqcn: Fqcn,
     limits: Limits,
+    forwarding: Forwarding,
     #[cfg(feature = "tls")]
     tls: Option<crate::driver::tls::TlsConfig>,
 }
@@ -166,6 +168,14 @@ impl CellBuilder {
     /// Use these limits (see [`Limits`] for the defaults).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Whether this cell relays messages addressed to other cells (default
+    /// [`Forwarding::Relay`], what NVFlare topologies need; endpoints such as `ferry serve`
+    /// use [`Forwarding::Off`]).
+    pub fn forwarding(mut self, forwarding: Forwarding) -> Self {
+        self.forwarding = forwarding;
         self
     }
 
@@ -184,6 +194,7 @@ impl CellBuilder {
                 conn_slots: Arc::new(Semaphore::new(limits.max_connections)),
                 fqcn: self.fqcn,
                 limits,
+                forwarding: self.forwarding,
                 #[cfg(feature = "tls")]
                 tls: self.tls,
                 handlers: RwLock::new(HashMap::new()),
@@ -249,6 +260,7 @@ impl std::fmt::Debug for Cell {
 pub(crate) struct CellInner {
     pub fqcn: Fqcn,
     pub limits: Limits,
+    forwarding: Forwarding,
     #[cfg(feature = "tls")]
     tls: Option<crate::driver::tls::TlsConfig>,
     handlers: RwLock<HashMap<(String, String), Arc<dyn Handler>>>,
@@ -291,6 +303,7 @@ impl Cell {
         Ok(CellBuilder {
             fqcn: Fqcn::new(fqcn)?,
             limits: Limits::default(),
+            forwarding: Forwarding::default(),
             #[cfg(feature = "tls")]
             tls: None,
         })
@@ -368,6 +381,7 @@ impl Cell {
                 let tls = inner.tls.as_ref().ok_or_else(|| {
                     CellnetError::Tls("stcp:// needs a TlsConfig (CellBuilder::tls)".into())
                 })?;
+                tls.check_identity(&inner.fqcn)?;
                 let acceptor = tls.acceptor()?;
                 let (l, bound) = driver::tcp::bind(&addr).await?;
                 info!(cell = %inner.fqcn, "listening on stcp://{bound}");
@@ -779,6 +793,7 @@ impl CellInner {
                     let tls = self.tls.as_ref().ok_or_else(|| {
                         CellnetError::Tls("stcp:// needs a TlsConfig (CellBuilder::tls)".into())
                     })?;
+                    tls.check_identity(&self.fqcn)?;
                     let connector = tls.connector()?;
                     let s = driver::tcp::connect(&addr).await?;
                     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
@@ -798,6 +813,60 @@ impl CellInner {
         .map_err(|_| CellnetError::Timeout(format!("connecting to {url}")))?
     }
 
+    /// Admit a connection a peer opened to us under the name it proved in HELLO: take the
+    /// name in the routing table and queue `ready` in the same step. A name held by another
+    /// connection is taken over only if that connection is dead: it is sent a PING and must
+    /// show a sign of life (any frame) within `Limits::name_probe_timeout`. A live holder
+    /// keeps its name and the newcomer is refused (`Err` says why), so a second connection
+    /// under a connected receiver's name can neither evict it nor act for it; a receiver
+    /// whose old connection died silently (power loss, broken network) gets its name back on
+    /// its first reconnect attempt.
+    pub(crate) async fn admit(&self, conn: &Arc<Conn>, ready: OutFrame) -> Result<(), String> {
+        use dashmap::mapref::entry::Entry;
+        let mut ready = Some(ready);
+        // Each round either takes the name or finds a holder; a dead holder is removed
+        // before the next round. Three rounds: two newcomers racing for a dead name.
+        for _ in 0..3 {
+            let old = match self.agents.entry(conn.peer.clone()) {
+                Entry::Vacant(v) => {
+                    if let Some(f) = ready.take() {
+                        conn.try_send(f).map_err(|e| e.to_string())?;
+                    }
+                    v.insert(conn.clone());
+                    return Ok(());
+                }
+                Entry::Occupied(o) => o.get().clone(),
+            };
+            let probe = self.limits.name_probe_timeout;
+            if old.is_alive(probe).await {
+                warn!(
+                    peer = %conn.peer,
+                    holder = %old.peer_addr,
+                    newcomer = %conn.peer_addr,
+                    "a second connection claims the name of a live peer; refused"
+                );
+                return Err(format!(
+                    "a live connection already holds the name {:?} on {}; use another name, or stop the other cell first",
+                    conn.peer, self.fqcn
+                ));
+            }
+            warn!(
+                peer = %conn.peer,
+                holder = %old.peer_addr,
+                newcomer = %conn.peer_addr,
+                "the connection holding this name sent nothing within {probe:?} of a PING; replacing it"
+            );
+            old.close.cancel();
+            self.agents.remove_if(&conn.peer, |_, c| c.id == old.id);
+        }
+        Err(format!(
+            "several connections are competing for the name {:?}; try again",
+            conn.peer
+        ))
+    }
+
+    /// Register a connection this cell opened (the peer is our parent). Replaces an older
+    /// connection to the same peer: we chose to connect again.
     pub(crate) fn register_agent(&self, conn: Arc<Conn>) {
         if let Some(old) = self.agents.insert(conn.peer.clone(), conn.clone()) {
             if old.id != conn.id {
@@ -1179,8 +1248,40 @@ impl CellInner {
             warn!(peer = %conn.peer, "message without cn__msg_type/cn__origin/cn__destination; dropped");
             return;
         };
+        // Attribution: the origin a message claims must be one this connection can vouch
+        // for, so handlers (and forwarding) only ever see proven origins.
+        if !trust::vouches(&self.fqcn, &conn.peer, conn.outbound, origin) {
+            if let Some(held) = conn.refusals.allow(std::time::Instant::now()) {
+                warn!(
+                    peer = %conn.peer,
+                    %origin,
+                    "message claims an origin this connection cannot speak for; refused ({held} more since the last warning)"
+                );
+            }
+            let why = format!(
+                "refused by {}: the connection from {:?} cannot send messages as {origin:?} (a cell speaks only for itself and the cells below it)",
+                self.fqcn, conn.peer
+            );
+            let (mtype, to) = (mtype.to_string(), conn.peer.clone());
+            self.bounce(
+                conn,
+                &mtype,
+                headers,
+                &to,
+                ReturnCode::Unauthenticated,
+                &why,
+                "unauthenticated_origin",
+            );
+            return;
+        }
         if dest != self.fqcn.as_str() {
-            let (mtype, dest) = (mtype.to_string(), dest.to_string());
+            let (mtype, dest, origin) = (mtype.to_string(), dest.to_string(), origin.to_string());
+            if self.forwarding == Forwarding::Off {
+                warn!(peer = %conn.peer, %dest, "message for another cell; this cell does not forward");
+                let why = format!("cannot forward: {} does not relay messages for other cells", self.fqcn);
+                self.bounce(conn, &mtype, headers, &origin, ReturnCode::CommError, &why, "cant_forward");
+                return;
+            }
             self.forward(conn, &mtype, &dest, headers, frame.payload)
                 .await;
             return;
@@ -1236,17 +1337,41 @@ impl CellInner {
             }
             headers = original;
         }
-        // No path: bounce a RETURN to the requester if it waits for a reply.
-        let reply_expected = headers.get_bool(keys::REPLY_EXPECTED) == Some(true);
-        if mtype != msg_type::REQ || !reply_expected {
-            warn!(%dest, "cannot forward {mtype} message; dropped");
-            return;
-        }
-        warn!(%dest, "cannot forward request; returning comm_error");
         let origin = headers
             .get_str(keys::ORIGIN)
             .unwrap_or_default()
             .to_string();
+        warn!(%dest, "no path; cannot forward {mtype} message");
+        self.bounce(
+            conn,
+            mtype,
+            headers,
+            &origin,
+            ReturnCode::CommError,
+            "cannot forward",
+            "cant_forward",
+        );
+    }
+
+    /// Answer a message that is not handled with a RETURN on the connection it came by (if it
+    /// is a request that waits for a reply; anything else is just dropped). NVFlare's shape:
+    /// `cn__req_id` as a list, `cn__original_headers`, `cn__return_reason`; a RETURN is
+    /// matched by request id whatever its origin, so the requester reads `error` at once.
+    #[allow(clippy::too_many_arguments)]
+    fn bounce(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        mtype: &str,
+        headers: Headers,
+        to: &str,
+        code: ReturnCode,
+        error: &str,
+        reason: &str,
+    ) {
+        let reply_expected = headers.get_bool(keys::REPLY_EXPECTED) == Some(true);
+        if mtype != msg_type::REQ || !reply_expected {
+            return;
+        }
         let mut h = Headers::new();
         if let Some(v) = headers.get(keys::CHANNEL) {
             h.insert(keys::CHANNEL, v.clone());
@@ -1260,13 +1385,13 @@ impl CellInner {
             None => Vec::new(),
         };
         h.insert(keys::REQ_ID, Value::Array(req_ids));
-        h.insert(keys::RETURN_CODE, ReturnCode::CommError.as_str());
-        h.insert(keys::ERROR, "cannot forward");
-        h.insert(keys::RETURN_REASON, "cant_forward");
+        h.insert(keys::RETURN_CODE, code.as_str());
+        h.insert(keys::ERROR, error);
+        h.insert(keys::RETURN_REASON, reason);
         h.insert(keys::ORIGINAL_HEADERS, headers.to_value());
         h.insert(keys::MSG_TYPE, msg_type::RETURN);
         h.insert(keys::ORIGIN, self.fqcn.as_str());
-        h.insert(keys::DESTINATION, origin.as_str());
+        h.insert(keys::DESTINATION, to);
         h.insert(keys::FROM, self.fqcn.as_str());
         h.insert(keys::ROUTE, Value::Array(vec![route_entry(&self.fqcn)]));
         h.insert(keys::PAYLOAD_ENCODING, encoding::NONE);

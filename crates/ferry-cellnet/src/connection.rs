@@ -3,14 +3,14 @@
 //! heartbeats (f3-wire.md §1.3, §1.4).
 
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rmpv::Value;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
@@ -21,6 +21,7 @@ use crate::error::CellnetError;
 use crate::fqcn::{self, Fqcn};
 use crate::frame::{Frame, FrameDecoder, FrameType, OutFrame, APP_ID_CELLNET, PREFIX_LEN};
 use crate::msgpack;
+use crate::trust::WarnLimiter;
 
 /// Frames queued for the writer before senders wait (backpressure).
 const WRITE_QUEUE: usize = 64;
@@ -50,9 +51,61 @@ pub(crate) struct Conn {
     pub close: CancellationToken,
     /// Permits for requests from this peer whose handlers are running.
     pub in_flight: Arc<Semaphore>,
+    /// True if this cell opened the connection (the peer is our parent and routes for
+    /// others); false if the peer connected to us. Decides which origins it may carry.
+    pub outbound: bool,
+    /// Frames received so far: a liveness probe watches it move.
+    rx_frames: AtomicU64,
+    /// Liveness probes waiting; while there are any the reader signals `rx_event` per frame
+    /// (and only then, so the hot path pays one atomic load).
+    probing: AtomicU32,
+    rx_event: Notify,
+    /// Rate limit of the warnings about messages this connection cannot vouch for.
+    pub refusals: WarnLimiter,
 }
 
 impl Conn {
+    /// Count a received frame (the reader calls this for every frame).
+    fn saw_frame(&self) {
+        self.rx_frames.fetch_add(1, Ordering::Relaxed);
+        if self.probing.load(Ordering::Relaxed) > 0 {
+            self.rx_event.notify_waiters();
+        }
+    }
+
+    /// Is the peer still there? Sends a PING and waits up to `timeout` for any frame to
+    /// arrive (a PONG, or whatever the peer was sending anyway). A peer that is busy pulling
+    /// answers at once; one whose machine died or whose network is gone answers nothing.
+    pub async fn is_alive(&self, timeout: Duration) -> bool {
+        if self.close.is_cancelled() {
+            return false;
+        }
+        let seen = self.rx_frames.load(Ordering::Relaxed);
+        self.probing.fetch_add(1, Ordering::Relaxed);
+        self.send_detached(control(FrameType::Ping, nil_payload()));
+        let deadline = Instant::now() + timeout;
+        let alive = loop {
+            let event = self.rx_event.notified();
+            if self.rx_frames.load(Ordering::Relaxed) != seen {
+                break true;
+            }
+            tokio::select! {
+                _ = event => {}
+                _ = tokio::time::sleep_until(deadline) => break false,
+                _ = self.close.cancelled() => break false,
+            }
+        };
+        self.probing.fetch_sub(1, Ordering::Relaxed);
+        alive
+    }
+
+    /// Queue a frame if there is room right now (READY, into a queue nothing else uses yet).
+    pub fn try_send(&self, f: OutFrame) -> Result<(), CellnetError> {
+        self.tx.try_send(f).map_err(|_| {
+            CellnetError::ConnectionClosed(format!("connection to {} is closed", self.peer))
+        })
+    }
+
     /// Queue a frame, waiting while the queue is full.
     pub async fn send(&self, f: OutFrame) -> Result<(), CellnetError> {
         self.tx.send(f).await.map_err(|_| {
@@ -95,10 +148,16 @@ const SYNC_KEY: &str = "ferry_sync";
 /// [`SYNC_KEY`] (NVFlare): its reply proves the peer has registered us.
 pub(crate) const PROBE_TOPIC: &str = "ferry_probe";
 
-/// The payload of HELLO and READY.
-fn hello_payload(own: &Fqcn) -> Bytes {
+/// Extra READY key: the accepting side refuses this connection, and says why (a live cell
+/// already has the name, the certificate is for another name, ...). The connection closes
+/// right after. NVFlare ignores unknown keys; a ferry cell reports the reason as
+/// [`CellnetError::Refused`].
+const REFUSED_KEY: &str = "ferry_refused";
+
+/// The payload of HELLO and READY (READY with `refused` set says no).
+fn hello_payload(own: &Fqcn, refused: Option<&str>) -> Bytes {
     let mut w = msgpack::MsgpackWriter::new();
-    w.map_len(4)
+    w.map_len(if refused.is_some() { 5 } else { 4 })
         .str("endpoint_name")
         .str(own.as_str())
         .str("timestamp")
@@ -107,7 +166,21 @@ fn hello_payload(own: &Fqcn) -> Bytes {
         .str(own.as_str())
         .str(SYNC_KEY)
         .bool(true);
+    if let Some(why) = refused {
+        w.str(REFUSED_KEY).str(why);
+    }
     w.finish().to_contiguous()
+}
+
+/// The refusal a READY payload carries, if any.
+fn hello_refusal(payload: &[u8]) -> Option<String> {
+    match msgpack::decode_value(payload, payload.len().max(1)) {
+        Ok(Value::Map(entries)) => entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(REFUSED_KEY))
+            .map(|(_, v)| v.as_str().unwrap_or("refused").to_string()),
+        _ => None,
+    }
 }
 
 /// True if a READY/HELLO payload announces [`SYNC_KEY`].
@@ -473,6 +546,8 @@ async fn writer_task(
 enum Handshake {
     /// The peer's validated FQCN, and whether it may receive DATA right away (always true
     /// on the accepting side; on the connecting side only if READY announced [`SYNC_KEY`]).
+    /// On the accepting side READY is not sent yet: admission ([`CellInner::admit`]) decides
+    /// between READY and a refusal.
     Peer(String, bool),
     /// The peer claimed our own name: keep the socket, never register it (NVFlare).
     OwnName,
@@ -487,7 +562,7 @@ async fn handshake(
 ) -> Result<Handshake, CellnetError> {
     let closed = || CellnetError::ConnectionClosed("closed during handshake".into());
     if active {
-        tx.send(control(FrameType::Hello, hello_payload(&cell.fqcn)))
+        tx.send(control(FrameType::Hello, hello_payload(&cell.fqcn, None)))
             .await
             .map_err(|_| closed())?;
     }
@@ -497,33 +572,44 @@ async fn handshake(
         };
         match (frame.frame_type(), active) {
             (Some(FrameType::Ready), true) => {
+                if let Some(why) = hello_refusal(&frame.payload) {
+                    return Err(CellnetError::Refused(why));
+                }
                 let name = hello_name(&frame.payload)?;
                 fqcn::validate(&name).map_err(|r| {
                     CellnetError::Handshake(format!("READY with invalid FQCN {name:?}: {r}"))
                 })?;
+                check_cn(peer_cn, &name)?;
                 return Ok(Handshake::Peer(name, hello_sync(&frame.payload)));
             }
             (Some(FrameType::Hello), false) => {
-                // NVFlare answers READY first and validates afterwards.
-                tx.send(control(FrameType::Ready, hello_payload(&cell.fqcn)))
-                    .await
-                    .map_err(|_| closed())?;
-                let name = hello_name(&frame.payload)?;
-                if let Err(r) = fqcn::validate(&name) {
-                    return Err(CellnetError::Handshake(format!(
-                        "HELLO with invalid FQCN {name:?}: {r}"
-                    )));
-                }
-                if let Some(cn) = peer_cn {
-                    let root = name.split('.').next().unwrap_or_default();
-                    if root != cn {
-                        return Err(CellnetError::Tls(format!(
-                            "authenticated as {cn:?} but claimed endpoint {name:?}"
-                        )));
+                let checked = hello_name(&frame.payload).and_then(|name| {
+                    fqcn::validate(&name).map_err(|r| {
+                        CellnetError::Handshake(format!("HELLO with invalid FQCN {name:?}: {r}"))
+                    })?;
+                    check_cn(peer_cn, &name)?;
+                    Ok(name)
+                });
+                let name = match checked {
+                    Ok(name) => name,
+                    Err(e) => {
+                        // tell the peer why before closing (a ferry cell reports it)
+                        let why = e.to_string();
+                        let _ = tx
+                            .send(control(
+                                FrameType::Ready,
+                                hello_payload(&cell.fqcn, Some(&why)),
+                            ))
+                            .await;
+                        return Err(e);
                     }
-                }
+                };
                 if name == cell.fqcn.as_str() {
                     error!("peer claims this cell's own name {name:?}; not registered");
+                    // NVFlare answers READY and keeps the socket
+                    tx.send(control(FrameType::Ready, hello_payload(&cell.fqcn, None)))
+                        .await
+                        .map_err(|_| closed())?;
                     return Ok(Handshake::OwnName);
                 }
                 return Ok(Handshake::Peer(name, true));
@@ -540,6 +626,17 @@ async fn handshake(
                 frame.prefix.frame_type
             ),
         }
+    }
+}
+
+/// Under TLS: the certificate CN must be the first segment of the FQCN the peer claims.
+fn check_cn(peer_cn: Option<&str>, name: &str) -> Result<(), CellnetError> {
+    match peer_cn {
+        Some(cn) if name.split('.').next() != Some(cn) => Err(CellnetError::PeerIdentity {
+            certificate: cn.to_string(),
+            claimed: name.to_string(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -613,10 +710,32 @@ async fn run_inner(
         ctl_tx,
         close: close.clone(),
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight_per_peer)),
+        outbound: active,
+        rx_frames: AtomicU64::new(0),
+        probing: AtomicU32::new(0),
+        rx_event: Notify::new(),
+        refusals: WarnLimiter::default(),
     });
     tracing::Span::current().record("peer", tracing::field::display(&peer));
+    if active {
+        cell.register_agent(conn.clone());
+    } else {
+        // The name is ours only if no live connection holds it; READY goes out as the name
+        // is taken, so nothing routed to the peer can overtake it.
+        let admitted = tokio::select! {
+            r = cell.admit(&conn, control(FrameType::Ready, hello_payload(&cell.fqcn, None))) => r,
+            _ = close.cancelled() => Err("shutting down".to_string()),
+        };
+        if let Err(why) = admitted {
+            warn!(peer = %peer, addr = %conn.peer_addr, "connection refused: {why}");
+            let _ = conn
+                .send(control(FrameType::Ready, hello_payload(&cell.fqcn, Some(&why))))
+                .await;
+            close.cancel();
+            return;
+        }
+    }
     info!(peer = %peer, "connected");
-    cell.register_agent(conn.clone());
     if let Some(r) = ready.take() {
         // peer was validated in the handshake
         let fqcn = Fqcn::new(peer.clone());
@@ -677,6 +796,7 @@ async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameRe
             }
         };
         last_rx = Instant::now();
+        conn.saw_frame();
         match frame.frame_type() {
             Some(FrameType::Data) => {
                 if frame.prefix.app_id != APP_ID_CELLNET {
@@ -748,7 +868,7 @@ mod tests {
         // our own HELLO has the same shape and length for the same name
         let ours = control(
             FrameType::Hello,
-            hello_payload(&Fqcn::new("site-1").unwrap()),
+            hello_payload(&Fqcn::new("site-1").unwrap(), None),
         )
         .to_bytes(1, 1)
         .unwrap();

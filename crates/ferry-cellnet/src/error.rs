@@ -41,6 +41,41 @@ pub enum CellnetError {
     /// the first read after the handshake), or the peer certificate does not match its FQCN.
     #[error("tls: {0}")]
     Tls(String),
+    /// The peer refused the connection during the handshake and said why (its READY carried
+    /// a refusal: the name is held by a live connection, the certificate is for another name).
+    #[error("the peer refused the connection: {0}")]
+    Refused(String),
+    /// Under TLS, the peer's certificate names another cell than the FQCN it claims in its
+    /// HELLO/READY (the CN must be the FQCN's first segment).
+    #[error("authenticated as {certificate:?} but claimed endpoint {claimed:?}: a peer's certificate CN must be the first segment of the cell name it uses")]
+    PeerIdentity {
+        /// The CN of the peer's certificate.
+        certificate: String,
+        /// The FQCN the peer claimed.
+        claimed: String,
+    },
+    /// This cell's own certificate is for another name than the cell's FQCN: every peer would
+    /// refuse it, so the cell refuses to listen or connect with it.
+    #[error("this cell is named {fqcn:?} but its TLS certificate is for {certificate:?}: the certificate CN must be the first segment of the cell name; use the certificate issued for {root:?} or name the cell after the certificate")]
+    OwnIdentity {
+        /// The CN of this cell's certificate.
+        certificate: String,
+        /// This cell's FQCN.
+        fqcn: String,
+        /// The FQCN's first segment (what the CN should be).
+        root: String,
+    },
+    /// A TLS file is unusable: not PEM, no certificate or key in it, an X.509 v1 certificate,
+    /// a certificate without a common name.
+    #[error("{file} {path}: {problem}")]
+    Certificate {
+        /// Which of the three files.
+        file: TlsFile,
+        /// Its path (`<memory>` when loaded from bytes).
+        path: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// A socket operation failed. I/O errors that carry a TLS error (tokio-rustls wraps
     /// `rustls::Error`s in `std::io::Error`) become [`CellnetError::Tls`] instead (see the
     /// `From<std::io::Error>` impl).
@@ -97,8 +132,32 @@ impl CellnetError {
             CellnetError::Timeout(_) => ReturnCode::Timeout,
             CellnetError::LimitReached(_) => ReturnCode::ServiceUnavailable,
             CellnetError::Headers(_) | CellnetError::Payload(_) => ReturnCode::InvalidRequest,
+            CellnetError::PeerIdentity { .. } | CellnetError::OwnIdentity { .. } => {
+                ReturnCode::AuthenticationError
+            }
             _ => ReturnCode::CommError,
         }
+    }
+}
+
+/// The three files of a TLS configuration, to say which one a problem is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFile {
+    /// The root CA certificate(s) that peers' certificates must be signed by.
+    Ca,
+    /// This cell's certificate (chain), leaf first.
+    Cert,
+    /// This cell's private key.
+    Key,
+}
+
+impl std::fmt::Display for TlsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsFile::Ca => "CA certificate",
+            TlsFile::Cert => "certificate",
+            TlsFile::Key => "private key",
+        })
     }
 }
 

@@ -48,6 +48,7 @@ mod message;
 pub mod msgpack;
 mod return_code;
 mod stream;
+mod trust;
 #[cfg(test)]
 mod testutil;
 
@@ -58,7 +59,7 @@ pub use cell::{
 #[cfg(feature = "tls")]
 pub use driver::tls::{common_name, TlsConfig};
 pub use driver::Url;
-pub use error::{CellnetError, Result};
+pub use error::{CellnetError, Result, TlsFile};
 pub use fobs::Fobs;
 pub use fqcn::{validate as validate_fqcn, Fqcn, SERVER_ROOT};
 pub use frame::FrameError;
@@ -69,3 +70,4 @@ pub use msgpack::{MsgpackBody, MsgpackWriter};
 pub use return_code::ReturnCode;
 pub use rmpv;
 pub use stream::data_type as stream_data_type;
+pub use trust::Forwarding;

@@ -41,6 +41,11 @@ pub struct Limits {
     pub max_route_hops: usize,
     /// Time allowed for the TLS handshake plus HELLO/READY (default 10 s).
     pub handshake_timeout: Duration,
+    /// When a second connection claims the name of a connected peer, the holder is sent a
+    /// PING and keeps its name if anything arrives from it within this time (default 5 s);
+    /// otherwise it is taken for dead and replaced. Keep it below the connecting side's
+    /// `handshake_timeout` (NVFlare and ferry: 10 s), which covers this wait.
+    pub name_probe_timeout: Duration,
     /// A write to a peer that makes no progress for this long closes the connection
     /// (default 30 s, NVFlare's `streaming_send_timeout`).
     pub send_timeout: Duration,
@@ -71,6 +76,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_route_hops: 32,
             handshake_timeout: Duration::from_secs(10),
+            name_probe_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(60),

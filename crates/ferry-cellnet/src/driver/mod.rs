@@ -21,8 +21,8 @@ pub(crate) struct Transport {
     pub wr: WriteHalf,
     /// The peer's address, for logs.
     pub peer_addr: String,
-    /// Under mutual TLS on the accepting side: the CN of the client certificate, which the
-    /// HELLO name's first segment must equal.
+    /// Under TLS: the CN of the peer's certificate, which the first segment of the name the
+    /// peer claims (HELLO on the accepting side, READY on the connecting side) must equal.
     pub peer_cn: Option<String>,
 }
 

@@ -1,9 +1,11 @@
 //! Mutual TLS (rustls, ring provider) around the same F3 byte stream (f3-wire.md §6.1).
 //!
 //! Both sides present a certificate signed by the project's root CA and verify the peer's
-//! chain against it. Host names are **not** checked (as NVFlare). On the accepting side the
-//! client certificate's common name must equal the first segment of the FQCN the peer claims
-//! in its HELLO; the cell checks that after the handshake.
+//! chain against it. Host names are **not** checked (as NVFlare). On both sides the peer
+//! certificate's common name must equal the first segment of the FQCN the peer claims in its
+//! HELLO (accepting side) or READY (connecting side); the cell checks that in the F3
+//! handshake, and checks its own certificate against its own name before it listens or
+//! connects.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +19,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::Transport;
-use crate::error::CellnetError;
+use crate::error::{CellnetError, TlsFile};
+use crate::fqcn::Fqcn;
 
 /// Certificates and key of a cell for `stcp://` URLs.
 ///
@@ -82,50 +85,163 @@ pub(crate) fn describe_tls_io(e: &std::io::Error) -> Option<String> {
     })
 }
 
+/// What a PEM file that holds nothing usable most likely is, for the error message.
+fn not_pem_hint(pem: &[u8]) -> &'static str {
+    if pem.starts_with(&[0x30, 0x82]) || pem.starts_with(&[0x30, 0x81]) {
+        "it looks like DER (binary); convert it with `openssl x509 -in FILE -inform der -out FILE.pem` (keys: `openssl pkey -inform der`)"
+    } else if pem.windows(11).any(|w| w == b"-----BEGIN ") {
+        "it holds PEM blocks, but not of the kind expected here"
+    } else {
+        "it is not a PEM file (text starting with -----BEGIN ...-----)"
+    }
+}
+
+fn file_err(file: TlsFile, path: &str, problem: impl Into<String>) -> CellnetError {
+    CellnetError::Certificate {
+        file,
+        path: path.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// The certificates of a PEM file, at least one.
+fn pem_certs(
+    file: TlsFile,
+    path: &str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, CellnetError> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(file, path, format!("unreadable PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(
+            file,
+            path,
+            format!("no certificate in it: {}", not_pem_hint(pem)),
+        ));
+    }
+    Ok(certs)
+}
+
 impl TlsConfig {
     /// From PEM bytes: the root CA certificate(s), this cell's certificate chain (leaf first)
     /// and its private key (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, CellnetError> {
+        Self::from_pem_named(
+            ("<memory>", ca_pem),
+            ("<memory>", cert_pem),
+            ("<memory>", key_pem),
+        )
+    }
+
+    /// [`TlsConfig::from_pem`] with the file names to put in error messages.
+    fn from_pem_named(
+        (ca_path, ca_pem): (&str, &[u8]),
+        (cert_path, cert_pem): (&str, &[u8]),
+        (key_path, key_pem): (&str, &[u8]),
+    ) -> Result<Self, CellnetError> {
         let mut roots = RootCertStore::empty();
-        let cas: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &ca_pem[..])
-            .collect::<Result<_, _>>()
-            .map_err(tls_err)?;
-        if cas.is_empty() {
-            return Err(CellnetError::Tls("no CA certificate in PEM".into()));
+        for c in pem_certs(TlsFile::Ca, ca_path, ca_pem)? {
+            roots
+                .add(c)
+                .map_err(|e| file_err(TlsFile::Ca, ca_path, format!("not a usable CA certificate: {e}")))?;
         }
-        for c in cas {
-            roots.add(c).map_err(tls_err)?;
+        let chain = pem_certs(TlsFile::Cert, cert_path, cert_pem)?;
+        match cert_version(&chain[0]) {
+            Some(3) => {}
+            Some(v) => {
+                return Err(file_err(
+                    TlsFile::Cert,
+                    cert_path,
+                    format!(
+                        "an X.509 v{v} certificate; TLS peers (rustls, NVFlare) need X.509 v3 with extensions. \
+                         `openssl x509 -req` makes v1 unless it is given extensions: re-issue it with \
+                         `-extfile cell.ext` (basicConstraints=CA:FALSE, keyUsage, extendedKeyUsage, subjectAltName), \
+                         or use `ferry certs issue`"
+                    ),
+                ))
+            }
+            None => {
+                return Err(file_err(
+                    TlsFile::Cert,
+                    cert_path,
+                    "not a well-formed X.509 certificate",
+                ))
+            }
         }
-        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
-            .collect::<Result<_, _>>()
-            .map_err(tls_err)?;
-        if chain.is_empty() {
-            return Err(CellnetError::Tls("no certificate in PEM".into()));
+        if common_name(&chain[0]).is_none() {
+            return Err(file_err(
+                TlsFile::Cert,
+                cert_path,
+                "the certificate has no subject common name (CN); peers identify a cell by its CN, which must be the first segment of the cell name",
+            ));
         }
         let key = rustls_pemfile::private_key(&mut &key_pem[..])
-            .map_err(tls_err)?
-            .ok_or_else(|| CellnetError::Tls("no private key in PEM".into()))?;
-        Ok(TlsConfig {
+            .map_err(|e| file_err(TlsFile::Key, key_path, format!("unreadable PEM: {e}")))?
+            .ok_or_else(|| {
+                file_err(
+                    TlsFile::Key,
+                    key_path,
+                    format!("no private key in it: {}", not_pem_hint(key_pem)),
+                )
+            })?;
+        let cfg = TlsConfig {
             roots: Arc::new(roots),
             chain,
             key: Arc::new(key),
             require_client_cert: true,
-        })
+        };
+        // the key must belong to the certificate (rustls checks when it builds a config)
+        cfg.acceptor().map_err(|e| {
+            file_err(
+                TlsFile::Key,
+                key_path,
+                format!("does not go with the certificate {cert_path} ({e})"),
+            )
+        })?;
+        Ok(cfg)
     }
 
-    /// From PEM files (NVFlare's `rootCA.pem`, `client.crt`/`server.crt`, `*.key`).
+    /// From PEM files (NVFlare's `rootCA.pem`, `client.crt`/`server.crt`, `*.key`). Errors
+    /// name the file at fault ([`CellnetError::Certificate`]).
     pub fn from_pem_files(
         ca: impl AsRef<Path>,
         cert: impl AsRef<Path>,
         key: impl AsRef<Path>,
     ) -> Result<Self, CellnetError> {
-        let read =
-            |p: &Path| std::fs::read(p).map_err(|e| tls_err(format!("{}: {e}", p.display())));
-        Self::from_pem(
-            &read(ca.as_ref())?,
-            &read(cert.as_ref())?,
-            &read(key.as_ref())?,
+        let read = |file: TlsFile, p: &Path| {
+            std::fs::read(p).map_err(|e| file_err(file, &p.display().to_string(), e.to_string()))
+        };
+        let (ca, cert, key) = (ca.as_ref(), cert.as_ref(), key.as_ref());
+        let (ca_pem, cert_pem, key_pem) = (
+            read(TlsFile::Ca, ca)?,
+            read(TlsFile::Cert, cert)?,
+            read(TlsFile::Key, key)?,
+        );
+        Self::from_pem_named(
+            (&ca.display().to_string(), &ca_pem),
+            (&cert.display().to_string(), &cert_pem),
+            (&key.display().to_string(), &key_pem),
         )
+    }
+
+    /// The common name of this cell's certificate: the FQCN root its peers accept.
+    pub fn common_name(&self) -> Option<String> {
+        self.chain.first().and_then(common_name)
+    }
+
+    /// Refuse to run a cell named `fqcn` with a certificate for another name: every peer
+    /// would refuse the connection, and a listener would claim a name it cannot prove.
+    pub(crate) fn check_identity(&self, fqcn: &Fqcn) -> Result<(), CellnetError> {
+        let cn = self.common_name().unwrap_or_default();
+        if cn != fqcn.root() {
+            return Err(CellnetError::OwnIdentity {
+                certificate: cn,
+                fqcn: fqcn.to_string(),
+                root: fqcn.root().to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Whether a listener requires client certificates (default true: mutual TLS). Without
@@ -276,12 +392,19 @@ pub(crate) async fn connect(
         ServerName::try_from("ferry.invalid".to_string()).expect("valid DNS name")
     });
     let tls = connector.connect(name, s).await.map_err(handshake_err)?;
+    let peer_cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| common_name(c).ok_or_else(|| tls_err("the peer's certificate has no CN")))
+        .transpose()?;
     let (rd, wr) = tokio::io::split(tls);
     Ok(Transport {
         rd: Box::new(rd),
         wr: Box::new(wr),
         peer_addr,
-        peer_cn: None,
+        peer_cn,
     })
 }
 
@@ -307,6 +430,28 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         return None;
     }
     Some((tag, &b[hdr..end], &b[end..]))
+}
+
+/// The X.509 version of a DER certificate (1, 2 or 3), `None` if it is not one. v1 has no
+/// `[0]` version field in its TBSCertificate.
+fn cert_version(cert: &CertificateDer<'_>) -> Option<u8> {
+    const SEQ: u8 = 0x30;
+    let (tag, cert, _) = tlv(cert.as_ref())?;
+    if tag != SEQ {
+        return None;
+    }
+    let (tag, tbs, _) = tlv(cert)?;
+    if tag != SEQ {
+        return None;
+    }
+    let (tag, version, _) = tlv(tbs)?;
+    if tag != 0xa0 {
+        return Some(1);
+    }
+    match tlv(version)? {
+        (0x02, [v], _) if *v <= 2 => Some(v + 1),
+        _ => None,
+    }
 }
 
 /// The subject common name (OID 2.5.4.3) of a DER certificate. The certificate has already
