@@ -1262,7 +1262,9 @@ impl CellInner {
                 "refused by {}: the connection from {:?} cannot send messages as {origin:?} (a cell speaks only for itself and the cells below it)",
                 self.fqcn, conn.peer
             );
-            let (mtype, to) = (mtype.to_string(), conn.peer.clone());
+            // back toward the requester, on the connection it came by (a relay in between
+            // forwards it); a RETURN is matched by request id whatever its origin
+            let (mtype, to) = (mtype.to_string(), origin.to_string());
             self.bounce(
                 conn,
                 &mtype,
@@ -1278,8 +1280,19 @@ impl CellInner {
             let (mtype, dest, origin) = (mtype.to_string(), dest.to_string(), origin.to_string());
             if self.forwarding == Forwarding::Off {
                 warn!(peer = %conn.peer, %dest, "message for another cell; this cell does not forward");
-                let why = format!("cannot forward: {} does not relay messages for other cells", self.fqcn);
-                self.bounce(conn, &mtype, headers, &origin, ReturnCode::CommError, &why, "cant_forward");
+                let why = format!(
+                    "cannot forward: {} does not relay messages for other cells",
+                    self.fqcn
+                );
+                self.bounce(
+                    conn,
+                    &mtype,
+                    headers,
+                    &origin,
+                    ReturnCode::CommError,
+                    &why,
+                    "cant_forward",
+                );
                 return;
             }
             self.forward(conn, &mtype, &dest, headers, frame.payload)

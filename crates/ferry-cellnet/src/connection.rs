@@ -729,7 +729,10 @@ async fn run_inner(
         if let Err(why) = admitted {
             warn!(peer = %peer, addr = %conn.peer_addr, "connection refused: {why}");
             let _ = conn
-                .send(control(FrameType::Ready, hello_payload(&cell.fqcn, Some(&why))))
+                .send(control(
+                    FrameType::Ready,
+                    hello_payload(&cell.fqcn, Some(&why)),
+                ))
                 .await;
             close.cancel();
             return;

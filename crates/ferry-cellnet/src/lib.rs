@@ -48,9 +48,9 @@ mod message;
 pub mod msgpack;
 mod return_code;
 mod stream;
-mod trust;
 #[cfg(test)]
 mod testutil;
+mod trust;
 
 pub use cell::{
     Cell, CellBuilder, IntoReply, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,

@@ -198,23 +198,6 @@ async fn hello_with_own_name_is_not_registered() {
 }
 
 #[tokio::test]
-async fn a_new_connection_with_the_same_name_evicts_the_old_one() {
-    let (server, url) = listening("server", Limits::default()).await;
-    echo(&server);
-    let mut old = RawPeer::connect(&url).await;
-    old.handshake("site-1").await;
-    eventually(|| server.is_connected("site-1")).await;
-    let c = connected("site-1", &url).await;
-    assert!(old.closed_by_peer().await);
-    let r = c
-        .send_request("t", "echo", "server", Message::from_value(2), LONG)
-        .await;
-    assert_eq!(r.return_code(), ReturnCode::Ok);
-    c.shutdown().await;
-    server.shutdown().await;
-}
-
-#[tokio::test]
 async fn peer_killed_mid_request_yields_an_error_not_a_hang() {
     init_tracing();
     // a peer that completes the handshake, reads the request and dies
