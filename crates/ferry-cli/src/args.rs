@@ -36,6 +36,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Download objects from the tickets `ferry serve` printed.
     Get(GetArgs),
+    /// Make a project CA and cell certificates for mutual TLS (`init`, then `issue NAME...`).
+    Certs(CertsArgs),
     /// Internal: one receiver process of `ferry demo` (progress as JSON lines on stdout).
     #[command(name = "__demo-receiver", hide = true)]
     DemoReceiver(DemoReceiverArgs),
@@ -93,7 +95,9 @@ pub struct ServeArgs {
     /// Number of receivers expected (count mode): exit when this many have every object.
     #[arg(long, value_name = "N", conflicts_with = "allow", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub receivers: u32,
-    /// Expected receivers by name (identity mode); others are refused.
+    /// Expected receivers by name (identity mode); others are refused. With TLS a receiver
+    /// proves its name with its certificate; without TLS the name is only what the receiver
+    /// types in --name, so anyone who can reach the port can use it (a warning says so).
     #[arg(long, value_name = "FQCN")]
     pub allow: Vec<String>,
     /// Give up (exit 1) when no receiver pulled anything for this long.
@@ -137,6 +141,59 @@ pub struct GetArgs {
     /// TLS.
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// `ferry certs`.
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// What to make.
+    #[command(subcommand)]
+    pub command: CertsCommand,
+}
+
+/// The subcommands of `ferry certs`.
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Create the project CA: DIR/rootCA.pem (give it to every cell as --tls-ca) and
+    /// DIR/rootCA.key (keep it private).
+    Init(CertsInitArgs),
+    /// Issue a certificate for each NAME, signed by the CA in DIR: DIR/NAME.crt and
+    /// DIR/NAME.key. A cell named NAME (or NAME.anything) runs with them.
+    Issue(CertsIssueArgs),
+}
+
+/// `ferry certs init`.
+#[derive(Args, Debug)]
+pub struct CertsInitArgs {
+    /// Directory for the CA files (created if missing).
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Common name of the CA.
+    #[arg(long, default_value = "ferry-project-ca", value_name = "NAME")]
+    pub ca_name: String,
+    /// Validity in days.
+    #[arg(long, default_value_t = 3650, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub days: u32,
+    /// Replace existing CA files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `ferry certs issue`.
+#[derive(Args, Debug)]
+pub struct CertsIssueArgs {
+    /// Cell names to issue certificates for (the CN; e.g. server site-1 site-2).
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Directory holding rootCA.pem and rootCA.key; the certificates are written there too.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub days: u32,
+    /// Replace existing certificate files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `ferry __demo-receiver` (spawned by `ferry demo`, not for people).

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ferry::cellnet::{Cell, CellnetError, TlsConfig};
+use ferry::cellnet::{Cell, CellnetError, Forwarding, TlsConfig, TlsFile};
 
 use crate::args::TlsArgs;
 use crate::exit::{CmdResult, Failure};
@@ -26,7 +26,23 @@ pub fn tls_config(tls: &TlsArgs) -> CmdResult<Option<TlsConfig>> {
     }
     TlsConfig::from_pem_files(ca, cert, key)
         .map(Some)
-        .map_err(|e| Failure::usage(format!("TLS files unusable ({e}); {TLS_HINT}")))
+        .map_err(|e| match e {
+            CellnetError::Certificate {
+                file,
+                path,
+                problem,
+            } => Failure::usage(format!("{} {path}: {problem}", tls_option(file))),
+            other => Failure::usage(format!("TLS files unusable ({other}); {TLS_HINT}")),
+        })
+}
+
+/// The command-line option a TLS file comes from.
+fn tls_option(file: TlsFile) -> &'static str {
+    match file {
+        TlsFile::Ca => "--tls-ca",
+        TlsFile::Cert => "--tls-cert",
+        TlsFile::Key => "--tls-key",
+    }
 }
 
 /// The common name of the first certificate in a PEM file (the FQCN root a TLS peer accepts).
@@ -59,21 +75,72 @@ pub fn check_name(flag: &str, name: &str) -> CmdResult {
     })
 }
 
-/// Build a cell named `name`, with TLS when configured.
+/// Build a cell named `name`, with TLS when configured. `ferry serve` and `ferry get` are
+/// endpoints: their cells never relay messages between other cells.
 pub fn build_cell(name: &str, tls: Option<TlsConfig>) -> CmdResult<Cell> {
     check_name("--name", name)?;
-    let builder =
-        Cell::builder(name).map_err(|e| Failure::usage(format!("--name {name:?}: {e}")))?;
+    if let Some(cn) = tls.as_ref().and_then(TlsConfig::common_name) {
+        let root = name.split('.').next().unwrap_or(name);
+        if cn != root {
+            return Err(own_identity(&cn, name));
+        }
+    }
+    let builder = Cell::builder(name)
+        .map_err(|e| Failure::usage(format!("--name {name:?}: {e}")))?
+        .forwarding(Forwarding::Off);
     Ok(match tls {
         Some(t) => builder.tls(t).build(),
         None => builder.build(),
     })
 }
 
-/// Explain a failed `connect` to a sender: TLS trouble is an input error (exit 2), anything
-/// else means the sender is not there or refused us (exit 1).
+/// `--tls-cert` is for another cell than `--name` (exit 2, naming both).
+pub fn own_identity(cn: &str, name: &str) -> Failure {
+    let root = name.split('.').next().unwrap_or(name);
+    Failure::usage(format!(
+        "--tls-cert is a certificate for {cn:?} but --name is {name:?}: peers accept a cell only under the name its certificate CN gives as the first segment; use the certificate issued for {root:?} (`ferry certs issue {root}`) or --name {cn}"
+    ))
+}
+
+/// Check that the cell `peer` we reached at `url` is, or routes for, the sender a ticket names
+/// (`source` itself, or one of its FQCN ancestors, as NVFlare's `server` for `server.j1`).
+/// Under TLS `peer` has been proven by the listener's certificate. Exit 2, naming both.
+pub fn check_sender(url: &str, peer: &str, source: &str, tls: bool) -> CmdResult {
+    let routes_for = source.len() > peer.len()
+        && source.starts_with(peer)
+        && source.as_bytes()[peer.len()] == b'.';
+    if peer == source || routes_for {
+        return Ok(());
+    }
+    let proven = if tls {
+        let root = peer.split('.').next().unwrap_or(peer);
+        format!(" (its TLS certificate is for {root:?})")
+    } else {
+        String::new()
+    };
+    Err(Failure::usage(format!(
+        "the listener at {url} is the cell {peer:?}{proven}, but the ticket names the sender {source:?}; this ticket does not belong to that address, or another program listens there: ask the sender for a fresh ticket"
+    )))
+}
+
+/// Explain a failed `connect` to a sender: TLS and identity trouble is an input error (exit
+/// 2), anything else means the sender is not there or refused us (exit 1).
 pub fn connect_failure(url: &str, e: &CellnetError) -> Failure {
     match e {
+        CellnetError::PeerIdentity { certificate, claimed } => Failure::usage(format!(
+            "the listener at {url} presented a certificate for {certificate:?} but calls itself {claimed:?}; it cannot prove to be the sender: check the address in the ticket, and that the sender runs with its own certificate"
+        )),
+        CellnetError::OwnIdentity { certificate, fqcn, .. } => own_identity(certificate, fqcn),
+        CellnetError::Refused(why) => {
+            let hint = if why.contains("authenticated as") {
+                "the CN of --tls-cert must be the first segment of --name"
+            } else {
+                "another receiver is connected under this name: pass another --name, or stop the other one first"
+            };
+            Failure::usage(format!(
+                "the sender at {url} refused this receiver ({why}); {hint}"
+            ))
+        }
         // The sender's TLS alert after the handshake: it does not trust our certificate.
         CellnetError::Tls(why) if why.contains("refused our TLS certificate") => {
             Failure::usage(format!(

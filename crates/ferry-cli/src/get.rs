@@ -134,7 +134,14 @@ pub async fn run(args: GetArgs, json: bool) -> CmdResult {
             r = cell.connect(url) => r.map_err(|e| cells::connect_failure(url, &e)),
             _ = cancel.cancelled() => Err(Failure::Interrupted("interrupted while connecting".into())),
         };
-        if let Err(f) = connected {
+        // the cell that answered must be the sender each ticket names (or route for it)
+        let checked = connected.and_then(|peer| {
+            tickets
+                .iter()
+                .filter(|t| &t.url() == url)
+                .try_for_each(|t| cells::check_sender(url, peer.as_str(), &t.source, t.tls))
+        });
+        if let Err(f) = checked {
             result = Err(f);
             break;
         }

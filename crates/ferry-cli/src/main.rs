@@ -5,12 +5,14 @@
 //! * `ferry serve PATH...` — serve files, directories and `.safetensors` tensor dicts; prints
 //!   one ticket per object; exits when every expected receiver has everything.
 //! * `ferry get TICKET...` — download, verify, print where the files are.
+//! * `ferry certs init|issue` — a project CA and cell certificates for mutual TLS.
 //!
 //! Exit codes (see [`exit`]): 0 ok, 1 transfer failed, 2 usage or input error, 130
 //! interrupted. `--json` switches stdout to JSON lines; `RUST_LOG` sets the log filter (stderr).
 
 mod args;
 mod cells;
+mod certs;
 mod demo;
 mod exit;
 mod get;
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             Command::Demo(a) => demo::run(a, json).await,
             Command::Serve(a) => serve::run(a, json).await,
             Command::Get(a) => get::run(a, json).await,
+            Command::Certs(a) => certs::run(a, json),
             Command::DemoReceiver(a) => demo::receiver::run(a).await,
         }
     });

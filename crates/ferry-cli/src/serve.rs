@@ -209,6 +209,13 @@ pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
     }
     let tls = cells::tls_config(&args.tls)?;
     let url = listen_url(&args.listen, tls.is_some())?;
+    if tls.is_none() && !args.allow.is_empty() {
+        ui::err_line(&format!(
+            "ferry: warning: --allow without TLS: {} is only a name, and anyone who can reach {} can use it (the first to connect under it holds it); to prove who a receiver is, serve with --tls-cert/--tls-key/--tls-ca (see `ferry certs`)",
+            args.allow.join(", "),
+            args.listen
+        ));
+    }
     let cell = cells::build_cell(&args.name, tls)?;
     let bound = cell.listen(&url).await.map_err(|e| {
         Failure::usage(format!(
