@@ -111,7 +111,12 @@ fn issue(a: &CertsIssueArgs, json: bool) -> CmdResult {
     let paths: Vec<(PathBuf, PathBuf)> = a
         .names
         .iter()
-        .map(|n| (a.dir.join(format!("{n}.crt")), a.dir.join(format!("{n}.key"))))
+        .map(|n| {
+            (
+                a.dir.join(format!("{n}.crt")),
+                a.dir.join(format!("{n}.key")),
+            )
+        })
         .collect();
     let all: Vec<&PathBuf> = paths.iter().flat_map(|(c, k)| [c, k]).collect();
     refuse_overwrite(&all, a.force)?;
@@ -164,9 +169,7 @@ fn common_name(cn: &str) -> DistinguishedName {
 /// checked by ferry or NVFlare, but some TLS stacks want a SAN), and `localhost`.
 fn san(name: &str) -> Vec<String> {
     let mut v = Vec::new();
-    if name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
         && name != "localhost"

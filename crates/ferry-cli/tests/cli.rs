@@ -337,7 +337,10 @@ fn missing_or_wrong_tls_files() {
         .assert()
         .code(2);
     let line = one_error_line(&a.get_output().stderr);
-    assert!(line.contains("TLS"), "{line}");
+    assert!(
+        line.contains("--tls-cert") && line.contains("not a PEM file"),
+        "{line}"
+    );
     // a CA that did not sign the sender: the receiver refuses the handshake
     let (mut server, ticket) = serve(&[
         path_str(&src),
