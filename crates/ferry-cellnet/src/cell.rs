@@ -218,6 +218,13 @@ impl CellBuilder {
 /// A cell: a named endpoint that listens and/or connects, serves requests on
 /// (channel, topic) pairs and sends requests to other cells, directly or through parents.
 ///
+/// Every message a cell handles or forwards is attributed to the identity its connection
+/// proved: a peer that connected to us may speak for itself and the cells below it
+/// (`site-1` for `site-1.job7`), our parent for everyone else; under TLS the peer's name is
+/// bound to its certificate CN. Anything else is refused with an `unauthenticated` RETURN, so
+/// [`Message::origin`] in a handler is always a proven name. Whether the cell relays messages
+/// for others is [`CellBuilder::forwarding`].
+///
 /// Cheap to clone (an `Arc`). Background tasks run until [`Cell::shutdown`].
 ///
 /// ```
@@ -406,7 +413,14 @@ impl Cell {
     }
 
     /// Connect to a parent cell at `url`, do the HELLO/READY handshake and return the peer's
-    /// FQCN. The peer becomes this cell's parent: the route of last resort.
+    /// FQCN. The peer becomes this cell's parent: the route of last resort, trusted to route
+    /// messages from other cells to this one.
+    ///
+    /// Fails with [`CellnetError::Refused`] when the listener refuses us (a live connection
+    /// holds our name; our certificate is for another name) and, over `stcp://`, with
+    /// [`CellnetError::PeerIdentity`] when the listener's certificate CN is not the first
+    /// segment of the name it gives in READY, or [`CellnetError::OwnIdentity`] when our own
+    /// certificate is for another name than ours.
     pub async fn connect(&self, url: &str) -> Result<Fqcn, CellnetError> {
         let inner = &self.inner;
         if inner.shutting_down.load(Ordering::SeqCst) {
