@@ -61,6 +61,7 @@ mod names;
 pub mod numpy;
 mod ranges;
 pub mod tensors;
+pub mod verify;
 
 pub use byte_state::RECEIVED_BYTES;
 pub use bytes_object::{BytesConsumer, BytesObject, DEFAULT_MAX_BYTES};
@@ -75,6 +76,7 @@ pub use numpy::{NdArray, NdArrayDict, NpzDictConsumer, NpzDictObject, NpzSource}
 pub use tensors::{
     SafetensorsFileConsumer, Tensor, TensorDict, TensorDictConsumer, TensorDictObject, TensorSource,
 };
+pub use verify::{Pin, StreamVerifier, Verified};
 
 /// Default chunk size of byte-stream objects: 1 MiB (see the crate docs for why).
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
