@@ -31,6 +31,15 @@ pub enum ObjectsError {
     /// The destination exists and overwriting was not asked for.
     #[error("destination {0} already exists (use overwrite(true) to replace it)")]
     DestinationExists(PathBuf),
+    /// A kept `NAME.part` belongs to other content than the download pins (an older file of
+    /// the same name, another ticket): refused before any byte is fetched.
+    #[error("{why}; remove it, or discard it and start over (`discard_other_part`, `ferry get --force`)")]
+    OtherContent {
+        /// The part file.
+        part: PathBuf,
+        /// What it holds and what was pinned.
+        why: String,
+    },
     /// An option out of its allowed range.
     #[error("invalid option: {0}")]
     InvalidOption(String),

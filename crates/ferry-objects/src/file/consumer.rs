@@ -1,13 +1,18 @@
 //! The file consumer.
 
+use super::record::PartRecord;
 use crate::byte_state::{check_byte_chunk, check_complete, state_after};
 use crate::names::{destination_path, publish};
 use crate::ranges::RangeSet;
+use crate::verify::{Pin, StreamVerifier, Verified};
 use crate::ObjectsError;
 use ferry_core::{ChunkData, ConsumeError, Consumer, PlanLayout, State, TransferPlan};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// Default of [`FileConsumerBuilder::sync_every`]: 64 MiB.
+pub const DEFAULT_SYNC_EVERY: u64 = 64 << 20;
 
 /// Builds a [`FileConsumer`].
 #[derive(Debug, Clone)]
@@ -17,6 +22,10 @@ pub struct FileConsumerBuilder {
     overwrite: bool,
     keep_part: bool,
     max_size: u64,
+    pin: Option<Pin>,
+    sync_every: u64,
+    discard_other_part: bool,
+    origin: String,
 }
 
 impl FileConsumerBuilder {
@@ -26,11 +35,51 @@ impl FileConsumerBuilder {
         self
     }
 
-    /// On failure keep the verified-contiguous prefix of `NAME.part` so that a later consumer
-    /// can resume from it, and, at construction, continue from an existing `NAME.part`
-    /// instead of starting over. Off by default: a failure removes `NAME.part`.
+    /// Hold the sender to `pin` (a ticket's size and digest) whatever it sends or advertises:
+    /// a byte beyond `pin.size` fails the download at once, a plan announcing another size or
+    /// digest is refused before any byte, and the download completes only when the BLAKE3 of
+    /// the bytes received equals `pin.blake3` (hashed as they arrive).
+    pub fn pin(mut self, pin: Pin) -> Self {
+        self.pin = Some(pin);
+        self
+    }
+
+    /// Keep `NAME.part` on failure so that a later consumer can resume from it, and at
+    /// construction continue from an existing `NAME.part` instead of starting over. Off by
+    /// default: a failure removes `NAME.part`.
+    ///
+    /// What is known-good is recorded beside the part in `NAME.part.ferry` (see
+    /// [`sync_every`](Self::sync_every)), with the content it belongs to (the pin, else the
+    /// digest the sender advertised: without either nothing is kept). At construction a part
+    /// without a usable record is discarded, the part is cut to the recorded prefix (a crash
+    /// may leave holes beyond it), a part of other content is refused
+    /// ([`ObjectsError::OtherContent`]) or, with
+    /// [`discard_other_part`](Self::discard_other_part), discarded, and the kept prefix is
+    /// read back and hashed once, so a resumed file is verified like any other.
     pub fn keep_part_for_resume(mut self, on: bool) -> Self {
         self.keep_part = on;
+        self
+    }
+
+    /// With [`keep_part_for_resume`](Self::keep_part_for_resume): make the contiguous prefix
+    /// durable (`fdatasync`, then the record) each time it grew by this many bytes (default
+    /// [`DEFAULT_SYNC_EVERY`]). A crash loses at most this much; smaller costs more syncs.
+    pub fn sync_every(mut self, bytes: u64) -> Self {
+        self.sync_every = bytes.max(1);
+        self
+    }
+
+    /// With [`keep_part_for_resume`](Self::keep_part_for_resume): discard a kept part of other
+    /// content (and start over) instead of refusing it.
+    pub fn discard_other_part(mut self, on: bool) -> Self {
+        self.discard_other_part = on;
+        self
+    }
+
+    /// Where the content comes from (e.g. `SENDER/REF`), written in the resume record for
+    /// messages.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = origin.into();
         self
     }
 
@@ -40,84 +89,65 @@ impl FileConsumerBuilder {
         self
     }
 
-    /// Check the name and destination, and open (or, when resuming, reopen) `NAME.part`.
+    /// Check the name and destination, and open (or, when resuming, reopen and verify)
+    /// `NAME.part`. Resuming reads the kept prefix once, so this blocks on disk I/O.
     pub fn open(self) -> Result<FileConsumer, ObjectsError> {
+        if let Some(pin) = &self.pin {
+            if pin.size > self.max_size {
+                return Err(ObjectsError::InvalidOption(format!(
+                    "the pinned size {} is beyond max_size {}",
+                    pin.size, self.max_size
+                )));
+            }
+        }
         let final_path = destination_path(&self.dir, &self.name, self.overwrite)?;
         let part_path = self.dir.join(format!("{}.part", self.name));
-        let plan_path = self.dir.join(format!("{}.part.plan", self.name));
-        let mut existing = part_path.symlink_metadata().ok();
-        let mut kept_plan = None;
-        if self.keep_part && existing.as_ref().is_some_and(|m| m.file_type().is_file()) {
-            match KeptPlan::read(&plan_path) {
-                Ok(p) => kept_plan = p,
-                Err(why) => {
-                    tracing::warn!(part = %part_path.display(), %why, "kept part has an unreadable plan; starting over");
-                    remove_if_exists(&part_path)?;
-                    existing = None;
-                }
-            }
-        }
-        if kept_plan.is_none() {
-            remove_if_exists(&plan_path)?;
-        }
-        let (file, prefix) = match existing {
-            Some(m) if self.keep_part && m.file_type().is_file() => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&part_path)
-                    .map_err(|e| {
-                        ObjectsError::io(format!("reopening {}", part_path.display()), e)
-                    })?;
-                (f, m.len())
-            }
-            Some(_) => {
-                // A stale part (or something else under that name) from an earlier attempt:
-                // start over; never follow a symlink placed there.
-                std::fs::remove_file(&part_path).map_err(|e| {
-                    ObjectsError::io(format!("removing stale {}", part_path.display()), e)
-                })?;
-                (create_part(&part_path)?, 0)
-            }
-            None => (create_part(&part_path)?, 0),
-        };
-        if kept_plan.as_ref().is_some_and(|p| prefix > p.total) {
-            return Err(ObjectsError::InvalidOption(format!(
-                "kept {} has {prefix} bytes, more than the object it belongs to",
-                part_path.display()
-            )));
-        }
-        if prefix > self.max_size {
-            return Err(ObjectsError::InvalidOption(format!(
-                "kept {} has {prefix} bytes, more than max_size {}",
-                part_path.display(),
-                self.max_size
-            )));
-        }
-        let mut ranges = RangeSet::new();
-        ranges.insert(0, prefix);
-        if prefix > 0 {
-            tracing::info!(part = %part_path.display(), prefix, "resuming from kept part file");
-        }
+        let record_path = self.dir.join(format!("{}.part.ferry", self.name));
+        // Left by ferry versions that trusted the whole part: never used.
+        remove_if_exists(&self.dir.join(format!("{}.part.plan", self.name)))?;
         let mut consumer = FileConsumer {
             final_path,
             part_path,
-            plan_path,
-            plan: None,
+            record_path,
             overwrite: self.overwrite,
             keep_part: self.keep_part,
             max_size: self.max_size,
-            file: Some(file),
-            ranges,
-            resumed_from: prefix,
-            expected_total: None,
+            pin: self.pin,
+            origin: self.origin,
+            sync_every: self.sync_every,
+            content: self.pin.map(|p| (p, true)),
             plan_chunk: None,
-            verifier: None,
-            phase: Phase::Writing,
+            file: None,
+            ranges: RangeSet::new(),
+            resumed_from: 0,
+            synced: 0,
+            discarded: None,
+            verifier: self.pin.map(|p| StreamVerifier::new(p.size)),
+            tainted: false,
+            // Inert until the part is ready: an error below must not remove a kept part.
+            phase: Phase::Failed,
         };
-        if let Some(p) = kept_plan {
-            consumer.adopt(p);
+        let kept = if self.keep_part {
+            consumer.examine_kept_part(self.discard_other_part)?
+        } else {
+            None
+        };
+        match kept {
+            Some((file, record)) => consumer.resume_from(file, record)?,
+            None => {
+                remove_if_exists(&consumer.record_path)?;
+                consumer.remove_stale_part()?;
+                consumer.file = Some(create_part(&consumer.part_path)?);
+                if let Err(e) = consumer.write_record(0) {
+                    consumer.cleanup(false);
+                    return Err(ObjectsError::io(
+                        format!("writing {}", consumer.record_path.display()),
+                        e,
+                    ));
+                }
+            }
         }
+        consumer.phase = Phase::Writing;
         Ok(consumer)
     }
 }
@@ -130,69 +160,6 @@ fn remove_if_exists(path: &Path) -> Result<(), ObjectsError> {
             format!("removing stale {}", path.display()),
             e,
         )),
-    }
-}
-
-/// The producer's plan, kept beside a resumable `.part` (`NAME.part.plan`, JSON) because a
-/// resumed request carries a state and producers send plans only to first requests: the
-/// resumed download still knows the size and digest of the whole file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct KeptPlan {
-    total: u64,
-    chunk: u64,
-    blake3: Option<String>,
-}
-
-impl KeptPlan {
-    fn from_plan(plan: &TransferPlan) -> Result<Self, ConsumeError> {
-        let PlanLayout::Bytes { total, chunk } = plan.layout else {
-            return Err(ConsumeError::BadChunk(
-                "a file consumer needs a byte-stream object, the plan announces items".into(),
-            ));
-        };
-        if let Some(want) = &plan.blake3 {
-            if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ConsumeError::BadChunk(format!(
-                    "plan digest {want:?} is not a BLAKE3 hex digest"
-                )));
-            }
-        }
-        Ok(Self {
-            total,
-            chunk,
-            blake3: plan.blake3.as_ref().map(|d| d.to_ascii_lowercase()),
-        })
-    }
-
-    /// `Ok(None)` when there is no sidecar; `Err` when it exists but is unusable.
-    fn read(path: &Path) -> Result<Option<Self>, String> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        let total = v["total"].as_u64().ok_or("no total")?;
-        let chunk = v["chunk"].as_u64().ok_or("no chunk")?;
-        let blake3 = match &v["blake3"] {
-            serde_json::Value::Null => None,
-            serde_json::Value::String(s) => Some(s.clone()),
-            _ => return Err("bad blake3".into()),
-        };
-        let plan = TransferPlan {
-            layout: PlanLayout::Bytes { total, chunk },
-            total_bytes: Some(total),
-            blake3,
-        };
-        Self::from_plan(&plan).map(Some).map_err(|e| e.to_string())
-    }
-
-    fn write(&self, path: &Path) -> std::io::Result<()> {
-        let v =
-            serde_json::json!({"total": self.total, "chunk": self.chunk, "blake3": self.blake3});
-        let f = File::create(path)?;
-        serde_json::to_writer(&f, &v).map_err(std::io::Error::other)?;
-        f.sync_all()
     }
 }
 
@@ -213,55 +180,52 @@ enum Phase {
     Failed,
 }
 
-/// An incremental BLAKE3 check that hashes the contiguous prefix as it grows: from the chunk in
-/// memory when it lands at the cursor (the common case), from the `.part` file when a gap
-/// fills after later chunks were already written.
-#[derive(Debug)]
-struct Verifier {
-    hasher: blake3::Hasher,
-    /// Bytes `[0, cursor)` are hashed.
-    cursor: u64,
-    want: String,
-    /// Reused read buffer for catching up from disk (allocated on first use).
-    scratch: Vec<u8>,
-}
-
 /// Writes a byte-stream object (a ferry [`FileObject`](crate::FileObject), a
 /// [`BytesObject`](crate::BytesObject) or an NVFlare file) to `DIR/NAME`.
 ///
 /// Chunks are written at their offsets into `DIR/NAME.part` as they arrive, in any order when
-/// the producer sent a plan (`needs_order() == false`); without a plan (an NVFlare producer,
-/// stop-and-wait) each chunk must continue the received prefix. A duplicate chunk never
-/// rewrites accepted bytes. At completion
-/// the size (and, when the plan carried one, the BLAKE3 digest) is checked, the file is
-/// fsynced and renamed atomically to `DIR/NAME`, and the directory is fsynced. A failed,
-/// cancelled or dropped download leaves nothing at `DIR/NAME`; `NAME.part` is removed, or,
-/// with [`keep_part_for_resume`](FileConsumerBuilder::keep_part_for_resume), truncated to its
-/// contiguous prefix (cut to a chunk boundary) so that a new consumer resumes from it
-/// ([`resume_state`](Self::resume_state)) and still verifies the whole file: the producer's
-/// plan (size, chunk, digest) is kept beside it in `NAME.part.plan`, since a resumed request
-/// carries a state and gets no plan.
+/// the producer sent a plan (`needs_order() == false`; each chunk must then sit exactly where
+/// the plan puts it); without a plan (an NVFlare producer, stop-and-wait) each chunk must
+/// continue the received prefix. A duplicate chunk never rewrites accepted bytes.
+///
+/// What is checked: with a [`pin`](FileConsumerBuilder::pin), the pinned size (as bytes
+/// arrive) and the pinned BLAKE3 (hashed as bytes arrive, with a [`StreamVerifier`]), whatever
+/// the sender sends; without one, the size and digest the sender advertised in its plan, if it
+/// sent one. [`verified`](Self::verified) says which. At completion the file is fsynced and
+/// renamed atomically to `DIR/NAME`, and the directory is fsynced. A failed, cancelled or
+/// dropped download leaves nothing at `DIR/NAME`; `NAME.part` is removed, or kept for resume
+/// with its record (see [`keep_part_for_resume`](FileConsumerBuilder::keep_part_for_resume)).
 #[derive(Debug)]
 pub struct FileConsumer {
     final_path: PathBuf,
     part_path: PathBuf,
-    /// `NAME.part.plan`: the plan kept beside a resumable part.
-    plan_path: PathBuf,
-    /// The plan in force (from the producer or from a kept part).
-    plan: Option<KeptPlan>,
+    /// `NAME.part.ferry`: the resume record.
+    record_path: PathBuf,
     overwrite: bool,
     keep_part: bool,
     max_size: u64,
+    /// The ticket's pin, if any: authoritative.
+    pin: Option<Pin>,
+    origin: String,
+    sync_every: u64,
+    /// The content being checked against, and whether it is pinned (`true`) or only
+    /// advertised by the sender (`false`). `None`: nothing to check but an advertised size.
+    content: Option<(Pin, bool)>,
+    /// The plan's chunk size, once a plan was accepted: every chunk must sit on its grid.
+    plan_chunk: Option<(u64, u64)>,
     /// `None` once finished (closed).
     file: Option<File>,
     /// Which bytes of the object are in the part file.
     ranges: RangeSet,
     resumed_from: u64,
-    expected_total: Option<u64>,
-    /// The plan's chunk size: a kept prefix is cut to a multiple of it so a resumed pipelined
-    /// download starts on a chunk boundary.
-    plan_chunk: Option<u64>,
-    verifier: Option<Verifier>,
+    /// Prefix length last made durable and recorded.
+    synced: u64,
+    /// Why a kept part was not resumed from, when one was discarded.
+    discarded: Option<String>,
+    /// Hashes bytes as they arrive; `None` when there is no digest to check.
+    verifier: Option<StreamVerifier>,
+    /// The sender sent bad data: never keep this part for resume.
+    tainted: bool,
     phase: Phase,
 }
 
@@ -274,6 +238,10 @@ impl FileConsumer {
             overwrite: false,
             keep_part: false,
             max_size: u64::MAX,
+            pin: None,
+            sync_every: DEFAULT_SYNC_EVERY,
+            discard_other_part: false,
+            origin: String::new(),
         }
     }
 
@@ -288,6 +256,17 @@ impl FileConsumer {
         (self.resumed_from > 0).then(|| state_after(self.resumed_from))
     }
 
+    /// Bytes taken from a kept part (verified prefix), 0 when starting from zero.
+    pub fn resumed_from(&self) -> u64 {
+        self.resumed_from
+    }
+
+    /// Why an existing `NAME.part` was discarded at construction (no usable record, other
+    /// content with [`discard_other_part`](FileConsumerBuilder::discard_other_part)), if one was.
+    pub fn discarded_part(&self) -> Option<&str> {
+        self.discarded.as_deref()
+    }
+
     /// The destination path.
     pub fn final_path(&self) -> &Path {
         &self.final_path
@@ -298,9 +277,28 @@ impl FileConsumer {
         &self.part_path
     }
 
+    /// The resume record path (`NAME.part.ferry`).
+    pub fn record_path(&self) -> &Path {
+        &self.record_path
+    }
+
     /// Bytes stored so far (including a resumed prefix).
     pub fn bytes_received(&self) -> u64 {
         self.ranges.covered()
+    }
+
+    /// The size the object is held to (the pin's, else the sender's plan's), once known.
+    pub fn expected_size(&self) -> Option<u64> {
+        self.pin.map(|p| p.size).or(self.plan_chunk.map(|(_, t)| t))
+    }
+
+    /// What the file was checked against: meaningful once the download completed.
+    pub fn verified(&self) -> Verified {
+        match self.content {
+            Some((pin, true)) => Verified::Pinned(pin),
+            Some((pin, false)) => Verified::SenderAdvertised(pin),
+            None => Verified::Unverified,
+        }
     }
 
     /// Test hook: write through another handle (e.g. `/dev/full`) to provoke OS errors.
@@ -309,19 +307,150 @@ impl FileConsumer {
         self.file = Some(file);
     }
 
-    /// Take `plan` as the object's size, chunk and digest.
-    fn adopt(&mut self, plan: KeptPlan) {
-        if let Some(want) = &plan.blake3 {
-            self.verifier = Some(Verifier {
-                hasher: blake3::Hasher::new(),
-                cursor: 0,
-                want: want.clone(),
-                scratch: Vec::new(),
-            });
+    /// Decide what to do with an existing `NAME.part`: `Some` to resume from it, `None` to
+    /// start over (after noting why in `discarded`), an error to refuse.
+    fn examine_kept_part(
+        &mut self,
+        discard_other: bool,
+    ) -> Result<Option<(File, PartRecord)>, ObjectsError> {
+        let Ok(meta) = self.part_path.symlink_metadata() else {
+            return Ok(None);
+        };
+        let part = self.part_path.display().to_string();
+        if !meta.file_type().is_file() {
+            self.discarded = Some(format!("{part} is not a regular file"));
+            return Ok(None);
         }
-        self.expected_total = Some(plan.total);
-        self.plan_chunk = (plan.chunk > 0).then_some(plan.chunk);
-        self.plan = Some(plan);
+        let record = match PartRecord::read(&self.record_path) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.discarded = Some(format!(
+                    "{part} has no resume record (left by a crash before its first checkpoint, or by an older ferry)"
+                ));
+                return Ok(None);
+            }
+            Err(why) => {
+                self.discarded = Some(format!(
+                    "{part} has an unusable resume record {}: {why}",
+                    self.record_path.display()
+                ));
+                return Ok(None);
+            }
+        };
+        if let Some(pin) = self.pin {
+            if record.content != pin {
+                let why =
+                    format!(
+                    "{part} holds part of other content ({}, from {}) than this download pins ({})",
+                    record.content,
+                    if record.origin.is_empty() { "an unknown sender" } else { &record.origin },
+                    pin
+                );
+                if discard_other {
+                    self.discarded = Some(why);
+                    return Ok(None);
+                }
+                return Err(ObjectsError::OtherContent {
+                    part: self.part_path.clone(),
+                    why,
+                });
+            }
+        }
+        if record.content.size > self.max_size {
+            self.discarded = Some(format!(
+                "{part} belongs to an object of {} bytes, beyond max_size {}",
+                record.content.size, self.max_size
+            ));
+            return Ok(None);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.part_path)
+            .map_err(|e| ObjectsError::io(format!("reopening {part}"), e))?;
+        Ok(Some((file, record)))
+    }
+
+    /// Continue from a kept part: cut it to the recorded prefix, hash that prefix once.
+    fn resume_from(&mut self, file: File, record: PartRecord) -> Result<(), ObjectsError> {
+        let part = self.part_path.display().to_string();
+        let len = file
+            .metadata()
+            .map_err(|e| ObjectsError::io(format!("reading {part}"), e))?
+            .len();
+        // The record may be ahead of a part that was cut short since: trust the smaller.
+        let prefix = record.prefix.min(len);
+        file.set_len(prefix)
+            .map_err(|e| ObjectsError::io(format!("cutting {part} to its recorded prefix"), e))?;
+        let content = record.content;
+        if self.content.is_none() {
+            // Unpinned: the record holds what the sender advertised before.
+            self.content = Some((content, false));
+            self.verifier = Some(StreamVerifier::new(content.size));
+        }
+        if let Some(v) = self.verifier.as_mut() {
+            let mut buf = vec![0u8; (1 << 20).min(prefix.max(1) as usize)];
+            let mut at = 0u64;
+            while at < prefix {
+                let n = (buf.len() as u64).min(prefix - at) as usize;
+                file.read_exact_at(&mut buf[..n], at)
+                    .map_err(|e| ObjectsError::io(format!("re-reading {part} to verify it"), e))?;
+                v.update(at, &buf[..n])
+                    .map_err(|e| ObjectsError::InvalidOption(e.to_string()))?;
+                at += n as u64;
+            }
+        }
+        self.ranges.insert(0, prefix);
+        self.resumed_from = prefix;
+        self.synced = prefix;
+        self.file = Some(file);
+        self.write_record(prefix)
+            .map_err(|e| ObjectsError::io(format!("writing {}", self.record_path.display()), e))?;
+        tracing::info!(%part, prefix, size = content.size, "resuming from kept part file");
+        Ok(())
+    }
+
+    /// Remove whatever sits at `NAME.part` (never following a symlink placed there).
+    fn remove_stale_part(&self) -> Result<(), ObjectsError> {
+        if let Some(why) = &self.discarded {
+            tracing::warn!(%why, "starting over");
+        }
+        remove_if_exists(&self.part_path)
+    }
+
+    /// Write the resume record with `prefix` (only when keeping parts and the content is
+    /// known: a part not tied to content is never resumed from).
+    fn write_record(&self, prefix: u64) -> std::io::Result<()> {
+        let (true, Some((content, _))) = (self.keep_part, self.content) else {
+            return Ok(());
+        };
+        PartRecord {
+            content,
+            prefix,
+            origin: self.origin.clone(),
+        }
+        .write(&self.record_path)
+    }
+
+    /// Make the contiguous prefix durable and record it, when it grew by `sync_every`.
+    fn checkpoint(&mut self, force: bool) -> Result<(), ConsumeError> {
+        if !self.keep_part || self.content.is_none() {
+            return Ok(());
+        }
+        let prefix = self.ranges.prefix_len();
+        if prefix == self.synced || (!force && prefix - self.synced < self.sync_every) {
+            return Ok(());
+        }
+        // Every byte of [0, prefix) was written before this sync: after it they are on disk.
+        self.file()?
+            .sync_data()
+            .map_err(|e| self.io("fdatasync", e))?;
+        self.write_record(prefix).map_err(|e| ConsumeError::Io {
+            context: format!("writing {}", self.record_path.display()),
+            source: e,
+        })?;
+        self.synced = prefix;
+        Ok(())
     }
 
     fn file(&self) -> Result<&File, ConsumeError> {
@@ -337,61 +466,18 @@ impl FileConsumer {
         }
     }
 
-    /// Hash what became contiguous. `fresh` is the chunk just written, if it was new in full.
-    fn advance_verifier(&mut self, fresh: Option<(u64, &[u8])>) -> Result<(), ConsumeError> {
-        let prefix = self.ranges.prefix_len();
-        let Some(v) = self.verifier.as_mut() else {
-            return Ok(());
-        };
-        if let Some((off, data)) = fresh {
-            if off == v.cursor {
-                v.hasher.update(data);
-                v.cursor += data.len() as u64;
-            }
-        }
-        let file = self
-            .file
-            .as_ref()
-            .ok_or_else(|| ConsumeError::Other("file consumer already finished".into()))?;
-        while v.cursor < prefix {
-            if v.scratch.is_empty() {
-                v.scratch = vec![0u8; 1 << 20];
-            }
-            let n = (v.scratch.len() as u64).min(prefix - v.cursor) as usize;
-            file.read_exact_at(&mut v.scratch[..n], v.cursor)
-                .map_err(|e| ConsumeError::Io {
-                    context: format!("re-reading {} to verify it", self.part_path.display()),
-                    source: e,
-                })?;
-            v.hasher.update(&v.scratch[..n]);
-            v.cursor += n as u64;
-        }
-        Ok(())
-    }
-
-    /// Remove the part file, or keep its resumable prefix.
+    /// Remove the part file and its record, or keep the part's durable prefix for resume.
     fn cleanup(&mut self, keep: bool) {
-        let file = self.file.take();
-        if keep {
-            let mut prefix = self.ranges.prefix_len();
-            if let Some(chunk) = self.plan_chunk {
-                prefix -= prefix % chunk;
-            }
-            let kept = file
-                .as_ref()
-                .map(|f| f.set_len(prefix).and_then(|()| f.sync_all()));
-            match kept {
+        if keep && self.keep_part && self.content.is_some() {
+            let prefix = self.ranges.prefix_len();
+            let kept = self.file().ok().map(|f| {
+                f.sync_data()
+                    .and_then(|()| f.set_len(prefix))
+                    .and_then(|()| f.sync_data())
+            });
+            match kept.map(|r| r.and_then(|()| self.write_record(prefix))) {
                 Some(Ok(())) => {
-                    match &self.plan {
-                        Some(plan) => {
-                            if let Err(e) = plan.write(&self.plan_path) {
-                                tracing::warn!(path = %self.plan_path.display(), error = %e, "could not keep the plan beside the part file");
-                            }
-                        }
-                        None => {
-                            let _ = remove_if_exists(&self.plan_path);
-                        }
-                    }
+                    self.file = None;
                     tracing::info!(part = %self.part_path.display(), prefix, "kept part file for resume");
                     return;
                 }
@@ -401,9 +487,10 @@ impl FileConsumer {
                 None => {}
             }
         }
-        drop(file);
-        if let Err(e) = remove_if_exists(&self.plan_path) {
-            tracing::warn!(error = %e, "could not remove the kept plan");
+        self.file = None;
+        // The record first: a part without one is never trusted.
+        if let Err(e) = remove_if_exists(&self.record_path) {
+            tracing::warn!(error = %e, "could not remove the resume record");
         }
         if let Err(e) = std::fs::remove_file(&self.part_path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -413,61 +500,126 @@ impl FileConsumer {
     }
 
     fn finish(&mut self) -> Result<(), ConsumeError> {
-        let total = self.expected_total.unwrap_or_else(|| self.ranges.max_end());
+        let total = self
+            .expected_size()
+            .unwrap_or_else(|| self.ranges.max_end());
         check_complete(&self.ranges, total)?;
-        self.advance_verifier(None)?;
-        if let Some(v) = self.verifier.take() {
-            let got = v.hasher.finalize().to_hex();
-            if !v.want.eq_ignore_ascii_case(got.as_str()) {
-                return Err(ConsumeError::Integrity(format!(
-                    "BLAKE3 digest mismatch for {}: expected {}, got {got}",
+        if let (Some(v), Some((content, pinned))) = (&self.verifier, self.content) {
+            v.check(&content.blake3).map_err(|e| {
+                let whose = if pinned {
+                    "the ticket's"
+                } else {
+                    "the sender's advertised"
+                };
+                ConsumeError::Integrity(format!(
+                    "{} does not match {whose} digest: {}",
                     self.final_path.display(),
-                    v.want
-                )));
-            }
+                    e.to_string().trim_start_matches("integrity check failed: ")
+                ))
+            })?;
         }
         let file = self.file()?;
         file.sync_all().map_err(|e| self.io("fsync", e))?;
         publish(&self.part_path, &self.final_path, self.overwrite)?;
         self.file = None;
-        if let Err(e) = remove_if_exists(&self.plan_path) {
-            tracing::warn!(error = %e, "could not remove the kept plan");
+        if let Err(e) = remove_if_exists(&self.record_path) {
+            tracing::warn!(error = %e, "could not remove the resume record");
         }
         Ok(())
+    }
+
+    /// Check a chunk against the pin and the plan; returns where it starts and its bytes.
+    fn check_chunk(
+        &self,
+        state: &State,
+        data: ChunkData,
+    ) -> Result<(u64, bytes::Bytes), ConsumeError> {
+        let planned_total = self.plan_chunk.map(|(_, total)| total);
+        let (start, chunk) =
+            check_byte_chunk(state, data, planned_total, self.max_size, &self.ranges)?;
+        let end = start + chunk.len() as u64;
+        if let Some(pin) = self.pin {
+            if end > pin.size {
+                return Err(ConsumeError::Integrity(format!(
+                    "the sender sent bytes [{start}, {end}) but the ticket pins {} bytes",
+                    pin.size
+                )));
+            }
+        }
+        if let Some((c, total)) = self.plan_chunk {
+            if start % c != 0 || end != (start + c).min(total) {
+                return Err(ConsumeError::BadChunk(format!(
+                    "chunk [{start}, {end}) is not where the sender's plan of {c}-byte chunks puts it"
+                )));
+            }
+        }
+        Ok((start, chunk))
     }
 }
 
 impl Consumer for FileConsumer {
     fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
-        let new = KeptPlan::from_plan(plan)?;
-        if let Some(kept) = &self.plan {
-            if (kept.total, &kept.blake3) != (new.total, &new.blake3) {
+        let PlanLayout::Bytes { total, chunk } = plan.layout else {
+            return Err(ConsumeError::BadChunk(
+                "a file consumer needs a byte-stream object, the plan announces items".into(),
+            ));
+        };
+        let advertised = match &plan.blake3 {
+            Some(d) => Some(
+                Pin::from_hex(total, d)
+                    .map_err(|e| ConsumeError::BadChunk(format!("the sender's plan: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(pin) = self.pin {
+            if total != pin.size {
                 return Err(ConsumeError::Integrity(format!(
-                    "the object changed since {} was kept (size {} / digest {:?} now {} / {:?})",
-                    self.part_path.display(),
-                    kept.total,
-                    kept.blake3,
-                    new.total,
-                    new.blake3
+                    "the sender offers {total} bytes, the ticket pins {}",
+                    pin.size
                 )));
             }
-            return Ok(());
+            if let Some(adv) = advertised.filter(|a| a.blake3 != pin.blake3) {
+                return Err(ConsumeError::Integrity(format!(
+                    "the sender offers content with BLAKE3 {}, the ticket pins {}",
+                    adv.hex(),
+                    pin.hex()
+                )));
+            }
+        } else if let Some((kept, _)) = self.content {
+            // Unpinned resume: the record holds what the sender advertised last time.
+            if advertised != Some(kept) {
+                return Err(ConsumeError::Integrity(format!(
+                    "the object changed since {} was kept ({kept} then, {} bytes with BLAKE3 {} now)",
+                    self.part_path.display(),
+                    total,
+                    plan.blake3.as_deref().unwrap_or("none")
+                )));
+            }
+        } else {
+            if total > self.max_size {
+                return Err(ConsumeError::Other(format!(
+                    "object of {total} bytes exceeds the limit of {} bytes",
+                    self.max_size
+                )));
+            }
+            if let Some(adv) = advertised {
+                self.content = Some((adv, false));
+                self.verifier = Some(StreamVerifier::new(total));
+                self.write_record(self.ranges.prefix_len())
+                    .map_err(|e| ConsumeError::Io {
+                        context: format!("writing {}", self.record_path.display()),
+                        source: e,
+                    })?;
+            }
         }
-        if new.total > self.max_size {
-            return Err(ConsumeError::Other(format!(
-                "object of {} bytes exceeds the limit of {} bytes",
-                new.total, self.max_size
-            )));
-        }
-        if self.resumed_from > new.total {
+        if self.resumed_from > total {
             return Err(ConsumeError::Integrity(format!(
-                "kept {} has {} bytes but the object has {}",
+                "kept {} has {} bytes but the object has {total}",
                 self.part_path.display(),
-                self.resumed_from,
-                new.total
+                self.resumed_from
             )));
         }
-        self.adopt(new);
+        self.plan_chunk = Some((chunk, total));
         Ok(())
     }
 
@@ -486,25 +638,23 @@ impl Consumer for FileConsumer {
                 "chunk after the download finished".into(),
             ));
         }
-        let (start, chunk) = check_byte_chunk(
-            state,
-            data,
-            self.expected_total,
-            self.max_size,
-            &self.ranges,
-        )?;
+        let (start, chunk) = self.check_chunk(state, data).inspect_err(|e| {
+            self.tainted |= matches!(e, ConsumeError::Integrity(_));
+        })?;
         let end = start + chunk.len() as u64;
-        let gaps = self.ranges.gaps(start, end);
-        let whole = gaps.len() == 1 && gaps[0] == (start, end);
-        for &(s, e) in &gaps {
+        for (s, e) in self.ranges.gaps(start, end) {
             let src = &chunk[(s - start) as usize..(e - start) as usize];
             self.file()?
                 .write_all_at(src, s)
                 .map_err(|err| self.io(&format!("writing {} bytes at {s} into", e - s), err))?;
         }
+        if let Some(v) = self.verifier.as_mut() {
+            // The verifier skips what it already has, as the writes above did.
+            v.update(start, &chunk)
+                .inspect_err(|_| self.tainted = true)?;
+        }
         self.ranges.insert(start, end);
-        let fresh = whole.then_some((start, &chunk[..]));
-        self.advance_verifier(fresh)?;
+        self.checkpoint(false)?;
         Ok(state.clone())
     }
 
@@ -522,7 +672,7 @@ impl Consumer for FileConsumer {
             }
             Err(e) => {
                 // Bad content is never worth resuming from; an OS error may be.
-                let keep = self.keep_part && !matches!(e, ConsumeError::Integrity(_));
+                let keep = !self.tainted && !matches!(e, ConsumeError::Integrity(_));
                 self.cleanup(keep);
                 self.phase = Phase::Failed;
                 tracing::warn!(ref_id, path = %self.final_path.display(), error = %e, "file download failed at completion");
@@ -536,7 +686,7 @@ impl Consumer for FileConsumer {
             return;
         }
         tracing::warn!(ref_id, path = %self.final_path.display(), reason, "file download failed");
-        self.cleanup(self.keep_part);
+        self.cleanup(!self.tainted);
         self.phase = Phase::Failed;
     }
 }
@@ -544,7 +694,7 @@ impl Consumer for FileConsumer {
 impl Drop for FileConsumer {
     fn drop(&mut self) {
         if self.phase == Phase::Writing {
-            self.cleanup(self.keep_part);
+            self.cleanup(!self.tainted);
             self.phase = Phase::Failed;
         }
     }

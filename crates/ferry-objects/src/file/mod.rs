@@ -4,8 +4,9 @@
 mod consumer;
 mod digest_cache;
 mod producer;
+mod record;
 #[cfg(test)]
 mod tests;
 
-pub use consumer::{FileConsumer, FileConsumerBuilder};
+pub use consumer::{FileConsumer, FileConsumerBuilder, DEFAULT_SYNC_EVERY};
 pub use producer::{FileObject, FileObjectBuilder};

@@ -320,7 +320,7 @@ fn corrupted_chunk_fails_and_leaves_nothing() {
         })
         .unwrap_err();
         assert!(matches!(e, ConsumeError::Integrity(_)), "{e}");
-        assert!(e.to_string().contains("digest mismatch"));
+        assert!(e.to_string().contains("BLAKE3 mismatch"), "{e}");
         assert!(
             names_in(dst.path()).is_empty(),
             "keep={keep}: {:?}",
@@ -421,6 +421,7 @@ fn resume_from_a_kept_part_verifies_the_whole_file() {
     assert!(c.resume_state().is_none());
     c.plan_received(&obj.plan().unwrap()).unwrap();
     let chunks = all_chunks(&obj, "a", None);
+    let chunks = chunks.as_slice();
     for i in [0, 1, 2, 6] {
         let (s, d) = chunks[i].clone();
         c.consume("r", &s, d).unwrap();
@@ -445,16 +446,19 @@ fn resume_from_a_kept_part_verifies_the_whole_file() {
     assert_eq!(fs::read(dst.path().join("out")).unwrap(), data);
     assert_eq!(names_in(dst.path()), vec!["out"]);
 
-    // A kept part with wrong bytes is caught by the digest and discarded.
+    // A kept part whose bytes changed under its record is caught by the digest (the kept
+    // prefix is read back and hashed) and discarded.
     fs::remove_file(dst.path().join("out")).unwrap();
+    fail_after_prefix(&obj, dst.path(), 2);
     fs::write(dst.path().join("out.part"), vec![0u8; 2000]).unwrap();
     let mut c = FileConsumer::builder(dst.path(), "out")
         .keep_part_for_resume(true)
         .open()
         .unwrap();
     let st = c.resume_state();
-    let e = drive(&obj, &mut c, st, |_| {}).unwrap_err();
-    assert!(e.to_string().contains("digest mismatch"), "{e}");
+    assert_eq!(c.resumed_from(), 2000);
+    let e = drive_without_plan(&obj, &mut c, st, None).unwrap_err();
+    assert!(e.to_string().contains("BLAKE3 mismatch"), "{e}");
     assert!(names_in(dst.path()).is_empty());
 }
 
@@ -571,7 +575,7 @@ fn fail_after_prefix(obj: &FileObject, dir: &Path, chunks: usize) {
         c.consume("r", &s, d).unwrap();
     }
     c.failed("r", "link lost");
-    assert_eq!(names_in(dir), vec!["out.part", "out.part.plan"]);
+    assert_eq!(names_in(dir), vec!["out.part", "out.part.ferry"]);
 }
 
 #[test]
@@ -594,7 +598,7 @@ fn a_resumed_download_without_plan_still_verifies_size_and_digest() {
     let st = c.resume_state();
     assert_eq!(st, Some(State::new().with(RECEIVED_BYTES, 4000u64)));
     let e = drive_without_plan(&obj, &mut c, st, Some(2)).unwrap_err();
-    assert!(e.to_string().contains("digest mismatch"), "{e}");
+    assert!(e.to_string().contains("BLAKE3 mismatch"), "{e}");
     assert!(
         names_in(dst.path()).is_empty(),
         "{:?}",
@@ -637,12 +641,20 @@ fn a_kept_part_of_another_object_is_refused() {
     let e = c.plan_received(&other.plan().unwrap()).unwrap_err();
     assert!(matches!(e, ConsumeError::Integrity(_)), "{e}");
     c.failed("r", &e.to_string());
-    // an unreadable kept plan: start over instead of trusting the part
-    fs::write(dst.path().join("out.part.plan"), b"{not json").unwrap();
+    // an unreadable record: start over instead of trusting the part
+    fail_after_prefix(&obj, dst.path(), 2);
+    fs::write(dst.path().join("out.part.ferry"), b"{not json").unwrap();
     let c = FileConsumer::builder(dst.path(), "out")
         .keep_part_for_resume(true)
         .open()
         .unwrap();
     assert!(c.resume_state().is_none());
+    assert!(c
+        .discarded_part()
+        .unwrap()
+        .contains("unusable resume record"));
+    // unpinned and no digest advertised yet: nothing to tie a part to, so no record
     assert_eq!(names_in(dst.path()), vec!["out.part"]);
 }
+
+mod pinned;
