@@ -107,6 +107,11 @@ impl<D: NamedDict> ItemDictAssembly<D> {
         Ok(state.clone())
     }
 
+    /// Check that every item arrived; returns the item count.
+    pub(crate) fn finish(&self) -> Result<u64, ConsumeError> {
+        self.tracker.finish()
+    }
+
     /// Check that every item arrived, build the dict in item order and deliver it.
     pub(crate) fn completed(&mut self) -> Result<(), ConsumeError> {
         self.tracker.finish()?;

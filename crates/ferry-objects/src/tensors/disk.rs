@@ -1,8 +1,10 @@
 //! The on-disk tensor dict consumer: one `.safetensors` file, written incrementally.
 
 use super::blob::decode_item;
+use super::TensorPinCheck;
 use crate::cacheable::ItemTracker;
 use crate::names::{destination_path, publish};
+use crate::verify::{Pin, Verified};
 use crate::ObjectsError;
 use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
@@ -19,9 +21,19 @@ pub struct SafetensorsFileConsumerBuilder {
     name: String,
     overwrite: bool,
     tracker: ItemTracker,
+    pin: Option<Pin>,
 }
 
 impl SafetensorsFileConsumerBuilder {
+    /// Hold the sender to `pin` (size and tensor-dict digest, see
+    /// [`tensor_dict_pin`](crate::tensors::tensor_dict_pin)): items are hashed as they
+    /// arrive, tensor data beyond the pinned size fail at once, and nothing is written at the
+    /// destination unless the digest matches.
+    pub fn pin(mut self, pin: Pin) -> Self {
+        self.pin = Some(pin);
+        self
+    }
+
     /// Replace an existing destination file (refused by default).
     pub fn overwrite(mut self, on: bool) -> Self {
         self.overwrite = on;
@@ -54,6 +66,7 @@ impl SafetensorsFileConsumerBuilder {
             entries: Vec::new(),
             names: HashSet::new(),
             tracker: self.tracker,
+            check: self.pin.map(TensorPinCheck::new),
             finished: false,
         })
     }
@@ -88,6 +101,7 @@ pub struct SafetensorsFileConsumer {
     entries: Vec<Entry>,
     names: HashSet<String>,
     tracker: ItemTracker,
+    check: Option<TensorPinCheck>,
     finished: bool,
 }
 
@@ -99,7 +113,15 @@ impl SafetensorsFileConsumer {
             name: name.to_string(),
             overwrite: false,
             tracker: ItemTracker::new(),
+            pin: None,
         }
+    }
+
+    /// What the file was checked against: meaningful once the download completed.
+    pub fn verified(&self) -> Verified {
+        self.check
+            .as_ref()
+            .map_or(Verified::Unverified, |c| Verified::Pinned(c.pin()))
     }
 
     /// Open a consumer for `dir/name` with default options.
@@ -240,7 +262,14 @@ impl Consumer for SafetensorsFileConsumer {
                     )));
                 }
             }
-            let bytes = &blob[item.data_start..item.data_start + item.data_len];
+            let bytes = blob
+                .get(item.data_start..item.data_start + item.data_len)
+                .ok_or_else(|| {
+                    ConsumeError::Integrity(format!("item {index}: tensor data beyond the blob"))
+                })?;
+            if let Some(c) = self.check.as_mut() {
+                c.add(index, &item.names, item.dtype, &item.shape, bytes)?;
+            }
             let offset = self.spool_end;
             self.spool()?
                 .write_all_at(bytes, offset)
@@ -267,7 +296,14 @@ impl Consumer for SafetensorsFileConsumer {
             return Err(ConsumeError::Other("completed called twice".into()));
         }
         self.finished = true;
-        let result = self.tracker.finish().and_then(|_| self.write_part());
+        let result = self
+            .tracker
+            .finish()
+            .and_then(|count| match &self.check {
+                Some(c) => c.finish(count),
+                None => Ok(()),
+            })
+            .and_then(|()| self.write_part());
         match result {
             Ok(()) => {
                 self.spool = None;

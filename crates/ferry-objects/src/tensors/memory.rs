@@ -1,10 +1,11 @@
 //! The in-memory tensor dict consumer.
 
 use super::blob::decode_item;
-use super::TensorDict;
+use super::{TensorDict, TensorPinCheck};
 use crate::cacheable::ItemTracker;
 use crate::delivery::Delivery;
 use crate::item_dict::ItemDictAssembly;
+use crate::verify::{Pin, Verified};
 use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 
 /// Rebuilds a tensor dict in memory from a tensor dict object (ferry's or NVFlare's).
@@ -13,9 +14,15 @@ use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 /// is a zero-copy slice of its received item; aliased names share one buffer. A malformed
 /// item fails the download with an error naming the item. The dict is available from
 /// [`take`](Self::take) or the [`Delivery`] of [`delivery`](Self::delivery).
+///
+/// With a [`pin`](Self::pin) (a `--tensors` ticket's size and tensor-dict digest, see
+/// [`tensor_dict_pin`](crate::tensors::tensor_dict_pin)) each item is hashed as it arrives,
+/// tensor data beyond the pinned size fail at once, and the download completes only when the
+/// digest matches.
 #[derive(Debug, Default)]
 pub struct TensorDictConsumer {
     assembly: ItemDictAssembly<TensorDict>,
+    check: Option<TensorPinCheck>,
 }
 
 impl TensorDictConsumer {
@@ -28,7 +35,21 @@ impl TensorDictConsumer {
     pub fn with_tracker(tracker: ItemTracker) -> Self {
         Self {
             assembly: ItemDictAssembly::new(tracker),
+            check: None,
         }
+    }
+
+    /// Hold the sender to `pin` (size and tensor-dict digest).
+    pub fn pin(mut self, pin: Pin) -> Self {
+        self.check = Some(TensorPinCheck::new(pin));
+        self
+    }
+
+    /// What the dict was checked against: meaningful once the download completed.
+    pub fn verified(&self) -> Verified {
+        self.check
+            .as_ref()
+            .map_or(Verified::Unverified, |c| Verified::Pinned(c.pin()))
     }
 
     /// A handle that receives the dict when the download completes.
@@ -43,10 +64,10 @@ impl TensorDictConsumer {
 }
 
 impl Consumer for TensorDictConsumer {
-    /// `consume` never blocks: tensors stay zero-copy slices of the received frames, and a
-    /// chunk costs a header parse.
+    /// Unpinned, `consume` never blocks: tensors stay zero-copy slices of the received
+    /// frames, and a chunk costs a header parse. Pinned, it hashes each item: on the pool.
     fn blocks(&self) -> bool {
-        false
+        self.check.is_some()
     }
 
     fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
@@ -63,9 +84,13 @@ impl Consumer for TensorDictConsumer {
         state: &State,
         data: ChunkData,
     ) -> Result<State, ConsumeError> {
+        let check = &mut self.check;
         self.assembly.consume(state, data, |index, blob| {
             let item = decode_item(index, blob)?;
             let tensor = item.tensor(index, blob)?;
+            if let Some(c) = check.as_mut() {
+                c.add(index, &item.names, item.dtype, &item.shape, tensor.data())?;
+            }
             Ok(item
                 .names
                 .into_iter()
@@ -75,6 +100,9 @@ impl Consumer for TensorDictConsumer {
     }
 
     fn completed(&mut self, _ref_id: &str) -> Result<(), ConsumeError> {
+        if let Some(c) = &self.check {
+            c.finish(self.assembly.finish()?)?;
+        }
         self.assembly.completed()
     }
 

@@ -12,6 +12,7 @@
 //!   about one item in memory.
 
 mod blob;
+mod digest;
 mod disk;
 mod memory;
 mod source;
@@ -20,6 +21,8 @@ mod tensor;
 mod tests;
 
 pub use blob::ALIASES_KEY;
+pub(crate) use digest::TensorPinCheck;
+pub use digest::{item_hash, tensor_dict_pin, TENSORS_DIGEST_DOMAIN};
 pub use disk::{SafetensorsFileConsumer, SafetensorsFileConsumerBuilder};
 pub use memory::TensorDictConsumer;
 pub use safetensors::Dtype;

@@ -10,9 +10,40 @@ use std::sync::RwLock;
 
 /// One item: a distinct buffer and every name that refers to it.
 #[derive(Debug)]
-struct Group {
-    names: Vec<String>,
-    tensor: Tensor,
+pub(crate) struct Group {
+    pub(crate) names: Vec<String>,
+    pub(crate) tensor: Tensor,
+}
+/// Group `dict` by buffer (aliases become one item) in insertion order: the sender's items.
+pub(crate) fn group(dict: TensorDict) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    // (pointer, len) -> groups with that buffer; dtype/shape are checked on the candidates.
+    let mut by_buf: std::collections::HashMap<(usize, usize), Vec<usize>> =
+        std::collections::HashMap::new();
+    for (name, t) in dict.iter() {
+        let key = (t.data().as_ptr() as usize, t.data().len());
+        let cands = by_buf.entry(key).or_default();
+        // An empty buffer has no identity worth sharing (all empty Bytes look alike).
+        let hit = (!t.data().is_empty())
+            .then(|| {
+                cands
+                    .iter()
+                    .copied()
+                    .find(|&g| groups[g].tensor.is_alias_of(t))
+            })
+            .flatten();
+        match hit {
+            Some(g) => groups[g].names.push(name.to_string()),
+            None => {
+                cands.push(groups.len());
+                groups.push(Group {
+                    names: vec![name.to_string()],
+                    tensor: t.clone(),
+                });
+            }
+        }
+    }
+    groups
 }
 
 /// An [`ItemSource`] over a [`TensorDict`]: item `i` is the `i`-th distinct tensor as a
@@ -35,33 +66,7 @@ const POOL_IDLE: usize = 16;
 impl TensorSource {
     /// Group `dict` by buffer (aliases become one item) in insertion order.
     pub fn new(dict: TensorDict) -> Self {
-        let mut groups: Vec<Group> = Vec::new();
-        // (pointer, len) -> groups with that buffer; dtype/shape are checked on the candidates.
-        let mut by_buf: std::collections::HashMap<(usize, usize), Vec<usize>> =
-            std::collections::HashMap::new();
-        for (name, t) in dict.iter() {
-            let key = (t.data().as_ptr() as usize, t.data().len());
-            let cands = by_buf.entry(key).or_default();
-            // An empty buffer has no identity worth sharing (all empty Bytes look alike).
-            let hit = (!t.data().is_empty())
-                .then(|| {
-                    cands
-                        .iter()
-                        .copied()
-                        .find(|&g| groups[g].tensor.is_alias_of(t))
-                })
-                .flatten();
-            match hit {
-                Some(g) => groups[g].names.push(name.to_string()),
-                None => {
-                    cands.push(groups.len());
-                    groups.push(Group {
-                        names: vec![name.to_string()],
-                        tensor: t.clone(),
-                    });
-                }
-            }
-        }
+        let groups = group(dict);
         let sizes = groups
             .iter()
             .map(|g| g.tensor.data().len() as u64)

@@ -223,3 +223,129 @@ fn memory_consumer_keeps_the_senders_order_when_items_arrive_out_of_order() {
     let want: Vec<String> = sample().iter().map(|(k, _)| k.to_string()).collect();
     assert_eq!(got, want);
 }
+
+mod pinned {
+    use super::*;
+    use crate::verify::{Pin, Verified};
+
+    fn serve(dict: &TensorDict) -> TensorDictObject {
+        TensorDictObject::from_tensors(dict.clone(), CacheOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn the_digest_is_the_documented_definition() {
+        // One item, by hand: names, dtype, shape and bytes, little-endian u64 lengths.
+        let mut d = TensorDict::new();
+        d.insert(
+            "w",
+            Tensor::new(Dtype::U8, vec![2], Bytes::from_static(b"ab")).unwrap(),
+        )
+        .unwrap();
+        let mut item = Vec::new();
+        for part in [
+            &1u64.to_le_bytes()[..],
+            &1u64.to_le_bytes(),
+            b"w",
+            &2u64.to_le_bytes(),
+            b"U8",
+            &1u64.to_le_bytes(),
+            &2u64.to_le_bytes(),
+            &2u64.to_le_bytes(),
+            b"ab",
+        ] {
+            item.extend_from_slice(part);
+        }
+        let mut top = b"ferry-tensors/1".to_vec();
+        top.extend_from_slice(&1u64.to_le_bytes());
+        top.extend_from_slice(blake3::hash(&item).as_bytes());
+        assert_eq!(tensor_dict_pin(&d), Pin::new(2, blake3::hash(&top)));
+        // order, names, dtype, shape and bytes all count
+        let base = tensor_dict_pin(&sample());
+        let mut renamed = TensorDict::new();
+        for (n, t) in sample().iter() {
+            renamed
+                .insert(if n == "emb" { "emb2" } else { n }, t.clone())
+                .unwrap();
+        }
+        assert_ne!(tensor_dict_pin(&renamed).blake3, base.blake3);
+        let mut reshaped = TensorDict::new();
+        for (n, t) in sample().iter() {
+            let t = if n == "layer.0.weight" {
+                Tensor::new(t.dtype(), vec![8, 16], t.data().clone()).unwrap()
+            } else {
+                t.clone()
+            };
+            reshaped.insert(n, t).unwrap();
+        }
+        assert_ne!(tensor_dict_pin(&reshaped).blake3, base.blake3);
+        assert_eq!(tensor_dict_pin(&reshaped).size, base.size);
+    }
+
+    #[test]
+    fn both_consumers_verify_the_pinned_dict_in_any_order() {
+        let dict = sample();
+        let pin = tensor_dict_pin(&dict);
+        let mut c = TensorDictConsumer::new().pin(pin);
+        assert!(c.blocks(), "hashing goes to the pool");
+        drive(&serve(&dict), &mut c, None, |v| v.reverse()).unwrap();
+        assert_eq!(c.verified(), Verified::Pinned(pin));
+        assert_eq!(c.take().unwrap(), dict);
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = SafetensorsFileConsumer::builder(dir.path(), "m.safetensors")
+            .pin(pin)
+            .open()
+            .unwrap();
+        drive(&serve(&dict), &mut d, None, |v| v.swap(0, 2)).unwrap();
+        assert_eq!(d.verified(), Verified::Pinned(pin));
+        assert!(dir.path().join("m.safetensors").exists());
+    }
+
+    #[test]
+    fn other_content_fails_and_leaves_nothing() {
+        let pinned = tensor_dict_pin(&sample());
+        // same names, dtypes, shapes and size; one tensor's bytes differ
+        let mut other = TensorDict::new();
+        for (n, t) in sample().iter() {
+            let t = if n == "emb" {
+                tensor(Dtype::BF16, &[10, 4], 99)
+            } else {
+                t.clone()
+            };
+            other.insert(n, t).unwrap();
+        }
+        assert_eq!(tensor_dict_pin(&other).size, pinned.size);
+        let mut c = TensorDictConsumer::new().pin(pinned);
+        let e = drive(&serve(&other), &mut c, None, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tensor-dict digest mismatch") && e.contains(&pinned.hex()),
+            "{e}"
+        );
+        assert!(c.take().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = SafetensorsFileConsumer::builder(dir.path(), "m.safetensors")
+            .pin(pinned)
+            .open()
+            .unwrap();
+        let e = drive(&serve(&other), &mut d, None, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tensor-dict digest mismatch"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        // more tensor data than pinned: refused as it arrives
+        let mut bigger = sample();
+        bigger
+            .insert("extra", tensor(Dtype::F32, &[64], 11))
+            .unwrap();
+        let mut c = TensorDictConsumer::new().pin(pinned);
+        let e = drive(&serve(&bigger), &mut c, None, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the ticket pins") && e.contains("bytes of tensor data so far"),
+            "{e}"
+        );
+    }
+}

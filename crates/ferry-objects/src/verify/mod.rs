@@ -25,7 +25,7 @@ use std::fmt;
 /// An object's size and BLAKE3 digest, pinned before the download starts (by a ticket).
 ///
 /// For a byte-stream object (a file) the digest is BLAKE3 of its bytes; for a tensor dict it is
-/// the tensor-dict digest of [`tensors::content_digest`](crate::tensors::ContentDigest), over
+/// the tensor-dict digest of [`tensor_dict_pin`](crate::tensors::tensor_dict_pin), over
 /// the items in the sender's order (see `docs/protocol.md`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Pin {
