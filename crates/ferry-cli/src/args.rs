@@ -129,10 +129,16 @@ pub struct GetArgs {
     /// This cell's name (FQCN); default: the CN of --tls-cert, else `ferry-get-<pid>`.
     #[arg(long, value_name = "FQCN")]
     pub name: Option<String>,
-    /// Keep `NAME.part` on failure and continue from it next time.
+    /// Keep `NAME.part` on failure and continue from it next time (after verifying it belongs
+    /// to the ticket's content).
     #[arg(long)]
     pub resume: bool,
-    /// Overwrite files that already exist.
+    /// With --resume: make the received data durable every SIZE (fdatasync + NAME.part.ferry);
+    /// a crash loses at most this much.
+    #[arg(long, default_value = "64MiB", value_parser = parse_sync_every, value_name = "SIZE")]
+    pub sync_every: u64,
+    /// Overwrite files that already exist; with --resume, also discard a `NAME.part` of other
+    /// content instead of refusing it.
     #[arg(long)]
     pub force: bool,
     /// Give up on a chunk when the sender has not answered for this long (3 tries).
@@ -214,9 +220,12 @@ pub struct DemoReceiverArgs {
     /// Ref id of the file.
     #[arg(long)]
     pub file_ref: String,
-    /// BLAKE3 of the file.
-    #[arg(long)]
+    /// BLAKE3 of the file (pinned together with --file-size).
+    #[arg(long, requires = "file_size")]
     pub file_b3: Option<String>,
+    /// Size of the file.
+    #[arg(long)]
+    pub file_size: Option<u64>,
     /// Ref id of the tensor dict, if any.
     #[arg(long)]
     pub tensors_ref: Option<String>,
@@ -227,6 +236,15 @@ fn parse_chunk(s: &str) -> Result<u64, String> {
     let n = parse_size(s)?;
     if !(64 << 10..=64 << 20).contains(&n) {
         return Err(format!("chunk size {s} is outside 64KiB..=64MiB"));
+    }
+    Ok(n)
+}
+
+/// How often `get --resume` syncs: at least 64 KiB.
+fn parse_sync_every(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 64 << 10 {
+        return Err(format!("--sync-every {s} is below 64KiB"));
     }
     Ok(n)
 }

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry::core::{DownloadFailure, RefId, ReturnCode};
-use ferry::objects::{FileConsumer, ObjectsError};
-use ferry::{download_object, download_tensors_to_file, DownloadError, DownloadOptions};
+use ferry::core::{DownloadFailure, ReturnCode};
+use ferry::fetch::{Fetch, FetchOptions, Fetched};
+use ferry::objects::ObjectsError;
+use ferry::{DownloadError, DownloadOptions};
 use ferry::{DownloadService, ServiceOptions};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -17,7 +18,6 @@ use crate::args::GetArgs;
 use crate::cells;
 use crate::exit::{io_reason, CmdResult, Failure};
 use crate::interrupt;
-use crate::pinned::PinnedFile;
 use crate::ui;
 use crate::units::{fmt_bytes, fmt_rate};
 use ferry::ticket::{Kind, Ticket};
@@ -28,10 +28,8 @@ const PARALLEL_DOWNLOADS: usize = 4;
 /// One finished download.
 #[derive(Debug)]
 struct Got {
-    path: PathBuf,
-    bytes: u64,
+    fetched: Fetched,
     secs: f64,
-    verified: &'static str,
 }
 
 /// Parse every ticket first: a typo in the third must not cost the first two downloads.
@@ -71,6 +69,9 @@ fn exists(dest: &Path) -> Failure {
 fn unwritable(e: &ObjectsError, dest: &Path) -> Failure {
     match e {
         ObjectsError::DestinationExists(_) => exists(dest),
+        ObjectsError::OtherContent { why, .. } => Failure::usage(format!(
+            "{why}; nothing was fetched: remove it, or pass --force to discard it and start over"
+        )),
         other => Failure::usage(format!("cannot write {}: {other}", dest.display())),
     }
 }
@@ -118,7 +119,7 @@ pub async fn run(args: GetArgs, json: bool) -> CmdResult {
         (None, Some(cert)) if tls.is_some() => cells::cert_common_name(cert)?,
         _ => format!("ferry-get-{}", std::process::id()),
     };
-    let dests = destinations(&tickets, &args.output, args.force)?;
+    destinations(&tickets, &args.output, args.force)?;
     // One cell per sender address: two senders may carry the same name (the default
     // `ferry-sender`), and one cell routes by name, so a shared cell would mix them up.
     let urls: BTreeSet<String> = tickets.iter().map(Ticket::url).collect();
@@ -151,7 +152,7 @@ pub async fn run(args: GetArgs, json: bool) -> CmdResult {
         );
     }
     if result.is_ok() {
-        result = fetch_all(&services, &args, &tickets, &dests, &cancel, json).await;
+        result = fetch_all(&services, &args, &tickets, &cancel, json).await;
     }
     for service in services.values() {
         service.shutdown().await;
@@ -166,17 +167,16 @@ async fn fetch_all(
     services: &BTreeMap<String, DownloadService>,
     args: &GetArgs,
     tickets: &[Ticket],
-    dests: &[PathBuf],
     cancel: &CancellationToken,
     json: bool,
 ) -> CmdResult {
     let slots = Arc::new(Semaphore::new(PARALLEL_DOWNLOADS));
-    let jobs = tickets.iter().zip(dests).map(|(t, dest)| {
+    let jobs = tickets.iter().map(|t| {
         let slots = Arc::clone(&slots);
         async move {
             let _slot = slots.acquire().await;
             let r = match services.get(&t.url()) {
-                Some(service) => fetch_one(service, args, t, dest, cancel, json).await,
+                Some(service) => fetch_one(service, args, t, cancel, json).await,
                 None => Err(Failure::transfer(format!("no connection to {}", t.url()))),
             };
             (t, r)
@@ -186,33 +186,28 @@ async fn fetch_all(
     let mut failures = Vec::new();
     for (t, r) in results {
         match r {
-            Ok(got) => {
-                if json {
-                    ui::json_line(&json!({
-                        "event": "done",
-                        "name": t.name,
-                        "path": got.path,
-                        "bytes": got.bytes,
-                        "seconds": got.secs,
-                        "verified": got.verified,
-                    }));
-                } else {
-                    ui::err_line(&format!(
-                        "got {} ({} in {:.1}s, {}, verified: {})",
-                        t.name,
-                        fmt_bytes(got.bytes),
-                        got.secs,
-                        fmt_rate(got.bytes, std::time::Duration::from_secs_f64(got.secs)),
-                        got.verified
-                    ));
-                    ui::out_line(&got.path.display().to_string());
-                }
-            }
+            Ok(got) => report_done(t, &got, json),
             Err(f) => failures.push((t, f)),
         }
     }
     if failures.is_empty() {
         return Ok(());
+    }
+    // Each failed file download can be taken up again: say exactly how.
+    for (t, f) in &failures {
+        if t.kind == Kind::File && f.code() != 2 {
+            let cmd = resume_command(args, t);
+            if json {
+                ui::json_line(&json!({"event": "resume", "name": t.name, "command": cmd}));
+            } else if args.resume {
+                ui::err_line(&format!("ferry: to resume {}: {cmd}", t.name));
+            } else {
+                ui::err_line(&format!(
+                    "ferry: to retry {} and keep partial data from now on: {cmd}",
+                    t.name
+                ));
+            }
+        }
     }
     // Interrupted beats failed; report every failure but return the most telling one.
     failures.sort_by_key(|(_, f)| std::cmp::Reverse(f.code()));
@@ -222,97 +217,154 @@ async fn fetch_all(
     Err(failures.swap_remove(0).1)
 }
 
+/// The success line (text) or `done` event (JSON) of one download.
+fn report_done(t: &Ticket, got: &Got, json: bool) {
+    let pin = got.fetched.verified.pin();
+    if json {
+        ui::json_line(&json!({
+            "event": "done",
+            "name": t.name,
+            "path": got.fetched.path,
+            "size": t.size,
+            "bytes": got.fetched.transferred,
+            "resumed_from": got.fetched.resumed_from,
+            "seconds": got.secs,
+            "blake3": pin.map(|p| p.hex()),
+            "verified": got.fetched.verified.describe(),
+        }));
+        return;
+    }
+    let moved = got.fetched.transferred;
+    let rate = fmt_rate(moved, std::time::Duration::from_secs_f64(got.secs));
+    let what = if got.fetched.resumed_from > 0 {
+        format!(
+            "resumed at {} of {}: {} in {:.1}s, {rate}",
+            fmt_bytes(got.fetched.resumed_from),
+            fmt_bytes(t.size),
+            fmt_bytes(moved),
+            got.secs
+        )
+    } else {
+        format!("{} in {:.1}s, {rate}", fmt_bytes(t.size), got.secs)
+    };
+    ui::err_line(&format!(
+        "got {} ({what}, verified: {})",
+        t.name,
+        got.fetched.verified.describe()
+    ));
+    ui::out_line(&got.fetched.path.display().to_string());
+}
+
+/// The `ferry get --resume` command line that takes `t` up again with the same options.
+fn resume_command(args: &GetArgs, t: &Ticket) -> String {
+    let program = std::env::args().next().unwrap_or_else(|| "ferry".into());
+    let mut cmd = vec![program, "get".into(), "--resume".into()];
+    cmd.extend(["-o".into(), args.output.display().to_string()]);
+    if let Some(n) = &args.name {
+        cmd.extend(["--name".into(), n.clone()]);
+    }
+    for (flag, path) in [
+        ("--tls-cert", &args.tls.tls_cert),
+        ("--tls-key", &args.tls.tls_key),
+        ("--tls-ca", &args.tls.tls_ca),
+    ] {
+        if let Some(p) = path {
+            cmd.extend([flag.into(), p.display().to_string()]);
+        }
+    }
+    if args.request_timeout != std::time::Duration::from_secs(60) {
+        cmd.extend([
+            "--request-timeout".into(),
+            format!("{}s", args.request_timeout.as_secs_f64()),
+        ]);
+    }
+    if args.sync_every != ferry::objects::DEFAULT_SYNC_EVERY {
+        cmd.extend(["--sync-every".into(), args.sync_every.to_string()]);
+    }
+    cmd.push(t.to_string());
+    cmd.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `s` as one POSIX shell word.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 async fn fetch_one(
     service: &DownloadService,
     args: &GetArgs,
     t: &Ticket,
-    dest: &Path,
     cancel: &CancellationToken,
     json: bool,
 ) -> CmdResult<Got> {
-    let (dir, base) = split_dest(dest)?;
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        Failure::usage(format!(
-            "cannot create {}: {}",
-            dir.display(),
-            io_reason(&e)
-        ))
-    })?;
-    let bar = ui::byte_bar(&t.name, t.size);
+    let dest = args.output.join(&t.name);
+    let fopts = FetchOptions {
+        overwrite: args.force,
+        resume: args.resume,
+        sync_every: args.sync_every,
+        discard_other_part: args.force,
+    };
+    let fetch = Fetch::open(t, &args.output, fopts)
+        .await
+        .map_err(|e| match e {
+            DownloadError::Objects(e) => unwritable(&e, &dest),
+            other => Failure::usage(format!("cannot write {}: {other}", dest.display())),
+        })?;
+    if let Some(why) = fetch.discarded_part() {
+        ui::err_line(&format!("ferry: {why}; starting {} over", t.name));
+    }
+    let resumed_from = fetch.resumed_from();
+    if resumed_from > 0 && !json {
+        ui::err_line(&format!(
+            "resuming {} at {} of {} (the kept part verified against the ticket so far)",
+            t.name,
+            fmt_bytes(resumed_from),
+            fmt_bytes(t.size)
+        ));
+    }
+    let bar = ui::byte_bar(&t.name, Some(t.size));
+    bar.set_position(resumed_from);
     let name = t.name.clone();
     let progress_bar = bar.clone();
-    let mut opts = DownloadOptions {
+    let size = t.size;
+    let opts = DownloadOptions {
         per_request_timeout: args.request_timeout,
         cancel: Some(cancel.clone()),
         ..DownloadOptions::default()
     }
     .with_progress(move |p| {
-        if let Some(total) = p.total_bytes {
-            progress_bar.set_length(total);
-        }
-        progress_bar.set_position(p.bytes_done);
+        progress_bar.set_position(resumed_from + p.bytes_done);
         if json {
+            // `bytes`: transferred by this run; `resumed_from + bytes` of `total` are here.
             ui::json_line(&json!({
                 "event": "progress",
                 "name": name,
                 "bytes": p.bytes_done,
-                "total": p.total_bytes,
+                "resumed_from": resumed_from,
+                "total": size,
                 "state": format!("{:?}", p.state).to_lowercase(),
             }));
         }
     });
-    let rid = RefId::new(t.ref_id.clone());
+    let part = fetch.part_path().map(Path::to_path_buf);
     let started = Instant::now();
-    let result = match t.kind {
-        Kind::File => {
-            let consumer = FileConsumer::builder(&dir, &base)
-                .overwrite(args.force)
-                .keep_part_for_resume(args.resume)
-                .open()
-                .map_err(|e| unwritable(&e, dest))?;
-            if args.resume {
-                opts.resume_state = consumer.resume_state();
-            }
-            let verified = if t.blake3.is_some() {
-                "size + BLAKE3 pinned by the ticket"
-            } else {
-                "size + BLAKE3 from the sender"
-            };
-            download_object(
-                service,
-                &t.source,
-                &rid,
-                PinnedFile::new(consumer, t.blake3.clone()),
-                opts,
-            )
-            .await
-            .map(|c| (c.final_path().to_path_buf(), verified))
-        }
-        Kind::Tensors => {
-            download_tensors_to_file(service, &t.source, &rid, &dir, &base, args.force, opts)
-                .await
-                .map(|p| (p, "every tensor item; written as safetensors"))
-        }
-    };
+    let result = fetch.run(service, opts).await;
     bar.finish_and_clear();
-    let (path, verified) = result.map_err(|e| explain(e, t, dest, args.resume))?;
-    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let fetched = result.map_err(|e| explain(e, t, &dest, part.as_deref()))?;
     Ok(Got {
-        path,
-        bytes,
+        fetched,
         secs: started.elapsed().as_secs_f64(),
-        verified,
     })
-}
-
-/// (directory, file name) of a destination.
-fn split_dest(dest: &Path) -> CmdResult<(PathBuf, String)> {
-    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = dest
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Failure::usage(format!("{}: not a file name", dest.display())))?;
-    Ok((dir, base.to_string()))
 }
 
 /// What a Ferry sender says when it refuses a pull from a cell outside its declared receivers
@@ -333,25 +385,26 @@ fn said(detail: Option<&str>) -> String {
 
 /// A failed download in one line: what happened (with the sender's own reason when it gave
 /// one), and what to do.
-fn explain(e: DownloadError, t: &Ticket, dest: &Path, resume: bool) -> Failure {
-    let part = format!("{}.part", dest.display());
-    let retry = if resume {
-        format!("the data so far is kept in {part}; run the same `ferry get --resume` with a fresh ticket to continue")
-    } else {
-        "nothing was left at the destination; use --resume to keep partial data across attempts"
-            .to_string()
+///
+/// `part` is the part file a file download keeps for resume: whether data is kept is read from
+/// the disk after the failure, so the message never claims what is not there.
+fn explain(e: DownloadError, t: &Ticket, dest: &Path, part: Option<&Path>) -> Failure {
+    let kept = part
+        .and_then(|p| Some((p, std::fs::metadata(p).ok()?.len())))
+        .filter(|&(_, len)| len > 0);
+    let retry = match kept {
+        Some((p, len)) => format!(
+            "{} verified so far are kept in {}",
+            fmt_bytes(len),
+            p.display()
+        ),
+        None => format!("nothing was left at {}", dest.display()),
     };
     let src = &t.source;
     match e {
-        DownloadError::Cancelled { .. } => Failure::Interrupted(format!(
-            "interrupted: {} cancelled{}",
-            t.name,
-            if resume {
-                format!(", partial data kept in {part}")
-            } else {
-                ", nothing left at the destination".into()
-            }
-        )),
+        DownloadError::Cancelled { .. } => {
+            Failure::Interrupted(format!("interrupted: {} cancelled; {retry}", t.name))
+        }
         DownloadError::Failed { failure, .. } => match failure {
             DownloadFailure::RequestFailed {
                 rc: rc @ (ReturnCode::AuthenticationError | ReturnCode::Unauthenticated),
@@ -393,10 +446,18 @@ fn explain(e: DownloadError, t: &Ticket, dest: &Path, resume: bool) -> Failure {
             )),
             DownloadFailure::PlanRefused(why)
             | DownloadFailure::ConsumeFailed(why)
-            | DownloadFailure::CompletionFailed(why) => Failure::transfer(format!(
-                "{} failed verification or could not be written ({why}); {retry}",
-                t.name
-            )),
+            | DownloadFailure::CompletionFailed(why) => {
+                match why.strip_prefix("integrity check failed: ") {
+                    Some(what) => Failure::transfer(format!(
+                        "{} is not what the ticket pins: {what}; {retry}; the sender {src} sends other content than the ticket names (a changed file, a wrong ticket, or tampering)",
+                        t.name
+                    )),
+                    None => Failure::transfer(format!(
+                        "{} could not be received or written ({why}); {retry}",
+                        t.name
+                    )),
+                }
+            }
             other => Failure::transfer(format!("{}: {other}; {retry}", t.name)),
         },
         DownloadError::Objects(e) => unwritable(&e, dest),
@@ -412,7 +473,10 @@ mod tests {
     use super::*;
 
     fn ticket(name: &str) -> String {
-        format!("ferry+tcp://127.0.0.1:7001/s/R1?name={name}")
+        format!(
+            "ferry+tcp://127.0.0.1:7001/s/R1?kind=file&name={name}&size=3&b3={}",
+            "ab".repeat(32)
+        )
     }
 
     #[test]
@@ -433,6 +497,11 @@ mod tests {
     fn failures_say_what_and_what_to_do() {
         let t: Ticket = ticket("a").parse().unwrap();
         let dest = Path::new("/out/a");
+        let kept_dir = tempfile::tempdir().unwrap();
+        let kept = kept_dir.path().join("a.part");
+        std::fs::write(&kept, b"abc").unwrap();
+        let kept = Some(kept.as_path());
+        let gone = Some(Path::new("/out/a.part"));
         let failed_with = |rc, detail: Option<&str>| DownloadError::Failed {
             ref_id: "R1".into(),
             source_fqcn: "s".into(),
@@ -449,19 +518,32 @@ mod tests {
             },
             &t,
             dest,
-            true,
+            kept,
         );
         assert_eq!(f.code(), 130);
-        assert!(f.to_string().contains("/out/a.part"), "{f}");
-        let f = explain(failed(ReturnCode::CommError), &t, dest, false);
-        assert_eq!(f.code(), 1);
         assert!(
-            f.to_string().contains("lost the sender") && f.to_string().contains("--resume"),
+            f.to_string().contains("3 B verified so far are kept in")
+                && f.to_string().contains("a.part"),
             "{f}"
         );
-        let f = explain(failed(ReturnCode::AuthenticationError), &t, dest, false);
+        let f = explain(
+            DownloadError::Cancelled {
+                ref_id: "R1".into(),
+            },
+            &t,
+            dest,
+            gone,
+        );
+        assert!(f.to_string().contains("nothing was left at /out/a"), "{f}");
+        let f = explain(failed(ReturnCode::CommError), &t, dest, None);
+        assert_eq!(f.code(), 1);
+        assert!(
+            f.to_string().contains("lost the sender") && f.to_string().contains("nothing was left"),
+            "{f}"
+        );
+        let f = explain(failed(ReturnCode::AuthenticationError), &t, dest, None);
         assert!(f.to_string().contains("--allow list"), "{f}");
-        let f = explain(failed(ReturnCode::InvalidRequest), &t, dest, true);
+        let f = explain(failed(ReturnCode::InvalidRequest), &t, dest, kept);
         assert!(
             f.to_string().contains("no longer serves") && f.to_string().contains("kept in"),
             "{f}"
@@ -475,7 +557,7 @@ mod tests {
             ),
             &t,
             dest,
-            false,
+            None,
         );
         assert_eq!(f.code(), 1);
         assert!(
@@ -489,7 +571,7 @@ mod tests {
             failed_with(ReturnCode::InvalidRequest, Some("no ref found: R1")),
             &t,
             dest,
-            false,
+            None,
         );
         assert!(
             f.to_string().contains("no longer serves a")
@@ -501,7 +583,7 @@ mod tests {
             failed_with(ReturnCode::CommError, Some("connection to s lost")),
             &t,
             dest,
-            false,
+            None,
         );
         assert!(
             f.to_string().contains("(comm_error: connection to s lost)"),
@@ -511,7 +593,7 @@ mod tests {
             failed_with(ReturnCode::AuthenticationError, Some("site-9 not allowed")),
             &t,
             dest,
-            false,
+            None,
         );
         assert!(
             f.to_string()
@@ -524,7 +606,7 @@ mod tests {
             DownloadError::Objects(ObjectsError::DestinationExists(dest.to_path_buf())),
             &t,
             dest,
-            false,
+            None,
         );
         assert_eq!(f.code(), 2);
         assert!(
@@ -538,7 +620,7 @@ mod tests {
             )),
             &t,
             dest,
-            false,
+            None,
         );
         assert_eq!(f.code(), 2);
         assert!(
@@ -546,15 +628,30 @@ mod tests {
                 .contains("cannot write /out/a: invalid option: target is not a directory"),
             "{f}"
         );
-        let f = explain(DownloadError::Local("disk on fire".into()), &t, dest, false);
+        let f = explain(DownloadError::Local("disk on fire".into()), &t, dest, None);
         assert_eq!(f.code(), 2);
         let integrity = DownloadError::Failed {
             ref_id: "R1".into(),
             source_fqcn: "s".into(),
             failure: DownloadFailure::PlanRefused("pins another digest".into()),
         };
-        let f = explain(integrity, &t, dest, false);
-        assert!(f.to_string().contains("failed verification"), "{f}");
+        let f = explain(integrity, &t, dest, None);
+        assert!(f.to_string().contains("could not be received"), "{f}");
+        let integrity = DownloadError::Failed {
+            ref_id: "R1".into(),
+            source_fqcn: "s".into(),
+            failure: DownloadFailure::CompletionFailed(
+                "integrity check failed: BLAKE3 mismatch: X".into(),
+            ),
+        };
+        let f = explain(integrity, &t, dest, gone);
+        assert_eq!(f.code(), 1);
+        assert!(
+            f.to_string().contains(
+                "a is not what the ticket pins: BLAKE3 mismatch: X; nothing was left at /out/a"
+            ),
+            "{f}"
+        );
     }
 
     #[test]

@@ -17,7 +17,6 @@ mod demo;
 mod exit;
 mod get;
 mod interrupt;
-mod pinned;
 mod serve;
 mod sysinfo;
 mod throttle;

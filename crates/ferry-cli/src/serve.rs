@@ -12,6 +12,7 @@ use ferry::core::service::ServiceEvent;
 use ferry::core::{
     DownloadStatus, Downloadable, OutcomeStatus, ServiceConfig, TransferOutcome, TxConfig,
 };
+use ferry::objects::tensors::tensor_dict_pin;
 use ferry::objects::{CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject};
 use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
 use indicatif::ProgressBar;
@@ -280,7 +281,7 @@ async fn serve(
             ref_id: rid.to_string(),
             kind: e.kind,
             name: e.name.clone(),
-            size: Some(size),
+            size,
             blake3,
         });
     }
@@ -391,7 +392,7 @@ async fn load(
     e: &Entry,
     chunk: u64,
     expected: &ExpectedReceivers,
-) -> CmdResult<(Arc<dyn Downloadable>, u64, Option<String>)> {
+) -> CmdResult<(Arc<dyn Downloadable>, u64, String)> {
     let bar = ui::bars().add(ProgressBar::new_spinner());
     bar.set_message(format!(
         "{} {}",
@@ -415,18 +416,22 @@ async fn load(
                     .open()
                     .map_err(|e| e.to_string())?;
                 let size = obj.size();
-                let digest = obj.digest().map(str::to_string);
+                let digest = obj
+                    .digest()
+                    .map(str::to_string)
+                    .ok_or("no digest was computed")?;
                 Ok((Arc::new(obj) as Arc<dyn Downloadable>, size, digest))
             }
             Kind::Tensors => {
                 let dict = TensorDict::load_safetensors(&path).map_err(|e| e.to_string())?;
-                let size = dict.total_bytes();
+                // The ticket pins the tensor-dict digest (items in the order they are served).
+                let pin = tensor_dict_pin(&dict);
                 let obj = TensorDictObject::from_tensors(
                     dict,
                     CacheOptions::default().with_receivers(expected),
                 )
                 .map_err(|e| e.to_string())?;
-                Ok((Arc::new(obj) as Arc<dyn Downloadable>, size, None))
+                Ok((Arc::new(obj) as Arc<dyn Downloadable>, pin.size, pin.hex()))
             }
         }
     })

@@ -71,7 +71,9 @@ pub use cacheable::{
 };
 pub use delivery::Delivery;
 pub use error::ObjectsError;
-pub use file::{FileConsumer, FileConsumerBuilder, FileObject, FileObjectBuilder};
+pub use file::{
+    FileConsumer, FileConsumerBuilder, FileObject, FileObjectBuilder, DEFAULT_SYNC_EVERY,
+};
 pub use numpy::{NdArray, NdArrayDict, NpzDictConsumer, NpzDictObject, NpzSource};
 pub use tensors::{
     SafetensorsFileConsumer, Tensor, TensorDict, TensorDictConsumer, TensorDictObject, TensorSource,

@@ -41,6 +41,7 @@ mod client;
 mod codec;
 mod downloader;
 mod error;
+pub mod fetch;
 mod service;
 pub mod ticket;
 mod waiter;

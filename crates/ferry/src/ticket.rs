@@ -8,10 +8,15 @@
 //!
 //! `name` is a relative path of plain components (`model.bin`, `ckpt/shard-0.bin` when a
 //! directory is served); `get` recreates it below its output directory and refuses anything that
-//! could escape it. `b3` pins the object's BLAKE3 digest: `get` refuses an object whose producer
-//! advertises another digest, so a ticket received over a trusted channel pins the content even
-//! over plain TCP. Unknown query keys are ignored, so newer senders can add hints.
+//! could escape it. `size` and `b3` pin the content: for a file its length and BLAKE3 digest,
+//! for a tensor dict its tensor data size and tensor-dict digest
+//! ([`tensor_dict_pin`](ferry_objects::tensors::tensor_dict_pin)). A receiver holds the sender
+//! to them whatever it sends ([`Ticket::pin`], [`crate::fetch`]), so a ticket received over a
+//! trusted channel pins the content even over plain TCP. `name`, `kind`, `size` and `b3` are
+//! required: a ticket without them is refused (it is most often one a shell cut at its first
+//! unquoted `&`). Unknown query keys are ignored, so newer senders can add hints.
 
+use ferry_objects::verify::Pin;
 use std::fmt;
 
 /// What kind of object a ticket points at (decides the consumer on the receiving side).
@@ -48,10 +53,11 @@ pub struct Ticket {
     pub kind: Kind,
     /// Where to write, relative to the output directory: plain components joined by `/`.
     pub name: String,
-    /// Size in bytes, if the sender knew it (for progress before the first reply).
-    pub size: Option<u64>,
-    /// BLAKE3 digest of the object (64 lowercase hex digits), if the sender computed one.
-    pub blake3: Option<String>,
+    /// Size in bytes (a file's length; a tensor dict's tensor data, each item once).
+    pub size: u64,
+    /// Digest of the object, 64 lowercase hex digits: a file's BLAKE3, or a tensor dict's
+    /// tensor-dict digest.
+    pub blake3: String,
 }
 
 /// Longest accepted `name` (bytes), and most components in it.
@@ -91,10 +97,24 @@ pub fn check_relative_name(name: &str) -> Result<(), String> {
 #[error("malformed ticket: {0} (a ticket looks like ferry+tcp://HOST:PORT/SENDER/REF?kind=file&name=NAME; copy it whole from `ferry serve`)")]
 pub struct TicketError(String);
 
+/// What a shell leaves of an unquoted ticket, and what to do.
+const QUOTE_HINT: &str =
+    "a shell cuts an unquoted ticket at its first `&`: put the whole ticket in single quotes";
+
 impl Ticket {
     /// The cellnet URL of the sender (`tcp://HOST:PORT` or `stcp://HOST:PORT`).
     pub fn url(&self) -> String {
         format!("{}://{}", if self.tls { "stcp" } else { "tcp" }, self.addr)
+    }
+
+    /// The content this ticket pins: its size and digest.
+    pub fn pin(&self) -> Pin {
+        // `blake3` was validated by the parser; a hand-built ticket with a bad digest pins
+        // the all-zero digest, which no content has, so it fails verification rather than
+        // passing unchecked.
+        let digest = blake3::Hash::from_hex(&self.blake3)
+            .unwrap_or_else(|_| blake3::Hash::from_bytes([0; 32]));
+        Pin::new(self.size, digest)
     }
 }
 
@@ -110,13 +130,7 @@ impl fmt::Display for Ticket {
             self.kind.as_str(),
             pct_encode_path(&self.name)
         )?;
-        if let Some(size) = self.size {
-            write!(f, "&size={size}")?;
-        }
-        if let Some(b3) = &self.blake3 {
-            write!(f, "&b3={b3}")?;
-        }
-        Ok(())
+        write!(f, "&size={}&b3={}", self.size, self.blake3)
     }
 }
 
@@ -189,8 +203,21 @@ impl std::str::FromStr for Ticket {
                 _ => {} // unknown keys: ignored, so newer senders can add hints
             }
         }
-        let kind = kind.unwrap_or(Kind::File);
-        let name = name.unwrap_or_else(|| ref_id.to_string());
+        let missing: Vec<&str> = [
+            ("name", name.is_none()),
+            ("kind", kind.is_none()),
+            ("size", size.is_none()),
+            ("b3", blake3.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(k, absent)| absent.then_some(k))
+        .collect();
+        let (Some(kind), Some(name), Some(size), Some(blake3)) = (kind, name, size, blake3) else {
+            return Err(TicketError(format!(
+                "it has no {} (a ticket pins name, kind, size and b3); {QUOTE_HINT}",
+                missing.join(", ")
+            )));
+        };
         check_relative_name(&name).map_err(TicketError)?;
         Ok(Ticket {
             tls,
@@ -243,7 +270,7 @@ fn pct_decode(s: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn sample() -> Ticket {
+    pub(super) fn sample() -> Ticket {
         Ticket {
             tls: false,
             addr: "127.0.0.1:7001".into(),
@@ -251,8 +278,8 @@ mod tests {
             ref_id: "R3c1e7f6a-1111-4222-8333-944455556666".into(),
             kind: Kind::File,
             name: "model weights (v2).bin".into(),
-            size: Some(1 << 30),
-            blake3: Some("ab".repeat(32)),
+            size: 1 << 30,
+            blake3: "ab".repeat(32),
         }
     }
 
@@ -269,8 +296,8 @@ mod tests {
         let tls = Ticket {
             tls: true,
             kind: Kind::Tensors,
-            size: None,
-            blake3: None,
+            size: 0,
+            blake3: "0f".repeat(32),
             name: "ckpt/shard 0.safetensors".into(),
             ..sample()
         };
@@ -281,6 +308,7 @@ mod tests {
 
     #[test]
     fn malformed_tickets_are_refused() {
+        let tail = format!("kind=file&name=x&size=1&b3={}", "ab".repeat(32));
         for bad in [
             "",
             "http://x:1/a/R1",
@@ -304,12 +332,22 @@ mod tests {
             "not a ticket at all",
         ] {
             assert!(bad.parse::<Ticket>().is_err(), "{bad:?} parsed");
+            // the same with every required key present (the bad value last, so it wins) is
+            // still refused
+            if let Some(query) = bad.strip_prefix("ferry+tcp://127.0.0.1:7001/a/R1?") {
+                let full = format!("ferry+tcp://127.0.0.1:7001/a/R1?{tail}&{query}");
+                assert!(full.parse::<Ticket>().is_err(), "{full:?} parsed");
+            }
         }
+        assert!(format!("ferry+tcp://127.0.0.1:7001/a/R1?{tail}")
+            .parse::<Ticket>()
+            .is_ok());
     }
 }
 
 #[cfg(test)]
 mod name_tests {
+    use super::tests::sample;
     use super::*;
 
     #[test]
@@ -323,16 +361,42 @@ mod name_tests {
     }
 
     #[test]
-    fn defaults_and_unknown_keys() {
-        let t: Ticket = "ferry+tcp://h:1/s/R1?future=1".parse().unwrap();
-        assert_eq!(t.kind, Kind::File);
-        assert_eq!(t.name, "R1");
-        assert_eq!(t.size, None);
+    fn unknown_keys_are_ignored_and_digests_lowercased() {
+        let t: Ticket = format!(
+            "ferry+tcp://h:1/s/R1?kind=file&name=a&size=3&b3={}&future=1",
+            "AB".repeat(32)
+        )
+        .parse()
+        .unwrap();
+        assert_eq!(t.blake3, "ab".repeat(32));
         assert_eq!(t.url(), "tcp://h:1");
-        let upper = format!("ferry+tcp://h:1/s/R1?b3={}", "AB".repeat(32));
-        assert_eq!(
-            upper.parse::<Ticket>().unwrap().blake3,
-            Some("ab".repeat(32))
+        assert_eq!(t.pin().size, 3);
+        assert_eq!(t.pin().hex(), "ab".repeat(32));
+    }
+
+    /// What a shell leaves of an unquoted ticket (cut at the first `&`), or a ticket missing
+    /// any pinned key, is refused with the hint to quote it.
+    #[test]
+    fn cut_short_tickets_are_refused_with_a_hint_to_quote() {
+        let whole = sample().to_string();
+        let cut = whole.split('&').next().unwrap();
+        let e = cut.parse::<Ticket>().unwrap_err().to_string();
+        assert!(
+            e.contains("no name, size, b3") && e.contains("single quotes"),
+            "{e}"
         );
+        let bare = whole.split('?').next().unwrap();
+        let e = bare.parse::<Ticket>().unwrap_err().to_string();
+        assert!(e.contains("no name, kind, size, b3"), "{e}");
+        for key in ["kind", "name", "size", "b3"] {
+            let without: Vec<&str> = whole
+                .split(['?', '&'])
+                .skip(1)
+                .filter(|kv| !kv.starts_with(&format!("{key}=")))
+                .collect();
+            let t = format!("{bare}?{}", without.join("&"));
+            let e = t.parse::<Ticket>().unwrap_err().to_string();
+            assert!(e.contains(&format!("no {key} ")), "{t}: {e}");
+        }
     }
 }

@@ -181,7 +181,10 @@ async fn demo(
                 .arg("--file-ref")
                 .arg(file_ref.as_str());
             if let Some(b3) = &b3 {
-                cmd.arg("--file-b3").arg(b3);
+                cmd.arg("--file-b3")
+                    .arg(b3)
+                    .arg("--file-size")
+                    .arg(size.to_string());
             }
             if let Some(t) = &tensors_ref {
                 cmd.arg("--tensors-ref").arg(t.as_str());

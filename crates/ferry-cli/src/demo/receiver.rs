@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ferry::cellnet::Cell;
 use ferry::core::RefId;
-use ferry::objects::FileConsumer;
+use ferry::objects::{FileConsumer, Pin};
 use ferry::{download_object, download_tensors_to_file, DownloadOptions};
 use ferry::{DownloadService, ServiceOptions};
 use serde_json::json;
@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use crate::args::DemoReceiverArgs;
 use crate::exit::{CmdResult, Failure};
 use crate::interrupt;
-use crate::pinned::PinnedFile;
 use crate::sysinfo;
 use crate::ui;
 
@@ -74,11 +73,14 @@ async fn receive(
     let service = DownloadService::new(&cell, ServiceOptions::default());
     let r = async {
         // Overwrite: a second `ferry demo --keep DIR` replaces the first run's copies.
-        let consumer = FileConsumer::builder(&a.dir, FILE_NAME)
-            .overwrite(true)
+        let mut builder = FileConsumer::builder(&a.dir, FILE_NAME).overwrite(true);
+        if let (Some(b3), Some(size)) = (&a.file_b3, a.file_size) {
+            builder =
+                builder.pin(Pin::from_hex(size, b3).map_err(|e| Failure::usage(e.to_string()))?);
+        }
+        let consumer = builder
             .open()
             .map_err(|e| Failure::transfer(e.to_string()))?;
-        let consumer = PinnedFile::new(consumer, a.file_b3.clone());
         let got = download_object(
             &service,
             &a.source,
