@@ -223,7 +223,10 @@ fn unreachable_sender_fails_with_exit_1() {
         .unwrap()
         .port();
     let d = tempfile::tempdir().unwrap();
-    let ticket = format!("ferry+tcp://127.0.0.1:{port}/ferry-sender/R1?name=x.bin");
+    let ticket = format!(
+        "ferry+tcp://127.0.0.1:{port}/ferry-sender/R1?kind=file&name=x.bin&size=1&b3={}",
+        "ab".repeat(32)
+    );
     let a = ferry()
         .args(["get", &ticket, "-o", path_str(d.path())])
         .assert()
@@ -402,7 +405,20 @@ fn sender_that_stops_midway_leaves_nothing_then_resume_completes() {
         err.contains("lost the sender") || err.contains("stopped answering"),
         "{err}"
     );
-    assert!(err.contains("--resume"), "says what to do: {err}");
+    assert!(err.contains("nothing was left"), "says what is left: {err}");
+    let resume = get
+        .rest()
+        .into_iter()
+        .map(|l| json(&l))
+        .find(|l| l["event"] == "resume");
+    let cmd = resume.expect("a resume event")["command"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cmd.contains(" get --resume -o ") && cmd.contains(&format!("'{ticket}'")),
+        "{cmd}"
+    );
     assert!(list(&out).is_empty(), "{:?}", list(&out));
     drop(server);
 
@@ -416,11 +432,20 @@ fn sender_that_stops_midway_leaves_nothing_then_resume_completes() {
     assert!(part.exists(), "{:?}", list(&out));
     drop(server);
 
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(kept > 0, "the verified prefix is kept");
     let (mut server, ticket) = serve(&[path_str(&src)]);
-    ferry()
+    let got = ferry()
         .args(["get", &ticket, "-o", path_str(&out), "--resume"])
         .assert()
         .success();
+    let err = String::from_utf8_lossy(&got.get_output().stderr).to_string();
+    assert!(
+        err.contains("resumed at ")
+            && err.contains("of 16.00 MiB")
+            && err.contains("verified: size + BLAKE3 pinned by the ticket"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert_eq!(list(&out), ["big.bin"]);
     assert!(server.wait().success());
