@@ -641,14 +641,14 @@ mod tests {
             ref_id: "R1".into(),
             source_fqcn: "s".into(),
             failure: DownloadFailure::CompletionFailed(
-                "integrity check failed: BLAKE3 mismatch: X".into(),
+                "integrity check failed: BLAKE3 digest mismatch: X".into(),
             ),
         };
         let f = explain(integrity, &t, dest, gone);
         assert_eq!(f.code(), 1);
         assert!(
             f.to_string().contains(
-                "a is not what the ticket pins: BLAKE3 mismatch: X; nothing was left at /out/a"
+                "a is not what the ticket pins: BLAKE3 digest mismatch: X; nothing was left at /out/a"
             ),
             "{f}"
         );

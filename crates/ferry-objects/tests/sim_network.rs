@@ -580,7 +580,7 @@ fn a_failed_file_download_resumes_from_its_kept_part_and_verifies_the_whole() {
     assert!(e.to_string().contains("producer error"), "{e}");
     assert_eq!(
         dir_entries(&d.dst[0]),
-        vec!["big.bin.part", "big.bin.part.plan"]
+        vec!["big.bin.part", "big.bin.part.ferry"]
     );
 
     // Attempt 2: a new consumer resumes from the kept prefix.

@@ -320,7 +320,7 @@ fn corrupted_chunk_fails_and_leaves_nothing() {
         })
         .unwrap_err();
         assert!(matches!(e, ConsumeError::Integrity(_)), "{e}");
-        assert!(e.to_string().contains("BLAKE3 mismatch"), "{e}");
+        assert!(e.to_string().contains("BLAKE3 digest mismatch"), "{e}");
         assert!(
             names_in(dst.path()).is_empty(),
             "keep={keep}: {:?}",
@@ -458,7 +458,7 @@ fn resume_from_a_kept_part_verifies_the_whole_file() {
     let st = c.resume_state();
     assert_eq!(c.resumed_from(), 2000);
     let e = drive_without_plan(&obj, &mut c, st, None).unwrap_err();
-    assert!(e.to_string().contains("BLAKE3 mismatch"), "{e}");
+    assert!(e.to_string().contains("BLAKE3 digest mismatch"), "{e}");
     assert!(names_in(dst.path()).is_empty());
 }
 
@@ -598,7 +598,7 @@ fn a_resumed_download_without_plan_still_verifies_size_and_digest() {
     let st = c.resume_state();
     assert_eq!(st, Some(State::new().with(RECEIVED_BYTES, 4000u64)));
     let e = drive_without_plan(&obj, &mut c, st, Some(2)).unwrap_err();
-    assert!(e.to_string().contains("BLAKE3 mismatch"), "{e}");
+    assert!(e.to_string().contains("BLAKE3 digest mismatch"), "{e}");
     assert!(
         names_in(dst.path()).is_empty(),
         "{:?}",

@@ -165,7 +165,7 @@ impl StreamVerifier {
         let got = self.finalize()?;
         if got != *want {
             return Err(ConsumeError::Integrity(format!(
-                "BLAKE3 mismatch: the pinned digest is {}, the {} bytes received hash to {}",
+                "BLAKE3 digest mismatch: expected {}, the {} bytes received hash to {}",
                 want.to_hex(),
                 self.size,
                 got.to_hex()
