@@ -65,3 +65,87 @@ fn nvflare_download_file_pulls_from_ferry_serve() {
     // The NVFlare receiver confirmed: the ferry sender's transaction completed.
     assert!(server.wait().success(), "{}", server.stderr_text());
 }
+
+/// A real NVFlare 2.9 sender (no `ferry_plan`, NVFlare's `add_file`) serving one file that
+/// three tickets pin differently: `ferry get` accepts only the ticket that pins what it
+/// serves, and fails the others with nothing left behind.
+#[test]
+fn ferry_get_holds_an_nvflare_sender_to_the_ticket() {
+    use std::io::{BufRead, BufReader};
+    let py = python().expect(
+        "no NVFlare interop venv: run `cargo xtask interop-setup` (or set FERRY_INTEROP_PYTHON)",
+    );
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/py/nv_download_sender.py");
+    let d = tempfile::tempdir().unwrap();
+    let served = random_file(&d.path().join("served.bin"), 13 * 1024 * 1024, 31);
+    let pinned = random_file(&d.path().join("pinned.bin"), 8 * 1024 * 1024, 32);
+    let mut child = Command::new(py)
+        .arg(&script)
+        .args([
+            "--listen",
+            "--file",
+            d.path().join("served.bin").to_str().unwrap(),
+        ])
+        .args(["--chunk-size", "1048576", "--num-receivers", "0"])
+        .args(["--tx-timeout", "120", "--timeout", "120"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running the NVFlare sender");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = loop {
+        let line = lines.next().expect("READY line").unwrap();
+        if let Some(r) = line.strip_prefix("READY ") {
+            break json(r);
+        }
+    };
+    let port = ready["port"].as_u64().unwrap();
+    let rid = ready["file"]["ref_id"].as_str().unwrap().to_string();
+    let ticket = |size: usize, digest: blake3::Hash| {
+        format!(
+            "ferry+tcp://127.0.0.1:{port}/server/{rid}?kind=file&name=model.bin&size={size}&b3={}",
+            digest.to_hex()
+        )
+    };
+    let out = d.path().join("out");
+    let get = |t: String| {
+        let a = ferry()
+            .args(["get", &t, "-o", out.to_str().unwrap()])
+            .assert();
+        let code = a.get_output().status.code();
+        (
+            code,
+            String::from_utf8_lossy(&a.get_output().stderr).into_owned(),
+        )
+    };
+
+    // 8 MiB pinned, 13 MiB served: refused at the first byte beyond the pin
+    let (code, err) = get(ticket(pinned.len(), blake3::hash(&pinned)));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("but the ticket pins 8388608 bytes"), "{err}");
+    assert!(list(&out).is_empty(), "{:?}", list(&out));
+
+    // the right size, another digest: refused at the end
+    let other = blake3::hash(b"not the served file");
+    let (code, err) = get(ticket(served.len(), other));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("model.bin is not what the ticket pins")
+            && err.contains(&format!("expected {}", other.to_hex())),
+        "{err}"
+    );
+    assert!(list(&out).is_empty(), "{:?}", list(&out));
+
+    // the ticket that pins what is served: verified while receiving, without any plan
+    let (code, err) = get(ticket(served.len(), blake3::hash(&served)));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("verified: size + BLAKE3 pinned by the ticket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("model.bin")).unwrap(), served);
+    let _ = child.kill();
+    let _ = child.wait();
+}
