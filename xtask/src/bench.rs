@@ -21,6 +21,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "file-chunk and tensor-item producer throughput vs pread/memcpy; producer peak heap",
     ),
     (
+        "verify",
+        "ferry-objects",
+        "bench_verify",
+        "BLAKE3 while receiving: stream verifier in and out of order vs one Hasher; resume re-hash",
+    ),
+    (
         "download",
         "ferry",
         "bench_download",
