@@ -564,6 +564,11 @@ impl Consumer for FileConsumer {
                 "a file consumer needs a byte-stream object, the plan announces items".into(),
             ));
         };
+        if chunk == 0 {
+            return Err(ConsumeError::BadChunk(
+                "the sender's plan has 0-byte chunks".into(),
+            ));
+        }
         let advertised = match &plan.blake3 {
             Some(d) => Some(
                 Pin::from_hex(total, d)
