@@ -18,6 +18,7 @@ use crate::args::GetArgs;
 use crate::cells;
 use crate::exit::{io_reason, CmdResult, Failure};
 use crate::interrupt;
+use crate::retry::resume_command;
 use crate::ui;
 use crate::units::{fmt_bytes, fmt_rate};
 use ferry::ticket::{Kind, Ticket};
@@ -253,51 +254,6 @@ fn report_done(t: &Ticket, got: &Got, json: bool) {
         got.fetched.verified.describe()
     ));
     ui::out_line(&got.fetched.path.display().to_string());
-}
-
-/// The `ferry get --resume` command line that takes `t` up again with the same options.
-fn resume_command(args: &GetArgs, t: &Ticket) -> String {
-    let program = std::env::args().next().unwrap_or_else(|| "ferry".into());
-    let mut cmd = vec![program, "get".into(), "--resume".into()];
-    cmd.extend(["-o".into(), args.output.display().to_string()]);
-    if let Some(n) = &args.name {
-        cmd.extend(["--name".into(), n.clone()]);
-    }
-    for (flag, path) in [
-        ("--tls-cert", &args.tls.tls_cert),
-        ("--tls-key", &args.tls.tls_key),
-        ("--tls-ca", &args.tls.tls_ca),
-    ] {
-        if let Some(p) = path {
-            cmd.extend([flag.into(), p.display().to_string()]);
-        }
-    }
-    if args.request_timeout != std::time::Duration::from_secs(60) {
-        cmd.extend([
-            "--request-timeout".into(),
-            format!("{}s", args.request_timeout.as_secs_f64()),
-        ]);
-    }
-    if args.sync_every != ferry::objects::DEFAULT_SYNC_EVERY {
-        cmd.extend(["--sync-every".into(), args.sync_every.to_string()]);
-    }
-    cmd.push(t.to_string());
-    cmd.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `s` as one POSIX shell word.
-fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
-    if plain {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 async fn fetch_one(

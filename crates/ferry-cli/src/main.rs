@@ -17,6 +17,7 @@ mod demo;
 mod exit;
 mod get;
 mod interrupt;
+mod retry;
 mod serve;
 mod sysinfo;
 mod throttle;

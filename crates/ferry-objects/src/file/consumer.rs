@@ -1,6 +1,7 @@
 //! The file consumer.
 
 use super::record::PartRecord;
+use super::resume::{cut_and_rehash, examine, Kept};
 use crate::byte_state::{check_byte_chunk, check_complete, state_after};
 use crate::names::{destination_path, publish};
 use crate::ranges::RangeSet;
@@ -307,106 +308,42 @@ impl FileConsumer {
         self.file = Some(file);
     }
 
-    /// Decide what to do with an existing `NAME.part`: `Some` to resume from it, `None` to
-    /// start over (after noting why in `discarded`), an error to refuse.
+    /// Decide what to do with an existing `NAME.part` (see [`super::resume::examine`]).
     fn examine_kept_part(
         &mut self,
         discard_other: bool,
     ) -> Result<Option<(File, PartRecord)>, ObjectsError> {
-        let Ok(meta) = self.part_path.symlink_metadata() else {
-            return Ok(None);
-        };
-        let part = self.part_path.display().to_string();
-        if !meta.file_type().is_file() {
-            self.discarded = Some(format!("{part} is not a regular file"));
-            return Ok(None);
-        }
-        let record = match PartRecord::read(&self.record_path) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                self.discarded = Some(format!(
-                    "{part} has no resume record (left by a crash before its first checkpoint, or by an older ferry)"
-                ));
-                return Ok(None);
-            }
-            Err(why) => {
-                self.discarded = Some(format!(
-                    "{part} has an unusable resume record {}: {why}",
-                    self.record_path.display()
-                ));
-                return Ok(None);
-            }
-        };
-        if let Some(pin) = self.pin {
-            if record.content != pin {
-                let why =
-                    format!(
-                    "{part} holds part of other content ({}, from {}) than this download pins ({})",
-                    record.content,
-                    if record.origin.is_empty() { "an unknown sender" } else { &record.origin },
-                    pin
-                );
-                if discard_other {
-                    self.discarded = Some(why);
-                    return Ok(None);
-                }
-                return Err(ObjectsError::OtherContent {
-                    part: self.part_path.clone(),
-                    why,
-                });
+        match examine(
+            &self.part_path,
+            &self.record_path,
+            self.pin,
+            self.max_size,
+            discard_other,
+        )? {
+            Kept::Resume(file, record) => Ok(Some((file, record))),
+            Kept::StartOver(why) => {
+                self.discarded = why;
+                Ok(None)
             }
         }
-        if record.content.size > self.max_size {
-            self.discarded = Some(format!(
-                "{part} belongs to an object of {} bytes, beyond max_size {}",
-                record.content.size, self.max_size
-            ));
-            return Ok(None);
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.part_path)
-            .map_err(|e| ObjectsError::io(format!("reopening {part}"), e))?;
-        Ok(Some((file, record)))
     }
 
     /// Continue from a kept part: cut it to the recorded prefix, hash that prefix once.
     fn resume_from(&mut self, file: File, record: PartRecord) -> Result<(), ObjectsError> {
-        let part = self.part_path.display().to_string();
-        let len = file
-            .metadata()
-            .map_err(|e| ObjectsError::io(format!("reading {part}"), e))?
-            .len();
-        // The record may be ahead of a part that was cut short since: trust the smaller.
-        let prefix = record.prefix.min(len);
-        file.set_len(prefix)
-            .map_err(|e| ObjectsError::io(format!("cutting {part} to its recorded prefix"), e))?;
         let content = record.content;
         if self.content.is_none() {
             // Unpinned: the record holds what the sender advertised before.
             self.content = Some((content, false));
             self.verifier = Some(StreamVerifier::new(content.size));
         }
-        if let Some(v) = self.verifier.as_mut() {
-            let mut buf = vec![0u8; (1 << 20).min(prefix.max(1) as usize)];
-            let mut at = 0u64;
-            while at < prefix {
-                let n = (buf.len() as u64).min(prefix - at) as usize;
-                file.read_exact_at(&mut buf[..n], at)
-                    .map_err(|e| ObjectsError::io(format!("re-reading {part} to verify it"), e))?;
-                v.update(at, &buf[..n])
-                    .map_err(|e| ObjectsError::InvalidOption(e.to_string()))?;
-                at += n as u64;
-            }
-        }
+        let prefix = cut_and_rehash(&file, &self.part_path, &record, self.verifier.as_mut())?;
         self.ranges.insert(0, prefix);
         self.resumed_from = prefix;
         self.synced = prefix;
         self.file = Some(file);
         self.write_record(prefix)
             .map_err(|e| ObjectsError::io(format!("writing {}", self.record_path.display()), e))?;
-        tracing::info!(%part, prefix, size = content.size, "resuming from kept part file");
+        tracing::info!(part = %self.part_path.display(), prefix, size = content.size, "resuming from kept part file");
         Ok(())
     }
 

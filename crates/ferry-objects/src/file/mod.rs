@@ -5,6 +5,7 @@ mod consumer;
 mod digest_cache;
 mod producer;
 mod record;
+mod resume;
 #[cfg(test)]
 mod tests;
 
