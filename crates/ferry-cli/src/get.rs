@@ -282,7 +282,7 @@ async fn fetch_one(
     let resumed_from = fetch.resumed_from();
     if resumed_from > 0 && !json {
         ui::err_line(&format!(
-            "resuming {} at {} of {} (the kept part verified against the ticket so far)",
+            "resuming {} at {} of {} (the kept part is checked against the ticket with the rest)",
             t.name,
             fmt_bytes(resumed_from),
             fmt_bytes(t.size)
@@ -350,7 +350,7 @@ fn explain(e: DownloadError, t: &Ticket, dest: &Path, part: Option<&Path>) -> Fa
         .filter(|&(_, len)| len > 0);
     let retry = match kept {
         Some((p, len)) => format!(
-            "{} verified so far are kept in {}",
+            "the {} received in order so far are kept in {} for --resume",
             fmt_bytes(len),
             p.display()
         ),
@@ -478,7 +478,8 @@ mod tests {
         );
         assert_eq!(f.code(), 130);
         assert!(
-            f.to_string().contains("3 B verified so far are kept in")
+            f.to_string()
+                .contains("the 3 B received in order so far are kept in")
                 && f.to_string().contains("a.part"),
             "{f}"
         );
