@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use rmpv::Value;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{broadcast, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
@@ -96,6 +96,18 @@ where
         Box::pin(async move { fut.await.into_reply() })
     }
 }
+
+/// A peer connection of a cell came or went (see [`Cell::peer_events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A connection to this peer FQCN is established (also when it replaces an older one).
+    Connected(String),
+    /// The connection to this peer FQCN closed and no newer one replaced it.
+    Disconnected(String),
+}
+
+/// How many peer events a slow subscriber may fall behind before it misses the oldest.
+const PEER_EVENT_CAPACITY: usize = 256;
 
 /// Options of [`Cell::send_request_with`] and [`Cell::fire_and_forget_with`].
 #[derive(Clone, Debug)]
@@ -210,6 +222,7 @@ impl CellBuilder {
                 handlers_token: CancellationToken::new(),
                 shutting_down: AtomicBool::new(false),
                 inproc_names: Mutex::new(Vec::new()),
+                peer_events: broadcast::channel(PEER_EVENT_CAPACITY).0,
             }),
         }
     }
@@ -293,6 +306,8 @@ pub(crate) struct CellInner {
     /// Accepted connections allowed at once (all listeners together).
     conn_slots: Arc<Semaphore>,
     inproc_names: Mutex<Vec<String>>,
+    /// Peers that connect and disconnect, for [`Cell::peer_events`].
+    peer_events: broadcast::Sender<PeerEvent>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -336,6 +351,13 @@ impl Cell {
     /// True if a connection to `fqcn` is established.
     pub fn is_connected(&self, fqcn: &str) -> bool {
         self.inner.agents.contains_key(fqcn)
+    }
+
+    /// Subscribe to peers connecting and disconnecting (direct connections only: a cell
+    /// reached through another is not seen). Events from before the call are not replayed;
+    /// a subscriber more than 256 events behind misses the oldest (`RecvError::Lagged`).
+    pub fn peer_events(&self) -> broadcast::Receiver<PeerEvent> {
+        self.inner.peer_events.subscribe()
     }
 
     /// Register the handler of requests and fire-and-forget messages on (`channel`, `topic`).
@@ -888,10 +910,22 @@ impl CellInner {
                 old.close.cancel();
             }
         }
+        // Nobody subscribed is fine.
+        let _ = self
+            .peer_events
+            .send(PeerEvent::Connected(conn.peer.clone()));
     }
 
     pub(crate) fn unregister_agent(&self, conn: &Arc<Conn>) {
-        self.agents.remove_if(&conn.peer, |_, c| c.id == conn.id);
+        if self
+            .agents
+            .remove_if(&conn.peer, |_, c| c.id == conn.id)
+            .is_some()
+        {
+            let _ = self
+                .peer_events
+                .send(PeerEvent::Disconnected(conn.peer.clone()));
+        }
         // Requests that left on this connection cannot be answered through it any more.
         let msg = format!("connection to {} lost", conn.peer);
         for map in [&self.waiters, &self.stream_waiters] {

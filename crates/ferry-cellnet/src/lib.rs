@@ -53,7 +53,7 @@ mod testutil;
 mod trust;
 
 pub use cell::{
-    Cell, CellBuilder, IntoReply, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,
+    Cell, CellBuilder, IntoReply, PeerEvent, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,
     DEFAULT_SHUTDOWN_GRACE,
 };
 #[cfg(feature = "tls")]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry::core::{DownloadFailure, ReturnCode};
+use ferry::core::{DownloadFailure, Refusal, ReturnCode};
 use ferry::fetch::{Fetch, FetchOptions, Fetched};
 use ferry::objects::ObjectsError;
 use ferry::{DownloadError, DownloadOptions};
@@ -323,11 +323,6 @@ async fn fetch_one(
     })
 }
 
-/// What a Ferry sender says when it refuses a pull from a cell outside its declared receivers
-/// (`--allow`): "NAME is not an expected receiver of REF". Only used to pick the advice; the
-/// sender's text is printed whatever it says.
-const NOT_EXPECTED: &str = ferry::core::service::NOT_EXPECTED_RECEIVER;
-
 /// The advice for a receiver the sender does not serve.
 const ALLOW_HINT: &str =
     "it serves only the cells on its --allow list; pass one of those names with --name";
@@ -337,6 +332,40 @@ fn said(detail: Option<&str>) -> String {
     detail
         .map(|d| format!(" (it said: {d})"))
         .unwrap_or_default()
+}
+
+/// A typed refusal from a ferry sender, in one line: refused (and why), the transfer is over,
+/// or the request was broken — each with what to do.
+fn refused(refusal: Refusal, detail: Option<&str>, t: &Ticket, retry: &str) -> Failure {
+    let (src, name) = (&t.source, &t.name);
+    let said = said(detail);
+    Failure::transfer(match refusal {
+        Refusal::NotExpectedReceiver => format!(
+            "the sender {src} refused {name}: this receiver is not on its list{said}; {ALLOW_HINT}"
+        ),
+        Refusal::ReceiverLimitReached => format!(
+            "the sender {src} refused {name}: it already serves all the receivers it expects{said}; \
+             a receiver coming back after a failure must use the --name it had; otherwise the \
+             sender needs a larger --receivers, or --keep-serving"
+        ),
+        Refusal::TransactionFinished => format!(
+            "the sender {src} has finished: its transfer of {name} is over{said}; ask for a \
+             fresh ticket; {retry}"
+        ),
+        Refusal::UnknownRef => format!(
+            "the sender {src} does not serve {name} (ref {}){said}: the ticket is from another \
+             or an older `ferry serve`; ask for a fresh ticket; {retry}",
+            t.ref_id
+        ),
+        Refusal::InvalidRequest => format!(
+            "the sender {src} refused the request for {name} as invalid{said}; if this is a \
+             resumed download, its .part file may be damaged: run without --resume; {retry}"
+        ),
+        Refusal::ShutDown => format!(
+            "the sender {src} is shutting down{said}; ask for a fresh ticket when it serves \
+             again; {retry}"
+        ),
+    })
 }
 
 /// A failed download in one line: what happened (with the sender's own reason when it gave
@@ -370,14 +399,9 @@ fn explain(e: DownloadError, t: &Ticket, dest: &Path, part: Option<&Path>) -> Fa
                 "the sender {src} refused this receiver ({}): {ALLOW_HINT}",
                 detail.unwrap_or_else(|| rc.to_string())
             )),
-            DownloadFailure::RequestFailed {
-                rc: ReturnCode::InvalidRequest,
-                detail: Some(detail),
-                ..
-            } if detail.contains(NOT_EXPECTED) => Failure::transfer(format!(
-                "the sender {src} refused {}: {detail}; {ALLOW_HINT}",
-                t.name
-            )),
+            DownloadFailure::Refused {
+                refusal, detail, ..
+            } => refused(refusal, detail.as_deref(), t, &retry),
             DownloadFailure::RequestFailed {
                 rc: ReturnCode::InvalidRequest,
                 detail,
@@ -505,12 +529,21 @@ mod tests {
             f.to_string().contains("no longer serves") && f.to_string().contains("kept in"),
             "{f}"
         );
-        // The sender's reason is printed; its refusal of an undeclared receiver gets the
-        // --allow advice, any other invalid_request the "fresh ticket" advice.
+        // A ferry sender's typed refusals each get their own words and advice, whatever the
+        // text says; an NVFlare sender's invalid_request gets the "fresh ticket" advice.
+        let refused = |refusal, detail: &str| DownloadError::Failed {
+            ref_id: "R1".into(),
+            source_fqcn: "s".into(),
+            failure: DownloadFailure::Refused {
+                source_fqcn: "s".into(),
+                refusal,
+                detail: Some(detail.into()),
+            },
+        };
         let f = explain(
-            failed_with(
-                ReturnCode::InvalidRequest,
-                Some("intruder is not an expected receiver of R1"),
+            refused(
+                Refusal::NotExpectedReceiver,
+                "intruder is not an expected receiver of R1",
             ),
             &t,
             dest,
@@ -519,11 +552,45 @@ mod tests {
         assert_eq!(f.code(), 1);
         assert!(
             f.to_string()
-                .contains("refused a: intruder is not an expected receiver of R1")
+                .contains("refused a: this receiver is not on its list")
                 && f.to_string().contains("--allow list")
                 && f.to_string().contains("--name"),
             "{f}"
         );
+        let f = explain(
+            refused(Refusal::ReceiverLimitReached, "x cannot pull R1"),
+            &t,
+            dest,
+            false,
+        );
+        assert!(
+            f.to_string()
+                .contains("refused a: it already serves all the receivers it expects")
+                && f.to_string().contains("--keep-serving")
+                && !f.to_string().contains("still running"),
+            "{f}"
+        );
+        let f = explain(
+            refused(Refusal::TransactionFinished, "no ref found: R1"),
+            &t,
+            dest,
+            true,
+        );
+        assert!(
+            f.to_string().contains("has finished") && f.to_string().contains("kept in"),
+            "{f}"
+        );
+        let f = explain(
+            refused(Refusal::UnknownRef, "no ref found"),
+            &t,
+            dest,
+            false,
+        );
+        assert!(f.to_string().contains("does not serve a (ref R1)"), "{f}");
+        let f = explain(refused(Refusal::InvalidRequest, "bad"), &t, dest, false);
+        assert!(f.to_string().contains("as invalid"), "{f}");
+        let f = explain(refused(Refusal::ShutDown, "bye"), &t, dest, false);
+        assert!(f.to_string().contains("shutting down"), "{f}");
         let f = explain(
             failed_with(ReturnCode::InvalidRequest, Some("no ref found: R1")),
             &t,

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry::core::{
-    DoneStatus, DownloadStatus, Downloadable, ProduceError, Produced, RefId, State, TransferPlan,
-    TxId,
+    DoneStatus, DownloadStatus, Downloadable, ExpectedReceivers, ProduceError, Produced, RefId,
+    State, TransferPlan, TxId,
 };
 
 /// A shared pacing clock: each produced chunk books the next `len / rate` seconds of the link.
@@ -65,8 +65,8 @@ impl Downloadable for Throttled {
         self.inner.plan()
     }
 
-    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId) {
-        self.inner.set_transaction(tx_id, ref_id)
+    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId, receivers: &ExpectedReceivers) {
+        self.inner.set_transaction(tx_id, ref_id, receivers)
     }
 
     fn downloaded_to_one(&self, receiver: &str, status: DownloadStatus) {

@@ -39,7 +39,7 @@ use crate::progress::{ProgressKey, ProgressTracker};
 use crate::time::{earliest, Clock};
 use crate::{
     validate_fqcn, ChunkData, ConsumeError, DownloadStatus, Error, ProgressEvent, ProgressState,
-    RefId, ReturnCode, State, TransferPlan,
+    RefId, Refusal, ReturnCode, State, TransferPlan,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -150,6 +150,18 @@ pub enum DownloadFailure {
         /// expected receiver of R1"), when it gave any. It comes from a peer, so it is capped
         /// to [`MAX_FAILURE_DETAIL`] bytes and control characters are replaced (see
         /// [`Download::reply_error`]).
+        detail: Option<String>,
+    },
+    /// The producer refused the request and said why with a typed code (a ferry sender; an
+    /// NVFlare sender's refusals are [`RequestFailed`](Self::RequestFailed) with
+    /// `invalid_request`).
+    #[error("{source_fqcn} refused the request ({refusal}){}", DetailSuffix(detail.as_deref()))]
+    Refused {
+        /// The source.
+        source_fqcn: String,
+        /// Why, as a code.
+        refusal: Refusal,
+        /// The sender's own words, sanitized and capped as for `RequestFailed`.
         detail: Option<String>,
     },
     /// A chunk timed out more than `max_retries` times in a row.
@@ -500,7 +512,13 @@ impl Download {
         self.actions.push_back(Action::Finished(Err(reason)));
     }
 
+    /// Confirm a terminal reply that asked for it — only if this receiver said
+    /// `confirm_capable` (with confirmation turned off a receiver never confirms, even when a
+    /// producer asks: NVFlare's receiver kill switch).
     fn confirm(&mut self, nonce: Option<String>, status: DownloadStatus) {
+        if !self.cfg.confirm_capable {
+            return;
+        }
         if let Some(n) = nonce {
             self.actions.push_back(Action::SendConfirm(ConfirmRequest {
                 ref_id: self.ref_id.clone(),
@@ -520,7 +538,7 @@ impl Download {
         let mut body = match result {
             Ok(b) => b,
             Err(ReturnCode::Timeout) => return self.timed_out(id, now),
-            Err(rc) => return self.request_failed(id, rc, None, now),
+            Err(rc) => return self.request_failed(id, rc, None, None, now),
         };
         let Some(req) = self.outstanding.remove(&id) else {
             tracing::debug!(rid = %self.ref_id, id = id.0, "stale reply ignored");
@@ -577,18 +595,27 @@ impl Download {
         }
     }
 
-    /// Report a reply that carries no payload but an error text: the return code and the
-    /// sender's explanation (the `cn__error` header of an F3 reply), which a resulting
-    /// [`DownloadFailure::RequestFailed`] keeps as its `detail` (sanitized and capped to
-    /// [`MAX_FAILURE_DETAIL`] bytes). The text changes nothing else: `timeout` is still
-    /// retried (the text is dropped), any other non-`ok` code fails at once, and `ok` without
-    /// a payload is a bad reply, exactly as with [`reply_payload`](Self::reply_payload).
-    pub fn reply_error(&mut self, id: RequestId, rc: ReturnCode, text: Option<&str>, now: Instant) {
+    /// Report a reply that carries no payload but an error text: the return code, the
+    /// sender's explanation (the `cn__error` header of an F3 reply) and, from a ferry sender,
+    /// its typed [`Refusal`] (the [`REFUSAL_HEADER`](crate::refusal::REFUSAL_HEADER)). With a
+    /// refusal the download fails as [`DownloadFailure::Refused`], otherwise as
+    /// [`DownloadFailure::RequestFailed`]; either keeps the text as its `detail` (sanitized
+    /// and capped to [`MAX_FAILURE_DETAIL`] bytes). Nothing else changes: `timeout` is still
+    /// retried (text and code are dropped), any other non-`ok` code fails at once, and `ok`
+    /// without a payload is a bad reply, exactly as with [`reply_payload`](Self::reply_payload).
+    pub fn reply_error(
+        &mut self,
+        id: RequestId,
+        rc: ReturnCode,
+        text: Option<&str>,
+        refusal: Option<Refusal>,
+        now: Instant,
+    ) {
         match rc {
             ReturnCode::Ok | ReturnCode::Timeout => self.reply_payload(id, rc, None, now),
             _ => {
                 let now = self.clock.advance(now);
-                self.request_failed(id, rc, text.and_then(sanitize_detail), now);
+                self.request_failed(id, rc, text.and_then(sanitize_detail), refusal, now);
             }
         }
     }
@@ -600,6 +627,7 @@ impl Download {
         id: RequestId,
         rc: ReturnCode,
         detail: Option<String>,
+        refusal: Option<Refusal>,
         now: Instant,
     ) {
         if matches!(self.stage, Stage::Done) {
@@ -609,15 +637,19 @@ impl Download {
             return;
         }
         let source_fqcn = self.source.clone();
-        self.fail(
-            DownloadFailure::RequestFailed {
+        let failure = match refusal {
+            Some(refusal) => DownloadFailure::Refused {
+                source_fqcn,
+                refusal,
+                detail,
+            },
+            None => DownloadFailure::RequestFailed {
                 source_fqcn,
                 rc,
                 detail,
             },
-            true,
-            now,
-        );
+        };
+        self.fail(failure, true, now);
     }
 
     fn on_data(&mut self, index: u64, body: ReplyBody, now: Instant) {

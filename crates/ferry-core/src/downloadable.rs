@@ -2,6 +2,20 @@
 
 use crate::{ChunkData, DoneStatus, DownloadStatus, RefId, State, TxId};
 
+/// Who a transaction expects, as an object learns it in
+/// [`Downloadable::set_transaction`] (NVFlare's object reads `num_receivers` from the
+/// transaction at that point).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum ExpectedReceivers {
+    /// Unknown (NVFlare's `num_receivers == 0`): the transaction never finishes by itself.
+    #[default]
+    Unknown,
+    /// Any `n` distinct receivers (count mode).
+    Count(usize),
+    /// These receivers (identity mode).
+    Ids(Vec<String>),
+}
+
 /// What one `produce` call yields (NVFlare's `ProduceRC` with its data).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Produced {
@@ -14,10 +28,20 @@ pub enum Produced {
     },
     /// `eof`: the receiver has everything.
     Eof,
-    /// `error`: a logical error (bad state, object changed under us, ...). The receiver fails
-    /// the download with "producer error"; `reason` is logged on the sender.
+    /// `error`: a logical error of the object (it changed under us, it cannot be read as
+    /// planned, ...). The receiver fails the download with "producer error"; `reason` is logged
+    /// on the sender. The receiver's status becomes FAILED.
     Error {
         /// Why, in words, for logs.
+        reason: String,
+    },
+    /// The request's state is not one this object could have produced (not a map of the
+    /// expected keys, a negative offset, ...): the request is broken, not the object. The
+    /// engine answers `invalid_request` and records nothing for the requester, so a malformed
+    /// request fails only its sender. (NVFlare answers such a state with `error`, which counts
+    /// as the requester's final FAILED status; ferry departs from that, see `docs/protocol.md`.)
+    Invalid {
+        /// What is wrong with the state, in words (sent back as the error text).
         reason: String,
     },
 }
@@ -73,8 +97,10 @@ pub enum PlanLayout {
 /// concurrently for many receivers, hence `&self` and `Send + Sync`. The engine guarantees that
 /// no `produce` call is started after [`release`](Downloadable::release).
 ///
-/// Hooks are called by the producer engine in NVFlare's order; each must not panic (a panicking
-/// hook is a bug in the object) and should return quickly.
+/// Hooks are called in NVFlare's order, never under the engine's lock: a hook may call back
+/// into the service that runs it. A panicking hook is logged and the others still run (it is a
+/// bug in the object all the same); a slow hook delays the hooks and events queued after it,
+/// not the serving of pulls.
 pub trait Downloadable: Send + Sync + 'static {
     /// Produce the chunk that follows `state` (`None` on a receiver's first request) for
     /// `requester` (its FQCN).
@@ -98,8 +124,9 @@ pub trait Downloadable: Send + Sync + 'static {
         None
     }
 
-    /// Called when the object is added to a transaction.
-    fn set_transaction(&self, _tx_id: &TxId, _ref_id: &RefId) {}
+    /// Called when the object is added to a transaction, with the receivers the transaction
+    /// expects (so a shared cache knows how many acknowledgements an item needs).
+    fn set_transaction(&self, _tx_id: &TxId, _ref_id: &RefId, _receivers: &ExpectedReceivers) {}
 
     /// Called once per receiver when its final status is known.
     fn downloaded_to_one(&self, _receiver: &str, _status: DownloadStatus) {}

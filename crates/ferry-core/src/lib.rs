@@ -5,7 +5,7 @@
 //! receiver's request window, as deterministic state machines. It performs no I/O, spawns no
 //! threads and never reads a clock: every state-changing call takes `now: Instant`,
 //! `poll_timeout()` tells the caller when to call `handle_timeout(now)` next, and outputs are
-//! pulled with `poll_event()` / `poll_action()` (the quinn-proto way).
+//! pulled with `poll_output()` (or `poll_event()`) / `poll_action()` (the quinn-proto way).
 //!
 //! - [`Service`]: the producer engine (sender side).
 //! - [`Download`]: the receiver engine for one object.
@@ -30,6 +30,7 @@ pub mod outcome;
 pub mod plan;
 pub mod progress;
 pub mod rc;
+pub mod refusal;
 pub mod service;
 pub mod source_failure;
 pub mod state;
@@ -41,16 +42,19 @@ mod ttl;
 pub use chunk::ChunkData;
 pub use consumer::{ConsumeError, Consumer};
 pub use download::{Action, Download, DownloadConfig, DownloadFailure, RequestId};
-pub use downloadable::{Downloadable, PlanLayout, ProduceError, Produced, TransferPlan};
+pub use downloadable::{
+    Downloadable, ExpectedReceivers, PlanLayout, ProduceError, Produced, TransferPlan,
+};
 pub use error::Error;
 pub use ids::{validate_fqcn, FqcnError, RefId, TxId};
 pub use outcome::{OutcomeStatus, TransferOutcome};
 pub use plan::{PlanError, WirePlan};
 pub use progress::{ProgressEvent, ProgressState};
 pub use rc::ReturnCode;
+pub use refusal::Refusal;
 pub use service::{
-    Handled, PendingConfirm, PullTicket, Service, ServiceConfig, ServiceEvent, TransactionInfo,
-    TxConfig,
+    FinalCause, Handled, HookCall, PendingConfirm, PullTicket, Service, ServiceConfig,
+    ServiceEvent, ServiceOutput, TransactionInfo, TxConfig,
 };
 pub use source_failure::{SourceFailure, SourceFailureTable};
 pub use state::{State, StateError};

@@ -7,7 +7,7 @@
 //! request becomes [`DownloadRequest::Invalid`] and is answered `invalid_request`.
 
 use crate::plan::WirePlan;
-use crate::{ChunkData, DownloadStatus, RefId, ReturnCode, State};
+use crate::{ChunkData, DownloadStatus, RefId, Refusal, ReturnCode, State};
 use rmpv::Value;
 use serde::{Deserialize, Serialize};
 
@@ -255,6 +255,8 @@ pub struct Reply {
     pub body: Option<ReplyBody>,
     /// Why, for `invalid_request`/`process_exception` (log text, `cn__error`).
     pub error: Option<String>,
+    /// The typed reason of a refusal (ferry's [`REFUSAL_HEADER`](crate::refusal::REFUSAL_HEADER)).
+    pub refusal: Option<Refusal>,
 }
 
 impl Reply {
@@ -264,6 +266,7 @@ impl Reply {
             rc: ReturnCode::Ok,
             body: Some(body),
             error: None,
+            refusal: None,
         }
     }
 
@@ -273,6 +276,7 @@ impl Reply {
             rc: ReturnCode::Ok,
             body: None,
             error: None,
+            refusal: None,
         }
     }
 
@@ -282,6 +286,20 @@ impl Reply {
             rc,
             body: None,
             error: Some(why.into()),
+            refusal: None,
+        }
+    }
+
+    /// A refusal: `invalid_request` (`service_unavailable` for [`Refusal::ShutDown`]) with
+    /// the words and the typed code.
+    pub fn refused(refusal: Refusal, why: impl Into<String>) -> Self {
+        let rc = match refusal {
+            Refusal::ShutDown => ReturnCode::ServiceUnavailable,
+            _ => ReturnCode::InvalidRequest,
+        };
+        Self {
+            refusal: Some(refusal),
+            ..Self::error(rc, why)
         }
     }
 }

@@ -46,7 +46,7 @@ pub struct ProgressEvent {
     pub ref_id: RefId,
     /// The receiver (producer side only).
     pub receiver: Option<String>,
-    /// Monotonic per (ref, receiver), starting at 0.
+    /// Monotonic per (ref, receiver), starting at 1 (NVFlare's first event is sequence 1).
     pub sequence: u64,
     /// Chunk bytes served / consumed so far.
     pub bytes_done: u64,
@@ -72,7 +72,7 @@ pub(crate) struct ProgressKey<'a> {
 /// Counters and throttle of one progress stream.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ProgressTracker {
-    /// Next sequence number.
+    /// Sequence number of the last event (0: none yet).
     seq: u64,
     /// Bytes so far.
     pub(crate) bytes: u64,
@@ -131,13 +131,12 @@ impl ProgressTracker {
         }
         self.terminal = state.is_terminal();
         self.last = Some((now, self.bytes, self.items));
-        let sequence = self.seq;
         self.seq += 1;
         Some(ProgressEvent {
             tx_id: who.tx_id.cloned(),
             ref_id: who.ref_id.clone(),
             receiver: who.receiver.map(str::to_string),
-            sequence,
+            sequence: self.seq,
             bytes_done: self.bytes,
             items_done: self.items,
             at: now,
@@ -163,7 +162,7 @@ mod tests {
         let mut p = ProgressTracker::default();
         let iv = Duration::from_secs(30);
         let e = p.emit(ProgressState::Active, false, iv, t0, k).unwrap();
-        assert_eq!((e.sequence, e.bytes_done), (0, 0));
+        assert_eq!((e.sequence, e.bytes_done), (1, 0));
         p.add(10, None);
         assert!(p
             .emit(ProgressState::Active, false, iv, t0 + s, k)
@@ -171,7 +170,7 @@ mod tests {
         let e = p
             .emit(ProgressState::Active, false, iv, t0 + 30 * s, k)
             .unwrap();
-        assert_eq!((e.sequence, e.bytes_done), (1, 10));
+        assert_eq!((e.sequence, e.bytes_done), (2, 10));
         assert!(
             p.emit(ProgressState::Active, false, iv, t0 + 90 * s, k)
                 .is_none(),

@@ -438,7 +438,7 @@ fn source_failure_notice_fails_the_matching_download_at_once() {
     );
     let tx = sim
         .service()
-        .new_transaction(TxConfig::new(60 * S).with_num_receivers(1), t0)
+        .new_transaction(TxConfig::new(60 * S).with_receiver_ids(["server"]), t0)
         .unwrap();
     let rid = sim
         .service()
@@ -473,7 +473,8 @@ fn source_failure_notice_fails_the_matching_download_at_once() {
         sim.result(h2),
         Some(Err(DownloadFailure::SourceFailed(_)))
     ));
-    // the cancel reached the producer: the receiver is FAILED there and the tx finishes
+    // the cancel reached the producer: the (declared) receiver is FAILED there and the tx
+    // finishes (in count mode a cancel would give the place back instead)
     sim.run_for(10 * S);
     assert_eq!(sim.outcomes()[0].status, OutcomeStatus::Failed);
 }

@@ -86,7 +86,7 @@ impl Downloadable for BytesObject {
             return Err(ProduceError("bytes object requested after release".into()));
         };
         match parse_byte_request(state, self.len, self.chunk_size) {
-            Err(reason) => Ok(Produced::Error { reason }),
+            Err(reason) => Ok(Produced::Invalid { reason }),
             Ok(ByteRequest::Eof) => Ok(Produced::Eof),
             Ok(ByteRequest::Read { offset, len }) => {
                 // offset + len <= self.len, which came from a usize.
@@ -295,16 +295,16 @@ mod tests {
     }
 
     #[test]
-    fn bad_states_are_logical_errors() {
+    fn bad_states_are_invalid_requests() {
         let (_, o) = obj(10, 4);
         let st = |v: rmpv::Value| State::new().with(RECEIVED_BYTES, v);
         assert!(matches!(
             o.produce(Some(&st((-1i64).into())), "a").unwrap(),
-            Produced::Error { .. }
+            Produced::Invalid { .. }
         ));
         assert!(matches!(
             o.produce(Some(&st("x".into())), "a").unwrap(),
-            Produced::Error { .. }
+            Produced::Invalid { .. }
         ));
         assert_eq!(
             o.produce(Some(&st(10u64.into())), "a").unwrap(),

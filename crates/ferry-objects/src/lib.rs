@@ -42,7 +42,7 @@
 //!             state = Some(consumer.consume("R1", &next, data).unwrap());
 //!         }
 //!         Produced::Eof => break,
-//!         Produced::Error { reason } => panic!("{reason}"),
+//!         Produced::Error { reason } | Produced::Invalid { reason } => panic!("{reason}"),
 //!     }
 //! }
 //! consumer.completed("R1").unwrap();

@@ -18,6 +18,7 @@ pub(crate) fn all_chunks(
             }
             Produced::Eof => return out,
             Produced::Error { reason } => panic!("producer error: {reason}"),
+            Produced::Invalid { reason } => panic!("invalid request: {reason}"),
         }
     }
 }

@@ -102,8 +102,8 @@ impl<D: Downloadable> Downloadable for CorruptingLink<D> {
     fn plan(&self) -> Option<TransferPlan> {
         self.inner.plan()
     }
-    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId) {
-        self.inner.set_transaction(tx_id, ref_id)
+    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId, receivers: &ExpectedReceivers) {
+        self.inner.set_transaction(tx_id, ref_id, receivers)
     }
     fn downloaded_to_one(&self, receiver: &str, status: DownloadStatus) {
         self.inner.downloaded_to_one(receiver, status)

@@ -43,6 +43,12 @@ pub struct DownloadProgress {
     pub total_bytes: Option<u64>,
     /// Chunks consumed so far.
     pub chunks_done: u64,
+    /// Items consumed so far, for objects sent as lists of items (tensor dicts, cacheable
+    /// objects); `None` for byte streams (NVFlare's `items_done`).
+    pub items_done: Option<u64>,
+    /// Number of this report, from 1, increasing by one per report of this download
+    /// (NVFlare's receiver progress `sequence`).
+    pub sequence: u64,
     /// Since the download started.
     pub elapsed: Duration,
     /// Mean rate so far, bytes per second.
@@ -169,7 +175,8 @@ enum Work {
 /// What the consumer said.
 enum Done {
     Plan(Result<(), ConsumeError>),
-    Consumed(u64, Result<State, ConsumeError>, u64),
+    /// (seq, result, bytes, items)
+    Consumed(u64, Result<State, ConsumeError>, u64, Option<usize>),
     Completed(Result<(), ConsumeError>),
 }
 
@@ -198,12 +205,12 @@ fn do_work<C: Consumer>(c: C, rid: &str, work: Work) -> (Option<C>, Done) {
             }
         }
         Work::Consume { seq, state, data } => {
-            let n = data.byte_len();
+            let (n, items) = (data.byte_len(), data.item_count());
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 c.consume(rid, &state, data)
             })) {
-                Ok(r) => Done::Consumed(seq, r, n),
-                Err(e) => return (None, Done::Consumed(seq, Err(panicked(e)), n)),
+                Ok(r) => Done::Consumed(seq, r, n, items),
+                Err(e) => return (None, Done::Consumed(seq, Err(panicked(e)), n, items)),
             }
         }
         Work::Complete => {
@@ -291,31 +298,45 @@ async fn run<C: Consumer + 'static>(
     let mut total_bytes: Option<u64> = None;
     let mut bytes_done = 0u64;
     let mut chunks_done = 0u64;
+    let mut items_done: Option<u64> = None;
     let mut last_report: Option<Instant> = None;
-    let report = |state: ProgressState,
-                  bytes_done: u64,
-                  chunks_done: u64,
-                  total: Option<u64>,
-                  last: &mut Option<Instant>,
-                  force: bool| {
+    let mut sequence = 0u64;
+    let mut report = |state: ProgressState,
+                      bytes_done: u64,
+                      chunks_done: u64,
+                      items_done: Option<u64>,
+                      total: Option<u64>,
+                      last: &mut Option<Instant>,
+                      force: bool| {
         let Some(cb) = &opts.progress else { return };
         let t = Instant::now();
         if !force && last.is_some_and(|l| t.duration_since(l) < opts.progress_interval) {
             return;
         }
         *last = Some(t);
+        sequence += 1;
         let elapsed = started.elapsed();
         cb(&DownloadProgress {
             ref_id: ref_id.clone(),
             bytes_done,
             total_bytes: total,
             chunks_done,
+            items_done,
+            sequence,
             elapsed,
             bytes_per_sec: bytes_done as f64 / elapsed.as_secs_f64().max(1e-9),
             state,
         });
     };
-    report(ProgressState::Start, 0, 0, None, &mut last_report, true);
+    report(
+        ProgressState::Start,
+        0,
+        0,
+        None,
+        None,
+        &mut last_report,
+        true,
+    );
     let cell = inner.cell.clone();
     let result = loop {
         let mut finished = None;
@@ -420,7 +441,7 @@ async fn run<C: Consumer + 'static>(
                         tracing::debug!(rc = %rc, error = text, "request failed");
                     }
                     // The sender's explanation travels into the failure (capped by the engine).
-                    dl.reply_error(id, rc, reply.error_text(), now());
+                    dl.reply_error(id, rc, reply.error_text(), codec::refusal(&reply), now());
                 }
             }
             joined = work_done => {
@@ -431,11 +452,14 @@ async fn run<C: Consumer + 'static>(
                         consumer = c;
                         match done {
                             Done::Plan(r) => dl.plan_result(r, now()),
-                            Done::Consumed(seq, r, n) => {
+                            Done::Consumed(seq, r, n, items) => {
                                 if r.is_ok() {
                                     bytes_done += n;
                                     chunks_done += 1;
-                                    report(ProgressState::Active, bytes_done, chunks_done, total_bytes, &mut last_report, false);
+                                    if let Some(k) = items {
+                                        items_done = Some(items_done.unwrap_or(0) + k as u64);
+                                    }
+                                    report(ProgressState::Active, bytes_done, chunks_done, items_done, total_bytes, &mut last_report, false);
                                 }
                                 dl.consumed(seq, r, now());
                             }
@@ -477,6 +501,7 @@ async fn run<C: Consumer + 'static>(
                 ProgressState::Completed,
                 bytes_done,
                 chunks_done,
+                items_done,
                 total_bytes,
                 &mut last_report,
                 true,
@@ -496,6 +521,7 @@ async fn run<C: Consumer + 'static>(
                 state,
                 bytes_done,
                 chunks_done,
+                items_done,
                 total_bytes,
                 &mut last_report,
                 true,

@@ -9,7 +9,8 @@
 use bytes::{Bytes, BytesMut};
 use ferry_cellnet::{Message, MsgpackBody, ReturnCode as WireCode};
 use ferry_core::message::{Reply, ReplyBody};
-use ferry_core::{ChunkData, ReturnCode};
+use ferry_core::refusal::REFUSAL_HEADER;
+use ferry_core::{ChunkData, Refusal, ReturnCode};
 use serde::Serialize;
 
 use crate::error::DownloadError;
@@ -43,7 +44,17 @@ pub(crate) fn reply_message(reply: Reply) -> Message {
     if let Some(why) = reply.error {
         msg = msg.with_header(ferry_cellnet::headers::keys::ERROR, why);
     }
+    if let Some(r) = reply.refusal {
+        // One more header: NVFlare cells keep unknown headers and never read this one.
+        msg = msg.with_header(REFUSAL_HEADER, r.as_str());
+    }
     msg
+}
+
+/// The typed refusal of a reply from a ferry sender (`None` from NVFlare, or for a code this
+/// version does not know).
+pub(crate) fn refusal(msg: &Message) -> Option<Refusal> {
+    msg.headers.get_str(REFUSAL_HEADER).and_then(Refusal::parse)
 }
 
 /// Encode a reply body with the chunk bytes as separate segments.

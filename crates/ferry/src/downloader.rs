@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_core::{Downloadable, RefId, TxConfig, TxId};
-use ferry_objects::{
-    BytesObject, CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject,
-};
+use ferry_objects::{BytesObject, CacheOptions, FileObject, TensorDict, TensorDictObject};
 
 use crate::error::DownloadError;
 use crate::service::DownloadService;
@@ -18,23 +16,15 @@ use crate::waiter::TransferWaiter;
 pub struct ObjectDownloader {
     service: DownloadService,
     tx_id: TxId,
-    /// Who the transaction expects, so cacheable objects know when an item may leave the cache.
-    receivers: ExpectedReceivers,
 }
 
 impl ObjectDownloader {
     /// Create the transaction.
     pub fn new(service: &DownloadService, cfg: TxConfig) -> Result<Self, DownloadError> {
-        let receivers = match &cfg.receiver_ids {
-            Some(ids) => ExpectedReceivers::Ids(ids.clone()),
-            None if cfg.num_receivers > 0 => ExpectedReceivers::Count(cfg.num_receivers),
-            None => ExpectedReceivers::Unknown,
-        };
         let tx_id = service.new_transaction(cfg)?;
         Ok(Self {
             service: service.clone(),
             tx_id,
-            receivers,
         })
     }
 
@@ -84,13 +74,11 @@ impl ObjectDownloader {
         self.add_object(Arc::new(BytesObject::new(data)))
     }
 
-    /// Add a tensor dict, served tensor by tensor as one-tensor safetensors items (aliases once).
-    /// A dict that cannot be served is a [`DownloadError::Objects`].
+    /// Add a tensor dict, served tensor by tensor as one-tensor safetensors items (aliases once),
+    /// each produced once for all the receivers the transaction expects. A dict that cannot be
+    /// served is a [`DownloadError::Objects`].
     pub fn add_tensors(&self, dict: TensorDict) -> Result<RefId, DownloadError> {
-        let obj = TensorDictObject::from_tensors(
-            dict,
-            CacheOptions::default().with_receivers(self.receivers.clone()),
-        )?;
+        let obj = TensorDictObject::from_tensors(dict, CacheOptions::default())?;
         self.add_object(Arc::new(obj))
     }
 

@@ -70,8 +70,9 @@ pub mod prelude {
     pub use ferry_cellnet::{Cell, Message, ReturnCode as WireReturnCode};
     pub use ferry_core::service::ServiceEvent;
     pub use ferry_core::{
-        ChunkData, ConsumeError, Consumer, DoneStatus, DownloadStatus, Downloadable, OutcomeStatus,
-        ProduceError, Produced, RefId, State, TransferOutcome, TxConfig, TxId,
+        ChunkData, ConsumeError, Consumer, DoneStatus, DownloadFailure, DownloadStatus,
+        Downloadable, OutcomeStatus, ProduceError, Produced, RefId, Refusal, State,
+        TransferOutcome, TxConfig, TxId,
     };
     pub use ferry_objects::{BytesObject, FileObject, Tensor, TensorDict, TensorDictObject};
     pub use tokio_util::sync::CancellationToken;

@@ -3,20 +3,37 @@
 //! One service per cell (an instance, never a global). It registers the `download_service__`
 //! handlers, drives the engine's timers from a tokio task (`poll_timeout` / `handle_timeout`),
 //! makes chunks that cannot block (page cache, memory) at once and runs every other `produce`
-//! on the blocking pool with bounded concurrency so disk reads never stall the reactor, bounds the bytes of produced-but-unsent chunks with one global [`ByteBudget`], and
-//! delivers lifecycle events as a broadcast stream and as [`TransferWaiter`]s.
+//! on the blocking pool with bounded concurrency so disk reads never stall the reactor, bounds
+//! the bytes of produced-but-unsent chunks with one global [`ByteBudget`], tells the engine
+//! when a peer's connection closes (for the reconnect budget), runs object hooks and
+//! transaction callbacks outside the engine's lock, and delivers lifecycle events as a
+//! broadcast stream and as [`TransferWaiter`]s.
+//!
+//! # Hooks and callbacks
+//!
+//! The engine queues hooks (`set_transaction`, `downloaded_to_one`, `downloaded_to_all`,
+//! `transaction_done`, `release`) and callbacks (`on_done`, `on_outcome`) in NVFlare's order;
+//! one dispatcher at a time runs them, in that order, with the engine unlocked. So a hook may
+//! call this service (it is queued behind the current one, never deadlocked), and a slow hook
+//! delays only the hooks and events behind it, never a pull. A hook triggered by a call of
+//! yours (`delete_transaction`, `add_object`, `shutdown`) runs on your thread before the call
+//! returns, unless another dispatcher is busy (then that one runs it, in order); hooks
+//! triggered by the network or a timer run on tokio's blocking pool.
 //!
 //! The receiving side of the same service (downloads, source-failure notices) is in
 //! [`crate::client`].
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use ferry_cellnet::{Cell, Message, ReturnCode as WireCode};
+use ferry_cellnet::{Cell, Message, PeerEvent, ReturnCode as WireCode};
 use ferry_core::message::{Reply, CHANNEL, TOPIC_DOWNLOAD, TOPIC_SOURCE_FAILURE};
-use ferry_core::service::{Handled, PullTicket, ServiceConfig, ServiceEvent, TransactionInfo};
+use ferry_core::service::{
+    Handled, PullTicket, ServiceConfig, ServiceEvent, ServiceOutput, TransactionInfo,
+};
 use ferry_core::{
     ChunkData, Downloadable, ProduceError, Produced, RefId, Service, SourceFailureTable,
     TransferOutcome, TxConfig, TxId,
@@ -99,8 +116,17 @@ type SourceKey = (String, String);
 pub(crate) struct Inner {
     pub(crate) cell: Cell,
     opts: ServiceOptions,
-    /// The producer engine. A std mutex: every engine call is short and never awaits.
+    /// The producer engine. A std mutex: every engine call is short and never awaits, and no
+    /// hook or callback runs under it.
     engine: Mutex<Service>,
+    /// Held by the one thread delivering the engine's outputs (hooks, events) in order.
+    dispatch: Mutex<()>,
+    /// A background dispatch is scheduled or running (so network paths spawn at most one).
+    dispatch_scheduled: AtomicBool,
+    /// Notified after each `TransactionDone` is delivered (shutdown waits on it).
+    settled: Notify,
+    /// Cancelled by shutdown: pulls still waiting for budget or a produce slot give up.
+    draining: CancellationToken,
     /// Receiver side: failures of sources announced by their parents.
     pub(crate) failures: Mutex<SourceFailureTable>,
     /// Receiver side: active downloads to interrupt when their source fails.
@@ -152,6 +178,10 @@ impl DownloadService {
         let inner = Arc::new(Inner {
             cell: cell.clone(),
             engine: Mutex::new(Service::new(opts.engine.clone())),
+            dispatch: Mutex::new(()),
+            dispatch_scheduled: AtomicBool::new(false),
+            settled: Notify::new(),
+            draining: CancellationToken::new(),
             failures: Mutex::new(SourceFailureTable::new()),
             watches: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
@@ -198,6 +228,14 @@ impl DownloadService {
                 Arc::clone(&inner.wake),
                 inner.stop.clone(),
             )
+            .instrument(span.clone()),
+        );
+        inner.tasks.spawn(
+            watch_peers(
+                Arc::downgrade(&inner),
+                cell.peer_events(),
+                inner.stop.clone(),
+            )
             .instrument(span),
         );
         DownloadService { inner }
@@ -213,9 +251,8 @@ impl DownloadService {
         &self.inner.opts
     }
 
-    /// Create a transaction (see [`TxConfig`]). Callbacks in the config run inside the engine at
-    /// settlement, in NVFlare's order; they must not call back into this service (use
-    /// [`DownloadService::events`] or a [`TransferWaiter`] for that).
+    /// Create a transaction (see [`TxConfig`]). Callbacks in the config run at settlement, in
+    /// NVFlare's order, outside the engine's lock: they may call this service.
     pub fn new_transaction(&self, cfg: TxConfig) -> Result<TxId, DownloadError> {
         self.inner
             .with_engine(|svc, now| svc.new_transaction(cfg, now))
@@ -295,8 +332,12 @@ impl DownloadService {
         Inner::handle_download(Arc::clone(&self.inner), msg).await
     }
 
-    /// Shut down: every transaction is settled as DELETED (outcomes not kept), waiters resolve
-    /// with `None`, downloads in progress on this cell fail, handlers are removed and the timer
+    /// Shut down (NVFlare's `shutdown`): waiters resolve with `None`, downloads in progress on
+    /// this cell fail, handlers are removed, and every transaction is settled as DELETED
+    /// (outcomes not kept) with its whole ceremony — `transaction_done`, `on_done`,
+    /// `on_outcome`, `release` — before this returns. A transaction with a pull in flight
+    /// settles when that pull comes back (pulls still waiting for the byte budget or a produce
+    /// slot give up at once), at the latest at the engine's drain timeout. Then the timer
     /// task is joined. The cell itself keeps running.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
@@ -317,6 +358,20 @@ impl DownloadService {
                 let _ = w.send(Some("download service shut down".into()));
             }
         }
+        inner.draining.cancel();
+        // The timer task keeps settling transactions as their pulls come back (or at their
+        // drain deadline); each delivered TransactionDone wakes us.
+        loop {
+            let settled = inner.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if lock(&inner.engine).transaction_count() == 0 {
+                break;
+            }
+            settled.await;
+        }
+        // Hooks still queued (a background dispatcher may be finishing) run before we return.
+        inner.dispatch_wait();
         inner.stop.cancel();
         inner.tasks.close();
         inner.tasks.wait().await;
@@ -333,13 +388,13 @@ impl DownloadService {
         if let Some(o) = svc.outcome(tx_id, now) {
             return Ok(Some(o));
         }
-        if svc.is_shut_down() || svc.transaction_info(tx_id).is_none() {
+        if svc.is_shut_down() || !svc.is_pending(tx_id) {
             return Ok(None);
         }
         let (tx, rx) = oneshot::channel();
         // Registered while the engine is locked: the TransactionDone event for this id cannot
-        // have been dispatched yet (dispatch happens after the engine lock is released, and
-        // the outcome check above would have seen a recorded outcome).
+        // have been polled yet (polling it records the outcome, which the check above would
+        // have seen), so its delivery, which resolves the waiters, comes after this.
         lock(&inner.waiters)
             .entry(tx_id.clone())
             .or_default()
@@ -349,44 +404,122 @@ impl DownloadService {
 }
 
 impl Inner {
-    /// Run `f` on the engine, then deliver the events it produced and re-arm the timer.
+    /// Run `f` on the engine (a call of the user's), then run the hooks and deliver the events
+    /// it produced on this thread, outside the engine's lock, and re-arm the timer.
     pub(crate) fn with_engine<R>(&self, f: impl FnOnce(&mut Service, Instant) -> R) -> R {
-        let (r, events) = {
-            let mut svc = lock(&self.engine);
-            let r = f(&mut svc, now());
-            let events: Vec<ServiceEvent> = std::iter::from_fn(|| svc.poll_event()).collect();
-            (r, events)
-        };
-        self.dispatch(events);
+        let r = f(&mut lock(&self.engine), now());
         self.wake.notify_one();
+        self.dispatch();
         r
     }
 
-    fn dispatch(&self, events: Vec<ServiceEvent>) {
-        for ev in events {
-            let done = match &ev {
-                ServiceEvent::TransactionDone { outcome, recorded } => {
-                    tracing::info!(
-                        tx = %outcome.tx_id,
-                        status = outcome.status.as_str(),
-                        reason = %outcome.reason,
-                        recorded,
-                        "transaction done"
-                    );
-                    Some((outcome.clone(), *recorded))
-                }
-                _ => None,
-            };
-            // No subscriber is fine: events are optional for users.
-            let _ = self.events.send(ev);
-            // Waiters last (NVFlare: "record outcome & wake waiters"): whoever wakes up sees
-            // the TransactionDone event already published.
-            if let Some((outcome, recorded)) = done {
-                let parked = lock(&self.waiters).remove(&outcome.tx_id);
-                for w in parked.into_iter().flatten() {
-                    let _ = w.send(recorded.then(|| outcome.clone()));
+    /// Like [`with_engine`](Self::with_engine), for calls on the network's and the timer's
+    /// tasks: the hooks and events go to a background dispatcher on the blocking pool, so a
+    /// slow hook never holds up an async worker.
+    fn with_engine_bg<R>(self: &Arc<Self>, f: impl FnOnce(&mut Service, Instant) -> R) -> R {
+        let (r, pending) = {
+            let mut svc = lock(&self.engine);
+            let r = f(&mut svc, now());
+            (r, svc.has_output())
+        };
+        self.wake.notify_one();
+        if pending {
+            self.dispatch_in_background();
+        }
+        r
+    }
+
+    /// Deliver the engine's outputs in order (hooks run, events published), unless another
+    /// thread is doing it: that one delivers ours too, in order. A hook that calls the service
+    /// lands here with the dispatcher held by its own thread and returns at once; its outputs
+    /// are delivered after it.
+    fn dispatch(&self) {
+        loop {
+            {
+                let _one = match self.dispatch.try_lock() {
+                    Ok(g) => g,
+                    // Hooks are caught, so a poisoned guard protects nothing broken.
+                    Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(TryLockError::WouldBlock) => return,
+                };
+                loop {
+                    let next = lock(&self.engine).poll_output();
+                    match next {
+                        Some(out) => self.deliver(out),
+                        None => break,
+                    }
                 }
             }
+            // Outputs queued after our last poll whose producer saw us busy: ours to deliver.
+            if !lock(&self.engine).has_output() {
+                return;
+            }
+        }
+    }
+
+    /// Dispatch on the blocking pool; at most one such task is scheduled at a time. Outside a
+    /// runtime (a ticket dropped while the runtime goes away) it dispatches right here.
+    fn dispatch_in_background(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.dispatch();
+        }
+        if self.dispatch_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || loop {
+            me.dispatch();
+            me.dispatch_scheduled.store(false, Ordering::Release);
+            let more = lock(&me.engine).has_output();
+            if !more || me.dispatch_scheduled.swap(true, Ordering::AcqRel) {
+                break;
+            }
+        });
+    }
+
+    /// Deliver everything queued, waiting for a dispatcher on another thread if there is one.
+    fn dispatch_wait(&self) {
+        loop {
+            drop(lock(&self.dispatch));
+            self.dispatch();
+            if !lock(&self.engine).has_output() {
+                return;
+            }
+        }
+    }
+
+    /// Run one hook, or publish one event.
+    fn deliver(&self, out: ServiceOutput) {
+        let ev = match out {
+            ServiceOutput::Hook(hook) => {
+                tracing::trace!(hook = hook.name(), tx = %hook.tx_id(), "running hook");
+                return hook.run();
+            }
+            ServiceOutput::Event(ev) => ev,
+        };
+        let done = match &ev {
+            ServiceEvent::TransactionDone { outcome, recorded } => {
+                tracing::info!(
+                    tx = %outcome.tx_id,
+                    status = outcome.status.as_str(),
+                    reason = %outcome.reason,
+                    recorded,
+                    "transaction done"
+                );
+                Some((outcome.clone(), *recorded))
+            }
+            _ => None,
+        };
+        // No subscriber is fine: events are optional for users.
+        let _ = self.events.send(ev);
+        // Waiters last (NVFlare: "record outcome & wake waiters"): whoever wakes up sees
+        // the TransactionDone event already published.
+        if let Some((outcome, recorded)) = done {
+            let parked = lock(&self.waiters).remove(&outcome.tx_id);
+            for w in parked.into_iter().flatten() {
+                let _ = w.send(recorded.then(|| outcome.clone()));
+            }
+            self.settled.notify_waiters();
         }
     }
 
@@ -401,7 +534,7 @@ impl Inner {
             Ok(b) => b,
             Err(e) => return Some(Message::error(WireCode::InvalidRequest, e.to_string())),
         };
-        let handled = self.with_engine(|svc, now| svc.handle_payload(&origin, &body, now));
+        let handled = self.with_engine_bg(|svc, now| svc.handle_payload(&origin, &body, now));
         match handled {
             Handled::Reply(reply) => Some(codec::reply_message(reply)),
             Handled::Pull(ticket) => {
@@ -429,7 +562,10 @@ impl Inner {
             ticket: Some(ticket),
         };
         let estimate = self.opts.chunk_estimate;
-        let permit = self.budget.acquire_for(&peer, estimate).await;
+        let permit = tokio::select! {
+            p = self.budget.acquire_for(&peer, estimate) => p,
+            _ = self.draining.cancelled() => return guard.abandon(),
+        };
         tracing::trace!(estimate, "budget acquired");
         // First try to make the chunk right here (data in memory or in the page cache): that
         // saves two thread hand-offs per chunk. Only what would block goes to the pool.
@@ -447,7 +583,11 @@ impl Inner {
                 (ticket, result)
             }
             None => {
-                let Ok(slot) = Arc::clone(&self.produce_slots).acquire_owned().await else {
+                let slot = tokio::select! {
+                    s = Arc::clone(&self.produce_slots).acquire_owned() => s,
+                    _ = self.draining.cancelled() => return guard.abandon(),
+                };
+                let Ok(slot) = slot else {
                     return guard.abandon();
                 };
                 let Some(ticket) = guard.ticket.take() else {
@@ -497,7 +637,7 @@ impl Inner {
         let Some(ticket) = guard.ticket.take() else {
             return Reply::error(ferry_core::ReturnCode::ProcessException, "ticket lost");
         };
-        self.with_engine(|svc, now| svc.finish_pull(ticket, result, now))
+        self.with_engine_bg(|svc, now| svc.finish_pull(ticket, result, now))
     }
 
     fn handle_source_failure(&self, msg: Message) -> Message {
@@ -554,9 +694,40 @@ async fn drive(weak: std::sync::Weak<Inner>, wake: Arc<Notify>, stop: Cancellati
             _ = wake.notified() => {}
             _ = sleep => {
                 let Some(inner) = weak.upgrade() else { break };
-                inner.with_engine(|svc, now| svc.handle_timeout(now));
+                inner.with_engine_bg(|svc, now| svc.handle_timeout(now));
                 lock(&inner.failures).handle_timeout(now());
             }
+        }
+    }
+}
+
+/// Tell the engine when a peer's connection closes or comes back, so a receiver that died is
+/// failed at its transaction's reconnect budget instead of at the inactivity timeout.
+async fn watch_peers(
+    weak: std::sync::Weak<Inner>,
+    mut events: tokio::sync::broadcast::Receiver<PeerEvent>,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => break,
+            ev = events.recv() => ev,
+        };
+        let Some(inner) = weak.upgrade() else { break };
+        match ev {
+            Ok(PeerEvent::Disconnected(peer)) => {
+                inner.with_engine_bg(|svc, now| svc.receiver_disconnected(&peer, now));
+            }
+            Ok(PeerEvent::Connected(peer)) => {
+                inner.with_engine_bg(|svc, now| svc.receiver_connected(&peer, now));
+            }
+            Err(RecvError::Lagged(n)) => {
+                // Missed events cost only promptness: idle budgets and the inactivity timeout
+                // still end a transaction whose receiver is gone.
+                tracing::warn!(missed = n, "peer events missed");
+            }
+            Err(RecvError::Closed) => break,
         }
     }
 }
@@ -570,7 +741,9 @@ struct TicketGuard {
 impl TicketGuard {
     fn abandon(&mut self) -> Reply {
         match self.ticket.take() {
-            Some(t) => self.inner.with_engine(|svc, now| svc.abandon_pull(t, now)),
+            Some(t) => self
+                .inner
+                .with_engine_bg(|svc, now| svc.abandon_pull(t, now)),
             None => Reply::error(
                 ferry_core::ReturnCode::ServiceUnavailable,
                 "service stopping",

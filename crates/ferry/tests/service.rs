@@ -155,7 +155,9 @@ async fn a_consumer_that_refuses_fails_the_download_and_the_outcome() {
     let net = net(1).await;
     let tx = ObjectDownloader::new(
         &net.sender,
-        TxConfig::new(Duration::from_secs(30)).with_num_receivers(1),
+        // Identity mode: the receiver's cancel fails it at once (NVFlare's R7); in count mode
+        // it would give its place back instead.
+        TxConfig::new(Duration::from_secs(30)).with_receiver_ids(["site-0"]),
     )
     .unwrap();
     let rid = tx.add_bytes(pattern(2 << 20, 1)).unwrap();
@@ -187,8 +189,17 @@ async fn unknown_refs_fail_clearly_and_unknown_waiters_resolve_at_once() {
     ))
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("invalid_request"), "{err}");
-    // The sender's reason travels with the code.
+    // A typed refusal, with the sender's words.
+    assert!(
+        matches!(
+            err.failure(),
+            Some(DownloadFailure::Refused {
+                refusal: Refusal::UnknownRef,
+                ..
+            })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("no ref found: Rnope"), "{err}");
     assert!(within(net.sender.waiter(&TxId::new("Tunknown")).wait())
         .await
@@ -231,7 +242,8 @@ async fn cancelling_sends_cancel_and_the_sender_fails_that_receiver() {
     let net = net(1).await;
     let tx = ObjectDownloader::new(
         &net.sender,
-        TxConfig::new(Duration::from_secs(30)).with_num_receivers(1),
+        // Identity mode: NVFlare's R7 (count mode gives the place back, see semantics.rs).
+        TxConfig::new(Duration::from_secs(30)).with_receiver_ids(["site-0"]),
     )
     .unwrap();
     let rid = tx.add_bytes(pattern(8 << 20, 2)).unwrap();
@@ -294,7 +306,8 @@ async fn a_panicking_consumer_fails_the_download_inline_or_on_the_pool() {
         let net = net(1).await;
         let tx = ObjectDownloader::new(
             &net.sender,
-            TxConfig::new(Duration::from_secs(30)).with_num_receivers(1),
+            // Identity mode: the cancel fails the receiver at once.
+            TxConfig::new(Duration::from_secs(30)).with_receiver_ids(["site-0"]),
         )
         .unwrap();
         let rid = tx.add_bytes(pattern(4 << 20, 3)).unwrap();

@@ -204,6 +204,7 @@ fn the_senders_error_text_is_kept_and_shown() {
         id,
         ReturnCode::InvalidRequest,
         Some("site-9 is not an expected receiver of R1"),
+        None,
         t0,
     );
     let a = drain(&mut d);
@@ -225,7 +226,7 @@ fn the_senders_error_text_is_kept_and_shown() {
     // Without text the message is what it always was.
     let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
     let id = sends(&drain(&mut d))[0].0;
-    d.reply_error(id, ReturnCode::CommError, None, t0);
+    d.reply_error(id, ReturnCode::CommError, None, None, t0);
     let a = drain(&mut d);
     let Some(Action::Finished(Err(failure))) = a.last() else {
         panic!("{a:?}");
@@ -242,7 +243,7 @@ fn the_senders_error_text_is_capped_and_cleaned() {
     let fail_with = |text: &str| {
         let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
         let id = sends(&drain(&mut d))[0].0;
-        d.reply_error(id, ReturnCode::ProcessException, Some(text), t0);
+        d.reply_error(id, ReturnCode::ProcessException, Some(text), None, t0);
         match d.result() {
             Some(Err(DownloadFailure::RequestFailed { detail, .. })) => detail.clone(),
             other => panic!("{other:?}"),
@@ -272,22 +273,34 @@ fn an_error_text_does_not_change_the_retry_rules() {
     let mut d = Download::new("server", RefId::new("R1"), c, true, t0).unwrap();
     let id = sends(&drain(&mut d))[0].0;
     // A timeout with text is still a timeout: retried after the backoff.
-    d.reply_error(id, ReturnCode::Timeout, Some("took too long"), t0);
+    d.reply_error(id, ReturnCode::Timeout, Some("took too long"), None, t0);
     assert!(!d.is_finished());
     d.handle_timeout(t0 + 2 * S);
     let retry = sends(&drain(&mut d))[0].0;
     assert_ne!(retry, id);
     // A late error for the superseded request is ignored.
-    d.reply_error(id, ReturnCode::InvalidRequest, Some("stale"), t0 + 2 * S);
+    d.reply_error(
+        id,
+        ReturnCode::InvalidRequest,
+        Some("stale"),
+        None,
+        t0 + 2 * S,
+    );
     assert!(!d.is_finished());
     // `ok` without a payload is a bad reply, text or not.
-    d.reply_error(retry, ReturnCode::Ok, Some("odd"), t0 + 2 * S);
+    d.reply_error(retry, ReturnCode::Ok, Some("odd"), None, t0 + 2 * S);
     assert!(matches!(
         d.result(),
         Some(Err(DownloadFailure::BadReply(_)))
     ));
     // After the end, nothing changes the verdict.
-    d.reply_error(retry, ReturnCode::InvalidRequest, Some("late"), t0 + 3 * S);
+    d.reply_error(
+        retry,
+        ReturnCode::InvalidRequest,
+        Some("late"),
+        None,
+        t0 + 3 * S,
+    );
     assert!(matches!(
         d.result(),
         Some(Err(DownloadFailure::BadReply(_)))
@@ -604,4 +617,81 @@ fn progress_reports_start_active_and_terminal() {
     assert!(a
         .iter()
         .any(|x| matches!(x, Action::Progress(p) if p.state == ProgressState::Aborted)));
+}
+
+/// NVFlare's receiver kill switch (`streaming_receiver_confirm_enabled = false`): the receiver
+/// does not say `confirm_capable`, and it does not confirm even when a producer (wrongly, or
+/// replaying an old serve) asks it to — for success and for a producer error.
+#[test]
+fn nvflare_receiver_confirm_switch_off_never_confirms_even_when_asked() {
+    let t0 = Instant::now();
+    let c = DownloadConfig {
+        confirm_capable: false,
+        ..cfg()
+    };
+    let mut d = Download::new("server", RefId::new("R1"), c.clone(), true, t0).unwrap();
+    let a = drain(&mut d);
+    let Action::Send { id, request } = &a[0] else {
+        panic!("{a:?}")
+    };
+    assert_eq!(request.confirm_capable, None);
+    d.reply(*id, Ok(eof(Some("n1"))), t0);
+    assert_eq!(drain(&mut d), vec![Action::Complete]);
+    d.completion_result(Ok(()), t0);
+    assert_eq!(drain(&mut d), vec![Action::Finished(Ok(()))]);
+
+    let mut d = Download::new("server", RefId::new("R1"), c, true, t0).unwrap();
+    let s = sends(&drain(&mut d));
+    let error = ReplyBody {
+        confirm_expected: Some(true),
+        confirm_nonce: Some("n2".into()),
+        ..ReplyBody::terminal(ReplyStatus::Error)
+    };
+    d.reply(s[0].0, Ok(error), t0);
+    let a = drain(&mut d);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::SendConfirm(_))),
+        "{a:?}"
+    );
+    assert!(matches!(a.last(), Some(Action::Finished(Err(_)))), "{a:?}");
+}
+
+/// A ferry sender's refusal code travels with its words: the failure is `Refused` with the
+/// typed code, so a tool tells "refused" from "gone" without reading text. Without a code (an
+/// NVFlare sender) it stays `RequestFailed`.
+#[test]
+fn a_typed_refusal_fails_as_refused_with_its_code_and_words() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply_error(
+        id,
+        ReturnCode::InvalidRequest,
+        Some("site-3 cannot pull R1: the sender already serves the 2 receivers it expects"),
+        Some(Refusal::ReceiverLimitReached),
+        t0,
+    );
+    assert_eq!(
+        d.result(),
+        Some(&Err(DownloadFailure::Refused {
+            source_fqcn: "server".into(),
+            refusal: Refusal::ReceiverLimitReached,
+            detail: Some(
+                "site-3 cannot pull R1: the sender already serves the 2 receivers it expects"
+                    .into()
+            ),
+        }))
+    );
+    assert!(d
+        .result()
+        .unwrap()
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .starts_with("server refused the request (RECEIVER_LIMIT_REACHED): site-3 cannot"));
+    // a timeout with a code is still just a timeout: retried
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let id = sends(&drain(&mut d))[0].0;
+    d.reply_error(id, ReturnCode::Timeout, None, Some(Refusal::ShutDown), t0);
+    assert!(!d.is_finished());
 }

@@ -34,6 +34,23 @@ pub struct ServiceConfig {
     /// has no business reading the object. NVFlare serves such receivers and merely does not
     /// count them; set `false` for exactly that behaviour.
     pub refuse_undeclared: bool,
+    /// In count mode with a known count (`num_receivers = n > 0`, no `receiver_ids`), the
+    /// first `n` cells whose pull is served hold the places: a pull from any other cell is
+    /// answered `invalid_request` ([`Refusal::ReceiverLimitReached`](crate::Refusal)) and
+    /// records nothing, and a cancel gives the canceller's place back (it keeps only its
+    /// SUCCESS statuses) instead of failing it. Ferry's default (`true`): in count mode anyone
+    /// holding the ref id may pull, so a cancel must not end the transfer for the receivers
+    /// that count, and a receiver beyond the count should learn at once that it will not be
+    /// served. `false` is NVFlare's behaviour: serve every cell, count the first final
+    /// statuses of any, and fail a canceller on every ref.
+    pub count_slots: bool,
+    /// A receiver whose status on a ref is FAILED (it cancelled in identity mode, a budget
+    /// expired, it confirmed a failure, its connection was lost) and that pulls that ref again
+    /// while the transaction is live starts afresh on it: its status is open again, so it can
+    /// resume and be counted with its new final status (`downloaded_to_one` fires again).
+    /// Ferry's default (`true`). `false` is NVFlare's "first final status wins" for FAILED as
+    /// well as SUCCESS (SUCCESS always stays final).
+    pub reopen_failed: bool,
 }
 
 impl Default for ServiceConfig {
@@ -46,11 +63,14 @@ impl Default for ServiceConfig {
             max_outcomes: 4_096,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             refuse_undeclared: true,
+            count_slots: true,
+            reopen_failed: true,
         }
     }
 }
 
-/// Called at settlement after every object's `transaction_done` hook, with the objects.
+/// Called at settlement after every object's `transaction_done` hook, with the objects. Runs
+/// outside the engine (it may call the service).
 pub type DoneCallback = Box<dyn FnOnce(&TxId, DoneStatus, &[Arc<dyn Downloadable>]) + Send>;
 /// Called at settlement with the computed outcome, before the objects are released.
 pub type OutcomeCallback = Box<dyn FnOnce(&TransferOutcome) + Send>;
@@ -73,6 +93,10 @@ pub struct TxConfig {
     pub acquire_timeout: Option<Duration>,
     /// Fail a receiver silent (across the whole transaction) for this long.
     pub idle_timeout: Option<Duration>,
+    /// Fail a receiver whose connection closed and that did not come back (pulled again, or
+    /// connected again) within this long. Ferry addition: the driver reports closed
+    /// connections with [`Service::receiver_disconnected`](crate::Service::receiver_disconnected).
+    pub reconnect_timeout: Option<Duration>,
     /// Emit progress events, throttled to one per interval per (ref, receiver); `None` = off.
     pub progress_interval: Option<Duration>,
     /// Settlement callback (NVFlare's `transaction_done_cb`).
@@ -92,6 +116,7 @@ impl TxConfig {
             min_receivers: None,
             acquire_timeout: None,
             idle_timeout: None,
+            reconnect_timeout: None,
             progress_interval: None,
             on_done: None,
             on_outcome: None,
@@ -138,6 +163,14 @@ impl TxConfig {
         self
     }
 
+    /// Reconnect budget: a receiver whose connection closed is failed (on every ref where it is
+    /// not final) unless it comes back within `d`. Together with a driver that reports
+    /// connections, a dead receiver is noticed and named long before the inactivity timeout.
+    pub fn with_reconnect_timeout(mut self, d: Duration) -> Self {
+        self.reconnect_timeout = Some(d);
+        self
+    }
+
     /// Progress events every `interval` at most.
     pub fn with_progress(mut self, interval: Duration) -> Self {
         self.progress_interval = Some(interval);
@@ -170,6 +203,7 @@ impl fmt::Debug for TxConfig {
             .field("min_receivers", &self.min_receivers)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("reconnect_timeout", &self.reconnect_timeout)
             .field("progress_interval", &self.progress_interval)
             .field("on_done", &self.on_done.is_some())
             .field("on_outcome", &self.on_outcome.is_some())

@@ -2,66 +2,103 @@
 //! bad-input cases. Names follow the rule they pin.
 
 use super::*;
-use crate::message::{DownloadRequest, PullRequest};
+use crate::message::{DownloadRequest, PullRequest, Reply, ReplyBody, ReplyStatus};
+use crate::progress::ProgressState;
 use crate::testing::{BytesObject, HookLog, ItemsObject};
 use crate::OutcomeStatus;
+use crate::{
+    DoneStatus, Downloadable, Error, ProduceError, Produced, ReturnCode, State, TransferOutcome,
+};
 use bytes::Bytes;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 
-const S: Duration = Duration::from_secs(1);
-const NS: Duration = Duration::from_nanos(1);
+pub(super) const S: Duration = Duration::from_secs(1);
+pub(super) const NS: Duration = Duration::from_nanos(1);
 
-struct H {
-    svc: Service,
-    t0: Instant,
-    now: Instant,
+/// A driver on virtual time: after each engine call it runs the queued hooks and collects the
+/// events, as the glue does (outside the engine).
+pub(super) struct H {
+    pub(super) svc: Service,
+    pub(super) t0: Instant,
+    pub(super) now: Instant,
+    /// Events delivered and not yet taken by a test.
+    ev: Vec<ServiceEvent>,
+}
+
+/// NVFlare's exact receiver rules: no count-mode places, first final status wins for FAILED
+/// too, undeclared receivers served but not counted.
+pub(super) fn nvflare() -> ServiceConfig {
+    ServiceConfig {
+        refuse_undeclared: false,
+        count_slots: false,
+        reopen_failed: false,
+        ..ServiceConfig::default()
+    }
 }
 
 impl H {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with(ServiceConfig::default())
     }
 
-    fn with(cfg: ServiceConfig) -> Self {
+    pub(super) fn with(cfg: ServiceConfig) -> Self {
         let t0 = Instant::now();
         Self {
             svc: Service::new(cfg),
             t0,
             now: t0,
+            ev: Vec::new(),
         }
     }
 
-    fn at(&mut self, secs: u64) {
+    pub(super) fn at(&mut self, secs: u64) {
         self.now = self.t0 + S * secs as u32;
     }
 
-    fn tx(&mut self, cfg: TxConfig) -> TxId {
-        self.svc.new_transaction(cfg, self.now).unwrap()
+    /// Run the hooks and collect the events queued so far.
+    pub(super) fn pump(&mut self) {
+        while let Some(out) = self.svc.poll_output() {
+            match out {
+                ServiceOutput::Hook(h) => h.run(),
+                ServiceOutput::Event(e) => self.ev.push(e),
+            }
+        }
     }
 
-    fn obj(&mut self, tx: &TxId, len: usize, chunk: usize) -> (RefId, Arc<BytesObject>) {
+    pub(super) fn tx(&mut self, cfg: TxConfig) -> TxId {
+        let id = self.svc.new_transaction(cfg, self.now).unwrap();
+        self.pump();
+        id
+    }
+
+    pub(super) fn obj(&mut self, tx: &TxId, len: usize, chunk: usize) -> (RefId, Arc<BytesObject>) {
         let o = Arc::new(BytesObject::unplanned(vec![7u8; len], chunk));
         let rid = self.svc.add_object(tx, o.clone(), None, self.now).unwrap();
+        self.pump();
         (rid, o)
     }
 
-    fn pull(&mut self, rcv: &str, rid: &RefId, state: Option<State>, cc: bool) -> Reply {
+    pub(super) fn pull(&mut self, rcv: &str, rid: &RefId, state: Option<State>, cc: bool) -> Reply {
         let req = PullRequest {
             ref_id: rid.clone(),
             state,
             confirm_capable: cc.then_some(true),
         };
-        match self.svc.begin_pull(rcv, req, self.now) {
+        let r = match self.svc.begin_pull(rcv, req, self.now) {
             Err(r) => r,
             Ok(t) => {
                 let p = t.produce();
                 self.svc.finish_pull(t, p, self.now)
             }
-        }
+        };
+        self.pump();
+        r
     }
 
     /// Pull until a terminal reply (stop-and-wait, state echoed).
-    fn download(&mut self, rcv: &str, rid: &RefId, cc: bool) -> Reply {
+    pub(super) fn download(&mut self, rcv: &str, rid: &RefId, cc: bool) -> Reply {
         let mut state = None;
         loop {
             let r = self.pull(rcv, rid, state.take(), cc);
@@ -72,20 +109,28 @@ impl H {
         }
     }
 
-    fn confirm(&mut self, rcv: &str, rid: &RefId, st: DownloadStatus, nonce: &str) {
+    pub(super) fn confirm(&mut self, rcv: &str, rid: &RefId, st: DownloadStatus, nonce: &str) {
         let r = self.svc.confirm(rcv, rid, Some(st), Some(nonce), self.now);
         assert_eq!(r, Reply::ack());
+        self.pump();
     }
 
-    fn fire(&mut self) {
+    pub(super) fn cancel(&mut self, rcv: &str, rid: &RefId) {
+        assert_eq!(self.svc.cancel(rcv, rid, self.now), Reply::ack());
+        self.pump();
+    }
+
+    pub(super) fn fire(&mut self) {
         self.svc.handle_timeout(self.now);
+        self.pump();
     }
 
-    fn events(&mut self) -> Vec<ServiceEvent> {
-        std::iter::from_fn(|| self.svc.poll_event()).collect()
+    pub(super) fn events(&mut self) -> Vec<ServiceEvent> {
+        self.pump();
+        std::mem::take(&mut self.ev)
     }
 
-    fn done_events(&mut self) -> Vec<TransferOutcome> {
+    pub(super) fn done_events(&mut self) -> Vec<TransferOutcome> {
         self.events()
             .into_iter()
             .filter_map(|e| match e {
@@ -96,11 +141,11 @@ impl H {
     }
 }
 
-fn nonce(r: &Reply) -> String {
+pub(super) fn nonce(r: &Reply) -> String {
     r.body.as_ref().unwrap().confirm_nonce.clone().unwrap()
 }
 
-fn status(r: &Reply) -> ReplyStatus {
+pub(super) fn status(r: &Reply) -> ReplyStatus {
     r.body.as_ref().unwrap().status
 }
 
@@ -120,8 +165,9 @@ fn r1_every_pull_marks_tx_receiver_and_ref_active() {
         "expiry moved to pull time"
     );
     let ev = h.events();
+    // NVFlare numbers a receiver's progress events from 1.
     assert!(matches!(&ev[0], ServiceEvent::Progress(p)
-        if p.state == ProgressState::Active && p.bytes_done == 0 && p.sequence == 0));
+        if p.state == ProgressState::Active && p.bytes_done == 0 && p.sequence == 1));
 }
 
 #[test]
@@ -367,7 +413,8 @@ fn r7_cancel_from_a_receiver_that_never_pulled_is_ignored() {
 
 #[test]
 fn r7_cancel_fails_the_receiver_on_every_ref_of_the_tx() {
-    let mut h = H::new();
+    // NVFlare's rule; ferry keeps it in identity mode (and with `count_slots` off).
+    let mut h = H::with(nvflare());
     let tx = h.tx(TxConfig::new(10 * S).with_num_receivers(1));
     let (a, _) = h.obj(&tx, 8, 4);
     let (b, _) = h.obj(&tx, 8, 4);
@@ -787,6 +834,9 @@ fn s3_4_global_order_is_obj_done_then_done_cb_then_outcome_cb_then_release() {
             .unwrap();
     }
     h.svc.delete_transaction(&tx, h.now).unwrap();
+    // Queued in order, run by the driver outside the engine.
+    assert!(log.entries().is_empty(), "nothing runs inside the engine");
+    h.pump();
     assert_eq!(
         log.entries(),
         vec![
@@ -813,6 +863,7 @@ fn s3_4_a_panicking_callback_does_not_skip_the_rest() {
         .add_object(&tx, Arc::new(Ordered(log.clone(), "a")), None, h.now)
         .unwrap();
     h.svc.delete_transaction(&tx, h.now).unwrap();
+    h.pump();
     assert_eq!(
         log.entries(),
         vec!["a.transaction_done", "outcome_cb", "a.release"]
@@ -902,6 +953,15 @@ fn s3_6_tx_id_is_single_use_while_known() {
         .new_transaction(TxConfig::new(S).with_tx_id(id.clone()), h.now);
     assert_eq!(dup, Err(Error::TxIdInUse(id.clone())), "live");
     h.svc.delete_transaction(&id, h.now).unwrap();
+    let settling = h
+        .svc
+        .new_transaction(TxConfig::new(S).with_tx_id(id.clone()), h.now);
+    assert_eq!(
+        settling,
+        Err(Error::TxNotTerminated(id.clone())),
+        "settled, its hooks and outcome not yet delivered"
+    );
+    h.pump();
     let again = h
         .svc
         .new_transaction(TxConfig::new(S).with_tx_id(id.clone()), h.now);
@@ -947,7 +1007,7 @@ fn ferry_plan_is_sent_only_on_the_first_data_reply() {
 }
 
 #[test]
-fn bad_input_hostile_states_get_a_producer_error_never_a_panic() {
+fn bad_input_hostile_states_are_refused_or_get_a_producer_error_never_a_panic() {
     let mut h = H::new();
     let tx = h.tx(TxConfig::new(10 * S).with_num_receivers(10));
     let (rid, _) = h.obj(&tx, 10, 4);
@@ -964,9 +1024,23 @@ fn bad_input_hostile_states_get_a_producer_error_never_a_panic() {
         ),
         (rid2.clone(), State::new().with("start", 1u64)),
     ];
+    // A state the object could not have produced is the request's fault: refused, nothing
+    // recorded. One past the end is the object's `error` (as NVFlare's reference objects do).
+    let invalid = [true, true, false, false, false, true];
     for (i, (r, s)) in cases.into_iter().enumerate() {
-        let rep = h.pull(&format!("site-{i}"), &r, Some(s), true);
-        assert_eq!(status(&rep), ReplyStatus::Error, "case {i}");
+        let who = format!("site-{i}");
+        let rep = h.pull(&who, &r, Some(s), true);
+        if invalid[i] {
+            assert_eq!(rep.rc, ReturnCode::InvalidRequest, "case {i}");
+            assert_eq!(
+                rep.refusal,
+                Some(crate::Refusal::InvalidRequest),
+                "case {i}"
+            );
+            assert!(!h.svc.acquired_receivers(&tx).contains(&who), "case {i}");
+        } else {
+            assert_eq!(status(&rep), ReplyStatus::Error, "case {i}");
+        }
     }
 }
 
@@ -1115,7 +1189,7 @@ fn an_abandoned_ticket_releases_the_gate_without_recording_anything() {
 
 #[test]
 fn payload_dispatch_follows_nvflare_order() {
-    let mut h = H::new();
+    let mut h = H::with(nvflare());
     let tx = h.tx(TxConfig::new(10 * S).with_num_receivers(1));
     let (rid, _) = h.obj(&tx, 4, 4);
     let pull = crate::message::encode(&PullRequest {

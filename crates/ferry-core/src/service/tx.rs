@@ -2,9 +2,12 @@
 //! predicates (§3.2) and budget deadlines (R8).
 
 use super::config::{DoneCallback, OutcomeCallback};
+use super::output::FinalCause;
 use crate::progress::ProgressTracker;
 use crate::time::{earliest, strict_deadline};
-use crate::{DoneStatus, DownloadStatus, Downloadable, RefId, TransferPlan, TxId};
+use crate::{
+    DoneStatus, DownloadStatus, Downloadable, ExpectedReceivers, RefId, TransferPlan, TxId,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +29,36 @@ pub(crate) enum Phase {
         /// Whether the outcome is recorded (not on shutdown).
         record: bool,
     },
+}
+
+/// A receiver's place in a transaction (tx level): NVFlare's "acquired" set with the
+/// receiver's tx-level last activity, plus what ferry needs to admit, count and miss it.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// Last pull (begun or answered) anywhere in the tx: the idle budget's origin (R8).
+    pub(crate) last_active: Instant,
+    /// Pulls of it being served now. A receiver with a pull being served is waiting for us,
+    /// not idle: its idle budget does not run (ferry addition; otherwise a sender that is slow
+    /// to produce — e.g. waiting for its byte budget — would fail healthy receivers).
+    pub(crate) pulls: usize,
+    /// One of its pulls was served (data or a terminal status). Until then its place is
+    /// tentative: if its only pulls turn out to be invalid requests it is forgotten, so a
+    /// malformed request takes no place and counts for nothing.
+    pub(crate) proven: bool,
+    /// Its connection closed at this instant and it has not been heard from since (the
+    /// reconnect budget's origin).
+    pub(crate) gone_since: Option<Instant>,
+}
+
+impl Member {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            last_active: now,
+            pulls: 0,
+            proven: false,
+            gone_since: None,
+        }
+    }
 }
 
 /// One receiver on one ref: unseen (no slot) → acquired (tx-level) → provisional → final.
@@ -93,6 +126,15 @@ impl Expect {
         }
     }
 
+    /// Who is expected, as objects learn it.
+    pub(crate) fn expected(&self) -> ExpectedReceivers {
+        match &self.ids {
+            Some(ids) => ExpectedReceivers::Ids(ids.clone()),
+            None if self.num_receivers > 0 => ExpectedReceivers::Count(self.num_receivers),
+            None => ExpectedReceivers::Unknown,
+        }
+    }
+
     /// Whether `receiver` is declared.
     pub(crate) fn declares(&self, receiver: &str) -> bool {
         self.ids
@@ -115,6 +157,8 @@ pub(crate) struct Tx {
     pub(crate) acquire_timeout: Option<Duration>,
     /// Idle budget.
     pub(crate) idle_timeout: Option<Duration>,
+    /// Reconnect budget (ferry).
+    pub(crate) reconnect_timeout: Option<Duration>,
     /// Progress throttle (`None` = no progress events).
     pub(crate) progress_interval: Option<Duration>,
     /// Settlement callback, taken at settlement.
@@ -125,18 +169,14 @@ pub(crate) struct Tx {
     pub(crate) refs: Vec<RefEntry>,
     /// Last pull (any receiver, any ref) or accepted confirm.
     pub(crate) last_active: Instant,
-    /// Receivers that pulled somewhere in the tx, with their tx-level last activity.
-    pub(crate) acquired: BTreeMap<String, Instant>,
+    /// Receivers that pulled somewhere in the tx and hold their place (NVFlare's acquired set).
+    pub(crate) members: BTreeMap<String, Member>,
     /// Life phase.
     pub(crate) phase: Phase,
-    /// Pull tickets handed out and not finished yet (the activity gate): the sum of
-    /// `pulls_by_receiver`, kept by [`pull_started`](Self::pull_started) and
-    /// [`pull_ended`](Self::pull_ended).
+    /// Pull tickets handed out and not finished yet (the activity gate): the sum of the
+    /// members' `pulls` (plus those of members gone meanwhile), kept by
+    /// [`pull_started`](Self::pull_started) and [`pull_ended`](Self::pull_ended).
     pub(crate) in_flight: usize,
-    /// The same, per receiver. A receiver with a pull being served is waiting for us, not
-    /// idle: its idle budget does not run (ferry addition; otherwise a sender that is slow to
-    /// produce — e.g. waiting for its byte budget — would fail healthy receivers).
-    pub(crate) pulls_by_receiver: BTreeMap<String, usize>,
     /// Earliest instant a budget may fire (a lower bound: a pass recomputes it exactly).
     pub(crate) budget_wake: Option<Instant>,
     /// Chunk bytes served (for the settlement log).
@@ -146,31 +186,35 @@ pub(crate) struct Tx {
 }
 
 impl Tx {
-    /// A pull of `receiver` started being served.
-    pub(crate) fn pull_started(&mut self, receiver: &str) {
+    /// A pull of `receiver` (a member) started being served at `now`: it is here.
+    pub(crate) fn pull_started(&mut self, receiver: &str, now: Instant) {
         self.in_flight += 1;
-        *self
-            .pulls_by_receiver
+        let m = self
+            .members
             .entry(receiver.to_string())
-            .or_default() += 1;
+            .or_insert_with(|| Member::new(now));
+        m.pulls += 1;
+        m.last_active = m.last_active.max(now);
+        m.gone_since = None;
     }
 
     /// A pull of `receiver` was answered (or abandoned) at `now`: the receiver was alive and
     /// waiting until then, so its idle clock restarts here.
     pub(crate) fn pull_ended(&mut self, receiver: &str, now: Instant) {
-        self.in_flight -= 1;
-        if let Some(n) = self.pulls_by_receiver.get_mut(receiver) {
-            *n -= 1;
-            if *n == 0 {
-                self.pulls_by_receiver.remove(receiver);
-            }
-        }
-        if let Some(last) = self.acquired.get_mut(receiver) {
-            *last = (*last).max(now);
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(m) = self.members.get_mut(receiver) {
+            m.pulls = m.pulls.saturating_sub(1);
+            m.last_active = m.last_active.max(now);
         }
         if let Some(idle) = self.idle_timeout {
             self.budget_wake = earliest(self.budget_wake, strict_deadline(now, idle));
         }
+    }
+
+    /// Count mode with a known count: the number of places.
+    pub(crate) fn places(&self) -> Option<usize> {
+        (self.expect.ids.is_none() && self.expect.num_receivers > 0)
+            .then_some(self.expect.num_receivers)
     }
 
     /// §3.2: the tx is finished.
@@ -182,7 +226,9 @@ impl Tx {
 
     /// Whether any budget is configured.
     pub(crate) fn has_budgets(&self) -> bool {
-        self.acquire_timeout.is_some() || self.idle_timeout.is_some()
+        self.acquire_timeout.is_some()
+            || self.idle_timeout.is_some()
+            || self.reconnect_timeout.is_some()
     }
 
     /// The index of `ref_id` in `refs`.
@@ -198,7 +244,7 @@ impl Tx {
     /// Budget candidates of one ref (R8): declared ∪ acquired, minus FINAL ones.
     pub(crate) fn budget_candidates(&self, r: &RefEntry) -> Vec<String> {
         let mut c: Vec<String> = self.expect.ids.clone().unwrap_or_default();
-        for a in self.acquired.keys() {
+        for a in self.members.keys() {
             if !c.contains(a) {
                 c.push(a.clone());
             }
@@ -207,15 +253,42 @@ impl Tx {
         c
     }
 
-    /// The deadline at which the budget fails `receiver` on `r`, if any.
-    pub(crate) fn budget_deadline(&self, r: &RefEntry, receiver: &str) -> Option<Instant> {
-        match self.acquired.get(receiver) {
-            None if self.expect.declares(receiver) => self
-                .acquire_timeout
-                .and_then(|a| strict_deadline(r.created, a)),
+    /// The deadline at which a budget fails `receiver` on `r`, and which budget it is.
+    pub(crate) fn budget_deadline(
+        &self,
+        r: &RefEntry,
+        receiver: &str,
+    ) -> Option<(Instant, FinalCause)> {
+        let at = |d: Option<Instant>, why| d.map(|d| (d, why));
+        match self.members.get(receiver) {
+            None if self.expect.declares(receiver) => at(
+                self.acquire_timeout
+                    .and_then(|a| strict_deadline(r.created, a)),
+                FinalCause::AcquireBudget,
+            ),
             None => None,
-            Some(_) if self.pulls_by_receiver.contains_key(receiver) => None,
-            Some(&last) => self.idle_timeout.and_then(|i| strict_deadline(last, i)),
+            Some(m) => {
+                let gone = at(
+                    m.gone_since
+                        .zip(self.reconnect_timeout)
+                        .and_then(|(g, d)| strict_deadline(g, d)),
+                    FinalCause::Disconnected,
+                );
+                // A receiver with a pull being served waits for us; a gone one cannot.
+                let idle = if m.pulls > 0 && m.gone_since.is_none() {
+                    None
+                } else {
+                    at(
+                        self.idle_timeout
+                            .and_then(|i| strict_deadline(m.last_active, i)),
+                        FinalCause::IdleBudget,
+                    )
+                };
+                match (gone, idle) {
+                    (Some(g), Some(i)) => Some(if i.0 < g.0 { i } else { g }),
+                    (g, i) => g.or(i),
+                }
+            }
         }
     }
 
@@ -227,7 +300,7 @@ impl Tx {
         let mut next = None;
         for r in &self.refs {
             for c in self.budget_candidates(r) {
-                next = earliest(next, self.budget_deadline(r, &c));
+                next = earliest(next, self.budget_deadline(r, &c).map(|(d, _)| d));
             }
         }
         next

@@ -133,7 +133,12 @@ impl ObjectProbe {
 /// Implements the hooks of [`Downloadable`] by logging into `self.probe`.
 macro_rules! probe_hooks {
     () => {
-        fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId) {
+        fn set_transaction(
+            &self,
+            tx_id: &TxId,
+            ref_id: &RefId,
+            _receivers: &$crate::ExpectedReceivers,
+        ) {
             self.probe.hook(format!("set_transaction:{tx_id}:{ref_id}"));
         }
         fn downloaded_to_one(&self, receiver: &str, status: DownloadStatus) {
@@ -154,8 +159,8 @@ macro_rules! probe_hooks {
 }
 
 /// A byte object with NVFlare's file state (`{"received_bytes": n}`), optionally advertising a
-/// [`PlanLayout::Bytes`] plan. Hostile states (wrong type, negative, beyond the end) produce
-/// `error`; `n == len` produces `eof`.
+/// [`PlanLayout::Bytes`] plan. A state it could not have produced (wrong type, negative) is
+/// [`Produced::Invalid`]; an offset beyond the end produces `error`; `n == len` produces `eof`.
 #[derive(Debug)]
 pub struct BytesObject {
     /// The content.
@@ -200,7 +205,7 @@ impl Downloadable for BytesObject {
             None | Some(Ok(None)) => 0,
             Some(Ok(Some(n))) => n,
             Some(Err(e)) => {
-                return Ok(Produced::Error {
+                return Ok(Produced::Invalid {
                     reason: e.to_string(),
                 })
             }
@@ -237,7 +242,8 @@ impl Downloadable for BytesObject {
 }
 
 /// A list-of-items object with NVFlare's cacheable state (`{"start": s, "count": c}`, the echo
-/// of the chunk just sent), `per_chunk` items per chunk, optionally planned.
+/// of the chunk just sent), `per_chunk` items per chunk, optionally planned. A state without
+/// both integers is [`Produced::Invalid`]; one past the last item produces `error`.
 #[derive(Debug)]
 pub struct ItemsObject {
     /// The items.
@@ -282,7 +288,7 @@ impl Downloadable for ItemsObject {
                     .and_then(|a| Ok((a, s.require_u64(crate::plan::KEY_COUNT)?)));
                 match pair {
                     Err(e) => {
-                        return Ok(Produced::Error {
+                        return Ok(Produced::Invalid {
                             reason: e.to_string(),
                         })
                     }

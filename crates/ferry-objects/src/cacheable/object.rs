@@ -217,6 +217,10 @@ pub struct CacheableObject<T: ItemSource> {
     inner: Mutex<Inner>,
     productions: AtomicU64,
     released: AtomicBool,
+    /// The expected receivers were given (options or
+    /// [`set_expected_receivers`](Self::set_expected_receivers)): the transaction's do not
+    /// replace them.
+    receivers_given: AtomicBool,
 }
 
 impl<T: ItemSource> std::fmt::Debug for CacheableObject<T> {
@@ -260,6 +264,7 @@ impl<T: ItemSource> CacheableObject<T> {
         let total_hint = (0..count).try_fold(0u64, |acc, i| {
             source.item_size_hint(i).and_then(|s| acc.checked_add(s))
         });
+        let receivers_given = options.receivers != ExpectedReceivers::Unknown;
         Ok(Self {
             source,
             count,
@@ -281,12 +286,14 @@ impl<T: ItemSource> CacheableObject<T> {
             }),
             productions: AtomicU64::new(0),
             released: AtomicBool::new(false),
+            receivers_given: AtomicBool::new(receivers_given),
         })
     }
 
-    /// Set who must acknowledge an item before it is dropped (the transaction's receiver count
-    /// or ids: core's `set_transaction` hook does not carry them).
+    /// Set who must acknowledge an item before it is dropped. Without this (and with the
+    /// default options) the object learns it from the transaction it is added to.
     pub fn set_expected_receivers(&self, receivers: ExpectedReceivers) {
+        self.receivers_given.store(true, Ordering::Release);
         self.lock().expect = Expect::from(receivers);
     }
 
@@ -444,7 +451,7 @@ impl<T: ItemSource> Downloadable for CacheableObject<T> {
             Ok(v) => v,
             Err(reason) => {
                 tracing::warn!(requester, %reason, "bad item request");
-                return Ok(Produced::Error { reason });
+                return Ok(Produced::Invalid { reason });
             }
         };
         self.lock().ack(requester, acked, next.min(self.count));
@@ -475,8 +482,13 @@ impl<T: ItemSource> Downloadable for CacheableObject<T> {
         }
     }
 
-    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId) {
-        tracing::debug!(%tx_id, %ref_id, items = self.count, "item object added to transaction");
+    /// Learns the transaction's receivers (count or ids) unless they were given: NVFlare's
+    /// object reads `num_receivers` here, so each item is produced once for all of them.
+    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId, receivers: &ExpectedReceivers) {
+        tracing::debug!(%tx_id, %ref_id, items = self.count, ?receivers, "item object added to transaction");
+        if !self.receivers_given.load(Ordering::Acquire) {
+            self.lock().expect = Expect::from(receivers.clone());
+        }
     }
 
     fn downloaded_to_all(&self) {

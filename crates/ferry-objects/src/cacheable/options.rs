@@ -13,18 +13,12 @@ pub enum ChunkPacking {
     MaxBytes(u64),
 }
 
-/// Who must acknowledge an item before it leaves the cache.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum ExpectedReceivers {
-    /// Unknown (NVFlare's `num_receivers == 0`): an item is dropped at its first
-    /// acknowledgement, so there is effectively no sharing.
-    #[default]
-    Unknown,
-    /// Any `n` distinct receivers (count mode).
-    Count(usize),
-    /// These receivers (identity mode); acknowledgements from others do not count.
-    Ids(Vec<String>),
-}
+/// Who must acknowledge an item before it leaves the cache: `Unknown` (NVFlare's
+/// `num_receivers == 0`: an item is dropped at its first acknowledgement, so there is
+/// effectively no sharing), `Count(n)` (any `n` distinct receivers) or `Ids` (these receivers;
+/// acknowledgements from others do not count). The same type the engine hands every object in
+/// [`Downloadable::set_transaction`](ferry_core::Downloadable::set_transaction).
+pub use ferry_core::ExpectedReceivers;
 
 /// Options of a [`CacheableObject`](crate::CacheableObject).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +30,9 @@ pub struct CacheOptions {
     pub cache_budget: u64,
     /// How many items past a chunk to offer to [`ItemSource::prefetch_item`](crate::ItemSource::prefetch_item); default 2.
     pub prefetch_depth: u64,
-    /// Expected receivers; default unknown. Also settable later with
+    /// Expected receivers. Default unknown, which means: learn them from the transaction the
+    /// object is added to (NVFlare reads `num_receivers` there). Anything else is kept as
+    /// given. Also settable later with
     /// [`CacheableObject::set_expected_receivers`](crate::CacheableObject::set_expected_receivers).
     pub receivers: ExpectedReceivers,
 }

@@ -271,6 +271,33 @@ fn identity_mode_ignores_strangers_and_retries_do_not_double_ack() {
     assert_eq!(obj.stats().retired_items, 1);
 }
 
+/// NVFlare's `CacheableObject.set_transaction` reads `num_receivers` from its transaction: with
+/// default options the object learns the count there and produces each item once for all of
+/// them; receivers given in the options are kept.
+#[test]
+fn nvflare_cacheable_learns_the_receiver_count_from_its_transaction() {
+    let tx = ferry_core::TxId::new("T1");
+    let rid = ferry_core::RefId::new("R1");
+    let obj = CacheableObject::new(VecSource::new(&[10, 10, 10]), CacheOptions::default()).unwrap();
+    obj.set_transaction(&tx, &rid, &ExpectedReceivers::Count(3));
+    pull_all(&obj, &["a", "b", "c"], |_| {});
+    assert_eq!(obj.source().max_calls(), 1, "each item produced once");
+    assert_eq!(obj.stats().retired_items, 3, "and dropped after the third");
+
+    let given = CacheableObject::new(
+        VecSource::new(&[10, 10]),
+        CacheOptions::default().with_receivers(ExpectedReceivers::Count(1)),
+    )
+    .unwrap();
+    given.set_transaction(&tx, &rid, &ExpectedReceivers::Count(5));
+    pull_all(&given, &["a"], |_| {});
+    assert_eq!(
+        given.stats().retired_items,
+        2,
+        "the given count (1) is kept"
+    );
+}
+
 #[test]
 fn unknown_receivers_evict_at_first_ack() {
     let obj = CacheableObject::new(VecSource::new(&[10, 10, 10]), CacheOptions::default()).unwrap();
@@ -280,7 +307,7 @@ fn unknown_receivers_evict_at_first_ack() {
 }
 
 #[test]
-fn bad_states_are_logical_errors() {
+fn bad_states_are_invalid_requests() {
     let obj = CacheableObject::new(VecSource::new(&[10, 10]), CacheOptions::default()).unwrap();
     let st = |s: rmpv::Value, c: rmpv::Value| State::new().with(START, s).with(COUNT, c);
     for (s, c) in [
@@ -292,7 +319,7 @@ fn bad_states_are_logical_errors() {
         assert!(
             matches!(
                 obj.produce(Some(&st(s.clone(), c.clone())), "a").unwrap(),
-                Produced::Error { .. }
+                Produced::Invalid { .. }
             ),
             "{s:?} {c:?}"
         );

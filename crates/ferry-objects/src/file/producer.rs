@@ -5,7 +5,8 @@ use crate::buffer_pool::BufferPool;
 use crate::byte_state::{parse_byte_request, state_after, ByteRequest};
 use crate::{ObjectsError, DEFAULT_CHUNK_SIZE};
 use ferry_core::{
-    ChunkData, Downloadable, PlanLayout, ProduceError, Produced, RefId, State, TransferPlan, TxId,
+    ChunkData, Downloadable, ExpectedReceivers, PlanLayout, ProduceError, Produced, RefId, State,
+    TransferPlan, TxId,
 };
 use std::fs::{File, Metadata};
 use std::io::ErrorKind;
@@ -211,7 +212,7 @@ impl FileObject {
         let (offset, len) = match parse_byte_request(state, self.identity.size, self.chunk_size) {
             Err(reason) => {
                 tracing::warn!(requester, path = %self.path.display(), %reason, "bad file request");
-                return Some(Ok(Produced::Error { reason }));
+                return Some(Ok(Produced::Invalid { reason }));
             }
             Ok(ByteRequest::Eof) => return Some(Ok(Produced::Eof)),
             Ok(ByteRequest::Read { offset, len }) => (offset, len),
@@ -350,7 +351,7 @@ impl Downloadable for FileObject {
         })
     }
 
-    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId) {
+    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId, _receivers: &ExpectedReceivers) {
         tracing::debug!(%tx_id, %ref_id, path = %self.path.display(), "file added to transaction");
     }
 

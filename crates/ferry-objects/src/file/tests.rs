@@ -96,7 +96,7 @@ fn producer_applies_nvflare_state_rules() {
         assert!(
             matches!(
                 obj.produce(Some(&st(bad.clone())), "a").unwrap(),
-                Produced::Error { .. }
+                Produced::Invalid { .. }
             ),
             "{bad:?}"
         );

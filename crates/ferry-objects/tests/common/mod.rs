@@ -51,7 +51,9 @@ pub fn pull(obj: &dyn Downloadable, consumer: &mut dyn Consumer) -> Result<(), C
                     state = Some(consumer.consume("R1", &s, data)?);
                 }
                 Produced::Eof => break,
-                Produced::Error { reason } => return Err(ConsumeError::Other(reason)),
+                Produced::Error { reason } | Produced::Invalid { reason } => {
+                    return Err(ConsumeError::Other(reason))
+                }
             }
         }
         consumer.completed("R1")
