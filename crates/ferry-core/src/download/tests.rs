@@ -695,3 +695,33 @@ fn a_typed_refusal_fails_as_refused_with_its_code_and_words() {
     d.reply_error(id, ReturnCode::Timeout, None, Some(Refusal::ShutDown), t0);
     assert!(!d.is_finished());
 }
+
+/// NVFlare's `max_retries = 0`: the first timeout fails the download at once (one attempt, no
+/// backoff, no resend), with a cancel when the producer understands it.
+#[test]
+fn nvflare_max_retries_zero_fails_at_the_first_timeout() {
+    let t0 = Instant::now();
+    let c = DownloadConfig {
+        max_retries: 0,
+        ..cfg()
+    };
+    let mut d = Download::new("server", RefId::new("R1"), c, true, t0).unwrap();
+    let s = sends(&drain(&mut d));
+    d.reply(s[0].0, Ok(data(rb(2), b"ab")), t0);
+    let _ = drain(&mut d);
+    d.consumed(0, Ok(rb(2)), t0);
+    assert_eq!(sends(&drain(&mut d)).len(), 1);
+    assert_eq!(d.poll_timeout(), Some(t0 + 10 * S));
+    d.handle_timeout(t0 + 10 * S);
+    let a = drain(&mut d);
+    assert!(sends(&a).is_empty(), "no resend: {a:?}");
+    assert!(matches!(&a[0], Action::SendCancel(_)), "{a:?}");
+    assert_eq!(
+        a.last(),
+        Some(&Action::Finished(Err(DownloadFailure::RetriesExhausted {
+            source_fqcn: "server".into(),
+            attempts: 1
+        })))
+    );
+    assert_eq!(d.poll_timeout(), None);
+}

@@ -300,4 +300,6 @@ impl Service {
 }
 
 #[cfg(test)]
+mod receiver_tests;
+#[cfg(test)]
 mod tests;
