@@ -284,6 +284,12 @@ impl DownloadService {
         self.inner.with_engine(|svc, now| svc.outcome(tx_id, now))
     }
 
+    /// Whether `tx_id` will still get an outcome (live, settling, or settled with its
+    /// ceremony still being delivered).
+    pub fn is_pending(&self, tx_id: &TxId) -> bool {
+        lock(&self.inner.engine).is_pending(tx_id)
+    }
+
     /// A snapshot of a live or settling transaction.
     pub fn transaction_info(&self, tx_id: &TxId) -> Option<TransactionInfo> {
         lock(&self.inner.engine).transaction_info(tx_id)

@@ -95,10 +95,17 @@ fn ferry_count_mode_refuses_a_receiver_beyond_the_count_at_its_first_pull() {
     assert_eq!(r.rc, ReturnCode::InvalidRequest);
     assert_eq!(r.refusal, Some(Refusal::ReceiverLimitReached));
     assert!(
-        r.error.as_deref().unwrap().contains("2 receivers it expects"),
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("2 receivers it expects"),
         "{r:?}"
     );
-    assert_eq!(obj.probe.produce_calls(), produced, "nothing produced for it");
+    assert_eq!(
+        obj.probe.produce_calls(),
+        produced,
+        "nothing produced for it"
+    );
     assert_eq!(
         refusal_events(&h.events()),
         vec![("c".to_string(), Refusal::ReceiverLimitReached)]
@@ -212,7 +219,11 @@ fn ferry_a_receiver_whose_connection_closed_fails_at_its_reconnect_budget() {
     h.svc.receiver_connected("blip", h.now);
     h.at(11);
     h.fire();
-    assert_eq!(h.svc.receiver_status(&a, "dead"), None, "not before the budget");
+    assert_eq!(
+        h.svc.receiver_status(&a, "dead"),
+        None,
+        "not before the budget"
+    );
     h.now += super::tests::NS;
     h.fire();
     let failed: Vec<_> = h
@@ -364,7 +375,10 @@ fn nvflare_confirm_and_cancel_settlement_with_several_receivers_and_refs() {
     }
     let r = h.download("c", &r1, true);
     h.confirm("c", &r1, DownloadStatus::Success, &nonce(&r));
-    assert!(h.svc.transaction_info(&tx).unwrap().live, "c is not final on r2");
+    assert!(
+        h.svc.transaction_info(&tx).unwrap().live,
+        "c is not final on r2"
+    );
     h.cancel("c", &r2);
     assert!(
         !h.svc.transaction_info(&tx).unwrap().live,
@@ -418,7 +432,11 @@ fn nvflare_idle_budget_fails_a_receiver_on_sibling_refs() {
     let _ = h.pull("a", &r1, None, true);
     h.at(6);
     h.fire();
-    assert_eq!(h.svc.receiver_status(&r1, "a"), None, "retired: no statuses");
+    assert_eq!(
+        h.svc.receiver_status(&r1, "a"),
+        None,
+        "retired: no statuses"
+    );
     let o = h.done_events();
     assert_eq!(o[0].done_status, DoneStatus::Finished);
     for (_, m) in &o[0].refs {
@@ -432,11 +450,10 @@ fn nvflare_idle_budget_fails_a_receiver_on_sibling_refs() {
 #[test]
 fn nvflare_malformed_requests_are_invalid_requests_with_a_code() {
     let mut h = H::new();
-    let Handled::Reply(r) = h.svc.handle_request(
-        "a",
-        DownloadRequest::Invalid("no ref_id".into()),
-        h.now,
-    ) else {
+    let Handled::Reply(r) =
+        h.svc
+            .handle_request("a", DownloadRequest::Invalid("no ref_id".into()), h.now)
+    else {
         panic!("a reply")
     };
     assert_eq!(
