@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry::core::{DownloadFailure, ReturnCode};
+use ferry::core::{DownloadFailure, Refusal};
 use ferry::objects::FileObject;
 use ferry::prelude::*;
 use ferry_tests::e2e::{
@@ -468,10 +468,11 @@ async fn transaction_times_out_while_its_receiver_stalls() {
     assert!(
         matches!(
             err.failure(),
-            Some(DownloadFailure::RequestFailed {
-                rc: ReturnCode::InvalidRequest,
+            Some(DownloadFailure::Refused {
+                refusal: Refusal::TransactionFinished,
+                detail: Some(d),
                 ..
-            })
+            }) if d.contains("timed out")
         ),
         "{err}"
     );
@@ -638,13 +639,15 @@ async fn delete_transaction_aborts_a_download_in_progress() {
         .expect("the download ends")
         .unwrap()
         .expect_err("the transaction is gone");
+    // The sender says why, typed: the transfer is over (it was deleted).
     assert!(
         matches!(
             err.failure(),
-            Some(DownloadFailure::RequestFailed {
-                rc: ReturnCode::InvalidRequest,
+            Some(DownloadFailure::Refused {
+                refusal: Refusal::TransactionFinished,
+                detail: Some(d),
                 ..
-            })
+            }) if d.contains("was deleted")
         ),
         "{err}"
     );
@@ -690,23 +693,14 @@ async fn outsider(require_refusal: bool) {
                 got.len()
             ),
             Err(err) => {
-                assert!(
-                    matches!(
-                        err.failure(),
-                        Some(DownloadFailure::RequestFailed {
-                            rc: ReturnCode::InvalidRequest,
-                            ..
-                        })
-                    ),
-                    "{err}"
-                );
-                // The sender's reason crosses the wire (cn__error) into the failure.
-                let Some(DownloadFailure::RequestFailed {
+                // The typed refusal and the sender's words (cn__error) cross the wire.
+                let Some(DownloadFailure::Refused {
+                    refusal: Refusal::NotExpectedReceiver,
                     detail: Some(detail),
                     ..
                 }) = err.failure()
                 else {
-                    panic!("no sender text in {err:?}");
+                    panic!("not a typed refusal with the sender's text: {err:?}");
                 };
                 assert!(
                     detail.contains("site-2") && detail.contains("not an expected receiver"),
@@ -746,7 +740,9 @@ async fn cancelled_download_cleans_up_and_the_sender_sees_it_failed() {
     let mut events = service.events();
     let tx = ObjectDownloader::new(
         &service,
-        TxConfig::new(Duration::from_secs(120)).with_num_receivers(1),
+        // Identity mode: the receiver's cancel fails it at once (NVFlare's R7). In count
+        // mode it would give its place back (receivers_e2e.rs).
+        TxConfig::new(Duration::from_secs(120)).with_receiver_ids(["site-1"]),
     )
     .unwrap();
     let (rid, gate) = add_gated_file(&tx, &src, 3);

@@ -92,7 +92,8 @@ pub struct ServeArgs {
     /// This cell's name (FQCN).
     #[arg(long, default_value = "ferry-sender", value_name = "FQCN")]
     pub name: String,
-    /// Number of receivers expected (count mode): exit when this many have every object.
+    /// Number of receivers expected (count mode): the first N to pull are served, others are
+    /// refused; exit when these N have every object.
     #[arg(long, value_name = "N", conflicts_with = "allow", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub receivers: u32,
     /// Expected receivers by name (identity mode); others are refused. With TLS a receiver
@@ -100,9 +101,17 @@ pub struct ServeArgs {
     /// types in --name, so anyone who can reach the port can use it (a warning says so).
     #[arg(long, value_name = "FQCN")]
     pub allow: Vec<String>,
+    /// Serve anyone with the ticket, any number of times, until Ctrl-C (then exit 0 with a
+    /// summary).
+    #[arg(long, conflicts_with_all = ["allow", "receivers", "timeout"])]
+    pub keep_serving: bool,
     /// Give up (exit 1) when no receiver pulled anything for this long.
     #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DUR")]
     pub timeout: Duration,
+    /// Fail a receiver whose connection closed and that did not come back within this long
+    /// (it may resume under the same --name until then).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    pub reconnect_timeout: Duration,
     /// Cap the bytes per second sent to all receivers together (e.g. 50MiB); default: no cap.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub limit_rate: Option<u64>,

@@ -349,7 +349,7 @@ fn refused(refusal: Refusal, detail: Option<&str>, t: &Ticket, retry: &str) -> F
              sender needs a larger --receivers, or --keep-serving"
         ),
         Refusal::TransactionFinished => format!(
-            "the sender {src} has finished: its transfer of {name} is over{said}; ask for a \
+            "the sender {src} no longer serves {name}: its transfer is over{said}; ask for a \
              fresh ticket; {retry}"
         ),
         Refusal::UnknownRef => format!(
@@ -577,7 +577,9 @@ mod tests {
             true,
         );
         assert!(
-            f.to_string().contains("has finished") && f.to_string().contains("kept in"),
+            f.to_string()
+                .contains("no longer serves a: its transfer is over")
+                && f.to_string().contains("kept in"),
             "{f}"
         );
         let f = explain(

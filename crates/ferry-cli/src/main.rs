@@ -23,6 +23,7 @@ mod sysinfo;
 mod throttle;
 mod ui;
 mod units;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -1,17 +1,15 @@
 //! `ferry serve`: register files (and tensor dicts) in one transaction, print a ticket per
 //! object, and exit when every expected receiver has them all (0), or when the transfer fails or
-//! times out (1), or on Ctrl-C (130, after deleting the transaction).
+//! times out (1), or on Ctrl-C (130, after deleting the transaction). With `--keep-serving` it
+//! serves anyone with the ticket until Ctrl-C, then exits 0 with a summary.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferry::cellnet::Cell;
-use ferry::core::service::ServiceEvent;
-use ferry::core::{
-    DownloadStatus, Downloadable, OutcomeStatus, ServiceConfig, TransferOutcome, TxConfig,
-};
+use ferry::core::{Downloadable, ServiceConfig, TxConfig};
 use ferry::objects::tensors::tensor_dict_pin;
 use ferry::objects::{CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject};
 use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
@@ -27,6 +25,7 @@ use crate::sysinfo;
 use crate::throttle::{RateLimiter, Throttled};
 use crate::ui;
 use crate::units::fmt_bytes;
+use crate::watch::{outcome_json, Watch};
 use ferry::ticket::{check_relative_name, Kind, Ticket};
 
 /// One thing to serve, found on the command line.
@@ -185,16 +184,21 @@ pub fn ticket_addr(bound: &str, advertise: Option<&str>) -> String {
 
 /// Start the download service. With `--allow` the transaction declares its receivers
 /// (`receiver_ids`), and the engine answers pulls from any other cell with `invalid_request`
-/// and the reason ("NAME is not an expected receiver of REF"), which `ferry get` prints.
+/// and the typed reason `NOT_EXPECTED_RECEIVER`, which `ferry get` turns into its message.
 /// NVFlare's identity mode would serve such a cell and only not count it; Ferry's engine
-/// refuses by default, and this keeps it explicit. An outsider's confirm or cancel changes
-/// nothing: it never pulled, so the engine has no slot for it.
+/// refuses by default, and this keeps it explicit. In count mode (`--receivers N`) the first N
+/// cells to pull hold the places and others are refused (`RECEIVER_LIMIT_REACHED`); a
+/// receiver that cancels gives its place back, and one that failed may come back under its
+/// name while the transfer is live. An outsider's confirm or cancel changes nothing: it never
+/// pulled, so the engine has no slot for it.
 fn start_service(cell: &Cell) -> DownloadService {
     DownloadService::new(
         cell,
         ServiceOptions {
             engine: ServiceConfig {
                 refuse_undeclared: true,
+                count_slots: true,
+                reopen_failed: true,
                 ..ServiceConfig::default()
             },
             ..ServiceOptions::default()
@@ -237,7 +241,11 @@ async fn serve(
     bound: &str,
     json: bool,
 ) -> CmdResult {
-    let (cfg, expected) = if args.allow.is_empty() {
+    let (cfg, expected) = if args.keep_serving {
+        // Unknown count: never finishes by itself, serves any number of receivers, no
+        // inactivity timeout; Ctrl-C ends it.
+        (TxConfig::new(Duration::MAX), ExpectedReceivers::Unknown)
+    } else if args.allow.is_empty() {
         let n = args.receivers as usize;
         (
             TxConfig::new(args.timeout).with_num_receivers(n),
@@ -249,7 +257,9 @@ async fn serve(
             ExpectedReceivers::Ids(args.allow.clone()),
         )
     };
-    let cfg = cfg.with_progress(std::time::Duration::from_millis(250));
+    let cfg = cfg
+        .with_progress(Duration::from_millis(250))
+        .with_reconnect_timeout(args.reconnect_timeout);
     let tx = ObjectDownloader::new(service, cfg)
         .map_err(|e| Failure::usage(format!("cannot start the transfer: {e}")))?;
     let limiter = args.limit_rate.map(RateLimiter::new);
@@ -286,7 +296,9 @@ async fn serve(
         });
     }
 
-    let who = if args.allow.is_empty() {
+    let who = if args.keep_serving {
+        "anyone with the ticket until Ctrl-C".to_string()
+    } else if args.allow.is_empty() {
         format!(
             "{} receiver{}",
             args.receivers,
@@ -328,7 +340,7 @@ async fn serve(
     let wait = waiter.wait();
     tokio::pin!(wait);
     let mut events = service.events();
-    let mut watch = ReceiverBars::new(total_bytes, json);
+    let mut watch = Watch::new(total_bytes, json, args.reconnect_timeout);
     let mut interrupted = false;
     let outcome = loop {
         tokio::select! {
@@ -336,7 +348,11 @@ async fn serve(
             _ = cancel.cancelled(), if !interrupted => {
                 interrupted = true;
                 if !json {
-                    ui::err_line("interrupted: deleting the transaction (receivers in progress will fail)");
+                    ui::err_line(if args.keep_serving {
+                        "stopping: deleting the transaction (receivers in progress will fail)"
+                    } else {
+                        "interrupted: deleting the transaction (receivers in progress will fail)"
+                    });
                 }
                 if let Err(e) = tx.delete_transaction() {
                     tracing::debug!(error = %e, "delete after interrupt");
@@ -368,6 +384,14 @@ async fn serve(
     if json {
         ui::json_line(&outcome_json(&outcome, &names, elapsed.as_secs_f64()));
     }
+    if args.keep_serving {
+        // Ctrl-C is how a keep-serving run ends: not a failure. Each receiver's fate is its
+        // own (it may retry while a sender serves).
+        if !json {
+            ui::err_line(&watch.summary(&outcome));
+        }
+        return Ok(());
+    }
     if interrupted && !outcome.completed() {
         return Err(Failure::Interrupted(
             "interrupted: the transfer was cancelled and the transaction deleted".into(),
@@ -384,7 +408,11 @@ async fn serve(
         }
         return Ok(());
     }
-    Err(Failure::transfer(explain(&outcome, args, &names)))
+    Err(Failure::transfer(watch.explain(
+        &outcome,
+        args.timeout,
+        &names,
+    )))
 }
 
 /// Build the downloadable for one entry: (object, payload bytes, BLAKE3 for files).
@@ -447,136 +475,6 @@ async fn load(
             "reading {} failed: {join}",
             e.path.display()
         ))),
-    }
-}
-
-/// Why a transfer did not complete, in one line, with what to do.
-fn explain(o: &TransferOutcome, args: &ServeArgs, names: &HashMap<String, String>) -> String {
-    let mut failed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut succeeded: BTreeSet<&str> = BTreeSet::new();
-    for (rid, statuses) in &o.refs {
-        for (who, st) in statuses {
-            match st {
-                DownloadStatus::Failed => failed
-                    .entry(who.as_str())
-                    .or_default()
-                    .push(names.get(rid.as_str()).map_or(rid.as_str(), String::as_str)),
-                DownloadStatus::Success => {
-                    succeeded.insert(who.as_str());
-                }
-            }
-        }
-    }
-    let mut parts = vec![format!("transfer {} ({})", o.status.as_str(), o.reason)];
-    if !failed.is_empty() {
-        let list: Vec<String> = failed
-            .iter()
-            .map(|(who, objs)| format!("{who} failed on {}", objs.join(", ")))
-            .collect();
-        parts.push(list.join("; "));
-    }
-    if o.status == OutcomeStatus::Failed && o.reason == ferry::core::outcome::reason::TIMEOUT {
-        parts.push(format!(
-            "no receiver pulled for {}; {} of the expected receivers finished; start `ferry get` sooner or raise --timeout",
-            humantime::format_duration(args.timeout),
-            succeeded.len()
-        ));
-    } else if !failed.is_empty() {
-        parts.push("see the receivers' own errors; run `ferry serve` again for a retry".into());
-    }
-    parts.join(": ")
-}
-
-fn outcome_json(
-    o: &TransferOutcome,
-    names: &HashMap<String, String>,
-    secs: f64,
-) -> serde_json::Value {
-    let objects: Vec<serde_json::Value> = o
-        .refs
-        .iter()
-        .map(|(rid, st)| {
-            json!({
-                "ref_id": rid.as_str(),
-                "name": names.get(rid.as_str()),
-                "receivers": st.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect::<serde_json::Map<_, _>>(),
-            })
-        })
-        .collect();
-    json!({
-        "event": "outcome",
-        "status": o.status.as_str(),
-        "reason": o.reason,
-        "done_status": o.done_status.as_str(),
-        "seconds": secs,
-        "objects": objects,
-    })
-}
-
-/// Sender-side view: one bar per receiver (bytes served across all objects), and a line when
-/// a receiver finishes an object.
-struct ReceiverBars {
-    total: u64,
-    json: bool,
-    /// receiver -> (ref -> bytes served), and its bar
-    seen: BTreeMap<String, (HashMap<String, u64>, ProgressBar)>,
-}
-
-impl ReceiverBars {
-    fn new(total: u64, json: bool) -> Self {
-        Self {
-            total,
-            json,
-            seen: BTreeMap::new(),
-        }
-    }
-
-    fn bar(&mut self, receiver: &str) -> &mut (HashMap<String, u64>, ProgressBar) {
-        let total = self.total;
-        self.seen
-            .entry(receiver.to_string())
-            .or_insert_with(|| (HashMap::new(), ui::byte_bar(receiver, Some(total))))
-    }
-
-    fn event(&mut self, ev: &ServiceEvent, names: &HashMap<String, String>) {
-        match ev {
-            ServiceEvent::Progress(p) => {
-                let Some(receiver) = &p.receiver else { return };
-                let (per_ref, bar) = self.bar(receiver);
-                per_ref.insert(p.ref_id.to_string(), p.bytes_done);
-                bar.set_position(per_ref.values().sum());
-            }
-            ServiceEvent::DownloadedToOne {
-                ref_id,
-                receiver,
-                status,
-                ..
-            } => {
-                let name = names.get(ref_id.as_str()).cloned().unwrap_or_default();
-                if self.json {
-                    ui::json_line(&json!({
-                        "event": "received",
-                        "receiver": receiver,
-                        "name": name,
-                        "ref_id": ref_id.as_str(),
-                        "status": status.as_str(),
-                    }));
-                } else {
-                    ui::err_line(&format!("{receiver}: {name} {}", status.as_str()));
-                }
-                if *status == DownloadStatus::Failed {
-                    let (_, bar) = self.bar(receiver);
-                    bar.set_message("failed");
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn finish(&mut self) {
-        for (_, bar) in self.seen.values() {
-            bar.finish_and_clear();
-        }
     }
 }
 
