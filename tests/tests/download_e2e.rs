@@ -814,7 +814,8 @@ async fn source_failure_notice_fails_a_download_in_progress_at_once() {
     let (child, child_service) = receiver("server.j1", &url).await;
     let tx = ObjectDownloader::new(
         &child_service,
-        TxConfig::new(Duration::from_secs(120)).with_num_receivers(1),
+        // Identity mode: the aborted download's cancel fails the receiver at once.
+        TxConfig::new(Duration::from_secs(120)).with_receiver_ids(["site-1"]),
     )
     .unwrap();
     let (rid, gate) = add_gated_file(&tx, &src, 3);

@@ -39,9 +39,11 @@
 mod budget;
 mod client;
 mod codec;
+mod dispatch;
 mod downloader;
 mod error;
 pub mod fetch;
+mod produce;
 mod service;
 pub mod ticket;
 mod waiter;

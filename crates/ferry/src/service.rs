@@ -24,26 +24,22 @@
 //! [`crate::client`].
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferry_cellnet::{Cell, Message, PeerEvent, ReturnCode as WireCode};
-use ferry_core::message::{Reply, CHANNEL, TOPIC_DOWNLOAD, TOPIC_SOURCE_FAILURE};
-use ferry_core::service::{
-    Handled, PullTicket, ServiceConfig, ServiceEvent, ServiceOutput, TransactionInfo,
-};
+use ferry_core::message::{CHANNEL, TOPIC_DOWNLOAD, TOPIC_SOURCE_FAILURE};
+use ferry_core::service::{Handled, ServiceConfig, ServiceEvent, TransactionInfo};
 use ferry_core::{
-    ChunkData, Downloadable, ProduceError, Produced, RefId, Service, SourceFailureTable,
-    TransferOutcome, TxConfig, TxId,
+    Downloadable, RefId, Service, SourceFailureTable, TransferOutcome, TxConfig, TxId,
 };
 use tokio::sync::{broadcast, oneshot, watch, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::budget::{attach, ByteBudget};
+use crate::budget::ByteBudget;
 use crate::codec;
 use crate::error::DownloadError;
 use crate::waiter::TransferWaiter;
@@ -93,11 +89,6 @@ pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// A `produce` that panicked, as the error the receiver gets.
-fn panicked(p: Box<dyn std::any::Any + Send>) -> ProduceError {
-    ProduceError(format!("produce panicked: {}", panic_text(&*p)))
-}
-
 /// The current instant on tokio's clock, as the engine wants it (virtual under
 /// `tokio::time::pause`).
 pub(crate) fn now() -> Instant {
@@ -115,31 +106,31 @@ type SourceKey = (String, String);
 
 pub(crate) struct Inner {
     pub(crate) cell: Cell,
-    opts: ServiceOptions,
+    pub(crate) opts: ServiceOptions,
     /// The producer engine. A std mutex: every engine call is short and never awaits, and no
     /// hook or callback runs under it.
-    engine: Mutex<Service>,
+    pub(crate) engine: Mutex<Service>,
     /// Held by the one thread delivering the engine's outputs (hooks, events) in order.
-    dispatch: Mutex<()>,
+    pub(crate) dispatch: Mutex<()>,
     /// A background dispatch is scheduled or running (so network paths spawn at most one).
-    dispatch_scheduled: AtomicBool,
+    pub(crate) dispatch_scheduled: AtomicBool,
     /// Notified after each `TransactionDone` is delivered (shutdown waits on it).
-    settled: Notify,
+    pub(crate) settled: Notify,
     /// Cancelled by shutdown: pulls still waiting for budget or a produce slot give up.
-    draining: CancellationToken,
+    pub(crate) draining: CancellationToken,
     /// Receiver side: failures of sources announced by their parents.
     pub(crate) failures: Mutex<SourceFailureTable>,
     /// Receiver side: active downloads to interrupt when their source fails.
     pub(crate) watches: Mutex<HashMap<SourceKey, Vec<watch::Sender<Option<String>>>>>,
     /// Waiters parked until their transaction's outcome is recorded.
-    waiters: Mutex<HashMap<TxId, Vec<oneshot::Sender<Option<TransferOutcome>>>>>,
-    events: broadcast::Sender<ServiceEvent>,
+    pub(crate) waiters: Mutex<HashMap<TxId, Vec<oneshot::Sender<Option<TransferOutcome>>>>>,
+    pub(crate) events: broadcast::Sender<ServiceEvent>,
     /// Tells the timer task that a deadline may have moved.
-    wake: Arc<Notify>,
-    produce_slots: Arc<Semaphore>,
-    budget: ByteBudget,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) produce_slots: Arc<Semaphore>,
+    pub(crate) budget: ByteBudget,
     pub(crate) stop: CancellationToken,
-    tasks: TaskTracker,
+    pub(crate) tasks: TaskTracker,
 }
 
 /// The download service of one cell. Cheap to clone (a handle).
@@ -422,7 +413,10 @@ impl Inner {
     /// Like [`with_engine`](Self::with_engine), for calls on the network's and the timer's
     /// tasks: the hooks and events go to a background dispatcher on the blocking pool, so a
     /// slow hook never holds up an async worker.
-    fn with_engine_bg<R>(self: &Arc<Self>, f: impl FnOnce(&mut Service, Instant) -> R) -> R {
+    pub(crate) fn with_engine_bg<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Service, Instant) -> R,
+    ) -> R {
         let (r, pending) = {
             let mut svc = lock(&self.engine);
             let r = f(&mut svc, now());
@@ -433,100 +427,6 @@ impl Inner {
             self.dispatch_in_background();
         }
         r
-    }
-
-    /// Deliver the engine's outputs in order (hooks run, events published), unless another
-    /// thread is doing it: that one delivers ours too, in order. A hook that calls the service
-    /// lands here with the dispatcher held by its own thread and returns at once; its outputs
-    /// are delivered after it.
-    fn dispatch(&self) {
-        loop {
-            {
-                let _one = match self.dispatch.try_lock() {
-                    Ok(g) => g,
-                    // Hooks are caught, so a poisoned guard protects nothing broken.
-                    Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                    Err(TryLockError::WouldBlock) => return,
-                };
-                loop {
-                    let next = lock(&self.engine).poll_output();
-                    match next {
-                        Some(out) => self.deliver(out),
-                        None => break,
-                    }
-                }
-            }
-            // Outputs queued after our last poll whose producer saw us busy: ours to deliver.
-            if !lock(&self.engine).has_output() {
-                return;
-            }
-        }
-    }
-
-    /// Dispatch on the blocking pool; at most one such task is scheduled at a time. Outside a
-    /// runtime (a ticket dropped while the runtime goes away) it dispatches right here.
-    fn dispatch_in_background(self: &Arc<Self>) {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.dispatch();
-        }
-        if self.dispatch_scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || loop {
-            me.dispatch();
-            me.dispatch_scheduled.store(false, Ordering::Release);
-            let more = lock(&me.engine).has_output();
-            if !more || me.dispatch_scheduled.swap(true, Ordering::AcqRel) {
-                break;
-            }
-        });
-    }
-
-    /// Deliver everything queued, waiting for a dispatcher on another thread if there is one.
-    fn dispatch_wait(&self) {
-        loop {
-            drop(lock(&self.dispatch));
-            self.dispatch();
-            if !lock(&self.engine).has_output() {
-                return;
-            }
-        }
-    }
-
-    /// Run one hook, or publish one event.
-    fn deliver(&self, out: ServiceOutput) {
-        let ev = match out {
-            ServiceOutput::Hook(hook) => {
-                tracing::trace!(hook = hook.name(), tx = %hook.tx_id(), "running hook");
-                return hook.run();
-            }
-            ServiceOutput::Event(ev) => ev,
-        };
-        let done = match &ev {
-            ServiceEvent::TransactionDone { outcome, recorded } => {
-                tracing::info!(
-                    tx = %outcome.tx_id,
-                    status = outcome.status.as_str(),
-                    reason = %outcome.reason,
-                    recorded,
-                    "transaction done"
-                );
-                Some((outcome.clone(), *recorded))
-            }
-            _ => None,
-        };
-        // No subscriber is fine: events are optional for users.
-        let _ = self.events.send(ev);
-        // Waiters last (NVFlare: "record outcome & wake waiters"): whoever wakes up sees
-        // the TransactionDone event already published.
-        if let Some((outcome, recorded)) = done {
-            let parked = lock(&self.waiters).remove(&outcome.tx_id);
-            for w in parked.into_iter().flatten() {
-                let _ = w.send(recorded.then(|| outcome.clone()));
-            }
-            self.settled.notify_waiters();
-        }
     }
 
     async fn handle_download(self: Arc<Self>, msg: Message) -> Option<Message> {
@@ -555,95 +455,6 @@ impl Inner {
                 ))
             }
         }
-    }
-
-    /// Produce the chunk of a validated pull under the byte budget: at once if the object can
-    /// do it without blocking, else on the blocking pool.
-    async fn serve(self: &Arc<Self>, ticket: PullTicket) -> Reply {
-        // Whatever happens to this future (cancelled by a cell shutdown, ...), the ticket goes
-        // back to the engine: a lost ticket would hold its transaction until the drain timeout.
-        let peer = ticket.receiver().to_string();
-        let mut guard = TicketGuard {
-            inner: Arc::clone(self),
-            ticket: Some(ticket),
-        };
-        let estimate = self.opts.chunk_estimate;
-        let permit = tokio::select! {
-            p = self.budget.acquire_for(&peer, estimate) => p,
-            _ = self.draining.cancelled() => return guard.abandon(),
-        };
-        tracing::trace!(estimate, "budget acquired");
-        // First try to make the chunk right here (data in memory or in the page cache): that
-        // saves two thread hand-offs per chunk. Only what would block goes to the pool.
-        let now = match guard.ticket.as_ref() {
-            Some(t) => catch_unwind(AssertUnwindSafe(|| t.try_produce_now()))
-                .unwrap_or_else(|p| Some(Err(panicked(p)))),
-            None => None,
-        };
-        let (ticket, result) = match now {
-            Some(result) => {
-                let Some(ticket) = guard.ticket.take() else {
-                    return Reply::error(ferry_core::ReturnCode::ProcessException, "ticket lost");
-                };
-                tracing::trace!("produced without blocking");
-                (ticket, result)
-            }
-            None => {
-                let slot = tokio::select! {
-                    s = Arc::clone(&self.produce_slots).acquire_owned() => s,
-                    _ = self.draining.cancelled() => return guard.abandon(),
-                };
-                let Ok(slot) = slot else {
-                    return guard.abandon();
-                };
-                let Some(ticket) = guard.ticket.take() else {
-                    return Reply::error(ferry_core::ReturnCode::ProcessException, "ticket lost");
-                };
-                let joined = tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    let result = catch_unwind(AssertUnwindSafe(|| ticket.produce()))
-                        .unwrap_or_else(|p| Err(panicked(p)));
-                    (ticket, result)
-                })
-                .await;
-                let Ok(joined) = joined else {
-                    // Only when the runtime shuts down under us; the ticket is gone with the task.
-                    return Reply::error(
-                        ferry_core::ReturnCode::ServiceUnavailable,
-                        "runtime shutting down",
-                    );
-                };
-                joined
-            }
-        };
-        guard.ticket = Some(ticket);
-        tracing::trace!(ok = result.is_ok(), "produced");
-        let result = match result {
-            Ok(Produced::Data { data, state }) => {
-                let len = data.byte_len();
-                let permit = if len > estimate {
-                    drop(permit);
-                    self.budget.acquire_for(&peer, len).await
-                } else {
-                    permit
-                };
-                let data = match data {
-                    ChunkData::Bytes(b) => ChunkData::Bytes(attach(b, permit)),
-                    ChunkData::Items(mut items) => {
-                        if let Some(first) = items.first_mut() {
-                            *first = attach(std::mem::take(first), permit);
-                        }
-                        ChunkData::Items(items)
-                    }
-                };
-                Ok(Produced::Data { data, state })
-            }
-            other => other,
-        };
-        let Some(ticket) = guard.ticket.take() else {
-            return Reply::error(ferry_core::ReturnCode::ProcessException, "ticket lost");
-        };
-        self.with_engine_bg(|svc, now| svc.finish_pull(ticket, result, now))
     }
 
     fn handle_source_failure(&self, msg: Message) -> Message {
@@ -734,34 +545,6 @@ async fn watch_peers(
                 tracing::warn!(missed = n, "peer events missed");
             }
             Err(RecvError::Closed) => break,
-        }
-    }
-}
-
-/// Gives a pull ticket back to the engine if the serving future is dropped early.
-struct TicketGuard {
-    inner: Arc<Inner>,
-    ticket: Option<PullTicket>,
-}
-
-impl TicketGuard {
-    fn abandon(&mut self) -> Reply {
-        match self.ticket.take() {
-            Some(t) => self
-                .inner
-                .with_engine_bg(|svc, now| svc.abandon_pull(t, now)),
-            None => Reply::error(
-                ferry_core::ReturnCode::ServiceUnavailable,
-                "service stopping",
-            ),
-        }
-    }
-}
-
-impl Drop for TicketGuard {
-    fn drop(&mut self) {
-        if self.ticket.is_some() {
-            let _ = self.abandon();
         }
     }
 }
