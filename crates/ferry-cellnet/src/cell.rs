@@ -100,7 +100,8 @@ where
 /// A peer connection of a cell came or went (see [`Cell::peer_events`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerEvent {
-    /// A connection to this peer FQCN is established (also when it replaces an older one).
+    /// A connection to this peer FQCN is established (also when it takes the name over from
+    /// a connection that stopped answering).
     Connected(String),
     /// The connection to this peer FQCN closed and no newer one replaced it.
     Disconnected(String),
@@ -869,6 +870,10 @@ impl CellInner {
                         conn.try_send(f).map_err(|e| e.to_string())?;
                     }
                     v.insert(conn.clone());
+                    // Nobody subscribed is fine.
+                    let _ = self
+                        .peer_events
+                        .send(PeerEvent::Connected(conn.peer.clone()));
                     return Ok(());
                 }
                 Entry::Occupied(o) => o.get().clone(),

@@ -140,13 +140,31 @@ impl Watch {
                     ui::err_line(&format!("refused {receiver}: {why}"));
                 }
             }
-            ServiceEvent::ReceiverWithdrew { receiver, .. } => {
-                self.left.insert(receiver.clone());
+            ServiceEvent::ReceiverWithdrew {
+                receiver,
+                replaced_by,
+                ..
+            } => {
+                if replaced_by.is_none() {
+                    self.left.insert(receiver.clone());
+                }
                 if let Some((_, bar)) = self.seen.get(receiver) {
-                    bar.set_message("cancelled");
+                    bar.set_message(if replaced_by.is_some() {
+                        "replaced"
+                    } else {
+                        "cancelled"
+                    });
                 }
                 if self.json {
-                    ui::json_line(&json!({"event": "withdrew", "receiver": receiver}));
+                    ui::json_line(&json!({
+                        "event": "withdrew",
+                        "receiver": receiver,
+                        "replaced_by": replaced_by,
+                    }));
+                } else if let Some(newcomer) = replaced_by {
+                    ui::err_line(&format!(
+                        "{receiver} lost its connection: {newcomer} takes its place"
+                    ));
                 } else {
                     ui::err_line(&format!(
                         "{receiver} cancelled: its place is open again (it can resume, or another receiver can take it)"

@@ -43,14 +43,17 @@ pub enum ServiceEvent {
     },
     /// A progress report (only for transactions with a progress interval).
     Progress(ProgressEvent),
-    /// A count-mode receiver cancelled: it gave its place back without a final status, so
-    /// another receiver (or itself, later) may take it. Ferry only; see
+    /// A count-mode receiver gave its place back without a final status: it cancelled (so
+    /// another receiver, or itself later, may take the place), or its connection had closed
+    /// and a new receiver took the place. Ferry only; see
     /// [`ServiceConfig::count_slots`](crate::ServiceConfig::count_slots).
     ReceiverWithdrew {
         /// The transaction.
         tx_id: TxId,
-        /// The receiver.
+        /// The receiver that left.
         receiver: String,
+        /// The receiver that took its place after its connection closed (`None`: it cancelled).
+        replaced_by: Option<String>,
     },
     /// A pull was refused because of who sent it (not on the list, or no place left). Nothing
     /// was recorded for that cell. Ferry only.

@@ -250,6 +250,41 @@ fn ferry_a_receiver_whose_connection_closed_fails_at_its_reconnect_budget() {
     assert_eq!(h.svc.receiver_status(&a, "blip"), None);
 }
 
+/// Count mode with every place held: a newcomer takes the place of a holder whose connection
+/// closed mid-download (a `ferry get` killed and run again gets a new name), and the holder
+/// withdraws; a holder that is final everywhere keeps its place, gone or not.
+#[test]
+fn ferry_a_newcomer_takes_the_place_of_a_receiver_whose_connection_closed() {
+    let mut h = H::new();
+    let tx = h.tx(TxConfig::new(600 * S).with_num_receivers(2));
+    let (rid, _) = h.obj(&tx, 8, 4);
+    let _ = h.download("done", &rid, false); // SUCCESS, then leaves
+    let _ = h.pull("killed", &rid, None, true);
+    h.svc.receiver_disconnected("done", h.now);
+    h.svc.receiver_disconnected("killed", h.now);
+    let _ = h.events();
+    let r = h.pull("rerun", &rid, Some(rb(4)), true);
+    assert_eq!(status(&r), ReplyStatus::Ok, "{r:?}");
+    assert!(h.events().iter().any(|e| matches!(e,
+        ServiceEvent::ReceiverWithdrew { receiver, replaced_by: Some(n), .. }
+            if receiver == "killed" && n == "rerun")));
+    let mut acquired = h.svc.acquired_receivers(&tx);
+    acquired.sort();
+    assert_eq!(acquired, vec!["done".to_string(), "rerun".to_string()]);
+    // both places are held by receivers that are here or done: the next one is refused
+    let r = h.pull("third", &rid, None, true);
+    assert_eq!(r.refusal, Some(Refusal::ReceiverLimitReached));
+    let r = h.pull("rerun", &rid, Some(rb(8)), true);
+    h.confirm("rerun", &rid, DownloadStatus::Success, &nonce(&r));
+    h.fire();
+    let o = h.done_events();
+    assert!(o[0].completed(), "{o:?}");
+    assert_eq!(
+        o[0].refs[0].1.keys().collect::<Vec<_>>(),
+        vec!["done", "rerun"]
+    );
+}
+
 /// The timeout of a transaction whose every receiver left is not "unknown": a late pull is
 /// told the transfer is over (still `invalid_request`, as NVFlare).
 #[test]

@@ -4,25 +4,50 @@
 
 use super::output::{FinalCause, Queued, ServiceEvent};
 use super::rules::{finalize_with_progress, progress};
-use super::tx::Phase;
+use super::tx::{Phase, Tx};
 use super::Service;
 use crate::message::Reply;
-use crate::progress::ProgressTracker;
+use crate::progress::{ProgressState, ProgressTracker};
 use crate::time::{earliest, strict_deadline};
 use crate::{DownloadStatus, RefId, Refusal, TxId};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 impl Service {
     /// Whether `receiver` may pull ref `ri` of the live transaction `tx_id`. Refusals record
-    /// nothing for the receiver; they are reported as [`ServiceEvent::Refused`].
+    /// nothing for the receiver; they are reported as [`ServiceEvent::Refused`]. In count mode
+    /// with every place held, a newcomer takes the place of a holder whose connection closed
+    /// (the one gone longest): that holder withdraws as if it had cancelled, so a receiver
+    /// killed mid-download can be replaced at once — by its own next run, whatever its name.
     #[allow(clippy::result_large_err)] // the Err is the reply itself, sent at once
     pub(super) fn admit(
         &mut self,
         tx_id: &TxId,
         ri: usize,
         receiver: &str,
-        _now: Instant,
+        now: Instant,
     ) -> Result<(), Reply> {
+        let Some(tx) = self.txs.get_mut(tx_id) else {
+            return Ok(());
+        };
+        let full = self.config.count_slots
+            && tx
+                .places()
+                .is_some_and(|n| !tx.members.contains_key(receiver) && tx.members.len() >= n);
+        if full {
+            // A holder that is final on every ref has had its turn (done or failed): it keeps
+            // its place.
+            let gone = tx
+                .members
+                .iter()
+                .filter(|(who, _)| tx.refs.iter().any(|r| r.final_of(who).is_none()))
+                .filter_map(|(who, m)| m.gone_since.map(|g| (g, who.clone())))
+                .min();
+            if let Some((_, holder)) = gone {
+                tracing::info!(tx = %tx_id, holder, newcomer = receiver, "place of a disconnected receiver taken over");
+                withdraw(tx, &holder, Some(receiver), now, &mut self.out);
+            }
+        }
         let Some(tx) = self.txs.get(tx_id) else {
             return Ok(());
         };
@@ -189,32 +214,7 @@ impl Service {
         let out = &mut self.out;
         if tx.expect.ids.is_none() && self.config.count_slots {
             tracing::info!(tx = %tx_id, receiver, "receiver cancelled: its place is free again");
-            tx.members.remove(receiver);
-            for ri in 0..tx.refs.len() {
-                let keep = tx.refs[ri].final_of(receiver) == Some(DownloadStatus::Success);
-                if !keep {
-                    let started = tx.refs[ri]
-                        .slots
-                        .get(receiver)
-                        .is_some_and(|s| s.progress.started() && !s.progress.is_terminal());
-                    if started {
-                        progress(
-                            tx,
-                            ri,
-                            receiver,
-                            crate::ProgressState::Aborted,
-                            true,
-                            now,
-                            out,
-                        );
-                    }
-                    tx.refs[ri].slots.remove(receiver);
-                }
-            }
-            out.push_back(Queued::Event(ServiceEvent::ReceiverWithdrew {
-                tx_id: tx_id.clone(),
-                receiver: receiver.to_string(),
-            }));
+            withdraw(tx, receiver, None, now, out);
             return Reply::ack();
         }
         tracing::info!(tx = %tx_id, receiver, "receiver cancelled");
@@ -277,4 +277,36 @@ impl Service {
         }
         Some((tx_id.clone(), tx.ref_index(ref_id)?))
     }
+}
+
+/// A count-mode receiver leaves its place (it cancelled, or `newcomer` takes the place it left
+/// when its connection closed): it keeps only its SUCCESS statuses (the rest of its slots,
+/// pending confirms and progress go; a started progress stream ends `aborted`), and
+/// [`ServiceEvent::ReceiverWithdrew`] reports it.
+fn withdraw(
+    tx: &mut Tx,
+    receiver: &str,
+    newcomer: Option<&str>,
+    now: Instant,
+    out: &mut VecDeque<Queued>,
+) {
+    tx.members.remove(receiver);
+    for ri in 0..tx.refs.len() {
+        if tx.refs[ri].final_of(receiver) == Some(DownloadStatus::Success) {
+            continue;
+        }
+        let started = tx.refs[ri]
+            .slots
+            .get(receiver)
+            .is_some_and(|s| s.progress.started() && !s.progress.is_terminal());
+        if started {
+            progress(tx, ri, receiver, ProgressState::Aborted, true, now, out);
+        }
+        tx.refs[ri].slots.remove(receiver);
+    }
+    out.push_back(Queued::Event(ServiceEvent::ReceiverWithdrew {
+        tx_id: tx.id.clone(),
+        receiver: receiver.to_string(),
+        replaced_by: newcomer.map(str::to_string),
+    }));
 }
