@@ -561,7 +561,7 @@ mod tests {
             refused(Refusal::ReceiverLimitReached, "x cannot pull R1"),
             &t,
             dest,
-            false,
+            None,
         );
         assert!(
             f.to_string()
@@ -574,7 +574,7 @@ mod tests {
             refused(Refusal::TransactionFinished, "no ref found: R1"),
             &t,
             dest,
-            true,
+            kept,
         );
         assert!(
             f.to_string()
@@ -582,16 +582,11 @@ mod tests {
                 && f.to_string().contains("kept in"),
             "{f}"
         );
-        let f = explain(
-            refused(Refusal::UnknownRef, "no ref found"),
-            &t,
-            dest,
-            false,
-        );
+        let f = explain(refused(Refusal::UnknownRef, "no ref found"), &t, dest, None);
         assert!(f.to_string().contains("does not serve a (ref R1)"), "{f}");
-        let f = explain(refused(Refusal::InvalidRequest, "bad"), &t, dest, false);
+        let f = explain(refused(Refusal::InvalidRequest, "bad"), &t, dest, None);
         assert!(f.to_string().contains("as invalid"), "{f}");
-        let f = explain(refused(Refusal::ShutDown, "bye"), &t, dest, false);
+        let f = explain(refused(Refusal::ShutDown, "bye"), &t, dest, None);
         assert!(f.to_string().contains("shutting down"), "{f}");
         let f = explain(
             failed_with(ReturnCode::InvalidRequest, Some("no ref found: R1")),
