@@ -7,29 +7,34 @@
 //! times out or is deleted, and reports a [`TransferOutcome`](ferry_core::TransferOutcome).
 //!
 //! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use ferry::prelude::*;
 //! use std::time::Duration;
 //!
-//! // The sender: a cell, its download service, a transaction with one object.
-//! let server = Cell::new("server")?;
-//! let url = server.listen("tcp://127.0.0.1:0").await?;
-//! let sender = DownloadService::new(&server, ServiceOptions::default());
-//! let tx = ObjectDownloader::new(&sender, TxConfig::new(Duration::from_secs(30)).with_num_receivers(1))?;
-//! let rid = tx.add_bytes(bytes::Bytes::from_static(b"weights"))?;
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // The sender: a cell, its download service, a transaction with one object.
+//!     let server = Cell::new("server")?;
+//!     let url = server.listen("tcp://127.0.0.1:0").await?;
+//!     let sender = DownloadService::new(&server, ServiceOptions::default());
+//!     let config = TxConfig::new(Duration::from_secs(30)).with_num_receivers(1);
+//!     let tx = ObjectDownloader::new(&sender, config)?;
+//!     let rid = tx.add_bytes(Bytes::from_static(b"weights"))?;
 //!
-//! // A receiver: its own cell connected to the sender, pulling the ref.
-//! let site = Cell::new("site-1")?;
-//! site.connect(&url).await?;
-//! let receiver = DownloadService::new(&site, ServiceOptions::default());
-//! let got = download_bytes(&receiver, "server", &rid, DownloadOptions::default()).await?;
-//! assert_eq!(&got[..], b"weights");
+//!     // A receiver: its own cell connected to the sender, pulling the ref.
+//!     let site = Cell::new("site-1")?;
+//!     site.connect(&url).await?;
+//!     let receiver = DownloadService::new(&site, ServiceOptions::default());
+//!     let got = download_bytes(&receiver, "server", &rid, DownloadOptions::default()).await?;
+//!     assert_eq!(&got[..], b"weights");
 //!
-//! let outcome = tx.waiter().wait().await.expect("recorded");
-//! assert!(outcome.completed());
-//! # receiver.shutdown().await; sender.shutdown().await; site.shutdown().await; server.shutdown().await;
-//! # Ok(()) }
+//!     let outcome = tx.waiter().wait().await.expect("recorded");
+//!     assert!(outcome.completed());
+//!     receiver.shutdown().await;
+//!     sender.shutdown().await;
+//!     site.shutdown().await;
+//!     server.shutdown().await;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! Layers (arrows point down): `ferry` (this crate: the async glue) →
@@ -69,6 +74,8 @@ pub mod prelude {
         notify_source_failure, DownloadError, DownloadOptions, DownloadProgress, DownloadService,
         FileOptions, ObjectDownloader, ServiceOptions, TransferWaiter,
     };
+    /// The byte buffer objects are made of and downloads return (the `bytes` crate's).
+    pub use bytes::Bytes;
     pub use ferry_cellnet::{Cell, Message, ReturnCode as WireReturnCode};
     pub use ferry_core::service::ServiceEvent;
     pub use ferry_core::{
