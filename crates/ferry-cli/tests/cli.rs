@@ -155,6 +155,41 @@ fn safetensors_are_served_as_a_tensor_dict() {
     assert!(server.wait().success());
 }
 
+/// The JSON header of a safetensors file.
+fn safetensors_header(bytes: &[u8]) -> serde_json::Value {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + n]).expect("a JSON header")
+}
+
+/// A PyTorch checkpoint's `{"format": "pt"}` (the safetensors `__metadata__`) survives
+/// `serve --tensors` and `get`. The file is written by hand, as torch's `save_file` writes it.
+#[test]
+fn tensors_keep_their_safetensors_metadata() {
+    let d = tempfile::tempdir().unwrap();
+    let header = br#"{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend((0..16u8).map(|i| i * 3));
+    let src = d.path().join("ckpt.safetensors");
+    std::fs::write(&src, &file).unwrap();
+    let (mut server, ticket) = serve(&[path_str(&src), "--tensors"]);
+    let out = d.path().join("out");
+    ferry()
+        .args(["get", &ticket, "-o", path_str(&out)])
+        .assert()
+        .success();
+    let got = std::fs::read(out.join("ckpt.safetensors")).unwrap();
+    let h = safetensors_header(&got);
+    assert_eq!(
+        h["__metadata__"],
+        serde_json::json!({"format": "pt"}),
+        "{h}"
+    );
+    assert_eq!(h["w"]["shape"], serde_json::json!([2, 2]), "{h}");
+    assert_eq!(&got[got.len() - 16..], &file[file.len() - 16..]);
+    assert!(server.wait().success());
+}
+
 #[test]
 fn mutual_tls_end_to_end() {
     let pki = Pki::new();

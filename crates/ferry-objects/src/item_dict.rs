@@ -114,6 +114,15 @@ impl<D: NamedDict> ItemDictAssembly<D> {
 
     /// Check that every item arrived, build the dict in item order and deliver it.
     pub(crate) fn completed(&mut self) -> Result<(), ConsumeError> {
+        self.completed_with(|_| {})
+    }
+
+    /// [`completed`](Self::completed), with `finish` applied to the dict before it is
+    /// delivered (e.g. to give it what the items carried beside the named values).
+    pub(crate) fn completed_with(
+        &mut self,
+        finish: impl FnOnce(&mut D),
+    ) -> Result<(), ConsumeError> {
         self.tracker.finish()?;
         let mut dict = D::default();
         for (index, named) in std::mem::take(&mut self.items) {
@@ -122,6 +131,7 @@ impl<D: NamedDict> ItemDictAssembly<D> {
                     .map_err(|e| ConsumeError::Integrity(format!("item {index}: {e}")))?;
             }
         }
+        finish(&mut dict);
         self.delivery.put(dict.clone());
         self.result = Some(dict);
         Ok(())

@@ -124,8 +124,11 @@ const COMPARE_FILES: &str = r#"
 import sys
 import numpy as np
 from safetensors.numpy import load_file
+from safetensors import safe_open
 a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
 assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+meta = [safe_open(p, framework="numpy").metadata() for p in sys.argv[1:3]]
+assert meta[0] == meta[1], meta
 for k in a:
     assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
     assert np.array_equal(a[k], b[k]), k
@@ -139,8 +142,13 @@ fn python_written_file_is_served_and_rebuilt_exactly() {
     run_python(MAKE_FILE, &[src.to_str().unwrap()]);
     let dict = TensorDict::load_safetensors(&src).unwrap();
     assert_eq!(dict.len(), 9);
+    assert_eq!(
+        dict.metadata().get("format").map(String::as_str),
+        Some("np"),
+        "the file's __metadata__ is read"
+    );
 
-    // in memory
+    // in memory (equality covers the metadata)
     let obj = TensorDictObject::from_tensors(dict.clone(), CacheOptions::default()).unwrap();
     let mut mem = TensorDictConsumer::new();
     pull(&obj, &mut mem).unwrap();
@@ -162,8 +170,13 @@ fn python_written_file_is_served_and_rebuilt_exactly() {
 
 #[test]
 fn python_reads_each_served_item_as_a_one_tensor_safetensors_blob() {
-    // What an NVFlare TensorConsumer does with every item: safetensors load of the bytes.
-    let dict = numpy_friendly_dict();
+    // What an NVFlare TensorConsumer does with every item: safetensors load of the bytes. The
+    // first item also carries the dict's __metadata__ (ferry.metadata): Python ignores it.
+    let dict = numpy_friendly_dict().with_metadata(
+        [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect(),
+    );
     let obj = TensorDictObject::from_tensors(dict, CacheOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut paths = Vec::new();

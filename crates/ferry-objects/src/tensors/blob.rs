@@ -5,11 +5,16 @@ use bytes::Bytes;
 use ferry_core::ConsumeError;
 use safetensors::tensor::{Dtype, View};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// `__metadata__` key of an item blob listing the other names of an aliased tensor, as a JSON
 /// array of strings.
 pub const ALIASES_KEY: &str = "ferry.aliases";
+
+/// `__metadata__` key of the first item's blob carrying the dict's own safetensors
+/// `__metadata__` (a JSON object of strings). Python's safetensors (NVFlare's receivers) ignore
+/// a blob's metadata, so it costs them nothing; ferry's consumers put it back on the dict.
+pub const METADATA_KEY: &str = "ferry.metadata";
 
 /// Serialize one tensor under `names[0]`, listing `names[1..]` as aliases.
 #[cfg(test)]
@@ -18,23 +23,30 @@ pub(crate) fn encode_item(
     tensor: &Tensor,
 ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
     let mut out = Vec::new();
-    encode_item_into(names, tensor, &mut out)?;
+    encode_item_into(names, tensor, None, &mut out)?;
     Ok(out)
 }
 
-/// Serialize one tensor under `names[0]`, listing `names[1..]` as aliases, appending the blob
-/// to `out`. safetensors writes the header (length prefix and JSON, which depend only on the
-/// names, dtype and shape); the data is appended here, so a recycled `out` is filled without
-/// an intermediate buffer.
+/// Serialize one tensor under `names[0]`, listing `names[1..]` as aliases and carrying
+/// `dict_metadata` (the first item only), appending the blob to `out`. safetensors writes the
+/// header (length prefix and JSON, which depend only on the names, dtype, shape and metadata);
+/// the data is appended here, so a recycled `out` is filled without an intermediate buffer.
 pub(crate) fn encode_item_into(
     names: &[String],
     tensor: &Tensor,
+    dict_metadata: Option<&BTreeMap<String, String>>,
     out: &mut Vec<u8>,
 ) -> Result<(), safetensors::SafeTensorError> {
-    let meta = (names.len() > 1).then(|| {
+    let mut meta = HashMap::new();
+    if names.len() > 1 {
         let aliases = serde_json::to_string(&names[1..]).unwrap_or_else(|_| "[]".into());
-        HashMap::from([(ALIASES_KEY.to_string(), aliases)])
-    });
+        meta.insert(ALIASES_KEY.to_string(), aliases);
+    }
+    if let Some(m) = dict_metadata.filter(|m| !m.is_empty()) {
+        let json = serde_json::to_string(m).unwrap_or_else(|_| "{}".into());
+        meta.insert(METADATA_KEY.to_string(), json);
+    }
+    let meta = (!meta.is_empty()).then_some(meta);
     let header = safetensors::serialize([(names[0].as_str(), HeaderOnly(tensor))], meta)?;
     out.reserve(header.len() + tensor.data().len());
     out.extend_from_slice(&header);
@@ -71,6 +83,8 @@ pub(crate) struct DecodedItem {
     /// Offset and length of the tensor data inside the blob.
     pub data_start: usize,
     pub data_len: usize,
+    /// The dict's `__metadata__`, carried by the first item only.
+    pub dict_metadata: Option<BTreeMap<String, String>>,
 }
 
 impl DecodedItem {
@@ -126,12 +140,25 @@ pub(crate) fn decode_item(index: u64, blob: &[u8]) -> Result<DecodedItem, Consum
             all.push(a);
         }
     }
+    let dict_metadata = match meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)) {
+        None => None,
+        Some(_) if index != 0 => {
+            return Err(bad(format!(
+                "{METADATA_KEY} belongs in the first item only"
+            )))
+        }
+        Some(json) => Some(
+            serde_json::from_str::<BTreeMap<String, String>>(json)
+                .map_err(|e| bad(format!("bad {METADATA_KEY} metadata: {e}")))?,
+        ),
+    };
     Ok(DecodedItem {
         names: all,
         dtype: info.dtype,
         shape: info.shape.clone(),
         data_start: 8 + n + s,
         data_len: len,
+        dict_metadata,
     })
 }
 
@@ -170,7 +197,7 @@ mod tests {
             // Appending into a recycled buffer that still has old contents past its length.
             let mut out = vec![0xAA; 4096];
             out.clear();
-            encode_item_into(&names, &tensor, &mut out).unwrap();
+            encode_item_into(&names, &tensor, None, &mut out).unwrap();
             assert_eq!(out, reference, "{names:?}");
         }
     }
@@ -189,5 +216,29 @@ mod tests {
         let two = safetensors::serialize([("a", &t(b"x")), ("b", &t(b"y"))], None).unwrap();
         let e = decode_item(3, &two).unwrap_err().to_string();
         assert!(e.contains("item 3") && e.contains("one tensor"), "{e}");
+    }
+
+    #[test]
+    fn the_first_item_carries_the_dict_metadata() {
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let names = vec!["a".to_string(), "b".to_string()];
+        let mut blob = Vec::new();
+        encode_item_into(&names, &t(b"xyz"), Some(&meta), &mut blob).unwrap();
+        let d = decode_item(0, &blob).unwrap();
+        assert_eq!(d.dict_metadata.as_ref(), Some(&meta));
+        assert_eq!(d.names, names, "aliases travel beside it");
+        // only the first item may carry it, and it must be a JSON object of strings
+        let e = decode_item(1, &blob).unwrap_err().to_string();
+        assert!(e.contains("item 1") && e.contains("first item only"), "{e}");
+        for bad in ["[1]", "{\"a\": 1}", "not json"] {
+            let m = HashMap::from([(METADATA_KEY.to_string(), bad.to_string())]);
+            let blob = safetensors::serialize([("w", &t(b"x"))], Some(m)).unwrap();
+            let e = decode_item(0, &blob).unwrap_err().to_string();
+            assert!(e.contains("bad ferry.metadata"), "{bad}: {e}");
+        }
+        // an empty map is not sent
+        let mut blob = Vec::new();
+        encode_item_into(&names[..1], &t(b"x"), Some(&BTreeMap::new()), &mut blob).unwrap();
+        assert_eq!(blob, encode_item(&names[..1], &t(b"x")).unwrap());
     }
 }

@@ -7,8 +7,13 @@
 //! ```text
 //! item_i = BLAKE3( n_names || (len(name) || name)*  ||  len(dtype) || dtype
 //!                  || ndim || dim*  ||  len(data) || data )
-//! digest = BLAKE3( "ferry-tensors/1" || n_items || item_0 || item_1 || ... )
+//! digest = BLAKE3( "ferry-tensors/1" || n_items || item_0 || item_1 || ...
+//!                  [ || n_meta || (len(key) || key || len(value) || value)* ] )
 //! ```
+//!
+//! The bracketed part is there only when the dict has a safetensors `__metadata__` (non-empty),
+//! its entries in key order (bytewise), so a dict without metadata keeps the digest it always
+//! had, and metadata is pinned like the tensors: a sender cannot add, drop or change it.
 //!
 //! `dtype` is the safetensors dtype name (`F32`, `BF16`, ...), names are UTF-8, `data` the
 //! tensor's little-endian bytes. The pinned size is the sum of `len(data)` over the items.
@@ -19,6 +24,9 @@ use super::{Dtype, TensorDict};
 use crate::verify::Pin;
 use ferry_core::ConsumeError;
 use std::collections::BTreeMap;
+
+/// The metadata of a tensor dict, as pinned.
+pub(crate) type DictMetadata = BTreeMap<String, String>;
 
 /// Domain prefix of the tensor-dict digest.
 pub const TENSORS_DIGEST_DOMAIN: &[u8] = b"ferry-tensors/1";
@@ -52,13 +60,26 @@ pub fn item_hash<S: AsRef<str>>(
     *h.finalize().as_bytes()
 }
 
-/// Fold item hashes, in item order, into the digest.
-fn fold<'a>(count: u64, items: impl Iterator<Item = &'a [u8; 32]>) -> blake3::Hash {
+/// Fold item hashes, in item order, and the dict's metadata into the digest.
+fn fold<'a>(
+    count: u64,
+    items: impl Iterator<Item = &'a [u8; 32]>,
+    metadata: &DictMetadata,
+) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(TENSORS_DIGEST_DOMAIN);
     h.update(&count.to_le_bytes());
     for item in items {
         h.update(item);
+    }
+    if !metadata.is_empty() {
+        h.update(&(metadata.len() as u64).to_le_bytes());
+        for (k, v) in metadata {
+            for s in [k, v] {
+                h.update(&(s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+        }
     }
     h.finalize()
 }
@@ -66,6 +87,7 @@ fn fold<'a>(count: u64, items: impl Iterator<Item = &'a [u8; 32]>) -> blake3::Ha
 /// The pin of `dict` as a sender serves it (items grouped as
 /// [`TensorSource`](super::TensorSource) groups them). Hashes every tensor once.
 pub fn tensor_dict_pin(dict: &TensorDict) -> Pin {
+    let metadata = dict.metadata().clone();
     let groups = super::source::group(dict.clone());
     let hashes: Vec<[u8; 32]> = groups
         .iter()
@@ -79,7 +101,7 @@ pub fn tensor_dict_pin(dict: &TensorDict) -> Pin {
         })
         .collect();
     let size = groups.iter().map(|g| g.tensor.data().len() as u64).sum();
-    Pin::new(size, fold(hashes.len() as u64, hashes.iter()))
+    Pin::new(size, fold(hashes.len() as u64, hashes.iter(), &metadata))
 }
 
 /// A receiver's check of a tensor dict against its pin: items are hashed as they arrive (any
@@ -125,8 +147,9 @@ impl TensorPinCheck {
         Ok(())
     }
 
-    /// Check the digest of the `count` items received (all of them: the tracker checked).
-    pub(crate) fn finish(&self, count: u64) -> Result<(), ConsumeError> {
+    /// Check the digest of the `count` items received (all of them: the tracker checked) and
+    /// the dict metadata the first one carried.
+    pub(crate) fn finish(&self, count: u64, metadata: &DictMetadata) -> Result<(), ConsumeError> {
         if self.bytes != self.pin.size || self.items.len() as u64 != count {
             return Err(ConsumeError::Integrity(format!(
                 "received {} bytes of tensor data in {} items, the ticket pins {} bytes",
@@ -135,7 +158,7 @@ impl TensorPinCheck {
                 self.pin.size
             )));
         }
-        let got = fold(count, self.items.values());
+        let got = fold(count, self.items.values(), metadata);
         if got != self.pin.blake3 {
             return Err(ConsumeError::Integrity(format!(
                 "tensor-dict digest mismatch: the ticket pins {}, the {count} items received hash to {}",

@@ -1,6 +1,7 @@
 //! The on-disk tensor dict consumer: one `.safetensors` file, written incrementally.
 
 use super::blob::decode_item;
+use super::digest::DictMetadata;
 use super::TensorPinCheck;
 use crate::cacheable::ItemTracker;
 use crate::names::{destination_path, publish};
@@ -67,6 +68,7 @@ impl SafetensorsFileConsumerBuilder {
             names: HashSet::new(),
             tracker: self.tracker,
             check: self.pin.map(TensorPinCheck::new),
+            metadata: DictMetadata::new(),
             finished: false,
         })
     }
@@ -88,8 +90,9 @@ struct Entry {
 /// `DIR` and their names, dtypes, shapes and offsets recorded; at completion the header is
 /// built, header and data are written to `NAME.part`, which is fsynced and renamed atomically.
 /// Memory stays at about one item plus a 1 MiB copy buffer. Aliased names are stored once in
-/// the spool and written once per name in the file (the format has no aliasing). A failure
-/// leaves nothing at `DIR/NAME` and no `NAME.part`.
+/// the spool and written once per name in the file (the format has no aliasing). The dict's
+/// `__metadata__` (carried by the first item) is written as the file's. A failure leaves
+/// nothing at `DIR/NAME` and no `NAME.part`.
 #[derive(Debug)]
 pub struct SafetensorsFileConsumer {
     final_path: PathBuf,
@@ -102,6 +105,8 @@ pub struct SafetensorsFileConsumer {
     names: HashSet<String>,
     tracker: ItemTracker,
     check: Option<TensorPinCheck>,
+    /// The dict's `__metadata__` (from the first item), written to the file's header.
+    metadata: DictMetadata,
     finished: bool,
 }
 
@@ -173,7 +178,13 @@ impl SafetensorsFileConsumer {
             offset += len;
         }
         let bad = |e: String| ConsumeError::Other(format!("building the safetensors header: {e}"));
-        let meta = Metadata::new(None, infos).map_err(|e| bad(e.to_string()))?;
+        let dict_meta = (!self.metadata.is_empty()).then(|| {
+            self.metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        });
+        let meta = Metadata::new(dict_meta, infos).map_err(|e| bad(e.to_string()))?;
         let mut json = serde_json::to_vec(&meta).map_err(|e| bad(e.to_string()))?;
         json.resize(json.len().next_multiple_of(8), b' ');
         let mut out = Vec::with_capacity(8 + json.len());
@@ -254,7 +265,10 @@ impl Consumer for SafetensorsFileConsumer {
             ));
         }
         for (index, blob) in self.tracker.accept(state, data)? {
-            let item = decode_item(index, &blob)?;
+            let mut item = decode_item(index, &blob)?;
+            if let Some(m) = item.dict_metadata.take() {
+                self.metadata = m;
+            }
             for name in &item.names {
                 if !self.names.insert(name.clone()) {
                     return Err(ConsumeError::Integrity(format!(
@@ -300,7 +314,7 @@ impl Consumer for SafetensorsFileConsumer {
             .tracker
             .finish()
             .and_then(|count| match &self.check {
-                Some(c) => c.finish(count),
+                Some(c) => c.finish(count, &self.metadata),
                 None => Ok(()),
             })
             .and_then(|()| self.write_part());

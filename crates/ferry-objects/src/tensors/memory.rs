@@ -1,6 +1,7 @@
 //! The in-memory tensor dict consumer.
 
 use super::blob::decode_item;
+use super::digest::DictMetadata;
 use super::{TensorDict, TensorPinCheck};
 use crate::cacheable::ItemTracker;
 use crate::delivery::Delivery;
@@ -11,7 +12,9 @@ use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 /// Rebuilds a tensor dict in memory from a tensor dict object (ferry's or NVFlare's).
 ///
 /// Items may arrive in any order; the dict is built in the sender's order. Each tensor's data
-/// is a zero-copy slice of its received item; aliased names share one buffer. A malformed
+/// is a zero-copy slice of its received item; aliased names share one buffer. The dict's
+/// safetensors `__metadata__` (carried by the first item) is the received dict's
+/// [`metadata`](TensorDict::metadata). A malformed
 /// item fails the download with an error naming the item. The dict is available from
 /// [`take`](Self::take) or the [`Delivery`] of [`delivery`](Self::delivery).
 ///
@@ -23,6 +26,8 @@ use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 pub struct TensorDictConsumer {
     assembly: ItemDictAssembly<TensorDict>,
     check: Option<TensorPinCheck>,
+    /// The dict's `__metadata__`, from the first item.
+    metadata: DictMetadata,
 }
 
 impl TensorDictConsumer {
@@ -36,6 +41,7 @@ impl TensorDictConsumer {
         Self {
             assembly: ItemDictAssembly::new(tracker),
             check: None,
+            metadata: DictMetadata::new(),
         }
     }
 
@@ -85,8 +91,12 @@ impl Consumer for TensorDictConsumer {
         data: ChunkData,
     ) -> Result<State, ConsumeError> {
         let check = &mut self.check;
+        let metadata = &mut self.metadata;
         self.assembly.consume(state, data, |index, blob| {
-            let item = decode_item(index, blob)?;
+            let mut item = decode_item(index, blob)?;
+            if let Some(m) = item.dict_metadata.take() {
+                *metadata = m;
+            }
             let tensor = item.tensor(index, blob)?;
             if let Some(c) = check.as_mut() {
                 c.add(index, &item.names, item.dtype, &item.shape, tensor.data())?;
@@ -101,9 +111,11 @@ impl Consumer for TensorDictConsumer {
 
     fn completed(&mut self, _ref_id: &str) -> Result<(), ConsumeError> {
         if let Some(c) = &self.check {
-            c.finish(self.assembly.finish()?)?;
+            c.finish(self.assembly.finish()?, &self.metadata)?;
         }
-        self.assembly.completed()
+        let metadata = std::mem::take(&mut self.metadata);
+        self.assembly
+            .completed_with(|dict| dict.set_metadata(metadata))
     }
 
     fn failed(&mut self, ref_id: &str, reason: &str) {

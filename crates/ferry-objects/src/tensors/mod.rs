@@ -5,7 +5,8 @@
 //! - [`TensorSource`] / [`TensorDictObject`]: the producer; one item per distinct buffer, so
 //!   aliased tensors (views of one buffer: same `Bytes` pointer and length, same dtype and
 //!   shape) are sent once and the other names travel in the blob's `__metadata__` under
-//!   [`ALIASES_KEY`] (Python's safetensors ignores it and loads the first name).
+//!   [`ALIASES_KEY`] (Python's safetensors ignores it and loads the first name); the dict's
+//!   own safetensors `__metadata__` travels in the first item's, under [`METADATA_KEY`].
 //! - [`TensorDictConsumer`]: rebuilds the dict in memory (tensor data are zero-copy slices of
 //!   the received items; aliases share one buffer again).
 //! - [`SafetensorsFileConsumer`]: writes one valid `.safetensors` file incrementally, holding
@@ -20,7 +21,7 @@ mod tensor;
 #[cfg(test)]
 mod tests;
 
-pub use blob::ALIASES_KEY;
+pub use blob::{ALIASES_KEY, METADATA_KEY};
 pub(crate) use digest::TensorPinCheck;
 pub use digest::{item_hash, tensor_dict_pin, TENSORS_DIGEST_DOMAIN};
 pub use disk::{SafetensorsFileConsumer, SafetensorsFileConsumerBuilder};

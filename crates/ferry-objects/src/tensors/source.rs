@@ -6,6 +6,7 @@ use crate::buffer_pool::BufferPool;
 use crate::cacheable::{CacheOptions, CacheableObject, ItemError, ItemSource};
 use crate::ObjectsError;
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 /// One item: a distinct buffer and every name that refers to it.
@@ -47,11 +48,16 @@ pub(crate) fn group(dict: TensorDict) -> Vec<Group> {
 }
 
 /// An [`ItemSource`] over a [`TensorDict`]: item `i` is the `i`-th distinct tensor as a
-/// one-tensor safetensors blob; aliases of it are listed in the blob's metadata.
+/// one-tensor safetensors blob; aliases of it are listed in the blob's metadata, and the
+/// first item's blob carries the dict's own `__metadata__` (under
+/// [`METADATA_KEY`](super::METADATA_KEY)). A dict without tensors has no item to carry
+/// metadata: [`TensorDictObject::from_tensors`] refuses one that has some.
 #[derive(Debug)]
 pub struct TensorSource {
     /// `None` after release (the tensors are dropped).
     groups: RwLock<Option<Vec<Group>>>,
+    /// The dict's `__metadata__`, sent with item 0.
+    metadata: BTreeMap<String, String>,
     /// Per item: data length (the size hint), kept after release.
     sizes: Vec<u64>,
     /// Blob buffers come back here when the cache and the connections are done with an item:
@@ -66,6 +72,7 @@ const POOL_IDLE: usize = 16;
 impl TensorSource {
     /// Group `dict` by buffer (aliases become one item) in insertion order.
     pub fn new(dict: TensorDict) -> Self {
+        let metadata = dict.metadata().clone();
         let groups = group(dict);
         let sizes = groups
             .iter()
@@ -73,6 +80,7 @@ impl TensorSource {
             .collect();
         Self {
             groups: RwLock::new(Some(groups)),
+            metadata,
             sizes,
             pool: BufferPool::new(POOL_IDLE),
         }
@@ -96,7 +104,8 @@ impl ItemSource for TensorSource {
             .ok_or_else(|| err("no such item".into()))?;
         // Header JSON is small; reserve the data plus room for it.
         let mut buf = self.pool.take_empty(g.tensor.data().len() + 4096);
-        encode_item_into(&g.names, &g.tensor, &mut buf)
+        let metadata = (index == 0).then_some(&self.metadata);
+        encode_item_into(&g.names, &g.tensor, metadata, &mut buf)
             .map_err(|e| err(format!("serializing {:?}: {e}", g.names[0])))?;
         Ok(self.pool.freeze(buf))
     }
@@ -120,6 +129,12 @@ pub type TensorDictObject = CacheableObject<TensorSource>;
 impl CacheableObject<TensorSource> {
     /// Serve `dict` (one tensor per item by default, see [`CacheOptions`]).
     pub fn from_tensors(dict: TensorDict, options: CacheOptions) -> Result<Self, ObjectsError> {
+        if dict.is_empty() && !dict.metadata().is_empty() {
+            return Err(ObjectsError::InvalidTensor {
+                name: "__metadata__".into(),
+                why: "a tensor dict without tensors has no item to carry its metadata; send the file as a file".into(),
+            });
+        }
         CacheableObject::new(TensorSource::new(dict), options)
     }
 }

@@ -4,7 +4,7 @@ use crate::ObjectsError;
 use bytes::Bytes;
 use safetensors::tensor::{Dtype, View};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Byte length of a tensor of `dtype` and `shape`, or why there is none.
@@ -88,18 +88,25 @@ impl View for &Tensor {
     }
 }
 
-/// Named tensors in insertion order; names are unique.
+/// Named tensors in insertion order; names are unique. A dict also carries the safetensors
+/// `__metadata__` of its file (string keys and values, e.g. `{"format": "pt"}`), which travels
+/// with it when it is served ([`TensorDictObject`](crate::TensorDictObject)) and is written back
+/// by both consumers.
 ///
-/// Equality compares names and tensors regardless of order.
+/// Equality compares names, tensors (regardless of order) and metadata.
 #[derive(Clone, Debug, Default)]
 pub struct TensorDict {
     entries: Vec<(String, Tensor)>,
     index: HashMap<String, usize>,
+    /// The safetensors `__metadata__`; empty when the file had none (an empty map is not
+    /// written back: `{}` and no metadata mean the same).
+    metadata: BTreeMap<String, String>,
 }
 
 impl PartialEq for TensorDict {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len()
+            && self.metadata == other.metadata
             && self
                 .iter()
                 .all(|(name, t)| other.get(name).is_some_and(|o| o == t))
@@ -131,6 +138,32 @@ impl TensorDict {
         self.index.insert(name.clone(), self.entries.len());
         self.entries.push((name, tensor));
         Ok(())
+    }
+
+    /// The safetensors `__metadata__` (empty when there is none).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Replace the safetensors `__metadata__`.
+    pub fn set_metadata(&mut self, metadata: BTreeMap<String, String>) {
+        self.metadata = metadata;
+    }
+
+    /// This dict with `metadata` as its safetensors `__metadata__`.
+    pub fn with_metadata(mut self, metadata: BTreeMap<String, String>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The metadata as safetensors' serializer takes it (`None` when empty).
+    pub(crate) fn metadata_for_header(&self) -> Option<HashMap<String, String>> {
+        (!self.metadata.is_empty()).then(|| {
+            self.metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
     }
 
     /// The tensor named `name`.
@@ -181,6 +214,9 @@ impl TensorDict {
             .map_err(|e| rename(e, &name))?;
             dict.insert(name, t)?;
         }
+        if let Some(m) = meta.metadata() {
+            dict.metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
         Ok(dict)
     }
 
@@ -198,11 +234,14 @@ impl TensorDict {
         })
     }
 
-    /// Serialize the whole dict as one safetensors buffer (aliases are written once per name).
+    /// Serialize the whole dict as one safetensors buffer (aliases are written once per name;
+    /// the metadata, when there is some, as `__metadata__`).
     pub fn to_safetensors(&self) -> Result<Vec<u8>, ObjectsError> {
-        safetensors::serialize(self.iter(), None).map_err(|source| ObjectsError::Safetensors {
-            context: "serializing a tensor dict".into(),
-            source,
+        safetensors::serialize(self.iter(), self.metadata_for_header()).map_err(|source| {
+            ObjectsError::Safetensors {
+                context: "serializing a tensor dict".into(),
+                source,
+            }
         })
     }
 }

@@ -349,3 +349,104 @@ mod pinned {
         );
     }
 }
+
+/// The safetensors `__metadata__` of a served dict (`{"format": "pt"}` for a PyTorch
+/// checkpoint) comes back on the received dict and in the written file, pinned by the digest.
+mod metadata {
+    use super::*;
+    use crate::verify::{Pin, Verified};
+    use std::collections::BTreeMap;
+
+    fn with_meta() -> TensorDict {
+        sample().with_metadata(BTreeMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("note".to_string(), "ünïcode, \"quotes\"".to_string()),
+        ]))
+    }
+
+    fn serve(dict: &TensorDict) -> TensorDictObject {
+        TensorDictObject::from_tensors(dict.clone(), CacheOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn files_keep_their_metadata() {
+        let dict = with_meta();
+        let buf = dict.to_safetensors().unwrap();
+        let back = TensorDict::from_safetensors(Bytes::from(buf)).unwrap();
+        assert_eq!(back.metadata(), dict.metadata());
+        assert_eq!(back, dict);
+        assert_ne!(back, sample(), "metadata counts in equality");
+    }
+
+    #[test]
+    fn both_consumers_get_it_back_in_any_order() {
+        let dict = with_meta();
+        let pin = tensor_dict_pin(&dict);
+        assert_ne!(pin, tensor_dict_pin(&sample()), "metadata is pinned");
+        assert_eq!(pin.size, tensor_dict_pin(&sample()).size);
+        for (label, order) in [
+            ("in order", (|_: &mut Vec<_>| {}) as fn(&mut Vec<_>)),
+            ("reversed", |v: &mut Vec<_>| v.reverse()),
+        ] {
+            let mut c = TensorDictConsumer::new().pin(pin);
+            drive(&serve(&dict), &mut c, None, order).unwrap();
+            assert_eq!(c.verified(), Verified::Pinned(pin));
+            let got = c.take().unwrap();
+            assert_eq!(got.metadata(), dict.metadata(), "{label}");
+            let mut unpinned = TensorDictConsumer::new();
+            drive(&serve(&dict), &mut unpinned, None, order).unwrap();
+            assert_eq!(unpinned.take().unwrap(), dict, "{label}");
+
+            let dir = tempfile::tempdir().unwrap();
+            let mut d = SafetensorsFileConsumer::builder(dir.path(), "m.safetensors")
+                .pin(pin)
+                .open()
+                .unwrap();
+            drive(&serve(&dict), &mut d, None, order).unwrap();
+            let file = TensorDict::load_safetensors(dir.path().join("m.safetensors")).unwrap();
+            assert_eq!(file.metadata(), dict.metadata(), "{label}");
+            assert_eq!(file, dict, "{label}");
+        }
+    }
+
+    #[test]
+    fn metadata_other_than_pinned_fails() {
+        // the pin says "no metadata", the sender adds some; and the reverse
+        for (pinned, sent) in [(sample(), with_meta()), (with_meta(), sample())] {
+            let mut c = TensorDictConsumer::new().pin(tensor_dict_pin(&pinned));
+            let e = drive(&serve(&sent), &mut c, None, |_| {})
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("tensor-dict digest mismatch"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_digest_appends_the_metadata_as_documented() {
+        let mut d = TensorDict::new();
+        d.insert("w", tensor(Dtype::U8, &[2], 1)).unwrap();
+        let plain = tensor_dict_pin(&d);
+        let d = d.with_metadata(BTreeMap::from([
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]));
+        let item = item_hash(&["w"], Dtype::U8, &[2], d.get("w").unwrap().data());
+        let mut top = TENSORS_DIGEST_DOMAIN.to_vec();
+        top.extend_from_slice(&1u64.to_le_bytes());
+        top.extend_from_slice(&item);
+        assert_eq!(plain.blake3, blake3::hash(&top), "no metadata: as before");
+        top.extend_from_slice(&2u64.to_le_bytes());
+        for s in ["a", "1", "b", "2"] {
+            top.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            top.extend_from_slice(s.as_bytes());
+        }
+        assert_eq!(tensor_dict_pin(&d), Pin::new(2, blake3::hash(&top)));
+    }
+
+    #[test]
+    fn an_empty_dict_cannot_carry_metadata() {
+        let empty = TensorDict::new().with_metadata(BTreeMap::from([("a".into(), "b".into())]));
+        let e = TensorDictObject::from_tensors(empty, CacheOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("send the file as a file"), "{e}");
+    }
+}
