@@ -39,6 +39,11 @@ pub enum DownloadError {
     /// [`ObjectsError`]: ferry_objects::ObjectsError
     #[error(transparent)]
     Objects(#[from] ferry_objects::ObjectsError),
+    /// A set's manifest (verified against its ticket) lists members this receiver refuses:
+    /// names that escape the output directory or clash, unknown kinds, ... See
+    /// [`crate::manifest`].
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
     /// Any other local problem (a consumer lost or that returned no data, a bad argument).
     #[error("{0}")]
     Local(String),

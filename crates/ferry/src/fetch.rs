@@ -119,6 +119,12 @@ impl Fetch {
         })?;
         let pin = ticket.pin();
         let target = match ticket.kind {
+            Kind::Set => {
+                return Err(DownloadError::Local(format!(
+                    "{} is a set of objects: fetch it with ferry::fetch_set::FetchSet",
+                    ticket.name
+                )))
+            }
             Kind::File => Target::File(
                 FileConsumer::builder(&parent, &base)
                     .overwrite(opts.overwrite)

@@ -48,6 +48,8 @@ mod dispatch;
 mod downloader;
 mod error;
 pub mod fetch;
+pub mod fetch_set;
+pub mod manifest;
 mod produce;
 mod service;
 pub mod ticket;
