@@ -121,9 +121,36 @@ pub struct ServeArgs {
     /// Serve `.safetensors` files as tensor dicts (item by item) instead of as plain files.
     #[arg(long)]
     pub tensors: bool,
+    /// Print one ticket per object instead of one ticket for the whole serve (a directory or
+    /// several paths are otherwise one set, fetched by one `ferry get`).
+    #[arg(long)]
+    pub ticket_per_object: bool,
+    /// How tickets are written: `compact` (ferry1..., safe unquoted in a shell) or `url`
+    /// (ferry+tcp://HOST:PORT/SENDER/REF?..., must be quoted). `get` reads both.
+    #[arg(long, value_enum, default_value_t = TicketFormat::Compact, value_name = "FORMAT")]
+    pub ticket_format: TicketFormat,
     /// TLS.
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// The written form of the tickets `serve` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TicketFormat {
+    /// `ferry1...`: letters and digits only, with a checksum.
+    Compact,
+    /// `ferry+tcp://HOST:PORT/SENDER/REF?kind=..&name=..&size=..&b3=..`.
+    Url,
+}
+
+impl TicketFormat {
+    /// `t` written in this form.
+    pub fn write(self, t: &ferry::ticket::Ticket) -> String {
+        match self {
+            TicketFormat::Compact => t.to_compact(),
+            TicketFormat::Url => t.to_url(),
+        }
+    }
 }
 
 /// `ferry get`.

@@ -19,6 +19,7 @@ use crate::cells;
 use crate::exit::{io_reason, CmdResult, Failure};
 use crate::interrupt;
 use crate::retry::resume_command;
+use crate::set::SetJob;
 use crate::ui;
 use crate::units::{fmt_bytes, fmt_rate};
 use ferry::ticket::{Kind, Ticket};
@@ -46,7 +47,8 @@ pub fn parse_tickets(raw: &[String]) -> CmdResult<Vec<Ticket>> {
             };
             Failure::usage(format!("{which}{e}"))
         })?;
-        if !names.insert(t.name.clone()) {
+        // a set's name is a label; its members' names are checked when its manifest arrives
+        if t.kind != Kind::Set && !names.insert(t.name.clone()) {
             return Err(Failure::usage(format!(
                 "two tickets write {:?}; get them into different directories with -o",
                 t.name
@@ -88,7 +90,7 @@ fn destinations(tickets: &[Ticket], out: &Path, force: bool) -> CmdResult<Vec<Pa
         ))
     })?;
     let mut dests = Vec::new();
-    for t in tickets {
+    for t in tickets.iter().filter(|t| t.kind != Kind::Set) {
         let dest = out.join(&t.name);
         if let Ok(meta) = dest.symlink_metadata() {
             if meta.is_dir() {
@@ -171,8 +173,27 @@ async fn fetch_all(
     cancel: &CancellationToken,
     json: bool,
 ) -> CmdResult {
+    let (sets, tickets): (Vec<&Ticket>, Vec<&Ticket>) =
+        tickets.iter().partition(|t| t.kind == Kind::Set);
+    let mut set_failures = Vec::new();
+    for t in sets {
+        let job = SetJob {
+            args,
+            cancel,
+            json,
+            explain,
+            parallel: PARALLEL_DOWNLOADS,
+        };
+        let r = match services.get(&t.url()) {
+            Some(service) => job.run(service, t).await,
+            None => Err(Failure::transfer(format!("no connection to {}", t.url()))),
+        };
+        if let Err(f) = r {
+            set_failures.push(f);
+        }
+    }
     let slots = Arc::new(Semaphore::new(PARALLEL_DOWNLOADS));
-    let jobs = tickets.iter().map(|t| {
+    let jobs = tickets.into_iter().map(|t| {
         let slots = Arc::clone(&slots);
         async move {
             let _slot = slots.acquire().await;
@@ -192,7 +213,12 @@ async fn fetch_all(
         }
     }
     if failures.is_empty() {
-        return Ok(());
+        // a set already printed its own failures but the one it returned
+        set_failures.sort_by_key(|f| std::cmp::Reverse(f.code()));
+        return set_failures.into_iter().next().map_or(Ok(()), Err);
+    }
+    for f in &set_failures {
+        ui::err_line(&format!("ferry: error: {f}"));
     }
     // Each failed file download can be taken up again: say exactly how.
     for (t, f) in &failures {

@@ -19,6 +19,7 @@ mod get;
 mod interrupt;
 mod retry;
 mod serve;
+mod set;
 mod sysinfo;
 mod throttle;
 mod ui;

@@ -17,7 +17,7 @@ use indicatif::ProgressBar;
 use serde_json::json;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use crate::args::ServeArgs;
+use crate::args::{ServeArgs, TicketFormat};
 use crate::cells;
 use crate::exit::{io_reason, CmdResult, Failure};
 use crate::interrupt;
@@ -26,7 +26,9 @@ use crate::throttle::{RateLimiter, Throttled};
 use crate::ui;
 use crate::units::fmt_bytes;
 use crate::watch::{outcome_json, Watch};
+use ferry::manifest::Manifest;
 use ferry::ticket::{check_relative_name, Kind, Ticket};
+use std::os::unix::fs::PermissionsExt;
 
 /// One thing to serve, found on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +208,68 @@ fn start_service(cell: &Cell) -> DownloadService {
     )
 }
 
+/// Whether this serve is one set (one ticket): a directory or several paths, unless
+/// `--ticket-per-object`. A single file keeps its own ticket (which an NVFlare receiver can use).
+fn is_set(args: &ServeArgs) -> bool {
+    !args.ticket_per_object && (args.paths.len() > 1 || args.paths.iter().any(|p| p.is_dir()))
+}
+
+/// The label of a set ticket: the top directory its members share, else `ferry-set`.
+fn set_label(entries: &[Entry]) -> String {
+    let top = |e: &Entry| e.name.split('/').next().unwrap_or_default().to_string();
+    match entries.first().map(top) {
+        Some(first) if entries.iter().all(|e| top(e) == first) => first,
+        _ => "ferry-set".into(),
+    }
+}
+
+/// Register the set's manifest and build its ticket (the members' sender and address).
+fn serve_manifest(
+    tx: &ObjectDownloader,
+    manifest: &Manifest,
+    label: String,
+    member: &Ticket,
+) -> CmdResult<Ticket> {
+    let (bytes, pin) = manifest.encode_pinned();
+    let rid = tx
+        .add_bytes(bytes)
+        .map_err(|e| Failure::usage(format!("cannot serve the set manifest: {e}")))?;
+    Ok(Ticket {
+        ref_id: rid.to_string(),
+        kind: Kind::Set,
+        name: label,
+        size: pin.size,
+        blake3: pin.hex(),
+        ..member.clone()
+    })
+}
+
+/// The `ticket` event of one object.
+fn ticket_json(t: &Ticket, format: TicketFormat) -> serde_json::Value {
+    json!({
+        "event": "ticket",
+        "ticket": format.write(t),
+        "url": t.to_url(),
+        "name": t.name,
+        "kind": t.kind.as_str(),
+        "size": t.size,
+        "ref_id": t.ref_id,
+        "source": t.source,
+        "address": t.addr,
+        "blake3": t.blake3,
+    })
+}
+
+/// The `ticket` event of a set: the set's ticket, and each member as `ticket_json` has it
+/// (the per-object tickets, for information: receivers of a set pull its manifest, so the
+/// serve completes only when they use the set ticket; `--ticket-per-object` serves no manifest).
+fn set_json(set: &Ticket, members: &[Ticket], format: TicketFormat) -> serde_json::Value {
+    let mut v = ticket_json(set, format);
+    v["objects"] = members.iter().map(|t| ticket_json(t, format)).collect();
+    v["total"] = json!(members.iter().map(|t| t.size).sum::<u64>());
+    v
+}
+
 /// Run `ferry serve`.
 pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
     let entries = collect(&args.paths, args.tensors)?;
@@ -269,6 +333,7 @@ async fn serve(
     let mut tickets = Vec::new();
     let mut names = HashMap::new();
     let mut total_bytes = 0u64;
+    let mut manifest = Manifest::new();
     for e in entries {
         if cancel.is_cancelled() {
             tx.delete_transaction().ok();
@@ -284,7 +349,7 @@ async fn serve(
             .map_err(|err| Failure::usage(format!("{}: {err}", e.path.display())))?;
         total_bytes += size;
         names.insert(rid.to_string(), e.name.clone());
-        tickets.push(Ticket {
+        let t = Ticket {
             tls: bound.starts_with("stcp://"),
             addr: addr.clone(),
             source: args.name.clone(),
@@ -293,8 +358,24 @@ async fn serve(
             name: e.name.clone(),
             size,
             blake3,
-        });
+        };
+        let meta = std::fs::metadata(&e.path).ok();
+        manifest.push(
+            &t,
+            meta.as_ref().map(|m| m.permissions().mode()),
+            meta.as_ref().and_then(|m| m.modified().ok()),
+        );
+        tickets.push(t);
     }
+    let objects = tickets.len();
+    let set = if is_set(args) {
+        let t = serve_manifest(&tx, &manifest, set_label(entries), &tickets[0])?;
+        names.insert(t.ref_id.clone(), format!("{} (set manifest)", t.name));
+        total_bytes += t.size;
+        Some(t)
+    } else {
+        None
+    };
 
     let who = if args.keep_serving {
         "anyone with the ticket until Ctrl-C".to_string()
@@ -309,29 +390,27 @@ async fn serve(
     };
     if !json {
         ui::err_line(&format!(
-            "serving {} object{} ({}) as {:?} on {bound} for {who}; Ctrl-C stops.\non each receiver run: ferry get {}",
-            tickets.len(),
-            if tickets.len() == 1 { "" } else { "s" },
-            fmt_bytes(total_bytes),
+            "serving {objects} object{} ({}) as {:?} on {bound} for {who}; Ctrl-C stops.\non each receiver run: ferry get {}",
+            if objects == 1 { "" } else { "s" },
+            fmt_bytes(manifest.total_size()),
             args.name,
-            if tickets.len() == 1 { "TICKET" } else { "TICKET..." },
+            match (&set, objects) {
+                (Some(_), _) | (None, 1) => "TICKET",
+                (None, _) => "TICKET...",
+            },
         ));
     }
-    for t in &tickets {
-        if json {
-            ui::json_line(&json!({
-                "event": "ticket",
-                "ticket": t.to_string(),
-                "name": t.name,
-                "kind": t.kind.as_str(),
-                "size": t.size,
-                "ref_id": t.ref_id,
-                "source": t.source,
-                "address": t.addr,
-                "blake3": t.blake3,
-            }));
-        } else {
-            ui::out_line(&t.to_string());
+    match &set {
+        Some(t) if json => ui::json_line(&set_json(t, &tickets, args.ticket_format)),
+        Some(t) => ui::out_line(&args.ticket_format.write(t)),
+        None => {
+            for t in &tickets {
+                if json {
+                    ui::json_line(&ticket_json(t, args.ticket_format));
+                } else {
+                    ui::out_line(&args.ticket_format.write(t));
+                }
+            }
         }
     }
 
@@ -437,6 +516,7 @@ async fn load(
     let expected = expected.clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, String> {
         match kind {
+            Kind::Set => Err("a set is not served from a path".into()),
             Kind::File => {
                 let obj = FileObject::builder(&path)
                     .chunk_size(chunk)

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use ferry::ticket::{Kind, Ticket};
 use predicates::prelude::*;
 use std::path::Path;
 
@@ -50,10 +51,15 @@ fn serve_then_get_delivers_identical_bytes() {
     let src = d.path().join("weights.bin");
     let data = random_file(&src, 3 * 1024 * 1024 + 17, 1);
     let (mut server, ticket) = serve(&[path_str(&src)]);
-    assert!(ticket.starts_with("ferry+tcp://127.0.0.1:"), "{ticket}");
+    let t: Ticket = ticket.parse().unwrap();
+    assert!(!t.tls && t.addr.starts_with("127.0.0.1:"), "{t:?}");
     assert!(
-        !ticket.contains(":0/"),
-        "ticket must carry the bound port: {ticket}"
+        !t.addr.ends_with(":0"),
+        "ticket must carry the bound port: {t:?}"
+    );
+    assert!(
+        ticket.starts_with("ferry1") && ticket.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "compact by default: {ticket}"
     );
     let out = d.path().join("out");
     let got = ferry()
@@ -86,6 +92,7 @@ fn json_mode_serves_a_directory_to_two_receivers() {
         "2",
         "--chunk",
         "256KiB",
+        "--ticket-per-object",
     ]);
     let t1 = json(&server.line());
     let t2 = json(&server.line());
@@ -139,7 +146,7 @@ fn safetensors_are_served_as_a_tensor_dict() {
     let src = d.path().join("model.safetensors");
     std::fs::write(&src, dict.to_safetensors().unwrap()).unwrap();
     let (mut server, ticket) = serve(&[path_str(&src), "--tensors"]);
-    assert!(ticket.contains("kind=tensors"), "{ticket}");
+    assert_eq!(ticket.parse::<Ticket>().unwrap().kind, Kind::Tensors);
     let out = d.path().join("out");
     ferry()
         .args(["get", &ticket, "-o", path_str(&out)])
@@ -207,7 +214,7 @@ fn mutual_tls_end_to_end() {
         "--tls-ca",
         path_str(&pki.ca()),
     ]);
-    assert!(ticket.starts_with("ferry+stcp://"), "{ticket}");
+    assert!(ticket.parse::<Ticket>().unwrap().tls, "{ticket}");
     let out = d.path().join("out");
     // Without TLS files: a usage error, before any connection.
     let e = ferry()
@@ -451,7 +458,7 @@ fn sender_that_stops_midway_leaves_nothing_then_resume_completes() {
         .unwrap()
         .to_string();
     assert!(
-        cmd.contains(" get --resume -o ") && cmd.contains(&format!("'{ticket}'")),
+        cmd.contains(" get --resume -o ") && cmd.ends_with(&format!(" {ticket}")),
         "{cmd}"
     );
     assert!(list(&out).is_empty(), "{:?}", list(&out));
@@ -627,7 +634,9 @@ fn one_get_pulls_from_two_senders_with_the_same_name() {
     let b = random_file(&d.path().join("b.bin"), 900_000, 32);
     let (mut sa, ta) = serve(&[path_str(&d.path().join("a.bin"))]);
     let (mut sb, tb) = serve(&[path_str(&d.path().join("b.bin"))]);
-    assert!(ta.contains("/ferry-sender/") && tb.contains("/ferry-sender/"));
+    for t in [&ta, &tb] {
+        assert_eq!(t.parse::<Ticket>().unwrap().source, "ferry-sender");
+    }
     let out = d.path().join("out");
     ferry()
         .args(["get", &ta, &tb, "-o", path_str(&out)])

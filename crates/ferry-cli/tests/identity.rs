@@ -122,7 +122,7 @@ fn certs_from_ferry_certs_run_a_mutual_tls_transfer() {
     let server_tls = tls_args(&pki, "server");
     args.extend(server_tls.iter().map(String::as_str));
     let (mut server, ticket) = serve(&args);
-    assert!(ticket.starts_with("ferry+stcp://"), "{ticket}");
+    assert!(ticket.parse::<Ticket>().unwrap().tls, "{ticket}");
     let out = d.path().join("out");
     ferry()
         .args(["get", &ticket, "-o", path_str(&out)])
@@ -342,7 +342,7 @@ fn get_refuses_a_listener_that_is_not_the_tickets_sender() {
     let src = d.path().join("a.bin");
     random_file(&src, 1000, 15);
     // site-1 listens with its own certificate; the ticket is edited to name "server"
-    let mut args = vec![path_str(&src), "--name", "site-1"];
+    let mut args = vec![path_str(&src), "--name", "site-1", "--ticket-format", "url"];
     let site1_tls = tls_args(&pki, "site-1");
     args.extend(site1_tls.iter().map(String::as_str));
     let (mut server, ticket) = serve(&args);
@@ -361,7 +361,7 @@ fn get_refuses_a_listener_that_is_not_the_tickets_sender() {
     );
     assert!(list(&out).is_empty());
     // without TLS the name is still checked (a wrong address, another program)
-    let (mut plain, ticket) = serve(&[path_str(&src), "--name", "other"]);
+    let (mut plain, ticket) = serve(&[path_str(&src), "--name", "other", "--ticket-format", "url"]);
     let forged = ticket.replace("/other/", "/server/");
     let a = ferry()
         .args(["get", &forged, "-o", path_str(&out)])

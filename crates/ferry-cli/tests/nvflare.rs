@@ -29,7 +29,8 @@ fn nvflare_download_file_pulls_from_ferry_serve() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("model.bin");
     let data = random_file(&src, 3 * 1024 * 1024 + 5, 21);
-    let (mut server, ticket) = serve(&[src.to_str().unwrap()]);
+    // the URL form shows what an NVFlare receiver needs
+    let (mut server, ticket) = serve(&[src.to_str().unwrap(), "--ticket-format", "url"]);
     // ferry+tcp://HOST:PORT/SENDER/REF?...
     let rest = ticket.strip_prefix("ferry+tcp://").unwrap();
     let (path, _) = rest.split_once('?').unwrap();

@@ -145,6 +145,14 @@ impl Manifest {
         rmp_serde::to_vec_named(self).unwrap_or_default()
     }
 
+    /// The manifest's bytes and their pin (size and BLAKE3): what a sender serves
+    /// (`ObjectDownloader::add_bytes`) and puts in the set's ticket.
+    pub fn encode_pinned(&self) -> (bytes::Bytes, ferry_objects::verify::Pin) {
+        let bytes = self.encode();
+        let pin = ferry_objects::verify::Pin::new(bytes.len() as u64, blake3::hash(&bytes));
+        (bytes.into(), pin)
+    }
+
     /// Parse and check a manifest (see the module docs for what is refused).
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {

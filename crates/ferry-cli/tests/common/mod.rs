@@ -151,7 +151,7 @@ pub fn serve(args: &[&str]) -> (Proc, String) {
     } else {
         first
     };
-    assert!(ticket.starts_with("ferry+"), "not a ticket: {ticket}");
+    assert!(ticket.starts_with("ferry"), "not a ticket: {ticket}");
     (p, ticket)
 }
 
