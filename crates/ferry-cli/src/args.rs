@@ -15,13 +15,22 @@ use crate::units::{parse_duration, parse_size};
 #[command(
     after_help = "Exit codes: 0 ok, 1 transfer failed, 2 usage or input error, 130 interrupted.\n\
 Sizes: 4MiB, 1.5GiB, 1GB, 65536. Durations: 90s, 5m, 1h30m.\n\
-Logs: RUST_LOG=info (or ferry=debug, ferry_cellnet=trace, ...) to stderr.\n\
-Guide: docs/user-guide.md"
+Logs: -v (info), -vv (debug), or RUST_LOG=ferry=debug,ferry_cellnet=trace,... to stderr.\n\
+Environment: FERRY_LISTEN, FERRY_ADVERTISE, FERRY_NAME, FERRY_OUTPUT, FERRY_TLS_CERT, FERRY_TLS_KEY,\n\
+FERRY_TLS_CA, FERRY_TICKET_FORMAT, FERRY_REQUEST_TIMEOUT stand for their options (the option wins).\n\
+Guide: docs/user-guide.md; also `ferry man`, `ferry completions SHELL`."
 )]
 pub struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Print only errors, warnings and results (tickets, paths, tables): no progress bars, no
+    /// progress lines (no `progress` events with --json).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log more to stderr: -v info, -vv debug (when RUST_LOG is not set; RUST_LOG wins).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -38,6 +47,10 @@ pub enum Command {
     Get(GetArgs),
     /// Make a project CA and cell certificates for mutual TLS (`init`, then `issue NAME...`).
     Certs(CertsArgs),
+    /// Print a shell completion script (e.g. `ferry completions bash > /etc/bash_completion.d/ferry`).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff; e.g. `ferry man | man -l -`, or `ferry man serve`).
+    Man(ManArgs),
     /// Internal: one receiver process of `ferry demo` (progress as JSON lines on stdout).
     #[command(name = "__demo-receiver", hide = true)]
     DemoReceiver(DemoReceiverArgs),
@@ -47,13 +60,13 @@ pub enum Command {
 #[derive(Args, Debug, Clone, Default)]
 pub struct TlsArgs {
     /// PEM certificate of this cell (its CN must be the first segment of --name).
-    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, value_name = "PEM", env = "FERRY_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of this cell.
-    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    #[arg(long, value_name = "PEM", env = "FERRY_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
     pub tls_key: Option<PathBuf>,
     /// PEM root CA that signed the peer's certificate.
-    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, value_name = "PEM", env = "FERRY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
 }
 
@@ -84,13 +97,23 @@ pub struct ServeArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Listen URL.
-    #[arg(long, default_value = "tcp://0.0.0.0:7051", value_name = "URL")]
+    #[arg(
+        long,
+        default_value = "tcp://0.0.0.0:7051",
+        value_name = "URL",
+        env = "FERRY_LISTEN"
+    )]
     pub listen: String,
     /// Host to put in the tickets (default: the listen host, or this host's routable address when listening on 0.0.0.0).
-    #[arg(long, value_name = "HOST")]
+    #[arg(long, value_name = "HOST", env = "FERRY_ADVERTISE")]
     pub advertise: Option<String>,
     /// This cell's name (FQCN).
-    #[arg(long, default_value = "ferry-sender", value_name = "FQCN")]
+    #[arg(
+        long,
+        default_value = "ferry-sender",
+        value_name = "FQCN",
+        env = "FERRY_NAME"
+    )]
     pub name: String,
     /// Number of receivers expected (count mode): the first N to pull are served, others are
     /// refused; exit when these N have every object.
@@ -127,7 +150,7 @@ pub struct ServeArgs {
     pub ticket_per_object: bool,
     /// How tickets are written: `compact` (ferry1..., safe unquoted in a shell) or `url`
     /// (ferry+tcp://HOST:PORT/SENDER/REF?..., must be quoted). `get` reads both.
-    #[arg(long, value_enum, default_value_t = TicketFormat::Compact, value_name = "FORMAT")]
+    #[arg(long, value_enum, default_value_t = TicketFormat::Compact, value_name = "FORMAT", env = "FERRY_TICKET_FORMAT")]
     pub ticket_format: TicketFormat,
     /// TLS.
     #[command(flatten)]
@@ -160,10 +183,16 @@ pub struct GetArgs {
     #[arg(required = true, value_name = "TICKET")]
     pub tickets: Vec<String>,
     /// Output directory (created if missing).
-    #[arg(short = 'o', long, default_value = ".", value_name = "DIR")]
+    #[arg(
+        short = 'o',
+        long,
+        default_value = ".",
+        value_name = "DIR",
+        env = "FERRY_OUTPUT"
+    )]
     pub output: PathBuf,
     /// This cell's name (FQCN); default: the CN of --tls-cert, else `ferry-get-<pid>`.
-    #[arg(long, value_name = "FQCN")]
+    #[arg(long, value_name = "FQCN", env = "FERRY_NAME")]
     pub name: Option<String>,
     /// Keep `NAME.part` on failure and continue from it next time (after verifying it belongs
     /// to the ticket's content).
@@ -178,11 +207,27 @@ pub struct GetArgs {
     #[arg(long)]
     pub force: bool,
     /// Give up on a chunk when the sender has not answered for this long (3 tries).
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR", env = "FERRY_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
     /// TLS.
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// `ferry completions`.
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `ferry man`.
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// A subcommand's page instead of ferry(1): `serve`, `get`, `demo`, `certs`, ...
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 /// `ferry certs`.

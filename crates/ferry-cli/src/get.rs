@@ -274,7 +274,7 @@ fn report_done(t: &Ticket, got: &Got, json: bool) {
     } else {
         format!("{} in {:.1}s, {rate}", fmt_bytes(t.size), got.secs)
     };
-    ui::err_line(&format!(
+    ui::info_line(&format!(
         "got {} ({what}, verified: {})",
         t.name,
         got.fetched.verified.describe()
@@ -307,7 +307,7 @@ async fn fetch_one(
     }
     let resumed_from = fetch.resumed_from();
     if resumed_from > 0 && !json {
-        ui::err_line(&format!(
+        ui::info_line(&format!(
             "resuming {} at {} of {} (the kept part is checked against the ticket with the rest)",
             t.name,
             fmt_bytes(resumed_from),

@@ -6,9 +6,13 @@
 //!   one ticket per object; exits when every expected receiver has everything.
 //! * `ferry get TICKET...` — download, verify, print where the files are.
 //! * `ferry certs init|issue` — a project CA and cell certificates for mutual TLS.
+//! * `ferry completions SHELL`, `ferry man [COMMAND]` — completion scripts and manual pages,
+//!   generated from the same definitions as the parser.
 //!
 //! Exit codes (see [`exit`]): 0 ok, 1 transfer failed, 2 usage or input error, 130
-//! interrupted. `--json` switches stdout to JSON lines; `RUST_LOG` sets the log filter (stderr).
+//! interrupted. `--json` switches stdout to JSON lines; `-q` prints only errors and results;
+//! `-v`/`-vv` or `RUST_LOG` set the log filter (stderr). Common options also come from
+//! `FERRY_*` environment variables (see [`args`]).
 
 mod args;
 mod cells;
@@ -17,6 +21,7 @@ mod demo;
 mod exit;
 mod get;
 mod interrupt;
+mod manual;
 mod retry;
 mod serve;
 mod set;
@@ -35,10 +40,13 @@ use crate::exit::Failure;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ui::init_logging();
+    ui::init_logging(cli.verbose);
     let json = cli.json;
     if json || matches!(cli.command, Command::DemoReceiver(_)) {
         ui::hide_bars();
+    }
+    if cli.quiet {
+        ui::set_quiet();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -58,6 +66,8 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve::run(a, json).await,
             Command::Get(a) => get::run(a, json).await,
             Command::Certs(a) => certs::run(a, json),
+            Command::Completions(a) => manual::completions(&a),
+            Command::Man(a) => manual::man(&a),
             Command::DemoReceiver(a) => demo::receiver::run(a).await,
         }
     });

@@ -389,7 +389,7 @@ async fn serve(
         args.allow.join(", ")
     };
     if !json {
-        ui::err_line(&format!(
+        ui::info_line(&format!(
             "serving {objects} object{} ({}) as {:?} on {bound} for {who}; Ctrl-C stops.\non each receiver run: ferry get {}",
             if objects == 1 { "" } else { "s" },
             fmt_bytes(manifest.total_size()),
@@ -427,7 +427,7 @@ async fn serve(
             _ = cancel.cancelled(), if !interrupted => {
                 interrupted = true;
                 if !json {
-                    ui::err_line(if args.keep_serving {
+                    ui::info_line(if args.keep_serving {
                         "stopping: deleting the transaction (receivers in progress will fail)"
                     } else {
                         "interrupted: deleting the transaction (receivers in progress will fail)"
@@ -467,7 +467,7 @@ async fn serve(
         // Ctrl-C is how a keep-serving run ends: not a failure. Each receiver's fate is its
         // own (it may retry while a sender serves).
         if !json {
-            ui::err_line(&watch.summary(&outcome));
+            ui::info_line(&watch.summary(&outcome));
         }
         return Ok(());
     }
@@ -478,7 +478,7 @@ async fn serve(
     }
     if outcome.completed() {
         if !json {
-            ui::err_line(&format!(
+            ui::info_line(&format!(
                 "done: {} got every object ({} each) in {:.1}s",
                 who,
                 fmt_bytes(total_bytes),

@@ -71,7 +71,7 @@ impl SetJob<'_> {
             } else {
                 String::new()
             };
-            ui::err_line(&format!(
+            ui::info_line(&format!(
                 "{}: {files} file{}, {}{here}",
                 t.name,
                 if files == 1 { "" } else { "s" },
@@ -168,7 +168,7 @@ impl SetJob<'_> {
             } else {
                 format!("{} in {secs:.1}s, {rate}", fmt_bytes(total))
             };
-            ui::err_line(&format!(
+            ui::info_line(&format!(
                 "got {} ({files} file{}, {what}, verified: each file's size + BLAKE3 pinned by the ticket's manifest)",
                 t.name,
                 if files == 1 { "" } else { "s" }

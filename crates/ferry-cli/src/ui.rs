@@ -2,6 +2,7 @@
 //! writer that hides the bars while a log line is printed so logs never tear them.
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,9 +16,22 @@ pub fn bars() -> &'static MultiProgress {
     BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)))
 }
 
-/// Hide every bar (for `--json` and child processes).
+/// Hide every bar (for `--json`, `-q` and child processes).
 pub fn hide_bars() {
     bars().set_draw_target(ProgressDrawTarget::hidden());
+}
+
+/// `-q`: only errors, warnings and results are printed.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Turn on `-q`: bars hidden, [`info_line`]s and JSON `progress` events dropped.
+pub fn set_quiet() {
+    QUIET.store(true, Ordering::Relaxed);
+    hide_bars();
+}
+
+fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
 }
 
 /// A byte progress bar: `name [=====>    ] 1.2 GiB/4.0 GiB 812 MiB/s ETA 3s`.
@@ -45,8 +59,12 @@ pub fn shorten(s: &str, max: usize) -> String {
     format!("…{tail}")
 }
 
-/// Print one JSON value as a line on stdout (flushed, so a reader sees it at once).
+/// Print one JSON value as a line on stdout (flushed, so a reader sees it at once); with `-q`,
+/// `progress` events are dropped.
 pub fn json_line(v: &serde_json::Value) {
+    if quiet() && v["event"] == "progress" {
+        return;
+    }
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
@@ -61,16 +79,31 @@ pub fn out_line(s: &str) {
     });
 }
 
-/// Print a line on stderr, suspending the bars meanwhile.
+/// Print a line on stderr, suspending the bars meanwhile (errors, warnings, advice: printed
+/// even with `-q`).
 pub fn err_line(s: &str) {
     bars().suspend(|| eprintln!("{s}"));
 }
 
-/// Install the log subscriber: `RUST_LOG` (EnvFilter syntax) to stderr. Without `RUST_LOG`
-/// only `error` events show: every failure the user must know about is reported by the command
-/// itself in one line, and the libraries' warnings about the same failure would only repeat it.
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error"));
+/// Print an informational line on stderr (what is served, what arrived, a summary), unless `-q`.
+pub fn info_line(s: &str) {
+    if !quiet() {
+        err_line(s);
+    }
+}
+
+/// Install the log subscriber: `RUST_LOG` (EnvFilter syntax) to stderr. Without `RUST_LOG` the
+/// level follows `-v`: `info` for one, `debug` for more, and only `error` events by default:
+/// every failure the user must know about is reported by the command itself in one line, and
+/// the libraries' warnings about the same failure would only repeat it.
+pub fn init_logging(verbose: u8) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(match verbose {
+            0 => "error",
+            1 => "info",
+            _ => "debug",
+        })
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(io::stderr().is_terminal())

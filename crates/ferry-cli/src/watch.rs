@@ -108,7 +108,7 @@ impl Watch {
                         self.cause(*cause)
                     ));
                 } else {
-                    ui::err_line(&format!("{receiver}: {name} {}", status.as_str()));
+                    ui::info_line(&format!("{receiver}: {name} {}", status.as_str()));
                 }
                 if failed {
                     let (_, bar) = self.bar(receiver);

@@ -146,7 +146,7 @@ async fn demo(
             None => None,
         };
         if !json {
-            ui::err_line(&format!(
+            ui::info_line(&format!(
                 "ferry demo: {}{} to {n} receiver processes over {url} ({} chunks)",
                 fmt_bytes(args.size),
                 if tensor_bytes > 0 {

@@ -18,11 +18,23 @@ pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("ferry")
 }
 
+/// The `FERRY_*` variables of this environment, which would stand for options of the binary
+/// under test (`ferry --help` lists them): removed from every child.
+pub fn ferry_env_vars() -> Vec<String> {
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("FERRY_"))
+        .collect()
+}
+
 /// `assert_cmd` command for the binary, with a hang guard.
 pub fn ferry() -> assert_cmd::Command {
     let mut c = assert_cmd::Command::new(bin());
     c.timeout(DEADLINE);
     c.env_remove("RUST_LOG");
+    for k in ferry_env_vars() {
+        c.env_remove(k);
+    }
     c
 }
 
@@ -36,9 +48,18 @@ pub struct Proc {
 impl Proc {
     /// Spawn `ferry ARGS...`.
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
-            .args(args)
-            .env_remove("RUST_LOG")
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// Spawn `ferry ARGS...` with these environment variables.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).env_remove("RUST_LOG");
+        for k in ferry_env_vars() {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
