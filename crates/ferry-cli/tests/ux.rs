@@ -188,3 +188,42 @@ fn quiet_and_verbose() {
         "serve -q prints no progress lines: {serve_err}"
     );
 }
+
+/// The user guide's table of variables is the set the parser knows (`--help` shows them).
+#[test]
+fn the_guide_lists_every_environment_variable() {
+    let mut in_help = std::collections::BTreeSet::new();
+    for cmd in ["serve", "get"] {
+        let a = ferry().args([cmd, "--help"]).assert().success();
+        let (help, _) = out_of(&a);
+        for part in help.split("[env: ").skip(1) {
+            let var: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .collect();
+            in_help.insert(var);
+        }
+    }
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/user-guide.md"),
+    )
+    .unwrap();
+    let section = guide
+        .split("## Environment variables")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("an Environment variables section");
+    let in_guide: std::collections::BTreeSet<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| `FERRY_"))
+        .flat_map(|l| {
+            l.split('|')
+                .nth(1)
+                .unwrap_or("")
+                .split(',')
+                .map(|v| v.trim().trim_matches('`').to_string())
+        })
+        .collect();
+    assert!(in_help.len() >= 9, "{in_help:?}");
+    assert_eq!(in_guide, in_help);
+}
