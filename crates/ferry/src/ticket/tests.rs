@@ -297,3 +297,60 @@ fn cut_short_url_tickets_are_refused_with_a_hint_to_quote() {
         assert!(e.contains(&format!("no {key} ")), "{t}: {e}");
     }
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![Just(Kind::File), Just(Kind::Tensors), Just(Kind::Set)]
+    }
+
+    fn ref_id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u128>().prop_map(|n| format!("R{}", uuid::Uuid::from_u128(n))),
+            "[A-Za-z0-9_-]{1,40}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_ticket_round_trips_in_both_forms(
+            tls in any::<bool>(),
+            host in "[a-z0-9][a-z0-9.-]{0,30}",
+            port in 1u16..,
+            source in "[a-z][a-z0-9_-]{0,12}(\\.[a-z0-9_-]{1,8})?",
+            ref_id in ref_id(),
+            kind in kind(),
+            name in "[^/\\\\\0]{1,12}(/[^/\\\\\0]{1,12}){0,3}",
+            size in any::<u64>(),
+            digest in any::<[u8; 32]>(),
+        ) {
+            prop_assume!(check_relative_name(&name).is_ok());
+            prop_assume!(ferry_core::validate_fqcn(&source).is_ok());
+            let t = Ticket {
+                tls,
+                addr: format!("{host}:{port}"),
+                source,
+                ref_id,
+                kind,
+                name,
+                size,
+                blake3: blake3::Hash::from_bytes(digest).to_hex().to_string(),
+            };
+            let compact = t.to_string();
+            prop_assert!(compact.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+            prop_assert_eq!(compact.parse::<Ticket>().unwrap(), t.clone());
+            prop_assert_eq!(t.to_url().parse::<Ticket>().unwrap(), t);
+        }
+
+        #[test]
+        fn arbitrary_input_never_panics(s in any::<String>(), bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = s.parse::<Ticket>();
+            let _ = format!("ferry1{s}").parse::<Ticket>();
+            let _ = format!("ferry+tcp://{s}").parse::<Ticket>();
+            let body = data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase();
+            let _ = format!("ferry1{body}").parse::<Ticket>();
+        }
+    }
+}
