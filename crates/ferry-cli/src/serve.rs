@@ -481,7 +481,7 @@ async fn serve(
             ui::info_line(&format!(
                 "done: {} got every object ({} each) in {:.1}s",
                 who,
-                fmt_bytes(total_bytes),
+                fmt_bytes(manifest.total_size()),
                 elapsed.as_secs_f64()
             ));
         }
