@@ -23,16 +23,36 @@
 //! needs order, each consumed state must equal the state it was given, and the EOF request
 //! (the state after the last planned chunk) is sent once every data reply has arrived.
 //!
-//! # Timeouts (one design)
+//! # Timeouts (one design): the source must keep answering, not answer each request at once
 //!
-//! Every request sent has a deadline `sent + per_request_timeout`; [`Download::poll_timeout`]
-//! reports the earliest, and [`Download::handle_timeout`] turns a passed deadline into a
-//! timeout of that request. The glue may *also* report a transport timeout earlier with
-//! `reply(id, Err(ReturnCode::Timeout))`; whichever comes first wins. A timed-out request is
-//! retried with the same state under a *new* [`RequestId`] after an exponential backoff
-//! (2 s, 4 s, … capped at 60 s); a late reply to the old id is ignored. After `max_retries`
-//! consecutive timeouts of the same chunk the download fails (and cancels). Only `timeout` is
-//! retried; any other non-`ok` code fails at once.
+//! A source may hold a request for a while before it answers: a sender capped by a rate limit
+//! (`ferry serve --limit-rate`) answers its queued requests one chunk-time apart, so with `W`
+//! requests in flight the last one waits `W` chunk-times. Timing each request from its own send
+//! would time out requests that are merely queued behind their siblings, retry them (which
+//! books the capped link again for nothing) and, with a slow enough cap, fail a transfer that
+//! was moving. So the clock that matters is the *source's silence*:
+//!
+//! > a request times out when `per_request_timeout` has passed since it was sent **and** since
+//! > the source last answered anything of this download.
+//!
+//! The deadline of request `r` is `max(sent(r), last_answer) + per_request_timeout`. While the
+//! source answers at least once per `per_request_timeout` (at any pace), nothing times out and
+//! the window stays full, so a paced transfer finishes at the pace; a silent source is detected
+//! `per_request_timeout` after its last answer, as with a per-request clock. A request the
+//! source dropped while answering the others is detected once the others are answered (the
+//! window then drains and the source falls silent): at most the window's worth of answers plus
+//! `per_request_timeout` later. Any answer counts, a late one to a request already retried too.
+//!
+//! [`Download::poll_timeout`] reports the earliest deadline, and [`Download::handle_timeout`]
+//! turns a passed deadline into a timeout of that request. The glue may *also* report a
+//! transport timeout with `reply(id, Err(ReturnCode::Timeout))`; it should give the transport
+//! a bound well past the engine's (a request can wait for every request ahead of it in the
+//! window, so `per_request_timeout × (window + 1)` is safe), so the engine's verdict is the one
+//! that counts. A timed-out request is retried with the same state under a *new*
+//! [`RequestId`] after an exponential backoff (2 s, 4 s, … capped at 60 s); a late reply to
+//! the old id is ignored. After `max_retries` consecutive timeouts of the same chunk the
+//! download fails (and cancels). Only `timeout` is retried; any other non-`ok` code fails at
+//! once.
 
 use crate::message::{CancelRequest, ConfirmRequest, PullRequest, ReplyBody, ReplyStatus};
 use crate::progress::{ProgressKey, ProgressTracker};
@@ -50,7 +70,9 @@ pub const MAX_WINDOW: usize = 256;
 /// Settings of one download.
 #[derive(Clone, Debug)]
 pub struct DownloadConfig {
-    /// Deadline of each request.
+    /// How long the source may stay silent: a request times out when this much time passed
+    /// since it was sent and since the source last answered anything of this download (see
+    /// the [module docs](self)).
     pub per_request_timeout: Duration,
     /// Consecutive timeouts of one chunk tolerated before failing (NVFlare: 3).
     pub max_retries: u32,
@@ -238,8 +260,8 @@ struct Outstanding {
     index: u64,
     /// State sent (re-sent on retry).
     state: Option<State>,
-    /// When it times out.
-    deadline: Option<Instant>,
+    /// When it was sent; its deadline is `max(sent, last_answer) + per_request_timeout`.
+    sent: Instant,
 }
 
 /// A retry waiting for its backoff to pass.
@@ -295,6 +317,10 @@ pub struct Download {
     needs_order: bool,
     /// Monotonic virtual time.
     clock: Clock,
+    /// When the source last answered any request of this download (data, terminal, error or
+    /// a late answer to a superseded request): the source is alive, merely paced, until it
+    /// stays silent for `per_request_timeout` (see the module docs).
+    last_answer: Option<Instant>,
     /// Actions not yet polled.
     actions: VecDeque<Action>,
     /// Next request id.
@@ -359,6 +385,7 @@ impl Download {
             cfg: config,
             needs_order,
             clock: Clock::new(now),
+            last_answer: None,
             actions: VecDeque::new(),
             next_id: 0,
             outstanding: BTreeMap::new(),
@@ -442,7 +469,7 @@ impl Download {
             Outstanding {
                 index,
                 state: state.clone(),
-                deadline: now.checked_add(self.cfg.per_request_timeout),
+                sent: now,
             },
         );
         self.actions.push_back(Action::Send {
@@ -537,9 +564,14 @@ impl Download {
         }
         let mut body = match result {
             Ok(b) => b,
+            // A transport timeout is the absence of an answer, not an answer
             Err(ReturnCode::Timeout) => return self.timed_out(id, now),
-            Err(rc) => return self.request_failed(id, rc, None, None, now),
+            Err(rc) => {
+                self.heard(now);
+                return self.request_failed(id, rc, None, None, now);
+            }
         };
+        self.heard(now);
         let Some(req) = self.outstanding.remove(&id) else {
             tracing::debug!(rid = %self.ref_id, id = id.0, "stale reply ignored");
             return;
@@ -879,6 +911,18 @@ impl Download {
         });
     }
 
+    /// The source answered something at `now`: every request's silence clock restarts.
+    fn heard(&mut self, now: Instant) {
+        self.last_answer = Some(now);
+    }
+
+    /// When request `o` times out: `per_request_timeout` after the later of its send and the
+    /// source's last answer (see the module docs). `None` only on overflow (never fires).
+    fn deadline(&self, o: &Outstanding) -> Option<Instant> {
+        let from = self.last_answer.map_or(o.sent, |a| a.max(o.sent));
+        from.checked_add(self.cfg.per_request_timeout)
+    }
+
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work: a request
     /// deadline or the end of a retry backoff.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -887,7 +931,7 @@ impl Download {
         }
         let mut next = None;
         for o in self.outstanding.values() {
-            next = earliest(next, o.deadline);
+            next = earliest(next, self.deadline(o));
         }
         for r in &self.retries {
             next = earliest(next, Some(r.at));
@@ -901,7 +945,7 @@ impl Download {
         let expired: Vec<RequestId> = self
             .outstanding
             .iter()
-            .filter(|(_, o)| o.deadline.is_some_and(|d| now >= d))
+            .filter(|(_, o)| self.deadline(o).is_some_and(|d| now >= d))
             .map(|(id, _)| *id)
             .collect();
         for id in expired {

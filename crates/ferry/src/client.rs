@@ -63,7 +63,10 @@ pub type ProgressFn = Arc<dyn Fn(&DownloadProgress) + Send + Sync>;
 /// Settings of one download.
 #[derive(Clone)]
 pub struct DownloadOptions {
-    /// Deadline of each request (a slow consumer does not count against it).
+    /// How long the sender may stay silent: a request times out when this much time passed
+    /// since it was sent and since the sender last answered any request of this download, so
+    /// requests queued at a paced sender (`ferry serve --limit-rate`) do not time out while it
+    /// keeps answering (a slow consumer does not count against it either).
     pub per_request_timeout: Duration,
     /// Consecutive timeouts of one chunk tolerated (NVFlare: 3).
     pub max_retries: u32,
@@ -347,9 +350,12 @@ async fn run<C: Consumer + 'static>(
                     let cell = cell.clone();
                     let msg = codec::request(&request);
                     let ropts = RequestOptions {
-                        // The engine keeps its own deadline; give the cell a little more so the
-                        // engine's verdict (retry with backoff) is the one that counts.
-                        timeout: opts.per_request_timeout + Duration::from_secs(1),
+                        // The engine times a request out only when the source has been
+                        // silent for `per_request_timeout` (a paced sender answers the
+                        // requests ahead of this one first), so the cell's own bound must not
+                        // be the one that counts: a request waits at most for the window's
+                        // other requests and itself.
+                        timeout: transport_timeout(&opts),
                         streamed: opts.streamed,
                         optional: false,
                     };
@@ -543,6 +549,15 @@ async fn run<C: Consumer + 'static>(
             })
         }
     }
+}
+
+/// The cell's bound on one request: past the engine's deadline even when the request was
+/// queued behind every other request of the window at a paced sender.
+fn transport_timeout(opts: &DownloadOptions) -> Duration {
+    let window = u32::try_from(opts.window.clamp(1, ferry_core::download::MAX_WINDOW)).unwrap_or(1);
+    opts.per_request_timeout
+        .saturating_mul(window + 1)
+        .saturating_add(Duration::from_secs(1))
 }
 
 /// Send a confirm or cancel without waiting for an answer (NVFlare sends them fire-and-forget).

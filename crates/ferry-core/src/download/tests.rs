@@ -725,3 +725,102 @@ fn nvflare_max_retries_zero_fails_at_the_first_timeout() {
     );
     assert_eq!(d.poll_timeout(), None);
 }
+
+/// Start a windowed download of `chunks` 2-byte chunks at `t0` and return it with the ids of
+/// the requests in flight after the plan was accepted (chunks 1..=window-1).
+fn paced_window(chunks: u64, window: usize, t0: Instant) -> (Download, Vec<RequestId>) {
+    let c = DownloadConfig { window, ..cfg() };
+    let mut d = Download::new("server", RefId::new("R1"), c, false, t0).unwrap();
+    let first = sends(&drain(&mut d))[0].0;
+    let mut body = data(rb(2), b"ab");
+    body.ferry_plan = Some(planned(2 * chunks, 2));
+    d.reply(first, Ok(body), t0);
+    assert!(matches!(drain(&mut d)[..], [Action::CheckPlan(_)]));
+    d.plan_result(Ok(()), t0);
+    let ids = sends(&drain(&mut d))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    (d, ids)
+}
+
+#[test]
+fn queued_requests_do_not_time_out_while_the_source_keeps_answering() {
+    // A source paced at one answer per 4 s with 7 requests queued: the 7th is answered 28 s
+    // after it was sent, far past the 10 s timeout, and none of them may time out.
+    let t0 = Instant::now();
+    let (mut d, ids) = paced_window(8, 8, t0);
+    assert_eq!(ids.len(), 7);
+    let mut t = t0;
+    for (k, id) in ids.iter().enumerate() {
+        assert_eq!(
+            d.poll_timeout(),
+            Some(t + 10 * S),
+            "counts from the last answer"
+        );
+        t += 4 * S;
+        d.handle_timeout(t);
+        let k = k as u64 + 1;
+        d.reply(*id, Ok(data(rb(2 * (k + 1)), b"ab")), t);
+        let a = drain(&mut d);
+        assert!(
+            a.iter().all(|a| !matches!(a, Action::Send { .. })) || k == 7,
+            "no retry: {a:?}"
+        );
+    }
+    assert!(!d.is_finished());
+    // every data reply arrived: the EOF request went out, nothing was re-sent
+    assert_eq!(d.in_flight(), 1);
+}
+
+#[test]
+fn a_silent_source_still_times_out_every_request_after_the_timeout() {
+    let t0 = Instant::now();
+    let (mut d, ids) = paced_window(8, 4, t0);
+    assert_eq!(ids.len(), 3);
+    // one answer at t0 + 3 s, then silence: the rest time out 10 s after that answer
+    let t1 = t0 + 3 * S;
+    d.reply(ids[0], Ok(data(rb(4), b"ab")), t1);
+    drain(&mut d);
+    assert_eq!(d.poll_timeout(), Some(t1 + 10 * S));
+    d.handle_timeout(t1 + 10 * S - Duration::from_nanos(1));
+    assert_eq!(d.in_flight(), 2, "not yet");
+    d.handle_timeout(t1 + 10 * S);
+    assert_eq!(d.in_flight(), 0, "all timed out at once");
+    assert_eq!(d.poll_timeout(), Some(t1 + 12 * S), "first backoff");
+}
+
+#[test]
+fn a_request_the_source_dropped_times_out_once_the_others_are_answered() {
+    let t0 = Instant::now();
+    let (mut d, ids) = paced_window(4, 4, t0);
+    // chunk 1's request is never answered; chunks 2 and 3 are, 1 s apart
+    d.reply(ids[1], Ok(data(rb(6), b"ab")), t0 + S);
+    d.reply(ids[2], Ok(data(rb(8), b"ab")), t0 + 2 * S);
+    drain(&mut d);
+    assert_eq!(d.poll_timeout(), Some(t0 + 12 * S));
+    d.handle_timeout(t0 + 12 * S);
+    assert!(drain(&mut d).is_empty(), "backing off");
+    d.handle_timeout(t0 + 14 * S);
+    let s = sends(&drain(&mut d));
+    assert_eq!(s, vec![(s[0].0, Some(rb(2)))], "chunk 1 again, same state");
+}
+
+#[test]
+fn a_late_answer_to_a_retried_request_shows_the_source_is_alive() {
+    let t0 = Instant::now();
+    let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
+    let first = sends(&drain(&mut d))[0].0;
+    d.handle_timeout(t0 + 10 * S);
+    d.handle_timeout(t0 + 12 * S);
+    let second = sends(&drain(&mut d))[0].0;
+    // the first request's answer arrives late: ignored as data, but it restarts the clock
+    d.reply(first, Ok(data(rb(1), b"a")), t0 + 20 * S);
+    assert!(drain(&mut d).is_empty());
+    assert_eq!(d.poll_timeout(), Some(t0 + 30 * S));
+    d.reply(second, Ok(data(rb(1), b"a")), t0 + 25 * S);
+    assert!(matches!(
+        drain(&mut d)[..],
+        [Action::Consume { seq: 0, .. }]
+    ));
+}

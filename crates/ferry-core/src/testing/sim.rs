@@ -66,6 +66,11 @@ pub struct SimConfig {
     pub lossy_fire_and_forget: bool,
     /// How long `produce` takes, uniform in `[min, max]` (the pull ticket is held meanwhile).
     pub produce_time: (Duration, Duration),
+    /// The producer's link capped at this many chunk bytes per second, for all receivers
+    /// together, shared as `ferry serve --limit-rate` shares it: data replies wait for the
+    /// link and it serves the receivers with waiting replies in turn (round robin), one
+    /// chunk at a time, each leaving when its bytes have gone. `None`: no cap.
+    pub pace: Option<u64>,
     /// Safety bound on simulation steps per run call.
     pub max_steps: u64,
 }
@@ -80,6 +85,7 @@ impl Default for SimConfig {
             duplicate: 0.0,
             lossy_fire_and_forget: false,
             produce_time: (Duration::ZERO, Duration::ZERO),
+            pace: None,
             max_steps: 10_000_000,
         }
     }
@@ -137,6 +143,17 @@ struct Receiver {
     failures: SourceFailureTable,
 }
 
+/// A data reply waiting for the capped link ([`SimConfig::pace`]).
+struct Paced {
+    slot: usize,
+    life: u64,
+    id: RequestId,
+    rc: ReturnCode,
+    payload: Option<Vec<u8>>,
+    /// Chunk bytes, which decide how long it holds the link.
+    len: u64,
+}
+
 /// Something the network will do at an instant.
 enum Event {
     /// A topic-A message arrives at the producer.
@@ -164,6 +181,8 @@ enum Event {
         rc: ReturnCode,
         payload: Option<Vec<u8>>,
     },
+    /// The paced reply on the link has gone: send it, start the next.
+    LinkDone(ReceiverId, Paced),
     Crash(ReceiverId),
     Restart(ReceiverId),
     DeleteTx(TxId),
@@ -184,6 +203,12 @@ pub struct Sim {
     seq: u64,
     log: Vec<(Instant, ServiceEvent)>,
     stats: SimStats,
+    /// With [`SimConfig::pace`]: data replies waiting for the link, per receiver.
+    paced: BTreeMap<ReceiverId, std::collections::VecDeque<Paced>>,
+    /// The link is sending a reply; the next starts when it is done.
+    link_busy: bool,
+    /// The receiver served last (round robin starts after it).
+    link_last: Option<ReceiverId>,
 }
 
 impl Sim {
@@ -207,6 +232,9 @@ impl Sim {
             seq: 0,
             log: Vec::new(),
             stats: SimStats::default(),
+            paced: BTreeMap::new(),
+            link_busy: false,
+            link_last: None,
         }
     }
 
@@ -345,6 +373,32 @@ impl Sim {
             let d = self.latency(r);
             self.schedule(self.now + d, ev());
         }
+    }
+
+    /// With [`SimConfig::pace`]: if the link is idle, start sending the next waiting reply of
+    /// the next receiver in turn.
+    fn start_link(&mut self) {
+        let Some(rate) = self.cfg.pace.filter(|r| *r > 0) else {
+            return;
+        };
+        if self.link_busy {
+            return;
+        }
+        let after = self.link_last.map_or(0, |r| r + 1);
+        let next = self
+            .paced
+            .range(after..)
+            .chain(self.paced.range(..after))
+            .find(|(_, q)| !q.is_empty())
+            .map(|(r, _)| *r);
+        let Some(r) = next else { return };
+        let Some(p) = self.paced.get_mut(&r).and_then(|q| q.pop_front()) else {
+            return;
+        };
+        self.link_busy = true;
+        self.link_last = Some(r);
+        let d = Duration::from_secs_f64(p.len as f64 / rate as f64);
+        self.schedule(self.now + d, Event::LinkDone(r, p));
     }
 
     /// Execute every pending action of every live download and collect service events,
@@ -560,7 +614,23 @@ impl Sim {
                 self.stats.produced += 1;
                 let produced = ticket.produce();
                 let reply = self.service.finish_pull(ticket, produced, now);
+                let len = reply
+                    .body
+                    .as_ref()
+                    .and_then(|b| b.data.as_ref())
+                    .map_or(0, |d| d.byte_len());
                 let body = reply.body.map(|b| b.encode());
+                if self.cfg.pace.is_some() && len > 0 {
+                    self.paced.entry(from).or_default().push_back(Paced {
+                        slot,
+                        life,
+                        id,
+                        rc: reply.rc,
+                        payload: body,
+                        len,
+                    });
+                    return self.start_link();
+                }
                 self.transmit(from, true, true, || Event::Reply {
                     to: from,
                     slot,
@@ -587,6 +657,18 @@ impl Sim {
                 if let Some((dl, _)) = sl.live.as_mut() {
                     dl.reply_payload(id, rc, payload.as_deref(), now);
                 }
+            }
+            Event::LinkDone(to, p) => {
+                self.link_busy = false;
+                self.transmit(to, true, true, || Event::Reply {
+                    to,
+                    slot: p.slot,
+                    life: p.life,
+                    id: p.id,
+                    rc: p.rc,
+                    payload: p.payload.clone(),
+                });
+                self.start_link();
             }
             Event::Crash(r) => {
                 let rc = &mut self.receivers[r];
