@@ -135,8 +135,8 @@ pub struct ServeArgs {
     /// (it may resume under the same --name until then).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     pub reconnect_timeout: Duration,
-    /// Cap the bytes per second sent to all receivers together (e.g. 50MiB); default: no cap.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    /// Cap the bytes per second sent to all receivers together (e.g. 50MiB; at least 1KiB); default: no cap.
+    #[arg(long, value_parser = parse_rate, value_name = "SIZE")]
     pub limit_rate: Option<u64>,
     /// Chunk size (64KiB to 64MiB).
     #[arg(long, default_value = "1MiB", value_parser = parse_chunk, value_name = "SIZE")]
@@ -330,6 +330,25 @@ fn parse_sync_every(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+/// Slowest `--limit-rate`: below it a single small chunk would take longer than receivers wait.
+pub const MIN_RATE: u64 = 1 << 10;
+
+/// A `--limit-rate`: bytes per second, at least [`MIN_RATE`] (0 would send nothing, ever).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n == 0 {
+        return Err(format!(
+            "a rate of {s} would never send anything; give at least 1KiB (e.g. 50MiB), or leave --limit-rate out for no cap"
+        ));
+    }
+    if n < MIN_RATE {
+        return Err(format!(
+            "{s} per second is below the slowest cap ferry keeps receivers waiting for (1KiB); give at least 1KiB"
+        ));
+    }
+    Ok(n)
+}
+
 /// A demo file size: at least a byte, at most 64 GiB.
 fn parse_demo_size(s: &str) -> Result<u64, String> {
     let n = parse_size(s)?;
@@ -366,6 +385,15 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["ferry", "serve", "a", "--tls-cert", "c"]).is_err());
         assert!(Cli::try_parse_from(["ferry", "get"]).is_err());
+        for bad in ["0", "0MiB", "100"] {
+            let e = Cli::try_parse_from(["ferry", "serve", "a", "--limit-rate", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+        let cli = Cli::try_parse_from(["ferry", "serve", "a", "--limit-rate", "1KiB"]).unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.limit_rate, Some(1024));
         let cli = Cli::try_parse_from(["ferry", "--json", "demo"]).unwrap();
         assert!(cli.json);
         let Command::Demo(d) = cli.command else {

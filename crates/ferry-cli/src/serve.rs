@@ -327,6 +327,12 @@ async fn serve(
     let tx = ObjectDownloader::new(service, cfg)
         .map_err(|e| Failure::usage(format!("cannot start the transfer: {e}")))?;
     let limiter = args.limit_rate.map(RateLimiter::new);
+    let n_expected = if args.allow.is_empty() {
+        args.receivers as u64
+    } else {
+        args.allow.len() as u64
+    };
+    let chunk = paced_chunk(args.chunk, args.limit_rate, n_expected);
     let cancel = interrupt::on_signal();
 
     let addr = ticket_addr(bound, args.advertise.as_deref());
@@ -339,7 +345,7 @@ async fn serve(
             tx.delete_transaction().ok();
             return Err(Failure::Interrupted("interrupted before serving".into()));
         }
-        let (obj, size, blake3) = load(e, args.chunk, &expected).await?;
+        let (obj, size, blake3) = load(e, chunk, &expected).await?;
         let obj: Arc<dyn Downloadable> = match &limiter {
             Some(l) => Arc::new(Throttled::new(obj, Arc::clone(l))),
             None => obj,
@@ -400,6 +406,18 @@ async fn serve(
             },
         ));
     }
+    if let (Some(rate), false) = (args.limit_rate, json) {
+        ui::info_line(&format!(
+            "rate cap: {}/s for all receivers together, in turns of {} per receiver{}",
+            fmt_bytes(rate),
+            fmt_bytes(chunk),
+            if chunk < args.chunk {
+                format!(" (smaller than --chunk {}: each receiver hears from this sender about every second)", fmt_bytes(args.chunk))
+            } else {
+                String::new()
+            }
+        ));
+    }
     match &set {
         Some(t) if json => ui::json_line(&set_json(t, &tickets, args.ticket_format)),
         Some(t) => ui::out_line(&args.ticket_format.write(t)),
@@ -435,6 +453,10 @@ async fn serve(
                 }
                 if let Err(e) = tx.delete_transaction() {
                     tracing::debug!(error = %e, "delete after interrupt");
+                }
+                // Pulls waiting for their turn under --limit-rate end now, not at their turn.
+                if let Some(l) = &limiter {
+                    l.stop();
                 }
             }
             ev = events.recv() => match ev {
@@ -492,6 +514,23 @@ async fn serve(
         args.timeout,
         &names,
     )))
+}
+
+/// Smallest chunk a rate cap makes files use.
+const MIN_PACED_CHUNK: u64 = 4 << 10;
+
+/// The file chunk size under `--limit-rate`: at most what the cap sends in one second to each
+/// of the `receivers` expected (never below [`MIN_PACED_CHUNK`], never above `chunk`). The
+/// capped link serves receivers in turn, one chunk each, so a receiver hears from the sender
+/// about once per `receivers × chunk / rate`; this keeps that near a second, far inside any
+/// receiver's `--request-timeout`. Without a cap, `chunk` as given.
+pub fn paced_chunk(chunk: u64, rate: Option<u64>, receivers: u64) -> u64 {
+    match rate {
+        Some(rate) => (rate / receivers.max(1))
+            .clamp(MIN_PACED_CHUNK, chunk.max(MIN_PACED_CHUNK))
+            .min(chunk),
+        None => chunk,
+    }
 }
 
 /// Build the downloadable for one entry: (object, payload bytes, BLAKE3 for files).
@@ -575,6 +614,24 @@ mod tests {
         assert_eq!(listen_url("stcp://h:1", true).unwrap(), "stcp://h:1");
         assert_eq!(listen_url("stcp://h:1", false).unwrap_err().code(), 2);
         assert_eq!(listen_url("http://h:1", false).unwrap_err().code(), 2);
+    }
+
+    #[test]
+    fn a_rate_cap_sizes_file_chunks_to_about_a_second_per_receiver() {
+        const K: u64 = 1 << 10;
+        assert_eq!(paced_chunk(1 << 20, None, 4), 1 << 20);
+        assert_eq!(paced_chunk(1 << 20, Some(100 * K), 1), 100 * K);
+        assert_eq!(paced_chunk(1 << 20, Some(100 * K), 4), 25 * K);
+        assert_eq!(
+            paced_chunk(1 << 20, Some(50 << 20), 2),
+            1 << 20,
+            "never above --chunk"
+        );
+        assert_eq!(paced_chunk(1 << 20, Some(K), 8), 4 * K, "never below 4 KiB");
+        assert_eq!(
+            paced_chunk(64 * K, Some(1 << 30), 100_000),
+            (1 << 30) / 100_000
+        );
     }
 
     #[test]
