@@ -412,7 +412,7 @@ async fn serve(
             fmt_bytes(rate),
             fmt_bytes(chunk),
             if chunk < args.chunk {
-                format!(" (smaller than --chunk {}: each receiver hears from this sender about every second)", fmt_bytes(args.chunk))
+                format!(" (smaller than --chunk {}, so that each receiver hears from this sender several times a second)", fmt_bytes(args.chunk))
             } else {
                 String::new()
             }
@@ -519,15 +519,19 @@ async fn serve(
 /// Smallest chunk a rate cap makes files use.
 const MIN_PACED_CHUNK: u64 = 4 << 10;
 
-/// The file chunk size under `--limit-rate`: at most what the cap sends in one second to each
-/// of the `receivers` expected (never below [`MIN_PACED_CHUNK`], never above `chunk`). The
-/// capped link serves receivers in turn, one chunk each, so a receiver hears from the sender
-/// about once per `receivers × chunk / rate`; this keeps that near a second, far inside any
-/// receiver's `--request-timeout`. Without a cap, `chunk` as given.
+/// How often, at least, a receiver should hear from a capped sender (the pace it keeps):
+/// well inside any receiver's `--request-timeout`, even on a loaded machine.
+const PACED_TURNS_PER_SEC: u64 = 4;
+
+/// The file chunk size under `--limit-rate`: at most what the cap sends to each of the
+/// `receivers` expected in a quarter second (never below [`MIN_PACED_CHUNK`], never above
+/// `chunk`). The capped link serves receivers in turn, one chunk each, so a receiver hears
+/// from the sender about once per `receivers × chunk / rate`; this keeps that near a quarter
+/// second. Without a cap, `chunk` as given.
 pub fn paced_chunk(chunk: u64, rate: Option<u64>, receivers: u64) -> u64 {
     match rate {
-        Some(rate) => (rate / receivers.max(1))
-            .clamp(MIN_PACED_CHUNK, chunk.max(MIN_PACED_CHUNK))
+        Some(rate) => (rate / PACED_TURNS_PER_SEC / receivers.max(1))
+            .max(MIN_PACED_CHUNK)
             .min(chunk),
         None => chunk,
     }
@@ -617,11 +621,11 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_cap_sizes_file_chunks_to_about_a_second_per_receiver() {
+    fn a_rate_cap_sizes_file_chunks_to_a_quarter_second_per_receiver() {
         const K: u64 = 1 << 10;
         assert_eq!(paced_chunk(1 << 20, None, 4), 1 << 20);
-        assert_eq!(paced_chunk(1 << 20, Some(100 * K), 1), 100 * K);
-        assert_eq!(paced_chunk(1 << 20, Some(100 * K), 4), 25 * K);
+        assert_eq!(paced_chunk(1 << 20, Some(100 * K), 1), 25 * K);
+        assert_eq!(paced_chunk(1 << 20, Some(1 << 20), 4), 64 * K);
         assert_eq!(
             paced_chunk(1 << 20, Some(50 << 20), 2),
             1 << 20,
@@ -629,8 +633,8 @@ mod tests {
         );
         assert_eq!(paced_chunk(1 << 20, Some(K), 8), 4 * K, "never below 4 KiB");
         assert_eq!(
-            paced_chunk(64 * K, Some(1 << 30), 100_000),
-            (1 << 30) / 100_000
+            paced_chunk(64 * K, Some(1 << 30), 10_000),
+            (1 << 30) / 40_000
         );
     }
 

@@ -33,16 +33,17 @@ fn exits_within(p: &mut Proc, bound: Duration, what: &str) -> std::process::Exit
 }
 
 #[test]
-fn a_capped_20mib_get_completes_though_its_window_waits_longer_than_the_request_timeout() {
-    // 5 MiB/s in 1 MiB chunks: one reply every 0.2 s, and the receiver keeps 8 requests in
-    // flight, so its last request waits 1.6 s, past its 1 s --request-timeout. Before the fix
-    // those requests timed out, were retried onto the capped link, and the get failed ("the
-    // sender stopped answering (4 attempts for one chunk)"). Now a request times out only when
-    // the sender is silent for 1 s, and it answers every 0.2 s: the get takes ~4 s.
+fn a_capped_20mib_get_completes_with_a_request_timeout_shorter_than_its_window() {
+    // The reported case: `--limit-rate 1MiB`, `get --request-timeout 5s`. The receiver keeps 8
+    // requests in flight, so before the fix its last ones waited 8 s for their turn at the
+    // capped sender, timed out, were retried onto the capped link, and the get failed at
+    // about 13 of 20 MiB ("the sender stopped answering (4 attempts for one chunk)"). Now a
+    // request times out only when the sender is silent for 5 s, and the capped sender answers
+    // each receiver in turn, several times a second: the get takes the cap's ~20 s.
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("big.bin");
     let data = random_file(&src, 20 << 20, 21);
-    let (mut server, ticket) = serve(&[path_str(&src), "--limit-rate", "5MiB"]);
+    let (mut server, ticket) = serve(&[path_str(&src), "--limit-rate", "1MiB"]);
     let out = d.path().join("out");
     let got = ferry()
         .args([
@@ -51,7 +52,7 @@ fn a_capped_20mib_get_completes_though_its_window_waits_longer_than_the_request_
             "-o",
             path_str(&out),
             "--request-timeout",
-            "1s",
+            "5s",
         ])
         .assert();
     let o = got.get_output();
