@@ -309,7 +309,7 @@ async fn first_request_right_after_connect_is_answered() {
                 ECHO_TOPIC,
                 "server",
                 Message::from_value(request_body("first", i, None)),
-                Duration::from_secs(15),
+                REQUEST_TIMEOUT,
             )
             .await;
         if !reply.return_code().is_ok() {

@@ -1,11 +1,13 @@
 //! Project automation for the ferry workspace.
 //!
 //! `cargo xtask test-matrix` runs the named table of checks that CI runs (see [`matrix`]);
+//! `--under-load` runs it beside two busy loops (see [`load`]) and `--repeat N` N times in a row;
 //! `cargo xtask interop-setup` prepares the Python virtualenv with NVFlare 2.9.0 that the
 //! interop tests talk to; `cargo xtask bench NAME` runs a benchmark.
 
 mod bench;
 mod interop;
+mod load;
 mod matrix;
 
 use anyhow::Result;
@@ -31,6 +33,20 @@ enum Cmd {
         /// Keep going after a failing case and report all failures at the end.
         #[arg(long)]
         keep_going: bool,
+        /// Run beside two busy-looping processes (started and stopped by xtask, at normal
+        /// priority), the way a shared CI machine is loaded.
+        #[arg(long)]
+        under_load: bool,
+        /// Run the matrix this many times in a row; stops at the first failing round.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: u32,
+    },
+    /// Internal: spin one core until the parent xtask goes away (`test-matrix --under-load`).
+    #[command(name = "__busy-loop", hide = true)]
+    BusyLoop {
+        /// The xtask that started this loop: the loop ends when it is no longer the parent.
+        #[arg(long)]
+        parent: u32,
     },
     /// Run a benchmark (no name: list them). Extra arguments go to the benchmark.
     Bench {
@@ -51,7 +67,19 @@ fn main() -> Result<()> {
             list,
             cases,
             keep_going,
-        } => matrix::run(list, &cases, keep_going),
+            under_load,
+            repeat,
+        } => matrix::run(&matrix::Run {
+            list,
+            only: cases,
+            keep_going,
+            under_load,
+            repeat,
+        }),
+        Cmd::BusyLoop { parent } => {
+            load::spin_while_parent_is(parent);
+            Ok(())
+        }
         Cmd::Bench { name, args } => bench::run(name.as_deref(), &args),
         Cmd::InteropSetup => interop::setup().map(|py| {
             eprintln!("interop python: {}", py.display());

@@ -239,26 +239,77 @@ fn cases() -> Result<Vec<Case>> {
     Ok(v)
 }
 
-/// Run the matrix (or list it).
-pub fn run(list: bool, only: &[String], keep_going: bool) -> Result<()> {
+/// What `cargo xtask test-matrix` was asked to do.
+pub struct Run {
+    /// Print the cases and exit.
+    pub list: bool,
+    /// Only these cases (all when empty).
+    pub only: Vec<String>,
+    /// Go on after a failing case.
+    pub keep_going: bool,
+    /// Run beside busy loops ([`crate::load`]).
+    pub under_load: bool,
+    /// Rounds in a row; stop at the first failing one.
+    pub repeat: u32,
+}
+
+/// Run the matrix (or list it), `repeat` times, under load if asked.
+pub fn run(req: &Run) -> Result<()> {
     let all = cases()?;
-    if list {
+    if req.list {
         for c in &all {
             println!("{:<32} {}", c.name, c.what);
         }
         return Ok(());
     }
-    for name in only {
+    for name in &req.only {
         if !all.iter().any(|c| &c.name == name) {
             bail!("no case named {name:?}; `cargo xtask test-matrix --list` shows them");
         }
     }
     let selected: Vec<&Case> = all
         .iter()
-        .filter(|c| only.is_empty() || only.contains(&c.name))
+        .filter(|c| req.only.is_empty() || req.only.contains(&c.name))
         .collect();
+    let _load = if req.under_load {
+        Some(crate::load::Load::start()?)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let rounds = req.repeat.max(1);
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("\n##### round {round} of {rounds}");
+        }
+        let r = run_round(&selected, req.keep_going);
+        if let Err(e) = r {
+            if rounds > 1 {
+                eprintln!(
+                    "test-matrix: round {round} of {rounds} failed after {:.1}s in all",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            return Err(e);
+        }
+    }
+    eprintln!(
+        "test-matrix: {rounds} round{} passed in a row{}, {:.1}s in all",
+        if rounds == 1 { "" } else { "s" },
+        if req.under_load {
+            format!(" beside {} busy loops", crate::load::LOADS)
+        } else {
+            String::new()
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Run the selected cases once and print the summary.
+fn run_round(selected: &[&Case], keep_going: bool) -> Result<()> {
     let mut results = Vec::new();
-    for c in &selected {
+    for c in selected {
         eprintln!("\n=== case {}: {}", c.name, c.what);
         let t = Instant::now();
         let r = (c.run)();
