@@ -206,7 +206,7 @@ pub struct GetArgs {
     /// content instead of refusing it.
     #[arg(long)]
     pub force: bool,
-    /// Give up on a chunk when the sender has not answered for this long (3 tries).
+    /// Retry a chunk when the sender has been silent this long (no answer to anything since the request; 3 retries).
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR", env = "FERRY_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
     /// TLS.
