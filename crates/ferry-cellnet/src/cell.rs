@@ -11,18 +11,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use rmpv::Value;
-use tokio::sync::{broadcast, oneshot, Semaphore};
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::connection::{self, unix_time, Conn};
+use crate::admission::{self, Admission};
+use crate::connection::{self, unix_time, Conn, ConnectionInfo};
 use crate::driver::{self, Url};
 use crate::error::CellnetError;
 use crate::fqcn::{Fqcn, SERVER_ROOT};
 use crate::frame::{Frame, FrameType, OutFrame, APP_ID_CELLNET};
 use crate::headers::{keys, stream_keys, Headers};
+use crate::held::HeldBudget;
 use crate::limits::Limits;
+use crate::log_limit::limited;
 use crate::message::{encoding, Message, Payload};
 use crate::return_code::ReturnCode;
 use crate::stream::StreamState;
@@ -204,7 +207,11 @@ impl CellBuilder {
         let limits = self.limits.sanitized();
         Cell {
             inner: Arc::new(CellInner {
-                conn_slots: Arc::new(Semaphore::new(limits.max_connections)),
+                admission: Admission::new(
+                    limits.max_connections,
+                    limits.max_connections_per_address,
+                ),
+                held: HeldBudget::new(limits.max_held_bytes),
                 fqcn: self.fqcn,
                 limits,
                 forwarding: self.forwarding,
@@ -304,8 +311,10 @@ pub(crate) struct CellInner {
     /// Cancelled when the shutdown grace is over: handlers still running are abandoned.
     handlers_token: CancellationToken,
     shutting_down: AtomicBool,
-    /// Accepted connections allowed at once (all listeners together).
-    conn_slots: Arc<Semaphore>,
+    /// Connection limits of all listeners together (in all and per address).
+    admission: Arc<Admission>,
+    /// The budget of unfinished data held for all peers (frames in progress, streams).
+    pub held: Arc<HeldBudget>,
     inproc_names: Mutex<Vec<String>>,
     /// Peers that connect and disconnect, for [`Cell::peer_events`].
     peer_events: broadcast::Sender<PeerEvent>,
@@ -340,6 +349,12 @@ impl Cell {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// Bytes of unfinished data this cell holds for its peers right now: frames in progress,
+    /// streams in reassembly, idle frame buffers (at most [`Limits::max_held_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        self.inner.held.used()
     }
 
     /// FQCNs of the peers with an established connection.
@@ -704,16 +719,38 @@ async fn accept_loop(
             },
             _ = inner.listeners_token.cancelled() => return,
         };
-        let Ok(permit) = inner.conn_slots.clone().try_acquire_owned() else {
-            warn!(%addr, "connection limit of {} reached; closing", inner.limits.max_connections);
-            drop(s);
-            continue;
+        let peer = addr.to_string();
+        let admitted = match inner.admission.admit(Some(addr.ip()), &peer) {
+            Ok(a) => a,
+            Err(busy) => {
+                // Refused before any reader runs: one short task tells the peer why, if the
+                // bounded pool of such tasks has room; otherwise the socket just closes.
+                if let Some(permit) = busy.permit {
+                    let ready = connection::busy_ready(&inner.fqcn, &busy.why);
+                    #[cfg(feature = "tls")]
+                    let tls = tls.clone();
+                    let handshake = inner.limits.handshake_timeout;
+                    inner.io_tasks.spawn(async move {
+                        let _permit = permit;
+                        #[cfg(feature = "tls")]
+                        if let Some(acc) = tls {
+                            if let Ok(Ok(t)) = tokio::time::timeout(handshake, acc.accept(s)).await
+                            {
+                                admission::deliver_refusal(t, &ready).await;
+                            }
+                            return;
+                        }
+                        let _ = handshake;
+                        admission::deliver_refusal(s, &ready).await;
+                    });
+                }
+                continue;
+            }
         };
         let inner2 = inner.clone();
         #[cfg(feature = "tls")]
         let tls = tls.clone();
         inner.io_tasks.spawn(async move {
-            let _permit = permit;
             #[cfg(feature = "tls")]
             let t = match tls {
                 Some(acc) => {
@@ -725,11 +762,11 @@ async fn accept_loop(
                     {
                         Ok(Ok(t)) => t,
                         Ok(Err(e)) => {
-                            warn!(%addr, "TLS handshake failed: {e}");
+                            limited!(admitted.log, warn, %addr, "TLS handshake failed: {e}");
                             return;
                         }
                         Err(_) => {
-                            warn!(%addr, "TLS handshake timed out");
+                            limited!(admitted.log, warn, %addr, "TLS handshake timed out");
                             return;
                         }
                     }
@@ -738,7 +775,7 @@ async fn accept_loop(
             };
             #[cfg(not(feature = "tls"))]
             let t = driver::tcp::transport(s);
-            connection::run(inner2, t, false, None).await;
+            connection::run(inner2, t, false, None, Some(admitted)).await;
         });
     }
 }
@@ -753,15 +790,23 @@ async fn inproc_accept_loop(
             s = rx.recv() => match s { Some(s) => s, None => return },
             _ = inner.listeners_token.cancelled() => return,
         };
-        let Ok(permit) = inner.conn_slots.clone().try_acquire_owned() else {
-            warn!("connection limit reached; closing inproc connection");
-            continue;
+        let admitted = match inner.admission.admit(None, &name) {
+            Ok(a) => a,
+            Err(busy) => {
+                if let Some(permit) = busy.permit {
+                    let ready = connection::busy_ready(&inner.fqcn, &busy.why);
+                    inner.io_tasks.spawn(async move {
+                        let _permit = permit;
+                        admission::deliver_refusal(s, &ready).await;
+                    });
+                }
+                continue;
+            }
         };
         let t = driver::inproc::transport(s, &name);
         let inner2 = inner.clone();
         inner.io_tasks.spawn(async move {
-            let _permit = permit;
-            connection::run(inner2, t, false, None).await;
+            connection::run(inner2, t, false, None, Some(admitted)).await;
         });
     }
 }
@@ -812,7 +857,7 @@ impl CellInner {
         let t = self.establish(url).await?;
         let (tx, rx) = oneshot::channel();
         self.io_tasks
-            .spawn(connection::run(self.clone(), t, true, Some(tx)));
+            .spawn(connection::run(self.clone(), t, true, Some(tx), None));
         let peer = rx
             .await
             .map_err(|_| CellnetError::Handshake("connection ended during handshake".into()))??;
@@ -931,6 +976,7 @@ impl CellInner {
                 .peer_events
                 .send(PeerEvent::Disconnected(conn.peer.clone()));
         }
+        self.streams.drop_connection(conn.id);
         // Requests that left on this connection cannot be answered through it any more.
         let msg = format!("connection to {} lost", conn.peer);
         for map in [&self.waiters, &self.stream_waiters] {
@@ -1289,7 +1335,7 @@ impl CellInner {
         let headers = match Headers::decode(&frame.headers) {
             Ok(h) => h,
             Err(e) => {
-                error!(peer = %conn.peer, "error processing frame: {e}; dropped");
+                limited!(conn.log, error, peer = %conn.peer, "error processing frame: {e}; dropped");
                 return;
             }
         };
@@ -1298,19 +1344,19 @@ impl CellInner {
             headers.get_str(keys::ORIGIN),
             headers.get_str(keys::DESTINATION),
         ) else {
-            warn!(peer = %conn.peer, "message without cn__msg_type/cn__origin/cn__destination; dropped");
+            limited!(conn.log, warn, peer = %conn.peer, "message without cn__msg_type/cn__origin/cn__destination; dropped");
             return;
         };
         // Attribution: the origin a message claims must be one this connection can vouch
         // for, so handlers (and forwarding) only ever see proven origins.
         if !trust::vouches(&self.fqcn, &conn.peer, conn.outbound, origin) {
-            if let Some(held) = conn.refusals.allow(std::time::Instant::now()) {
-                warn!(
-                    peer = %conn.peer,
-                    %origin,
-                    "message claims an origin this connection cannot speak for; refused ({held} more since the last warning)"
-                );
-            }
+            limited!(
+                conn.log,
+                warn,
+                peer = %conn.peer,
+                %origin,
+                "message claims an origin this connection cannot speak for; refused"
+            );
             let why = format!(
                 "refused by {}: the connection from {:?} cannot send messages as {origin:?} (a cell speaks only for itself and the cells below it)",
                 self.fqcn, conn.peer
@@ -1332,7 +1378,7 @@ impl CellInner {
         if dest != self.fqcn.as_str() {
             let (mtype, dest, origin) = (mtype.to_string(), dest.to_string(), origin.to_string());
             if self.forwarding == Forwarding::Off {
-                warn!(peer = %conn.peer, %dest, "message for another cell; this cell does not forward");
+                limited!(conn.log, warn, peer = %conn.peer, %dest, "message for another cell; this cell does not forward");
                 let why = format!(
                     "cannot forward: {} does not relay messages for other cells",
                     self.fqcn
@@ -1354,12 +1400,14 @@ impl CellInner {
         }
         let origin = origin.to_string();
         match mtype {
-            msg_type::REQ => self.on_request(conn, origin, headers, frame.payload),
+            msg_type::REQ => self.on_request(conn, origin, headers, frame.payload).await,
             msg_type::REPLY | msg_type::RETURN => {
                 let is_return = mtype == msg_type::RETURN;
                 self.on_reply(conn, origin, headers, frame.payload, is_return)
             }
-            other => warn!(peer = %conn.peer, "unknown cn__msg_type {other:?}; dropped"),
+            other => {
+                limited!(conn.log, warn, peer = %conn.peer, "unknown cn__msg_type {other:?}; dropped")
+            }
         }
     }
 
@@ -1377,7 +1425,7 @@ impl CellInner {
             .map(Vec::len)
             .unwrap_or(0);
         let next = if hops >= self.limits.max_route_hops {
-            warn!(%dest, hops, "route too long; not forwarding");
+            limited!(conn.log, warn, %dest, hops, "route too long; not forwarding");
             None
         } else {
             self.find_route(dest, Some(&conn.peer))
@@ -1407,7 +1455,7 @@ impl CellInner {
             .get_str(keys::ORIGIN)
             .unwrap_or_default()
             .to_string();
-        warn!(%dest, "no path; cannot forward {mtype} message");
+        limited!(conn.log, warn, %dest, "no path; cannot forward {mtype} message");
         self.bounce(
             conn,
             mtype,
@@ -1471,7 +1519,7 @@ impl CellInner {
         }
     }
 
-    fn on_request(
+    async fn on_request(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         origin: String,
@@ -1484,7 +1532,7 @@ impl CellInner {
             .to_string();
         let topic = headers.get_str(keys::TOPIC).unwrap_or_default().to_string();
         if channel == stream_keys::STREAM_CHANNEL {
-            self.on_stream(conn, origin, &topic, headers, payload);
+            self.on_stream(conn, origin, &topic, headers, payload).await;
             return;
         }
         let reply_to = match (
@@ -1493,13 +1541,13 @@ impl CellInner {
         ) {
             (Some(true), Some(id)) => ReplyTo::Plain(id.to_string()),
             (Some(true), None) => {
-                warn!(%origin, "request expects a reply but has no cn__req_id; treated as fire-and-forget");
+                limited!(conn.log, warn, %origin, "request expects a reply but has no cn__req_id; treated as fire-and-forget");
                 ReplyTo::Nobody
             }
             _ => ReplyTo::Nobody,
         };
         if headers.get_bool(keys::ENCRYPTED) == Some(true) {
-            warn!(%origin, %channel, %topic, "end-to-end encrypted payload; not supported");
+            limited!(conn.log, warn, %origin, %channel, %topic, "end-to-end encrypted payload; not supported");
             self.reply(
                 conn,
                 &origin,
@@ -1516,7 +1564,7 @@ impl CellInner {
         let payload = match Payload::from_wire(headers.get_str(keys::PAYLOAD_ENCODING), payload) {
             Ok(p) => p,
             Err(e) => {
-                warn!(%origin, %channel, %topic, "undecodable payload: {e}");
+                limited!(conn.log, warn, %origin, %channel, %topic, "undecodable payload: {e}");
                 self.reply(
                     conn,
                     &origin,
@@ -1560,7 +1608,7 @@ impl CellInner {
             return;
         }
         let Some(handler) = self.lookup(&channel, &topic) else {
-            warn!(%origin, %channel, %topic, "no callback registered");
+            limited!(conn.log, warn, %origin, %channel, %topic, "no callback registered");
             answer(
                 reply_to,
                 Message::error(ReturnCode::ProcessException, "no callback"),
@@ -1568,7 +1616,7 @@ impl CellInner {
             return;
         };
         let Ok(permit) = conn.in_flight.clone().try_acquire_owned() else {
-            warn!(%origin, "too many in-flight requests from this peer");
+            limited!(conn.log, warn, %origin, "too many in-flight requests from this peer");
             answer(
                 reply_to,
                 Message::error(
@@ -1585,11 +1633,12 @@ impl CellInner {
         let conn = conn.clone();
         let cancel = self.handlers_token.clone();
         let span = tracing::debug_span!("handler", %origin, %channel, %topic);
+        let info = conn.info();
         self.handler_tasks.spawn(
             async move {
                 let _permit = permit;
                 let reply = tokio::select! {
-                    r = run_handler(handler, msg) => r,
+                    r = ConnectionInfo::scope(info, run_handler(handler, msg)) => r,
                     _ = cancel.cancelled() => Some(Message::error(ReturnCode::CommError, "cell shut down before the handler finished")),
                 };
                 if let Some(reply) = reply {
@@ -1729,13 +1778,13 @@ impl CellInner {
             _ => Vec::new(),
         };
         if ids.is_empty() {
-            warn!(peer = %conn.peer, %origin, "reply without cn__req_id; dropped");
+            limited!(conn.log, warn, peer = %conn.peer, %origin, "reply without cn__req_id; dropped");
             return;
         }
         let payload = match Payload::from_wire(headers.get_str(keys::PAYLOAD_ENCODING), payload) {
             Ok(p) => p,
             Err(e) => {
-                warn!(%origin, "undecodable reply payload: {e}");
+                limited!(conn.log, warn, %origin, "undecodable reply payload: {e}");
                 let mut m =
                     Message::error(ReturnCode::CommError, format!("bad reply payload: {e}"));
                 m.headers.insert(keys::ORIGIN, origin.as_str());
@@ -1759,7 +1808,7 @@ impl CellInner {
                     let _ = w.tx.send(msg.clone());
                 }
                 None => {
-                    warn!(%origin, req_id = %id, "unexpected reply (nobody waits for it); dropped")
+                    limited!(conn.log, warn, %origin, req_id = %id, "unexpected reply (nobody waits for it); dropped")
                 }
             }
         }

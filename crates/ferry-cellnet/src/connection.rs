@@ -1,37 +1,35 @@
-//! One connection: a reader task that splits frames off the socket and hands them to the cell,
-//! a writer task that writes queued frames with vectored I/O, the HELLO/READY handshake and
+//! One connection: a reader task that splits frames off the socket ([`crate::reader`]) and
+//! hands them to the cell, a writer task ([`crate::writer`]), the HELLO/READY handshake and
 //! heartbeats (f3-wire.md §1.3, §1.4).
 
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use rmpv::Value;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
+use crate::admission::Admitted;
 use crate::cell::CellInner;
-use crate::driver::{ReadHalf, Transport, WriteHalf};
+use crate::driver::Transport;
 use crate::error::CellnetError;
 use crate::fqcn::{self, Fqcn};
-use crate::frame::{Frame, FrameDecoder, FrameType, OutFrame, APP_ID_CELLNET, PREFIX_LEN};
+use crate::frame::{FrameType, OutFrame, APP_ID_CELLNET};
+use crate::held::AccountHandle;
+use crate::log_limit::{limited, LogLimiter};
 use crate::msgpack;
-use crate::trust::WarnLimiter;
+use crate::reader::{FrameReader, ReadLimits};
+use crate::writer::writer_task;
 
 /// Frames queued for the writer before senders wait (backpressure).
 const WRITE_QUEUE: usize = 64;
 /// Small control frames (PONG, ACK, ERROR, RETURN) queued ahead of data; beyond this the
 /// peer is not reading and further control frames are dropped.
 const CONTROL_QUEUE: usize = 1024;
-/// Frames written with one vectored write at most.
-const WRITE_BATCH: usize = 32;
-/// Spare room kept in the read buffer so small frames are read many at a time.
-const READ_CHUNK: usize = 64 * 1024;
 /// How often the heartbeat monitor looks at a connection (NVFlare ticks every 5 s).
 const HEARTBEAT_TICK: Duration = Duration::from_secs(5);
 
@@ -60,11 +58,77 @@ pub(crate) struct Conn {
     /// (and only then, so the hot path pays one atomic load).
     probing: AtomicU32,
     rx_event: Notify,
-    /// Rate limit of the warnings about messages this connection cannot vouch for.
-    pub refusals: WarnLimiter,
+    /// Rate limit of every complaint about this peer's input (bad frames, undecodable
+    /// headers, messages in names it cannot vouch for, ...): one log line per period,
+    /// shared by the connections from the same address.
+    pub log: Arc<LogLimiter>,
+    /// This connection's account with the cell's held-memory budget (stream reassembly
+    /// charges to it).
+    pub account: AccountHandle,
+}
+
+tokio::task_local! {
+    static CURRENT: ConnectionInfo;
+}
+
+/// The connection a request arrived on, as its handler sees it: [`ConnectionInfo::current`].
+///
+/// A peer's proven name can stand for many cells (a cell speaks for the cells below it), and
+/// the same name can come back on a new connection; the connection id is what tells one
+/// socket from another (a sender's byte budget gives each connection its own share).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ferry_cellnet::CellnetError> {
+/// use std::time::Duration;
+/// use ferry_cellnet::{Cell, ConnectionInfo, Message};
+///
+/// let server = Cell::new("server")?;
+/// server.register_request_handler("t", "who", |_m: Message| async move {
+///     let c = ConnectionInfo::current().expect("inside a handler");
+///     Message::from_value(c.peer)
+/// });
+/// let url = server.listen("tcp://127.0.0.1:0").await?;
+/// let site = Cell::new("site-1")?;
+/// site.connect(&url).await?;
+/// let r = site.send_request("t", "who", "server", Message::new(), Duration::from_secs(5)).await;
+/// assert_eq!(r.value()?.as_str(), Some("site-1"));
+/// assert!(ConnectionInfo::current().is_none(), "outside a handler");
+/// # site.shutdown().await; server.shutdown().await; Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Unique among the connections of this process.
+    pub id: u64,
+    /// The peer's name as proven in HELLO/READY (bound to its certificate under TLS).
+    pub peer: String,
+    /// The peer's socket address.
+    pub addr: String,
+}
+
+impl ConnectionInfo {
+    /// The connection of the request being handled by the current task, `None` outside a
+    /// handler (or for a request a cell sent to itself).
+    pub fn current() -> Option<ConnectionInfo> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Run `f` with `info` as the current connection.
+    pub(crate) async fn scope<F: std::future::Future>(info: ConnectionInfo, f: F) -> F::Output {
+        CURRENT.scope(info, f).await
+    }
 }
 
 impl Conn {
+    /// What a handler may know of this connection.
+    pub(crate) fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            id: self.id,
+            peer: self.peer.clone(),
+            addr: self.peer_addr.clone(),
+        }
+    }
+
     /// Count a received frame (the reader calls this for every frame).
     fn saw_frame(&self) {
         self.rx_frames.fetch_add(1, Ordering::Relaxed);
@@ -154,10 +218,19 @@ pub(crate) const PROBE_TOPIC: &str = "ferry_probe";
 /// [`CellnetError::Refused`].
 const REFUSED_KEY: &str = "ferry_refused";
 
+/// Extra READY key next to [`REFUSED_KEY`]: the refusal is about load (too many
+/// connections), not about who we are; a ferry cell reports it as [`CellnetError::Busy`].
+const BUSY_KEY: &str = "ferry_busy";
+
 /// The payload of HELLO and READY (READY with `refused` set says no).
 fn hello_payload(own: &Fqcn, refused: Option<&str>) -> Bytes {
+    refusal_payload(own, refused, false)
+}
+
+fn refusal_payload(own: &Fqcn, refused: Option<&str>, busy: bool) -> Bytes {
+    let n = 4 + refused.is_some() as u32 + busy as u32;
     let mut w = msgpack::MsgpackWriter::new();
-    w.map_len(if refused.is_some() { 5 } else { 4 })
+    w.map_len(n)
         .str("endpoint_name")
         .str(own.as_str())
         .str("timestamp")
@@ -169,16 +242,37 @@ fn hello_payload(own: &Fqcn, refused: Option<&str>) -> Bytes {
     if let Some(why) = refused {
         w.str(REFUSED_KEY).str(why);
     }
+    if busy {
+        w.str(BUSY_KEY).bool(true);
+    }
     w.finish().to_contiguous()
 }
 
-/// The refusal a READY payload carries, if any.
-fn hello_refusal(payload: &[u8]) -> Option<String> {
+/// The wire bytes of a READY that refuses a connection because this cell is busy (sent
+/// before the peer's HELLO is read; see [`crate::admission`]).
+pub(crate) fn busy_ready(own: &Fqcn, why: &str) -> Bytes {
+    control(FrameType::Ready, refusal_payload(own, Some(why), true))
+        .to_bytes(1, 1)
+        .unwrap_or_default()
+}
+
+/// The refusal a READY payload carries, if any, as the error to report.
+fn hello_refusal(payload: &[u8]) -> Option<CellnetError> {
     match msgpack::decode_value(payload, payload.len().max(1)) {
-        Ok(Value::Map(entries)) => entries
-            .iter()
-            .find(|(k, _)| k.as_str() == Some(REFUSED_KEY))
-            .map(|(_, v)| v.as_str().unwrap_or("refused").to_string()),
+        Ok(Value::Map(entries)) => {
+            let why = entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(REFUSED_KEY))
+                .map(|(_, v)| v.as_str().unwrap_or("refused").to_string())?;
+            let busy = entries
+                .iter()
+                .any(|(k, v)| k.as_str() == Some(BUSY_KEY) && v.as_bool() == Some(true));
+            Some(if busy {
+                CellnetError::Busy(why)
+            } else {
+                CellnetError::Refused(why)
+            })
+        }
         _ => None,
     }
 }
@@ -223,325 +317,6 @@ fn nil_payload() -> Bytes {
     Bytes::from_static(&[0xc0])
 }
 
-/// Frames at least this long are read into a recycled buffer of their own instead of the
-/// shared read buffer (fresh multi-MiB allocations cost a page fault per 4 KiB).
-const LARGE_FRAME: usize = 1024 * 1024;
-/// Bytes of large-frame buffers a connection keeps for reuse. A receiver pulling with a window
-/// of eight 1 MiB chunks has about nine frames alive at once; a pool smaller than that means
-/// fresh allocations (zeroing and a page fault per 4 KiB) for part of every window. The pool
-/// only ever holds buffers that were alive at the same time, so an idle connection keeps
-/// nothing beyond its peak.
-const POOL_BYTES: usize = 16 * 1024 * 1024;
-
-/// Recycled buffers for large frames. A frame's `Bytes` owns its buffer; when the last slice
-/// of it is dropped the buffer comes back here (if there is room).
-#[derive(Clone, Default)]
-struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
-
-impl BufferPool {
-    /// A buffer of exactly `len` initialized bytes (contents unspecified).
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // most recently returned first: its pages are the likeliest to be in cache
-        if let Some(i) = pool.iter().rposition(|b| b.capacity() >= len) {
-            let mut b = pool.remove(i);
-            b.resize(len, 0);
-            return b;
-        }
-        drop(pool);
-        vec![0u8; len]
-    }
-
-    fn give(&self, b: Vec<u8>) {
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let pooled: usize = pool.iter().map(Vec::capacity).sum();
-        if pooled + b.capacity() <= POOL_BYTES {
-            pool.push(b);
-        }
-    }
-}
-
-/// A pooled buffer owned by a `Bytes`; returns itself to the pool when dropped.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: BufferPool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        self.pool.give(std::mem::take(&mut self.buf));
-    }
-}
-
-/// Splits frames off a read half, growing its buffer only to validated frame lengths.
-///
-/// [`FrameReader::next`] is cancel-safe (the reader task drops it in a `select!` whenever the
-/// heartbeat ticks): bytes already read stay in `buf` or in `large`.
-pub(crate) struct FrameReader {
-    rd: ReadHalf,
-    buf: BytesMut,
-    decoder: FrameDecoder,
-    pool: BufferPool,
-    /// A large frame being read in place: its buffer and how many bytes are filled.
-    large: Option<(Vec<u8>, usize)>,
-}
-
-impl FrameReader {
-    pub fn new(rd: ReadHalf, decoder: FrameDecoder) -> Self {
-        FrameReader {
-            rd,
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            decoder,
-            pool: BufferPool::default(),
-            large: None,
-        }
-    }
-
-    /// The next frame; `Ok(None)` at a clean end of stream. Fatal framing errors and I/O
-    /// errors are `Err`; non-fatal ones are logged and the frame is skipped.
-    pub async fn next(&mut self) -> Result<Option<Frame>, CellnetError> {
-        loop {
-            if self.large.is_some() {
-                match self.read_large().await? {
-                    Some(f) => return Ok(Some(f)),
-                    None => continue,
-                }
-            }
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(f)) => return Ok(Some(f)),
-                Ok(None) => {}
-                Err(e) if e.is_fatal() => return Err(e.into()),
-                Err(e) => {
-                    error!("frame dropped: {e}");
-                    continue;
-                }
-            }
-            // Only validated lengths reach here (peek_length checked the limit).
-            let len = self.decoder.peek_length(&self.buf)?;
-            if let Some(len) = len.filter(|&l| l >= LARGE_FRAME) {
-                // Move what is buffered of this frame into a pooled buffer of its own; the
-                // rest is read in place by read_large.
-                let mut big = self.pool.take(len);
-                let have = self.buf.len().min(len);
-                big[..have].copy_from_slice(&self.buf[..have]);
-                self.buf.advance(have);
-                self.large = Some((big, have));
-                continue;
-            }
-            let need = len.unwrap_or(PREFIX_LEN).saturating_sub(self.buf.len());
-            let want = need.max(READ_CHUNK);
-            if self.buf.capacity() - self.buf.len() < want {
-                self.buf.reserve(want);
-            }
-            let n = self.rd.read_buf(&mut self.buf).await?;
-            if n == 0 {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(CellnetError::ConnectionClosed(format!(
-                    "peer closed the connection inside a frame ({} bytes pending)",
-                    self.buf.len()
-                )));
-            }
-        }
-    }
-
-    /// Finish reading the large frame in `self.large`. Each `read` either completes (and is
-    /// accounted) or is dropped before consuming anything, so cancellation loses no bytes.
-    /// `None` = the frame was dropped (bad header length).
-    async fn read_large(&mut self) -> Result<Option<Frame>, CellnetError> {
-        if let Some((big, filled)) = self.large.as_mut() {
-            while *filled < big.len() {
-                let n = self.rd.read(&mut big[*filled..]).await?;
-                if n == 0 {
-                    return Err(CellnetError::ConnectionClosed(
-                        "peer closed the connection inside a frame".into(),
-                    ));
-                }
-                *filled += n;
-            }
-        }
-        let Some((big, _)) = self.large.take() else {
-            return Ok(None);
-        };
-        let bytes = Bytes::from_owner(Pooled {
-            buf: big,
-            pool: self.pool.clone(),
-        });
-        match self.decoder.split(bytes) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) => {
-                error!("frame dropped: {e}");
-                Ok(None)
-            }
-        }
-    }
-}
-
-/// Buffers handed to one vectored write at most (a batch with more takes several writes).
-const MAX_IOV: usize = 64;
-
-/// Write all buffers with vectored writes, advancing over partial writes.
-async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
-    w: &mut W,
-    bufs: &mut [Bytes],
-) -> std::io::Result<()> {
-    let mut i = 0;
-    while i < bufs.len() {
-        if bufs[i].is_empty() {
-            i += 1;
-            continue;
-        }
-        let n = {
-            // on the stack: a large batch takes many partial writes, none of them allocates
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut k = 0;
-            for b in bufs[i..].iter().filter(|b| !b.is_empty()).take(MAX_IOV) {
-                slices[k] = IoSlice::new(b);
-                k += 1;
-            }
-            w.write_vectored(&slices[..k]).await?
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut n = n;
-        while n > 0 && i < bufs.len() {
-            let l = bufs[i].len();
-            if n >= l {
-                n -= l;
-                i += 1;
-            } else {
-                bufs[i].advance(n);
-                n = 0;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Per-connection prefix counters (f3-wire.md §1.1).
-struct Counters {
-    sequence: u16,
-    stream_id: u16,
-}
-
-impl Counters {
-    fn next(&mut self, t: FrameType) -> (u16, u16) {
-        self.sequence = self.sequence.wrapping_add(1);
-        let sid = match t {
-            FrameType::Hello | FrameType::Ready => 1,
-            _ => {
-                self.stream_id = self.stream_id.wrapping_add(1);
-                self.stream_id
-            }
-        };
-        (sid, self.sequence)
-    }
-}
-
-async fn write_batch(
-    wr: &mut WriteHalf,
-    batch: Vec<OutFrame>,
-    counters: &mut Counters,
-) -> std::io::Result<()> {
-    let mut prefixes = BytesMut::with_capacity(batch.len() * PREFIX_LEN);
-    let mut parts: Vec<(usize, OutFrame)> = Vec::with_capacity(batch.len());
-    for f in batch {
-        let (sid, seq) = counters.next(f.frame_type);
-        match f.prefix(sid, seq) {
-            Ok(p) => {
-                let at = prefixes.len();
-                prefixes.put_slice(&p.to_bytes());
-                parts.push((at, f));
-            }
-            Err(e) => error!("frame not sent: {e}"),
-        }
-    }
-    let prefixes = prefixes.freeze();
-    let mut bufs: Vec<Bytes> = Vec::with_capacity(parts.len() * 3);
-    for (at, f) in parts {
-        bufs.push(prefixes.slice(at..at + PREFIX_LEN));
-        bufs.push(f.headers);
-        bufs.extend(f.payload);
-    }
-    write_all_vectored(wr.as_mut(), &mut bufs).await?;
-    wr.flush().await
-}
-
-async fn writer_task(
-    mut wr: WriteHalf,
-    mut rx: mpsc::Receiver<OutFrame>,
-    mut ctl_rx: mpsc::Receiver<OutFrame>,
-    close: CancellationToken,
-    send_timeout: Duration,
-) {
-    let mut counters = Counters {
-        sequence: 0,
-        stream_id: 16,
-    };
-    let mut ctl_open = true;
-    loop {
-        let mut closing = false;
-        // control frames (PONG, ACK, ERROR, RETURN) go first: they are small and a peer's
-        // stream window may be waiting for them
-        let first = tokio::select! {
-            biased;
-            f = ctl_rx.recv(), if ctl_open => match f {
-                Some(f) => Some(f),
-                None => {
-                    ctl_open = false;
-                    continue;
-                }
-            },
-            f = rx.recv() => match f {
-                Some(f) => Some(f),
-                None => break,
-            },
-            _ = close.cancelled() => {
-                closing = true;
-                None
-            }
-        };
-        let mut batch: Vec<OutFrame> = first.into_iter().collect();
-        while closing || batch.len() < WRITE_BATCH {
-            match ctl_rx.try_recv().or_else(|_| rx.try_recv()) {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            match tokio::time::timeout(send_timeout, write_batch(&mut wr, batch, &mut counters))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    debug!("write failed: {e}");
-                    close.cancel();
-                    break;
-                }
-                Err(_) => {
-                    warn!("write made no progress for {send_timeout:?}; closing the connection");
-                    close.cancel();
-                    break;
-                }
-            }
-        }
-        if closing {
-            break;
-        }
-    }
-    rx.close();
-    ctl_rx.close();
-    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
-}
-
 /// What the handshake learnt.
 enum Handshake {
     /// The peer's validated FQCN, and whether it may receive DATA right away (always true
@@ -559,6 +334,7 @@ async fn handshake(
     tx: &mpsc::Sender<OutFrame>,
     active: bool,
     peer_cn: Option<&str>,
+    log: &LogLimiter,
 ) -> Result<Handshake, CellnetError> {
     let closed = || CellnetError::ConnectionClosed("closed during handshake".into());
     if active {
@@ -572,8 +348,8 @@ async fn handshake(
         };
         match (frame.frame_type(), active) {
             (Some(FrameType::Ready), true) => {
-                if let Some(why) = hello_refusal(&frame.payload) {
-                    return Err(CellnetError::Refused(why));
+                if let Some(refusal) = hello_refusal(&frame.payload) {
+                    return Err(refusal);
                 }
                 let name = hello_name(&frame.payload)?;
                 fqcn::validate(&name).map_err(|r| {
@@ -605,7 +381,11 @@ async fn handshake(
                     }
                 };
                 if name == cell.fqcn.as_str() {
-                    error!("peer claims this cell's own name {name:?}; not registered");
+                    limited!(
+                        log,
+                        error,
+                        "peer claims this cell's own name {name:?}; not registered"
+                    );
                     // NVFlare answers READY and keeps the socket
                     tx.send(control(FrameType::Ready, hello_payload(&cell.fqcn, None)))
                         .await
@@ -618,10 +398,16 @@ async fn handshake(
                 let _ = tx.try_send(control(FrameType::Pong, nil_payload()));
             }
             (Some(FrameType::Data), _) => {
-                error!("DATA frame before the handshake completed; dropped");
+                limited!(
+                    log,
+                    error,
+                    "DATA frame before the handshake completed; dropped"
+                );
             }
             (Some(t), _) => debug!("{t:?} frame during the handshake; dropped"),
-            (None, _) => error!(
+            (None, _) => limited!(
+                log,
+                error,
                 "received unsupported frame type {}; dropped",
                 frame.prefix.frame_type
             ),
@@ -641,11 +427,15 @@ fn check_cn(peer_cn: Option<&str>, name: &str) -> Result<(), CellnetError> {
 }
 
 /// Run a connection until it closes. `ready` receives the handshake outcome (the peer FQCN).
+///
+/// `admitted` is the place an accepted connection holds under the cell's connection limits
+/// (`None` for connections this cell opened); it is freed when the connection ends.
 pub(crate) async fn run(
     cell: Arc<CellInner>,
     t: Transport,
     active: bool,
     ready: Option<oneshot::Sender<Result<Fqcn, CellnetError>>>,
+    admitted: Option<Admitted>,
 ) {
     static IDS: AtomicU64 = AtomicU64::new(1);
     let id = IDS.fetch_add(1, Ordering::Relaxed);
@@ -657,7 +447,14 @@ pub(crate) async fn run(
         dir = if active { "out" } else { "in" },
         peer = tracing::field::Empty
     );
-    run_inner(cell, t, active, ready, id).instrument(span).await
+    let log = admitted
+        .as_ref()
+        .map(|a| Arc::clone(&a.log))
+        .unwrap_or_default();
+    run_inner(cell, t, active, ready, id, log)
+        .instrument(span)
+        .await;
+    drop(admitted);
 }
 
 async fn run_inner(
@@ -666,6 +463,7 @@ async fn run_inner(
     active: bool,
     mut ready: Option<oneshot::Sender<Result<Fqcn, CellnetError>>>,
     id: u64,
+    log: Arc<LogLimiter>,
 ) {
     let limits = &cell.limits;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -673,15 +471,25 @@ async fn run_inner(
     let close = cell.conns_token.child_token();
     cell.io_tasks
         .spawn(writer_task(t.wr, rx, ctl_rx, close.clone(), limits.send_timeout).in_current_span());
+    // Everything this connection holds of unfinished data is charged here, and given back
+    // when the account is dropped at the end of this function.
+    let account = cell.held.register(id, close.clone(), &t.peer_addr);
     let mut reader = FrameReader::new(
         t.rd,
-        FrameDecoder::new(limits.max_frame_size, limits.max_header_size),
+        ReadLimits {
+            max_frame_size: limits.max_frame_size,
+            max_header_size: limits.max_header_size,
+            stall_timeout: limits.frame_stall_timeout,
+        },
+        Some(limits.max_handshake_frame_size),
+        Some(account.handle()),
+        Arc::clone(&log),
     );
 
     let hs = tokio::select! {
         r = tokio::time::timeout(
             limits.handshake_timeout,
-            handshake(&cell, &mut reader, &tx, active, t.peer_cn.as_deref()),
+            handshake(&cell, &mut reader, &tx, active, t.peer_cn.as_deref(), &log),
         ) => r.unwrap_or_else(|_| Err(CellnetError::Timeout("handshake".into()))),
         _ = close.cancelled() => Err(CellnetError::Shutdown),
     };
@@ -694,7 +502,7 @@ async fn run_inner(
             return;
         }
         Err(e) => {
-            warn!("handshake failed: {e}; closing");
+            limited!(log, warn, "handshake failed: {e}; closing");
             if let Some(r) = ready.take() {
                 let _ = r.send(Err(e));
             }
@@ -714,8 +522,10 @@ async fn run_inner(
         rx_frames: AtomicU64::new(0),
         probing: AtomicU32::new(0),
         rx_event: Notify::new(),
-        refusals: WarnLimiter::default(),
+        log,
+        account: account.handle(),
     });
+    reader.handshake_done();
     tracing::Span::current().record("peer", tracing::field::display(&peer));
     if active {
         cell.register_agent(conn.clone());
@@ -727,7 +537,7 @@ async fn run_inner(
             _ = close.cancelled() => Err("shutting down".to_string()),
         };
         if let Err(why) = admitted {
-            warn!(peer = %peer, addr = %conn.peer_addr, "connection refused: {why}");
+            limited!(conn.log, warn, peer = %peer, addr = %conn.peer_addr, "connection refused: {why}");
             let _ = conn
                 .send(control(
                     FrameType::Ready,
@@ -765,6 +575,8 @@ async fn run_inner(
     info!(peer = %peer, addr = %conn.peer_addr, "connection closed: {reason}");
     close.cancel();
     cell.unregister_agent(&conn);
+    drop(reader);
+    drop(account);
 }
 
 async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameReader) -> String {
@@ -792,8 +604,14 @@ async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameRe
             Ok(Some(f)) => f,
             Ok(None) => return "peer closed the connection".into(),
             Err(e) => {
-                if matches!(e, CellnetError::Frame(_)) {
-                    error!("bad frame, closing the connection: {e}");
+                match e {
+                    CellnetError::Frame(_) => {
+                        limited!(conn.log, error, "bad frame, closing the connection: {e}")
+                    }
+                    CellnetError::Timeout(_) | CellnetError::LimitReached(_) => {
+                        limited!(conn.log, warn, "closing the connection: {e}")
+                    }
+                    _ => {}
                 }
                 return e.to_string();
             }
@@ -803,7 +621,12 @@ async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameRe
         match frame.frame_type() {
             Some(FrameType::Data) => {
                 if frame.prefix.app_id != APP_ID_CELLNET {
-                    warn!("DATA frame for app_id {}; dropped", frame.prefix.app_id);
+                    limited!(
+                        conn.log,
+                        warn,
+                        "DATA frame for app_id {}; dropped",
+                        frame.prefix.app_id
+                    );
                     continue;
                 }
                 cell.on_data(conn, frame).await;
@@ -811,7 +634,9 @@ async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameRe
             Some(FrameType::Ping) => conn.send_detached(control(FrameType::Pong, nil_payload())),
             Some(FrameType::Pong) => {}
             Some(t) => debug!("{t:?} frame after the handshake; dropped"),
-            None => error!(
+            None => limited!(
+                conn.log,
+                error,
                 "received unsupported frame type {}; dropped",
                 frame.prefix.frame_type
             ),
@@ -843,6 +668,8 @@ async fn idle_unregistered(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::FrameDecoder;
+    use bytes::BytesMut;
 
     #[test]
     fn hello_capture_parses() {
@@ -882,201 +709,6 @@ mod tests {
         assert_eq!(&ours[17..36], &wire[17..36]);
         assert!(hello_sync(&ours[16..]));
         assert!(!hello_sync(&wire[16..]));
-    }
-
-    #[test]
-    fn counters_follow_nvflare() {
-        let mut c = Counters {
-            sequence: 0,
-            stream_id: 16,
-        };
-        assert_eq!(c.next(FrameType::Hello), (1, 1));
-        assert_eq!(c.next(FrameType::Data), (17, 2));
-        assert_eq!(c.next(FrameType::Ping), (18, 3));
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
-
-        /// Whatever arrives, the reader's buffer never grows beyond the frame limit plus one
-        /// read chunk, and it never panics.
-        #[test]
-        fn reader_buffer_stays_bounded(
-            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
-            prefix_len in proptest::prelude::any::<u32>(),
-        ) {
-            let max = 1024usize;
-            let mut bytes = prefix_len.to_be_bytes().to_vec();
-            bytes.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 1, 0, 17, 0, 2]);
-            bytes.extend_from_slice(&input);
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            rt.block_on(async {
-                let rd: ReadHalf = Box::new(std::io::Cursor::new(bytes));
-                let mut r = FrameReader::new(rd, FrameDecoder::new(max, 65535));
-                loop {
-                    let res = r.next().await;
-                    assert!(r.buf.capacity() <= 2 * (max + READ_CHUNK), "buffer grew to {}", r.buf.capacity());
-                    match res {
-                        Ok(Some(_)) => continue,
-                        _ => break,
-                    }
-                }
-            });
-        }
-    }
-
-    /// A DATA frame on the wire with an empty header map and this payload.
-    fn data_frame(payload: &Bytes) -> Bytes {
-        OutFrame {
-            frame_type: FrameType::Data,
-            app_id: APP_ID_CELLNET,
-            headers: Bytes::from_static(&[0x80]),
-            payload: vec![payload.clone()],
-        }
-        .to_bytes(17, 2)
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn large_frames_use_recycled_buffers() {
-        let payload = Bytes::from((0..3 * LARGE_FRAME).map(|i| i as u8).collect::<Vec<u8>>());
-        let f = data_frame(&payload);
-        let mut wire = f.to_vec();
-        wire.extend_from_slice(&f);
-        wire.extend_from_slice(
-            &control(FrameType::Ping, nil_payload())
-                .to_bytes(18, 3)
-                .unwrap(),
-        );
-        let rd: ReadHalf = Box::new(std::io::Cursor::new(wire));
-        let mut r = FrameReader::new(rd, FrameDecoder::new(16 * LARGE_FRAME, 65535));
-        let a = r.next().await.unwrap().unwrap();
-        assert_eq!(a.payload, payload);
-        assert_eq!(&a.headers[..], &[0x80]);
-        let ptr = a.payload.as_ptr();
-        drop(a);
-        // the second frame lands in the buffer the first one gave back
-        let b = r.next().await.unwrap().unwrap();
-        assert_eq!(b.payload, payload);
-        assert_eq!(b.payload.as_ptr(), ptr);
-        let c = r.next().await.unwrap().unwrap();
-        assert_eq!(c.frame_type(), Some(FrameType::Ping));
-        assert!(r.next().await.unwrap().is_none());
-    }
-
-    /// The reader task drops `next()` whenever the heartbeat ticks; no byte may be lost.
-    #[tokio::test]
-    async fn next_is_cancel_safe() {
-        let payload = Bytes::from(
-            (0..2 * LARGE_FRAME + 5)
-                .map(|i| (i % 251) as u8)
-                .collect::<Vec<u8>>(),
-        );
-        let big = data_frame(&payload);
-        let small = control(FrameType::Ping, nil_payload())
-            .to_bytes(18, 3)
-            .unwrap();
-        let mut wire = Vec::new();
-        for _ in 0..2 {
-            wire.extend_from_slice(&small);
-            wire.extend_from_slice(&big);
-        }
-        let (mut tx, rx) = tokio::io::duplex(4096);
-        let writer = tokio::spawn(async move {
-            for piece in wire.chunks(3000) {
-                tx.write_all(piece).await.unwrap();
-                tokio::task::yield_now().await;
-            }
-        });
-        let rd: ReadHalf = Box::new(rx);
-        let mut r = FrameReader::new(rd, FrameDecoder::new(16 * LARGE_FRAME, 65535));
-        let mut got = Vec::new();
-        while got.len() < 4 {
-            // cancel next() at every await point it reaches
-            tokio::select! {
-                biased;
-                f = r.next() => got.push(f.unwrap().unwrap()),
-                _ = tokio::task::yield_now() => {}
-            }
-        }
-        writer.await.unwrap();
-        for pair in got.chunks(2) {
-            assert_eq!(pair[0].frame_type(), Some(FrameType::Ping));
-            assert_eq!(pair[1].payload, payload);
-        }
-    }
-
-    #[tokio::test]
-    async fn truncated_large_frame_is_an_error() {
-        let mut wire = vec![0u8; 16];
-        wire[..4].copy_from_slice(&(2 * LARGE_FRAME as u32).to_be_bytes());
-        wire[6] = 1;
-        wire.extend_from_slice(&[0u8; 1000]);
-        let rd: ReadHalf = Box::new(std::io::Cursor::new(wire));
-        let mut r = FrameReader::new(rd, FrameDecoder::new(16 * LARGE_FRAME, 65535));
-        assert!(r.next().await.is_err());
-    }
-
-    /// Accepts at most 7 bytes of at most 3 buffers per write: every write is partial.
-    struct Trickle(Vec<u8>);
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let n = buf.len().min(7);
-            self.0.extend_from_slice(&buf[..n]);
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn poll_write_vectored(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let mut n = 0;
-            for b in bufs.iter().take(3) {
-                let take = b.len().min(7 - n);
-                self.0.extend_from_slice(&b[..take]);
-                n += take;
-                if n == 7 {
-                    break;
-                }
-            }
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn vectored_writes_survive_partial_writes_and_many_buffers() {
-        // more buffers than one write takes, empty ones among them
-        let mut bufs: Vec<Bytes> = (0..3 * MAX_IOV)
-            .map(|i| Bytes::from(vec![i as u8; i % 6]))
-            .collect();
-        let want: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-        let mut w = Trickle(Vec::new());
-        write_all_vectored(&mut w, &mut bufs).await.unwrap();
-        assert_eq!(w.0, want);
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub enum CellnetError {
         /// Configured limit.
         max: usize,
     },
+    /// The peer refused the connection because it is busy (its READY said so: too many
+    /// connections from our address, or in all). Trying again later may work.
+    #[error("the peer is busy and refused the connection: {0}")]
+    Busy(String),
     /// A configured limit refused the operation (connections, streams, in-flight requests).
     #[error("limit reached: {0}")]
     LimitReached(String),
@@ -130,7 +134,7 @@ impl CellnetError {
             CellnetError::NoRoute(_) => ReturnCode::TargetUnreachable,
             CellnetError::MessageTooBig { .. } => ReturnCode::MsgTooBig,
             CellnetError::Timeout(_) => ReturnCode::Timeout,
-            CellnetError::LimitReached(_) => ReturnCode::ServiceUnavailable,
+            CellnetError::LimitReached(_) | CellnetError::Busy(_) => ReturnCode::ServiceUnavailable,
             CellnetError::Headers(_) | CellnetError::Payload(_) => ReturnCode::InvalidRequest,
             CellnetError::PeerIdentity { .. } | CellnetError::OwnIdentity { .. } => {
                 ReturnCode::AuthenticationError

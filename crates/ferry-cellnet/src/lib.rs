@@ -31,10 +31,13 @@
 //! ```
 //!
 //! Layout: [`frame`] (prefix and decoder), [`headers`] (header map), [`fobs`] (payload
-//! container), [`msgpack`] (zero-copy writer, bounded scanner), `connection` (reader/writer
-//! tasks, handshake, heartbeats), `stream` (`sm__*`), `cell` (routing, handlers, waiters),
+//! container), [`msgpack`] (zero-copy writer, bounded scanner), `reader` and `writer` (the
+//! two halves of a socket), `connection` (handshake, heartbeats, the read loop), `admission`
+//! (connection limits), `held` (the budget of unfinished data), `log_limit` (rate-limited
+//! complaints about peers), `stream` (`sm__*`), `cell` (routing, handlers, waiters),
 //! `driver` (tcp, tls, inproc).
 
+mod admission;
 mod cell;
 mod connection;
 mod driver;
@@ -43,19 +46,24 @@ pub mod fobs;
 mod fqcn;
 pub mod frame;
 pub mod headers;
+mod held;
 mod limits;
+mod log_limit;
 mod message;
 pub mod msgpack;
+mod reader;
 mod return_code;
 mod stream;
 #[cfg(test)]
 mod testutil;
 mod trust;
+mod writer;
 
 pub use cell::{
     Cell, CellBuilder, IntoReply, PeerEvent, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,
     DEFAULT_SHUTDOWN_GRACE,
 };
+pub use connection::ConnectionInfo;
 #[cfg(feature = "tls")]
 pub use driver::tls::{common_name, TlsConfig};
 pub use driver::Url;

@@ -12,12 +12,13 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::cell::{CellInner, ReplyTo};
 use crate::connection::Conn;
 use crate::error::CellnetError;
 use crate::headers::{keys, stream_keys as sk, Headers};
+use crate::log_limit::limited;
 use crate::message::{encoding, Message, Payload};
 use crate::return_code::ReturnCode;
 
@@ -33,8 +34,11 @@ pub mod data_type {
     pub const ERROR: u64 = 6;
 }
 
-/// Reassembly buffers are pre-sized to the announced size, but never beyond this.
-const MAX_PREALLOC: usize = 8 * 1024 * 1024;
+/// What a stream in reassembly costs beyond its bytes (its headers, its table entry): charged
+/// when it starts, so that streams without payload are not free.
+const STREAM_OVERHEAD: usize = 1024;
+/// What each kept chunk costs beyond its bytes.
+const CHUNK_OVERHEAD: usize = 64;
 
 /// Progress of a stream this cell sends.
 #[derive(Clone, Debug, Default)]
@@ -51,14 +55,17 @@ pub(crate) struct OutStream {
     ri: Option<String>,
 }
 
-/// A stream being reassembled.
+/// A stream being reassembled. Every byte it keeps is a copy of exactly that chunk (it pins
+/// no frame buffer) and is charged to the account of the connection it arrives on; dropping
+/// the reassembly, for whatever reason, gives the charge back.
 struct Reassembly {
     /// Headers of the first chunk received (every chunk carries the blob headers).
     headers: Headers,
     /// Whether `headers` came from chunk 0 (preferred: it carries the optional hints).
     headers_from_first: bool,
-    /// In-order bytes so far.
-    data: BytesMut,
+    /// In-order chunks so far, and their bytes.
+    chunks: Vec<Bytes>,
+    chunk_bytes: usize,
     /// A stream of exactly one chunk keeps that chunk without copying.
     single: Option<Bytes>,
     next_seq: u64,
@@ -71,13 +78,57 @@ struct Reassembly {
     /// (`sm__ws`) so a sender with a small window never stalls.
     ack_every: usize,
     last_activity: Instant,
-    /// The connection the chunks arrive on (ACKs fall back to it).
+    /// The connection the chunks arrive on (ACKs fall back to it; it pays for the memory).
     conn: Arc<Conn>,
+    /// Bytes charged to `conn`'s account for this stream.
+    charged: usize,
 }
 
 impl Reassembly {
     fn total(&self) -> usize {
-        self.data.len() + self.pending_bytes + self.single.as_ref().map_or(0, Bytes::len)
+        self.chunk_bytes + self.pending_bytes + self.single.as_ref().map_or(0, Bytes::len)
+    }
+
+    fn consumed(&self) -> usize {
+        self.chunk_bytes + self.single.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// The blob, once complete (one copy of the in-order chunks).
+    fn take_blob(&mut self) -> Bytes {
+        if let Some(b) = self.single.take() {
+            return b;
+        }
+        let mut out = BytesMut::with_capacity(self.chunk_bytes);
+        for c in self.chunks.drain(..) {
+            out.extend_from_slice(&c);
+        }
+        self.chunk_bytes = 0;
+        out.freeze()
+    }
+}
+
+impl Drop for Reassembly {
+    fn drop(&mut self) {
+        self.conn.account.release(self.charged);
+    }
+}
+
+/// A charge made before the stream state is locked: given back on drop unless it was moved
+/// into a reassembly.
+struct Charge<'a> {
+    conn: &'a Conn,
+    n: usize,
+}
+
+impl Charge<'_> {
+    fn into_stream(mut self, r: &mut Reassembly) {
+        r.charged += std::mem::take(&mut self.n);
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.conn.account.release(self.n);
     }
 }
 
@@ -121,10 +172,30 @@ impl StreamState {
         map.retain(|(origin, sid), r| {
             let keep = now.duration_since(r.last_activity) < idle;
             if !keep {
-                warn!(%origin, sid, "stream idle for {idle:?}; dropped");
+                limited!(r.conn.log, warn, %origin, sid, "stream idle for {idle:?}; dropped");
             }
             keep
         });
+    }
+
+    /// Drop the reassemblies whose chunks arrive on connection `id` (it closed: they cannot
+    /// complete, and their memory is charged to it).
+    pub fn drop_connection(&self, id: u64) {
+        let dropped: Vec<Reassembly> = {
+            let mut map = self.incoming.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<StreamKey> = map
+                .iter()
+                .filter(|(_, r)| r.conn.id == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        if !dropped.is_empty() {
+            debug!(
+                streams = dropped.len(),
+                "connection closed; its unfinished streams are dropped"
+            );
+        }
     }
 }
 
@@ -250,8 +321,9 @@ impl CellInner {
         Ok(())
     }
 
-    /// A message on `sm__STREAM` (called by the reader task; never waits).
-    pub(crate) fn on_stream(
+    /// A message on `sm__STREAM` (called by the reader task; waits only for memory to keep a
+    /// chunk, see [`crate::held`]).
+    pub(crate) async fn on_stream(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         origin: String,
@@ -260,7 +332,7 @@ impl CellInner {
         payload: Bytes,
     ) {
         let Some(sid) = headers.get_u64(sk::ID) else {
-            warn!(%origin, "stream message without sm__id; dropped");
+            limited!(conn.log, warn, %origin, "stream message without sm__id; dropped");
             return;
         };
         let dt = headers.get_u64(sk::DATA_TYPE).unwrap_or(0);
@@ -269,20 +341,20 @@ impl CellInner {
                 let em = headers
                     .get_str(sk::ERROR_MSG)
                     .unwrap_or("aborted by sender");
-                warn!(%origin, sid, "sender aborted the stream: {em}");
+                limited!(conn.log, warn, %origin, sid, "sender aborted the stream: {em}");
                 self.streams
                     .incoming
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&(origin, sid));
             }
-            sk::TOPIC_DATA => self.on_chunk(conn, origin, sid, dt, headers, payload),
+            sk::TOPIC_DATA => self.on_chunk(conn, origin, sid, dt, headers, payload).await,
             sk::TOPIC_ACK | sk::TOPIC_ERROR if dt == data_type::ERROR => {
                 let em = headers
                     .get_str(sk::ERROR_MSG)
                     .unwrap_or("stream rejected by receiver")
                     .to_string();
-                warn!(%origin, sid, "receiver aborted the stream: {em}");
+                limited!(conn.log, warn, %origin, sid, "receiver aborted the stream: {em}");
                 let ri = self
                     .streams
                     .outgoing
@@ -313,11 +385,11 @@ impl CellInner {
                 }
             }
             sk::TOPIC_ERROR => debug!(%origin, sid, "sm__ERROR without dt=6; ignored"),
-            other => warn!(%origin, "unknown stream topic {other:?}; dropped"),
+            other => limited!(conn.log, warn, %origin, "unknown stream topic {other:?}; dropped"),
         }
     }
 
-    fn on_chunk(
+    async fn on_chunk(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         origin: String,
@@ -329,6 +401,35 @@ impl CellInner {
         let seq = headers.get_u64(sk::SEQ).unwrap_or(0);
         let max = self.limits.max_stream_bytes;
         let key = (origin.clone(), sid);
+        // A chunk that has to wait for the rest of its stream is kept, and paid for, before
+        // anything is stored: the charge may close a stale connection to make room, or be
+        // refused, which aborts this stream. (A one-chunk stream is handed on at once.)
+        let one_chunk = seq == 0 && dt == data_type::FINAL;
+        let is_new = !self
+            .streams
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key);
+        let cost = if one_chunk {
+            0
+        } else {
+            payload.len() + CHUNK_OVERHEAD + if is_new { STREAM_OVERHEAD } else { 0 }
+        };
+        if let Err(why) = conn.account.charge(cost).await {
+            let dropped = self
+                .streams
+                .incoming
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            drop(dropped);
+            let why = format!("stream aborted: {why}");
+            limited!(conn.log, warn, %origin, sid, "{why}");
+            self.send_stream_error(conn, &origin, sid, &headers, &why);
+            return;
+        }
+        let charge = Charge { conn, n: cost };
         let mut map = self
             .streams
             .incoming
@@ -351,11 +452,12 @@ impl CellInner {
             }
             let size = headers.get_u64(sk::SIZE).unwrap_or(0);
             let from_origin = map.keys().filter(|(o, _)| *o == origin).count();
+            let from_conn = map.values().filter(|r| r.conn.id == conn.id).count();
             let refuse = if size > max as u64 {
                 Some(format!("stream of {size} bytes exceeds the limit of {max}"))
-            } else if from_origin >= self.limits.max_streams_per_peer {
+            } else if from_origin.max(from_conn) >= self.limits.max_streams_per_peer {
                 Some(format!(
-                    "more than {} concurrent streams from {origin}",
+                    "more than {} concurrent streams from {origin} or its connection",
                     self.limits.max_streams_per_peer
                 ))
             } else {
@@ -363,7 +465,7 @@ impl CellInner {
             };
             if let Some(why) = refuse {
                 drop(map);
-                warn!(%origin, sid, "stream refused: {why}");
+                limited!(conn.log, warn, %origin, sid, "stream refused: {why}");
                 self.send_stream_error(conn, &origin, sid, &headers, &why);
                 return;
             }
@@ -372,7 +474,8 @@ impl CellInner {
                 Reassembly {
                     headers: headers.clone(),
                     headers_from_first: seq == 0,
-                    data: BytesMut::with_capacity((size as usize).min(MAX_PREALLOC)),
+                    chunks: Vec::new(),
+                    chunk_bytes: 0,
                     single: None,
                     next_seq: 0,
                     pending: BTreeMap::new(),
@@ -386,6 +489,7 @@ impl CellInner {
                         .min(self.limits.stream_ack_interval),
                     last_activity: Instant::now(),
                     conn: conn.clone(),
+                    charged: 0,
                 },
             );
         }
@@ -404,10 +508,11 @@ impl CellInner {
         let duplicate = seq < r.next_seq || r.pending.contains_key(&seq);
         if !duplicate {
             if r.total() + payload.len() > max {
-                map.remove(&key);
+                let dropped = map.remove(&key);
                 drop(map);
+                drop(dropped);
                 let why = format!("stream exceeds the limit of {max} bytes");
-                warn!(%origin, sid, "{why}");
+                limited!(conn.log, warn, %origin, sid, "{why}");
                 let h = Headers::new();
                 self.send_stream_error(conn, &origin, sid, &h, &why);
                 return;
@@ -416,20 +521,23 @@ impl CellInner {
                 if seq == 0 && dt == data_type::FINAL {
                     r.single = Some(payload);
                 } else {
-                    r.data.extend_from_slice(&payload);
+                    r.chunk_bytes += payload.len();
+                    r.chunks.push(Bytes::copy_from_slice(&payload));
                 }
                 r.next_seq += 1;
                 while let Some(p) = r.pending.remove(&r.next_seq) {
                     r.pending_bytes -= p.len();
-                    r.data.extend_from_slice(&p);
+                    r.chunk_bytes += p.len();
+                    r.chunks.push(p);
                     r.next_seq += 1;
                 }
             } else {
                 r.pending_bytes += payload.len();
-                r.pending.insert(seq, payload);
+                r.pending.insert(seq, Bytes::copy_from_slice(&payload));
             }
+            charge.into_stream(r);
         }
-        let consumed = r.data.len() + r.single.as_ref().map_or(0, Bytes::len);
+        let consumed = r.consumed();
         let complete = r.final_seq.is_some_and(|f| r.next_seq > f);
         if complete || consumed - r.acked_bytes >= r.ack_every {
             r.acked_bytes = consumed;
@@ -456,12 +564,12 @@ impl CellInner {
         self.stream_complete(origin, sid, r);
     }
 
-    fn stream_complete(self: &Arc<Self>, origin: String, sid: u64, r: Reassembly) {
-        let blob = match r.single {
-            Some(b) => b,
-            None => r.data.freeze(),
-        };
-        let mut h = r.headers;
+    fn stream_complete(self: &Arc<Self>, origin: String, sid: u64, mut r: Reassembly) {
+        let blob = r.take_blob();
+        let conn = r.conn.clone();
+        let mut h = std::mem::take(&mut r.headers);
+        // complete: the blob is the handler's now, not unfinished data
+        drop(r);
         let channel = h.get_str(sk::CHANNEL).unwrap_or_default().to_string();
         let topic = h.get_str(sk::TOPIC).unwrap_or_default().to_string();
         let pe = h.get_str(sk::PAYLOAD_ENCODING).map(str::to_string);
@@ -490,11 +598,11 @@ impl CellInner {
         let payload = Payload::from_wire(pe.as_deref(), blob);
         if channel == sk::RETURN_ONLY {
             let Some(ri) = ri else {
-                warn!(%origin, sid, "streamed reply without sm__ri; dropped");
+                limited!(conn.log, warn, %origin, sid, "streamed reply without sm__ri; dropped");
                 return;
             };
             let Some((_, w)) = self.stream_waiters.remove(&ri) else {
-                warn!(%origin, %ri, "unexpected streamed reply (nobody waits for it); dropped");
+                limited!(conn.log, warn, %origin, %ri, "unexpected streamed reply (nobody waits for it); dropped");
                 return;
             };
             let msg = match payload {
@@ -511,7 +619,6 @@ impl CellInner {
             Some(ri) => ReplyTo::Stream(ri),
             None => ReplyTo::Nobody,
         };
-        let conn = r.conn;
         match payload {
             Ok(p) => self.dispatch_request(
                 &conn,
@@ -522,7 +629,7 @@ impl CellInner {
                 reply_to,
             ),
             Err(e) => {
-                warn!(%origin, "undecodable streamed payload: {e}");
+                limited!(conn.log, warn, %origin, "undecodable streamed payload: {e}");
                 let mut m = Message::error(ReturnCode::InvalidRequest, e.to_string());
                 m.headers.insert(keys::ORIGIN, origin.as_str());
                 m.headers.insert(keys::CHANNEL, channel.as_str());

@@ -13,9 +13,6 @@
 //! - on a connection we opened (to our parent), the parent is trusted to route for others;
 //! - no connection may speak for this cell itself.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use crate::fqcn::Fqcn;
 
 /// Whether a cell forwards messages that are addressed to another cell.
@@ -54,36 +51,6 @@ pub(crate) fn vouches(own: &Fqcn, peer: &str, outbound: bool, origin: &str) -> b
     Fqcn::new(origin).is_ok_and(|o| peer.is_ancestor_of(&o))
 }
 
-/// At most one warning per [`WarnLimiter::PERIOD`]; the ones in between are counted and the
-/// count is reported with the next warning. A peer that floods us with refused messages must
-/// not flood the log too.
-#[derive(Debug, Default)]
-pub(crate) struct WarnLimiter {
-    /// When the last warning was let through, and how many were held back since.
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl WarnLimiter {
-    pub const PERIOD: Duration = Duration::from_secs(10);
-
-    /// `Some(suppressed)` if a warning may be logged now (with how many were held back since
-    /// the last one), `None` if this one is to be held back.
-    pub fn allow(&self, now: Instant) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match s.0 {
-            Some(last) if now.duration_since(last) < Self::PERIOD => {
-                s.1 += 1;
-                None
-            }
-            _ => {
-                let held = s.1;
-                *s = (Some(now), 0);
-                Some(held)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,15 +83,5 @@ mod tests {
         // an FQCN ancestor that connected to us routes for everyone below it
         assert!(vouches(&me, "site-1", false, "server.j3"));
         assert!(!vouches(&me, "site-1", false, "site-1.j1"));
-    }
-
-    #[test]
-    fn warnings_are_rate_limited() {
-        let l = WarnLimiter::default();
-        let t0 = Instant::now();
-        assert_eq!(l.allow(t0), Some(0));
-        assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
-        assert_eq!(l.allow(t0 + Duration::from_secs(2)), None);
-        assert_eq!(l.allow(t0 + WarnLimiter::PERIOD), Some(2));
     }
 }
