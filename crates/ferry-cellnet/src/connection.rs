@@ -502,7 +502,10 @@ async fn run_inner(
             return;
         }
         Err(e) => {
-            limited!(log, warn, "handshake failed: {e}; closing");
+            match &e {
+                CellnetError::Handshake(_) => limited!(log, warn, "{e}; closing"),
+                _ => limited!(log, warn, "handshake failed: {e}; closing"),
+            }
             if let Some(r) = ready.take() {
                 let _ = r.send(Err(e));
             }

@@ -168,13 +168,16 @@ impl Fobs {
     }
 
     /// Decode into a dynamic value, putting the datums back where their refs are. Refuses
-    /// bodies with more than [`msgpack::MAX_VALUE_NODES`] nodes.
+    /// bodies with more than [`msgpack::MAX_VALUE_NODES`] nodes, and a datum named by more
+    /// than one `DatumRef` (NVFlare gives every value its own datum): each datum is copied
+    /// into the value once at most, so decoding costs no more than the bytes received.
     pub fn to_value(&self) -> Result<Value, CellnetError> {
         let main = self.main.to_contiguous();
         let mut v = msgpack::decode_value(&main, msgpack::MAX_VALUE_NODES)
             .map_err(CellnetError::Payload)?;
         if !self.datums.is_empty() {
-            resolve_datums(&mut v, &self.datums, 0)?;
+            let mut resolved = vec![false; self.datums.len()];
+            resolve_datums(&mut v, &self.datums, &mut resolved, 0)?;
         }
         Ok(v)
     }
@@ -281,7 +284,12 @@ fn datum_ref_id(entries: &[(Value, Value)]) -> Option<&str> {
     map_get(fields, "datum_id")?.as_str()
 }
 
-fn resolve_datums(v: &mut Value, datums: &[Datum], depth: usize) -> Result<(), CellnetError> {
+fn resolve_datums(
+    v: &mut Value,
+    datums: &[Datum],
+    resolved: &mut [bool],
+    depth: usize,
+) -> Result<(), CellnetError> {
     if depth > msgpack::MAX_DEPTH {
         return Err(CellnetError::Payload("FOBS value nested too deep".into()));
     }
@@ -289,10 +297,16 @@ fn resolve_datums(v: &mut Value, datums: &[Datum], depth: usize) -> Result<(), C
         Value::Map(entries) => {
             if let Some(id) = datum_ref_id(entries) {
                 let id = Uuid::parse_str(id).map_err(|e| CellnetError::Payload(e.to_string()))?;
-                let d = datums
+                let i = datums
                     .iter()
-                    .find(|d| d.id == id)
+                    .position(|d| d.id == id)
                     .ok_or_else(|| CellnetError::Payload(format!("missing FOBS datum {id}")))?;
+                if std::mem::replace(&mut resolved[i], true) {
+                    return Err(CellnetError::Payload(format!(
+                        "FOBS datum {id} is referenced more than once (each datum may be referenced once)"
+                    )));
+                }
+                let d = &datums[i];
                 *v = match d.kind {
                     DatumKind::Text => Value::String(
                         String::from_utf8(d.data.to_vec())
@@ -304,12 +318,12 @@ fn resolve_datums(v: &mut Value, datums: &[Datum], depth: usize) -> Result<(), C
                 return Ok(());
             }
             for (_, val) in entries.iter_mut() {
-                resolve_datums(val, datums, depth + 1)?;
+                resolve_datums(val, datums, resolved, depth + 1)?;
             }
         }
         Value::Array(items) => {
             for it in items.iter_mut() {
-                resolve_datums(it, datums, depth + 1)?;
+                resolve_datums(it, datums, resolved, depth + 1)?;
             }
         }
         _ => {}
@@ -398,6 +412,40 @@ mod tests {
         main.extend_from_slice(b"hello");
         let v = Fobs::parse(Bytes::from(main)).unwrap().to_value().unwrap();
         assert_eq!(v, Value::Array(vec!["hello".into()]));
+    }
+
+    /// One datum named by many refs would be copied once per ref (100 refs to a 10 MiB
+    /// datum: 1 GB from a 10 MiB message): refused at the second ref.
+    #[test]
+    fn a_datum_referenced_twice_is_refused() {
+        let id = Uuid::new_v4();
+        let body = msgpack::encode_value(Value::Array(vec![datum_ref(id); 100]));
+        let mut w = vec![MARKER_MAIN, 0];
+        w.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        w.extend_from_slice(&body);
+        w.extend_from_slice(&[MARKER_BLOB, 0]);
+        w.extend_from_slice(&(16u64 + 1000).to_be_bytes());
+        w.extend_from_slice(id.as_bytes());
+        w.extend_from_slice(&[7u8; 1000]);
+        let e = Fobs::parse(Bytes::from(w)).unwrap().to_value().unwrap_err();
+        assert!(e.to_string().contains("referenced more than once"), "{e}");
+        // two refs to two datums are fine (what NVFlare sends)
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let body = msgpack::encode_value(Value::Array(vec![datum_ref(a), datum_ref(b)]));
+        let mut w = vec![MARKER_MAIN, 0];
+        w.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        w.extend_from_slice(&body);
+        for (id, byte) in [(a, 1u8), (b, 2u8)] {
+            w.extend_from_slice(&[MARKER_BLOB, 0]);
+            w.extend_from_slice(&(16u64 + 3).to_be_bytes());
+            w.extend_from_slice(id.as_bytes());
+            w.extend_from_slice(&[byte; 3]);
+        }
+        let v = Fobs::parse(Bytes::from(w)).unwrap().to_value().unwrap();
+        assert_eq!(
+            v,
+            Value::Array(vec![Value::Binary(vec![1; 3]), Value::Binary(vec![2; 3])])
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::log_limit::{limited, LogLimiter};
+
 /// How long a charge waits for an evicted connection to let go of its memory before it is
 /// refused itself. Eviction cancels the victim's reader, which drops its buffers at once;
 /// this only bounds the pathological case.
@@ -189,6 +191,8 @@ pub(crate) struct HeldBudget {
     /// How to close each registered connection (an eviction cancels it).
     closers: Mutex<HashMap<u64, (CancellationToken, String)>>,
     returned: Notify,
+    /// Evictions are logged at most once per period (a peer can cause one per connection).
+    log: LogLimiter,
 }
 
 impl HeldBudget {
@@ -197,6 +201,7 @@ impl HeldBudget {
             table: Mutex::new(HeldTable::new(capacity)),
             closers: Mutex::new(HashMap::new()),
             returned: Notify::new(),
+            log: LogLimiter::default(),
         })
     }
 
@@ -291,10 +296,13 @@ impl AccountHandle {
                 Admit::Evict(victim) => {
                     let closer = self.budget.closers().get(&victim).cloned();
                     if let Some((token, addr)) = closer {
-                        tracing::warn!(
+                        let held = self.budget.table().held_by(victim);
+                        limited!(
+                            self.budget.log,
+                            warn,
                             victim = %addr,
-                            held = self.budget.table().held_by(victim),
-                            "closing the connection holding the stalest unfinished data: the cell's budget for data its peers have not finished sending is full"
+                            held,
+                            "closing the connection holding the stalest unfinished data: the cell's budget for data its peers have not finished sending (Limits::max_held_bytes) is full"
                         );
                         token.cancel();
                     }

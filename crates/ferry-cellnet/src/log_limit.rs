@@ -44,12 +44,14 @@ impl LogLimiter {
 }
 
 /// Log a complaint about a peer's input through a [`LogLimiter`]:
-/// `limited!(conn.log, warn, peer = %p, "what went wrong: {e}")`. The line carries a
-/// `suppressed` field: how many lines the limiter held back since the previous one.
+/// `limited!(conn.log, warn, peer = %p, "what went wrong: {e}")`. A line that follows
+/// held-back ones carries a `suppressed` field: how many the limiter held back.
 macro_rules! limited {
     ($limiter:expr, $level:ident, $($rest:tt)+) => {
-        if let Some(suppressed) = $limiter.allow_now() {
-            tracing::$level!(suppressed, $($rest)+);
+        match $limiter.allow_now() {
+            Some(0) => tracing::$level!($($rest)+),
+            Some(suppressed) => tracing::$level!(suppressed, $($rest)+),
+            None => {}
         }
     };
 }

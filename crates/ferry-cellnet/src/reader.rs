@@ -5,7 +5,8 @@
 //!   small buffer and copied out of it, so a frame a handler keeps alive pins only its own
 //!   bytes, and the buffer is reused in place.
 //! - A larger frame gets a buffer of its own (recycled from a small per-connection pool) that
-//!   grows as its bytes arrive, doubling at most, with fallible allocation. Each growth is
+//!   grows as its bytes arrive, doubling at most and by [`GROW_MAX`] at most, with fallible
+//!   allocation. Each growth is
 //!   charged to the connection's account with the cell's held-memory budget first
 //!   ([`crate::held`]); a charge that cannot be met closes the connection.
 //! - Until the handshake is done the frame limit is `max_handshake_frame_size` (HELLO is
@@ -28,6 +29,10 @@ use crate::log_limit::{limited, LogLimiter};
 
 /// Frames up to this long share the small read buffer; longer ones get a buffer of their own.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
+/// A frame's buffer grows by at most this much at a time: what it holds beyond the bytes
+/// received stays below this (or below what arrived, for smaller frames).
+const GROW_MAX: usize = 8 * 1024 * 1024;
 
 /// Bytes of idle frame buffers a connection keeps for reuse. A receiver pulling with a window
 /// of eight 1 MiB chunks has about nine frames alive at once; a pool smaller than that means
@@ -319,8 +324,9 @@ impl FrameReader {
                 break;
             }
             if filled == cap {
-                // grow: double what is there (at least READ_CHUNK), never past the frame
-                let target = (cap * 2).max(filled + READ_CHUNK).min(len);
+                // grow: double what is there (at least READ_CHUNK, at most GROW_MAX more),
+                // never past the frame
+                let target = (cap + cap.clamp(READ_CHUNK, GROW_MAX)).min(len);
                 let extra = target - cap;
                 if let Some(a) = &self.account {
                     a.charge(extra).await.map_err(|why| {

@@ -82,7 +82,7 @@ pub struct DemoArgs {
     /// Also distribute a generated tensor dict (float32 tensors, a quarter of --size).
     #[arg(long)]
     pub tensors: bool,
-    /// Chunk size (64KiB to 64MiB).
+    /// Chunk size of the file (64KiB to 64MiB); the tensor dict goes one tensor per chunk.
     #[arg(long, default_value = "1MiB", value_parser = parse_chunk, value_name = "SIZE")]
     pub chunk: u64,
     /// Keep the generated and received files in this directory (default: a temp dir, removed).
@@ -138,9 +138,10 @@ pub struct ServeArgs {
     /// Cap the bytes per second sent to all receivers together (e.g. 50MiB; at least 1KiB); default: no cap.
     #[arg(long, value_parser = parse_rate, value_name = "SIZE")]
     pub limit_rate: Option<u64>,
-    /// Chunk size (64KiB to 64MiB).
-    #[arg(long, default_value = "1MiB", value_parser = parse_chunk, value_name = "SIZE")]
-    pub chunk: u64,
+    /// Chunk size of plain files (64KiB to 64MiB; default 1MiB). A tensor dict (--tensors)
+    /// travels one whole tensor per chunk, so --chunk is refused when a file is served as one.
+    #[arg(long, value_parser = parse_chunk, value_name = "SIZE")]
+    pub chunk: Option<u64>,
     /// Serve `.safetensors` files as tensor dicts (item by item) instead of as plain files.
     #[arg(long)]
     pub tensors: bool,
@@ -376,7 +377,7 @@ mod tests {
         let Command::Serve(s) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(s.chunk, 4 << 20);
+        assert_eq!(s.chunk, Some(4 << 20));
         assert_eq!(s.timeout, Duration::from_secs(90));
         assert!(Cli::try_parse_from(["ferry", "serve", "a", "--chunk", "1k"]).is_err());
         assert!(

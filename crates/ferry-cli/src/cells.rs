@@ -150,8 +150,19 @@ pub fn connect_failure(url: &str, e: &CellnetError) -> Failure {
         CellnetError::Tls(why) => Failure::usage(format!(
             "TLS with the sender at {url} failed ({why}); check that --tls-ca is the CA that signed the sender's certificate and that --tls-cert/--tls-key belong together"
         )),
+        CellnetError::Busy(why) => Failure::transfer(format!(
+            "sender busy: the sender at {url} refused the connection ({}); try again later",
+            why.strip_prefix("busy: ").unwrap_or(why)
+        )),
+        CellnetError::Handshake(why) | CellnetError::ConnectionClosed(why)
+            if url.starts_with("stcp://") =>
+        {
+            Failure::transfer(format!(
+                "the sender at {url} closed the connection during the handshake ({why}); with TLS, the CN of --tls-cert must be the first segment of --name and be signed by the sender's CA"
+            ))
+        }
         CellnetError::Handshake(why) | CellnetError::ConnectionClosed(why) => Failure::transfer(format!(
-            "the sender at {url} refused the connection ({why}); with TLS, the CN of --tls-cert must be the first segment of --name and be signed by the sender's CA"
+            "the sender at {url} closed the connection during the handshake ({why}); it may be overloaded or shutting down, or another program listens there: try again, and check the address in the ticket"
         )),
         CellnetError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             Failure::transfer(format!(

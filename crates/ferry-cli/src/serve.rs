@@ -270,9 +270,18 @@ fn set_json(set: &Ticket, members: &[Ticket], format: TicketFormat) -> serde_jso
     v
 }
 
+/// Chunk size of plain files when `--chunk` is not given.
+const DEFAULT_CHUNK: u64 = 1 << 20;
+
 /// Run `ferry serve`.
 pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
     let entries = collect(&args.paths, args.tensors)?;
+    if let (Some(_), Some(t)) = (args.chunk, entries.iter().find(|e| e.kind == Kind::Tensors)) {
+        return Err(Failure::usage(format!(
+            "--chunk sets the chunk size of plain files, but {} is served as a tensor dict (--tensors), which travels one whole tensor per chunk; drop --chunk, or drop --tensors to serve it as a plain file",
+            t.path.display()
+        )));
+    }
     for a in &args.allow {
         cells::check_name("--allow", a)?;
     }
@@ -332,7 +341,8 @@ async fn serve(
     } else {
         args.allow.len() as u64
     };
-    let chunk = paced_chunk(args.chunk, args.limit_rate, n_expected);
+    let given_chunk = args.chunk.unwrap_or(DEFAULT_CHUNK);
+    let chunk = paced_chunk(given_chunk, args.limit_rate, n_expected);
     let cancel = interrupt::on_signal();
 
     let addr = ticket_addr(bound, args.advertise.as_deref());
@@ -411,8 +421,12 @@ async fn serve(
             "rate cap: {}/s for all receivers together, in turns of {} per receiver{}",
             fmt_bytes(rate),
             fmt_bytes(chunk),
-            if chunk < args.chunk {
-                format!(" (smaller than --chunk {}, so that each receiver hears from this sender several times a second)", fmt_bytes(args.chunk))
+            if chunk < given_chunk {
+                format!(
+                    " (smaller than {} {}, so that each receiver hears from this sender several times a second)",
+                    if args.chunk.is_some() { "--chunk" } else { "the default chunk" },
+                    fmt_bytes(given_chunk)
+                )
             } else {
                 String::new()
             }

@@ -2,41 +2,97 @@
 //!
 //! Every chunk a producer makes holds permits for its size until the bytes have left the
 //! process: the permits travel inside the chunk's `Bytes` (via [`Bytes::from_owner`]) and are
-//! returned when the connection writer drops the frame after writing it. However many
-//! receivers pull at once, the sender never holds more than the budget in chunk buffers —
-//! the bound the issue asks for ("a global byte budget, not per-receiver buffers").
+//! returned when the connection writer drops the frame after writing it (or when a connection
+//! that stopped reading is closed and its queue dropped, see `Limits::send_timeout`). However
+//! many receivers pull at once, the sender never holds more than the budget in chunk buffers.
 //!
-//! One peer may hold at most a share of the budget ([`PEER_SHARE`]): a receiver that stops
-//! reading leaves its chunks stuck in the connection writer until the send timeout, and without
-//! the share a couple of such peers would hold the whole budget and stall every other receiver.
+//! The permits are taken **before** the chunk is produced, for the chunk's real size: objects
+//! with a byte plan (files, in-memory bytes) say exactly how long the next chunk is; for the
+//! others the largest chunk seen so far of the same object stands in ([`ChunkSizes`]), and a
+//! chunk that turns out larger waits for the rest before it is sent. A chunk larger than the
+//! whole budget takes all of it and travels alone.
+//!
+//! One connection may hold at most a share of the budget ([`PEER_SHARE`]): a receiver that
+//! stops reading leaves its chunks stuck in the connection writer until the send timeout, and
+//! without the share a couple of such peers would hold the whole budget and stall every other
+//! receiver. The share belongs to the *connection* a pull arrived on
+//! ([`ferry_cellnet::ConnectionInfo`]), not to the name it claims: a connection speaks for
+//! every cell below its own name, so names are free and connections are not.
 
 use bytes::Bytes;
+use ferry_core::service::PullTicket;
+use ferry_core::{PlanLayout, RefId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A peer may hold at most 1/`PEER_SHARE` of the budget.
+/// A connection may hold at most 1/`PEER_SHARE` of the budget.
 pub const PEER_SHARE: u32 = 4;
 
-/// Per-peer semaphores are pruned (those nobody holds or waits on) once the map grows past
-/// this many entries, so a sender that has served many receivers keeps no state for them.
+/// Per-connection semaphores are pruned (those nobody holds or waits on) once the map grows
+/// past this many entries, so a sender that has served many receivers keeps no state for them.
 const PRUNE_ABOVE: usize = 64;
 
 /// Permits are counted in units of this many bytes (a semaphore holds at most `u32::MAX >> 3`
 /// permits per acquisition, so bytes would not fit for multi-GiB budgets).
 const UNIT: u64 = 4096;
 
+/// Whose share of the budget a chunk is taken from: the connection its pull arrived on, or,
+/// for a pull that came by no connection (a handler called directly), the receiver's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareKey {
+    key: String,
+    /// The receiver's name, to answer [`ByteBudget::available_for`] by name.
+    name: String,
+}
+
+impl ShareKey {
+    /// The share of the connection the current request arrived on, pulled by `receiver`.
+    pub fn current(receiver: &str) -> Self {
+        match ferry_cellnet::ConnectionInfo::current() {
+            Some(c) => ShareKey {
+                key: format!("conn:{}", c.id),
+                name: receiver.to_string(),
+            },
+            None => Self::named(receiver),
+        }
+    }
+
+    /// A share by receiver name alone.
+    pub fn named(receiver: &str) -> Self {
+        ShareKey {
+            key: format!("name:{receiver}"),
+            name: receiver.to_string(),
+        }
+    }
+}
+
+struct Share {
+    sem: Arc<Semaphore>,
+    /// The receiver that took from it last.
+    name: String,
+}
+
 /// A shared budget of bytes.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ByteBudget {
     sem: Arc<Semaphore>,
     /// Total units; a single acquisition is capped at this so one oversized chunk can still
     /// go out (alone), instead of waiting forever.
     units: u32,
-    /// Units one peer may hold ([`PEER_SHARE`] of the total, at least one).
+    /// Units one connection may hold ([`PEER_SHARE`] of the total, at least one).
     peer_units: u32,
-    /// Each peer's share, by peer name (the requester's FQCN).
-    peers: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// Each connection's share.
+    peers: Arc<Mutex<HashMap<String, Share>>>,
+}
+
+impl std::fmt::Debug for ByteBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteBudget")
+            .field("capacity", &self.capacity())
+            .field("available", &self.available())
+            .finish()
+    }
 }
 
 impl ByteBudget {
@@ -74,51 +130,75 @@ impl ByteBudget {
         BudgetPermit {
             _peer: None,
             _permit: permit,
+            bytes,
         }
     }
 
-    /// Like [`acquire`](Self::acquire), for a chunk owed to `peer`: the peer's share is taken
-    /// first, then the global budget. A request above the share takes the whole share.
-    pub async fn acquire_for(&self, peer: &str, bytes: u64) -> BudgetPermit {
-        let share = self.peer_semaphore(peer);
+    /// Like [`acquire`](Self::acquire), for a chunk owed to `share`: the connection's share
+    /// is taken first, then the global budget. A request above the share takes the whole
+    /// share.
+    pub async fn acquire_for(&self, share: &ShareKey, bytes: u64) -> BudgetPermit {
+        let sem = self.peer_semaphore(share);
         let want = bytes.div_ceil(UNIT).clamp(1, self.peer_units as u64) as u32;
-        let peer_permit = share.acquire_many_owned(want).await.ok();
+        let peer_permit = sem.acquire_many_owned(want).await.ok();
         let mut permit = self.acquire(bytes).await;
         permit._peer = peer_permit;
         permit
     }
 
-    /// Bytes `peer` may still take before waiting for its own chunks to leave.
-    pub fn available_for(&self, peer: &str) -> u64 {
+    /// Bytes the connection `receiver` pulled by last may still take before waiting for its
+    /// own chunks to leave (its whole share if it holds nothing).
+    pub fn available_for(&self, receiver: &str) -> u64 {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers
-            .get(peer)
-            .map_or(self.peer_units, |s| s.available_permits() as u32) as u64
+            .values()
+            .filter(|s| s.name == receiver)
+            .map(|s| s.sem.available_permits() as u32)
+            .min()
+            .unwrap_or(self.peer_units) as u64
             * UNIT
     }
 
-    fn peer_semaphore(&self, peer: &str) -> Arc<Semaphore> {
+    fn peer_semaphore(&self, share: &ShareKey) -> Arc<Semaphore> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = peers.get(peer) {
-            return Arc::clone(s);
+        if let Some(s) = peers.get_mut(&share.key) {
+            if s.name != share.name {
+                s.name.clone_from(&share.name);
+            }
+            return Arc::clone(&s.sem);
         }
         if peers.len() >= PRUNE_ABOVE {
             // Every permit and every waiter holds a clone of its semaphore: a count of one
-            // means the peer holds nothing and nobody waits for it.
-            peers.retain(|_, s| Arc::strong_count(s) > 1);
+            // means the connection holds nothing and nobody waits for it.
+            peers.retain(|_, s| Arc::strong_count(&s.sem) > 1);
         }
-        let s = Arc::new(Semaphore::new(self.peer_units as usize));
-        peers.insert(peer.to_string(), Arc::clone(&s));
-        s
+        let sem = Arc::new(Semaphore::new(self.peer_units as usize));
+        peers.insert(
+            share.key.clone(),
+            Share {
+                sem: Arc::clone(&sem),
+                name: share.name.clone(),
+            },
+        );
+        sem
     }
 }
 
 /// Bytes taken from a [`ByteBudget`]; returned on drop.
 #[derive(Debug)]
 pub struct BudgetPermit {
-    /// The peer's share, when taken with [`ByteBudget::acquire_for`].
+    /// The connection's share, when taken with [`ByteBudget::acquire_for`].
     _peer: Option<OwnedSemaphorePermit>,
     _permit: Option<OwnedSemaphorePermit>,
+    /// The bytes asked for (the permits are these, rounded up to units and capped).
+    bytes: u64,
+}
+
+impl BudgetPermit {
+    /// The bytes this permit was taken for.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
 }
 
 /// A buffer that returns its budget when the last `Bytes` pointing into it is dropped.
@@ -140,6 +220,46 @@ pub fn attach(bytes: Bytes, permit: BudgetPermit) -> Bytes {
         bytes,
         _permit: permit,
     })
+}
+
+/// Objects whose learned chunk size is remembered; beyond this the memory is cleared (the
+/// next chunk of each object is estimated from scratch).
+const REMEMBER_OBJECTS: usize = 4096;
+
+/// How big the next chunk of an object will be, before it is produced.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkSizes {
+    /// Largest chunk seen per object without a byte plan.
+    seen: Mutex<HashMap<RefId, u64>>,
+}
+
+impl ChunkSizes {
+    /// The size of the chunk `ticket` will produce: exact for a byte plan (the chunk after
+    /// `received_bytes`), else the largest chunk of this object seen so far, else `fallback`.
+    pub fn estimate(&self, ticket: &PullTicket, fallback: u64) -> u64 {
+        if let Some(plan) = ticket.object().plan() {
+            if let PlanLayout::Bytes { total, chunk } = plan.layout {
+                let at = ticket
+                    .state()
+                    .and_then(|s| s.get_u64(ferry_core::plan::KEY_RECEIVED_BYTES).ok())
+                    .flatten()
+                    .unwrap_or(0);
+                return chunk.min(total.saturating_sub(at)).max(1);
+            }
+        }
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(ticket.ref_id()).copied().unwrap_or(fallback)
+    }
+
+    /// Remember that `ref_id` produced a chunk of `len` bytes.
+    pub fn learn(&self, ref_id: &RefId, len: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= REMEMBER_OBJECTS && !seen.contains_key(ref_id) {
+            seen.clear();
+        }
+        let e = seen.entry(ref_id.clone()).or_insert(0);
+        *e = (*e).max(len);
+    }
 }
 
 #[cfg(test)]
@@ -177,17 +297,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_peer_cannot_take_more_than_its_share() {
         let b = ByteBudget::new(16 * UNIT);
+        let stuck_key = ShareKey::named("stuck");
         // The stuck peer takes its whole share (a quarter) ...
         let stuck: Vec<_> =
-            futures::future::join_all((0..4).map(|_| b.acquire_for("stuck", UNIT))).await;
+            futures::future::join_all((0..4).map(|_| b.acquire_for(&stuck_key, UNIT))).await;
         assert_eq!(b.available_for("stuck"), 0);
         assert_eq!(b.available(), 12 * UNIT);
         // ... and its next chunk waits, while another peer still gets budget.
         let b2 = b.clone();
-        let more = tokio::spawn(async move { b2.acquire_for("stuck", UNIT).await });
+        let more =
+            tokio::spawn(async move { b2.acquire_for(&ShareKey::named("stuck"), UNIT).await });
         tokio::task::yield_now().await;
         assert!(!more.is_finished(), "the stuck peer is over its share");
-        let _other = b.acquire_for("healthy", 4 * UNIT).await;
+        let _other = b.acquire_for(&ShareKey::named("healthy"), 4 * UNIT).await;
         assert_eq!(b.available(), 8 * UNIT);
         drop(stuck);
         let _p = more.await.unwrap();
@@ -198,11 +320,17 @@ mod tests {
     async fn idle_peers_are_forgotten() {
         let b = ByteBudget::new(1 << 20);
         for i in 0..(PRUNE_ABOVE * 3) {
-            drop(b.acquire_for(&format!("peer-{i}"), UNIT).await);
+            drop(
+                b.acquire_for(&ShareKey::named(&format!("peer-{i}")), UNIT)
+                    .await,
+            );
         }
-        let held = b.acquire_for("holder", UNIT).await;
+        let held = b.acquire_for(&ShareKey::named("holder"), UNIT).await;
         for i in 0..PRUNE_ABOVE {
-            drop(b.acquire_for(&format!("late-{i}"), UNIT).await);
+            drop(
+                b.acquire_for(&ShareKey::named(&format!("late-{i}")), UNIT)
+                    .await,
+            );
         }
         let peers = b.peers.lock().unwrap().len();
         assert!(peers <= PRUNE_ABOVE + 1, "{peers} peer entries kept");

@@ -119,6 +119,27 @@ pub(crate) fn encode_body(body: ReplyBody) -> MsgpackBody {
     MsgpackBody::from_segments(segments)
 }
 
+/// The msgpack main body of a received download-service *request* (pull, confirm, cancel,
+/// source-failure notice): refused before anything is decoded when the payload on the wire is
+/// larger than [`MAX_REQUEST_BYTES`](ferry_core::message::MAX_REQUEST_BYTES) (a FOBS payload
+/// with datum sections would otherwise be decoded, its datums copied and the value re-encoded
+/// first).
+pub(crate) fn request_body(msg: &Message) -> Result<Bytes, DownloadError> {
+    use ferry_cellnet::Payload;
+    let max = ferry_core::message::MAX_REQUEST_BYTES;
+    let size = match &msg.payload {
+        Payload::Fobs(f) => f.encoded_len(),
+        Payload::Bytes(b) => b.len(),
+        Payload::None | Payload::Value(_) => 0,
+    };
+    if size > max {
+        return Err(DownloadError::Protocol(format!(
+            "request of {size} bytes exceeds the limit of {max} bytes; refused without decoding it"
+        )));
+    }
+    main_body(msg)
+}
+
 /// The msgpack main body of a received download-service message, as one buffer (zero-copy for
 /// the usual case; datum sections, which only a Python sender with ≥ 10 MiB chunks produces,
 /// are folded back in).

@@ -55,7 +55,7 @@ mod service;
 pub mod ticket;
 mod waiter;
 
-pub use budget::{BudgetPermit, ByteBudget};
+pub use budget::{BudgetPermit, ByteBudget, ShareKey};
 pub use client::{
     download_bytes, download_file, download_object, download_tensors, download_tensors_to_file,
     notify_source_failure, DownloadOptions, DownloadProgress, FileOptions, ProgressFn,

@@ -9,7 +9,7 @@ use ferry_core::message::Reply;
 use ferry_core::service::PullTicket;
 use ferry_core::{ChunkData, ProduceError, Produced};
 
-use crate::budget::attach;
+use crate::budget::{attach, ShareKey};
 use crate::service::{panic_text, Inner};
 
 /// A `produce` that panicked, as the error the receiver gets.
@@ -23,14 +23,17 @@ impl Inner {
     pub(crate) async fn serve(self: &Arc<Self>, ticket: PullTicket) -> Reply {
         // Whatever happens to this future (cancelled by a cell shutdown, ...), the ticket goes
         // back to the engine: a lost ticket would hold its transaction until the drain timeout.
-        let peer = ticket.receiver().to_string();
+        // The budget is taken for the chunk's real size before it is made (see crate::budget),
+        // from the share of the connection the pull came on.
+        let share = ShareKey::current(ticket.receiver());
+        let ref_id = ticket.ref_id().clone();
+        let estimate = self.sizes.estimate(&ticket, self.opts.chunk_estimate);
         let mut guard = TicketGuard {
             inner: Arc::clone(self),
             ticket: Some(ticket),
         };
-        let estimate = self.opts.chunk_estimate;
         let permit = tokio::select! {
-            p = self.budget.acquire_for(&peer, estimate) => p,
+            p = self.budget.acquire_for(&share, estimate) => p,
             _ = self.draining.cancelled() => return guard.abandon(),
         };
         tracing::trace!(estimate, "budget acquired");
@@ -82,9 +85,10 @@ impl Inner {
         let result = match result {
             Ok(Produced::Data { data, state }) => {
                 let len = data.byte_len();
+                self.sizes.learn(&ref_id, len);
                 let permit = if len > estimate {
                     drop(permit);
-                    self.budget.acquire_for(&peer, len).await
+                    self.budget.acquire_for(&share, len).await
                 } else {
                     permit
                 };

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::budget::ByteBudget;
+use crate::budget::{ByteBudget, ChunkSizes};
 use crate::codec;
 use crate::error::DownloadError;
 use crate::waiter::TransferWaiter;
@@ -55,11 +55,14 @@ pub struct ServiceOptions {
     /// page-cache reads, in-memory objects) do not take a slot.
     pub max_concurrent_produce: usize,
     /// Global budget on chunk bytes produced but not yet written to a socket, across every
-    /// transaction and receiver. This is what bounds the sender's memory. One receiver may
-    /// hold at most a quarter of it, so receivers that stop reading cannot starve the rest.
+    /// transaction and receiver. This is what bounds the sender's memory: each chunk takes
+    /// its real size before it is produced, and a chunk larger than the budget takes all of
+    /// it and travels alone. One connection may hold at most a quarter of it, so receivers
+    /// that stop reading cannot starve the rest.
     pub byte_budget: u64,
-    /// What a chunk is assumed to weigh before it is produced (the budget is topped up after
-    /// `produce` if the chunk is bigger).
+    /// What a chunk is assumed to weigh before it is produced when the object cannot tell
+    /// (it has no byte plan) and none of its chunks was seen yet; a chunk that turns out
+    /// bigger waits for the rest of its size before it is sent.
     pub chunk_estimate: u64,
     /// Capacity of the lifecycle event stream; slow subscribers miss the oldest events.
     pub event_capacity: usize,
@@ -129,6 +132,8 @@ pub(crate) struct Inner {
     pub(crate) wake: Arc<Notify>,
     pub(crate) produce_slots: Arc<Semaphore>,
     pub(crate) budget: ByteBudget,
+    /// Chunk sizes known before producing (byte plans) or learnt per object.
+    pub(crate) sizes: ChunkSizes,
     pub(crate) stop: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }
@@ -180,6 +185,7 @@ impl DownloadService {
             wake: Arc::new(Notify::new()),
             produce_slots: Arc::new(Semaphore::new(opts.max_concurrent_produce.max(1))),
             budget: ByteBudget::new(opts.byte_budget),
+            sizes: ChunkSizes::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             opts,
@@ -316,8 +322,9 @@ impl DownloadService {
         self.inner.budget.available()
     }
 
-    /// Bytes of its share of the chunk budget that `receiver` (an FQCN) may still take: a
-    /// receiver holds at most a quarter of the budget, however many pulls it sends.
+    /// Bytes of its share of the chunk budget that the connection `receiver` (an FQCN) last
+    /// pulled on may still take: a connection holds at most a quarter of the budget, however
+    /// many pulls it sends and whatever names it pulls as.
     pub fn budget_available_for(&self, receiver: &str) -> u64 {
         self.inner.budget.available_for(receiver)
     }
@@ -436,7 +443,7 @@ impl Inner {
                 "request without origin",
             ));
         };
-        let body = match codec::main_body(&msg) {
+        let body = match codec::request_body(&msg) {
             Ok(b) => b,
             Err(e) => return Some(Message::error(WireCode::InvalidRequest, e.to_string())),
         };
@@ -461,7 +468,7 @@ impl Inner {
         let Some(origin) = msg.origin().map(str::to_owned) else {
             return Message::error(WireCode::InvalidRequest, "notice without origin");
         };
-        let body = match codec::main_body(&msg) {
+        let body = match codec::request_body(&msg) {
             Ok(b) => b,
             Err(e) => return Message::error(WireCode::InvalidRequest, e.to_string()),
         };

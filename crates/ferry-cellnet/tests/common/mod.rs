@@ -106,8 +106,22 @@ impl RawPeer {
         }
     }
 
+    /// Connect from the local address `local` (e.g. 127.0.0.2: another host as far as the
+    /// listener can tell).
+    pub async fn connect_from(url: &str, local: &str) -> RawPeer {
+        let addr: std::net::SocketAddr = url.trim_start_matches("tcp://").parse().unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
+        RawPeer::from_stream(sock.connect(addr).await.unwrap())
+    }
+
     pub async fn send(&mut self, b: &[u8]) {
         self.s.write_all(b).await.unwrap();
+    }
+
+    /// Send, reporting failure (the other side may have closed the connection).
+    pub async fn try_send(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(b).await
     }
 
     /// HELLO as `name`, expect READY.
