@@ -485,15 +485,17 @@ async fn transaction_times_out_while_its_receiver_stalls() {
     cell.shutdown().await;
 }
 
-/// A receiver process that is alive but frozen (SIGSTOP: its socket stops draining) holds the
-/// chunks produced for it until the connection's send timeout (30 s) closes its connection.
-/// Those chunks hold byte budget, but only the frozen receiver's share of it (a quarter): a
-/// healthy receiver must download the whole file while the frozen one is still frozen. The
-/// frozen one is FAILED at its idle budget, which is why that budget is long: the healthy
-/// download (about 3 s on a loaded 2-core machine, a debug build) must end well before it.
-/// Ten times what the healthy download next to the frozen receiver takes on a loaded machine.
+/// The frozen receiver's idle budget: ten times what the healthy download next to it takes
+/// on a loaded machine (about 3 s on a busy 2-core machine, a debug build), so the healthy
+/// download always ends well before the frozen receiver is failed.
 const FROZEN_IDLE_BUDGET: Duration = Duration::from_secs(40);
 
+/// A receiver process that is alive but frozen (SIGSTOP: its socket stops draining) holds the
+/// chunks produced for it until its writes have made no progress for the send timeout (10 s):
+/// then its connection is closed and those chunks are dropped. Meanwhile they hold byte
+/// budget, but only the frozen receiver's share of it (a quarter): a healthy receiver
+/// downloads the whole file next to it. The frozen one is FAILED at its idle budget
+/// ([`FROZEN_IDLE_BUDGET`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_receiver_holds_only_its_share_of_the_byte_budget() {
     init_tracing();
@@ -571,8 +573,6 @@ async fn frozen_receiver_holds_only_its_share_of_the_byte_budget() {
         },
     )
     .await;
-    // Still frozen: the healthy download did not need the frozen receiver's budget back.
-    assert_eq!(service.budget_available_for("site-1"), 0);
     frozen.kill();
     let path = match res {
         Ok(p) => p,

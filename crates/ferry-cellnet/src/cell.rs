@@ -1711,7 +1711,7 @@ impl CellInner {
                 h.insert(keys::PAYLOAD_LEN, seg_len(&segs) as u64);
                 h.insert(keys::SEND_TIME, Value::F64(unix_time()));
                 if let Err(e) = self.send_message(origin, h, segs, Some(conn), None).await {
-                    warn!(%origin, "reply not sent: {e}");
+                    limited!(conn.log, warn, %origin, "reply not sent: {e}");
                 }
             }
             ReplyTo::Stream(ri) => {
@@ -1755,7 +1755,7 @@ impl CellInner {
                             .await;
                         self.streams.outgoing.remove(&sid);
                     }
-                    Err(e) => warn!(%origin, "streamed reply not sent: {e}"),
+                    Err(e) => limited!(conn.log, warn, %origin, "streamed reply not sent: {e}"),
                 }
             }
         }
