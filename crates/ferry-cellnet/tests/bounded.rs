@@ -426,6 +426,58 @@ async fn unfinished_streams_under_many_names_hold_at_most_the_budget() {
     server.shutdown().await;
 }
 
+/// What a stream's first chunk claims (`sm__sz`) reserves nothing: the cell used to reserve
+/// `min(sm__sz, 8 MiB)` for a stream before its bytes arrived (a real NVFlare 10 MiB streamed
+/// request does it; the fuzzing's `cell_stream` finding), so eight 1 KiB first chunks cost
+/// 64 MiB. Now a stream in reassembly holds the chunks that came, and the cell's held bytes
+/// count them.
+#[tokio::test]
+async fn a_streams_claimed_size_reserves_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (server, url) = listening("server", Limits::default()).await;
+    echo_bytes(&server);
+    let mut p = raw(&url, "site-1").await;
+    let piece = vec![3u8; 1024];
+    let peak = Peak::start();
+    for sid in 0..8u64 {
+        p.send(&stream_chunk(
+            "site-1",
+            500 + sid,
+            0,
+            8 * MIB as u64,
+            &piece,
+        ))
+        .await;
+    }
+    // The connection handles its frames in order: once the PING after the chunks is answered,
+    // every chunk has been taken into its stream.
+    p.send(&frame(FrameType::Ping, 0, vec![], vec![0xc0])).await;
+    loop {
+        let f = p
+            .next_frame()
+            .await
+            .expect("the cell closed the connection");
+        if f.frame_type() == Some(FrameType::Pong) {
+            break;
+        }
+    }
+    assert!(
+        server.held_bytes() >= 8 * piece.len(),
+        "the eight unfinished streams are held ({} bytes)",
+        server.held_bytes()
+    );
+    let used = peak.above_base();
+    assert!(
+        used < 8 * MIB,
+        "{} KiB allocated for eight 1 KiB chunks of streams claiming 8 MiB each",
+        used / 1024
+    );
+    real_exchange(&url, "site-real", 1024).await;
+    drop(p);
+    eventually(|| server.held_bytes() == 0).await;
+    server.shutdown().await;
+}
+
 /// Issue 11 §3: more than `max_connections` held-open connections locked everyone out, and
 /// the ones turned away heard nothing. Now one address gets at most
 /// `max_connections_per_address`, the excess hears `busy: too many connections from your
