@@ -1,20 +1,7 @@
 //! The sender-side contract: an object that produces chunks on request.
 
+pub use crate::expected::ExpectedReceivers;
 use crate::{ChunkData, DoneStatus, DownloadStatus, RefId, State, TxId};
-
-/// Who a transaction expects, as an object learns it in
-/// [`Downloadable::set_transaction`] (NVFlare's object reads `num_receivers` from the
-/// transaction at that point).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum ExpectedReceivers {
-    /// Unknown (NVFlare's `num_receivers == 0`): the transaction never finishes by itself.
-    #[default]
-    Unknown,
-    /// Any `n` distinct receivers (count mode).
-    Count(usize),
-    /// These receivers (identity mode).
-    Ids(Vec<String>),
-}
 
 /// What one `produce` call yields (NVFlare's `ProduceRC` with its data).
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,8 @@
-//! Identifiers: transaction ids, ref ids and receiver FQCNs.
+//! Identifiers: transaction ids, ref ids and receiver FQCNs, and the source the engine
+//! draws its random ids and nonces from.
 
+use rand::rngs::{OsRng, StdRng};
+use rand::{RngCore, SeedableRng};
 use std::fmt;
 
 /// Why a string is not a valid FQCN.
@@ -21,6 +24,12 @@ pub enum FqcnError {
 
 /// Check `s` against NVFlare's FQCN rules: characters `[A-Za-z0-9_.~-]`, dot-separated
 /// segments that are neither empty nor repeated.
+///
+/// This is the engine's definition of the rule, which it applies to every receiver name it
+/// is given. `ferry-cellnet` applies the same rule to the names on its wire
+/// (`ferry_cellnet::Fqcn`); the two crates must not depend on each other, so each keeps its
+/// fifteen lines and the `ferry` crate, which sees both, proves that they accept exactly the
+/// same names (`crates/ferry/tests/fqcn_rules.rs`).
 pub fn validate_fqcn(s: &str) -> Result<(), FqcnError> {
     if s.is_empty() {
         return Err(FqcnError::Empty);
@@ -51,9 +60,10 @@ macro_rules! string_id {
         pub struct $name(String);
 
         impl $name {
-            /// A fresh random id: the prefix followed by a uuid4 (NVFlare's format).
+            /// A fresh random id: the prefix followed by a uuid4 (NVFlare's format), from the
+            /// OS's random number generator.
             pub fn random() -> Self {
-                Self(format!(concat!($prefix, "{}"), uuid::Uuid::new_v4()))
+                IdSource::os().next_id($prefix)
             }
             /// A caller-chosen id, taken as is.
             pub fn new(id: impl Into<String>) -> Self {
@@ -102,6 +112,79 @@ string_id!(
     "R"
 );
 
+/// Where the engine's random identifiers come from: the ids of transactions and refs it mints
+/// and the nonces of provisional serves.
+///
+/// In production they come from the OS's random number generator: a ref id is what a
+/// receiver needs to pull (in count mode, all it needs), and a nonce is what a confirm must
+/// echo, so neither may be guessable. A simulation seeds the source instead
+/// ([`ServiceConfig::id_seed`](crate::ServiceConfig::id_seed)), so the same seed mints the
+/// same ids in the same order and a run replays exactly (transactions are kept ordered by id,
+/// so the ids decide more than their own text).
+pub(crate) enum IdSource {
+    /// The OS's generator (`getrandom`), read for every id.
+    Os,
+    /// A seeded generator: predictable, for tests and simulations only.
+    Seeded(Box<StdRng>),
+}
+
+impl fmt::Debug for IdSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The generator's state is secret-adjacent and noisy: name the kind only.
+        f.write_str(match self {
+            IdSource::Os => "IdSource::Os",
+            IdSource::Seeded(_) => "IdSource::Seeded",
+        })
+    }
+}
+
+impl IdSource {
+    /// Ids from the OS's random number generator.
+    pub(crate) fn os() -> Self {
+        IdSource::Os
+    }
+
+    /// Ids from a generator seeded with `seed`: the same seed gives the same sequence.
+    pub(crate) fn seeded(seed: u64) -> Self {
+        IdSource::Seeded(Box::new(StdRng::seed_from_u64(seed)))
+    }
+
+    /// `None`: the OS; `Some(seed)`: seeded.
+    pub(crate) fn from_seed(seed: Option<u64>) -> Self {
+        seed.map_or_else(Self::os, Self::seeded)
+    }
+
+    /// A random (version 4) uuid.
+    fn uuid(&mut self) -> uuid::Uuid {
+        let mut bytes = [0u8; 16];
+        match self {
+            IdSource::Os => OsRng.fill_bytes(&mut bytes),
+            IdSource::Seeded(rng) => rng.fill_bytes(&mut bytes),
+        }
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+
+    /// `prefix` followed by a uuid4, NVFlare's id format.
+    fn next_id<T: From<String>>(&mut self, prefix: &str) -> T {
+        T::from(format!("{prefix}{}", self.uuid()))
+    }
+
+    /// A fresh transaction id, `T<uuid4>`.
+    pub(crate) fn tx_id(&mut self) -> TxId {
+        self.next_id("T")
+    }
+
+    /// A fresh ref id, `R<uuid4>`.
+    pub(crate) fn ref_id(&mut self) -> RefId {
+        self.next_id("R")
+    }
+
+    /// A fresh confirm nonce: 32 lowercase hex digits (a uuid4 without dashes, as NVFlare).
+    pub(crate) fn nonce(&mut self) -> String {
+        self.uuid().simple().to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +196,23 @@ mod tests {
         assert!(t.as_str().starts_with('T') && t.as_str().len() == 37);
         assert!(r.as_str().starts_with('R') && r.as_str().len() == 37);
         assert_ne!(TxId::random(), t);
+    }
+
+    #[test]
+    fn a_seeded_source_repeats_itself_and_the_os_does_not() {
+        let draw = |ids: &mut IdSource| (ids.tx_id(), ids.ref_id(), ids.nonce());
+        let (mut a, mut b) = (IdSource::seeded(7), IdSource::seeded(7));
+        let first = draw(&mut a);
+        assert_eq!(first, draw(&mut b));
+        assert_ne!(draw(&mut a), first, "a sequence, not one value");
+        assert_ne!(draw(&mut IdSource::seeded(8)), first);
+        assert_ne!(draw(&mut IdSource::os()), draw(&mut IdSource::os()));
+        // NVFlare's formats: T/R + a hyphenated uuid4, nonce = 32 hex digits
+        let (t, r, n) = first;
+        let u = uuid::Uuid::parse_str(&t.as_str()[1..]).unwrap();
+        assert_eq!(u.get_version_num(), 4);
+        assert!(r.as_str().starts_with('R') && r.as_str().len() == 37);
+        assert!(n.len() == 32 && n.bytes().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

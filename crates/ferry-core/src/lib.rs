@@ -24,6 +24,7 @@ pub mod consumer;
 pub mod download;
 pub mod downloadable;
 pub mod error;
+pub mod expected;
 pub mod ids;
 pub mod message;
 pub mod outcome;
@@ -42,10 +43,9 @@ mod ttl;
 pub use chunk::ChunkData;
 pub use consumer::{ConsumeError, Consumer};
 pub use download::{Action, Download, DownloadConfig, DownloadFailure, RequestId};
-pub use downloadable::{
-    Downloadable, ExpectedReceivers, PlanLayout, ProduceError, Produced, TransferPlan,
-};
+pub use downloadable::{Downloadable, PlanLayout, ProduceError, Produced, TransferPlan};
 pub use error::Error;
+pub use expected::ExpectedReceivers;
 pub use ids::{validate_fqcn, FqcnError, RefId, TxId};
 pub use outcome::{OutcomeStatus, TransferOutcome};
 pub use plan::{PlanError, WirePlan};

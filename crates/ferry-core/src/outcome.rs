@@ -1,7 +1,7 @@
 //! The aggregate result of a transaction ([`TransferOutcome`]), computed exactly per
 //! download-semantics §3.5.
 
-use crate::{DoneStatus, DownloadStatus, RefId, TxId};
+use crate::{DoneStatus, DownloadStatus, ExpectedReceivers, RefId, TxId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
@@ -73,12 +73,13 @@ impl TransferOutcome {
     pub(crate) fn compute(
         tx_id: TxId,
         done_status: DoneStatus,
-        num_receivers: usize,
-        receiver_ids: Option<Vec<String>>,
+        expected: &ExpectedReceivers,
         min_receivers: Option<usize>,
         refs: Vec<(RefId, BTreeMap<String, DownloadStatus>)>,
         timestamp: Instant,
     ) -> Self {
+        let num_receivers = expected.count();
+        let receiver_ids = expected.ids().map(<[String]>::to_vec);
         let all_ok = num_receivers > 0
             && !refs.is_empty()
             && match &receiver_ids {
@@ -172,11 +173,15 @@ mod tests {
         min: Option<usize>,
         r: &[&[(&str, DownloadStatus)]],
     ) -> TransferOutcome {
+        let expected = ExpectedReceivers::from_nvflare(
+            n,
+            ids.map(|i| i.iter().map(|s| s.to_string()).collect()),
+        )
+        .unwrap();
         TransferOutcome::compute(
             TxId::new("T"),
             done,
-            n,
-            ids.map(|i| i.iter().map(|s| s.to_string()).collect()),
+            &expected,
             min,
             refs(r),
             Instant::now(),

@@ -1,6 +1,6 @@
 //! Configuration of the producer engine and of each transaction.
 
-use crate::{DoneStatus, Downloadable, TransferOutcome, TxId};
+use crate::{DoneStatus, Downloadable, Error, ExpectedReceivers, TransferOutcome, TxId};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,13 @@ pub struct ServiceConfig {
     /// Ferry's default (`true`). `false` is NVFlare's "first final status wins" for FAILED as
     /// well as SUCCESS (SUCCESS always stays final).
     pub reopen_failed: bool,
+    /// Seed of the ids and nonces the engine mints (transaction ids, ref ids, confirm
+    /// nonces). `None` (default): the OS's random number generator, as production needs — a
+    /// ref id is what a receiver needs to pull and a nonce is what its confirm must echo, so
+    /// neither may be guessable. `Some(seed)`: a seeded generator, so the same seed and the same
+    /// calls mint the same ids and a run replays exactly; for tests and simulations only
+    /// ([`Sim`](crate::testing::sim::Sim) seeds it from its own seed).
+    pub id_seed: Option<u64>,
 }
 
 impl Default for ServiceConfig {
@@ -65,6 +72,7 @@ impl Default for ServiceConfig {
             refuse_undeclared: true,
             count_slots: true,
             reopen_failed: true,
+            id_seed: None,
         }
     }
 }
@@ -84,6 +92,8 @@ pub struct TxConfig {
     /// for longer than this (strict `>`).
     pub timeout: Duration,
     /// Expected receivers in count mode; 0 = unknown (never finishes, never COMPLETED).
+    /// NVFlare's argument; the engine reads it, with `receiver_ids`, through
+    /// [`expected_receivers`](Self::expected_receivers).
     pub num_receivers: usize,
     /// Declared receiver FQCNs (identity mode). Deduplicated, order kept.
     pub receiver_ids: Option<Vec<String>>,
@@ -121,6 +131,13 @@ impl TxConfig {
             on_done: None,
             on_outcome: None,
         }
+    }
+
+    /// Who the transaction expects, as the engine and its objects will see it
+    /// ([`ExpectedReceivers::from_nvflare`] of `num_receivers` and `receiver_ids`); an error if
+    /// the two disagree or an id is not an FQCN.
+    pub fn expected_receivers(&self) -> Result<ExpectedReceivers, Error> {
+        ExpectedReceivers::from_nvflare(self.num_receivers, self.receiver_ids.clone())
     }
 
     /// Use this id instead of a random one.

@@ -1,10 +1,9 @@
 //! Transactions and their objects: creation, registration, deletion, shutdown.
 
 use super::output::{HookCall, Queued};
-use super::tx::{Expect, Phase, RefEntry, Tx};
+use super::tx::{RefEntry, Tx};
 use super::{Service, TxConfig};
-use crate::{validate_fqcn, DoneStatus, Downloadable, Error, RefId, TxId};
-use std::collections::BTreeMap;
+use crate::{DoneStatus, Downloadable, Error, RefId, TxId};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +14,7 @@ impl Service {
     /// Create a transaction (NVFlare `new_transaction`). Errors: invalid settings, or a
     /// caller-chosen id that is live, settling, still has an unexpired outcome receipt, or whose
     /// previous life has pulls in flight past its drain deadline (§3.6).
-    pub fn new_transaction(&mut self, cfg: TxConfig, now: Instant) -> Result<TxId, Error> {
+    pub fn new_transaction(&mut self, mut cfg: TxConfig, now: Instant) -> Result<TxId, Error> {
         let now = self.clock.advance(now);
         if self.shut_down {
             return Err(Error::ShutDown);
@@ -23,33 +22,8 @@ impl Service {
         if cfg.timeout.is_zero() {
             return Err(Error::InvalidConfig("timeout must be > 0".into()));
         }
-        let mut num_receivers = cfg.num_receivers;
-        let ids = match cfg.receiver_ids {
-            None => None,
-            Some(list) => {
-                if list.is_empty() {
-                    return Err(Error::InvalidConfig("receiver_ids is empty".into()));
-                }
-                let mut ids: Vec<String> = Vec::with_capacity(list.len());
-                for id in list {
-                    validate_fqcn(&id)?;
-                    if ids.contains(&id) {
-                        tracing::warn!(receiver = %id, "duplicate receiver id ignored");
-                    } else {
-                        ids.push(id);
-                    }
-                }
-                if num_receivers == 0 {
-                    num_receivers = ids.len();
-                } else if num_receivers != ids.len() {
-                    return Err(Error::InvalidConfig(format!(
-                        "num_receivers {num_receivers} != {} receiver_ids",
-                        ids.len()
-                    )));
-                }
-                Some(ids)
-            }
-        };
+        let expect = cfg.expected_receivers()?;
+        let num_receivers = expect.count();
         if let Some(k) = cfg.min_receivers {
             if k == 0 || (num_receivers > 0 && k > num_receivers) {
                 return Err(Error::InvalidConfig(format!(
@@ -69,18 +43,18 @@ impl Service {
         if cfg.idle_timeout.is_some_and(|i| i >= cfg.timeout) {
             tracing::warn!("idle_timeout >= transaction timeout: the idle budget can never fire");
         }
-        if cfg.acquire_timeout.is_some() && ids.is_none() {
+        if cfg.acquire_timeout.is_some() && expect.ids().is_none() {
             tracing::warn!("acquire_timeout without receiver_ids: the acquire budget never fires");
         }
-        let id = match cfg.tx_id {
+        let id = match cfg.tx_id.take() {
             None => loop {
-                let id = TxId::random();
-                if !self.txs.contains_key(&id) {
+                let id = self.ids.tx_id();
+                if !self.txs.contains(&id) {
                     break id;
                 }
             },
             Some(id) => {
-                if self.txs.contains_key(&id) || self.outcomes.contains(&id, now) {
+                if self.txs.contains(&id) || self.outcomes.contains(&id, now) {
                     return Err(Error::TxIdInUse(id));
                 }
                 if self.leaked.contains_key(&id) || self.unrecorded.contains(&id) {
@@ -90,29 +64,7 @@ impl Service {
             }
         };
         tracing::debug!(tx = %id, num_receivers, "new transaction");
-        self.txs.insert(
-            id.clone(),
-            Tx {
-                id: id.clone(),
-                timeout: cfg.timeout,
-                expect: Expect { num_receivers, ids },
-                min_receivers: cfg.min_receivers,
-                acquire_timeout: cfg.acquire_timeout,
-                idle_timeout: cfg.idle_timeout,
-                reconnect_timeout: cfg.reconnect_timeout,
-                progress_interval: cfg.progress_interval,
-                on_done: cfg.on_done,
-                on_outcome: cfg.on_outcome,
-                refs: Vec::new(),
-                last_active: now,
-                members: BTreeMap::new(),
-                phase: Phase::Live,
-                in_flight: 0,
-                budget_wake: None,
-                bytes_served: 0,
-                created: now,
-            },
-        );
+        self.txs.insert(Tx::new(id.clone(), cfg, expect, now));
         Ok(id)
     }
 
@@ -130,28 +82,31 @@ impl Service {
         if self.shut_down {
             return Err(Error::ShutDown);
         }
-        let rid = match ref_id {
-            Some(r) if r.as_str().is_empty() => {
-                return Err(Error::InvalidConfig("ref id is empty".into()))
-            }
-            Some(r) => r,
-            None => RefId::random(),
-        };
+        if ref_id.as_ref().is_some_and(|r| r.as_str().is_empty()) {
+            return Err(Error::InvalidConfig("ref id is empty".into()));
+        }
         let tx = self
             .txs
-            .get_mut(tx_id)
+            .get(tx_id)
             .ok_or_else(|| Error::UnknownTransaction(tx_id.clone()))?;
-        if tx.phase != Phase::Live {
+        if !tx.is_live() {
             return Err(Error::TransactionNotLive(tx_id.clone()));
         }
-        if self.ref_index.contains_key(&rid) {
-            return Err(Error::RefIdInUse(rid));
-        }
+        let expected = tx.expect.clone();
+        let rid = match ref_id {
+            Some(r) if self.txs.has_ref(&r) => return Err(Error::RefIdInUse(r)),
+            Some(r) => r,
+            None => loop {
+                let r = self.ids.ref_id();
+                if !self.txs.has_ref(&r) {
+                    break r;
+                }
+            },
+        };
         let plan = obj.plan();
         if let Some(p) = &plan {
             p.validate()?;
         }
-        let expected = tx.expect.expected();
         let (o, r) = (obj.clone(), rid.clone());
         let t = tx_id.clone();
         self.out.push_back(Queued::Hook(HookCall::new(
@@ -161,16 +116,8 @@ impl Service {
         )));
         self.tombstones.remove(&rid);
         self.ended.remove(&rid);
-        tx.refs.push(RefEntry {
-            id: rid.clone(),
-            obj,
-            plan,
-            created: now,
-            slots: BTreeMap::new(),
-            all_fired: false,
-        });
-        tx.budget_wake = tx.next_budget_deadline();
-        self.ref_index.insert(rid.clone(), tx_id.clone());
+        self.txs
+            .add_ref(tx_id, RefEntry::new(rid.clone(), obj, plan, now));
         Ok(rid)
     }
 
@@ -180,9 +127,9 @@ impl Service {
         let now = self.clock.advance(now);
         let tx = self
             .txs
-            .get_mut(tx_id)
+            .get(tx_id)
             .ok_or_else(|| Error::UnknownTransaction(tx_id.clone()))?;
-        if tx.phase != Phase::Live {
+        if !tx.is_live() {
             return Err(Error::TransactionNotLive(tx_id.clone()));
         }
         self.retire(tx_id, DoneStatus::Deleted, true, now);
@@ -204,11 +151,7 @@ impl Service {
         for id in live {
             self.retire(&id, DoneStatus::Deleted, false, now);
         }
-        for tx in self.txs.values_mut() {
-            if let Phase::Settling { record, .. } = &mut tx.phase {
-                *record = false;
-            }
-        }
+        self.txs.for_each_mut(Tx::forget_outcome);
         self.tombstones.clear();
         self.ended.clear();
         self.outcomes.clear();

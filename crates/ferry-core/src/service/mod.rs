@@ -64,6 +64,7 @@ mod pull;
 mod receivers;
 mod rules;
 mod settle;
+mod table;
 mod ticket;
 mod tx;
 
@@ -74,6 +75,7 @@ pub use config::{
 pub use output::{FinalCause, HookCall, ServiceEvent, ServiceOutput};
 pub use ticket::{Handled, PendingConfirm, PullTicket, TransactionInfo};
 
+use crate::ids::IdSource;
 use crate::time::Clock;
 use crate::ttl::TtlMap;
 use crate::{DoneStatus, DownloadStatus, RefId, TransferOutcome, TxId};
@@ -81,7 +83,8 @@ use output::Queued;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Instant;
-use tx::{Phase, Tx};
+use table::TxTable;
+use tx::Tx;
 
 #[cfg(doc)]
 use crate::{Produced, Refusal};
@@ -92,11 +95,11 @@ pub struct Service {
     config: ServiceConfig,
     /// Monotonic virtual time (unset before the first call).
     clock: Clock,
-    /// Live and settling transactions. A BTreeMap so that simultaneous settlements happen in a
-    /// deterministic order.
-    txs: BTreeMap<TxId, Tx>,
-    /// ref -> owning transaction, for live and settling transactions.
-    ref_index: HashMap<RefId, TxId>,
+    /// Where minted ids and nonces come from (OS randomness, or seeded: `id_seed`).
+    ids: IdSource,
+    /// Live and settling transactions, indexed by id, by ref and by next deadline. Iterated in
+    /// creation order, so simultaneous settlements happen in a deterministic order.
+    txs: TxTable,
     /// Finished-ref tombstones: ref -> FINAL statuses at settlement.
     tombstones: TtlMap<RefId, BTreeMap<String, DownloadStatus>>,
     /// Refs of transactions that timed out or were deleted: still fatal (`invalid_request`, as
@@ -141,10 +144,10 @@ impl Service {
             tombstones: TtlMap::new(config.tombstone_ttl, config.max_tombstones),
             ended: TtlMap::new(config.tombstone_ttl, config.max_tombstones),
             outcomes: TtlMap::new(config.outcome_ttl, config.max_outcomes),
+            ids: IdSource::from_seed(config.id_seed),
             config,
             clock: Clock::default(),
-            txs: BTreeMap::new(),
-            ref_index: HashMap::new(),
+            txs: TxTable::default(),
             unrecorded: HashSet::new(),
             leaked: HashMap::new(),
             tickets: HashMap::new(),
@@ -155,17 +158,14 @@ impl Service {
     }
 
     /// The settings.
+    #[must_use]
     pub fn config(&self) -> &ServiceConfig {
         &self.config
     }
 
     /// The ids of the live (not settling) transactions, copied so the caller may retire them.
     fn live_tx_ids(&self) -> Vec<TxId> {
-        self.txs
-            .iter()
-            .filter(|(_, t)| t.phase == Phase::Live)
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.txs.ids_where(Tx::is_live)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -176,6 +176,7 @@ impl Service {
     /// engine. A settlement's outcome is recorded (queryable with [`outcome`](Self::outcome))
     /// when its [`ServiceEvent::TransactionDone`] is polled, i.e. after its hooks were handed
     /// out.
+    #[must_use = "an output not handled is a hook that never runs or an event that is lost"]
     pub fn poll_output(&mut self) -> Option<ServiceOutput> {
         Some(match self.out.pop_front()? {
             Queued::Hook(h) => ServiceOutput::Hook(h),
@@ -199,6 +200,7 @@ impl Service {
     /// The next event, running the hooks queued before it right here (on the caller's thread,
     /// under whatever lock the caller holds). Drivers that lock the engine should use
     /// [`poll_output`](Self::poll_output) instead.
+    #[must_use = "an event polled and dropped is lost"]
     pub fn poll_event(&mut self) -> Option<ServiceEvent> {
         loop {
             match self.poll_output()? {
@@ -209,6 +211,7 @@ impl Service {
     }
 
     /// Whether outputs are waiting to be polled.
+    #[must_use]
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
     }
@@ -217,6 +220,7 @@ impl Service {
     // queries
 
     /// The recorded outcome of `tx_id`, if still within its TTL.
+    #[must_use]
     pub fn outcome(&mut self, tx_id: &TxId, now: Instant) -> Option<TransferOutcome> {
         let now = self.clock.advance(now);
         self.outcomes.get(tx_id, now).cloned()
@@ -224,36 +228,41 @@ impl Service {
 
     /// Whether `tx_id` is live, settling, or settled with its outcome not yet polled: a waiter
     /// for it will get an outcome.
+    #[must_use]
     pub fn is_pending(&self, tx_id: &TxId) -> bool {
-        self.txs.contains_key(tx_id) || self.unrecorded.contains(tx_id)
+        self.txs.contains(tx_id) || self.unrecorded.contains(tx_id)
     }
 
     /// A snapshot of a live or settling transaction.
+    #[must_use]
     pub fn transaction_info(&self, tx_id: &TxId) -> Option<TransactionInfo> {
         let tx = self.txs.get(tx_id)?;
         Some(TransactionInfo {
             timeout: tx.timeout,
-            num_receivers: tx.expect.num_receivers,
+            num_receivers: tx.expect.count(),
             ref_ids: tx.refs.iter().map(|r| r.id.clone()).collect(),
-            live: tx.phase == Phase::Live,
-            in_flight: tx.in_flight,
+            live: tx.is_live(),
+            in_flight: tx.in_flight(),
         })
     }
 
     /// The transaction that owns `ref_id` (live or settling).
+    #[must_use]
     pub fn transaction_of(&self, ref_id: &RefId) -> Option<&TxId> {
-        self.ref_index.get(ref_id)
+        self.txs.ref_owner(ref_id).map(|(id, _)| id)
     }
 
     /// Receivers that pulled at least once in `tx_id` and hold their place (empty if unknown).
+    #[must_use]
     pub fn acquired_receivers(&self, tx_id: &TxId) -> Vec<String> {
         self.txs
             .get(tx_id)
-            .map(|t| t.members.keys().cloned().collect())
+            .map(|t| t.member_names().cloned().collect())
             .unwrap_or_default()
     }
 
     /// Provisional serves of `tx_id` still waiting for a confirm.
+    #[must_use]
     pub fn pending_confirms(&self, tx_id: &TxId) -> Vec<PendingConfirm> {
         let Some(tx) = self.txs.get(tx_id) else {
             return Vec::new();
@@ -273,27 +282,32 @@ impl Service {
     }
 
     /// The FINAL status of `receiver` on a live or settling ref.
+    #[must_use]
     pub fn receiver_status(&self, ref_id: &RefId, receiver: &str) -> Option<DownloadStatus> {
-        let tx = self.txs.get(self.ref_index.get(ref_id)?)?;
-        tx.refs[tx.ref_index(ref_id)?].final_of(receiver)
+        let (tx_id, ri) = self.txs.ref_owner(ref_id)?;
+        self.txs.get(tx_id)?.refs[ri].final_of(receiver)
     }
 
     /// Number of live and settling transactions.
+    #[must_use]
     pub fn transaction_count(&self) -> usize {
         self.txs.len()
     }
 
     /// Number of tombstoned refs held (bounded by `max_tombstones`).
+    #[must_use]
     pub fn tombstone_count(&self) -> usize {
         self.tombstones.len()
     }
 
     /// Number of outcomes held (bounded by `max_outcomes`).
+    #[must_use]
     pub fn outcome_count(&self) -> usize {
         self.outcomes.len()
     }
 
     /// Number of pull tickets outstanding.
+    #[must_use]
     pub fn tickets_in_flight(&self) -> usize {
         self.tickets.len()
     }

@@ -6,7 +6,6 @@ use super::tx::Phase;
 use super::Service;
 use crate::message::{DownloadRequest, PullRequest, Reply, ReplyBody};
 use crate::progress::ProgressState;
-use crate::time::{earliest, strict_deadline};
 use crate::{
     validate_fqcn, DoneStatus, DownloadStatus, ProduceError, Produced, RefId, Refusal, ReturnCode,
     TransferPlan, TxId,
@@ -79,16 +78,13 @@ impl Service {
             return Err(Reply::refused(Refusal::InvalidRequest, e.to_string()));
         }
         let rid = req.ref_id;
-        let Some(tx_id) = self.ref_index.get(&rid).cloned() else {
+        let Some((tx_id, ri)) = self.txs.ref_owner(&rid).map(|(t, ri)| (t.clone(), ri)) else {
             return Err(self.replay_tombstone(&rid, receiver, now));
         };
         let Some(tx) = self.txs.get(&tx_id) else {
             return Err(no_ref(&rid));
         };
-        let Some(ri) = tx.ref_index(&rid) else {
-            return Err(no_ref(&rid));
-        };
-        if let Phase::Settling { done, .. } = tx.phase {
+        if let Phase::Settling { done, .. } = tx.phase() {
             // The gate is closed: the ref looks gone. A FINISHED tx answers its final receivers
             // exactly as its tombstone will.
             return Err(match (done, tx.refs[ri].final_of(receiver)) {
@@ -98,26 +94,21 @@ impl Service {
         }
         self.admit(&tx_id, ri, receiver, now)?;
         self.reopen_if_failed(&tx_id, ri, receiver);
-        let Some(tx) = self.txs.get_mut(&tx_id) else {
+        let Some(mut tx) = self.txs.get_mut(&tx_id) else {
             return Err(no_ref(&rid));
         };
-        // R1
-        tx.last_active = now;
-        if !tx.members.contains_key(receiver) {
+        if !tx.is_member(receiver) {
             tracing::debug!(tx = %tx_id, receiver, "receiver acquired");
         }
+        // R1
         tx.pull_started(receiver, now);
-        if let Some(idle) = tx.idle_timeout {
-            tx.budget_wake = earliest(tx.budget_wake, strict_deadline(now, idle));
-        }
-        let proven = tx.members.get(receiver).is_some_and(|m| m.proven);
+        let proven = tx.is_proven(receiver);
         let slot = tx.refs[ri].slots.entry(receiver.to_string()).or_default();
-        slot.last_active = Some(now);
         // A receiver's first event (bytes 0) goes out at its first pull; for a receiver whose
         // place is still tentative, only once that pull turned out valid.
         if proven && !slot.progress.started() {
             progress(
-                tx,
+                &mut tx,
                 ri,
                 receiver,
                 ProgressState::Active,
@@ -134,6 +125,7 @@ impl Service {
             id,
             tx_id,
             ref_id: rid,
+            ref_index: ri,
             receiver: receiver.to_string(),
             plan: if req.state.is_none() {
                 r.plan.clone()
@@ -177,23 +169,22 @@ impl Service {
         let Some(tx_id) = self.tickets.remove(&ticket.id) else {
             return Reply::error(ReturnCode::InvalidRequest, "unknown pull ticket");
         };
-        let Some(tx) = self.txs.get_mut(&tx_id) else {
+        let Some(mut tx) = self.txs.get_mut(&tx_id) else {
             // Settled past its drain deadline while this pull ran: the result is discarded.
             self.leaked_ticket_returned(&tx_id);
             return finished(&ticket.ref_id, "ended");
         };
         tx.pull_ended(&ticket.receiver, now);
-        let Some(ri) = tx.ref_index(&ticket.ref_id) else {
-            return Reply::error(ReturnCode::InvalidRequest, "ref vanished");
-        };
+        let ri = ticket.ref_index;
         let receiver = ticket.receiver.as_str();
         // A count-mode receiver that withdrew while this pull ran gets its answer, and nothing
         // is recorded for it.
-        let member = tx.members.contains_key(receiver);
+        let member = tx.is_member(receiver);
         let out = &mut self.out;
         match result {
             Ok(Produced::Invalid { reason }) => {
                 tracing::warn!(rid = %ticket.ref_id, receiver, reason = %reason, "invalid pull refused");
+                drop(tx);
                 self.forget_if_tentative(&tx_id, receiver);
                 Reply::refused(Refusal::InvalidRequest, reason)
             }
@@ -205,31 +196,40 @@ impl Service {
             },
             Ok(Produced::Data { data, state }) => {
                 // R2: no status change.
-                served_validly(tx, ri, receiver, now, out);
                 let n = data.byte_len();
-                tx.bytes_served = tx.bytes_served.saturating_add(n);
+                served_validly(&mut tx, ri, receiver, n, now, out);
                 if let Some(slot) = tx.refs[ri].slots.get_mut(receiver) {
                     slot.progress.add(n, data.item_count());
                 }
-                progress(tx, ri, receiver, ProgressState::Active, false, now, out);
+                progress(
+                    &mut tx,
+                    ri,
+                    receiver,
+                    ProgressState::Active,
+                    false,
+                    now,
+                    out,
+                );
                 let mut body = ReplyBody::data(state, data);
                 body.ferry_plan = ticket.plan.as_ref().map(TransferPlan::to_wire);
                 Reply::ok(body)
             }
             Ok(Produced::Eof) => {
-                served_validly(tx, ri, receiver, now, out);
+                served_validly(&mut tx, ri, receiver, 0, now, out);
+                drop(tx);
                 self.serve_terminal(&tx_id, ri, &ticket, DownloadStatus::Success, now)
             }
             Ok(Produced::Error { reason }) => {
                 tracing::warn!(rid = %ticket.ref_id, receiver, reason = %reason, "producer error");
-                served_validly(tx, ri, receiver, now, out);
+                served_validly(&mut tx, ri, receiver, 0, now, out);
+                drop(tx);
                 self.serve_terminal(&tx_id, ri, &ticket, DownloadStatus::Failed, now)
             }
             Err(e) => {
                 // R5: no status change (the place stays tentative: not the receiver's doing).
                 tracing::warn!(rid = %ticket.ref_id, receiver, error = %e, "produce failed");
-                first_progress(tx, ri, receiver, now, out);
-                progress(tx, ri, receiver, ProgressState::Failed, true, now, out);
+                first_progress(&mut tx, ri, receiver, now, out);
+                progress(&mut tx, ri, receiver, ProgressState::Failed, true, now, out);
                 Reply::error(ReturnCode::ProcessException, e.to_string())
             }
         }
@@ -242,9 +242,11 @@ impl Service {
     pub fn abandon_pull(&mut self, ticket: PullTicket, now: Instant) -> Reply {
         let _ = self.clock.advance(now);
         if let Some(tx_id) = self.tickets.remove(&ticket.id) {
-            match self.txs.get_mut(&tx_id) {
-                Some(tx) => tx.pull_ended(&ticket.receiver, now),
-                None => self.leaked_ticket_returned(&tx_id),
+            let live = self.txs.get_mut(&tx_id).map(|mut tx| {
+                tx.pull_ended(&ticket.receiver, now);
+            });
+            if live.is_none() {
+                self.leaked_ticket_returned(&tx_id);
             }
         }
         Reply::error(ReturnCode::ProcessException, "pull abandoned")
@@ -273,7 +275,7 @@ impl Service {
     ) -> Reply {
         let rs = terminal_status(status);
         let confirm = self.config.confirm_enabled && ticket.confirm_capable;
-        let Some(tx) = self.txs.get_mut(tx_id) else {
+        let Some(mut tx) = self.txs.get_mut(tx_id) else {
             return Reply::ok(ReplyBody::terminal(rs));
         };
         let receiver = ticket.receiver.as_str();
@@ -283,13 +285,13 @@ impl Service {
             if tx.refs[ri].final_of(receiver).is_some() {
                 return Reply::ok(ReplyBody::terminal(rs));
             }
-            let nonce = uuid::Uuid::new_v4().simple().to_string();
+            let nonce = self.ids.nonce();
             tx.refs[ri]
                 .slots
                 .entry(receiver.to_string())
                 .or_default()
                 .pending = Some((status, nonce.clone()));
-            progress(tx, ri, receiver, ProgressState::Active, true, now, out);
+            progress(&mut tx, ri, receiver, ProgressState::Active, true, now, out);
             return Reply::ok(ReplyBody {
                 confirm_expected: Some(true),
                 confirm_nonce: Some(nonce),
@@ -297,26 +299,27 @@ impl Service {
             });
         }
         // R3
-        finalize_with_progress(tx, ri, receiver, status, FinalCause::Served, now, out);
-        if tx.phase == Phase::Live && tx.finished() {
+        finalize_with_progress(&mut tx, ri, receiver, status, FinalCause::Served, now, out);
+        let finished = tx.is_live() && tx.finished();
+        drop(tx);
+        if finished {
             self.retire(tx_id, DoneStatus::Finished, true, now);
         }
         Reply::ok(ReplyBody::terminal(rs))
     }
 }
 
-/// A pull of `receiver` was served (data or a terminal status): its place is no longer
-/// tentative, and its first progress event (bytes 0) goes out if it has not yet.
+/// A pull of `receiver` was served (data of `bytes` bytes, or a terminal status): its place
+/// is no longer tentative, and its first progress event (bytes 0) goes out if it has not yet.
 fn served_validly(
     tx: &mut super::tx::Tx,
     ri: usize,
     receiver: &str,
+    bytes: u64,
     now: Instant,
     out: &mut std::collections::VecDeque<super::output::Queued>,
 ) {
-    if let Some(m) = tx.members.get_mut(receiver) {
-        m.proven = true;
-    }
+    tx.served(receiver, bytes);
     first_progress(tx, ri, receiver, now, out);
 }
 

@@ -4,11 +4,10 @@
 
 use super::output::{FinalCause, Queued, ServiceEvent};
 use super::rules::{finalize_with_progress, progress};
-use super::tx::{Phase, Tx};
+use super::tx::Tx;
 use super::Service;
 use crate::message::Reply;
 use crate::progress::{ProgressState, ProgressTracker};
-use crate::time::{earliest, strict_deadline};
 use crate::{DownloadStatus, RefId, Refusal, TxId};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -27,32 +26,28 @@ impl Service {
         receiver: &str,
         now: Instant,
     ) -> Result<(), Reply> {
-        let Some(tx) = self.txs.get_mut(tx_id) else {
+        let Some(mut tx) = self.txs.get_mut(tx_id) else {
             return Ok(());
         };
-        let full = self.config.count_slots
-            && tx
+        let full = |tx: &Tx| {
+            tx.expect
                 .places()
-                .is_some_and(|n| !tx.members.contains_key(receiver) && tx.members.len() >= n);
-        if full {
+                .is_some_and(|n| !tx.is_member(receiver) && tx.member_count() >= n)
+        };
+        if self.config.count_slots && full(&tx) {
             // A holder that is final on every ref has had its turn (done or failed): it keeps
             // its place.
-            let gone = tx
-                .members
-                .iter()
-                .filter(|(who, _)| tx.refs.iter().any(|r| r.final_of(who).is_none()))
-                .filter_map(|(who, m)| m.gone_since.map(|g| (g, who.clone())))
-                .min();
-            if let Some((_, holder)) = gone {
+            if let Some(holder) = tx.longest_gone_unfinished() {
                 tracing::info!(tx = %tx_id, holder, newcomer = receiver, "place of a disconnected receiver taken over");
-                withdraw(tx, &holder, Some(receiver), now, &mut self.out);
+                withdraw(&mut tx, &holder, Some(receiver), now, &mut self.out);
             }
         }
+        drop(tx);
         let Some(tx) = self.txs.get(tx_id) else {
             return Ok(());
         };
         let rid = &tx.refs[ri].id;
-        let refusal = if tx.expect.ids.is_some() {
+        let refusal = if tx.expect.ids().is_some() {
             (self.config.refuse_undeclared && !tx.expect.declares(receiver)).then(|| {
                 (
                     Refusal::NotExpectedReceiver,
@@ -60,12 +55,8 @@ impl Service {
                 )
             })
         } else {
-            match tx.places() {
-                Some(n)
-                    if self.config.count_slots
-                        && !tx.members.contains_key(receiver)
-                        && tx.members.len() >= n =>
-                {
+            match tx.expect.places() {
+                Some(n) if self.config.count_slots && full(tx) => {
                     Some((
                         Refusal::ReceiverLimitReached,
                         format!(
@@ -98,7 +89,7 @@ impl Service {
         if !self.config.reopen_failed {
             return;
         }
-        let Some(tx) = self.txs.get_mut(tx_id) else {
+        let Some(mut tx) = self.txs.get_mut(tx_id) else {
             return;
         };
         let r = &mut tx.refs[ri];
@@ -117,18 +108,14 @@ impl Service {
     /// A receiver whose pulls so far were all invalid and that has none in flight is forgotten:
     /// it held no place and counts for nothing.
     pub(super) fn forget_if_tentative(&mut self, tx_id: &TxId, receiver: &str) {
-        let Some(tx) = self.txs.get_mut(tx_id) else {
+        let Some(mut tx) = self.txs.get_mut(tx_id) else {
             return;
         };
-        if !tx
-            .members
-            .get(receiver)
-            .is_some_and(|m| !m.proven && m.pulls == 0)
-        {
+        if !tx.is_idle_tentative(receiver) {
             return;
         }
         tracing::debug!(tx = %tx_id, receiver, "receiver with only invalid requests forgotten");
-        tx.members.remove(receiver);
+        tx.remove_member(receiver);
         for r in &mut tx.refs {
             if r.slots
                 .get(receiver)
@@ -156,7 +143,7 @@ impl Service {
             tracing::debug!(rid = %ref_id, receiver, "confirm for unknown ref dropped");
             return Reply::ack();
         };
-        let Some(tx) = self.txs.get_mut(&tx_id) else {
+        let Some(mut tx) = self.txs.get_mut(&tx_id) else {
             return Reply::ack();
         };
         let accepted = match (status, nonce, tx.refs[ri].slots.get(receiver)) {
@@ -173,7 +160,7 @@ impl Service {
             return Reply::ack();
         };
         finalize_with_progress(
-            tx,
+            &mut tx,
             ri,
             receiver,
             st,
@@ -181,8 +168,10 @@ impl Service {
             now,
             &mut self.out,
         );
-        tx.last_active = now;
-        if tx.finished() {
+        tx.confirmed(now);
+        let finished = tx.finished();
+        drop(tx);
+        if finished {
             self.retire(&tx_id, crate::DoneStatus::Finished, true, now);
         }
         Reply::ack()
@@ -204,23 +193,23 @@ impl Service {
             tracing::debug!(rid = %ref_id, receiver, "cancel for unknown ref dropped");
             return Reply::ack();
         };
-        let Some(tx) = self.txs.get_mut(&tx_id) else {
+        let Some(mut tx) = self.txs.get_mut(&tx_id) else {
             return Reply::ack();
         };
-        if !tx.members.contains_key(receiver) {
+        if !tx.is_member(receiver) {
             tracing::debug!(rid = %ref_id, receiver, "cancel from a receiver that never pulled: ignored");
             return Reply::ack();
         }
         let out = &mut self.out;
-        if tx.expect.ids.is_none() && self.config.count_slots {
+        if tx.expect.ids().is_none() && self.config.count_slots {
             tracing::info!(tx = %tx_id, receiver, "receiver cancelled: its place is free again");
-            withdraw(tx, receiver, None, now, out);
+            withdraw(&mut tx, receiver, None, now, out);
             return Reply::ack();
         }
         tracing::info!(tx = %tx_id, receiver, "receiver cancelled");
         for ri in 0..tx.refs.len() {
             finalize_with_progress(
-                tx,
+                &mut tx,
                 ri,
                 receiver,
                 DownloadStatus::Failed,
@@ -229,7 +218,9 @@ impl Service {
                 out,
             );
         }
-        if tx.finished() {
+        let finished = tx.finished();
+        drop(tx);
+        if finished {
             self.retire(&tx_id, crate::DoneStatus::Finished, true, now);
         }
         Reply::ack()
@@ -240,42 +231,24 @@ impl Service {
     /// [`receiver_connected`](Self::receiver_connected)) stops it.
     pub fn receiver_disconnected(&mut self, receiver: &str, now: Instant) {
         let now = self.clock.advance(now);
-        for tx in self.txs.values_mut() {
-            if tx.phase != Phase::Live {
-                continue;
-            }
-            let Some(m) = tx.members.get_mut(receiver) else {
-                continue;
-            };
-            if m.gone_since.is_none() {
+        self.txs.for_each_mut(|tx| {
+            if tx.is_live() && tx.member_gone(receiver, now) {
                 tracing::info!(tx = %tx.id, receiver, "receiver's connection closed");
-                m.gone_since = Some(now);
-                if let Some(d) = tx.reconnect_timeout {
-                    tx.budget_wake = earliest(tx.budget_wake, strict_deadline(now, d));
-                }
             }
-        }
+        });
     }
 
     /// `receiver` is connected again: its reconnect budget stops (a connection alone is not
     /// activity; its idle budget, if any, keeps running until it pulls).
     pub fn receiver_connected(&mut self, receiver: &str, now: Instant) {
         let _ = self.clock.advance(now);
-        for tx in self.txs.values_mut() {
-            if let Some(m) = tx.members.get_mut(receiver) {
-                m.gone_since = None;
-            }
-        }
+        self.txs.for_each_mut(|tx| tx.member_back(receiver));
     }
 
     /// The live transaction and ref index of `ref_id`.
     pub(super) fn live_ref(&self, ref_id: &RefId) -> Option<(TxId, usize)> {
-        let tx_id = self.ref_index.get(ref_id)?;
-        let tx = self.txs.get(tx_id)?;
-        if tx.phase != Phase::Live {
-            return None;
-        }
-        Some((tx_id.clone(), tx.ref_index(ref_id)?))
+        let (tx_id, ri) = self.txs.ref_owner(ref_id)?;
+        self.txs.get(tx_id)?.is_live().then(|| (tx_id.clone(), ri))
     }
 }
 
@@ -290,7 +263,7 @@ fn withdraw(
     now: Instant,
     out: &mut VecDeque<Queued>,
 ) {
-    tx.members.remove(receiver);
+    tx.remove_member(receiver);
     for ri in 0..tx.refs.len() {
         if tx.refs[ri].final_of(receiver) == Some(DownloadStatus::Success) {
             continue;

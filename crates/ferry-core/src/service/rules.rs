@@ -75,7 +75,7 @@ pub(crate) fn finalize(
         status,
         cause,
     }));
-    if !r.all_fired && expect.ref_complete(r) {
+    if !r.all_fired && r.complete(expect) {
         r.all_fired = true;
         let obj = r.obj.clone();
         out.push_back(Queued::Hook(HookCall::new(

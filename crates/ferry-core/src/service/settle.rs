@@ -6,7 +6,7 @@ use super::rules::{finalize_with_progress, progress};
 use super::tx::{Phase, Tx};
 use super::Service;
 use crate::progress::ProgressState;
-use crate::time::{due, earliest, strict_deadline};
+use crate::time::{due, earliest};
 use crate::{DoneStatus, DownloadStatus, Downloadable, TransferOutcome, TxId};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,51 +19,38 @@ impl Service {
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work: a
     /// transaction's inactivity expiry, a budget deadline, a settlement that is due (possibly
     /// already in the past: call at once), a drain deadline, or a tombstone/outcome TTL.
+    ///
+    /// A lookup, not a scan: each transaction's next deadline is filed in a timer table when
+    /// it changes.
+    #[must_use = "the engine does nothing at its deadlines unless handle_timeout is called then"]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next = earliest(self.tombstones.next_expiry(), self.outcomes.next_expiry());
-        for tx in self.txs.values() {
-            let t = match tx.phase {
-                Phase::Live => earliest(
-                    tx.expiry(),
-                    if tx.has_budgets() {
-                        tx.budget_wake
-                    } else {
-                        None
-                    },
-                ),
-                Phase::Settling {
-                    since,
-                    drain_deadline,
-                    ..
-                } => {
-                    if tx.in_flight == 0 {
-                        Some(since)
-                    } else {
-                        drain_deadline
-                    }
-                }
-            };
-            next = earliest(next, t);
-        }
-        next
+        earliest(
+            self.txs.next_timer(),
+            earliest(self.tombstones.next_expiry(), self.outcomes.next_expiry()),
+        )
     }
 
     /// Fire everything due at `now`, in NVFlare's order: budgets, then classification
     /// (finished beats expired), then TTL expiry, then settlement of drained transactions.
+    /// Transactions due at the same instant are handled in creation order.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.clock.advance(now);
-        let live = self.live_tx_ids();
-        for id in live {
-            let Some(tx) = self.txs.get_mut(&id) else {
+        for id in self.txs.due(now) {
+            let Some(mut tx) = self.txs.get_mut(&id) else {
                 continue;
             };
-            if tx.has_budgets() && due(tx.budget_wake, now) {
-                Self::enforce_budgets(tx, now, &mut self.out);
-                tx.budget_wake = tx.next_budget_deadline();
+            if !tx.is_live() {
+                continue;
             }
-            if tx.finished() {
+            if tx.budgets_due(now) {
+                Self::enforce_budgets(&mut tx, now, &mut self.out);
+                tx.budgets_enforced();
+            }
+            let (finished, expired) = (tx.finished(), due(tx.expiry(), now));
+            drop(tx);
+            if finished {
                 self.retire(&id, DoneStatus::Finished, true, now);
-            } else if due(tx.expiry(), now) {
+            } else if expired {
                 tracing::info!(tx = %id, "transaction timed out");
                 self.retire(&id, DoneStatus::Timeout, true, now);
             }
@@ -90,61 +77,42 @@ impl Service {
 
     /// Unlink a transaction: close its gate and schedule settlement.
     pub(super) fn retire(&mut self, tx_id: &TxId, done: DoneStatus, record: bool, now: Instant) {
-        if let Some(tx) = self.txs.get_mut(tx_id) {
-            if tx.phase == Phase::Live {
-                tracing::debug!(tx = %tx_id, done = done.as_str(), in_flight = tx.in_flight, "transaction retired");
-                tx.phase = Phase::Settling {
-                    done,
-                    since: now,
-                    drain_deadline: strict_deadline(now, self.config.drain_timeout),
-                    record,
-                };
+        let drain = self.config.drain_timeout;
+        if let Some(mut tx) = self.txs.get_mut(tx_id) {
+            if tx.retire(done, record, now, drain) {
+                tracing::debug!(tx = %tx_id, done = done.as_str(), in_flight = tx.in_flight(), "transaction retired");
             }
         }
     }
 
-    /// Settle every settling transaction that is drained or past its drain deadline.
+    /// Settle every settling transaction that is drained or past its drain deadline (their
+    /// timers are due), in the order of their timers.
     pub(super) fn settle_due(&mut self, now: Instant) {
-        let ready: Vec<TxId> = self
-            .txs
-            .iter()
-            .filter(|(_, t)| match t.phase {
-                Phase::Settling { drain_deadline, .. } => {
-                    t.in_flight == 0 || due(drain_deadline, now)
-                }
-                Phase::Live => false,
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ready {
-            self.settle(&id, now);
+        for id in self.txs.due(now) {
+            if self.txs.get(&id).is_some_and(|t| t.ready_to_settle(now)) {
+                self.settle(&id, now);
+            }
         }
     }
 
     /// The settlement ceremony (§3.4).
     fn settle(&mut self, tx_id: &TxId, now: Instant) {
+        let Some(Phase::Settling { done, record, .. }) = self.txs.get(tx_id).map(Tx::phase) else {
+            return;
+        };
         let Some(mut tx) = self.txs.remove(tx_id) else {
             return;
         };
-        let Phase::Settling { done, record, .. } = tx.phase else {
-            self.txs.insert(tx_id.clone(), tx);
-            return;
-        };
-        for r in &tx.refs {
-            if self.ref_index.get(&r.id) == Some(tx_id) {
-                self.ref_index.remove(&r.id);
-            }
-        }
-        if tx.in_flight > 0 {
-            tracing::warn!(tx = %tx_id, in_flight = tx.in_flight, "settling with pulls still in flight (drain timeout)");
-            *self.leaked.entry(tx_id.clone()).or_default() += tx.in_flight;
+        let in_flight = tx.in_flight();
+        if in_flight > 0 {
+            tracing::warn!(tx = %tx_id, in_flight, "settling with pulls still in flight (drain timeout)");
+            *self.leaked.entry(tx_id.clone()).or_default() += in_flight;
         }
         // 2. outcome from the final statuses (drained pulls included)
         let outcome = TransferOutcome::compute(
             tx_id.clone(),
             done,
-            tx.expect.num_receivers,
-            tx.expect.ids.clone(),
+            &tx.expect,
             tx.min_receivers,
             tx.refs.iter().map(|r| (r.id.clone(), r.finals())).collect(),
             now,

@@ -27,6 +27,8 @@ pub struct PullTicket {
     pub(crate) tx_id: TxId,
     /// The ref.
     pub(crate) ref_id: RefId,
+    /// The ref's index in its transaction (stable: refs are never removed).
+    pub(crate) ref_index: usize,
     /// The requester's FQCN.
     pub(crate) receiver: String,
     /// The state the receiver sent.

@@ -1,7 +1,15 @@
-//! A transaction's internal state: its refs, the per-(ref, receiver) lifecycle, completion
-//! predicates (§3.2) and budget deadlines (R8).
+//! A transaction's internal state: its refs, the per-(ref, receiver) lifecycle, its members,
+//! the completion predicate (§3.2) and the deadlines it derives from them: inactivity, the
+//! receivers' budgets (R8) and settlement.
+//!
+//! The fields that carry an invariant are private and change only through methods: the
+//! activity gate (`in_flight` is the sum of the members' pulls), the phase, the last
+//! activity, the members, and `budget_wake`, which must never be later than the earliest
+//! budget deadline (a lower bound; [`Tx::budgets_enforced`] makes it exact again). The service
+//! keeps a timer per transaction at [`Tx::wake`]; a change through these methods is picked up
+//! when the service's handle on the transaction is dropped (see `table.rs`).
 
-use super::config::{DoneCallback, OutcomeCallback};
+use super::config::{DoneCallback, OutcomeCallback, TxConfig};
 use super::output::FinalCause;
 use crate::progress::ProgressTracker;
 use crate::time::{earliest, strict_deadline};
@@ -34,31 +42,20 @@ pub(crate) enum Phase {
 /// A receiver's place in a transaction (tx level): NVFlare's "acquired" set with the
 /// receiver's tx-level last activity, plus what ferry needs to admit, count and miss it.
 #[derive(Debug, Clone)]
-pub(crate) struct Member {
+struct Member {
     /// Last pull (begun or answered) anywhere in the tx: the idle budget's origin (R8).
-    pub(crate) last_active: Instant,
+    last_active: Instant,
     /// Pulls of it being served now. A receiver with a pull being served is waiting for us,
     /// not idle: its idle budget does not run (ferry addition; otherwise a sender that is slow
     /// to produce — e.g. waiting for its byte budget — would fail healthy receivers).
-    pub(crate) pulls: usize,
+    pulls: usize,
     /// One of its pulls was served (data or a terminal status). Until then its place is
     /// tentative: if its only pulls turn out to be invalid requests it is forgotten, so a
     /// malformed request takes no place and counts for nothing.
-    pub(crate) proven: bool,
+    proven: bool,
     /// Its connection closed at this instant and it has not been heard from since (the
     /// reconnect budget's origin).
-    pub(crate) gone_since: Option<Instant>,
-}
-
-impl Member {
-    pub(crate) fn new(now: Instant) -> Self {
-        Self {
-            last_active: now,
-            pulls: 0,
-            proven: false,
-            gone_since: None,
-        }
-    }
+    gone_since: Option<Instant>,
 }
 
 /// One receiver on one ref: unseen (no slot) → acquired (tx-level) → provisional → final.
@@ -68,8 +65,6 @@ pub(crate) struct Slot {
     pub(crate) status: Option<DownloadStatus>,
     /// PROVISIONAL status with the nonce a confirm must echo.
     pub(crate) pending: Option<(DownloadStatus, String)>,
-    /// Per-ref activity stamp (R1).
-    pub(crate) last_active: Option<Instant>,
     /// Progress counters for this (ref, receiver).
     pub(crate) progress: ProgressTracker,
 }
@@ -91,6 +86,23 @@ pub(crate) struct RefEntry {
 }
 
 impl RefEntry {
+    /// A ref with no receivers yet.
+    pub(crate) fn new(
+        id: RefId,
+        obj: Arc<dyn Downloadable>,
+        plan: Option<TransferPlan>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            id,
+            obj,
+            plan,
+            created: now,
+            slots: BTreeMap::new(),
+            all_fired: false,
+        }
+    }
+
     /// The FINAL status of `receiver`.
     pub(crate) fn final_of(&self, receiver: &str) -> Option<DownloadStatus> {
         self.slots.get(receiver).and_then(|s| s.status)
@@ -103,43 +115,11 @@ impl RefEntry {
             .filter_map(|(r, s)| s.status.map(|st| (r.clone(), st)))
             .collect()
     }
-}
 
-/// Who a transaction waits for.
-#[derive(Debug, Clone)]
-pub(crate) struct Expect {
-    /// Count mode target (0 = unknown); derived from `ids` in identity mode.
-    pub(crate) num_receivers: usize,
-    /// Identity mode.
-    pub(crate) ids: Option<Vec<String>>,
-}
-
-impl Expect {
-    /// §3.2: is this ref complete?
-    pub(crate) fn ref_complete(&self, r: &RefEntry) -> bool {
-        match &self.ids {
-            Some(ids) => ids.iter().all(|id| r.final_of(id).is_some()),
-            None => {
-                self.num_receivers > 0
-                    && r.slots.values().filter(|s| s.status.is_some()).count() >= self.num_receivers
-            }
-        }
-    }
-
-    /// Who is expected, as objects learn it.
-    pub(crate) fn expected(&self) -> ExpectedReceivers {
-        match &self.ids {
-            Some(ids) => ExpectedReceivers::Ids(ids.clone()),
-            None if self.num_receivers > 0 => ExpectedReceivers::Count(self.num_receivers),
-            None => ExpectedReceivers::Unknown,
-        }
-    }
-
-    /// Whether `receiver` is declared.
-    pub(crate) fn declares(&self, receiver: &str) -> bool {
-        self.ids
-            .as_ref()
-            .is_some_and(|ids| ids.iter().any(|i| i == receiver))
+    /// §3.2: every expected receiver has a FINAL status on this ref.
+    pub(crate) fn complete(&self, expect: &ExpectedReceivers) -> bool {
+        let done = self.slots.values().filter(|s| s.status.is_some()).count();
+        expect.complete_with(done, |id| self.final_of(id).is_some())
     }
 }
 
@@ -147,38 +127,39 @@ impl Expect {
 pub(crate) struct Tx {
     /// Its id.
     pub(crate) id: TxId,
-    /// Inactivity timeout.
+    /// Inactivity timeout (fixed at creation).
     pub(crate) timeout: Duration,
-    /// Completion target.
-    pub(crate) expect: Expect,
-    /// Quorum.
+    /// Completion target (fixed at creation).
+    pub(crate) expect: ExpectedReceivers,
+    /// Quorum (fixed at creation).
     pub(crate) min_receivers: Option<usize>,
     /// Acquire budget.
-    pub(crate) acquire_timeout: Option<Duration>,
+    acquire_timeout: Option<Duration>,
     /// Idle budget.
-    pub(crate) idle_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
     /// Reconnect budget (ferry).
-    pub(crate) reconnect_timeout: Option<Duration>,
-    /// Progress throttle (`None` = no progress events).
+    reconnect_timeout: Option<Duration>,
+    /// Progress throttle (`None` = no progress events; fixed at creation).
     pub(crate) progress_interval: Option<Duration>,
     /// Settlement callback, taken at settlement.
     pub(crate) on_done: Option<DoneCallback>,
     /// Outcome callback, taken at settlement.
     pub(crate) on_outcome: Option<OutcomeCallback>,
-    /// Objects, in insertion order.
+    /// Objects, in insertion order (never removed: a ref's index is stable).
     pub(crate) refs: Vec<RefEntry>,
-    /// Last pull (any receiver, any ref) or accepted confirm.
-    pub(crate) last_active: Instant,
+    /// Last pull (any receiver, any ref) or accepted confirm: the inactivity timer's origin.
+    last_active: Instant,
     /// Receivers that pulled somewhere in the tx and hold their place (NVFlare's acquired set).
-    pub(crate) members: BTreeMap<String, Member>,
+    members: BTreeMap<String, Member>,
     /// Life phase.
-    pub(crate) phase: Phase,
+    phase: Phase,
     /// Pull tickets handed out and not finished yet (the activity gate): the sum of the
-    /// members' `pulls` (plus those of members gone meanwhile), kept by
-    /// [`pull_started`](Self::pull_started) and [`pull_ended`](Self::pull_ended).
-    pub(crate) in_flight: usize,
-    /// Earliest instant a budget may fire (a lower bound: a pass recomputes it exactly).
-    pub(crate) budget_wake: Option<Instant>,
+    /// members' `pulls` (plus those of members gone meanwhile).
+    in_flight: usize,
+    /// Earliest instant a budget may fire: never later than the earliest budget deadline (a
+    /// lower bound, so an early wake only costs a pass that recomputes it exactly); `None`
+    /// without budgets.
+    budget_wake: Option<Instant>,
     /// Chunk bytes served (for the settlement log).
     pub(crate) bytes_served: u64,
     /// Creation time (for the settlement log).
@@ -186,16 +167,108 @@ pub(crate) struct Tx {
 }
 
 impl Tx {
-    /// A pull of `receiver` (a member) started being served at `now`: it is here.
+    /// A live transaction created at `now` from `cfg`, expecting `expect`.
+    pub(crate) fn new(id: TxId, cfg: TxConfig, expect: ExpectedReceivers, now: Instant) -> Self {
+        Self {
+            id,
+            timeout: cfg.timeout,
+            expect,
+            min_receivers: cfg.min_receivers,
+            acquire_timeout: cfg.acquire_timeout,
+            idle_timeout: cfg.idle_timeout,
+            reconnect_timeout: cfg.reconnect_timeout,
+            progress_interval: cfg.progress_interval,
+            on_done: cfg.on_done,
+            on_outcome: cfg.on_outcome,
+            refs: Vec::new(),
+            last_active: now,
+            members: BTreeMap::new(),
+            phase: Phase::Live,
+            in_flight: 0,
+            budget_wake: None,
+            bytes_served: 0,
+            created: now,
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // phase
+
+    /// Its phase.
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether it serves pulls.
+    pub(crate) fn is_live(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
+    /// Pull tickets outstanding.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Close the gate (§3.4): it settles once drained, or at the drain deadline. Returns
+    /// whether it was live.
+    pub(crate) fn retire(
+        &mut self,
+        done: DoneStatus,
+        record: bool,
+        now: Instant,
+        drain: Duration,
+    ) -> bool {
+        if self.phase != Phase::Live {
+            return false;
+        }
+        self.phase = Phase::Settling {
+            done,
+            since: now,
+            drain_deadline: strict_deadline(now, drain),
+            record,
+        };
+        true
+    }
+
+    /// The service shuts down: its outcome will not be recorded.
+    pub(crate) fn forget_outcome(&mut self) {
+        if let Phase::Settling { record, .. } = &mut self.phase {
+            *record = false;
+        }
+    }
+
+    /// Settling and due at `now`: drained, or past the drain deadline.
+    pub(crate) fn ready_to_settle(&self, now: Instant) -> bool {
+        match self.phase {
+            Phase::Settling { drain_deadline, .. } => {
+                self.in_flight == 0 || drain_deadline.is_some_and(|d| now >= d)
+            }
+            Phase::Live => false,
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // activity
+
+    /// A pull of `receiver` started being served at `now` (R1): the transaction and the
+    /// receiver are active, the receiver holds a place (it becomes a member if it was not), it
+    /// is here (its reconnect budget stops) and its idle budget waits for the answer.
     pub(crate) fn pull_started(&mut self, receiver: &str, now: Instant) {
+        self.last_active = now;
         self.in_flight += 1;
         let m = self
             .members
             .entry(receiver.to_string())
-            .or_insert_with(|| Member::new(now));
+            .or_insert_with(|| Member {
+                last_active: now,
+                pulls: 0,
+                proven: false,
+                gone_since: None,
+            });
         m.pulls += 1;
         m.last_active = m.last_active.max(now);
         m.gone_since = None;
+        self.lower_budget_wake(self.idle_timeout.and_then(|i| strict_deadline(now, i)));
     }
 
     /// A pull of `receiver` was answered (or abandoned) at `now`: the receiver was alive and
@@ -206,34 +279,110 @@ impl Tx {
             m.pulls = m.pulls.saturating_sub(1);
             m.last_active = m.last_active.max(now);
         }
-        if let Some(idle) = self.idle_timeout {
-            self.budget_wake = earliest(self.budget_wake, strict_deadline(now, idle));
+        self.lower_budget_wake(self.idle_timeout.and_then(|i| strict_deadline(now, i)));
+    }
+
+    /// A pull of `receiver` was served (data or a terminal status) with `bytes` chunk bytes:
+    /// its place is no longer tentative.
+    pub(crate) fn served(&mut self, receiver: &str, bytes: u64) {
+        if let Some(m) = self.members.get_mut(receiver) {
+            m.proven = true;
+        }
+        self.bytes_served = self.bytes_served.saturating_add(bytes);
+    }
+
+    /// A confirm was accepted at `now` (R6): activity.
+    pub(crate) fn confirmed(&mut self, now: Instant) {
+        self.last_active = self.last_active.max(now);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // members
+
+    /// Whether `receiver` holds a place.
+    pub(crate) fn is_member(&self, receiver: &str) -> bool {
+        self.members.contains_key(receiver)
+    }
+
+    /// Whether `receiver` holds a place that one of its served pulls proved.
+    pub(crate) fn is_proven(&self, receiver: &str) -> bool {
+        self.members.get(receiver).is_some_and(|m| m.proven)
+    }
+
+    /// Whether `receiver` holds a place only tentatively (no pull served) and has no pull in
+    /// flight: it may be forgotten.
+    pub(crate) fn is_idle_tentative(&self, receiver: &str) -> bool {
+        self.members
+            .get(receiver)
+            .is_some_and(|m| !m.proven && m.pulls == 0)
+    }
+
+    /// The members' names, in order.
+    pub(crate) fn member_names(&self) -> impl Iterator<Item = &String> {
+        self.members.keys()
+    }
+
+    /// How many places are held.
+    pub(crate) fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The member whose connection closed longest ago and that is not final on every ref
+    /// (one that is has had its turn and keeps its place).
+    pub(crate) fn longest_gone_unfinished(&self) -> Option<String> {
+        self.members
+            .iter()
+            .filter(|(who, _)| self.refs.iter().any(|r| r.final_of(who).is_none()))
+            .filter_map(|(who, m)| m.gone_since.map(|g| (g, who)))
+            .min()
+            .map(|(_, who)| who.clone())
+    }
+
+    /// `receiver` gives its place up (withdrew, or was forgotten). A declared receiver that is
+    /// no member falls under the acquire budget again, so the budget wake is recomputed.
+    pub(crate) fn remove_member(&mut self, receiver: &str) {
+        if self.members.remove(receiver).is_some() {
+            self.lower_budget_wake(self.next_budget_deadline());
         }
     }
 
-    /// Count mode with a known count: the number of places.
-    pub(crate) fn places(&self) -> Option<usize> {
-        (self.expect.ids.is_none() && self.expect.num_receivers > 0)
-            .then_some(self.expect.num_receivers)
+    /// The connection of `receiver` closed at `now`: its reconnect budget starts, unless it
+    /// is no member or was already gone. Returns whether it started.
+    pub(crate) fn member_gone(&mut self, receiver: &str, now: Instant) -> bool {
+        let Some(m) = self.members.get_mut(receiver) else {
+            return false;
+        };
+        if m.gone_since.is_some() {
+            return false;
+        }
+        m.gone_since = Some(now);
+        self.lower_budget_wake(self.reconnect_timeout.and_then(|d| strict_deadline(now, d)));
+        true
+    }
+
+    /// `receiver` is connected again: its reconnect budget stops (deadlines only get later,
+    /// so the budget wake stays a lower bound).
+    pub(crate) fn member_back(&mut self, receiver: &str) {
+        if let Some(m) = self.members.get_mut(receiver) {
+            m.gone_since = None;
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // refs, completion and deadlines
+
+    /// Register a ref; returns its index.
+    pub(crate) fn add_ref(&mut self, entry: RefEntry) -> usize {
+        self.refs.push(entry);
+        self.lower_budget_wake(self.next_budget_deadline());
+        self.refs.len() - 1
     }
 
     /// §3.2: the tx is finished.
     pub(crate) fn finished(&self) -> bool {
-        self.expect.num_receivers > 0
+        self.expect.is_known()
             && !self.refs.is_empty()
-            && self.refs.iter().all(|r| self.expect.ref_complete(r))
-    }
-
-    /// Whether any budget is configured.
-    pub(crate) fn has_budgets(&self) -> bool {
-        self.acquire_timeout.is_some()
-            || self.idle_timeout.is_some()
-            || self.reconnect_timeout.is_some()
-    }
-
-    /// The index of `ref_id` in `refs`.
-    pub(crate) fn ref_index(&self, ref_id: &RefId) -> Option<usize> {
-        self.refs.iter().position(|r| &r.id == ref_id)
+            && self.refs.iter().all(|r| r.complete(&self.expect))
     }
 
     /// When the inactivity timeout fires.
@@ -241,9 +390,50 @@ impl Tx {
         strict_deadline(self.last_active, self.timeout)
     }
 
+    /// The next instant at which the service has work for this transaction: its inactivity
+    /// expiry or a budget (live), its settlement (drained: now) or its drain deadline.
+    pub(crate) fn wake(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Live => earliest(self.expiry(), self.budget_wake),
+            Phase::Settling {
+                since,
+                drain_deadline,
+                ..
+            } => {
+                if self.in_flight == 0 {
+                    Some(since)
+                } else {
+                    drain_deadline
+                }
+            }
+        }
+    }
+
+    /// Whether a budget may have run out at `now`.
+    pub(crate) fn budgets_due(&self, now: Instant) -> bool {
+        self.budget_wake.is_some_and(|w| now >= w)
+    }
+
+    /// The budgets due were enforced: the wake becomes the exact next budget deadline.
+    pub(crate) fn budgets_enforced(&mut self) {
+        self.budget_wake = self.next_budget_deadline();
+    }
+
+    /// Move the budget wake earlier to `at` if that is earlier.
+    fn lower_budget_wake(&mut self, at: Option<Instant>) {
+        self.budget_wake = earliest(self.budget_wake, at);
+    }
+
+    /// Whether any budget is configured.
+    fn has_budgets(&self) -> bool {
+        self.acquire_timeout.is_some()
+            || self.idle_timeout.is_some()
+            || self.reconnect_timeout.is_some()
+    }
+
     /// Budget candidates of one ref (R8): declared ∪ acquired, minus FINAL ones.
     pub(crate) fn budget_candidates(&self, r: &RefEntry) -> Vec<String> {
-        let mut c: Vec<String> = self.expect.ids.clone().unwrap_or_default();
+        let mut c: Vec<String> = self.expect.ids().map(<[_]>::to_vec).unwrap_or_default();
         for a in self.members.keys() {
             if !c.contains(a) {
                 c.push(a.clone());
@@ -293,7 +483,7 @@ impl Tx {
     }
 
     /// The exact next budget deadline over all refs and candidates.
-    pub(crate) fn next_budget_deadline(&self) -> Option<Instant> {
+    fn next_budget_deadline(&self) -> Option<Instant> {
         if !self.has_budgets() {
             return None;
         }

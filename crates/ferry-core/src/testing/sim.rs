@@ -34,6 +34,12 @@
 //! # Ok::<(), ferry_core::Error>(())
 //! ```
 
+mod config;
+mod receiver;
+
+pub use config::{DownloadHandle, ReceiverId, SimConfig, SimStats};
+use receiver::{Receiver, Slot};
+
 use super::SplitMix64;
 use crate::message::{encode, SourceFailureNotice};
 use crate::{
@@ -44,104 +50,6 @@ use crate::{
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
-
-/// Network and timing parameters of a [`Sim`].
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    /// Seed of every random choice.
-    pub seed: u64,
-    /// The producer's FQCN.
-    pub sender: String,
-    /// One-way latency, uniform in `[min, max]` (times the receiver's slowness).
-    pub latency: (Duration, Duration),
-    /// Probability that a pull request or its reply is lost.
-    pub loss: f64,
-    /// Probability that a reply, confirm or cancel is delivered twice. Pull requests are not
-    /// duplicated: a duplicated terminal pull makes the producer issue two provisional serves,
-    /// and R6 accepts only the latest nonce, so the receiver's confirm could be stale (NVFlare
-    /// semantics; cellnet over TCP never duplicates a request).
-    pub duplicate: f64,
-    /// Whether confirms and cancels can be lost too (fire-and-forget over a lossy link:
-    /// the producer then ends by budget or timeout, fail-closed).
-    pub lossy_fire_and_forget: bool,
-    /// How long `produce` takes, uniform in `[min, max]` (the pull ticket is held meanwhile).
-    pub produce_time: (Duration, Duration),
-    /// The producer's link capped at this many chunk bytes per second, for all receivers
-    /// together, shared as `ferry serve --limit-rate` shares it: data replies wait for the
-    /// link and it serves the receivers with waiting replies in turn (round robin), one
-    /// chunk at a time, each leaving when its bytes have gone. `None`: no cap.
-    pub pace: Option<u64>,
-    /// Safety bound on simulation steps per run call.
-    pub max_steps: u64,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            sender: "server".into(),
-            latency: (Duration::from_millis(1), Duration::from_millis(5)),
-            loss: 0.0,
-            duplicate: 0.0,
-            lossy_fire_and_forget: false,
-            produce_time: (Duration::ZERO, Duration::ZERO),
-            pace: None,
-            max_steps: 10_000_000,
-        }
-    }
-}
-
-/// Index of a receiver in a [`Sim`].
-pub type ReceiverId = usize;
-
-/// Identifies one download started with [`Sim::start_download`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DownloadHandle {
-    /// The receiver.
-    pub receiver: ReceiverId,
-    /// Index among that receiver's downloads.
-    pub index: usize,
-}
-
-/// Message counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SimStats {
-    /// Messages handed to the network.
-    pub sent: u64,
-    /// Messages dropped by loss.
-    pub lost: u64,
-    /// Extra copies delivered.
-    pub duplicated: u64,
-    /// Messages dropped because their receiver had crashed.
-    pub dropped_by_crash: u64,
-    /// `produce` calls run.
-    pub produced: u64,
-}
-
-/// Builds a fresh consumer (again after a crash).
-type ConsumerFactory = Box<dyn FnMut() -> Box<dyn Consumer>>;
-
-/// One download slot of a receiver (survives crashes: a restart builds a new engine).
-struct Slot {
-    ref_id: RefId,
-    cfg: DownloadConfig,
-    factory: ConsumerFactory,
-    /// The live engine and its consumer (`None` while crashed).
-    live: Option<(Download, Box<dyn Consumer>)>,
-    /// Bumped on every (re)start so that replies to an old life are dropped.
-    life: u64,
-    result: Option<Result<(), DownloadFailure>>,
-    finished_at: Option<Instant>,
-}
-
-/// One simulated receiver cell.
-struct Receiver {
-    name: String,
-    slowness: u32,
-    crashed: bool,
-    slots: Vec<Slot>,
-    failures: SourceFailureTable,
-}
 
 /// A data reply waiting for the capped link ([`SimConfig::pace`]).
 struct Paced {
@@ -190,6 +98,45 @@ enum Event {
 }
 
 /// The simulated network. See the [module docs](self).
+///
+/// # Replaying a failure
+///
+/// A run is a function of its [`SimConfig`] (above all its `seed`), its starting instant and
+/// the calls made on it: the network's choices come from a generator seeded with `seed`, and
+/// so do the ids and nonces the service mints (the simulator sets
+/// [`ServiceConfig::id_seed`] to `seed` unless the service's config chose one). Two runs with
+/// the same seed and the same calls produce the same events, with the same ids, at the same
+/// virtual instants — and so does a failing run:
+///
+/// ```
+/// use ferry_core::testing::{BytesObject, MemorySink, Sim, SimConfig};
+/// use ferry_core::{DownloadConfig, TxConfig};
+/// use std::sync::Arc;
+/// use std::time::{Duration, Instant};
+///
+/// fn run(seed: u64, t0: Instant) -> String {
+///     let cfg = SimConfig { seed, loss: 0.2, ..SimConfig::default() };
+///     let mut sim = Sim::new(cfg, t0);
+///     let tx = sim.service().new_transaction(TxConfig::new(Duration::from_secs(30)).with_num_receivers(2), t0).unwrap();
+///     let rid = sim.service().add_object(&tx, Arc::new(BytesObject::new(vec![7u8; 500], 64)), None, t0).unwrap();
+///     for name in ["site-1", "site-2"] {
+///         let r = sim.add_receiver(name);
+///         sim.start_download(r, rid.clone(), DownloadConfig::default(), || Box::new(MemorySink::bytes().0));
+///     }
+///     sim.run_for(Duration::from_secs(600));
+///     format!("{:?}", sim.service_events())
+/// }
+/// let t0 = Instant::now();
+/// assert_eq!(run(7, t0), run(7, t0)); // ids, nonces, order and instants included
+/// assert_ne!(run(7, t0), run(8, t0));
+/// ```
+///
+/// So a property test over simulations only has to say which seed failed. Put the seed in
+/// what the test prints on failure (proptest prints the failing input, seed included, and
+/// keeps it in `proptest-regressions/` to try it first on the next run); to replay it,
+/// build the same simulation with that seed in a plain `#[test]` (`tests/sim.rs` has
+/// `fixed(Scenario { seed, .. })` for its scenarios) and add tracing or assertions there: it
+/// fails the same way every time.
 pub struct Sim {
     cfg: SimConfig,
     rng: SplitMix64,
@@ -219,7 +166,9 @@ impl Sim {
     }
 
     /// A network whose producer uses `service_cfg`.
-    pub fn with_service(cfg: SimConfig, service_cfg: ServiceConfig, t0: Instant) -> Self {
+    /// Its ids and nonces are seeded with `cfg.seed` unless `service_cfg.id_seed` is set.
+    pub fn with_service(cfg: SimConfig, mut service_cfg: ServiceConfig, t0: Instant) -> Self {
+        service_cfg.id_seed.get_or_insert(cfg.seed);
         Self {
             rng: SplitMix64::new(cfg.seed),
             cfg,
@@ -437,7 +386,7 @@ impl Sim {
             Action::SendConfirm(c) => (None, encode(&c), lossy_ff, true),
             Action::SendCancel(c) => (None, encode(&c), lossy_ff, true),
             Action::Progress(_) => return,
-            other => return self.run_consumer(r, s, other),
+            other => return self.receivers[r].slots[s].run_consumer(other, self.now),
         };
         self.transmit(r, lossy, dup, || Event::Request {
             from: r,
@@ -446,41 +395,6 @@ impl Sim {
             id,
             payload: payload.clone(),
         });
-    }
-
-    /// Execute a consumer-facing action of slot `s` of receiver `r` and report the result.
-    fn run_consumer(&mut self, r: ReceiverId, s: usize, action: Action) {
-        let now = self.now;
-        let slot = &mut self.receivers[r].slots[s];
-        let Some((dl, consumer)) = slot.live.as_mut() else {
-            return;
-        };
-        let rid = slot.ref_id.as_str();
-        match action {
-            Action::CheckPlan(plan) => {
-                let res = consumer.plan_received(&plan);
-                dl.plan_result(res, now);
-            }
-            Action::Consume { seq, state, data } => {
-                let res = consumer.consume(rid, &state, data);
-                dl.consumed(seq, res, now);
-            }
-            Action::Complete => {
-                let res = consumer.completed(rid);
-                dl.completion_result(res, now);
-            }
-            Action::Finished(res) => {
-                if let Err(e) = &res {
-                    consumer.failed(rid, &e.to_string());
-                }
-                slot.result = Some(res);
-                slot.finished_at = Some(now);
-            }
-            Action::Send { .. }
-            | Action::SendConfirm(_)
-            | Action::SendCancel(_)
-            | Action::Progress(_) => {}
-        }
     }
 
     /// The earliest instant anything has work.
@@ -748,5 +662,11 @@ impl Sim {
     /// Message counters.
     pub fn stats(&self) -> SimStats {
         self.stats
+    }
+
+    /// The seed of this run (what a failing test should print; see [Replaying a
+    /// failure](Sim#replaying-a-failure)).
+    pub fn seed(&self) -> u64 {
+        self.cfg.seed
     }
 }
