@@ -9,6 +9,12 @@ use crate::interop;
 /// name, package, example, what it measures
 const BENCHES: &[(&str, &str, &str, &str)] = &[
     (
+        "core",
+        "ferry-core",
+        "bench_core",
+        "producer engine bookkeeping with 1..10,000 live transactions: poll_timeout, handle_timeout, a pull",
+    ),
+    (
         "cellnet",
         "ferry-cellnet",
         "bench_cellnet",
