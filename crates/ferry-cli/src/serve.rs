@@ -314,22 +314,19 @@ async fn serve(
     bound: &str,
     json: bool,
 ) -> CmdResult {
-    let (cfg, expected) = if args.keep_serving {
+    let cfg = if args.keep_serving {
         // Unknown count: never finishes by itself, serves any number of receivers, no
         // inactivity timeout; Ctrl-C ends it.
-        (TxConfig::new(Duration::MAX), ExpectedReceivers::Unknown)
+        TxConfig::new(Duration::MAX)
     } else if args.allow.is_empty() {
-        let n = args.receivers as usize;
-        (
-            TxConfig::new(args.timeout).with_num_receivers(n),
-            ExpectedReceivers::Count(n),
-        )
+        TxConfig::new(args.timeout).with_num_receivers(args.receivers as usize)
     } else {
-        (
-            TxConfig::new(args.timeout).with_receiver_ids(args.allow.clone()),
-            ExpectedReceivers::Ids(args.allow.clone()),
-        )
+        TxConfig::new(args.timeout).with_receiver_ids(args.allow.clone())
     };
+    // What the objects learn is what the engine will enforce: one translation, the engine's.
+    let expected = cfg
+        .expected_receivers()
+        .map_err(|e| Failure::usage(format!("cannot start the transfer: {e}")))?;
     let cfg = cfg
         .with_progress(Duration::from_millis(250))
         .with_reconnect_timeout(args.reconnect_timeout);

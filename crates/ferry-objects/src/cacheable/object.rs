@@ -43,38 +43,15 @@ struct Slot {
     done: HashSet<Arc<str>>,
 }
 
-/// Expected receivers in a form that is quick to check.
-#[derive(Debug)]
-enum Expect {
-    Unknown,
-    Count(usize),
-    Ids(HashSet<Arc<str>>),
-}
-
-impl Expect {
-    fn from(r: ExpectedReceivers) -> Self {
-        match r {
-            ExpectedReceivers::Unknown | ExpectedReceivers::Count(0) => Expect::Unknown,
-            ExpectedReceivers::Count(n) => Expect::Count(n),
-            ExpectedReceivers::Ids(ids) => Expect::Ids(ids.into_iter().map(Arc::from).collect()),
-        }
+/// Whether the receivers `done` with an item are all it waits for: the expected receivers'
+/// completion rule ([`ExpectedReceivers::complete_with`]). With an unknown count the object
+/// cannot tell who else will come, so the first receiver done with an item retires it (see
+/// [`CacheOptions`](super::CacheOptions)).
+fn everyone_done(expect: &ExpectedReceivers, done: &HashSet<Arc<str>>) -> bool {
+    if !expect.is_known() {
+        return !done.is_empty();
     }
-
-    /// Whether `requester`'s acknowledgement counts.
-    fn counts(&self, requester: &str) -> bool {
-        match self {
-            Expect::Ids(ids) => ids.contains(requester),
-            _ => true,
-        }
-    }
-
-    fn satisfied(&self, acked: &HashSet<Arc<str>>) -> bool {
-        match self {
-            Expect::Unknown => !acked.is_empty(),
-            Expect::Count(n) => acked.len() >= *n,
-            Expect::Ids(ids) => ids.iter().all(|id| acked.contains(id)),
-        }
-    }
+    expect.complete_with(done.len(), |r| done.contains(r))
 }
 
 /// Which half of "served and acknowledged" a request records.
@@ -87,7 +64,8 @@ enum Mark {
 /// The mutable part, behind one mutex; never held while producing an item.
 #[derive(Debug)]
 struct Inner {
-    expect: Expect,
+    /// Who must be done with an item before it is dropped (only they count).
+    expect: ExpectedReceivers,
     slots: BTreeMap<u64, Slot>,
     /// One bit per item: acknowledged by everyone, never cached again.
     retired: Vec<u64>,
@@ -167,7 +145,7 @@ impl Inner {
             mine.insert(Arc::clone(&who));
             if other.contains(&who) {
                 slot.done.insert(Arc::clone(&who));
-                if self.expect.satisfied(&slot.done) {
+                if everyone_done(&self.expect, &slot.done) {
                     finished.push(i);
                 }
             }
@@ -243,12 +221,8 @@ impl<T: ItemSource> CacheableObject<T> {
                     "items per chunk must be at least 1".into(),
                 ))
             }
-            ChunkPacking::MaxBytes(0) => {
-                return Err(ObjectsError::InvalidOption(
-                    "max chunk bytes must be at least 1".into(),
-                ))
-            }
-            _ => {}
+            ChunkPacking::MaxBytes(max) => crate::check_chunk_size(max)?,
+            ChunkPacking::PerChunk(_) => {}
         }
         if let ExpectedReceivers::Ids(ids) = &options.receivers {
             if ids.is_empty() {
@@ -273,7 +247,7 @@ impl<T: ItemSource> CacheableObject<T> {
             prefetch_depth: options.prefetch_depth,
             total_hint,
             inner: Mutex::new(Inner {
-                expect: Expect::from(options.receivers),
+                expect: options.receivers,
                 slots: BTreeMap::new(),
                 retired: vec![0; words],
                 retired_count: 0,
@@ -294,7 +268,7 @@ impl<T: ItemSource> CacheableObject<T> {
     /// default options) the object learns it from the transaction it is added to.
     pub fn set_expected_receivers(&self, receivers: ExpectedReceivers) {
         self.receivers_given.store(true, Ordering::Release);
-        self.lock().expect = Expect::from(receivers);
+        self.lock().expect = receivers;
     }
 
     /// The item source.
@@ -487,7 +461,7 @@ impl<T: ItemSource> Downloadable for CacheableObject<T> {
     fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId, receivers: &ExpectedReceivers) {
         tracing::debug!(%tx_id, %ref_id, items = self.count, ?receivers, "item object added to transaction");
         if !self.receivers_given.load(Ordering::Acquire) {
-            self.lock().expect = Expect::from(receivers.clone());
+            self.lock().expect = receivers.clone();
         }
     }
 
