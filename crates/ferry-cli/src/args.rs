@@ -313,12 +313,13 @@ pub struct DemoReceiverArgs {
     pub tensors_ref: Option<String>,
 }
 
-/// A chunk size within what the protocol and memory budgets handle well.
+/// A chunk size worth using: ferry-objects' check for sizes a person chooses.
 fn parse_chunk(s: &str) -> Result<u64, String> {
     let n = parse_size(s)?;
-    if !(64 << 10..=64 << 20).contains(&n) {
-        return Err(format!("chunk size {s} is outside 64KiB..=64MiB"));
-    }
+    ferry::objects::check_useful_chunk_size(n).map_err(|e| match e {
+        ferry::objects::ObjectsError::InvalidOption(why) => why,
+        other => other.to_string(),
+    })?;
     Ok(n)
 }
 

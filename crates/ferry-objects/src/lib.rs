@@ -83,17 +83,77 @@ pub use verify::{Pin, StreamVerifier, Verified};
 /// Default chunk size of byte-stream objects: 1 MiB (see the crate docs for why).
 pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
 
-/// Largest chunk size accepted: 256 MiB (a chunk is one buffer and one message).
-pub const MAX_CHUNK_SIZE: u64 = 256 << 20;
+/// Largest chunk size: 64 MiB. A chunk travels as one reply message and each receiver keeps a
+/// window of them in flight, so a chunk stays well inside a cell's default frame limit
+/// (256 MiB) and a window's worth stays a modest amount of memory.
+pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
 
-fn check_chunk_size(chunk_size: u64) -> Result<(), ObjectsError> {
-    if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
-        return Err(ObjectsError::InvalidOption(format!(
-            "chunk size {chunk_size} is outside 1..={MAX_CHUNK_SIZE}"
-        )));
+/// Smallest chunk size worth offering to a person (the CLI's `--chunk`, the Python bindings'
+/// `chunk_size`): 64 KiB. Below it a transfer is mostly per-request overhead. The objects
+/// themselves accept chunks down to one byte (tests use tiny ones).
+pub const MIN_USEFUL_CHUNK_SIZE: u64 = 64 << 10;
+
+/// The one chunk-size check: `chunk_size` bytes must be in `1..=`[`MAX_CHUNK_SIZE`] (what
+/// [`FileObject`], [`BytesObject`] and [`ChunkPacking::MaxBytes`] accept).
+pub fn check_chunk_size(chunk_size: u64) -> Result<(), ObjectsError> {
+    check_chunk_size_from(chunk_size, 1)
+}
+
+/// The same check for a size a person chose: `chunk_size` must also be at least
+/// [`MIN_USEFUL_CHUNK_SIZE`]. The error says the range in human units.
+pub fn check_useful_chunk_size(chunk_size: u64) -> Result<(), ObjectsError> {
+    check_chunk_size_from(chunk_size, MIN_USEFUL_CHUNK_SIZE)
+}
+
+fn check_chunk_size_from(chunk_size: u64, min: u64) -> Result<(), ObjectsError> {
+    if (min..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Ok(());
     }
-    Ok(())
+    Err(ObjectsError::InvalidOption(format!(
+        "chunk size {} is outside {}..={}",
+        human(chunk_size),
+        human(min),
+        human(MAX_CHUNK_SIZE)
+    )))
+}
+
+/// `n` bytes as `64KiB`, `1MiB` or `12345B` (exact units only).
+fn human(n: u64) -> String {
+    match n {
+        0 => "0B".into(),
+        n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
 }
 
 #[cfg(test)]
 mod testutil;
+
+#[cfg(test)]
+mod chunk_size_tests {
+    use super::*;
+
+    #[test]
+    fn one_range_for_every_chunk_size() {
+        assert!(check_chunk_size(1).is_ok());
+        assert!(check_chunk_size(MAX_CHUNK_SIZE).is_ok());
+        assert!(check_chunk_size(0).is_err());
+        assert!(check_chunk_size(MAX_CHUNK_SIZE + 1).is_err());
+        assert!(check_useful_chunk_size(MIN_USEFUL_CHUNK_SIZE).is_ok());
+        assert!(check_useful_chunk_size(MAX_CHUNK_SIZE).is_ok());
+        let low = check_useful_chunk_size(MIN_USEFUL_CHUNK_SIZE - 1).unwrap_err();
+        assert_eq!(
+            low.to_string(),
+            "invalid option: chunk size 65535B is outside 64KiB..=64MiB"
+        );
+        // every object that takes a chunk size applies it
+        let big = MAX_CHUNK_SIZE + 1;
+        assert!(BytesObject::new(bytes::Bytes::new())
+            .with_chunk_size(big)
+            .is_err());
+        assert!(BytesObject::new(bytes::Bytes::new())
+            .with_chunk_size(MAX_CHUNK_SIZE)
+            .is_ok());
+    }
+}

@@ -10,6 +10,7 @@ pub enum ChunkPacking {
     /// NVFlare's packing: the first item always (even when it alone exceeds the limit), then
     /// further items while the running total stays strictly below `max` bytes; an item whose
     /// size hint would reach the limit is not produced. No plan (chunk sizes depend on data).
+    /// `max` is a chunk size: `1..=`[`MAX_CHUNK_SIZE`](crate::MAX_CHUNK_SIZE).
     MaxBytes(u64),
 }
 

@@ -413,3 +413,23 @@ fn tracker_checks_shapes_duplicates_and_completeness() {
     let mut small = ItemTracker::with_max_items(2);
     assert!(small.plan_received(&plan).is_err());
 }
+
+#[test]
+fn max_bytes_packing_is_a_chunk_size() {
+    for (max, ok) in [
+        (0, false),
+        (1, true),
+        (crate::MAX_CHUNK_SIZE, true),
+        (crate::MAX_CHUNK_SIZE + 1, false),
+    ] {
+        let options = CacheOptions {
+            packing: ChunkPacking::MaxBytes(max),
+            ..CacheOptions::default()
+        };
+        assert_eq!(
+            CacheableObject::new(VecSource::new(&[4]), options).is_ok(),
+            ok,
+            "{max}"
+        );
+    }
+}
