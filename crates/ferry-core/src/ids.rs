@@ -7,6 +7,7 @@ use std::fmt;
 
 /// Why a string is not a valid FQCN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FqcnError {
     /// The FQCN is empty.
     #[error("FQCN is empty")]
