@@ -8,6 +8,7 @@ use crate::return_code::ReturnCode;
 /// Errors that concern one message map to an NVFlare [`ReturnCode`] through
 /// [`CellnetError::return_code`], which is what a requester sees in the reply.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CellnetError {
     /// A string is not a valid FQCN (NVFlare's rules, see [`crate::Fqcn`]).
     #[error("invalid FQCN {fqcn:?}: {reason}")]

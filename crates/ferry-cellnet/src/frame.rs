@@ -117,6 +117,7 @@ impl Frame {
 
 /// Framing errors. [`FrameError::is_fatal`] tells whether the connection must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The announced length is below 16 (fatal, as NVFlare).
     #[error("frame length {0} is shorter than the 16-byte prefix")]

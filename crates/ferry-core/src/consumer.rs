@@ -4,6 +4,7 @@ use crate::{ChunkData, State, TransferPlan};
 
 /// A consumer refused a chunk or could not finish.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConsumeError {
     /// The chunk does not have the shape this consumer expects (bytes vs items, bad state...).
     #[error("unexpected chunk: {0}")]

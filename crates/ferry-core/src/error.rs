@@ -6,6 +6,7 @@ use crate::{FqcnError, PlanError, RefId, TxId};
 
 /// A call into the engine was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The transaction id is live, settling, or has an unexpired outcome receipt.
     #[error("transaction id {0} is already in use")]

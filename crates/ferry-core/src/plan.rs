@@ -17,6 +17,7 @@ pub const KEY_COUNT: &str = "count";
 
 /// Why a plan (from an object or from the wire) is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// `chunk` or `per_chunk` is zero.
     #[error("plan chunk size is zero")]

@@ -140,6 +140,7 @@ impl SourceFailureTable {
 
     /// The failure reason recorded for (source, ref), if any and not expired. Check it before
     /// starting a download: a recorded failure fails it before the first request.
+    #[must_use = "a source reported failed must fail its downloads"]
     pub fn check(&mut self, source: &str, ref_id: &RefId, now: Instant) -> Option<String> {
         let now = self.clock.advance(now);
         self.map
@@ -148,6 +149,7 @@ impl SourceFailureTable {
     }
 
     /// When the oldest record expires.
+    #[must_use = "expired records are dropped only when handle_timeout is called"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.map.next_expiry()
     }
@@ -159,11 +161,13 @@ impl SourceFailureTable {
     }
 
     /// Number of records held (at most the cap).
+    #[must_use]
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
     /// Whether no record is held.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.map.len() == 0
     }

@@ -13,6 +13,7 @@ use std::fmt;
 
 /// Why a state value is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// The key holds a value of another type than expected.
     #[error("state key {key:?} has the wrong type (expected {expected})")]

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 /// Why an object or a consumer could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ObjectsError {
     /// An OS error, with what was being done.
     #[error("{context}: {source}")]

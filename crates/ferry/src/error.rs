@@ -4,6 +4,7 @@ use ferry_core::DownloadFailure;
 
 /// What can go wrong in the download service and the download client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DownloadError {
     /// The engine refused the call (unknown or reused transaction id, bad configuration, ...).
     #[error(transparent)]

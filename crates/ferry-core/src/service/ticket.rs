@@ -11,6 +11,7 @@ use std::time::Duration;
 
 /// The result of dispatching a topic-A request.
 #[derive(Debug)]
+#[must_use = "a reply must be sent, and a pull ticket produced and finished (a dropped ticket holds its transaction's settlement until the drain timeout)"]
 pub enum Handled {
     /// Answer with this at once (confirm/cancel acknowledgement, invalid request, replay).
     Reply(Reply),
@@ -20,6 +21,7 @@ pub enum Handled {
 
 /// A validated pull in flight. Holding one keeps its transaction from settling (up to the drain
 /// timeout); give it back with [`Service::finish_pull`](super::Service::finish_pull) exactly once.
+#[must_use = "a dropped ticket holds its transaction's settlement until the drain timeout: finish or abandon it"]
 pub struct PullTicket {
     /// Engine-wide ticket number.
     pub(crate) id: u64,
