@@ -1,0 +1,60 @@
+//! `cargo xtask bench download`: the headline benchmark of the workspace.
+//!
+//! One run, on loopback, with every sender and every receiver its own process:
+//!
+//! | scenario | what moves | receivers | systems |
+//! |---|---|---|---|
+//! | `file-hash` | a 1 GiB file; receivers hash the bytes (BLAKE3 / sha256) | 1, 4, 8 | ferry, NVFlare 2.9, plain TCP |
+//! | `file-disk` | the same file; receivers write it to disk and fsync | 1, 4, 8 | ferry, NVFlare 2.9, plain TCP |
+//! | `tensors` | a 512 MiB tensor dict (128 × 4 MiB f32) into receiver memory | 1, 4 | ferry, NVFlare numpy downloader, plain TCP |
+//! | `big` | an 8 GiB file to one hashing receiver (sender memory must stay flat) | 1 | ferry, plain TCP |
+//! | `small` | a 4 KiB object fetched N times in a row (latency) | 1 | ferry, NVFlare 2.9 |
+//!
+//! The plain-TCP blast is the physical reference: the sender streams the file bytes with 1 MiB
+//! reads and writes, each receiver reads 1 MiB at a time and hashes, keeps or writes them.
+//!
+//! This binary plays every Rust role; it re-executes itself for the children
+//! (`ferry-sender`, `ferry-receiver`, `tcp-sender`, `tcp-receiver`). The NVFlare roles are
+//! the Python scripts in `examples/bench_py/`, run with `$FERRY_INTEROP_PYTHON` (the venv of
+//! `cargo xtask interop-setup`).
+//!
+//! Children speak a line protocol on stdout: `READY {json}` once up, `DONE {json}` when a
+//! receiver has the whole object (the orchestrator timestamps it), `RESULT {json}` last.
+//! Receivers start when they read `GO {json}` on stdin; stdin EOF ends any child.
+//!
+//! What is measured:
+//! * aggregate throughput = size × receivers / (last receiver's DONE − GO);
+//! * peak RSS of every child from the kernel: `wait4(2)`'s `ru_maxrss` when the orchestrator
+//!   reaps it (the orchestrator keeps its own RSS small, because a child's `ru_maxrss` starts
+//!   at its parent's high-water mark when it is spawned);
+//! * CPU: each child reports `getrusage(RUSAGE_SELF)` user+sys spent in the transfer (a
+//!   receiver from GO to DONE, a sender from before it builds the downloadable to the end);
+//!   `wait4` gives the whole-process figure too (Python imports included).
+
+mod args;
+mod cases;
+mod child;
+mod common;
+mod group;
+mod orchestrate;
+mod os;
+mod report;
+mod roles;
+
+use anyhow::Result;
+use args::{Cli, Role};
+use child::child_main;
+use clap::Parser;
+use orchestrate::orchestrate;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.role {
+        None => orchestrate(cli.orch),
+        Some(Role::Orchestrate(a)) => orchestrate(a),
+        Some(Role::FerrySender(a)) => child_main(a.timeout, || roles::ferry_sender(&a)),
+        Some(Role::FerryReceiver(a)) => child_main(a.timeout, || roles::ferry_receiver(&a)),
+        Some(Role::TcpSender(a)) => child_main(a.timeout, || roles::tcp_sender(&a)),
+        Some(Role::TcpReceiver(a)) => child_main(a.timeout, || roles::tcp_receiver(&a)),
+    }
+}

@@ -1,0 +1,241 @@
+//! The orchestrator: which cases to run, in which order, and the report at the end.
+
+use crate::args::*;
+use crate::cases::*;
+use crate::child::*;
+use crate::common::*;
+use crate::os;
+use crate::report::*;
+use anyhow::{anyhow, bail, Result};
+use std::fs::{self};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
+    let q = a.quick;
+    let file_size = a.file_mib.unwrap_or(if q { 64 } else { 1024 }) * MIB;
+    let tensor_size = a.tensor_mib.unwrap_or(if q { 32 } else { 512 }) * MIB;
+    let big_size = a.big_mib.unwrap_or(if q { 256 } else { 8192 }) * MIB;
+    let small_count = a.small_count.unwrap_or(if q { 50 } else { 200 });
+    if tensor_size > file_size.max(big_size) {
+        bail!("the tensor bytes are read from the file: --tensor-mib must not exceed --file-mib");
+    }
+    let want = |name: &str| {
+        !a.skip.iter().any(|s| s == name)
+            && (a.only.is_empty()
+                || !["ferry", "nvflare", "tcp"].contains(&name)
+                || a.only.iter().any(|s| s == name))
+    };
+    let systems: Vec<System> = [System::Tcp, System::Ferry, System::Nvflare]
+        .into_iter()
+        .filter(|s| want(s.key()))
+        .collect();
+
+    let exe = std::env::current_exe()?;
+    // <target>/release/examples/bench_download -> <target>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("cannot place {} in a target dir", exe.display()))?;
+    let root = target.join("bench-download");
+    let data = root.join("data");
+    fs::create_dir_all(&data)?;
+    let work = tempfile::Builder::new().prefix("run-").tempdir_in(&root)?;
+    let workspace = std::env::var_os("FERRY_WORKSPACE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    let python = std::env::var_os("FERRY_INTEROP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target/interop-venv/bin/python"));
+    if systems.contains(&System::Nvflare) && !python.exists() {
+        bail!(
+            "no Python for NVFlare at {} (run `cargo xtask interop-setup`, or --skip nvflare)",
+            python.display()
+        );
+    }
+    let ctx = Ctx {
+        exe,
+        python,
+        py_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench_py"),
+        work: work.path().to_path_buf(),
+        data: data.clone(),
+        ferry_chunk: a.ferry_chunk_kib.unwrap_or(0) * 1024,
+        ferry_budget: a.ferry_budget_kib.unwrap_or(0) * 1024,
+        ferry_window: a.ferry_window.unwrap_or(0),
+        perf_dir: a.perf_dir.clone(),
+    };
+    if let Some(d) = &ctx.perf_dir {
+        fs::create_dir_all(d)?;
+    }
+
+    // Sources.
+    let t = Instant::now();
+    let file_src = ctx.data.join(format!("source-{}MiB.bin", file_size / MIB));
+    make_source(&file_src, file_size)?;
+    let file_b3 = blake3_file(&file_src, None)?;
+    let tensor_b3 = blake3_file(&file_src, Some(tensor_size))?;
+    let small_src = ctx.data.join("small-4KiB.bin");
+    make_source(&small_src, SMALL_BYTES)?;
+    let small_b3 = blake3_file(&small_src, None)?;
+    eprintln!(
+        "bench_download: sources ready in {:.1}s under {}",
+        t.elapsed().as_secs_f64(),
+        data.display()
+    );
+
+    let mut cases = Vec::new();
+    for sc in [Scenario::FileHash, Scenario::FileDisk] {
+        if !want(sc.key()) {
+            continue;
+        }
+        for &n in &a.receivers {
+            for &sys in &systems {
+                cases.push(Case {
+                    scenario: sc,
+                    system: sys,
+                    receivers: n,
+                    size: file_size,
+                    source: file_src.clone(),
+                    blake3: file_b3.clone(),
+                    count: 1,
+                });
+            }
+        }
+    }
+    if want("tensors") && tensor_size > 0 {
+        for &n in &a.tensor_receivers {
+            for &sys in &systems {
+                cases.push(Case {
+                    scenario: Scenario::Tensors,
+                    system: sys,
+                    receivers: n,
+                    size: tensor_size,
+                    source: file_src.clone(),
+                    blake3: tensor_b3.clone(),
+                    count: 1,
+                });
+            }
+        }
+    }
+    if want("small") {
+        for &sys in systems.iter().filter(|s| **s != System::Tcp) {
+            cases.push(Case {
+                scenario: Scenario::Small,
+                system: sys,
+                receivers: 1,
+                size: SMALL_BYTES,
+                source: small_src.clone(),
+                blake3: small_b3.clone(),
+                count: small_count,
+            });
+        }
+    }
+    let mut big_src = None;
+    if want("big") && big_size > 0 {
+        let p = ctx.data.join(format!("source-{}MiB.bin", big_size / MIB));
+        let t = Instant::now();
+        make_source(&p, big_size)?;
+        let b3 = blake3_file(&p, None)?;
+        eprintln!(
+            "bench_download: big source ({}) ready in {:.1}s",
+            human_size(big_size),
+            t.elapsed().as_secs_f64()
+        );
+        for &sys in systems.iter().filter(|s| **s != System::Nvflare) {
+            cases.push(Case {
+                scenario: Scenario::Big,
+                system: sys,
+                receivers: 1,
+                size: big_size,
+                source: p.clone(),
+                blake3: b3.clone(),
+                count: 1,
+            });
+        }
+        big_src = Some(p);
+    }
+
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let t = Instant::now();
+        eprint!("bench_download: {:<40} ", case.title());
+        match run_best(&ctx, case, a.repeat.max(1)) {
+            Ok(r) => {
+                if r.scenario == Scenario::Small {
+                    eprintln!(
+                        "median {:.3} ms over {} fetches  ({:.1}s)",
+                        median(&r.latencies_ms).unwrap_or(f64::NAN),
+                        r.latencies_ms.len(),
+                        t.elapsed().as_secs_f64()
+                    );
+                } else {
+                    let g = r.gib_delivered();
+                    eprintln!(
+                        "{:>8.1} MiB/s  RSS sender {:>4} / receivers ≤ {:>4} MiB  \
+                         cpu {:.2} s/GiB (sender {:.2} + receivers {:.2})  ({:.1}s)",
+                        r.mib_s,
+                        r.sender_rss_kib / 1024,
+                        r.receiver_rss_kib_max / 1024,
+                        r.cpu_per_gib(),
+                        r.sender_cpu_s / g,
+                        r.receivers_cpu_s / g,
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                runs.push(r);
+            }
+            Err(e) => {
+                eprintln!("FAILED");
+                eprintln!("{e:#}");
+                failures.push(format!(
+                    "{}: {}",
+                    case.title(),
+                    first_line(&format!("{e:#}"))
+                ));
+            }
+        }
+    }
+    let total = started.elapsed();
+    let own_hwm = os::self_vmhwm_kib();
+
+    let report = Report {
+        command: command_line(),
+        date: utc_now(),
+        machine: machine(),
+        runs,
+        failures,
+        orchestrator_hwm_kib: own_hwm,
+        total_s: total.as_secs_f64(),
+        quick: q,
+        repeat: a.repeat.max(1),
+    };
+    let text = report.markdown();
+    println!("{text}");
+    if let Some(p) = &a.json {
+        fs::write(p, serde_json::to_string_pretty(&report.runs)?)?;
+    }
+    if a.write_docs {
+        let docs = workspace.join("docs/benchmarks.md");
+        write_docs(&docs, &text)?;
+        eprintln!("bench_download: wrote {}", docs.display());
+    }
+    if !a.keep_data {
+        let _ = fs::remove_file(&file_src);
+        let _ = fs::remove_file(&small_src);
+        if let Some(p) = big_src {
+            let _ = fs::remove_file(p);
+        }
+    }
+    if !report.failures.is_empty() {
+        let kept = work.keep();
+        bail!(
+            "{} measurement(s) failed; their logs are under {}",
+            report.failures.len(),
+            kept.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! OS measurements: the only unsafe code (libc calls on plain-old-data out-parameters).
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// CPU time and peak RSS of one process, as the kernel accounts them.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Usage {
+    pub user_s: f64,
+    pub sys_s: f64,
+    /// Peak resident set size in KiB (`ru_maxrss`).
+    pub maxrss_kib: u64,
+}
+
+impl Usage {
+    pub fn cpu_s(&self) -> f64 {
+        self.user_s + self.sys_s
+    }
+}
+
+fn from_rusage(ru: &libc::rusage) -> Usage {
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Usage {
+        user_s: tv(ru.ru_utime),
+        sys_s: tv(ru.ru_stime),
+        maxrss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),
+    }
+}
+
+/// getrusage(RUSAGE_SELF): this process, all threads.
+pub fn self_usage() -> Usage {
+    // SAFETY: `rusage` is a C struct of integers, for which all-zero is a valid value;
+    // getrusage only writes into the struct we own, and RUSAGE_SELF is a valid `who`.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: see above; the pointer is valid and exclusive for the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return Usage::default();
+    }
+    from_rusage(&ru)
+}
+
+/// Reap child `pid` if it has exited (or wait for it with `block`): its exit status and its
+/// resource usage. `Ok(None)` when it is still running (only without `block`).
+pub fn wait4(pid: u32, block: bool) -> io::Result<Option<(i32, Usage)>> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: as in `self_usage`, all-zero is a valid `rusage`.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: both out-pointers are valid and exclusive for the call; `pid` is one of
+        // our own children that nobody else reaps (std's `Child::wait` is never called).
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        if r == pid {
+            return Ok(Some((status, from_rusage(&ru))));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// VmHWM of this process in KiB (its own RSS high-water mark), from /proc.
+pub fn self_vmhwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,400 @@
+//! The child roles this binary plays: ferry sender and receiver, plain-TCP sender and receiver.
+
+use crate::args::*;
+use crate::child::*;
+use crate::common::*;
+use crate::os;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ferry::core::{ChunkData, ConsumeError, Consumer, RefId, State};
+use ferry::objects::tensors::Dtype;
+use ferry::prelude::{
+    download_file, download_object, download_tensors, Cell, DownloadOptions, DownloadService,
+    FileOptions, ObjectDownloader, ServiceOptions, Tensor, TensorDict, TxConfig,
+};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Consumer that hashes the bytes in order and keeps nothing.
+#[derive(Default)]
+struct HashConsumer {
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl Consumer for HashConsumer {
+    /// Hashing a chunk is bounded CPU work: run it on the download task.
+    fn blocks(&self) -> bool {
+        false
+    }
+
+    fn consume(
+        &mut self,
+        _ref_id: &str,
+        state: &State,
+        data: ChunkData,
+    ) -> Result<State, ConsumeError> {
+        match &data {
+            ChunkData::Bytes(b) => {
+                self.hasher.update(b);
+                self.bytes += b.len() as u64;
+            }
+            ChunkData::Items(items) => {
+                for b in items {
+                    self.hasher.update(b);
+                    self.bytes += b.len() as u64;
+                }
+            }
+        }
+        Ok(state.clone())
+    }
+
+    fn completed(&mut self, _ref_id: &str) -> Result<(), ConsumeError> {
+        Ok(())
+    }
+
+    fn failed(&mut self, _ref_id: &str, _reason: &str) {}
+}
+
+/// The tensor dict of the benchmark: `len` bytes of `file` cut into 1-D f32 tensors of
+/// [`TENSOR_BYTES`] each, named so that name order is insertion order.
+fn tensor_dict(file: &Path, len: u64) -> Result<TensorDict> {
+    let mut f = File::open(file)?;
+    let mut buf = vec![0u8; usize::try_from(len)?];
+    f.read_exact(&mut buf)
+        .with_context(|| format!("reading {len} bytes of {}", file.display()))?;
+    let all = bytes::Bytes::from(buf);
+    let mut dict = TensorDict::new();
+    let mut off = 0usize;
+    let mut i = 0;
+    while off < all.len() {
+        let n = (all.len() - off).min(TENSOR_BYTES as usize) / 4 * 4;
+        if n == 0 {
+            break;
+        }
+        let t = Tensor::new(Dtype::F32, vec![n / 4], all.slice(off..off + n))?;
+        dict.insert(format!("layer{i:04}.weight"), t)?;
+        off += n;
+        i += 1;
+    }
+    Ok(dict)
+}
+
+pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        watch_stdin_eof();
+        let tensors = match a.kind.as_str() {
+            "tensors" => Some(tensor_dict(&a.file, a.len)?),
+            _ => None,
+        };
+        let cell = Cell::new(SENDER_FQCN)?;
+        let url = cell.listen("tcp://127.0.0.1:0").await?;
+        let mut sopts = ServiceOptions::default();
+        if a.budget > 0 {
+            sopts.byte_budget = a.budget;
+        }
+        let service = DownloadService::new(&cell, sopts);
+        let cpu0 = cpu_now();
+        let tx = ObjectDownloader::new(
+            &service,
+            TxConfig::new(Duration::from_secs_f64(a.timeout)).with_num_receivers(a.receivers),
+        )?;
+        let chunk = if a.chunk == 0 {
+            ferry::objects::DEFAULT_CHUNK_SIZE
+        } else {
+            a.chunk
+        };
+        let mut refs = Vec::new();
+        match a.kind.as_str() {
+            "file" => refs.push(tx.add_file(&a.file, chunk)?),
+            "small" => {
+                for _ in 0..a.count {
+                    refs.push(tx.add_file(&a.file, chunk)?);
+                }
+            }
+            "tensors" => refs.push(tx.add_tensors(tensors.expect("built above"))?),
+            k => bail!("unknown sender kind {k:?}"),
+        }
+        let refs: Vec<&str> = refs.iter().map(RefId::as_str).collect();
+        emit(
+            "READY",
+            &json!({"url": url, "fqcn": SENDER_FQCN, "refs": refs}),
+        );
+        let outcome = tx
+            .waiter()
+            .wait_timeout(Duration::from_secs_f64(a.timeout))
+            .await;
+        let cpu = cpu_now() - cpu0;
+        let (status, ok) = match &outcome {
+            Some(o) => (format!("{:?}", o.status), o.completed()),
+            None => ("no outcome".to_string(), false),
+        };
+        service.shutdown().await;
+        cell.shutdown().await;
+        let mut r = json!({"status": status, "cpu_s": cpu,
+            "maxrss_kib": os::self_usage().maxrss_kib});
+        if !ok {
+            r["error"] = json!(format!("transaction outcome: {status}"));
+        }
+        emit("RESULT", &r);
+        Ok(())
+    })
+}
+
+pub fn ferry_receiver(a: &ReceiverArgs) -> Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let cell = Cell::new(&a.fqcn)?;
+        cell.connect(&a.url).await?;
+        let service = DownloadService::new(&cell, ServiceOptions::default());
+        emit("READY", &json!({"fqcn": a.fqcn}));
+        let go = tokio::task::spawn_blocking(wait_go).await??;
+        let source = go["source"].as_str().unwrap_or(SENDER_FQCN).to_string();
+        let refs: Vec<RefId> = go["refs"]
+            .as_array()
+            .ok_or_else(|| anyhow!("GO without refs"))?
+            .iter()
+            .filter_map(|v| v.as_str().map(RefId::from))
+            .collect();
+        let first = refs
+            .first()
+            .ok_or_else(|| anyhow!("GO with no ref"))?
+            .clone();
+        let mut opts = DownloadOptions::default();
+        if a.window > 0 {
+            opts.window = a.window;
+        }
+        let cpu0 = cpu_now();
+        let mut res = json!({});
+        let bytes;
+        let mut verify: Option<PathBuf> = None;
+        match a.mode.as_str() {
+            "hash" => {
+                let c = download_object(&service, &source, &first, HashConsumer::default(), opts)
+                    .await?;
+                bytes = c.bytes;
+                res["blake3"] = json!(c.hasher.finalize().to_hex().to_string());
+            }
+            "file" => {
+                let dir = a
+                    .out_dir
+                    .clone()
+                    .ok_or_else(|| anyhow!("--out-dir needed"))?;
+                let p = download_file(
+                    &service,
+                    &source,
+                    &first,
+                    &dir,
+                    "received.bin",
+                    FileOptions::default(),
+                    opts,
+                )
+                .await?;
+                bytes = fs::metadata(&p)?.len();
+                verify = Some(p);
+            }
+            "memory" => {
+                let dict = download_tensors(&service, &source, &first, opts).await?;
+                let mut h = blake3::Hasher::new();
+                let mut n = 0;
+                // Hashing happens after DONE below; collect the digest lazily.
+                for (_, t) in dict.iter() {
+                    n += t.data().len() as u64;
+                }
+                bytes = n;
+                let cpu = cpu_now() - cpu0;
+                emit("DONE", &json!({"bytes": bytes}));
+                // The received dict is in arrival order: hash in name order (the
+                // sender's names sort in its insertion order).
+                let mut names: Vec<&str> = dict.iter().map(|(n, _)| n).collect();
+                names.sort_unstable();
+                for n in names {
+                    let t = dict.get(n).expect("listed");
+                    h.update(t.data());
+                }
+                res["blake3"] = json!(h.finalize().to_hex().to_string());
+                res["tensors"] = json!(dict.len());
+                return finish_receiver(&service, &cell, res, bytes, cpu).await;
+            }
+            "small" => {
+                let mut lat = Vec::with_capacity(refs.len());
+                let mut n = 0;
+                let mut last = String::new();
+                for rid in &refs {
+                    let t = Instant::now();
+                    let c = download_object(
+                        &service,
+                        &source,
+                        rid,
+                        HashConsumer::default(),
+                        opts.clone(),
+                    )
+                    .await?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    n += c.bytes;
+                    last = c.hasher.finalize().to_hex().to_string();
+                }
+                bytes = n;
+                res["latencies_ms"] = json!(lat);
+                res["blake3"] = json!(last);
+            }
+            m => bail!("unknown receiver mode {m:?}"),
+        }
+        let cpu = cpu_now() - cpu0;
+        emit("DONE", &json!({"bytes": bytes}));
+        if let Some(p) = verify {
+            res["blake3"] = json!(blake3_file(&p, None)?);
+            fs::remove_file(&p)?;
+        }
+        finish_receiver(&service, &cell, res, bytes, cpu).await
+    })
+}
+
+async fn finish_receiver(
+    service: &DownloadService,
+    cell: &Cell,
+    mut res: Value,
+    bytes: u64,
+    cpu: f64,
+) -> Result<()> {
+    service.shutdown().await;
+    cell.shutdown().await;
+    res["bytes"] = json!(bytes);
+    res["cpu_s"] = json!(cpu);
+    res["maxrss_kib"] = json!(os::self_usage().maxrss_kib);
+    emit("RESULT", &res);
+    Ok(())
+}
+
+pub fn tcp_sender(a: &SenderArgs) -> Result<()> {
+    watch_stdin_eof();
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let cpu0 = cpu_now();
+    emit(
+        "READY",
+        &json!({"url": format!("127.0.0.1:{port}"), "fqcn": SENDER_FQCN, "refs": []}),
+    );
+    let mut conns = Vec::with_capacity(a.receivers);
+    for _ in 0..a.receivers {
+        conns.push(listener.accept()?.0);
+    }
+    let results: Vec<Result<()>> = thread::scope(|s| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .map(|c| s.spawn(|| blast(c, &a.file, a.len)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("sender thread panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    emit(
+        "RESULT",
+        &json!({"cpu_s": cpu_now() - cpu0, "maxrss_kib": os::self_usage().maxrss_kib}),
+    );
+    Ok(())
+}
+
+/// Wait for the receiver's start byte, then stream `len` bytes of `file` with 1 MiB plain
+/// reads and writes.
+fn blast(mut conn: TcpStream, file: &Path, len: u64) -> Result<()> {
+    let mut go = [0u8; 1];
+    conn.read_exact(&mut go)?;
+    let mut f = File::open(file)?.take(len);
+    let mut buf = vec![0u8; BLAST_BUF];
+    loop {
+        let n = fill(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        conn.write_all(&buf[..n])?;
+    }
+    conn.shutdown(std::net::Shutdown::Write)?;
+    Ok(())
+}
+
+pub fn tcp_receiver(a: &ReceiverArgs) -> Result<()> {
+    let addr = a.url.trim_start_matches("tcp://");
+    let mut conn = TcpStream::connect(addr)?;
+    emit("READY", &json!({"fqcn": a.fqcn}));
+    wait_go()?;
+    let cpu0 = cpu_now();
+    conn.write_all(&[1])?;
+    let mut res = json!({});
+    let mut n: u64 = 0;
+    match a.mode.as_str() {
+        "hash" => {
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; BLAST_BUF];
+            loop {
+                let k = fill(&mut conn, &mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            let cpu = cpu_now() - cpu0;
+            emit("DONE", &json!({"bytes": n}));
+            res["blake3"] = json!(h.finalize().to_hex().to_string());
+            res["cpu_s"] = json!(cpu);
+        }
+        "memory" => {
+            let mut v = vec![0u8; usize::try_from(a.len)?];
+            let k = fill(&mut conn, &mut v)?;
+            n = k as u64;
+            let cpu = cpu_now() - cpu0;
+            emit("DONE", &json!({"bytes": n}));
+            res["blake3"] = json!(blake3::hash(&v[..k]).to_hex().to_string());
+            res["cpu_s"] = json!(cpu);
+        }
+        "file" => {
+            let dir = a
+                .out_dir
+                .clone()
+                .ok_or_else(|| anyhow!("--out-dir needed"))?;
+            let path = dir.join("received.bin");
+            let mut f = File::create(&path)?;
+            let mut buf = vec![0u8; BLAST_BUF];
+            loop {
+                let k = fill(&mut conn, &mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                f.write_all(&buf[..k])?;
+                n += k as u64;
+            }
+            f.sync_all()?;
+            drop(f);
+            let cpu = cpu_now() - cpu0;
+            emit("DONE", &json!({"bytes": n}));
+            res["blake3"] = json!(blake3_file(&path, None)?);
+            fs::remove_file(&path)?;
+            res["cpu_s"] = json!(cpu);
+        }
+        m => bail!("unknown receiver mode {m:?}"),
+    }
+    res["bytes"] = json!(n);
+    res["maxrss_kib"] = json!(os::self_usage().maxrss_kib);
+    emit("RESULT", &res);
+    Ok(())
+}
