@@ -35,67 +35,22 @@
 //! ```
 
 mod config;
+mod events;
+mod link;
 mod receiver;
 
 pub use config::{DownloadHandle, ReceiverId, SimConfig, SimStats};
+use events::{Event, Schedule};
+use link::{Link, Paced};
 use receiver::{Receiver, Slot};
 
 use super::SplitMix64;
 use crate::message::{encode, SourceFailureNotice};
 use crate::{
-    Action, Consumer, Download, DownloadConfig, DownloadFailure, Handled, PullTicket, RefId,
-    RequestId, ReturnCode, Service, ServiceConfig, ServiceEvent, SourceFailureTable,
-    TransferOutcome, TxId,
+    Action, Consumer, Download, DownloadConfig, DownloadFailure, Handled, RefId, RequestId,
+    Service, ServiceConfig, ServiceEvent, SourceFailureTable, TransferOutcome, TxId,
 };
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
-
-/// A data reply waiting for the capped link ([`SimConfig::pace`]).
-struct Paced {
-    slot: usize,
-    life: u64,
-    id: RequestId,
-    rc: ReturnCode,
-    payload: Option<Vec<u8>>,
-    /// Chunk bytes, which decide how long it holds the link.
-    len: u64,
-}
-
-/// Something the network will do at an instant.
-enum Event {
-    /// A topic-A message arrives at the producer.
-    Request {
-        from: ReceiverId,
-        slot: usize,
-        life: u64,
-        id: Option<RequestId>,
-        payload: Vec<u8>,
-    },
-    /// `produce` for a ticket is done.
-    Produced {
-        ticket: PullTicket,
-        from: ReceiverId,
-        slot: usize,
-        life: u64,
-        id: RequestId,
-    },
-    /// A reply arrives at a receiver.
-    Reply {
-        to: ReceiverId,
-        slot: usize,
-        life: u64,
-        id: RequestId,
-        rc: ReturnCode,
-        payload: Option<Vec<u8>>,
-    },
-    /// The paced reply on the link has gone: send it, start the next.
-    LinkDone(ReceiverId, Paced),
-    Crash(ReceiverId),
-    Restart(ReceiverId),
-    DeleteTx(TxId),
-    SourceFailure(ReceiverId, SourceFailureNotice),
-}
 
 /// The simulated network. See the [module docs](self).
 ///
@@ -144,18 +99,12 @@ pub struct Sim {
     now: Instant,
     service: Service,
     receivers: Vec<Receiver>,
-    /// (when, sequence) -> event; the sequence keeps same-instant events in schedule order.
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    events: BTreeMap<u64, Event>,
-    seq: u64,
+    /// What the network will do, in time order.
+    schedule: Schedule,
     log: Vec<(Instant, ServiceEvent)>,
     stats: SimStats,
-    /// With [`SimConfig::pace`]: data replies waiting for the link, per receiver.
-    paced: BTreeMap<ReceiverId, std::collections::VecDeque<Paced>>,
-    /// The link is sending a reply; the next starts when it is done.
-    link_busy: bool,
-    /// The receiver served last (round robin starts after it).
-    link_last: Option<ReceiverId>,
+    /// With [`SimConfig::pace`]: data replies waiting for the capped link.
+    link: Link,
 }
 
 impl Sim {
@@ -176,14 +125,10 @@ impl Sim {
             now: t0,
             service: Service::new(service_cfg),
             receivers: Vec::new(),
-            queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
-            seq: 0,
+            schedule: Schedule::default(),
             log: Vec::new(),
             stats: SimStats::default(),
-            paced: BTreeMap::new(),
-            link_busy: false,
-            link_last: None,
+            link: Link::default(),
         }
     }
 
@@ -296,10 +241,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, at: Instant, ev: Event) {
-        let s = self.seq;
-        self.seq += 1;
-        self.queue.push(Reverse((at.max(self.now), s)));
-        self.events.insert(s, ev);
+        self.schedule.push(at.max(self.now), ev);
     }
 
     fn latency(&mut self, r: ReceiverId) -> Duration {
@@ -327,27 +269,10 @@ impl Sim {
     /// With [`SimConfig::pace`]: if the link is idle, start sending the next waiting reply of
     /// the next receiver in turn.
     fn start_link(&mut self) {
-        let Some(rate) = self.cfg.pace.filter(|r| *r > 0) else {
-            return;
-        };
-        if self.link_busy {
-            return;
+        let Some(rate) = self.cfg.pace else { return };
+        if let Some((r, p, d)) = self.link.start(rate) {
+            self.schedule(self.now + d, Event::LinkDone(r, p));
         }
-        let after = self.link_last.map_or(0, |r| r + 1);
-        let next = self
-            .paced
-            .range(after..)
-            .chain(self.paced.range(..after))
-            .find(|(_, q)| !q.is_empty())
-            .map(|(r, _)| *r);
-        let Some(r) = next else { return };
-        let Some(p) = self.paced.get_mut(&r).and_then(|q| q.pop_front()) else {
-            return;
-        };
-        self.link_busy = true;
-        self.link_last = Some(r);
-        let d = Duration::from_secs_f64(p.len as f64 / rate as f64);
-        self.schedule(self.now + d, Event::LinkDone(r, p));
     }
 
     /// Execute every pending action of every live download and collect service events,
@@ -399,7 +324,7 @@ impl Sim {
 
     /// The earliest instant anything has work.
     fn next_instant(&self) -> Option<Instant> {
-        let mut next = self.queue.peek().map(|Reverse((t, _))| *t);
+        let mut next = self.schedule.next_instant();
         let mut take = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
@@ -447,15 +372,9 @@ impl Sim {
     /// Do everything due at `self.now`.
     fn step(&mut self) {
         let now = self.now;
-        while let Some(Reverse((t, s))) = self.queue.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.queue.pop();
-            if let Some(ev) = self.events.remove(&s) {
-                self.deliver(ev);
-                self.pump();
-            }
+        while let Some(ev) = self.schedule.pop_due(now) {
+            self.deliver(ev);
+            self.pump();
         }
         if self.service.poll_timeout().is_some_and(|t| t <= now) {
             self.service.handle_timeout(now);
@@ -535,14 +454,17 @@ impl Sim {
                     .map_or(0, |d| d.byte_len());
                 let body = reply.body.map(|b| b.encode());
                 if self.cfg.pace.is_some() && len > 0 {
-                    self.paced.entry(from).or_default().push_back(Paced {
-                        slot,
-                        life,
-                        id,
-                        rc: reply.rc,
-                        payload: body,
-                        len,
-                    });
+                    self.link.push(
+                        from,
+                        Paced {
+                            slot,
+                            life,
+                            id,
+                            rc: reply.rc,
+                            payload: body,
+                            len,
+                        },
+                    );
                     return self.start_link();
                 }
                 self.transmit(from, true, true, || Event::Reply {
@@ -573,7 +495,7 @@ impl Sim {
                 }
             }
             Event::LinkDone(to, p) => {
-                self.link_busy = false;
+                self.link.done();
                 self.transmit(to, true, true, || Event::Reply {
                     to,
                     slot: p.slot,
