@@ -61,6 +61,7 @@ use crate::{
     validate_fqcn, ChunkData, ConsumeError, DownloadStatus, Error, ProgressEvent, ProgressState,
     RefId, Refusal, ReturnCode, State, TransferPlan,
 };
+use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -600,12 +601,15 @@ impl Download {
         }
     }
 
-    /// Report a raw reply: the return code and, for `ok`, the payload bytes.
+    /// Report a raw reply: the return code and, for `ok`, the payload bytes, decoded here with
+    /// [`ReplyBody::decode`] (the chunk comes out as a slice of `payload`, not a copy). A
+    /// payload that does not decode, or `ok` without one, fails the download as
+    /// [`DownloadFailure::BadReply`] saying what was wrong.
     pub fn reply_payload(
         &mut self,
         id: RequestId,
         rc: ReturnCode,
-        payload: Option<&[u8]>,
+        payload: Option<&Bytes>,
         now: Instant,
     ) {
         if rc != ReturnCode::Ok {

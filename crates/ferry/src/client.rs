@@ -431,12 +431,8 @@ async fn run<C: Consumer + 'static>(
                 let rc = codec::from_wire(&reply.return_code());
                 if rc == ferry_core::ReturnCode::Ok {
                     match codec::main_body(&reply) {
-                        // Zero-copy decode; anything it refuses goes through the engine's
-                        // own decoder, which turns it into a clear "bad reply" failure.
-                        Ok(body) => match codec::decode_reply(&body) {
-                            Ok(reply) => dl.reply(id, Ok(reply), now()),
-                            Err(_) => dl.reply_payload(id, rc, Some(&body), now()),
-                        },
+                        // The engine decodes (zero-copy) and fails a bad body clearly.
+                        Ok(body) => dl.reply_payload(id, rc, Some(&body), now()),
                         Err(e) => {
                             tracing::warn!(error = %e, "undecodable reply");
                             dl.reply_payload(id, rc, None, now())

@@ -571,7 +571,12 @@ fn bad_replies_fail_cleanly() {
     let t0 = Instant::now();
     let mut d = Download::new("server", RefId::new("R1"), cfg(), true, t0).unwrap();
     let id = sends(&drain(&mut d))[0].0;
-    d.reply_payload(id, ReturnCode::Ok, Some(&[0xc1, 0x00]), t0);
+    d.reply_payload(
+        id,
+        ReturnCode::Ok,
+        Some(&Bytes::from_static(&[0xc1, 0x00])),
+        t0,
+    );
     assert!(matches!(
         drain(&mut d).last(),
         Some(Action::Finished(Err(DownloadFailure::BadReply(_))))

@@ -50,6 +50,7 @@ use crate::{
     Action, Consumer, Download, DownloadConfig, DownloadFailure, Handled, RefId, RequestId,
     Service, ServiceConfig, ServiceEvent, SourceFailureTable, TransferOutcome, TxId,
 };
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 /// The simulated network. See the [module docs](self).
@@ -406,7 +407,7 @@ impl Sim {
                 match self.service.handle_payload(&name, &payload, now) {
                     Handled::Reply(reply) => {
                         if let Some(id) = id {
-                            let body = reply.body.map(|b| b.encode());
+                            let body = reply.body.map(|b| Bytes::from(b.encode()));
                             self.transmit(from, true, true, || Event::Reply {
                                 to: from,
                                 slot,
@@ -452,7 +453,7 @@ impl Sim {
                     .as_ref()
                     .and_then(|b| b.data.as_ref())
                     .map_or(0, |d| d.byte_len());
-                let body = reply.body.map(|b| b.encode());
+                let body = reply.body.map(|b| Bytes::from(b.encode()));
                 if self.cfg.pace.is_some() && len > 0 {
                     self.link.push(
                         from,
@@ -491,7 +492,7 @@ impl Sim {
                     return;
                 }
                 if let Some((dl, _)) = sl.live.as_mut() {
-                    dl.reply_payload(id, rc, payload.as_deref(), now);
+                    dl.reply_payload(id, rc, payload.as_ref(), now);
                 }
             }
             Event::LinkDone(to, p) => {

@@ -4,6 +4,7 @@ use super::link::Paced;
 use super::ReceiverId;
 use crate::message::SourceFailureNotice;
 use crate::{PullTicket, RequestId, ReturnCode, TxId};
+use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Instant;
@@ -33,7 +34,7 @@ pub(super) enum Event {
         life: u64,
         id: RequestId,
         rc: ReturnCode,
-        payload: Option<Vec<u8>>,
+        payload: Option<Bytes>,
     },
     /// The paced reply on the link has gone: send it, start the next.
     LinkDone(ReceiverId, Paced),

@@ -4,6 +4,7 @@
 
 use super::ReceiverId;
 use crate::{RequestId, ReturnCode};
+use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ pub(super) struct Paced {
     pub(super) life: u64,
     pub(super) id: RequestId,
     pub(super) rc: ReturnCode,
-    pub(super) payload: Option<Vec<u8>>,
+    pub(super) payload: Option<Bytes>,
     /// Chunk bytes, which decide how long it holds the link.
     pub(super) len: u64,
 }

@@ -1,13 +1,18 @@
-//! The Download Service's messages, as serde types whose msgpack form
-//! (`rmp_serde::to_vec_named`) is exactly NVFlare's payload maps.
+//! The Download Service's messages: requests and notices as serde types whose msgpack form
+//! (`rmp_serde::to_vec_named`) is exactly NVFlare's payload maps, and replies with their
+//! own zero-copy codec ([`reply`]).
 //!
 //! Optional keys are *omitted* when absent (never `nil`), chunk bytes are msgpack `bin`
-//! ([`ChunkData`]), and unknown keys are ignored when decoding, as NVFlare does. Requests from
-//! peers are decoded leniently by [`DownloadRequest::decode`], which never fails: a malformed
-//! request becomes [`DownloadRequest::Invalid`] and is answered `invalid_request`.
+//! ([`ChunkData`](crate::ChunkData)), and unknown keys are ignored when decoding, as NVFlare
+//! does. Requests from peers are decoded leniently by [`DownloadRequest::decode`], which never
+//! fails: a malformed request becomes [`DownloadRequest::Invalid`] and is answered
+//! `invalid_request`.
 
-use crate::plan::WirePlan;
-use crate::{ChunkData, DownloadStatus, RefId, Refusal, ReturnCode, State};
+pub mod reply;
+
+pub use reply::{Reply, ReplyBody, ReplyDecodeError, ReplyStatus};
+
+use crate::{DownloadStatus, RefId, State};
 use rmpv::Value;
 use serde::{Deserialize, Serialize};
 
@@ -160,150 +165,6 @@ impl DownloadRequest {
     }
 }
 
-/// The `status` of a reply (NVFlare's `ProduceRC`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplyStatus {
-    /// A chunk follows.
-    Ok,
-    /// The receiver has everything.
-    Eof,
-    /// The producer failed logically.
-    Error,
-}
-
-impl ReplyStatus {
-    /// The wire string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Eof => "eof",
-            Self::Error => "error",
-        }
-    }
-}
-
-/// The body of a reply to a pull.
-///
-/// Shapes: data `{status:"ok", state, data, cancel_capable:true[, ferry_plan]}`; terminal
-/// `{status:"eof"|"error"[, confirm_expected:true, confirm_nonce]}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReplyBody {
-    /// What this reply is.
-    pub status: ReplyStatus,
-    /// The state to send back for the next chunk (data replies).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<State>,
-    /// The chunk (data replies).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<ChunkData>,
-    /// `true` on every data reply: the producer understands `cancel`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cancel_capable: Option<bool>,
-    /// `true` on a provisional terminal reply: send a confirm.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confirm_expected: Option<bool>,
-    /// The nonce to confirm with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confirm_nonce: Option<String>,
-    /// Ferry extension on the first data reply: how the states advance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ferry_plan: Option<WirePlan>,
-}
-
-impl ReplyBody {
-    /// A bare terminal body `{status}` (legacy terminal serve, tombstone replay).
-    pub fn terminal(status: ReplyStatus) -> Self {
-        Self {
-            status,
-            state: None,
-            data: None,
-            cancel_capable: None,
-            confirm_expected: None,
-            confirm_nonce: None,
-            ferry_plan: None,
-        }
-    }
-
-    /// A data body `{status:"ok", state, data, cancel_capable:true}`.
-    pub fn data(state: State, data: ChunkData) -> Self {
-        Self {
-            state: Some(state),
-            data: Some(data),
-            cancel_capable: Some(true),
-            ..Self::terminal(ReplyStatus::Ok)
-        }
-    }
-
-    /// msgpack bytes of this body.
-    pub fn encode(&self) -> Vec<u8> {
-        encode(self)
-    }
-
-    /// Decode a reply body.
-    pub fn decode(payload: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
-        rmp_serde::from_slice(payload)
-    }
-}
-
-/// A reply from the producer engine: a return code and, for `ok`, usually a body.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Reply {
-    /// `cn__return_code`.
-    pub rc: ReturnCode,
-    /// The payload map; `None` for error codes and for confirm/cancel acknowledgements.
-    pub body: Option<ReplyBody>,
-    /// Why, for `invalid_request`/`process_exception` (log text, `cn__error`).
-    pub error: Option<String>,
-    /// The typed reason of a refusal (ferry's [`REFUSAL_HEADER`](crate::refusal::REFUSAL_HEADER)).
-    pub refusal: Option<Refusal>,
-}
-
-impl Reply {
-    /// `ok` with a body.
-    pub fn ok(body: ReplyBody) -> Self {
-        Self {
-            rc: ReturnCode::Ok,
-            body: Some(body),
-            error: None,
-            refusal: None,
-        }
-    }
-
-    /// `ok` without a body (confirm/cancel acknowledgement).
-    pub fn ack() -> Self {
-        Self {
-            rc: ReturnCode::Ok,
-            body: None,
-            error: None,
-            refusal: None,
-        }
-    }
-
-    /// An error code with a reason and no body.
-    pub fn error(rc: ReturnCode, why: impl Into<String>) -> Self {
-        Self {
-            rc,
-            body: None,
-            error: Some(why.into()),
-            refusal: None,
-        }
-    }
-
-    /// A refusal: `invalid_request` (`service_unavailable` for [`Refusal::ShutDown`]) with
-    /// the words and the typed code.
-    pub fn refused(refusal: Refusal, why: impl Into<String>) -> Self {
-        let rc = match refusal {
-            Refusal::ShutDown => ReturnCode::ServiceUnavailable,
-            _ => ReturnCode::InvalidRequest,
-        };
-        Self {
-            refusal: Some(refusal),
-            ..Self::error(rc, why)
-        }
-    }
-}
-
 /// An owned-source failure notice (topic B): `{source_fqcn, ref_ids, reason}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceFailureNotice {
@@ -339,7 +200,6 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     /// `a<len> <ascii>` as msgpack fixstr.
     fn fixstr(s: &str) -> Vec<u8> {
@@ -387,58 +247,6 @@ mod tests {
         want.push(0x05);
         assert_eq!(enc, want);
         assert!(!enc.contains(&0xc0), "no nil anywhere");
-    }
-
-    #[test]
-    fn data_reply_is_the_f3_wire_5_shape_with_64_bytes_around_the_chunk() {
-        let chunk = Bytes::from(vec![7u8; 1 << 20]);
-        let body = ReplyBody::data(
-            State::new().with("received_bytes", 1_048_576u64),
-            ChunkData::Bytes(chunk),
-        );
-        let enc = body.encode();
-        // sz=1048650 in the capture = 10 (LOBS header) + 64 + 1 MiB.
-        assert_eq!(enc.len(), 64 + (1 << 20));
-        let mut head = vec![0x84];
-        head.extend(fixstr("status"));
-        head.extend(fixstr("ok"));
-        head.extend(fixstr("state"));
-        head.push(0x81);
-        head.extend(fixstr("received_bytes"));
-        head.extend([0xce, 0x00, 0x10, 0x00, 0x00]);
-        head.extend(fixstr("data"));
-        head.extend([0xc6, 0x00, 0x10, 0x00, 0x00]);
-        assert_eq!(&enc[..head.len()], &head[..]);
-        let mut tail = fixstr("cancel_capable");
-        tail.push(0xc3);
-        assert_eq!(&enc[enc.len() - tail.len()..], &tail[..]);
-        assert_eq!(ReplyBody::decode(&enc).unwrap(), body);
-    }
-
-    #[test]
-    fn terminal_replies_match_f3_wire_5() {
-        let eof = ReplyBody::terminal(ReplyStatus::Eof).encode();
-        let mut want = vec![0x81];
-        want.extend(fixstr("status"));
-        want.extend(fixstr("eof"));
-        assert_eq!(eof, want);
-        let nonce = "69b6".repeat(8);
-        let body = ReplyBody {
-            confirm_expected: Some(true),
-            confirm_nonce: Some(nonce.clone()),
-            ..ReplyBody::terminal(ReplyStatus::Eof)
-        };
-        let mut want = vec![0x83];
-        want.extend(fixstr("status"));
-        want.extend(fixstr("eof"));
-        want.extend(fixstr("confirm_expected"));
-        want.push(0xc3);
-        want.extend(fixstr("confirm_nonce"));
-        want.extend([0xd9, 0x20]);
-        want.extend_from_slice(nonce.as_bytes());
-        assert_eq!(body.encode(), want);
-        let err = ReplyBody::terminal(ReplyStatus::Error).encode();
-        assert_eq!(&err[err.len() - 6..], &fixstr("error")[..]);
     }
 
     #[test]
