@@ -708,6 +708,7 @@ impl Download {
                 }
             });
             if let Some(plan) = plan {
+                self.progress.total = plan.total_bytes;
                 self.stage = Stage::AwaitPlan { state, data };
                 self.actions.push_back(Action::CheckPlan(plan.clone()));
                 self.plan = Some(plan); // provisional until plan_result

@@ -50,8 +50,13 @@ pub struct ProgressEvent {
     pub sequence: u64,
     /// Chunk bytes served / consumed so far.
     pub bytes_done: u64,
+    /// Chunks served / consumed so far.
+    pub chunks_done: u64,
     /// Items served / consumed so far (`None` when the chunks are raw bytes).
     pub items_done: Option<u64>,
+    /// The object's size, when known: on the receiver, from the producer's transfer plan
+    /// (a ferry producer sends one; NVFlare's do not); on the producer, `None`.
+    pub total_bytes: Option<u64>,
     /// When (virtual time).
     pub at: Instant,
     /// The phase.
@@ -76,6 +81,10 @@ pub(crate) struct ProgressTracker {
     seq: u64,
     /// Bytes so far.
     pub(crate) bytes: u64,
+    /// Chunks so far.
+    pub(crate) chunks: u64,
+    /// The object's size, once known (reported, never throttled on).
+    pub(crate) total: Option<u64>,
     /// Items so far (`None` until a list chunk was seen).
     pub(crate) items: Option<u64>,
     /// When the last event was emitted and the counters it carried, for throttling.
@@ -88,6 +97,7 @@ impl ProgressTracker {
     /// Add one chunk's worth of counters.
     pub(crate) fn add(&mut self, bytes: u64, items: Option<usize>) {
         self.bytes = self.bytes.saturating_add(bytes);
+        self.chunks = self.chunks.saturating_add(1);
         if let Some(n) = items {
             self.items = Some(self.items.unwrap_or(0).saturating_add(n as u64));
         }
@@ -138,7 +148,9 @@ impl ProgressTracker {
             receiver: who.receiver.map(str::to_string),
             sequence: self.seq,
             bytes_done: self.bytes,
+            chunks_done: self.chunks,
             items_done: self.items,
+            total_bytes: self.total,
             at: now,
             state,
         })
@@ -170,7 +182,7 @@ mod tests {
         let e = p
             .emit(ProgressState::Active, false, iv, t0 + 30 * s, k)
             .unwrap();
-        assert_eq!((e.sequence, e.bytes_done), (2, 10));
+        assert_eq!((e.sequence, e.bytes_done, e.chunks_done), (2, 10, 1));
         assert!(
             p.emit(ProgressState::Active, false, iv, t0 + 90 * s, k)
                 .is_none(),

@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn a_refusal_travels_as_code_text_and_typed_header() {
         let msg = reply_message(Reply::refused(Refusal::ShutDown, "stopping"));
-        assert_eq!(from_wire(&msg.return_code()), ReturnCode::ServiceUnavailable);
+        assert_eq!(
+            from_wire(&msg.return_code()),
+            ReturnCode::ServiceUnavailable
+        );
         assert_eq!(msg.error_text(), Some("stopping"));
         assert_eq!(refusal(&msg), Some(Refusal::ShutDown));
         assert_eq!(refusal(&Message::new()), None);

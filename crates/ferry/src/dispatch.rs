@@ -7,7 +7,8 @@ use std::sync::{Arc, TryLockError};
 
 use ferry_core::service::{ServiceEvent, ServiceOutput};
 
-use crate::service::{lock, Inner};
+use crate::runtime::lock;
+use crate::service::Inner;
 
 impl Inner {
     /// Deliver the engine's outputs in order (hooks run, events published), unless another

@@ -51,7 +51,9 @@ pub mod fetch;
 pub mod fetch_set;
 pub mod manifest;
 mod produce;
+mod runtime;
 mod service;
+mod source_failures;
 pub mod ticket;
 mod waiter;
 

@@ -10,7 +10,8 @@ use ferry_core::service::PullTicket;
 use ferry_core::{ChunkData, ProduceError, Produced};
 
 use crate::budget::{attach, ShareKey};
-use crate::service::{panic_text, Inner};
+use crate::runtime::panic_text;
+use crate::service::Inner;
 
 /// A `produce` that panicked, as the error the receiver gets.
 fn panicked(p: Box<dyn std::any::Any + Send>) -> ProduceError {

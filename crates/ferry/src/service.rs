@@ -25,16 +25,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ferry_cellnet::{Cell, Message, PeerEvent, ReturnCode as WireCode};
 use ferry_core::message::{CHANNEL, TOPIC_DOWNLOAD, TOPIC_SOURCE_FAILURE};
 use ferry_core::service::{Handled, ServiceConfig, ServiceEvent, TransactionInfo};
-use ferry_core::{
-    Downloadable, RefId, Service, SourceFailureTable, TransferOutcome, TxConfig, TxId,
-};
-use tokio::sync::{broadcast, oneshot, watch, Notify, Semaphore};
+use ferry_core::{Downloadable, RefId, Service, TransferOutcome, TxConfig, TxId};
+use tokio::sync::{broadcast, oneshot, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -42,6 +40,8 @@ use tracing::Instrument;
 use crate::budget::{ByteBudget, ChunkSizes};
 use crate::codec;
 use crate::error::DownloadError;
+use crate::runtime::{lock, now};
+use crate::source_failures::SourceFailures;
 use crate::waiter::TransferWaiter;
 
 /// Settings of a [`DownloadService`].
@@ -84,29 +84,6 @@ impl Default for ServiceOptions {
     }
 }
 
-/// The message of a caught panic (`"panic"` when it carried no text).
-pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
-}
-
-/// The current instant on tokio's clock, as the engine wants it (virtual under
-/// `tokio::time::pause`).
-pub(crate) fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-/// Lock a mutex even if a panicking thread poisoned it: the engines keep their own invariants
-/// and never panic on input, so the data is still consistent.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Key of an active download for source-failure interrupts: (source FQCN, ref id).
-type SourceKey = (String, String);
-
 pub(crate) struct Inner {
     pub(crate) cell: Cell,
     pub(crate) opts: ServiceOptions,
@@ -121,10 +98,6 @@ pub(crate) struct Inner {
     pub(crate) settled: Notify,
     /// Cancelled by shutdown: pulls still waiting for budget or a produce slot give up.
     pub(crate) draining: CancellationToken,
-    /// Receiver side: failures of sources announced by their parents.
-    pub(crate) failures: Mutex<SourceFailureTable>,
-    /// Receiver side: active downloads to interrupt when their source fails.
-    pub(crate) watches: Mutex<HashMap<SourceKey, Vec<watch::Sender<Option<String>>>>>,
     /// Waiters parked until their transaction's outcome is recorded.
     pub(crate) waiters: Mutex<HashMap<TxId, Vec<oneshot::Sender<Option<TransferOutcome>>>>>,
     pub(crate) events: broadcast::Sender<ServiceEvent>,
@@ -155,7 +128,10 @@ pub(crate) struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct DownloadService {
+    /// The sending side: the producer engine and what drives it.
     pub(crate) inner: Arc<Inner>,
+    /// The receiving side's state: sources announced dead, downloads watching for that.
+    pub(crate) source_failures: Arc<SourceFailures>,
 }
 
 impl std::fmt::Debug for DownloadService {
@@ -171,6 +147,7 @@ impl DownloadService {
     /// inside a tokio runtime.
     pub fn new(cell: &Cell, opts: ServiceOptions) -> DownloadService {
         let (events, _) = broadcast::channel(opts.event_capacity.max(1));
+        let source_failures = Arc::new(SourceFailures::default());
         let inner = Arc::new(Inner {
             cell: cell.clone(),
             engine: Mutex::new(Service::new(opts.engine.clone())),
@@ -178,8 +155,6 @@ impl DownloadService {
             dispatch_scheduled: AtomicBool::new(false),
             settled: Notify::new(),
             draining: CancellationToken::new(),
-            failures: Mutex::new(SourceFailureTable::new()),
-            watches: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             events,
             wake: Arc::new(Notify::new()),
@@ -204,12 +179,12 @@ impl DownloadService {
                     }
                 }
             });
-            let weak = Arc::downgrade(&inner);
+            let weak = Arc::downgrade(&source_failures);
             cell.register_request_handler(CHANNEL, TOPIC_SOURCE_FAILURE, move |msg: Message| {
                 let weak = weak.clone();
                 async move {
                     match weak.upgrade() {
-                        Some(inner) => Some(inner.handle_source_failure(msg)),
+                        Some(failures) => Some(source_failure_reply(&failures, msg)),
                         None => Some(Message::error(
                             WireCode::ServiceUnavailable,
                             "download service stopped",
@@ -235,7 +210,10 @@ impl DownloadService {
             )
             .instrument(span),
         );
-        DownloadService { inner }
+        DownloadService {
+            inner,
+            source_failures,
+        }
     }
 
     /// The cell this service runs on.
@@ -357,11 +335,7 @@ impl DownloadService {
                 let _ = w.send(None);
             }
         }
-        for (_, ws) in lock(&inner.watches).drain() {
-            for w in ws {
-                let _ = w.send(Some("download service shut down".into()));
-            }
-        }
+        self.source_failures.close("download service shut down");
         inner.draining.cancel();
         // The timer task keeps settling transactions as their pulls come back (or at their
         // drain deadline); each delivered TransactionDone wakes us.
@@ -463,27 +437,18 @@ impl Inner {
             }
         }
     }
+}
 
-    fn handle_source_failure(&self, msg: Message) -> Message {
-        let Some(origin) = msg.origin().map(str::to_owned) else {
-            return Message::error(WireCode::InvalidRequest, "notice without origin");
-        };
-        let body = match codec::request_body(&msg) {
-            Ok(b) => b,
-            Err(e) => return Message::error(WireCode::InvalidRequest, e.to_string()),
-        };
-        let (reply, failed) = lock(&self.failures).handle_payload(&origin, &body, now());
-        for f in failed {
-            let key = (f.source.clone(), f.ref_id.as_str().to_string());
-            if let Some(ws) = lock(&self.watches).get(&key) {
-                for w in ws {
-                    let _ = w.send(Some(f.reason.clone()));
-                }
-            }
-        }
-        self.wake.notify_one();
-        codec::reply_message(reply)
-    }
+/// Serve one topic-B request (a source-failure notice) on the receiving side.
+fn source_failure_reply(failures: &SourceFailures, msg: Message) -> Message {
+    let Some(origin) = msg.origin().map(str::to_owned) else {
+        return Message::error(WireCode::InvalidRequest, "notice without origin");
+    };
+    let body = match codec::request_body(&msg) {
+        Ok(b) => b,
+        Err(e) => return Message::error(WireCode::InvalidRequest, e.to_string()),
+    };
+    codec::reply_message(failures.handle_notice(&origin, &body, now()))
 }
 
 impl Drop for Inner {
@@ -493,19 +458,15 @@ impl Drop for Inner {
     }
 }
 
-/// The timer task: sleep until the engine's (or the failure table's) next deadline, or until an
-/// engine call may have moved it. It holds the service only weakly, so dropping every
+/// The timer task: sleep until the engine's next deadline, or until an engine call may have
+/// moved it. It holds the service only weakly, so dropping every
 /// [`DownloadService`] handle ends it even without [`DownloadService::shutdown`].
 async fn drive(weak: std::sync::Weak<Inner>, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
         let deadline = {
             let Some(inner) = weak.upgrade() else { break };
-            let a = lock(&inner.engine).poll_timeout();
-            let b = lock(&inner.failures).poll_timeout();
-            match (a, b) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
+            let deadline = lock(&inner.engine).poll_timeout();
+            deadline
         };
         let sleep = async {
             match deadline {
@@ -519,7 +480,6 @@ async fn drive(weak: std::sync::Weak<Inner>, wake: Arc<Notify>, stop: Cancellati
             _ = sleep => {
                 let Some(inner) = weak.upgrade() else { break };
                 inner.with_engine_bg(|svc, now| svc.handle_timeout(now));
-                lock(&inner.failures).handle_timeout(now());
             }
         }
     }
@@ -555,6 +515,3 @@ async fn watch_peers(
         }
     }
 }
-
-/// How long a source-failure notice may take per target (NVFlare: 3 s per attempt).
-pub(crate) const NOTICE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
