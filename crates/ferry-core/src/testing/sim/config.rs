@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Network and timing parameters of a [`Sim`].
+/// Network and timing parameters of a [`Sim`](super::Sim).
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     /// Seed of every random choice.
@@ -48,10 +48,10 @@ impl Default for SimConfig {
     }
 }
 
-/// Index of a receiver in a [`Sim`].
+/// Index of a receiver in a [`Sim`](super::Sim).
 pub type ReceiverId = usize;
 
-/// Identifies one download started with [`Sim::start_download`].
+/// Identifies one download started with [`Sim::start_download`](super::Sim::start_download).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DownloadHandle {
     /// The receiver.
