@@ -1,14 +1,17 @@
-//! The file consumer.
+//! The file consumer: its builder, and the write path (chunks written at their offsets into
+//! the part file, the download's end). What the bytes are held to is [`super::content`]'s; the
+//! part file and its resume record are [`super::part`]'s.
 
-use super::record::PartRecord;
-use super::resume::{cut_and_rehash, examine, Kept};
-use crate::byte_state::{check_byte_chunk, check_complete, state_after};
-use crate::names::{destination_path, publish};
+use super::content::ContentCheck;
+use super::part::{Opened, PartFile, PartOptions};
+use crate::byte_state::{check_complete, state_after};
+use crate::names::destination_path;
 use crate::ranges::RangeSet;
-use crate::verify::{Pin, StreamVerifier, Verified};
+use crate::verify::{Pin, Verified};
 use crate::ObjectsError;
-use ferry_core::{ChunkData, ConsumeError, Consumer, PlanLayout, State, TransferPlan};
-use std::fs::{File, OpenOptions};
+use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
+#[cfg(test)]
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -102,75 +105,36 @@ impl FileConsumerBuilder {
             }
         }
         let final_path = destination_path(&self.dir, &self.name, self.overwrite)?;
-        let part_path = self.dir.join(format!("{}.part", self.name));
-        let record_path = self.dir.join(format!("{}.part.ferry", self.name));
-        // Left by ferry versions that trusted the whole part: never used.
-        remove_if_exists(&self.dir.join(format!("{}.part.plan", self.name)))?;
-        let mut consumer = FileConsumer {
+        let mut check = ContentCheck::new(self.pin, self.max_size);
+        let Opened {
+            part,
+            resumed_from,
+            discarded,
+        } = PartFile::open(
+            PartOptions {
+                dir: &self.dir,
+                name: &self.name,
+                keep: self.keep_part,
+                discard_other: self.discard_other_part,
+                origin: self.origin,
+                sync_every: self.sync_every,
+            },
+            &mut check,
+        )?;
+        let mut ranges = RangeSet::new();
+        ranges.insert(0, resumed_from);
+        Ok(FileConsumer {
             final_path,
-            part_path,
-            record_path,
             overwrite: self.overwrite,
-            keep_part: self.keep_part,
-            max_size: self.max_size,
-            pin: self.pin,
-            origin: self.origin,
-            sync_every: self.sync_every,
-            content: self.pin.map(|p| (p, true)),
-            plan_chunk: None,
-            file: None,
-            ranges: RangeSet::new(),
-            resumed_from: 0,
-            synced: 0,
-            discarded: None,
-            verifier: self.pin.map(|p| StreamVerifier::new(p.size)),
+            part,
+            check,
+            ranges,
+            resumed_from,
+            discarded,
             tainted: false,
-            // Inert until the part is ready: an error below must not remove a kept part.
-            phase: Phase::Failed,
-        };
-        let kept = if self.keep_part {
-            consumer.examine_kept_part(self.discard_other_part)?
-        } else {
-            None
-        };
-        match kept {
-            Some((file, record)) => consumer.resume_from(file, record)?,
-            None => {
-                remove_if_exists(&consumer.record_path)?;
-                consumer.remove_stale_part()?;
-                consumer.file = Some(create_part(&consumer.part_path)?);
-                if let Err(e) = consumer.write_record(0) {
-                    consumer.cleanup(false);
-                    return Err(ObjectsError::io(
-                        format!("writing {}", consumer.record_path.display()),
-                        e,
-                    ));
-                }
-            }
-        }
-        consumer.phase = Phase::Writing;
-        Ok(consumer)
+            phase: Phase::Writing,
+        })
     }
-}
-
-fn remove_if_exists(path: &Path) -> Result<(), ObjectsError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ObjectsError::io(
-            format!("removing stale {}", path.display()),
-            e,
-        )),
-    }
-}
-
-fn create_part(path: &Path) -> Result<File, ObjectsError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| ObjectsError::io(format!("creating {}", path.display()), e))
 }
 
 /// Where the consumer is in its life.
@@ -190,7 +154,7 @@ enum Phase {
 /// continue the received prefix. A duplicate chunk never rewrites accepted bytes.
 ///
 /// What is checked: with a [`pin`](FileConsumerBuilder::pin), the pinned size (as bytes
-/// arrive) and the pinned BLAKE3 (hashed as bytes arrive, with a [`StreamVerifier`]), whatever
+/// arrive) and the pinned BLAKE3 (hashed as bytes arrive, with a [`StreamVerifier`](crate::StreamVerifier)), whatever
 /// the sender sends; without one, the size and digest the sender advertised in its plan, if it
 /// sent one. [`verified`](Self::verified) says which. At completion the file is fsynced and
 /// renamed atomically to `DIR/NAME`, and the directory is fsynced. A failed, cancelled or
@@ -199,32 +163,16 @@ enum Phase {
 #[derive(Debug)]
 pub struct FileConsumer {
     final_path: PathBuf,
-    part_path: PathBuf,
-    /// `NAME.part.ferry`: the resume record.
-    record_path: PathBuf,
     overwrite: bool,
-    keep_part: bool,
-    max_size: u64,
-    /// The ticket's pin, if any: authoritative.
-    pin: Option<Pin>,
-    origin: String,
-    sync_every: u64,
-    /// The content being checked against, and whether it is pinned (`true`) or only
-    /// advertised by the sender (`false`). `None`: nothing to check but an advertised size.
-    content: Option<(Pin, bool)>,
-    /// The plan's chunk size, once a plan was accepted: every chunk must sit on its grid.
-    plan_chunk: Option<(u64, u64)>,
-    /// `None` once finished (closed).
-    file: Option<File>,
+    /// `NAME.part` and its resume record.
+    part: PartFile,
+    /// What the bytes are held to.
+    check: ContentCheck,
     /// Which bytes of the object are in the part file.
     ranges: RangeSet,
     resumed_from: u64,
-    /// Prefix length last made durable and recorded.
-    synced: u64,
     /// Why a kept part was not resumed from, when one was discarded.
     discarded: Option<String>,
-    /// Hashes bytes as they arrive; `None` when there is no digest to check.
-    verifier: Option<StreamVerifier>,
     /// The sender sent bad data: never keep this part for resume.
     tainted: bool,
     phase: Phase,
@@ -275,12 +223,12 @@ impl FileConsumer {
 
     /// The part file path.
     pub fn part_path(&self) -> &Path {
-        &self.part_path
+        self.part.path()
     }
 
     /// The resume record path (`NAME.part.ferry`).
     pub fn record_path(&self) -> &Path {
-        &self.record_path
+        self.part.record_path()
     }
 
     /// Bytes stored so far (including a resumed prefix).
@@ -290,279 +238,44 @@ impl FileConsumer {
 
     /// The size the object is held to (the pin's, else the sender's plan's), once known.
     pub fn expected_size(&self) -> Option<u64> {
-        self.pin.map(|p| p.size).or(self.plan_chunk.map(|(_, t)| t))
+        self.check.expected_size()
     }
 
     /// What the file was checked against: meaningful once the download completed.
     pub fn verified(&self) -> Verified {
-        match self.content {
-            Some((pin, true)) => Verified::Pinned(pin),
-            Some((pin, false)) => Verified::SenderAdvertised(pin),
-            None => Verified::Unverified,
-        }
+        self.check.verified()
     }
 
     /// Test hook: write through another handle (e.g. `/dev/full`) to provoke OS errors.
     #[cfg(test)]
     pub(crate) fn replace_file_for_test(&mut self, file: File) {
-        self.file = Some(file);
-    }
-
-    /// Decide what to do with an existing `NAME.part` (see [`super::resume::examine`]).
-    fn examine_kept_part(
-        &mut self,
-        discard_other: bool,
-    ) -> Result<Option<(File, PartRecord)>, ObjectsError> {
-        match examine(
-            &self.part_path,
-            &self.record_path,
-            self.pin,
-            self.max_size,
-            discard_other,
-        )? {
-            Kept::Resume(file, record) => Ok(Some((file, record))),
-            Kept::StartOver(why) => {
-                self.discarded = why;
-                Ok(None)
-            }
-        }
-    }
-
-    /// Continue from a kept part: cut it to the recorded prefix, hash that prefix once.
-    fn resume_from(&mut self, file: File, record: PartRecord) -> Result<(), ObjectsError> {
-        let content = record.content;
-        if self.content.is_none() {
-            // Unpinned: the record holds what the sender advertised before.
-            self.content = Some((content, false));
-            self.verifier = Some(StreamVerifier::new(content.size));
-        }
-        let prefix = cut_and_rehash(&file, &self.part_path, &record, self.verifier.as_mut())?;
-        self.ranges.insert(0, prefix);
-        self.resumed_from = prefix;
-        self.synced = prefix;
-        self.file = Some(file);
-        self.write_record(prefix)
-            .map_err(|e| ObjectsError::io(format!("writing {}", self.record_path.display()), e))?;
-        tracing::info!(part = %self.part_path.display(), prefix, size = content.size, "resuming from kept part file");
-        Ok(())
-    }
-
-    /// Remove whatever sits at `NAME.part` (never following a symlink placed there).
-    fn remove_stale_part(&self) -> Result<(), ObjectsError> {
-        if let Some(why) = &self.discarded {
-            tracing::warn!(%why, "starting over");
-        }
-        remove_if_exists(&self.part_path)
-    }
-
-    /// Write the resume record with `prefix` (only when keeping parts and the content is
-    /// known: a part not tied to content is never resumed from).
-    fn write_record(&self, prefix: u64) -> std::io::Result<()> {
-        let (true, Some((content, _))) = (self.keep_part, self.content) else {
-            return Ok(());
-        };
-        PartRecord {
-            content,
-            prefix,
-            origin: self.origin.clone(),
-        }
-        .write(&self.record_path)
-    }
-
-    /// Make the contiguous prefix durable and record it, when it grew by `sync_every`.
-    fn checkpoint(&mut self, force: bool) -> Result<(), ConsumeError> {
-        if !self.keep_part || self.content.is_none() {
-            return Ok(());
-        }
-        let prefix = self.ranges.prefix_len();
-        if prefix == self.synced || (!force && prefix - self.synced < self.sync_every) {
-            return Ok(());
-        }
-        // Every byte of [0, prefix) was written before this sync: after it they are on disk.
-        self.file()?
-            .sync_data()
-            .map_err(|e| self.io("fdatasync", e))?;
-        self.write_record(prefix).map_err(|e| ConsumeError::Io {
-            context: format!("writing {}", self.record_path.display()),
-            source: e,
-        })?;
-        self.synced = prefix;
-        Ok(())
-    }
-
-    fn file(&self) -> Result<&File, ConsumeError> {
-        self.file
-            .as_ref()
-            .ok_or_else(|| ConsumeError::Other("file consumer already finished".into()))
-    }
-
-    fn io(&self, what: &str, source: std::io::Error) -> ConsumeError {
-        ConsumeError::Io {
-            context: format!("{what} {}", self.part_path.display()),
-            source,
-        }
+        self.part.replace_file_for_test(file);
     }
 
     /// Remove the part file and its record, or keep the part's durable prefix for resume.
     fn cleanup(&mut self, keep: bool) {
-        if keep && self.keep_part && self.content.is_some() {
-            let prefix = self.ranges.prefix_len();
-            let kept = self.file().ok().map(|f| {
-                f.sync_data()
-                    .and_then(|()| f.set_len(prefix))
-                    .and_then(|()| f.sync_data())
-            });
-            match kept.map(|r| r.and_then(|()| self.write_record(prefix))) {
-                Some(Ok(())) => {
-                    self.file = None;
-                    tracing::info!(part = %self.part_path.display(), prefix, "kept part file for resume");
-                    return;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(part = %self.part_path.display(), error = %e, "could not keep part file; removing it");
-                }
-                None => {}
-            }
-        }
-        self.file = None;
-        // The record first: a part without one is never trusted.
-        if let Err(e) = remove_if_exists(&self.record_path) {
-            tracing::warn!(error = %e, "could not remove the resume record");
-        }
-        if let Err(e) = std::fs::remove_file(&self.part_path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(part = %self.part_path.display(), error = %e, "could not remove part file");
-            }
-        }
+        let prefix = self.ranges.prefix_len();
+        self.part.cleanup(keep, self.check.content(), prefix);
     }
 
     fn finish(&mut self) -> Result<(), ConsumeError> {
         let total = self
+            .check
             .expected_size()
             .unwrap_or_else(|| self.ranges.max_end());
         check_complete(&self.ranges, total)?;
-        if let (Some(v), Some((content, pinned))) = (&self.verifier, self.content) {
-            v.check(&content.blake3).map_err(|e| {
-                let whose = if pinned {
-                    "the ticket's"
-                } else {
-                    "the sender's advertised"
-                };
-                ConsumeError::Integrity(format!(
-                    "{} does not match {whose} digest: {}",
-                    self.final_path.display(),
-                    e.to_string().trim_start_matches("integrity check failed: ")
-                ))
-            })?;
-        }
-        let file = self.file()?;
-        file.sync_all().map_err(|e| self.io("fsync", e))?;
-        publish(&self.part_path, &self.final_path, self.overwrite)?;
-        self.file = None;
-        if let Err(e) = remove_if_exists(&self.record_path) {
-            tracing::warn!(error = %e, "could not remove the resume record");
-        }
-        Ok(())
-    }
-
-    /// Check a chunk against the pin and the plan; returns where it starts and its bytes.
-    fn check_chunk(
-        &self,
-        state: &State,
-        data: ChunkData,
-    ) -> Result<(u64, bytes::Bytes), ConsumeError> {
-        let planned_total = self.plan_chunk.map(|(_, total)| total);
-        let (start, chunk) =
-            check_byte_chunk(state, data, planned_total, self.max_size, &self.ranges)?;
-        let end = start + chunk.len() as u64;
-        if let Some(pin) = self.pin {
-            if end > pin.size {
-                return Err(ConsumeError::Integrity(format!(
-                    "the sender sent bytes [{start}, {end}) but the ticket pins {} bytes",
-                    pin.size
-                )));
-            }
-        }
-        if let Some((c, total)) = self.plan_chunk {
-            if start % c != 0 || end != (start + c).min(total) {
-                return Err(ConsumeError::BadChunk(format!(
-                    "chunk [{start}, {end}) is not where the sender's plan of {c}-byte chunks puts it"
-                )));
-            }
-        }
-        Ok((start, chunk))
+        self.check.check_digest(&self.final_path)?;
+        self.part.publish(&self.final_path, self.overwrite)
     }
 }
 
 impl Consumer for FileConsumer {
     fn plan_received(&mut self, plan: &TransferPlan) -> Result<(), ConsumeError> {
-        let PlanLayout::Bytes { total, chunk } = plan.layout else {
-            return Err(ConsumeError::BadChunk(
-                "a file consumer needs a byte-stream object, the plan announces items".into(),
-            ));
-        };
-        if chunk == 0 {
-            return Err(ConsumeError::BadChunk(
-                "the sender's plan has 0-byte chunks".into(),
-            ));
+        let adopted = self.check.plan(plan, self.resumed_from, self.part.path())?;
+        match self.check.content() {
+            Some(content) if adopted => self.part.record_content(content, self.ranges.prefix_len()),
+            _ => Ok(()),
         }
-        let advertised = match &plan.blake3 {
-            Some(d) => Some(
-                Pin::from_hex(total, d)
-                    .map_err(|e| ConsumeError::BadChunk(format!("the sender's plan: {e}")))?,
-            ),
-            None => None,
-        };
-        if let Some(pin) = self.pin {
-            if total != pin.size {
-                return Err(ConsumeError::Integrity(format!(
-                    "the sender offers {total} bytes, the ticket pins {}",
-                    pin.size
-                )));
-            }
-            if let Some(adv) = advertised.filter(|a| a.blake3 != pin.blake3) {
-                return Err(ConsumeError::Integrity(format!(
-                    "the sender offers content with BLAKE3 {}, the ticket pins {}",
-                    adv.hex(),
-                    pin.hex()
-                )));
-            }
-        } else if let Some((kept, _)) = self.content {
-            // Unpinned resume: the record holds what the sender advertised last time.
-            if advertised != Some(kept) {
-                return Err(ConsumeError::Integrity(format!(
-                    "the object changed since {} was kept ({kept} then, {} bytes with BLAKE3 {} now)",
-                    self.part_path.display(),
-                    total,
-                    plan.blake3.as_deref().unwrap_or("none")
-                )));
-            }
-        } else {
-            if total > self.max_size {
-                return Err(ConsumeError::Other(format!(
-                    "object of {total} bytes exceeds the limit of {} bytes",
-                    self.max_size
-                )));
-            }
-            if let Some(adv) = advertised {
-                self.content = Some((adv, false));
-                self.verifier = Some(StreamVerifier::new(total));
-                self.write_record(self.ranges.prefix_len())
-                    .map_err(|e| ConsumeError::Io {
-                        context: format!("writing {}", self.record_path.display()),
-                        source: e,
-                    })?;
-            }
-        }
-        if self.resumed_from > total {
-            return Err(ConsumeError::Integrity(format!(
-                "kept {} has {} bytes but the object has {total}",
-                self.part_path.display(),
-                self.resumed_from
-            )));
-        }
-        self.plan_chunk = Some((chunk, total));
-        Ok(())
     }
 
     fn needs_order(&self) -> bool {
@@ -580,23 +293,26 @@ impl Consumer for FileConsumer {
                 "chunk after the download finished".into(),
             ));
         }
-        let (start, chunk) = self.check_chunk(state, data).inspect_err(|e| {
-            self.tainted |= matches!(e, ConsumeError::Integrity(_));
-        })?;
+        let (start, chunk) = self
+            .check
+            .chunk(state, data, &self.ranges)
+            .inspect_err(|e| {
+                self.tainted |= matches!(e, ConsumeError::Integrity(_));
+            })?;
         let end = start + chunk.len() as u64;
         for (s, e) in self.ranges.gaps(start, end) {
             let src = &chunk[(s - start) as usize..(e - start) as usize];
-            self.file()?
-                .write_all_at(src, s)
-                .map_err(|err| self.io(&format!("writing {} bytes at {s} into", e - s), err))?;
+            self.part.file()?.write_all_at(src, s).map_err(|err| {
+                self.part
+                    .io(&format!("writing {} bytes at {s} into", e - s), err)
+            })?;
         }
-        if let Some(v) = self.verifier.as_mut() {
-            // The verifier skips what it already has, as the writes above did.
-            v.update(start, &chunk)
-                .inspect_err(|_| self.tainted = true)?;
-        }
+        self.check
+            .hash(start, &chunk)
+            .inspect_err(|_| self.tainted = true)?;
         self.ranges.insert(start, end);
-        self.checkpoint(false)?;
+        self.part
+            .checkpoint(self.check.content(), self.ranges.prefix_len())?;
         Ok(state.clone())
     }
 
