@@ -24,7 +24,6 @@ mod interrupt;
 mod manual;
 mod retry;
 mod serve;
-mod set;
 mod sysinfo;
 mod throttle;
 mod ui;

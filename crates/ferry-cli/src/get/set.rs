@@ -1,7 +1,6 @@
 //! `ferry get` of a set ticket (one ticket for a whole serve): the verified manifest, then
 //! every member ([`ferry::fetch_set`]), with one progress bar and ETA for the whole set.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,15 +12,12 @@ use ferry::{DownloadError, DownloadOptions, DownloadService};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::explain::explain;
 use crate::args::GetArgs;
 use crate::exit::{CmdResult, Failure};
 use crate::retry::resume_command;
 use crate::ui;
 use crate::units::{fmt_bytes, fmt_rate};
-
-/// How `get` words a failed download of one object: (error, its ticket, its destination, the
-/// part file it may have kept).
-pub type Explain = fn(DownloadError, &Ticket, &Path, Option<&Path>) -> Failure;
 
 /// What `get` does for one set ticket.
 pub struct SetJob<'a> {
@@ -31,8 +27,6 @@ pub struct SetJob<'a> {
     pub cancel: &'a CancellationToken,
     /// `--json`.
     pub json: bool,
-    /// `get`'s wording of a failed download.
-    pub explain: Explain,
     /// Members at once.
     pub parallel: usize,
 }
@@ -139,7 +133,7 @@ impl SetJob<'_> {
                 }
                 Err(e) => {
                     let dest = args.output.join(&m.ticket.name);
-                    failures.push((self.explain)(e, &m.ticket, &dest, m.part.as_deref()));
+                    failures.push(explain(e, &m.ticket, &dest, m.part.as_deref()));
                 }
             }
         }
@@ -219,7 +213,7 @@ impl SetJob<'_> {
                 "refusing the set {} from {}: {why}; nothing was written (the ticket pins this manifest: ask its sender)",
                 t.name, t.source
             )),
-            other => (self.explain)(other, t, &self.args.output, None),
+            other => explain(other, t, &self.args.output, None),
         }
     }
 }
