@@ -19,8 +19,9 @@ pub(super) fn exists(dest: &Path) -> Failure {
     ))
 }
 
-/// A destination that cannot be written (exit 2). [`destinations`](super::targets::destinations) already refused existing
-/// ones, but a file may appear there before the download opens it: same message then.
+/// A destination that cannot be written (exit 2). `get` refused existing destinations up front
+/// (`targets::destinations`), but a file may appear there before the download opens it: same
+/// message then.
 pub(super) fn unwritable(e: &ObjectsError, dest: &Path) -> Failure {
     match e {
         ObjectsError::DestinationExists(_) => exists(dest),

@@ -154,9 +154,9 @@ enum Phase {
 /// continue the received prefix. A duplicate chunk never rewrites accepted bytes.
 ///
 /// What is checked: with a [`pin`](FileConsumerBuilder::pin), the pinned size (as bytes
-/// arrive) and the pinned BLAKE3 (hashed as bytes arrive, with a [`StreamVerifier`](crate::StreamVerifier)), whatever
-/// the sender sends; without one, the size and digest the sender advertised in its plan, if it
-/// sent one. [`verified`](Self::verified) says which. At completion the file is fsynced and
+/// arrive) and the pinned BLAKE3 (hashed as bytes arrive, with a
+/// [`StreamVerifier`](crate::StreamVerifier)), whatever the sender sends; without one, the size
+/// and digest the sender advertised in its plan, if it sent one. [`verified`](Self::verified) says which. At completion the file is fsynced and
 /// renamed atomically to `DIR/NAME`, and the directory is fsynced. A failed, cancelled or
 /// dropped download leaves nothing at `DIR/NAME`; `NAME.part` is removed, or kept for resume
 /// with its record (see [`keep_part_for_resume`](FileConsumerBuilder::keep_part_for_resume)).
