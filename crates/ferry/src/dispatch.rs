@@ -97,10 +97,8 @@ impl Inner {
         // Waiters last (NVFlare: "record outcome & wake waiters"): whoever wakes up sees
         // the TransactionDone event already published.
         if let Some((outcome, recorded)) = done {
-            let parked = lock(&self.waiters).remove(&outcome.tx_id);
-            for w in parked.into_iter().flatten() {
-                let _ = w.send(recorded.then(|| outcome.clone()));
-            }
+            let kept = recorded.then_some(&outcome);
+            self.waiters.resolve(&outcome.tx_id, kept);
             self.settled.notify_waiters();
         }
     }

@@ -23,7 +23,6 @@
 //! The receiving side of the same service (downloads, source-failure notices) is in
 //! [`crate::client`].
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,7 +31,7 @@ use ferry_cellnet::{Cell, Message, PeerEvent, ReturnCode as WireCode};
 use ferry_core::message::{CHANNEL, TOPIC_DOWNLOAD, TOPIC_SOURCE_FAILURE};
 use ferry_core::service::{Handled, ServiceConfig, ServiceEvent, TransactionInfo};
 use ferry_core::{Downloadable, RefId, Service, TransferOutcome, TxConfig, TxId};
-use tokio::sync::{broadcast, oneshot, Notify, Semaphore};
+use tokio::sync::{broadcast, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -42,7 +41,7 @@ use crate::codec;
 use crate::error::DownloadError;
 use crate::runtime::{lock, now};
 use crate::source_failures::SourceFailures;
-use crate::waiter::TransferWaiter;
+use crate::waiter::{OutcomeSource, Parked, ParkedWaiters, TransferWaiter};
 
 /// Settings of a [`DownloadService`].
 #[derive(Clone, Debug)]
@@ -99,7 +98,7 @@ pub(crate) struct Inner {
     /// Cancelled by shutdown: pulls still waiting for budget or a produce slot give up.
     pub(crate) draining: CancellationToken,
     /// Waiters parked until their transaction's outcome is recorded.
-    pub(crate) waiters: Mutex<HashMap<TxId, Vec<oneshot::Sender<Option<TransferOutcome>>>>>,
+    pub(crate) waiters: ParkedWaiters,
     pub(crate) events: broadcast::Sender<ServiceEvent>,
     /// Tells the timer task that a deadline may have moved.
     pub(crate) wake: Arc<Notify>,
@@ -155,7 +154,7 @@ impl DownloadService {
             dispatch_scheduled: AtomicBool::new(false),
             settled: Notify::new(),
             draining: CancellationToken::new(),
-            waiters: Mutex::new(HashMap::new()),
+            waiters: ParkedWaiters::default(),
             events,
             wake: Arc::new(Notify::new()),
             produce_slots: Arc::new(Semaphore::new(opts.max_concurrent_produce.max(1))),
@@ -287,7 +286,7 @@ impl DownloadService {
 
     /// A waiter for the outcome of `tx_id`.
     pub fn waiter(&self, tx_id: &TxId) -> TransferWaiter {
-        TransferWaiter::new(self.clone(), tx_id.clone())
+        TransferWaiter::new(Arc::new(self.clone()), tx_id.clone())
     }
 
     /// Subscribe to lifecycle events (downloaded to one / to all, transaction done, progress).
@@ -330,11 +329,7 @@ impl DownloadService {
             .cell
             .unregister_request_handler(CHANNEL, TOPIC_SOURCE_FAILURE);
         inner.with_engine(|svc, now| svc.shutdown(now));
-        for (_, ws) in lock(&inner.waiters).drain() {
-            for w in ws {
-                let _ = w.send(None);
-            }
-        }
+        inner.waiters.close();
         self.source_failures.close("download service shut down");
         inner.draining.cancel();
         // The timer task keeps settling transactions as their pulls come back (or at their
@@ -354,12 +349,11 @@ impl DownloadService {
         inner.tasks.close();
         inner.tasks.wait().await;
     }
+}
 
-    /// Register a waiter; resolved at once when the outcome is known or the id unknown.
-    pub(crate) fn park_waiter(
-        &self,
-        tx_id: &TxId,
-    ) -> Result<Option<TransferOutcome>, oneshot::Receiver<Option<TransferOutcome>>> {
+impl OutcomeSource for DownloadService {
+    /// Resolved at once when the outcome is known or the id unknown.
+    fn park(&self, tx_id: &TxId) -> Result<Option<TransferOutcome>, Parked> {
         let inner = &self.inner;
         let now = now();
         let mut svc = lock(&inner.engine);
@@ -369,15 +363,22 @@ impl DownloadService {
         if svc.is_shut_down() || !svc.is_pending(tx_id) {
             return Ok(None);
         }
-        let (tx, rx) = oneshot::channel();
-        // Registered while the engine is locked: the TransactionDone event for this id cannot
+        // Parked while the engine is locked: the TransactionDone event for this id cannot
         // have been polled yet (polling it records the outcome, which the check above would
         // have seen), so its delivery, which resolves the waiters, comes after this.
-        lock(&inner.waiters)
-            .entry(tx_id.clone())
-            .or_default()
-            .push(tx);
-        Err(rx)
+        Err(inner.waiters.park(tx_id))
+    }
+
+    fn outcome(&self, tx_id: &TxId) -> Option<TransferOutcome> {
+        DownloadService::outcome(self, tx_id)
+    }
+
+    fn is_pending(&self, tx_id: &TxId) -> bool {
+        DownloadService::is_pending(self, tx_id)
+    }
+
+    fn acquired_receivers(&self, tx_id: &TxId) -> Vec<String> {
+        DownloadService::acquired_receivers(self, tx_id)
     }
 }
 

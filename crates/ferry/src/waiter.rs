@@ -1,11 +1,65 @@
-//! [`TransferWaiter`]: await a transaction's [`TransferOutcome`].
+//! [`TransferWaiter`]: await a transaction's [`TransferOutcome`]; and what it needs from the
+//! service below it: the [`OutcomeSource`] the service implements and the table of
+//! [`ParkedWaiters`] the service resolves. The service hands out waiters; this module knows
+//! nothing of the service.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ferry_core::{DoneStatus, TransferOutcome, TxId};
+use tokio::sync::oneshot;
 
-use crate::service::DownloadService;
+use crate::runtime::lock;
+
+/// A parked waiter's end of the channel: `None` when the id is unknown, the outcome was not
+/// kept, or the service shut down.
+pub(crate) type Parked = oneshot::Receiver<Option<TransferOutcome>>;
+
+/// What a [`TransferWaiter`] asks of the service that runs its transaction.
+pub(crate) trait OutcomeSource: std::fmt::Debug + Send + Sync {
+    /// The outcome at once (`Ok(Some)`), `Ok(None)` when none will come (unknown id, service
+    /// shut down), or a parked waiter resolved when the outcome is recorded.
+    fn park(&self, tx_id: &TxId) -> Result<Option<TransferOutcome>, Parked>;
+    /// The recorded outcome, if any.
+    fn outcome(&self, tx_id: &TxId) -> Option<TransferOutcome>;
+    /// Whether `tx_id` will still get an outcome.
+    fn is_pending(&self, tx_id: &TxId) -> bool;
+    /// Receivers that pulled at least once in the transaction.
+    fn acquired_receivers(&self, tx_id: &TxId) -> Vec<String>;
+}
+
+/// Waiters parked until their transaction's outcome is recorded, by transaction.
+#[derive(Debug, Default)]
+pub(crate) struct ParkedWaiters(
+    Mutex<HashMap<TxId, Vec<oneshot::Sender<Option<TransferOutcome>>>>>,
+);
+
+impl ParkedWaiters {
+    /// Park a waiter for `tx_id`.
+    pub(crate) fn park(&self, tx_id: &TxId) -> Parked {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.0).entry(tx_id.clone()).or_default().push(tx);
+        rx
+    }
+
+    /// Resolve every waiter parked for `tx_id` with `outcome`.
+    pub(crate) fn resolve(&self, tx_id: &TxId, outcome: Option<&TransferOutcome>) {
+        let parked = lock(&self.0).remove(tx_id);
+        for w in parked.into_iter().flatten() {
+            let _ = w.send(outcome.cloned());
+        }
+    }
+
+    /// Resolve every parked waiter with `None` (the service shut down).
+    pub(crate) fn close(&self) {
+        for (_, ws) in lock(&self.0).drain() {
+            for w in ws {
+                let _ = w.send(None);
+            }
+        }
+    }
+}
 
 /// Awaits the outcome of one transaction (NVFlare's `TransferWaiter`).
 ///
@@ -21,7 +75,8 @@ use crate::service::DownloadService;
 /// stays up a little after the last receiver was counted.
 #[derive(Clone, Debug)]
 pub struct TransferWaiter {
-    service: DownloadService,
+    /// The service running the transaction.
+    service: Arc<dyn OutcomeSource>,
     tx_id: TxId,
     /// The outcome once seen, shared by the clones.
     seen: Arc<OnceLock<TransferOutcome>>,
@@ -30,7 +85,7 @@ pub struct TransferWaiter {
 }
 
 impl TransferWaiter {
-    pub(crate) fn new(service: DownloadService, tx_id: TxId) -> Self {
+    pub(crate) fn new(service: Arc<dyn OutcomeSource>, tx_id: TxId) -> Self {
         Self {
             service,
             tx_id,
@@ -58,7 +113,7 @@ impl TransferWaiter {
         let outcome = match self.seen.get() {
             Some(o) => o.clone(),
             None => {
-                let found = match self.service.park_waiter(&self.tx_id) {
+                let found = match self.service.park(&self.tx_id) {
                     Ok(resolved) => resolved,
                     Err(rx) => rx.await.unwrap_or(None),
                 }?;
