@@ -1,5 +1,9 @@
-//! The aggregate result of a transaction ([`TransferOutcome`]), computed exactly per
-//! download-semantics §3.5.
+//! The aggregate result of a transaction ([`TransferOutcome`]), computed exactly as NVFlare's
+//! `compute_transfer_outcome` (`nvflare.fuel.f3.streaming.download_service`) does, in its
+//! order: all receivers succeeded completes (whatever ended the transaction); otherwise a
+//! deleted transaction aborts, a timed-out one fails, and a finished one fails for an unknown
+//! receiver count, no objects, or a failed receiver. (NVFlare's first branch, an unknown done
+//! status, cannot happen here: [`DoneStatus`] has three values.)
 
 use crate::{DoneStatus, DownloadStatus, ExpectedReceivers, RefId, TxId};
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,7 @@
-//! Progress events (download-semantics §1.5): per (ref, receiver) on the producer, per
-//! download on the receiver; throttled on virtual time, terminal state latched.
+//! Progress events, as NVFlare's download service emits them
+//! (`nvflare.fuel.f3.streaming.download_service`, `_Ref.emit_progress`): per (ref, receiver) on
+//! the producer, per download on the receiver; throttled on virtual time, terminal state
+//! latched.
 
 use crate::{RefId, TxId};
 use std::time::{Duration, Instant};

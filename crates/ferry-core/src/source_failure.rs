@@ -1,4 +1,5 @@
-//! The receiver's record of failed sources (download-semantics §1.3, §2.7): a parent cell tells
+//! The receiver's record of failed sources (NVFlare's `notify_source_failure` and
+//! `_handle_source_failure`, on topic `download_service__source_failure`): a parent cell tells
 //! its downstream receivers that a source it owns (a child FQCN) died; the receiver keeps a
 //! failure tombstone per (source_fqcn, ref_id) so matching downloads fail at once — the ones in
 //! progress and the ones started later — instead of retrying for minutes.

@@ -211,14 +211,15 @@ mod tests {
     const RID: &str = "Rcb50e1a2-0c3d-4e5f-8a9b-0c1d2e3f4a5b";
 
     #[test]
-    fn first_request_is_the_64_byte_body_of_f3_wire_5() {
+    fn first_request_is_nvflares_64_byte_body() {
         let req = PullRequest {
             ref_id: RefId::new(RID),
             state: None,
             confirm_capable: Some(true),
         };
         let enc = encode(&req);
-        // f3-wire §5: blob = LOBS header (size 0x40) | {"ref_id":"Rcb50…","confirm_capable":true}
+        // As NVFlare 2.9 sends it: blob = LOBS header (size 0x40) | {"ref_id":"Rcb50…",
+        // "confirm_capable":true}, a 64-byte msgpack map
         assert_eq!(enc.len(), 0x40);
         let mut want = vec![0x82];
         want.extend(fixstr("ref_id"));

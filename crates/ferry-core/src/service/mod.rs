@@ -56,6 +56,30 @@
 //! produced is `invalid_request` and records nothing ([`Produced::Invalid`]); refusals carry a
 //! typed [`Refusal`]; a receiver whose connection closed can be failed after a reconnect
 //! budget ([`TxConfig::with_reconnect_timeout`]).
+//!
+//! # NVFlare's rules, as labelled in this module and its tests
+//!
+//! Comments and test names cite NVFlare's producer rules (`nvflare.fuel.f3.streaming.download_service`)
+//! by these labels:
+//!
+//! | label | rule |
+//! |---|---|
+//! | R1 | every valid pull marks the transaction, the receiver (acquired) and the ref active, and emits `active` progress |
+//! | R2 | a data serve changes no status |
+//! | R3 | a terminal serve to a receiver that does not confirm (or with confirmation off) is final — success for `eof`, failed for `error` — unless a final status exists (first final wins); it fires `downloaded_to_one`, and `downloaded_to_all` once the ref is complete |
+//! | R4 | a terminal serve to a confirm-capable receiver is provisional with a fresh nonce (none if already final) |
+//! | R5 | a failing `produce` changes no status and replies `process_exception` |
+//! | R6 | a confirm counts only for a provisional receiver with the matching nonce; only an accepted one refreshes the transaction |
+//! | R7 | a cancel from a receiver that pulled fails it on every ref of the transaction; from others it is ignored |
+//! | R8 | the acquire budget fails a declared receiver that never pulled, the idle budget one that fell silent; a later confirm is rejected |
+//! | R9 | a timeout, delete or shutdown writes no per-receiver status |
+//! | R10 | terminal progress is latched per receiver, and settlement forces it for receivers that started |
+//! | §3.2 | completion: a ref is complete when every declared receiver (identity mode) or `num_receivers` receivers (count mode) are final; a transaction when it has refs and all are complete |
+//! | §3.3 | how a transaction ends (finished, timeout, delete, shutdown) and what it leaves: tombstones only when finished; finished beats expired in one pass |
+//! | §3.4 | the settlement ceremony, in order: drain the activity gate, compute the outcome, terminal progress, `transaction_done` per ref, `on_done`, `on_outcome`, `release` per ref, record the outcome and resolve waiters |
+//! | §3.5 | the outcome, in order: all succeeded → completed; deleted → aborted; timeout → failed; finished → failed (unknown receiver count, no objects, receiver failed) |
+//! | §3.6 | a transaction id is reusable only once its outcome expired and its settlement and pulls are over; waiters resolve with the recorded outcome, or `None` |
+//! | §1.5 | progress events per (ref, receiver): throttled, first and terminal ones forced |
 
 mod config;
 mod lifecycle;

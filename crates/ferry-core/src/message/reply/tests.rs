@@ -18,7 +18,7 @@ fn concat(segments: &[Bytes]) -> Bytes {
 }
 
 #[test]
-fn data_reply_is_the_f3_wire_5_shape_with_64_bytes_around_the_chunk() {
+fn data_reply_is_nvflares_shape_with_64_bytes_around_the_chunk() {
     let chunk = Bytes::from(vec![7u8; 1 << 20]);
     let body = ReplyBody::data(
         State::new().with("received_bytes", 1_048_576u64),
@@ -44,7 +44,7 @@ fn data_reply_is_the_f3_wire_5_shape_with_64_bytes_around_the_chunk() {
 }
 
 #[test]
-fn terminal_replies_match_f3_wire_5() {
+fn terminal_replies_match_nvflares_bytes() {
     let eof = ReplyBody::terminal(ReplyStatus::Eof).encode();
     let mut want = vec![0x81];
     want.extend(fixstr("status"));

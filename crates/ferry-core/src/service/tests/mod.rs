@@ -1,6 +1,7 @@
 //! The producer engine's tests on virtual time, one module per group of NVFlare's rules (R1–R10
-//! and §3.2–§3.6 in the test names: what a pull does, confirm and cancel, budgets, who counts,
-//! how transactions end, settlement) plus bad input. `receiver_tests.rs` beside this directory
+//! and §3.2–§3.6 in the test names, labels listed in the service module's docs: what a pull
+//! does, confirm and cancel, budgets, who counts, how transactions end, settlement) plus bad
+//! input. `receiver_tests.rs` beside this directory
 //! holds ferry's own receiver rules. The driver [`H`] below runs hooks and collects events as
 //! the glue does.
 
