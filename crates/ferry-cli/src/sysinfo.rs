@@ -1,6 +1,4 @@
-//! What the OS says about this process: peak resident memory, and an address to advertise.
-
-use std::net::{IpAddr, UdpSocket};
+//! What the OS says about this process: its peak resident memory.
 
 /// Peak resident set size of this process in bytes (`VmHWM` in `/proc/self/status`), when the
 /// OS exposes it (Linux).
@@ -19,34 +17,6 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
     }
 }
 
-/// An address of this host that other machines can probably reach: the local address of the
-/// default route (found by "connecting" a UDP socket, which sends nothing), else the host name,
-/// else loopback.
-pub fn advertised_host() -> String {
-    let routed = UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.ip())
-        .ok()
-        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback());
-    if let Some(ip) = routed {
-        return host_string(ip);
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "127.0.0.1".into())
-}
-
-/// An IP as it goes before `:PORT` (IPv6 in brackets).
-pub fn host_string(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,12 +27,5 @@ mod tests {
         assert_eq!(parse_vm_hwm(s), Some(2048 * 1024));
         assert_eq!(parse_vm_hwm("Name: x\n"), None);
         assert_eq!(parse_vm_hwm("VmHWM: lots kB\n"), None);
-    }
-
-    #[test]
-    fn hosts() {
-        assert_eq!(host_string("10.0.0.1".parse().unwrap()), "10.0.0.1");
-        assert_eq!(host_string("::1".parse().unwrap()), "[::1]");
-        assert!(!advertised_host().is_empty());
     }
 }

@@ -15,7 +15,6 @@ use ferry::ObjectDownloader;
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
-use super::address::ticket_addr;
 use super::entries::Entry;
 use crate::args::ServeArgs;
 use crate::exit::{CmdResult, Failure};
@@ -61,7 +60,7 @@ pub(super) async fn register(
     how: &Load<'_>,
     cancel: &CancellationToken,
 ) -> CmdResult<Registered> {
-    let addr = ticket_addr(bound, args.advertise.as_deref());
+    let addr = ferry::ticket::advertised_addr(bound, args.advertise.as_deref());
     let tls = bound.starts_with("stcp://");
     let mut tickets = Vec::new();
     let mut names = HashMap::new();

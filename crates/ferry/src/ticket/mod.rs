@@ -26,9 +26,14 @@
 //! at its first unquoted `&`). Unknown query keys are ignored, so newer senders can add hints.
 //!
 //! Parsing is bounded ([`MAX_TICKET_LEN`]) and never panics, whatever the input.
+//! [`advertised_addr`] picks the `HOST:PORT` a ticket carries when the sender listens on a
+//! wildcard address.
 
+mod addr;
 pub mod compact;
 mod url;
+
+pub use addr::{advertised_addr, advertised_host};
 
 use ferry_objects::verify::Pin;
 use std::fmt;
