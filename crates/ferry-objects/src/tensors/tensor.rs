@@ -246,6 +246,16 @@ impl TensorDict {
     }
 }
 
+/// The tensors in insertion order, by value (so a caller can release them one by one).
+impl IntoIterator for TensorDict {
+    type Item = (String, Tensor);
+    type IntoIter = std::vec::IntoIter<(String, Tensor)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
 fn rename(e: ObjectsError, name: &str) -> ObjectsError {
     match e {
         ObjectsError::InvalidTensor { why, .. } => ObjectsError::InvalidTensor {

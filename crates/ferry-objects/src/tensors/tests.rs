@@ -47,6 +47,16 @@ fn tensors_validate_their_size_and_names() {
 }
 
 #[test]
+fn a_dict_gives_its_tensors_by_value_in_insertion_order() {
+    let d = sample();
+    let by_ref: Vec<(String, Tensor)> = d.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+    let by_value: Vec<(String, Tensor)> = d.into_iter().collect();
+    assert_eq!(by_value, by_ref);
+    assert_eq!(by_value[0].0, "layer.0.weight");
+    assert!(by_value[6].1.is_alias_of(&by_value[8].1));
+}
+
+#[test]
 fn aliases_are_one_item() {
     let src = TensorSource::new(sample());
     assert_eq!(src.item_count(), 7, "9 names, 3 of them one buffer");
