@@ -8,8 +8,15 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Python packages the interop tests need, pinned.
-pub const PY_PACKAGES: &[&str] = &["nvflare==2.9.0", "safetensors", "numpy"];
+/// Python packages the interop tests need (NVFlare pinned), and what builds and tests the
+/// `ferry` wheel of crates/ferry-py (maturin, pytest).
+pub const PY_PACKAGES: &[&str] = &[
+    "nvflare==2.9.0",
+    "safetensors",
+    "numpy",
+    "maturin>=1.9.4,<2",
+    "pytest",
+];
 
 /// Workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
@@ -61,7 +68,7 @@ pub fn setup() -> Result<PathBuf> {
     .context("pip install of the interop packages")?;
     run(Command::new(&py).args([
         "-c",
-        "import nvflare, safetensors, numpy; assert nvflare.__version__.startswith('2.9.0'), nvflare.__version__",
+        "import nvflare, safetensors, numpy, maturin, pytest; assert nvflare.__version__.startswith('2.9.0'), nvflare.__version__",
     ]))
     .context("checking the interop virtualenv")?;
     std::fs::write(&marker, wanted)?;
