@@ -117,6 +117,8 @@ impl Call {
         let mut opts = DownloadOptions {
             per_request_timeout: Duration::from_secs_f64(request_timeout),
             cancel: Some(cancel.clone()),
+            // Reports are handed to Python once per tick of the waiting thread; none sooner.
+            progress_interval: crate::runtime::TICK,
             ..DownloadOptions::default()
         };
         if progress.is_some() {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::errors;
 
 /// How often a blocked call looks at signals and callbacks.
-const TICK: Duration = Duration::from_millis(50);
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// How long a cancelled operation may take to wind down (send its cancel, clean up) before
 /// the call gives up waiting for it and raises anyway.

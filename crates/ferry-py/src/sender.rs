@@ -40,8 +40,9 @@ pub struct Outcome {
     /// How the transaction ended (`finished`, `timeout`, `deleted`, `shutdown`).
     #[pyo3(get)]
     done_status: String,
-    /// Per ticket, the final status of each receiver (`success` or `failed`).
-    receivers: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per ticket (in the order the objects were added), the final status of each receiver
+    /// (`success` or `failed`).
+    receivers: Vec<(String, BTreeMap<String, String>)>,
 }
 
 #[pymethods]
@@ -156,6 +157,8 @@ pub struct Sender {
     chunk_size: u64,
     tickets: Tickets,
     closed: AtomicBool,
+    /// The outcome once seen: the service forgets it when it shuts down (`close`).
+    final_outcome: Mutex<Option<TransferOutcome>>,
     /// `true` once the event thread has delivered `transaction_done` (or there is none).
     events_done: watch::Receiver<bool>,
 }
@@ -270,6 +273,7 @@ impl Sender {
             chunk_size,
             tickets,
             closed: AtomicBool::new(false),
+            final_outcome: Mutex::new(None),
             events_done,
         })
     }
@@ -437,7 +441,7 @@ impl Sender {
                 )));
             }
         }
-        if let Some(o) = self.tx.waiter().outcome() {
+        if let Some(o) = self.known_outcome() {
             return Ok(Some(outcome_of(&o, &self.tickets)));
         }
         if self.closed.load(Ordering::SeqCst) {
@@ -479,21 +483,21 @@ impl Sender {
             "interrupted: the transaction was deleted (receivers in progress will fail)",
             |_| Ok(()),
         )?;
+        if let (Some(o), Ok(mut slot)) = (&o, self.final_outcome.lock()) {
+            *slot = Some(o.clone());
+        }
         Ok(o.map(|o| outcome_of(&o, &self.tickets)))
     }
 
     /// The outcome if the transaction is over, else `None` (never waits).
     #[getter]
     fn outcome(&self) -> Option<Outcome> {
-        self.tx
-            .waiter()
-            .outcome()
-            .map(|o| outcome_of(&o, &self.tickets))
+        self.known_outcome().map(|o| outcome_of(&o, &self.tickets))
     }
 
     /// Delete the transaction now: receivers in progress fail, the objects are released.
     fn delete(&self) -> PyResult<()> {
-        if self.tx.waiter().outcome().is_some() {
+        if self.known_outcome().is_some() {
             return Ok(());
         }
         self.tx
@@ -509,10 +513,19 @@ impl Sender {
         let _ = self.delete();
         let service = self.service.clone();
         let cell = self.cell.clone();
-        block_on_quick(py, async move {
+        let waiter = self.tx.waiter();
+        let o = block_on_quick(py, async move {
+            // A deleted transaction settles at once; keep its outcome for `outcome`/`wait`.
+            let o = waiter.wait_timeout(Duration::from_secs(10)).await;
             service.shutdown().await;
             cell.shutdown().await;
+            o
         });
+        if let (Some(o), Ok(mut slot)) = (o, self.final_outcome.lock()) {
+            if slot.is_none() {
+                *slot = Some(o);
+            }
+        }
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -536,11 +549,17 @@ impl Sender {
 }
 
 impl Sender {
+    /// The outcome if the transaction is over (kept after `close`).
+    fn known_outcome(&self) -> Option<TransferOutcome> {
+        let kept = self.final_outcome.lock().ok().and_then(|o| o.clone());
+        kept.or_else(|| self.tx.waiter().outcome())
+    }
+
     fn check_open(&self) -> PyResult<()> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(errors::usage("the sender is closed"));
         }
-        if self.tx.waiter().outcome().is_some() {
+        if self.known_outcome().is_some() {
             return Err(errors::usage(
                 "the transaction is over; make a new Sender for more objects",
             ));
