@@ -1,0 +1,170 @@
+"""Type stubs of the extension module ferry._ferry (the Rust side of `import ferry`)."""
+
+import os
+import pathlib
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, Union
+
+_Path = Union[str, "os.PathLike[str]"]
+
+__version__: str
+
+class FerryError(Exception):
+    """Base class of ferry's errors (except Interrupted, which is a KeyboardInterrupt)."""
+
+class UsageError(FerryError):
+    """Bad input: an argument, a ticket, a file or a destination that cannot be used (the CLI's exit code 2)."""
+
+class TransferError(FerryError):
+    """The transfer failed: the sender is gone or refused, the data did not verify (the CLI's exit code 1)."""
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or a cancel stopped the transfer; the peer was told (the CLI's exit code 130)."""
+
+class TLS:
+    """Mutual TLS settings: this cell's certificate and key, and the CA both sides trust."""
+
+    def __init__(self, cert: _Path, key: _Path, ca: _Path) -> None: ...
+    @property
+    def cert(self) -> pathlib.Path: ...
+    @property
+    def key(self) -> pathlib.Path: ...
+    @property
+    def ca(self) -> pathlib.Path: ...
+    @property
+    def common_name(self) -> Optional[str]:
+        """The certificate's CN: the default name of a TLS receiver."""
+
+class CancelToken:
+    """Cancels the operation it is passed to (from any thread)."""
+
+    def __init__(self) -> None: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...
+
+class Progress:
+    """Progress of one download, as passed to a `progress=` callback."""
+
+    @property
+    def bytes_done(self) -> int: ...
+    @property
+    def total_bytes(self) -> Optional[int]: ...
+    @property
+    def chunks_done(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def bytes_per_sec(self) -> float: ...
+    @property
+    def state(self) -> Literal["start", "active", "completed", "failed", "aborted"]: ...
+
+class Outcome:
+    """What a transaction ended with."""
+
+    @property
+    def status(self) -> Literal["completed", "failed", "aborted"]: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def done_status(self) -> str: ...
+    @property
+    def completed(self) -> bool: ...
+    @property
+    def receivers(self) -> Dict[str, Dict[str, str]]:
+        """{ticket: {receiver: "success" | "failed"}}, in the order the objects were added."""
+
+class Event:
+    """One lifecycle event of a sender's transaction, passed to `on_event`."""
+
+    @property
+    def kind(self) -> Literal["downloaded_to_one", "downloaded_to_all", "progress", "transaction_done"]: ...
+    @property
+    def ticket(self) -> Optional[str]: ...
+    @property
+    def receiver(self) -> Optional[str]: ...
+    @property
+    def status(self) -> Optional[Literal["success", "failed"]]: ...
+    @property
+    def bytes_done(self) -> Optional[int]: ...
+    @property
+    def outcome(self) -> Optional[Outcome]: ...
+
+class TensorBuffer:
+    """One received tensor's bytes, exposed to numpy as a flat uint8 array interface."""
+
+    @property
+    def __array_interface__(self) -> Dict[str, Any]: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def readonly(self) -> bool: ...
+    def __len__(self) -> int: ...
+
+class Sender:
+    """Serve files, tensor dicts and bytes to receivers, as one transaction."""
+
+    def __init__(
+        self,
+        listen: str = "tcp://127.0.0.1:0",
+        *,
+        name: str = "ferry-sender",
+        receivers: int = 1,
+        allow: Optional[List[str]] = None,
+        tls: Optional[TLS] = None,
+        timeout: float = 600.0,
+        advertise: Optional[str] = None,
+        chunk_size: int = 1048576,
+        on_event: Optional[Callable[[Event], Any]] = None,
+    ) -> None: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def tx_id(self) -> str: ...
+    @property
+    def tickets(self) -> List[str]: ...
+    @property
+    def outcome(self) -> Optional[Outcome]: ...
+    def add_file(self, path: _Path, *, name: Optional[str] = None) -> str: ...
+    def add_tensors(self, tensors: Mapping[str, Any], *, name: Optional[str] = None) -> str: ...
+    def add_bytes(self, data: Union[bytes, bytearray, memoryview], *, name: Optional[str] = None) -> str: ...
+    def wait(self, timeout: Optional[float] = None) -> Optional[Outcome]: ...
+    def delete(self) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> "Sender": ...
+    def __exit__(self, *exc: Any) -> bool: ...
+
+def get(
+    ticket: str,
+    out_dir: _Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    name: Optional[str] = None,
+    tls: Optional[TLS] = None,
+    progress: Optional[Callable[[Progress], Any]] = None,
+    request_timeout: float = 60.0,
+    cancel: Optional[CancelToken] = None,
+) -> pathlib.Path: ...
+def download_tensors(
+    ticket: str,
+    *,
+    writable: bool = False,
+    name: Optional[str] = None,
+    tls: Optional[TLS] = None,
+    progress: Optional[Callable[[Progress], Any]] = None,
+    request_timeout: float = 60.0,
+    cancel: Optional[CancelToken] = None,
+) -> List[Tuple[str, str, Tuple[int, ...], TensorBuffer]]: ...
+def download_bytes(
+    ticket: str,
+    *,
+    name: Optional[str] = None,
+    tls: Optional[TLS] = None,
+    progress: Optional[Callable[[Progress], Any]] = None,
+    request_timeout: float = 60.0,
+    cancel: Optional[CancelToken] = None,
+) -> bytes: ...
