@@ -7,6 +7,10 @@
 //! since every build is the same). Then come formatting,
 //! clippy, doc tests and rustdoc, the layering check, and the workspace-level end-to-end and
 //! interop tests (which need the Python virtualenv, prepared by the `interop-setup` case).
+//!
+//! `crates/ferry-py` ([`PYTHON_CRATES`]) is a PyO3 extension module: `cargo test` has nothing to
+//! run there. Its case builds the wheel with maturin, installs it into the interop virtualenv
+//! and runs its pytest suite ([`python_suite`]).
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -33,6 +37,10 @@ const LAYERING: &[(&str, &[&str])] = &[
     ),
     ("ferry-objects", &["tokio", "mio", "ferry-cellnet", "ferry"]),
     ("ferry-cellnet", &["ferry-core", "ferry-objects", "ferry"]),
+    // The library knows nothing of Python; the bindings and the CLI know nothing of each other.
+    ("ferry", &["pyo3", "ferry-py", "ferry-cli"]),
+    ("ferry-cli", &["pyo3", "ferry-py"]),
+    ("ferry-py", &["ferry-cli"]),
 ];
 
 /// The library and binary crates under `crates/` that the matrix tests one by one.
@@ -43,6 +51,81 @@ const CRATES: &[&str] = &[
     "ferry",
     "ferry-cli",
 ];
+
+/// Crates under `crates/` that are Python extension modules, tested by [`python_suite`].
+const PYTHON_CRATES: &[&str] = &["ferry-py"];
+
+/// Cargo profile of the test wheel: `dev` reuses the build of the other cases (dependencies are
+/// at opt-level 1 in this workspace), where a release build would cost minutes on a 2-core
+/// machine. Benchmarks build their own release wheel.
+const TEST_WHEEL_PROFILE: &str = "dev";
+
+/// Build the `ferry` wheel, install it into the interop virtualenv and run its pytest suite
+/// there, with `FERRY_BIN` pointing at the `ferry` command the suite drives.
+fn python_suite() -> Result<()> {
+    let py = interop::setup()?;
+    let root = interop::workspace_root();
+    let wheels = root.join("target").join("ferry-py-wheels");
+    let _ = std::fs::remove_dir_all(&wheels);
+    cargo(&["build", "-p", "ferry-cli"])?;
+    let bin_dir = py
+        .parent()
+        .context("venv python has a directory")?
+        .to_path_buf();
+    let status = std::process::Command::new(bin_dir.join("maturin"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--profile",
+            TEST_WHEEL_PROFILE,
+            "-m",
+            "crates/ferry-py/Cargo.toml",
+            "-i",
+        ])
+        .arg(&py)
+        .arg("--out")
+        .arg(&wheels)
+        .env(
+            "CARGO",
+            std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        )
+        .status()
+        .context("spawning maturin (from the interop venv)")?;
+    if !status.success() {
+        bail!("maturin build failed with {status}");
+    }
+    let wheel = std::fs::read_dir(&wheels)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("maturin wrote no wheel")?;
+    let status = std::process::Command::new(&py)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--force-reinstall",
+            "--no-deps",
+        ])
+        .arg(&wheel)
+        .status()
+        .context("pip install of the wheel")?;
+    if !status.success() {
+        bail!("pip install {} failed with {status}", wheel.display());
+    }
+    let ferry = root.join("target").join("debug").join("ferry");
+    let status = std::process::Command::new(&py)
+        .current_dir(root.join("crates").join("ferry-py").join("tests"))
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .env("FERRY_BIN", ferry)
+        .status()
+        .context("spawning pytest")?;
+    if !status.success() {
+        bail!("the ferry-py pytest suite failed with {status}");
+    }
+    Ok(())
+}
 
 /// One named command.
 struct Case {
@@ -151,7 +234,10 @@ fn layering_check() -> Result<()> {
 
 fn cases() -> Result<Vec<Case>> {
     let features = crate_features()?;
-    if let Some(missing) = features.keys().find(|k| !CRATES.contains(&k.as_str())) {
+    if let Some(missing) = features
+        .keys()
+        .find(|k| !CRATES.contains(&k.as_str()) && !PYTHON_CRATES.contains(&k.as_str()))
+    {
         bail!("crate {missing} is not in the test matrix: add it to CRATES in xtask/src/matrix.rs");
     }
     let mut v: Vec<Case> = Vec::new();
@@ -210,6 +296,13 @@ fn cases() -> Result<Vec<Case>> {
             });
         }
     }
+    v.push(Case {
+        name: "test-ferry-py".into(),
+        what: format!(
+            "maturin build --profile {TEST_WHEEL_PROFILE} of crates/ferry-py, pip install into the interop venv, pytest crates/ferry-py/tests"
+        ),
+        run: Box::new(python_suite),
+    });
     v.push(Case {
         name: "test-xtask".into(),
         what: "cargo test -p xtask (the layering check's parser finds a forbidden crate)".into(),

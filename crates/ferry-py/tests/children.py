@@ -71,6 +71,9 @@ def get(a):
         emit("RESULT", {"path": str(path), "stalled": stalled})
     except ferry.Interrupted as e:
         emit("RESULT", {"interrupted": str(e), "name": name})
+        # Stay up (connected) until the test has resumed the frozen sender and closes stdin:
+        # the cancel already sent must reach a sender that reads it, not a reset connection.
+        sys.stdin.read()
         sys.exit(130)
     except ferry.FerryError as e:
         emit("RESULT", {"error": f"{type(e).__name__}: {e}"})
