@@ -99,6 +99,21 @@ pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
             "tensors" => Some(tensor_dict(&a.file, a.len)?),
             _ => None,
         };
+        // BLAKE3 of the dict's bytes in name order (= insertion order), what every memory
+        // receiver reports: lets a driver other than this binary verify them.
+        let dict_blake3 = tensors.as_ref().map(|d| {
+            let mut h = blake3::Hasher::new();
+            for (_, t) in d.iter() {
+                h.update(t.data());
+            }
+            h.finalize().to_hex().to_string()
+        });
+        // The pin a ticket of the dict carries (tensor data size, tensor-dict digest): lets a
+        // driver write a ticket for this sender.
+        let pin = tensors.as_ref().map(|d| {
+            let p = ferry::objects::tensors::tensor_dict_pin(d);
+            json!({"size": p.size, "b3": p.hex()})
+        });
         let cell = Cell::new(SENDER_FQCN)?;
         let url = cell.listen("tcp://127.0.0.1:0").await?;
         let mut sopts = ServiceOptions::default();
@@ -130,7 +145,7 @@ pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
         let refs: Vec<&str> = refs.iter().map(RefId::as_str).collect();
         emit(
             "READY",
-            &json!({"url": url, "fqcn": SENDER_FQCN, "refs": refs}),
+            &json!({"url": url, "fqcn": SENDER_FQCN, "refs": refs, "blake3": dict_blake3, "pin": pin}),
         );
         let outcome = tx
             .waiter()
