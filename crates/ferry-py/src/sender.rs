@@ -11,7 +11,9 @@ use bytes::Bytes;
 use ferry::cellnet::Cell;
 use ferry::core::service::{ServiceConfig, ServiceEvent};
 use ferry::core::{Downloadable, RefId, TransferOutcome, TxConfig};
-use ferry::objects::{BytesObject, FileObject, TensorDict};
+use ferry::objects::{
+    BytesObject, CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject,
+};
 use ferry::ticket::{advertised_addr, check_relative_name, Kind, Ticket};
 use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
 use pyo3::prelude::*;
@@ -24,6 +26,11 @@ use crate::cells::{build_cell, check_name, Tls};
 use crate::errors;
 use crate::memory::{bytes_from_py, tensor_from_py};
 use crate::runtime::{block_on, block_on_quick, runtime};
+
+/// Default `cache_bytes`: tensor items (a header and a copy of one tensor) kept for receivers
+/// that are behind. The dict itself is already in memory, so a miss only costs the copy again;
+/// a small cache keeps the sender near the dict's own size.
+const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 /// Throttle of the sender's progress events (only produced when `on_event` is set).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -157,6 +164,10 @@ pub struct Sender {
     chunk_size: u64,
     tickets: Tickets,
     closed: AtomicBool,
+    /// Who the transaction expects (tensor items leave the cache once all of them have one).
+    expected: ExpectedReceivers,
+    /// Bytes of tensor items kept for receivers that are behind (`cache_bytes=`).
+    cache_bytes: u64,
     /// The outcome once seen: the service forgets it when it shuts down (`close`).
     final_outcome: Mutex<Option<TransferOutcome>>,
     /// `true` once the event thread has delivered `transaction_done` (or there is none).
@@ -166,7 +177,7 @@ pub struct Sender {
 #[pymethods]
 impl Sender {
     #[new]
-    #[pyo3(signature = (listen="tcp://127.0.0.1:0", *, name="ferry-sender", receivers=1, allow=None, tls=None, timeout=600.0, advertise=None, chunk_size=1_048_576, on_event=None))]
+    #[pyo3(signature = (listen="tcp://127.0.0.1:0", *, name="ferry-sender", receivers=1, allow=None, tls=None, timeout=600.0, advertise=None, chunk_size=1_048_576, cache_bytes=DEFAULT_CACHE_BYTES, on_event=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -178,6 +189,7 @@ impl Sender {
         timeout: f64,
         advertise: Option<String>,
         chunk_size: u64,
+        cache_bytes: u64,
         on_event: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         check_name("name", name)?;
@@ -240,6 +252,10 @@ impl Sender {
             )
         };
         let events = on_event.as_ref().map(|_| service.events());
+        let expected = match &allow {
+            Some(ids) => ExpectedReceivers::Ids(ids.clone()),
+            None => ExpectedReceivers::Count(receivers),
+        };
         let mut cfg = TxConfig::new(Duration::from_secs_f64(timeout));
         cfg = match &allow {
             Some(ids) => cfg.with_receiver_ids(ids.clone()),
@@ -273,6 +289,8 @@ impl Sender {
             chunk_size,
             tickets,
             closed: AtomicBool::new(false),
+            expected,
+            cache_bytes,
             final_outcome: Mutex::new(None),
             events_done,
         })
@@ -378,9 +396,15 @@ impl Sender {
             check_relative_name(n).map_err(|why| errors::usage(format!("name={n:?}: {why}")))?;
         }
         let size = dict.total_bytes();
+        let opts = CacheOptions {
+            cache_budget: self.cache_bytes,
+            ..CacheOptions::default().with_receivers(self.expected.clone())
+        };
+        let obj = TensorDictObject::from_tensors(dict, opts)
+            .map_err(|e| errors::usage(format!("cannot serve the tensors: {e}")))?;
         let rid = self
             .tx
-            .add_tensors(dict)
+            .add_object(Arc::new(obj))
             .map_err(|e| errors::usage(format!("cannot serve the tensors: {e}")))?;
         Ok(self.ticket_for(rid, Kind::Tensors, name, size, None))
     }

@@ -114,6 +114,7 @@ class Sender:
         timeout: float = 600.0,
         advertise: Optional[str] = None,
         chunk_size: int = 1048576,
+        cache_bytes: int = 16777216,
         on_event: Optional[Callable[[Event], Any]] = None,
     ) -> None: ...
     @property
