@@ -133,6 +133,20 @@ pub fn receiver_name(name: Option<String>, tls: Option<&Tls>) -> PyResult<String
 /// Explain a failed `connect` to a sender.
 pub fn connect_failure(url: &str, e: &CellnetError) -> PyErr {
     match e {
+        CellnetError::PeerIdentity { certificate, claimed } => errors::usage(format!(
+            "the listener at {url} presented a certificate for {certificate:?} but calls itself {claimed:?}; it cannot prove to be the sender: check the address in the ticket, and that the sender runs with its own certificate"
+        )),
+        CellnetError::OwnIdentity { certificate, fqcn, .. } => errors::usage(format!(
+            "the TLS certificate is for {certificate:?} but this receiver is named {fqcn:?}: peers accept a cell only under the name its certificate CN gives as the first segment; pass name={certificate:?} or the certificate issued for that name"
+        )),
+        CellnetError::Refused(why) => errors::usage(format!(
+            "the sender at {url} refused this receiver ({why}); {}",
+            if why.contains("authenticated as") {
+                "the CN of the TLS certificate must be the first segment of name="
+            } else {
+                "another receiver is connected under this name: pass another name="
+            }
+        )),
         CellnetError::Tls(why) if why.contains("refused our TLS certificate") => errors::usage(format!(
             "the sender at {url} refused our TLS certificate ({why}); the cert must be signed by the CA the sender trusts, with a CN equal to the first segment of name="
         )),

@@ -156,9 +156,20 @@ impl Call {
         let cancel = self.cancel.clone();
         let fut = async move {
             let connected = tokio::select! {
-                r = cell.connect(&url) => r.map(|_| ()).map_err(|e| Err(connect_failure_text(&url, e))),
+                r = cell.connect(&url) => r.map_err(|e| Err(ConnectError::Cell(url.clone(), e))),
                 _ = cancel.cancelled() => Err(Ok(())),
             };
+            // The cell that answered must be the sender the ticket names (or route for it).
+            let connected = connected.and_then(|peer| {
+                if ticket.is_served_by(peer.as_str()) {
+                    Ok(())
+                } else {
+                    Err(Err(ConnectError::WrongPeer {
+                        url: url.clone(),
+                        peer: peer.to_string(),
+                    }))
+                }
+            });
             let out = match connected {
                 Ok(()) => {
                     let service = DownloadService::new(&cell, ServiceOptions::default());
@@ -193,7 +204,13 @@ impl Call {
             Outcome::CancelledConnecting => Err(errors::interrupted(
                 "interrupted while connecting to the sender",
             )),
-            Outcome::ConnectFailed((url, e)) => Err(connect_failure(&url, &e)),
+            Outcome::ConnectFailed(ConnectError::Cell(url, e)) => Err(connect_failure(&url, &e)),
+            Outcome::ConnectFailed(ConnectError::WrongPeer { url, peer }) => {
+                Err(errors::usage(format!(
+                    "the listener at {url} is the cell {peer:?}, but the ticket names the sender {:?}; this ticket does not belong to that address, or another program listens there: ask the sender for a fresh ticket",
+                    self.ticket.source
+                )))
+            }
         }
     }
 }
@@ -202,14 +219,15 @@ impl Call {
 enum Outcome<T> {
     Done(Result<T, DownloadError>),
     CancelledConnecting,
-    ConnectFailed((String, ferry::cellnet::CellnetError)),
+    ConnectFailed(ConnectError),
 }
 
-fn connect_failure_text(
-    url: &str,
-    e: ferry::cellnet::CellnetError,
-) -> (String, ferry::cellnet::CellnetError) {
-    (url.to_string(), e)
+/// Why no usable connection to the ticket's sender was made.
+enum ConnectError {
+    /// The cell could not connect (the URL, the error).
+    Cell(String, ferry::cellnet::CellnetError),
+    /// Another cell answered at the ticket's address.
+    WrongPeer { url: String, peer: String },
 }
 
 /// Download the object of `ticket` into `out_dir` (created if missing); returns the path.

@@ -132,6 +132,16 @@ def test_bad_input_is_a_usage_error_and_transfers_nothing(tmp_path):
     assert issubclass(ferry.Interrupted, KeyboardInterrupt) and not issubclass(ferry.Interrupted, Exception)
 
 
+def test_a_ticket_answered_by_another_cell_is_refused(tmp_path):
+    src = write_file(tmp_path / "a.bin", 10)
+    with ferry.Sender(name="ferry-sender") as s:
+        t = s.add_file(src)
+        forged = t.replace("/ferry-sender/", "/other-sender/")
+        with pytest.raises(ferry.UsageError, match='is the cell "ferry-sender", but the ticket names the sender "other-sender"'):
+            ferry.get(forged, tmp_path / "out")
+        assert not (tmp_path / "out" / "a.bin").exists()
+
+
 def test_a_sender_that_is_gone_is_a_transfer_error(tmp_path):
     src = write_file(tmp_path / "a.bin", 10)
     s = ferry.Sender()

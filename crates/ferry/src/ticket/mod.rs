@@ -151,6 +151,17 @@ impl TicketError {
 }
 
 impl Ticket {
+    /// Whether `peer`, the cell that answered at the ticket's address, is the sender the ticket
+    /// names or routes for it (one of its FQCN ancestors, as NVFlare's `server` for
+    /// `server.j1`). Anything else means the ticket does not belong to that address.
+    pub fn is_served_by(&self, peer: &str) -> bool {
+        let source = self.source.as_str();
+        peer == source
+            || (source.len() > peer.len()
+                && source.starts_with(peer)
+                && source.as_bytes()[peer.len()] == b'.')
+    }
+
     /// The cellnet URL of the sender (`tcp://HOST:PORT` or `stcp://HOST:PORT`).
     pub fn url(&self) -> String {
         format!("{}://{}", if self.tls { "stcp" } else { "tcp" }, self.addr)

@@ -354,3 +354,16 @@ mod props {
         }
     }
 }
+
+#[test]
+fn the_sender_or_its_parent_serves_a_ticket() {
+    let t = Ticket {
+        source: "server.j1".into(),
+        ..sample()
+    };
+    assert!(t.is_served_by("server.j1"));
+    assert!(t.is_served_by("server"));
+    assert!(!t.is_served_by("serv"));
+    assert!(!t.is_served_by("server.j2"));
+    assert!(!t.is_served_by("other"));
+}
