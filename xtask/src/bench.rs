@@ -147,11 +147,7 @@ fn python(args: &[String]) -> Result<()> {
         .arg("--work")
         .arg(root.join("target/bench-python"))
         .arg("--command")
-        .arg(
-            format!("cargo xtask bench python {}", args.join(" "))
-                .trim_end()
-                .to_string(),
-        );
+        .arg(format!("cargo xtask bench python {}", args.join(" ")).trim_end());
     let mut rest = Vec::new();
     for a in args {
         if a == "--write-docs" {
