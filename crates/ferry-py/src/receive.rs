@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry::fetch::{destination, fetch_ticket};
+use ferry::fetch::{Fetch, FetchOptions};
+use ferry::objects::TensorDictConsumer;
 use ferry::ticket::{Kind, Ticket};
 use ferry::{
-    download_bytes as dl_bytes, download_tensors as dl_tensors, DownloadError, DownloadOptions,
-    DownloadProgress, DownloadService, FileOptions, ServiceOptions,
+    download_bytes as dl_bytes, download_object, DownloadError, DownloadOptions, DownloadProgress,
+    DownloadService, ServiceOptions,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
@@ -123,7 +124,7 @@ impl Call {
         };
         if progress.is_some() {
             let latest = Arc::clone(&latest);
-            let hint = ticket.size;
+            let hint = Some(ticket.size);
             opts = opts.with_progress(move |p| {
                 if let Ok(mut slot) = latest.lock() {
                     *slot = Some(Progress::from(p, hint));
@@ -258,8 +259,7 @@ pub fn get(
         request_timeout,
         cancel.as_deref(),
     )?;
-    let (dir, base) = destination(&call.ticket, &out_dir);
-    let dest = dir.join(&base);
+    let dest = out_dir.join(&call.ticket.name);
     if dest.is_dir() {
         return Err(errors::usage(format!(
             "{} is a directory; remove it or pick another out_dir",
@@ -277,11 +277,16 @@ pub fn get(
             "resume=True applies to files; a tensor dict ticket is downloaded whole",
         ));
     }
-    let file = FileOptions { overwrite, resume };
+    let fopts = FetchOptions {
+        overwrite,
+        resume,
+        ..FetchOptions::default()
+    };
     let part = format!("{}.part", dest.display());
     let ticket_copy = call.ticket.clone();
     let r = call.run(py, move |service, ticket, opts| async move {
-        fetch_ticket(&service, &ticket, &out_dir, file, opts).await
+        let fetch = Fetch::open(&ticket, &out_dir, fopts).await?;
+        fetch.run(&service, opts).await.map(|f| f.path)
     });
     match r {
         Ok((path, _)) => Ok(path),
@@ -419,7 +424,11 @@ pub fn download_tensors<'py>(
     }
     let (dict, _) = call.run(py, |service, ticket, opts| async move {
         let rid = ferry::core::RefId::new(ticket.ref_id.clone());
-        dl_tensors(&service, &ticket.source, &rid, opts).await
+        // Held to the ticket's pin (the tensor-dict digest) whatever the sender sends.
+        let consumer = TensorDictConsumer::new().pin(ticket.pin());
+        let mut c = download_object(&service, &ticket.source, &rid, consumer, opts).await?;
+        c.take()
+            .ok_or_else(|| DownloadError::Local("download completed without tensors".into()))
     })?;
     // Aliases: (address, length) of a tensor already turned into a buffer → that buffer.
     let mut seen: HashMap<(usize, usize), Py<TensorBuffer>> = HashMap::new();
@@ -485,13 +494,17 @@ pub fn download_bytes<'py>(
         let rid = ferry::core::RefId::new(ticket.ref_id.clone());
         dl_bytes(&service, &ticket.source, &rid, opts).await
     })?;
-    if let (Some(want), Some(size)) = (ticket.size, Some(data.len() as u64)) {
-        if want != size {
-            return Err(errors::transfer(format!(
-                "{}: received {size} bytes, the ticket says {want}",
-                ticket.name
-            )));
-        }
+    // A bytes object's chunks carry no pin of their own: hold the result to the ticket's.
+    let got = (data.len() as u64, py.detach(|| blake3::hash(&data)));
+    if got.0 != ticket.size || got.1.to_hex().as_str() != ticket.blake3 {
+        return Err(errors::transfer(format!(
+            "{}: the sender sent {} bytes with BLAKE3 {}, the ticket pins {} bytes with BLAKE3 {}; nothing was kept",
+            ticket.name,
+            got.0,
+            got.1.to_hex(),
+            ticket.size,
+            ticket.blake3
+        )));
     }
     Ok(PyBytes::new(py, &data))
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use ferry::cellnet::Cell;
 use ferry::core::service::{ServiceConfig, ServiceEvent};
 use ferry::core::{Downloadable, RefId, TransferOutcome, TxConfig};
+use ferry::objects::tensors::tensor_dict_pin;
 use ferry::objects::{
     BytesObject, CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject,
 };
@@ -359,6 +360,8 @@ impl Sender {
             })
             .map_err(|e| errors::usage(format!("cannot serve {}: {e}", path.display())))?;
         let (size, digest) = (obj.size(), obj.digest().map(str::to_string));
+        let digest = digest
+            .ok_or_else(|| errors::usage(format!("{}: no digest was computed", path.display())))?;
         self.add(Arc::new(obj), Kind::File, Some(name), size, digest)
     }
 
@@ -395,7 +398,8 @@ impl Sender {
         if let Some(n) = &name {
             check_relative_name(n).map_err(|why| errors::usage(format!("name={n:?}: {why}")))?;
         }
-        let size = dict.total_bytes();
+        // The ticket pins the tensor-dict digest (items in the order they are served).
+        let pin = tensor_dict_pin(&dict);
         let opts = CacheOptions {
             cache_budget: self.cache_bytes,
             ..CacheOptions::default().with_receivers(self.expected.clone())
@@ -406,7 +410,7 @@ impl Sender {
             .tx
             .add_object(Arc::new(obj))
             .map_err(|e| errors::usage(format!("cannot serve the tensors: {e}")))?;
-        Ok(self.ticket_for(rid, Kind::Tensors, name, size, None))
+        Ok(self.ticket_for(rid, Kind::Tensors, name, pin.size, pin.hex()))
     }
 
     /// Serve bytes (a `bytes` object is served without copying; other bytes-like objects are
@@ -449,6 +453,7 @@ impl Sender {
         });
         let obj = obj.map_err(|e| errors::usage(e.to_string()))?;
         let (size, digest) = (obj.len(), obj.digest().map(str::to_string));
+        let digest = digest.ok_or_else(|| errors::usage("no digest was computed for the bytes"))?;
         self.add(Arc::new(obj), Kind::File, name, size, digest)
     }
 
@@ -597,7 +602,7 @@ impl Sender {
         kind: Kind,
         name: Option<String>,
         size: u64,
-        digest: Option<String>,
+        digest: String,
     ) -> PyResult<String> {
         let rid = self
             .tx
@@ -612,7 +617,7 @@ impl Sender {
         kind: Kind,
         name: Option<String>,
         size: u64,
-        digest: Option<String>,
+        digest: String,
     ) -> String {
         let name = name.unwrap_or_else(|| match kind {
             Kind::File => rid.to_string(),
@@ -625,7 +630,7 @@ impl Sender {
             ref_id: rid.to_string(),
             kind,
             name,
-            size: Some(size),
+            size,
             blake3: digest,
         }
         .to_string();

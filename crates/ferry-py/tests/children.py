@@ -29,7 +29,7 @@ def outcome_dict(o):
 
 
 def send(a):
-    s = ferry.Sender(receivers=a.receivers, timeout=600.0)
+    s = ferry.Sender(receivers=a.receivers, timeout=a.tx_timeout)
     t = s.add_file(a.file)
     waiting = threading.Event()
 
@@ -58,7 +58,7 @@ def get(a):
 
     def progress(p):
         # The first report handed over (within ~0.1 s of the start) freezes the sender.
-        if not stalled and p.state in ("start", "active"):
+        if not stalled and p.state == "active" and p.bytes_done > 0:
             os.kill(a.stall, signal.SIGSTOP)
             stalled.append(p.bytes_done)
             emit("STALLED", {"bytes_done": p.bytes_done, "name": name})
@@ -86,6 +86,7 @@ def main():
     s = sub.add_parser("send")
     s.add_argument("file")
     s.add_argument("--receivers", type=int, default=1)
+    s.add_argument("--tx-timeout", type=float, default=600.0)
     g = sub.add_parser("get")
     g.add_argument("ticket")
     g.add_argument("dir")

@@ -24,6 +24,12 @@ def checksums(arrays):
     return out
 
 
+def pin_of(ticket):
+    """The `size=...&b3=...` part of a ticket."""
+    query = dict(kv.split("=", 1) for kv in ticket.split("?", 1)[1].split("&"))
+    return f"size={query['size']}&b3={query['b3']}"
+
+
 def ref_of(ticket):
     return ticket.split("?")[0].rsplit("/", 1)[1]
 
@@ -53,9 +59,17 @@ def test_ferry_receives_a_file_and_a_tensor_dict_from_an_nvflare_sender(peers, t
     ready = nv.next("READY")
     host = f"127.0.0.1:{ready['port']}"
     f = ready["file"]
-    # NVFlare hands out ref ids, not tickets; a ticket is just where, who and what.
-    file_ticket = f"ferry+tcp://{host}/{ready['fqcn']}/{f['ref_id']}?kind=file&name=model.bin&size={f['size']}"
-    tensors_ticket = f"ferry+tcp://{host}/{ready['fqcn']}/{ready['tensors']['ref_id']}?kind=tensors&name=t.safetensors"
+    # NVFlare hands out ref ids, not tickets. A ticket is where, who, what, and the pin (size
+    # and digest) of the content the receiver expects: the pins come from a ferry sender of the
+    # same content (the same file; the same arrays, made as the NVFlare script makes them).
+    sys.path.insert(0, str(PY_PEERS))
+    import ferry_peer
+
+    with ferry.Sender() as pins:
+        file_pin = pin_of(pins.add_file(src))
+        tensors_pin = pin_of(pins.add_tensors(ferry_peer.make_arrays(11, 6)))
+    file_ticket = f"ferry+tcp://{host}/{ready['fqcn']}/{f['ref_id']}?kind=file&name=model.bin&{file_pin}"
+    tensors_ticket = f"ferry+tcp://{host}/{ready['fqcn']}/{ready['tensors']['ref_id']}?kind=tensors&name=t.safetensors&{tensors_pin}"
     path = ferry.get(file_ticket, tmp_path / "out")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"] == sha256(src)
     got = ferry.download_tensors(tensors_ticket)
