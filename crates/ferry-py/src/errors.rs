@@ -10,7 +10,7 @@
 //! `Interrupted` derives from `KeyboardInterrupt`, not from `FerryError`, so that an
 //! `except Exception:` in user code does not swallow a Ctrl-C.
 
-use ferry::core::{DownloadFailure, ReturnCode};
+use ferry::core::{DownloadFailure, Refusal, ReturnCode};
 use ferry::ticket::Ticket;
 use ferry::DownloadError;
 use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
@@ -80,14 +80,32 @@ pub fn download_failed(e: DownloadError, t: &Ticket, part: Option<&str>) -> PyEr
                 "the sender {src} refused this receiver ({}): it serves only its allowed receivers; pass one of those names with name=",
                 detail.unwrap_or_else(|| rc.to_string())
             )),
-            DownloadFailure::RequestFailed {
-                rc: ReturnCode::InvalidRequest,
-                detail: Some(detail),
-                ..
-            } if detail.contains(ferry::core::service::NOT_EXPECTED_RECEIVER) => transfer(format!(
-                "the sender {src} refused {}: {detail}; it serves only its allowed receivers; pass one of those names with name=",
-                t.name
-            )),
+            DownloadFailure::Refused {
+                refusal, detail, ..
+            } => {
+                let (name, said) = (&t.name, said(detail));
+                transfer(match refusal {
+                    Refusal::NotExpectedReceiver => format!(
+                        "the sender {src} refused {name}: this receiver is not on its list{said}; it serves only its allowed receivers; pass one of those names with name="
+                    ),
+                    Refusal::ReceiverLimitReached => format!(
+                        "the sender {src} refused {name}: it already serves all the receivers it expects{said}; a receiver coming back after a failure must use the name= it had"
+                    ),
+                    Refusal::TransactionFinished => format!(
+                        "the sender {src} no longer serves {name}: its transfer is over{said}; ask for a fresh ticket; {retry}"
+                    ),
+                    Refusal::UnknownRef => format!(
+                        "the sender {src} does not serve {name} (ref {}){said}: the ticket is from another or an older sender; ask for a fresh ticket; {retry}",
+                        t.ref_id
+                    ),
+                    Refusal::InvalidRequest => format!(
+                        "the sender {src} refused the request for {name} as invalid{said}; if this is a resumed download, its .part file may be damaged: call again without resume=True; {retry}"
+                    ),
+                    Refusal::ShutDown => format!(
+                        "the sender {src} is shutting down{said}; ask for a fresh ticket when it serves again; {retry}"
+                    ),
+                })
+            }
             DownloadFailure::RequestFailed {
                 rc: ReturnCode::InvalidRequest,
                 detail,

@@ -272,6 +272,11 @@ pub fn get(
             dest.display()
         )));
     }
+    if call.ticket.kind == Kind::Set {
+        return Err(errors::usage(
+            "this ticket names a set of objects: fetch it with the `ferry get` command",
+        ));
+    }
     if resume && call.ticket.kind == Kind::Tensors {
         return Err(errors::usage(
             "resume=True applies to files; a tensor dict ticket is downloaded whole",
@@ -486,8 +491,9 @@ pub fn download_bytes<'py>(
     )?;
     if call.ticket.kind != Kind::File {
         return Err(errors::usage(format!(
-            "{} is a tensor dict ticket; use ferry.download_tensors()",
-            call.ticket.name
+            "{} is a {} ticket, not bytes or a file; use ferry.download_tensors() for a tensor dict, the `ferry get` command for a set",
+            call.ticket.name,
+            call.ticket.kind.as_str()
         )));
     }
     let (data, ticket) = call.run(py, |service, ticket, opts| async move {

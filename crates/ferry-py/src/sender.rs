@@ -622,6 +622,8 @@ impl Sender {
         let name = name.unwrap_or_else(|| match kind {
             Kind::File => rid.to_string(),
             Kind::Tensors => format!("{rid}.safetensors"),
+            // A Sender never hands out sets (the `ferry` command does).
+            Kind::Set => rid.to_string(),
         });
         let t = Ticket {
             tls: self.bound.starts_with("stcp://"),
@@ -689,6 +691,7 @@ fn spawn_event_thread(
                     ref_id,
                     receiver,
                     status,
+                    ..
                 } if *t == tx_id => (
                     Event {
                         kind: "downloaded_to_one",
