@@ -2,7 +2,6 @@
 //! connecting rules shared by every receiving function.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry::cellnet::{Cell, CellnetError, TlsConfig};
 use pyo3::prelude::*;
@@ -24,9 +23,9 @@ pub struct Tls {
     pub(crate) config: TlsConfig,
     /// The certificate's CN: the default cell name of a TLS receiver.
     pub(crate) common_name: Option<String>,
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) ca: PathBuf,
 }
 
 #[pymethods]
@@ -112,21 +111,17 @@ pub fn build_cell(name: &str, tls: Option<&Tls>) -> PyResult<Cell> {
     })
 }
 
-/// The name of a receiving cell: the caller's, else the TLS certificate's CN, else a name
-/// unique to this call (`ferry-py-PID-N`: two downloads of one process never share a name, so
-/// a sender never mistakes one for the other).
+/// The name of a receiving cell: the caller's, else the TLS certificate's CN, else this
+/// process's (`ferry-py-PID`, as `ferry get` is `ferry-get-PID`): a process counts as one
+/// receiver, whatever it downloads, and its overlapping calls share one cell
+/// ([`crate::pool`]).
 pub fn receiver_name(name: Option<String>, tls: Option<&Tls>) -> PyResult<String> {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
     match (name, tls) {
         (Some(n), _) => Ok(n),
         (None, Some(t)) => t.common_name.clone().ok_or_else(|| {
             errors::usage("the TLS certificate has no common name; pass name= explicitly")
         }),
-        (None, None) => Ok(format!(
-            "ferry-py-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )),
+        (None, None) => Ok(format!("ferry-py-{}", std::process::id())),
     }
 }
 

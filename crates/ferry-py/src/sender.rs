@@ -1,7 +1,6 @@
 //! `ferry.Sender`: a cell listening for receivers, its download service, and one transaction
 //! whose objects (files, tensor dicts, bytes) are handed out as tickets.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry::cellnet::Cell;
-use ferry::core::service::{ServiceConfig, ServiceEvent};
+use ferry::core::service::ServiceConfig;
 use ferry::core::{Downloadable, RefId, TransferOutcome, TxConfig};
 use ferry::objects::tensors::tensor_dict_pin;
 use ferry::objects::{
@@ -18,13 +17,13 @@ use ferry::objects::{
 use ferry::ticket::{advertised_addr, check_relative_name, Kind, Ticket};
 use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyMapping};
-use tokio::sync::broadcast::error::RecvError;
+use pyo3::types::{PyBytes, PyMapping};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cells::{build_cell, check_name, Tls};
 use crate::errors;
+use crate::events::{outcome_of, spawn_event_thread, Outcome, Tickets};
 use crate::memory::{bytes_from_py, tensor_from_py};
 use crate::runtime::{block_on, block_on_quick, runtime};
 
@@ -36,121 +35,16 @@ const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 /// Throttle of the sender's progress events (only produced when `on_event` is set).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// What a transaction ended with: `Sender.wait()` returns it.
-#[pyclass(module = "ferry._ferry", frozen)]
-pub struct Outcome {
-    /// `completed`, `failed` or `aborted` (NVFlare's outcome statuses).
-    #[pyo3(get)]
-    status: String,
-    /// Why (`all_receivers_succeeded`, `timeout`, `deleted`, ...).
-    #[pyo3(get)]
-    reason: String,
-    /// How the transaction ended (`finished`, `timeout`, `deleted`, `shutdown`).
-    #[pyo3(get)]
-    done_status: String,
-    /// Per ticket (in the order the objects were added), the final status of each receiver
-    /// (`success` or `failed`).
-    receivers: Vec<(String, BTreeMap<String, String>)>,
-}
+/// Default `reconnect_timeout` (as `ferry serve --reconnect-timeout`).
+const DEFAULT_RECONNECT_SECS: f64 = 30.0;
 
-#[pymethods]
-impl Outcome {
-    /// Whether every expected receiver got every object.
-    #[getter]
-    fn completed(&self) -> bool {
-        self.status == "completed"
-    }
-
-    /// `{ticket: {receiver: "success" | "failed"}}` for every object of the transaction.
-    #[getter]
-    fn receivers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (t, m) in &self.receivers {
-            let inner = PyDict::new(py);
-            for (k, v) in m {
-                inner.set_item(k, v)?;
-            }
-            d.set_item(t, inner)?;
-        }
-        Ok(d)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "ferry.Outcome(status={:?}, reason={:?}, receivers={:?})",
-            self.status, self.reason, self.receivers
-        )
-    }
-}
-
-/// One lifecycle event of a sender's transaction, passed to `on_event`.
-#[pyclass(module = "ferry._ferry", frozen)]
-pub struct Event {
-    /// `downloaded_to_one`, `downloaded_to_all`, `progress` or `transaction_done`.
-    #[pyo3(get)]
-    kind: &'static str,
-    /// The object's ticket (not for `transaction_done`).
-    #[pyo3(get)]
-    ticket: Option<String>,
-    /// The receiver (`downloaded_to_one`, `progress`).
-    #[pyo3(get)]
-    receiver: Option<String>,
-    /// `success` or `failed` (`downloaded_to_one`).
-    #[pyo3(get)]
-    status: Option<String>,
-    /// Bytes served to the receiver so far (`progress`).
-    #[pyo3(get)]
-    bytes_done: Option<u64>,
-    outcome: Option<Py<Outcome>>,
-}
-
-#[pymethods]
-impl Event {
-    /// The outcome (`transaction_done`).
-    #[getter]
-    fn outcome(&self, py: Python<'_>) -> Option<Py<Outcome>> {
-        self.outcome.as_ref().map(|o| o.clone_ref(py))
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "ferry.Event(kind={:?}, receiver={:?}, status={:?}, bytes_done={:?})",
-            self.kind, self.receiver, self.status, self.bytes_done
-        )
-    }
-}
-
-/// The tickets of a sender's objects as (ref id, ticket), in the order they were added (for
-/// outcomes, events and `Sender.tickets`).
-type Tickets = Arc<Mutex<Vec<(String, String)>>>;
-
-/// The ticket of `rid`, or the bare ref id if it has none.
-fn ticket_of(tickets: &Tickets, rid: &str) -> String {
-    tickets
-        .lock()
-        .ok()
-        .and_then(|m| m.iter().find(|(r, _)| r == rid).map(|(_, t)| t.clone()))
-        .unwrap_or_else(|| rid.to_string())
-}
-
-fn outcome_of(o: &TransferOutcome, tickets: &Tickets) -> Outcome {
-    Outcome {
-        status: o.status.as_str().to_string(),
-        reason: o.reason.to_string(),
-        done_status: o.done_status.as_str().to_string(),
-        receivers: o
-            .refs
-            .iter()
-            .map(|(rid, st)| {
-                (
-                    ticket_of(tickets, rid.as_str()),
-                    st.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().to_string()))
-                        .collect(),
-                )
-            })
-            .collect(),
-    }
+/// How the tickets a sender hands out are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TicketFormat {
+    /// `ferry1...`.
+    Compact,
+    /// `ferry+tcp://HOST:PORT/SENDER/REF?...`.
+    Url,
 }
 
 /// Serve files, tensor dicts and bytes to receivers, as one transaction.
@@ -163,6 +57,7 @@ pub struct Sender {
     bound: String,
     addr: String,
     chunk_size: u64,
+    ticket_format: TicketFormat,
     tickets: Tickets,
     closed: AtomicBool,
     /// Who the transaction expects (tensor items leave the cache once all of them have one).
@@ -178,7 +73,7 @@ pub struct Sender {
 #[pymethods]
 impl Sender {
     #[new]
-    #[pyo3(signature = (listen="tcp://127.0.0.1:0", *, name="ferry-sender", receivers=1, allow=None, tls=None, timeout=600.0, advertise=None, chunk_size=1_048_576, cache_bytes=DEFAULT_CACHE_BYTES, on_event=None))]
+    #[pyo3(signature = (listen="tcp://127.0.0.1:0", *, name="ferry-sender", receivers=1, allow=None, tls=None, timeout=600.0, reconnect_timeout=DEFAULT_RECONNECT_SECS, advertise=None, chunk_size=1_048_576, cache_bytes=DEFAULT_CACHE_BYTES, ticket_format="compact", on_event=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -188,17 +83,33 @@ impl Sender {
         allow: Option<Vec<String>>,
         tls: Option<Tls>,
         timeout: f64,
+        reconnect_timeout: f64,
         advertise: Option<String>,
         chunk_size: u64,
         cache_bytes: u64,
+        ticket_format: &str,
         on_event: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         check_name("name", name)?;
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(errors::usage(format!(
-                "timeout={timeout}: expected a positive number of seconds"
-            )));
+        for (what, secs) in [
+            ("timeout", timeout),
+            ("reconnect_timeout", reconnect_timeout),
+        ] {
+            if !(secs.is_finite() && secs > 0.0) {
+                return Err(errors::usage(format!(
+                    "{what}={secs}: expected a positive number of seconds"
+                )));
+            }
         }
+        let ticket_format = match ticket_format {
+            "compact" => TicketFormat::Compact,
+            "url" => TicketFormat::Url,
+            other => {
+                return Err(errors::usage(format!(
+                    "ticket_format={other:?}: expected \"compact\" (ferry1...) or \"url\" (ferry+tcp://...)"
+                )))
+            }
+        };
         if !(64 << 10..=64 << 20).contains(&chunk_size) {
             return Err(errors::usage(format!(
                 "chunk_size={chunk_size}: expected 64 KiB to 64 MiB"
@@ -257,7 +168,9 @@ impl Sender {
             Some(ids) => ExpectedReceivers::Ids(ids.clone()),
             None => ExpectedReceivers::Count(receivers),
         };
-        let mut cfg = TxConfig::new(Duration::from_secs_f64(timeout));
+        // A receiver whose connection closed fails after reconnect_timeout unless it is back.
+        let mut cfg = TxConfig::new(Duration::from_secs_f64(timeout))
+            .with_reconnect_timeout(Duration::from_secs_f64(reconnect_timeout));
         cfg = match &allow {
             Some(ids) => cfg.with_receiver_ids(ids.clone()),
             None => cfg.with_num_receivers(receivers),
@@ -288,6 +201,7 @@ impl Sender {
             name: name.to_string(),
             bound,
             chunk_size,
+            ticket_format,
             tickets,
             closed: AtomicBool::new(false),
             expected,
@@ -634,8 +548,11 @@ impl Sender {
             name,
             size,
             blake3: digest,
-        }
-        .to_string();
+        };
+        let t = match self.ticket_format {
+            TicketFormat::Compact => t.to_compact(),
+            TicketFormat::Url => t.to_url(),
+        };
         if let Ok(mut m) = self.tickets.lock() {
             m.push((rid.to_string(), t.clone()));
         }
@@ -658,107 +575,5 @@ impl Drop for Sender {
             service.shutdown().await;
             cell.shutdown().await;
         });
-    }
-}
-
-/// Deliver the transaction's events to `cb` from a thread of its own (so a slow callback never
-/// stalls a transfer); an exception in `cb` is reported through `sys.unraisablehook` and the
-/// next event is delivered. Ends after `transaction_done`, or when the service shuts down.
-fn spawn_event_thread(
-    cb: Py<PyAny>,
-    mut rx: tokio::sync::broadcast::Receiver<ServiceEvent>,
-    tx_id: ferry::core::TxId,
-    tickets: Tickets,
-    done: watch::Sender<bool>,
-) {
-    let run = move || {
-        let ticket_of = |rid: &RefId| ticket_of(&tickets, rid.as_str());
-        loop {
-            let ev = match runtime().block_on(rx.recv()) {
-                Ok(ev) => ev,
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "on_event is slower than the events; some were dropped"
-                    );
-                    continue;
-                }
-                Err(RecvError::Closed) => break,
-            };
-            let (event, last) = match &ev {
-                ServiceEvent::DownloadedToOne {
-                    tx_id: t,
-                    ref_id,
-                    receiver,
-                    status,
-                    ..
-                } if *t == tx_id => (
-                    Event {
-                        kind: "downloaded_to_one",
-                        ticket: Some(ticket_of(ref_id)),
-                        receiver: Some(receiver.clone()),
-                        status: Some(status.as_str().to_string()),
-                        bytes_done: None,
-                        outcome: None,
-                    },
-                    false,
-                ),
-                ServiceEvent::DownloadedToAll { tx_id: t, ref_id } if *t == tx_id => (
-                    Event {
-                        kind: "downloaded_to_all",
-                        ticket: Some(ticket_of(ref_id)),
-                        receiver: None,
-                        status: None,
-                        bytes_done: None,
-                        outcome: None,
-                    },
-                    false,
-                ),
-                ServiceEvent::Progress(p) if p.tx_id.as_ref() == Some(&tx_id) => (
-                    Event {
-                        kind: "progress",
-                        ticket: Some(ticket_of(&p.ref_id)),
-                        receiver: p.receiver.clone(),
-                        status: None,
-                        bytes_done: Some(p.bytes_done),
-                        outcome: None,
-                    },
-                    false,
-                ),
-                ServiceEvent::TransactionDone { outcome, .. } if outcome.tx_id == tx_id => {
-                    let o = outcome_of(outcome, &tickets);
-                    let event = Python::attach(|py| {
-                        Py::new(py, o).map(|o| Event {
-                            kind: "transaction_done",
-                            ticket: None,
-                            receiver: None,
-                            status: None,
-                            bytes_done: None,
-                            outcome: Some(o),
-                        })
-                    });
-                    match event {
-                        Ok(e) => (e, true),
-                        Err(_) => break,
-                    }
-                }
-                _ => continue,
-            };
-            Python::attach(|py| {
-                if let Err(e) = cb.call1(py, (event,)) {
-                    e.write_unraisable(py, Some(cb.bind(py)));
-                }
-            });
-            if last {
-                break;
-            }
-        }
-        let _ = done.send(true);
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("ferry-events".into())
-        .spawn(run)
-    {
-        tracing::warn!(error = %e, "cannot start the event thread; on_event will not be called");
     }
 }

@@ -1,10 +1,13 @@
 """Child processes of the fault tests, speaking the READY/RESULT line protocol.
 
-  children.py send FILE [--receivers N]        a Sender serving FILE: READY {"ticket", "pid"},
-                                               then RESULT {"outcome": {...}} or {"interrupted"}
-  children.py get TICKET DIR --stall PID [--resume] [--then kill|wait]
+  children.py send FILE [--receivers N | --allow NAME...] [--reconnect-timeout S]
+                                               a Sender serving FILE: READY {"ticket", "pid"},
+                                               EVENT {"event", "receiver", ...} for each of its
+                                               events but progress, then RESULT {"outcome": {...}}
+                                               or {"interrupted"}
+  children.py get TICKET DIR [--stall PID] [--resume] [--then kill|wait] [--name NAME]
                                                ferry.get; at the first progress report it
-                                               SIGSTOPs process PID (the sender), prints
+                                               SIGSTOPs process PID (the sender) if given, prints
                                                STALLED {}, then SIGKILLs itself (kill) or goes
                                                on waiting for a Ctrl-C (wait)
 """
@@ -28,8 +31,20 @@ def outcome_dict(o):
     return None if o is None else {"status": o.status, "reason": o.reason, "done_status": o.done_status, "receivers": o.receivers}
 
 
+def on_event(e):
+    if e.kind != "progress":
+        fields = ("receiver", "status", "cause", "refusal", "replaced_by")
+        emit("EVENT", {"event": e.kind, **{k: getattr(e, k) for k in fields}})
+
+
 def send(a):
-    s = ferry.Sender(receivers=a.receivers, timeout=a.tx_timeout)
+    s = ferry.Sender(
+        receivers=a.receivers,
+        allow=a.allow,
+        timeout=a.tx_timeout,
+        reconnect_timeout=a.reconnect_timeout,
+        on_event=on_event,
+    )
     t = s.add_file(a.file)
     waiting = threading.Event()
 
@@ -59,13 +74,14 @@ def get(a):
     def progress(p):
         # The first report handed over (within ~0.1 s of the start) freezes the sender.
         if not stalled and p.state == "active" and p.bytes_done > 0:
-            os.kill(a.stall, signal.SIGSTOP)
+            if a.stall:
+                os.kill(a.stall, signal.SIGSTOP)
             stalled.append(p.bytes_done)
             emit("STALLED", {"bytes_done": p.bytes_done, "name": name})
             if a.then == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    name = f"child-{os.getpid()}"
+    name = a.name or f"child-{os.getpid()}"
     try:
         path = ferry.get(a.ticket, a.dir, resume=a.resume, progress=progress, name=name)
         emit("RESULT", {"path": str(path), "stalled": stalled})
@@ -86,13 +102,16 @@ def main():
     s = sub.add_parser("send")
     s.add_argument("file")
     s.add_argument("--receivers", type=int, default=1)
+    s.add_argument("--allow", action="append")
     s.add_argument("--tx-timeout", type=float, default=600.0)
+    s.add_argument("--reconnect-timeout", type=float, default=30.0)
     g = sub.add_parser("get")
     g.add_argument("ticket")
     g.add_argument("dir")
-    g.add_argument("--stall", type=int, required=True)
+    g.add_argument("--stall", type=int, help="the sender's pid, frozen at the first report")
     g.add_argument("--resume", action="store_true")
     g.add_argument("--then", choices=["kill", "wait"], default="wait")
+    g.add_argument("--name")
     a = p.parse_args()
     send(a) if a.role == "send" else get(a)
 

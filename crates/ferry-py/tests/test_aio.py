@@ -10,7 +10,7 @@ import pytest
 
 import ferry
 from conftest import LONG, sha256, write_file
-from test_faults import CANCEL_TX_TIMEOUT, assert_cancelled, big, start_sender  # noqa: F401
+from test_faults import assert_withdrew, big, end_sender, start_sender  # noqa: F401
 
 
 def test_async_downloads(tmp_path):
@@ -43,7 +43,7 @@ def test_async_downloads(tmp_path):
 
 
 def test_cancelling_the_task_cancels_the_transfer(peers, big, tmp_path):
-    sender, ticket, pid = start_sender(peers, big, tx_timeout=CANCEL_TX_TIMEOUT)
+    sender, ticket, pid = start_sender(peers, big)
     out = tmp_path / "out"
 
     async def main():
@@ -61,4 +61,5 @@ def test_cancelling_the_task_cancels_the_transfer(peers, big, tmp_path):
 
     asyncio.run(main())
     assert not (out / "big.bin").exists() and not (out / "big.bin.part").exists()
-    assert_cancelled(sender.next("RESULT")["outcome"], "site-1")
+    assert_withdrew(sender, "site-1")
+    end_sender(sender)

@@ -33,12 +33,15 @@ def test_the_send_example(tmp_path, monkeypatch):
 
     def publish(tickets):
         def receiver(i):
+            # Four receivers in one process: each needs a name of its own (one process is
+            # otherwise one receiver, ferry-py-PID).
+            name = f"site-{i}"
             try:
                 for t in tickets:
-                    if "kind=tensors" in t:
-                        got.append(ferry.download_tensors(t))
+                    if ferry.Ticket(t).kind == "tensors":
+                        got.append(ferry.download_tensors(t, name=name))
                     else:
-                        got.append(ferry.get(t, tmp_path / f"r{i}"))
+                        got.append(ferry.get(t, tmp_path / f"r{i}", name=name))
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 

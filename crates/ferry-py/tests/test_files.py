@@ -19,8 +19,11 @@ def test_a_file_reaches_a_receiver_verified_and_the_outcome_says_so(tmp_path):
     events = []
     with ferry.Sender(receivers=1, on_event=events.append) as s:
         t = s.add_file(src)
-        assert t.startswith("ferry+tcp://127.0.0.1:") and "kind=file" in t and "name=model.bin" in t
-        assert f"size={src.stat().st_size}" in t and "&b3=" in t
+        assert t.startswith("ferry1") and t.isalnum() and t.islower(), t
+        info = ferry.Ticket(t)
+        assert (info.kind, info.name, info.size, info.source) == ("file", "model.bin", src.stat().st_size, "ferry-sender")
+        assert info.address == s.address and info.address.startswith("127.0.0.1:") and not info.tls
+        assert len(info.blake3) == 64 and str(info) == t == info.compact
         assert s.tickets == [t]
         seen = []
         out = ferry.get(t, tmp_path / "out", progress=seen.append)
@@ -38,6 +41,28 @@ def test_a_file_reaches_a_receiver_verified_and_the_outcome_says_so(tmp_path):
     assert kinds == ["downloaded_to_one", "downloaded_to_all", "transaction_done"], kinds
     assert events[-1].outcome.completed
     assert events[0].ticket == t or events[0].kind == "progress"
+    assert events[0].cause is None and events[0].refusal is None
+
+
+def test_tickets_in_either_form_and_as_ticket_objects(tmp_path):
+    blob = os.urandom(100_000)
+    with ferry.Sender(receivers=2, ticket_format="url") as s:
+        t = s.add_bytes(blob, name="blob.bin")
+        assert t.startswith("ferry+tcp://127.0.0.1:") and "kind=file" in t and "name=blob.bin" in t
+        info = ferry.Ticket(t)
+        assert info.url == t and info == t and info == info.compact and hash(info) == hash(ferry.Ticket(info.compact))
+        assert info.ref_id in t and info.source == "ferry-sender"
+        # Receivers take a str of either form or a Ticket.
+        assert ferry.download_bytes(info, name="site-1") == blob
+        assert ferry.get(info.compact, tmp_path / "out", name="site-2").read_bytes() == blob
+        assert s.wait(LONG).completed
+    assert 'kind="file"' in repr(info) and 'name="blob.bin"' in repr(info)
+    with pytest.raises(ferry.UsageError, match="ticket_format"):
+        ferry.Sender(ticket_format="yaml")
+    with pytest.raises(ferry.UsageError, match="malformed ticket"):
+        ferry.Ticket(info.compact[:-3])
+    with pytest.raises(ferry.UsageError, match="expected a str"):
+        ferry.get(42, tmp_path)
 
 
 def test_files_keep_their_relative_names_and_bytes_round_trip(tmp_path):
@@ -81,7 +106,7 @@ def test_the_ferry_command_reads_python_tickets_and_python_reads_its_tickets(tmp
     )
     try:
         ticket = serve.stdout.readline().strip()
-        assert ticket.startswith("ferry+tcp://"), serve.stderr.read()
+        assert ticket.startswith("ferry1") and ferry.Ticket(ticket).kind == "file", serve.stderr.read()
         p = ferry.get(ticket, tmp_path / "py")
         assert sha256(p) == sha256(src)
         assert serve.wait(timeout=LONG) == 0
@@ -93,15 +118,54 @@ def test_the_ferry_command_reads_python_tickets_and_python_reads_its_tickets(tmp
 
 def test_identity_mode_refuses_a_receiver_outside_allow(tmp_path):
     src = write_file(tmp_path / "a.bin", 4096)
-    with ferry.Sender(allow=["site-1"], timeout=LONG) as s:
+    events = []
+    with ferry.Sender(allow=["site-1"], timeout=LONG, on_event=events.append) as s:
         t = s.add_file(src)
-        with pytest.raises(ferry.TransferError, match="allowed receivers"):
+        with pytest.raises(ferry.TransferError, match="allowed receivers") as e:
             ferry.get(t, tmp_path / "x", name="site-9")
+        assert e.value.refusal == "NOT_EXPECTED_RECEIVER"
         assert not (tmp_path / "x" / "a.bin").exists()
         assert ferry.get(t, tmp_path / "y", name="site-1").read_bytes() == src.read_bytes()
         o = s.wait(LONG)
     assert o.completed
     assert list(o.receivers[t]) == ["site-1"]
+    (refused,) = [e for e in events if e.kind == "refused"]
+    assert (refused.receiver, refused.refusal, refused.ticket) == ("site-9", "NOT_EXPECTED_RECEIVER", t)
+
+
+def test_refusals_are_typed_codes_a_program_can_match(tmp_path):
+    """Count mode: a receiver beyond the count is refused while the one holding the place is
+    downloading (RECEIVER_LIMIT_REACHED); once the transaction is over, a late pull is refused
+    (TRANSACTION_FINISHED)."""
+    big = write_file(tmp_path / "big.bin", 128 << 20)
+    events, tried = [], []
+    with ferry.Sender(receivers=1, timeout=LONG, on_event=events.append) as s:
+        t_big, t_small = s.add_file(big), s.add_bytes(b"small")
+
+        def progress(p):
+            # site-1 is mid-transfer, connected: it holds the only place.
+            if not tried and p.state == "active" and p.bytes_done > 0:
+                try:
+                    ferry.download_bytes(t_small, name="site-2")
+                    tried.append(None)
+                except ferry.TransferError as e:
+                    tried.append(e)
+
+        ferry.get(t_big, tmp_path / "out", name="site-1", progress=progress)
+        assert tried and tried[0] is not None, "site-2 was served although site-1 held the place"
+        assert tried[0].refusal == "RECEIVER_LIMIT_REACHED"
+        assert "already serves all the receivers it expects" in str(tried[0])
+        assert ferry.download_bytes(t_small, name="site-1") == b"small"
+        assert s.wait(LONG).completed
+        with pytest.raises(ferry.TransferError, match="transfer is over") as e:
+            ferry.download_bytes(t_small, name="site-3")
+        assert e.value.refusal == "TRANSACTION_FINISHED"
+    refused = [(e.receiver, e.refusal, e.ticket) for e in events if e.kind == "refused"]
+    assert ("site-2", "RECEIVER_LIMIT_REACHED", t_small) in refused, refused
+    # Failures without a refusal have none.
+    with pytest.raises(ferry.UsageError) as e:
+        ferry.get("ferry+tcp://nowhere", tmp_path)
+    assert e.value.refusal is None
 
 
 def test_bad_input_is_a_usage_error_and_transfers_nothing(tmp_path):
@@ -127,7 +191,7 @@ def test_bad_input_is_a_usage_error_and_transfers_nothing(tmp_path):
         with pytest.raises(ferry.UsageError, match="tensor dict"):
             ferry.download_tensors(t)
     with pytest.raises(ferry.UsageError, match="TLS sender"):
-        ferry.get(t.replace("ferry+tcp://", "ferry+stcp://"), tmp_path)
+        ferry.get(ferry.Ticket(t).url.replace("ferry+tcp://", "ferry+stcp://"), tmp_path)
     assert issubclass(ferry.UsageError, ferry.FerryError) and issubclass(ferry.TransferError, ferry.FerryError)
     assert issubclass(ferry.Interrupted, KeyboardInterrupt) and not issubclass(ferry.Interrupted, Exception)
 
@@ -136,7 +200,7 @@ def test_a_ticket_answered_by_another_cell_is_refused(tmp_path):
     src = write_file(tmp_path / "a.bin", 10)
     with ferry.Sender(name="ferry-sender") as s:
         t = s.add_file(src)
-        forged = t.replace("/ferry-sender/", "/other-sender/")
+        forged = ferry.Ticket(t).url.replace("/ferry-sender/", "/other-sender/")
         with pytest.raises(ferry.UsageError, match='is the cell "ferry-sender", but the ticket names the sender "other-sender"'):
             ferry.get(forged, tmp_path / "out")
         assert not (tmp_path / "out" / "a.bin").exists()

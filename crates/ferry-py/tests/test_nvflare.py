@@ -25,13 +25,13 @@ def checksums(arrays):
 
 
 def pin_of(ticket):
-    """The `size=...&b3=...` part of a ticket."""
-    query = dict(kv.split("=", 1) for kv in ticket.split("?", 1)[1].split("&"))
-    return f"size={query['size']}&b3={query['b3']}"
+    """The `size=...&b3=...` part of a URL ticket: the pin of a ticket's content."""
+    t = ferry.Ticket(ticket)
+    return f"size={t.size}&b3={t.blake3}"
 
 
 def ref_of(ticket):
-    return ticket.split("?")[0].rsplit("/", 1)[1]
+    return ferry.Ticket(ticket).ref_id
 
 
 def test_ferry_receives_a_file_and_a_tensor_dict_from_an_nvflare_sender(peers, tmp_path):

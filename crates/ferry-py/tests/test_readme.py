@@ -39,6 +39,8 @@ def test_the_stubs_name_what_the_module_has():
                 for m in node.body:
                     if isinstance(m, ast.FunctionDef) and not m.name.startswith("_"):
                         assert hasattr(cls, m.name), f"{node.name}.{m.name} is stubbed but missing"
+                    if isinstance(m, ast.AnnAssign):
+                        assert hasattr(cls, m.target.id), f"{node.name}.{m.target.id} is stubbed but missing"
         elif isinstance(node, ast.AnnAssign):
             stubbed.add(node.target.id)
     public = {n for n in dir(native) if not n.startswith("_")} | {"__version__"}

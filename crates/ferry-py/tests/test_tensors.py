@@ -41,7 +41,7 @@ def test_a_numpy_dict_arrives_with_names_dtypes_shapes_and_values(tmp_path):
     d = sample()
     with ferry.Sender(receivers=1) as s:
         t = s.add_tensors(d, name="model.safetensors")
-        assert "kind=tensors" in t and "name=model.safetensors" in t
+        assert (ferry.Ticket(t).kind, ferry.Ticket(t).name) == ("tensors", "model.safetensors")
         got = ferry.download_tensors(t)
         # The sender's order, except that a tied name follows the name it is tied to.
         assert [k for k in got if k != "tied"] == [k for k in d if k != "tied"]

@@ -74,7 +74,7 @@ def test_files_and_tensors_over_mutual_tls(tmp_path):
         assert s.url.startswith("stcp://")
         t_file = s.add_file(src)
         t_tensors = s.add_tensors({"w": np.arange(12, dtype=np.float32).reshape(3, 4)})
-        assert t_file.startswith("ferry+stcp://")
+        assert ferry.Ticket(t_file).tls and ferry.Ticket(t_file).url.startswith("ferry+stcp://")
         with pytest.raises(ferry.UsageError, match="TLS sender"):
             ferry.get(t_file, tmp_path / "plain")
         # Named after its certificate (site-1) by default.

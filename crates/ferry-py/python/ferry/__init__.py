@@ -3,13 +3,14 @@
 A ``Sender`` listens for receivers and serves its objects in one transaction; each
 ``add_file`` / ``add_tensors`` / ``add_bytes`` returns a *ticket*, a string that tells a
 receiver everything it needs (the same tickets the ``ferry`` command prints and reads). A
-receiver passes the ticket to ``get`` (into a directory), ``download_tensors`` (a dict of numpy
-arrays or torch tensors over ferry's own buffers) or ``download_bytes``. ``aget`` /
+receiver passes the ticket to ``get`` (into a directory; a set ticket of ``ferry serve DIR``
+gets the whole directory), ``download_tensors`` (a dict of numpy arrays or torch tensors over
+ferry's own buffers) or ``download_bytes``. ``Ticket(t)`` reads a ticket into its fields. ``aget`` /
 ``aget_tensors`` / ``adownload_bytes`` are the asyncio versions.
 
 The GIL is released while bytes move. Ctrl-C cancels a transfer cleanly (the peer is told) and
 raises ``Interrupted``; other failures raise ``UsageError`` (bad input; nothing transferred) or
-``TransferError`` (the transfer failed). Senders and receivers speak NVFlare 2.9's wire, so
+``TransferError`` (the transfer failed; ``e.refusal`` is the sender's refusal code, if any). Senders and receivers speak NVFlare 2.9's wire, so
 NVFlare cells can be either side.
 
     >>> import ferry, numpy as np
@@ -35,6 +36,7 @@ from ._ferry import (
     Progress,
     Sender,
     TensorBuffer,
+    Ticket,
     TLS,
     TransferError,
     UsageError,
@@ -54,6 +56,7 @@ __all__ = [
     "Sender",
     "TLS",
     "TensorBuffer",
+    "Ticket",
     "TransferError",
     "UsageError",
     "__version__",
@@ -66,10 +69,11 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
+TicketLike = Union[str, Ticket]
 
 
 def download_tensors(
-    ticket: str,
+    ticket: TicketLike,
     framework: str = "numpy",
     *,
     writable: bool = False,
@@ -89,7 +93,7 @@ def download_tensors(
     ``writable=False`` do not modify the tensors you get (copy them, or pass ``writable=True``).
 
     Tensors that were views of one buffer on the sender (tied weights) share one buffer again.
-    ``progress`` is called on this thread with a ``Progress`` about every 250 ms; ``name``
+    ``progress`` is called on this thread with a ``Progress`` about every 50 ms; ``name``
     is this receiver's cell name (default: unique per call, or the TLS certificate's CN);
     ``cancel`` is a ``CancelToken`` another thread may cancel. Raises ``UsageError``,
     ``TransferError`` or ``Interrupted``.
@@ -110,7 +114,7 @@ def download_tensors(
     return _tensors.to_numpy(entries)
 
 
-async def aget(ticket: str, out_dir: PathLike, **kwargs: Any) -> "pathlib.Path":
+async def aget(ticket: TicketLike, out_dir: PathLike, **kwargs: Any) -> "pathlib.Path":
     """``get`` for asyncio: ``path = await ferry.aget(ticket, out_dir)``.
 
     Takes the same keyword arguments as ``get`` (except ``cancel``: cancel the task instead,
@@ -119,11 +123,11 @@ async def aget(ticket: str, out_dir: PathLike, **kwargs: Any) -> "pathlib.Path":
     return await _aio.run(get, ticket, out_dir, **kwargs)
 
 
-async def aget_tensors(ticket: str, framework: str = "numpy", **kwargs: Any) -> Dict[str, Any]:
+async def aget_tensors(ticket: TicketLike, framework: str = "numpy", **kwargs: Any) -> Dict[str, Any]:
     """``download_tensors`` for asyncio: ``tensors = await ferry.aget_tensors(ticket)``."""
     return await _aio.run(download_tensors, ticket, framework, **kwargs)
 
 
-async def adownload_bytes(ticket: str, **kwargs: Any) -> bytes:
+async def adownload_bytes(ticket: TicketLike, **kwargs: Any) -> bytes:
     """``download_bytes`` for asyncio: ``data = await ferry.adownload_bytes(ticket)``."""
     return await _aio.run(download_bytes, ticket, **kwargs)

@@ -11,6 +11,18 @@ __version__: str
 class FerryError(Exception):
     """Base class of ferry's errors (except Interrupted, which is a KeyboardInterrupt)."""
 
+    refusal: Optional[
+        Literal[
+            "NOT_EXPECTED_RECEIVER",
+            "RECEIVER_LIMIT_REACHED",
+            "TRANSACTION_FINISHED",
+            "UNKNOWN_REF",
+            "INVALID_REQUEST",
+            "SHUT_DOWN",
+        ]
+    ]
+    """The code a ferry sender refused the pull with, or None."""
+
 class UsageError(FerryError):
     """Bad input: an argument, a ticket, a file or a destination that cannot be used (the CLI's exit code 2)."""
 
@@ -42,15 +54,50 @@ class CancelToken:
     @property
     def cancelled(self) -> bool: ...
 
+class Ticket:
+    """A ticket read into its fields (either written form); str() is the compact form."""
+
+    def __init__(self, ticket: str) -> None: ...
+    @property
+    def kind(self) -> Literal["file", "tensors", "set"]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def blake3(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def ref_id(self) -> str: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def compact(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+_Ticket = Union[str, Ticket]
+
 class Progress:
-    """Progress of one download, as passed to a `progress=` callback."""
+    """Progress of one download (or of a whole set), as passed to a `progress=` callback."""
 
     @property
     def bytes_done(self) -> int: ...
     @property
     def total_bytes(self) -> Optional[int]: ...
     @property
-    def chunks_done(self) -> int: ...
+    def resumed_from(self) -> int: ...
+    @property
+    def chunks_done(self) -> Optional[int]: ...
+    @property
+    def files_done(self) -> Optional[int]: ...
+    @property
+    def files(self) -> Optional[int]: ...
     @property
     def elapsed(self) -> float: ...
     @property
@@ -77,13 +124,21 @@ class Event:
     """One lifecycle event of a sender's transaction, passed to `on_event`."""
 
     @property
-    def kind(self) -> Literal["downloaded_to_one", "downloaded_to_all", "progress", "transaction_done"]: ...
+    def kind(
+        self,
+    ) -> Literal["progress", "downloaded_to_one", "downloaded_to_all", "refused", "withdrew", "transaction_done"]: ...
     @property
     def ticket(self) -> Optional[str]: ...
     @property
     def receiver(self) -> Optional[str]: ...
     @property
     def status(self) -> Optional[Literal["success", "failed"]]: ...
+    @property
+    def cause(self) -> Optional[str]: ...
+    @property
+    def refusal(self) -> Optional[Literal["NOT_EXPECTED_RECEIVER", "RECEIVER_LIMIT_REACHED"]]: ...
+    @property
+    def replaced_by(self) -> Optional[str]: ...
     @property
     def bytes_done(self) -> Optional[int]: ...
     @property
@@ -112,9 +167,11 @@ class Sender:
         allow: Optional[List[str]] = None,
         tls: Optional[TLS] = None,
         timeout: float = 600.0,
+        reconnect_timeout: float = 30.0,
         advertise: Optional[str] = None,
         chunk_size: int = 1048576,
         cache_bytes: int = 16777216,
+        ticket_format: Literal["compact", "url"] = "compact",
         on_event: Optional[Callable[[Event], Any]] = None,
     ) -> None: ...
     @property
@@ -139,7 +196,7 @@ class Sender:
     def __exit__(self, *exc: Any) -> bool: ...
 
 def get(
-    ticket: str,
+    ticket: _Ticket,
     out_dir: _Path,
     *,
     resume: bool = False,
@@ -151,7 +208,7 @@ def get(
     cancel: Optional[CancelToken] = None,
 ) -> pathlib.Path: ...
 def download_tensors(
-    ticket: str,
+    ticket: _Ticket,
     *,
     writable: bool = False,
     name: Optional[str] = None,
@@ -161,7 +218,7 @@ def download_tensors(
     cancel: Optional[CancelToken] = None,
 ) -> List[Tuple[str, str, Tuple[int, ...], TensorBuffer]]: ...
 def download_bytes(
-    ticket: str,
+    ticket: _Ticket,
     *,
     name: Optional[str] = None,
     tls: Optional[TLS] = None,
