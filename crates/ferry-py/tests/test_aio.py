@@ -4,6 +4,7 @@ task cancelling its transfer."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 import pytest
@@ -39,6 +40,8 @@ def test_async_downloads(tmp_path):
     assert np.array_equal(tensors["w"], arrays["w"])
     assert data == b"hello"
     assert outcome.completed
+    # Three overlapping calls of one process are one receiver, over one cell.
+    assert all(st == {f"ferry-py-{os.getpid()}": "success"} for st in outcome.receivers.values()), outcome
     assert threads == {True}, "progress callbacks run on the event loop"
 
 

@@ -94,7 +94,7 @@ def download_tensors(
 
     Tensors that were views of one buffer on the sender (tied weights) share one buffer again.
     ``progress`` is called on this thread with a ``Progress`` about every 50 ms; ``name``
-    is this receiver's cell name (default: unique per call, or the TLS certificate's CN);
+    is this receiver's cell name (default: the TLS certificate's CN, else ``ferry-py-PID``);
     ``cancel`` is a ``CancelToken`` another thread may cancel. Raises ``UsageError``,
     ``TransferError`` or ``Interrupted``.
     """
