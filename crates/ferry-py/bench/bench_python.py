@@ -171,7 +171,11 @@ def run_once(ctx, system, n):
         g.wait(deadline, lambda: s.ready is not None)
         url, fqcn, refs = s.ready["url"], s.ready.get("fqcn", "server"), s.ready.get("refs", [])
         host = url.split("://", 1)[1]
-        ticket = s.ready.get("ticket") or f"ferry+tcp://{host}/{fqcn}/{refs[0]}?kind=tensors&name=bench.safetensors"
+        ticket = s.ready.get("ticket")
+        if ticket is None and s.ready.get("pin"):
+            # A ticket for the Rust sender, pinned as it reported (tensor data size and digest).
+            pin = s.ready["pin"]
+            ticket = f"ferry+tcp://{host}/{fqcn}/{refs[0]}?kind=tensors&name=bench.safetensors&size={pin['size']}&b3={pin['b3']}"
         recv = []
         for i in range(n):
             name = f"site-{i + 1}"

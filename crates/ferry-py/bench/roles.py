@@ -67,7 +67,7 @@ def send(a):
     c0 = cpu()
     with ferry.Sender(name="server", receivers=a.receivers, timeout=600.0) as s:
         ticket = s.add_tensors(arrays)
-        ref = ticket.split("?")[0].rsplit("/", 1)[1]
+        ref = ferry.Ticket(ticket).ref_id
         emit("READY", {"url": s.url, "fqcn": s.name, "refs": [ref], "ticket": ticket})
         o = s.wait()
         res = {"status": o.status, "cpu_s": cpu() - c0, "maxrss_kib": maxrss_kib()}

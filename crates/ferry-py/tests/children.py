@@ -1,11 +1,11 @@
 """Child processes of the fault tests, speaking the READY/RESULT line protocol.
 
-  children.py send FILE [--receivers N | --allow NAME...] [--reconnect-timeout S]
+  children.py send FILE [--receivers N] [--tx-timeout S]
                                                a Sender serving FILE: READY {"ticket", "pid"},
                                                EVENT {"event", "receiver", ...} for each of its
                                                events but progress, then RESULT {"outcome": {...}}
                                                or {"interrupted"}
-  children.py get TICKET DIR [--stall PID] [--resume] [--then kill|wait] [--name NAME]
+  children.py get TICKET DIR [--stall PID] [--resume] [--then kill|wait]
                                                ferry.get; at the first progress report it
                                                SIGSTOPs process PID (the sender) if given, prints
                                                STALLED {}, then SIGKILLs itself (kill) or goes
@@ -38,13 +38,7 @@ def on_event(e):
 
 
 def send(a):
-    s = ferry.Sender(
-        receivers=a.receivers,
-        allow=a.allow,
-        timeout=a.tx_timeout,
-        reconnect_timeout=a.reconnect_timeout,
-        on_event=on_event,
-    )
+    s = ferry.Sender(receivers=a.receivers, timeout=a.tx_timeout, on_event=on_event)
     t = s.add_file(a.file)
     waiting = threading.Event()
 
@@ -81,7 +75,7 @@ def get(a):
             if a.then == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    name = a.name or f"child-{os.getpid()}"
+    name = f"child-{os.getpid()}"
     try:
         path = ferry.get(a.ticket, a.dir, resume=a.resume, progress=progress, name=name)
         emit("RESULT", {"path": str(path), "stalled": stalled})
@@ -102,16 +96,13 @@ def main():
     s = sub.add_parser("send")
     s.add_argument("file")
     s.add_argument("--receivers", type=int, default=1)
-    s.add_argument("--allow", action="append")
     s.add_argument("--tx-timeout", type=float, default=600.0)
-    s.add_argument("--reconnect-timeout", type=float, default=30.0)
     g = sub.add_parser("get")
     g.add_argument("ticket")
     g.add_argument("dir")
     g.add_argument("--stall", type=int, help="the sender's pid, frozen at the first report")
     g.add_argument("--resume", action="store_true")
     g.add_argument("--then", choices=["kill", "wait"], default="wait")
-    g.add_argument("--name")
     a = p.parse_args()
     send(a) if a.role == "send" else get(a)
 

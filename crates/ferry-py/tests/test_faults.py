@@ -10,7 +10,6 @@ import pathlib
 import signal
 import sys
 import threading
-import time
 
 import pytest
 
@@ -33,8 +32,8 @@ def stalled_midway(res):
     assert "path" not in res, f"the download finished before the sender was frozen: {res}"
 
 
-def start_sender(peers, path, receivers=1, tx_timeout=600.0, extra=()):
-    s = peers([sys.executable, CHILD, "send", str(path), "--receivers", str(receivers), "--tx-timeout", str(tx_timeout), *extra])
+def start_sender(peers, path, receivers=1, tx_timeout=600.0):
+    s = peers([sys.executable, CHILD, "send", str(path), "--receivers", str(receivers), "--tx-timeout", str(tx_timeout)])
     ready = s.next("READY")
     return s, ready["ticket"], ready["pid"]
 
@@ -58,19 +57,6 @@ def end_sender(sender):
     return res["outcome"]
 
 
-def get_when_placed(ticket, out, name):
-    """ferry.get, again while the sender still gives the only place to a receiver that was
-    killed: it frees the place once it has seen that receiver's connection close."""
-    deadline = time.monotonic() + LONG
-    while True:
-        try:
-            return ferry.get(ticket, out, name=name)
-        except ferry.TransferError as e:
-            if e.refusal != "RECEIVER_LIMIT_REACHED" or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def test_ctrl_c_cancels_the_download_and_tells_the_sender(peers, big, tmp_path):
     sender, ticket, pid = start_sender(peers, big)
     out = tmp_path / "out"
@@ -92,37 +78,44 @@ def test_ctrl_c_cancels_the_download_and_tells_the_sender(peers, big, tmp_path):
     assert all(not st for st in outcome["receivers"].values()), ("a receiver that cancelled has no status", outcome)
 
 
-def test_a_killed_receiver_does_not_count_and_the_next_one_completes(peers, big, tmp_path):
+def test_a_killed_receiver_comes_back_under_its_name_and_completes(peers, big, tmp_path):
     sender, ticket, pid = start_sender(peers, big)
-    # Killed at its first progress report (most of the file still to come), the sender running:
-    # a sender frozen meanwhile may read the dead receiver's queued pulls after it saw the
-    # connection close, and take it for present again (reported).
+    # Killed at its first progress report, most of the file still to come.
     r = peers([sys.executable, CHILD, "get", ticket, str(tmp_path / "dead"), "--then", "kill"])
     killed = r.next("STALLED")["name"]
     assert r.proc.wait(timeout=LONG) == -signal.SIGKILL
-    p = get_when_placed(ticket, tmp_path / "alive", "site-2")
+    assert not (tmp_path / "dead" / "big.bin").exists()
+    # The receiver's next run, under the name it had (the sender keeps its place for it), gets
+    # the whole file; the killed run left no status of its own.
+    p = ferry.get(ticket, tmp_path / "alive", name=killed)
     assert sha256(p) == sha256(big)
-    # Its connection closed while it held the only place: site-2 takes the place.
-    withdrew = sender.next("EVENT", event="withdrew", receiver=killed)
-    assert withdrew["replaced_by"] == "site-2", withdrew
     outcome = sender.next("RESULT")["outcome"]
-    assert outcome["status"] == "completed"
+    assert outcome["status"] == "completed", outcome
     (statuses,) = outcome["receivers"].values()
-    assert statuses == {"site-2": "success"}, f"{killed} was killed and must not count"
+    assert statuses == {killed: "success"}, outcome
 
 
-def test_a_killed_declared_receiver_fails_once_its_reconnect_timeout_passes(peers, big, tmp_path):
-    sender, ticket, pid = start_sender(peers, big, extra=("--allow", "site-1", "--reconnect-timeout", "2"))
-    # Killed at its first progress report (most of the file still to come), the sender running.
-    r = peers([sys.executable, CHILD, "get", ticket, str(tmp_path / "dead"), "--then", "kill", "--name", "site-1"])
-    r.next("STALLED")
-    assert r.proc.wait(timeout=LONG) == -signal.SIGKILL
-    failed = sender.next("EVENT", event="downloaded_to_one", receiver="site-1")
-    assert failed["status"] == "failed" and "connection was lost" in failed["cause"], failed
-    outcome = sender.next("RESULT")["outcome"]
-    assert outcome["status"] == "failed", outcome
-    (statuses,) = outcome["receivers"].values()
-    assert statuses == {"site-1": "failed"}, outcome
+def test_a_declared_receiver_that_cancels_fails_with_its_cause(tmp_path):
+    """Identity mode: a receiver's cancel makes it final (failed) and says why; the
+    transaction, every declared receiver final, ends failed."""
+    src = write_file(tmp_path / "a.bin", 128 << 20)
+    events = []
+    token = ferry.CancelToken()
+
+    def progress(p):
+        if p.state == "active" and p.bytes_done > 0:
+            token.cancel()
+
+    with ferry.Sender(allow=["site-1"], timeout=LONG, reconnect_timeout=LONG, on_event=events.append) as s:
+        t = s.add_file(src)
+        with pytest.raises(ferry.Interrupted):
+            ferry.get(t, tmp_path / "out", name="site-1", progress=progress, cancel=token)
+        o = s.wait(LONG)
+    assert o is not None and o.status == "failed" and o.receivers == {t: {"site-1": "failed"}}, o
+    (failed,) = [e for e in events if e.kind == "downloaded_to_one"]
+    assert (failed.receiver, failed.status, failed.cause) == ("site-1", "failed", "cancelled by the receiver")
+    with pytest.raises(ferry.UsageError, match="reconnect_timeout"):
+        ferry.Sender(reconnect_timeout=0)
 
 
 def test_resume_continues_from_the_kept_part_file(peers, big, tmp_path):
