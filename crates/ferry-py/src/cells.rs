@@ -148,8 +148,19 @@ pub fn connect_failure(url: &str, e: &CellnetError) -> PyErr {
         CellnetError::Tls(why) => errors::usage(format!(
             "TLS with the sender at {url} failed ({why}); check that ca is the CA that signed the sender's certificate and that cert/key belong together"
         )),
+        CellnetError::Busy(why) => errors::transfer(format!(
+            "sender busy: the sender at {url} refused the connection ({}); try again later",
+            why.strip_prefix("busy: ").unwrap_or(why)
+        )),
+        CellnetError::Handshake(why) | CellnetError::ConnectionClosed(why)
+            if url.starts_with("stcp://") =>
+        {
+            errors::transfer(format!(
+                "the sender at {url} closed the connection during the handshake ({why}); with TLS, the CN of the cert must be the first segment of name= and be signed by the sender's CA"
+            ))
+        }
         CellnetError::Handshake(why) | CellnetError::ConnectionClosed(why) => errors::transfer(format!(
-            "the sender at {url} refused the connection ({why}); with TLS, the CN of the cert must be the first segment of name= and be signed by the sender's CA"
+            "the sender at {url} closed the connection during the handshake ({why}); it may be overloaded or shutting down, or another program listens there: try again, and check the address in the ticket"
         )),
         CellnetError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => errors::transfer(format!(
             "nothing listens at {url} (connection refused); is the sender still running there, and is this the address in its ticket?"
