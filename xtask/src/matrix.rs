@@ -115,16 +115,59 @@ fn python_suite() -> Result<()> {
         bail!("pip install {} failed with {status}", wheel.display());
     }
     let ferry = root.join("target").join("debug").join("ferry");
-    let status = std::process::Command::new(&py)
+    let mut pytest = std::process::Command::new(&py);
+    pytest
         .current_dir(root.join("crates").join("ferry-py").join("tests"))
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .env("FERRY_BIN", ferry)
-        .status()
-        .context("spawning pytest")?;
+        // A test still running after this many seconds prints every thread's traceback (it
+        // goes on; the budget below ends the run).
+        .args(["-o", &format!("faulthandler_timeout={PYTEST_TEST_SECS}")])
+        .env("FERRY_BIN", ferry);
+    let status = run_bounded(&mut pytest, PYTEST_BUDGET).context("running pytest")?;
     if !status.success() {
         bail!("the ferry-py pytest suite failed with {status}");
     }
     Ok(())
+}
+
+/// Seconds after which pytest dumps the tracebacks of a test that is still running: twice the
+/// suite's own longest wait (its `LONG`, 120 s).
+const PYTEST_TEST_SECS: u64 = 240;
+
+/// Wall-clock budget of the whole pytest run: the suite takes about 30 s on an idle 2-core
+/// machine and about a minute on a busy one; a run past this is hung, and is killed with every
+/// process it started.
+const PYTEST_BUDGET: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Run `cmd` in a process group of its own; past `budget`, kill the group (the command and
+/// every process it started) and fail.
+fn run_bounded(
+    cmd: &mut std::process::Command,
+    budget: std::time::Duration,
+) -> Result<std::process::ExitStatus> {
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if started.elapsed() > budget {
+            let group = format!("-{}", child.id());
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .status();
+            let _ = child.wait();
+            bail!(
+                "still running after {}s: killed with every process it started (a hung test; the tracebacks above show where)",
+                budget.as_secs()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// One named command.
@@ -440,6 +483,35 @@ fn run_round(selected: &[&Case], keep_going: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command past its budget is killed with the processes it started; one within it
+    /// gives its status.
+    #[test]
+    fn a_bounded_run_kills_the_whole_group_past_its_budget() {
+        let d = std::env::temp_dir().join(format!("xtask-bounded-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let pid_file = d.join("pid");
+        let script = format!("sleep 600 & echo $! > {}; wait", pid_file.display());
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", &script]);
+        // ten times what starting the shell and its child takes on a busy machine
+        let err = run_bounded(&mut cmd, std::time::Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("killed"), "{err}");
+        let pid = std::fs::read_to_string(&pid_file).expect("the shell started its child");
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+        // gone, or a zombie waiting for whoever adopted it
+        assert!(
+            stat.as_deref().map_or(true, |s| s.contains(") Z ")),
+            "the grandchild survived: {stat:?}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+        let ok = run_bounded(
+            std::process::Command::new("true").arg("x"),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(ok.success());
+    }
 
     #[test]
     fn layering_violations_are_found_below_the_root() {
