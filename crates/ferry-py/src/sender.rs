@@ -15,7 +15,7 @@ use ferry::objects::{
     BytesObject, CacheOptions, ExpectedReceivers, FileObject, TensorDict, TensorDictObject,
 };
 use ferry::ticket::{advertised_addr, check_relative_name, Kind, Ticket};
-use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
+use ferry::{DownloadError, DownloadService, ObjectDownloader, ServiceOptions};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMapping};
 use tokio::sync::watch;
@@ -164,10 +164,6 @@ impl Sender {
             )
         };
         let events = on_event.as_ref().map(|_| service.events());
-        let expected = match &allow {
-            Some(ids) => ExpectedReceivers::Ids(ids.clone()),
-            None => ExpectedReceivers::Count(receivers),
-        };
         // A receiver whose connection closed fails after reconnect_timeout unless it is back.
         let mut cfg = TxConfig::new(Duration::from_secs_f64(timeout))
             .with_reconnect_timeout(Duration::from_secs_f64(reconnect_timeout));
@@ -178,8 +174,13 @@ impl Sender {
         if on_event.is_some() {
             cfg = cfg.with_progress(PROGRESS_INTERVAL);
         }
-        let tx = match ObjectDownloader::new(&service, cfg) {
-            Ok(tx) => tx,
+        // What the tensor caches learn is what the engine enforces: one translation, its own.
+        let started = cfg
+            .expected_receivers()
+            .map_err(DownloadError::from)
+            .and_then(|expected| Ok((expected, ObjectDownloader::new(&service, cfg)?)));
+        let (expected, tx) = match started {
+            Ok(started) => started,
             Err(e) => {
                 block_on_quick(py, async {
                     service.shutdown().await;
