@@ -508,9 +508,20 @@ async fn watch_peers(
                 inner.with_engine_bg(|svc, now| svc.receiver_connected(&peer, now));
             }
             Err(RecvError::Lagged(n)) => {
-                // Missed events cost only promptness: idle budgets and the inactivity timeout
-                // still end a transaction whose receiver is gone.
-                tracing::warn!(missed = n, "peer events missed");
+                // A missed close costs only promptness (idle budgets and the inactivity
+                // timeout still end a transaction whose receiver is gone). A missed connect
+                // would fail a receiver that is here (a pull does not stop its reconnect
+                // budget), so every peer connected now is reported connected again.
+                tracing::warn!(
+                    missed = n,
+                    "peer events missed; resynchronising connected peers"
+                );
+                let peers = inner.cell.connected_peers();
+                inner.with_engine_bg(|svc, now| {
+                    for peer in &peers {
+                        svc.receiver_connected(peer, now);
+                    }
+                });
             }
             Err(RecvError::Closed) => break,
         }

@@ -103,9 +103,11 @@ pub struct TxConfig {
     pub acquire_timeout: Option<Duration>,
     /// Fail a receiver silent (across the whole transaction) for this long.
     pub idle_timeout: Option<Duration>,
-    /// Fail a receiver whose connection closed and that did not come back (pulled again, or
-    /// connected again) within this long. Ferry addition: the driver reports closed
-    /// connections with [`Service::receiver_disconnected`](crate::Service::receiver_disconnected).
+    /// Fail a receiver whose connection closed and that did not connect again within this
+    /// long. Ferry addition: the driver reports closed and new connections with
+    /// [`Service::receiver_disconnected`](crate::Service::receiver_disconnected) and
+    /// [`Service::receiver_connected`](crate::Service::receiver_connected); a pull alone does
+    /// not end the budget (it may have been read from the closed connection).
     pub reconnect_timeout: Option<Duration>,
     /// Emit progress events, throttled to one per interval per (ref, receiver); `None` = off.
     pub progress_interval: Option<Duration>,

@@ -250,6 +250,57 @@ fn ferry_a_receiver_whose_connection_closed_fails_at_its_reconnect_budget() {
     assert_eq!(h.svc.receiver_status(&a, "blip"), None);
 }
 
+/// A pull that reaches the engine after the close of the connection it was read from (the
+/// driver's reader and its peer watcher race) does not make the receiver look present: it is
+/// still failed at its reconnect budget, and in count mode a newcomer still takes its place.
+/// Only a new connection stops the budget.
+#[test]
+fn ferry_a_pull_handled_after_the_close_does_not_revive_the_receiver() {
+    let mut h = H::new();
+    let tx = h.tx(TxConfig::new(600 * S)
+        .with_num_receivers(1)
+        .with_reconnect_timeout(10 * S));
+    let (rid, _) = h.obj(&tx, 8, 4);
+    let _ = h.pull("killed", &rid, None, true);
+    h.at(1);
+    h.svc.receiver_disconnected("killed", h.now);
+    // the pull it sent just before dying, handled after the close was reported
+    let _ = h.pull("killed", &rid, Some(rb(4)), true);
+    let _ = h.events();
+    // its place is still up for a newcomer
+    let r = h.pull("rerun", &rid, None, true);
+    assert_eq!(status(&r), ReplyStatus::Ok, "{r:?}");
+    assert!(h.events().iter().any(|e| matches!(e,
+        ServiceEvent::ReceiverWithdrew { receiver, replaced_by: Some(n), .. }
+            if receiver == "killed" && n == "rerun")));
+
+    // without a newcomer, the reconnect budget still fails it
+    let mut h = H::new();
+    let tx = h.tx(TxConfig::new(600 * S)
+        .with_num_receivers(2)
+        .with_reconnect_timeout(10 * S));
+    let (rid, _) = h.obj(&tx, 8, 4);
+    let _ = h.pull("killed", &rid, None, true);
+    let _ = h.pull("back", &rid, None, true);
+    h.at(1);
+    h.svc.receiver_disconnected("killed", h.now);
+    h.svc.receiver_disconnected("back", h.now);
+    let _ = h.pull("killed", &rid, Some(rb(4)), true);
+    h.at(2);
+    h.svc.receiver_connected("back", h.now);
+    h.at(12);
+    h.fire();
+    assert_eq!(
+        h.svc.receiver_status(&rid, "killed"),
+        Some(DownloadStatus::Failed)
+    );
+    assert_eq!(
+        h.svc.receiver_status(&rid, "back"),
+        None,
+        "reconnected in time"
+    );
+}
+
 /// Count mode with every place held: a newcomer takes the place of a holder whose connection
 /// closed mid-download (a `ferry get` killed and run again gets a new name), and the holder
 /// withdraws; a holder that is final everywhere keeps its place, gone or not.

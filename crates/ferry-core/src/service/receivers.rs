@@ -227,8 +227,9 @@ impl Service {
     }
 
     /// The connection of `receiver` closed (the driver learned it from its transport). In every
-    /// live transaction where it holds a place, its reconnect budget starts; a pull (or
-    /// [`receiver_connected`](Self::receiver_connected)) stops it.
+    /// live transaction where it holds a place, its reconnect budget starts;
+    /// [`receiver_connected`](Self::receiver_connected) stops it. A pull does not: a pull read
+    /// from the closed connection may reach the engine after the close did.
     pub fn receiver_disconnected(&mut self, receiver: &str, now: Instant) {
         let now = self.clock.advance(now);
         self.txs.for_each_mut(|tx| {

@@ -251,8 +251,11 @@ impl Tx {
     // activity
 
     /// A pull of `receiver` started being served at `now` (R1): the transaction and the
-    /// receiver are active, the receiver holds a place (it becomes a member if it was not), it
-    /// is here (its reconnect budget stops) and its idle budget waits for the answer.
+    /// receiver are active, the receiver holds a place (it becomes a member if it was not) and
+    /// its idle budget waits for the answer. A pull does not stop a reconnect budget: the
+    /// driver may hand the engine a pull that was read from a connection before it closed after
+    /// it reported the close, so only [`member_back`](Self::member_back) (a new connection)
+    /// says the receiver is here again.
     pub(crate) fn pull_started(&mut self, receiver: &str, now: Instant) {
         self.last_active = now;
         self.in_flight += 1;
@@ -267,7 +270,6 @@ impl Tx {
             });
         m.pulls += 1;
         m.last_active = m.last_active.max(now);
-        m.gone_since = None;
         self.lower_budget_wake(self.idle_timeout.and_then(|i| strict_deadline(now, i)));
     }
 
