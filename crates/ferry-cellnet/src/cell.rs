@@ -10,23 +10,25 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use rmpv::Value;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::{self, Admission};
-use crate::connection::{self, unix_time, Conn, ConnectionInfo};
+use crate::clock::unix_now;
+use crate::connection::{self, Conn, ConnectionInfo};
 use crate::driver::{self, Url};
+use crate::envelope::stream::reply_topic;
+use crate::envelope::{self, seg_len, Address, Body, Envelope, MsgType, Refusal, Stamp};
 use crate::error::CellnetError;
 use crate::fqcn::{Fqcn, SERVER_ROOT};
-use crate::frame::{Frame, FrameType, OutFrame, APP_ID_CELLNET};
+use crate::frame::{Frame, OutFrame};
 use crate::headers::{keys, stream_keys, Headers};
 use crate::held::HeldBudget;
 use crate::limits::Limits;
 use crate::log_limit::limited;
-use crate::message::{encoding, Message, Payload};
+use crate::message::{Message, Payload};
 use crate::return_code::ReturnCode;
 use crate::stream::StreamState;
 use crate::trust::{self, Forwarding};
@@ -37,13 +39,6 @@ pub const CELLNET_CHANNEL: &str = "cellnet.channel";
 pub const BYE_TOPIC: &str = "bye";
 /// Wildcard channel/topic for handler registration.
 pub const ANY: &str = "*";
-
-/// Message type strings (`cn__msg_type`).
-mod msg_type {
-    pub const REQ: &str = "req";
-    pub const REPLY: &str = "reply";
-    pub const RETURN: &str = "return";
-}
 
 /// How long [`Cell::shutdown`] lets running handlers finish before failing their requests.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -639,16 +634,18 @@ impl Cell {
         let payload_encoding = message.payload.encoding();
         let payload = message.payload.into_segments();
         inner.check_size(&payload)?;
-        let headers = inner.request_headers(
-            message.headers,
-            target.as_str(),
+        let to = Address {
+            destination: target.as_str(),
             channel,
             topic,
-            None,
-            opts.optional,
-            payload_encoding,
-            seg_len(&payload),
-        );
+        };
+        let body = Body {
+            encoding: payload_encoding,
+            len: seg_len(&payload),
+        };
+        let headers = inner
+            .stamp()
+            .request(message.headers, to, None, opts.optional, body);
         inner
             .send_message(target.as_str(), headers, payload, None, None)
             .await
@@ -691,14 +688,6 @@ impl Cell {
         inner.agents.clear();
         info!(cell = %inner.fqcn, "shut down");
     }
-}
-
-fn seg_len(s: &[Bytes]) -> usize {
-    s.iter().map(Bytes::len).sum()
-}
-
-fn route_entry(fqcn: &Fqcn) -> Value {
-    Value::Array(vec![fqcn.as_str().into(), Value::F64(unix_time())])
 }
 
 async fn accept_loop(
@@ -1043,44 +1032,19 @@ impl CellInner {
         Ok(())
     }
 
-    /// Headers of a REQ (plain request, fire-and-forget, or stream chunk/ACK/ERROR).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn request_headers(
-        &self,
-        app: Headers,
-        target: &str,
-        channel: &str,
-        topic: &str,
-        req_id: Option<&str>,
-        optional: bool,
-        payload_encoding: &str,
-        payload_len: usize,
-    ) -> Headers {
-        let mut h = app;
-        h.insert(keys::TOPIC, topic);
-        h.insert(keys::CHANNEL, channel);
-        h.insert(keys::DESTINATION, target);
-        if let Some(r) = req_id {
-            h.insert(keys::REQ_ID, r);
+    /// This cell's stamp for a message sent now.
+    pub(crate) fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            me: &self.fqcn,
+            at: unix_now(),
         }
-        h.insert(keys::REPLY_EXPECTED, req_id.is_some());
-        h.insert(keys::SECURE, false);
-        h.insert(keys::OPTIONAL, optional);
-        h.insert(keys::FROM, self.fqcn.as_str());
-        h.insert(keys::ORIGIN, self.fqcn.as_str());
-        h.insert(keys::MSG_TYPE, msg_type::REQ);
-        h.insert(keys::ROUTE, Value::Array(vec![route_entry(&self.fqcn)]));
-        h.insert(keys::PAYLOAD_ENCODING, payload_encoding);
-        h.insert(keys::PAYLOAD_LEN, payload_len as u64);
-        h.insert(keys::SEND_TIME, Value::F64(unix_time()));
-        h
     }
 
     /// Route and queue one DATA frame (waits while the connection's queue is full).
     pub(crate) async fn send_message(
         &self,
         target: &str,
-        mut headers: Headers,
+        headers: Headers,
         payload: Vec<Bytes>,
         fallback: Option<&Arc<Conn>>,
         exclude: Option<&str>,
@@ -1089,8 +1053,7 @@ impl CellInner {
             .find_route(target, exclude)
             .or_else(|| fallback.cloned())
             .ok_or_else(|| CellnetError::NoRoute(target.to_string()))?;
-        headers.insert(keys::TO, conn.peer.as_str());
-        let frame = self.data_frame(&headers, payload)?;
+        let frame = envelope::seal(headers, &conn.peer, payload, self.limits.max_header_size)?;
         conn.send(frame).await?;
         Ok(conn)
     }
@@ -1099,7 +1062,7 @@ impl CellInner {
     pub(crate) fn send_message_detached(
         &self,
         target: &str,
-        mut headers: Headers,
+        headers: Headers,
         payload: Vec<Bytes>,
         fallback: Option<&Arc<Conn>>,
     ) {
@@ -1107,28 +1070,10 @@ impl CellInner {
             debug!(%target, "no route; message dropped");
             return;
         };
-        headers.insert(keys::TO, conn.peer.as_str());
-        match self.data_frame(&headers, payload) {
+        match envelope::seal(headers, &conn.peer, payload, self.limits.max_header_size) {
             Ok(f) => conn.send_detached(f),
             Err(e) => warn!("message not sent: {e}"),
         }
-    }
-
-    fn data_frame(&self, headers: &Headers, payload: Vec<Bytes>) -> Result<OutFrame, CellnetError> {
-        let hb = headers.encode();
-        if hb.len() > self.limits.max_header_size {
-            return Err(CellnetError::Headers(format!(
-                "header map of {} bytes exceeds the limit of {}",
-                hb.len(),
-                self.limits.max_header_size
-            )));
-        }
-        Ok(OutFrame {
-            frame_type: FrameType::Data,
-            app_id: APP_ID_CELLNET,
-            headers: Bytes::from(hb),
-            payload,
-        })
     }
 
     async fn request(
@@ -1162,16 +1107,18 @@ impl CellInner {
             return Message::error(e.return_code(), e.to_string());
         }
         let req_id = uuid::Uuid::new_v4().to_string();
-        let headers = self.request_headers(
-            message.headers,
-            target.as_str(),
+        let to = Address {
+            destination: target.as_str(),
             channel,
             topic,
-            Some(&req_id),
-            opts.optional,
-            payload_encoding,
-            seg_len(&payload),
-        );
+        };
+        let body = Body {
+            encoding: payload_encoding,
+            len: seg_len(&payload),
+        };
+        let headers = self
+            .stamp()
+            .request(message.headers, to, Some(&req_id), opts.optional, body);
         let (tx, rx) = oneshot::channel();
         let Some(conn) = self.find_route(target.as_str(), None) else {
             return Message::error(
@@ -1287,21 +1234,14 @@ impl CellInner {
         mut message: Message,
         timeout: Duration,
     ) -> Message {
-        message.headers.insert(keys::ORIGIN, self.fqcn.as_str());
-        message
-            .headers
-            .insert(keys::DESTINATION, self.fqcn.as_str());
-        message.headers.insert(keys::CHANNEL, channel);
-        message.headers.insert(keys::TOPIC, topic);
+        self.stamp()
+            .local_request(&mut message.headers, channel, topic);
         let Some(h) = self.lookup(channel, topic) else {
             return Message::error(ReturnCode::ProcessException, "no callback");
         };
         match tokio::time::timeout(timeout, run_handler(h, message)).await {
             Ok(Some(mut m)) => {
-                if !m.headers.contains(keys::RETURN_CODE) {
-                    m.headers.insert(keys::RETURN_CODE, "ok");
-                }
-                m.headers.insert(keys::ORIGIN, self.fqcn.as_str());
+                self.stamp().local_reply(&mut m.headers);
                 m
             }
             Ok(None) => Message::error(ReturnCode::Timeout, "handler sent no reply"),
@@ -1310,9 +1250,7 @@ impl CellInner {
     }
 
     fn dispatch_local(self: &Arc<Self>, channel: &str, topic: &str, mut m: Message) {
-        m.headers.insert(keys::ORIGIN, self.fqcn.as_str());
-        m.headers.insert(keys::CHANNEL, channel);
-        m.headers.insert(keys::TOPIC, topic);
+        self.stamp().local_request(&mut m.headers, channel, topic);
         if let Some(h) = self.lookup(channel, topic) {
             self.handler_tasks.spawn(async move {
                 let _ = run_handler(h, m).await;
@@ -1339,17 +1277,17 @@ impl CellInner {
                 return;
             }
         };
-        let (Some(mtype), Some(origin), Some(dest)) = (
-            headers.get_str(keys::MSG_TYPE),
-            headers.get_str(keys::ORIGIN),
-            headers.get_str(keys::DESTINATION),
-        ) else {
-            limited!(conn.log, warn, peer = %conn.peer, "message without cn__msg_type/cn__origin/cn__destination; dropped");
-            return;
+        let env = match Envelope::parse(headers) {
+            Ok(env) => env,
+            Err(why) => {
+                limited!(conn.log, warn, peer = %conn.peer, "{why}; dropped");
+                return;
+            }
         };
         // Attribution: the origin a message claims must be one this connection can vouch
         // for, so handlers (and forwarding) only ever see proven origins.
-        if !trust::vouches(&self.fqcn, &conn.peer, conn.outbound, origin) {
+        if !trust::vouches(&self.fqcn, &conn.peer, conn.outbound, &env.origin) {
+            let origin = &env.origin;
             limited!(
                 conn.log,
                 warn,
@@ -1363,67 +1301,45 @@ impl CellInner {
             );
             // back toward the requester, on the connection it came by (a relay in between
             // forwards it); a RETURN is matched by request id whatever its origin
-            let (mtype, to) = (mtype.to_string(), origin.to_string());
-            self.bounce(
-                conn,
-                &mtype,
-                headers,
-                &to,
-                ReturnCode::Unauthenticated,
-                &why,
-                "unauthenticated_origin",
-            );
+            let to = env.origin.clone();
+            let why = Refusal {
+                code: ReturnCode::Unauthenticated,
+                error: &why,
+                reason: "unauthenticated_origin",
+            };
+            self.bounce(conn, &env, &to, why);
             return;
         }
-        if dest != self.fqcn.as_str() {
-            let (mtype, dest, origin) = (mtype.to_string(), dest.to_string(), origin.to_string());
+        if env.destination != self.fqcn.as_str() {
             if self.forwarding == Forwarding::Off {
-                limited!(conn.log, warn, peer = %conn.peer, %dest, "message for another cell; this cell does not forward");
+                limited!(conn.log, warn, peer = %conn.peer, dest = %env.destination, "message for another cell; this cell does not forward");
                 let why = format!(
                     "cannot forward: {} does not relay messages for other cells",
                     self.fqcn
                 );
-                self.bounce(
-                    conn,
-                    &mtype,
-                    headers,
-                    &origin,
-                    ReturnCode::CommError,
-                    &why,
-                    "cant_forward",
-                );
+                let why = Refusal {
+                    code: ReturnCode::CommError,
+                    error: &why,
+                    reason: "cant_forward",
+                };
+                self.bounce(conn, &env, &env.origin, why);
                 return;
             }
-            self.forward(conn, &mtype, &dest, headers, frame.payload)
-                .await;
+            self.forward(conn, env, frame.payload).await;
             return;
         }
-        let origin = origin.to_string();
-        match mtype {
-            msg_type::REQ => self.on_request(conn, origin, headers, frame.payload).await,
-            msg_type::REPLY | msg_type::RETURN => {
-                let is_return = mtype == msg_type::RETURN;
-                self.on_reply(conn, origin, headers, frame.payload, is_return)
-            }
-            other => {
+        match env.msg_type {
+            MsgType::Req => self.on_request(conn, env, frame.payload).await,
+            MsgType::Reply | MsgType::Return => self.on_reply(conn, env, frame.payload),
+            MsgType::Other(ref other) => {
                 limited!(conn.log, warn, peer = %conn.peer, "unknown cn__msg_type {other:?}; dropped")
             }
         }
     }
 
-    async fn forward(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        mtype: &str,
-        dest: &str,
-        mut headers: Headers,
-        payload: Bytes,
-    ) {
-        let hops = headers
-            .get(keys::ROUTE)
-            .and_then(Value::as_array)
-            .map(Vec::len)
-            .unwrap_or(0);
+    async fn forward(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
+        let dest = env.destination.as_str();
+        let hops = env.hops();
         let next = if hops >= self.limits.max_route_hops {
             limited!(conn.log, warn, %dest, hops, "route too long; not forwarding");
             None
@@ -1431,16 +1347,14 @@ impl CellInner {
             self.find_route(dest, Some(&conn.peer))
         };
         if let Some(next) = next {
-            let original = headers.clone();
-            headers.insert(keys::FROM, self.fqcn.as_str());
-            headers.insert(keys::TO, next.peer.as_str());
-            let mut route = match headers.remove(keys::ROUTE) {
-                Some(Value::Array(r)) => r,
-                _ => Vec::new(),
-            };
-            route.push(route_entry(&self.fqcn));
-            headers.insert(keys::ROUTE, Value::Array(route));
-            match self.data_frame(&headers, vec![payload]) {
+            let mut headers = env.headers.clone();
+            self.stamp().forward(&mut headers);
+            match envelope::seal(
+                headers,
+                &next.peer,
+                vec![payload],
+                self.limits.max_header_size,
+            ) {
                 Ok(f) => {
                     if next.send(f).await.is_ok() {
                         debug!(%dest, via = %next.peer, "forwarded");
@@ -1449,104 +1363,46 @@ impl CellInner {
                 }
                 Err(e) => warn!("cannot forward: {e}"),
             }
-            headers = original;
         }
-        let origin = headers
-            .get_str(keys::ORIGIN)
-            .unwrap_or_default()
-            .to_string();
-        limited!(conn.log, warn, %dest, "no path; cannot forward {mtype} message");
-        self.bounce(
-            conn,
-            mtype,
-            headers,
-            &origin,
-            ReturnCode::CommError,
-            "cannot forward",
-            "cant_forward",
-        );
+        limited!(conn.log, warn, %dest, "no path; cannot forward {} message", env.msg_type.as_str());
+        let why = Refusal {
+            code: ReturnCode::CommError,
+            error: "cannot forward",
+            reason: "cant_forward",
+        };
+        self.bounce(conn, &env, &env.origin, why);
     }
 
-    /// Answer a message that is not handled with a RETURN on the connection it came by (if it
-    /// is a request that waits for a reply; anything else is just dropped). NVFlare's shape:
-    /// `cn__req_id` as a list, `cn__original_headers`, `cn__return_reason`; a RETURN is
-    /// matched by request id whatever its origin, so the requester reads `error` at once.
-    #[allow(clippy::too_many_arguments)]
-    fn bounce(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        mtype: &str,
-        headers: Headers,
-        to: &str,
-        code: ReturnCode,
-        error: &str,
-        reason: &str,
-    ) {
-        let reply_expected = headers.get_bool(keys::REPLY_EXPECTED) == Some(true);
-        if mtype != msg_type::REQ || !reply_expected {
+    /// Answer a message that is not handled with a RETURN (to `to`) on the connection it came
+    /// by, if it is a request that waits for a reply; anything else is just dropped.
+    fn bounce(&self, conn: &Arc<Conn>, env: &Envelope, to: &str, why: Refusal<'_>) {
+        let Some(h) = self.stamp().bounce(env, to, why) else {
             return;
-        }
-        let mut h = Headers::new();
-        if let Some(v) = headers.get(keys::CHANNEL) {
-            h.insert(keys::CHANNEL, v.clone());
-        }
-        if let Some(v) = headers.get(keys::TOPIC) {
-            h.insert(keys::TOPIC, v.clone());
-        }
-        let req_ids = match headers.get(keys::REQ_ID) {
-            Some(Value::Array(a)) => a.clone(),
-            Some(v) => vec![v.clone()],
-            None => Vec::new(),
         };
-        h.insert(keys::REQ_ID, Value::Array(req_ids));
-        h.insert(keys::RETURN_CODE, code.as_str());
-        h.insert(keys::ERROR, error);
-        h.insert(keys::RETURN_REASON, reason);
-        h.insert(keys::ORIGINAL_HEADERS, headers.to_value());
-        h.insert(keys::MSG_TYPE, msg_type::RETURN);
-        h.insert(keys::ORIGIN, self.fqcn.as_str());
-        h.insert(keys::DESTINATION, to);
-        h.insert(keys::FROM, self.fqcn.as_str());
-        h.insert(keys::ROUTE, Value::Array(vec![route_entry(&self.fqcn)]));
-        h.insert(keys::PAYLOAD_ENCODING, encoding::NONE);
-        h.insert(keys::PAYLOAD_LEN, 0);
-        h.insert(keys::SEND_TIME, Value::F64(unix_time()));
-        // The RETURN goes back the way the request came.
-        h.insert(keys::TO, conn.peer.as_str());
-        match self.data_frame(&h, Vec::new()) {
+        match envelope::seal(h, &conn.peer, Vec::new(), self.limits.max_header_size) {
             Ok(f) => conn.send_detached(f),
             Err(e) => warn!("RETURN not sent: {e}"),
         }
     }
 
-    async fn on_request(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        origin: String,
-        headers: Headers,
-        payload: Bytes,
-    ) {
-        let channel = headers
-            .get_str(keys::CHANNEL)
-            .unwrap_or_default()
-            .to_string();
-        let topic = headers.get_str(keys::TOPIC).unwrap_or_default().to_string();
+    async fn on_request(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
+        let origin = env.origin.clone();
+        let channel = env.channel().to_string();
+        let topic = env.topic().to_string();
         if channel == stream_keys::STREAM_CHANNEL {
-            self.on_stream(conn, origin, &topic, headers, payload).await;
+            self.on_stream(conn, origin, &topic, env.headers, payload)
+                .await;
             return;
         }
-        let reply_to = match (
-            headers.get_bool(keys::REPLY_EXPECTED),
-            headers.get_str(keys::REQ_ID),
-        ) {
-            (Some(true), Some(id)) => ReplyTo::Plain(id.to_string()),
-            (Some(true), None) => {
+        let reply_to = match (env.reply_expected(), env.req_id()) {
+            (true, Some(id)) => ReplyTo::Plain(id.to_string()),
+            (true, None) => {
                 limited!(conn.log, warn, %origin, "request expects a reply but has no cn__req_id; treated as fire-and-forget");
                 ReplyTo::Nobody
             }
             _ => ReplyTo::Nobody,
         };
-        if headers.get_bool(keys::ENCRYPTED) == Some(true) {
+        if env.encrypted() {
             limited!(conn.log, warn, %origin, %channel, %topic, "end-to-end encrypted payload; not supported");
             self.reply(
                 conn,
@@ -1561,7 +1417,7 @@ impl CellInner {
             );
             return;
         }
-        let payload = match Payload::from_wire(headers.get_str(keys::PAYLOAD_ENCODING), payload) {
+        let payload = match Payload::from_wire(env.payload_encoding(), payload) {
             Ok(p) => p,
             Err(e) => {
                 limited!(conn.log, warn, %origin, %channel, %topic, "undecodable payload: {e}");
@@ -1576,6 +1432,7 @@ impl CellInner {
                 return;
             }
         };
+        let headers = env.headers;
         self.dispatch_request(conn, Message { headers, payload }, reply_to);
     }
 
@@ -1685,31 +1542,24 @@ impl CellInner {
             ReplyTo::Nobody => {}
             ReplyTo::Plain(req_id) => {
                 let mut reply = reply;
-                let mut payload = std::mem::take(&mut reply.payload);
-                let mut segs_encoding = payload.encoding();
-                let mut segs = payload.into_segments();
+                let mut encoding = reply.payload.encoding();
+                let mut segs = std::mem::take(&mut reply.payload).into_segments();
                 if let Err(e) = self.check_size(&segs) {
                     warn!("reply too big: {e}");
                     reply = Message::error(ReturnCode::MsgTooBig, e.to_string());
-                    payload = Payload::None;
-                    segs_encoding = payload.encoding();
+                    encoding = Payload::None.encoding();
                     segs = Vec::new();
                 }
-                let mut h = reply.headers;
-                if !h.contains(keys::RETURN_CODE) {
-                    h.insert(keys::RETURN_CODE, "ok");
-                }
-                h.insert(keys::CHANNEL, channel);
-                h.insert(keys::TOPIC, topic);
-                h.insert(keys::FROM, self.fqcn.as_str());
-                h.insert(keys::ORIGIN, self.fqcn.as_str());
-                h.insert(keys::DESTINATION, origin);
-                h.insert(keys::REQ_ID, req_id.as_str());
-                h.insert(keys::MSG_TYPE, msg_type::REPLY);
-                h.insert(keys::ROUTE, Value::Array(vec![route_entry(&self.fqcn)]));
-                h.insert(keys::PAYLOAD_ENCODING, segs_encoding);
-                h.insert(keys::PAYLOAD_LEN, seg_len(&segs) as u64);
-                h.insert(keys::SEND_TIME, Value::F64(unix_time()));
+                let to = Address {
+                    destination: origin,
+                    channel,
+                    topic,
+                };
+                let body = Body {
+                    encoding,
+                    len: seg_len(&segs),
+                };
+                let h = self.stamp().reply(reply.headers, to, &req_id, body);
                 if let Err(e) = self.send_message(origin, h, segs, Some(conn), None).await {
                     limited!(conn.log, warn, %origin, "reply not sent: {e}");
                 }
@@ -1717,10 +1567,10 @@ impl CellInner {
             ReplyTo::Stream(ri) => {
                 let mut blob = reply.headers;
                 if !blob.contains(keys::RETURN_CODE) {
-                    blob.insert(keys::RETURN_CODE, "ok");
+                    blob.insert(keys::RETURN_CODE, ReturnCode::Ok.as_str());
                 }
                 let sid = self.streams.next_id();
-                let tp = format!("{channel}:{topic}");
+                let tp = reply_topic(channel, topic);
                 let r = self
                     .send_stream(
                         origin,
@@ -1761,27 +1611,15 @@ impl CellInner {
         }
     }
 
-    fn on_reply(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        origin: String,
-        headers: Headers,
-        payload: Bytes,
-        is_return: bool,
-    ) {
-        let ids: Vec<String> = match headers.get(keys::REQ_ID) {
-            Some(Value::String(s)) => s.as_str().map(|s| vec![s.to_string()]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        };
+    fn on_reply(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
+        let is_return = env.msg_type == MsgType::Return;
+        let origin = env.origin.clone();
+        let ids = env.reply_ids();
         if ids.is_empty() {
             limited!(conn.log, warn, peer = %conn.peer, %origin, "reply without cn__req_id; dropped");
             return;
         }
-        let payload = match Payload::from_wire(headers.get_str(keys::PAYLOAD_ENCODING), payload) {
+        let payload = match Payload::from_wire(env.payload_encoding(), payload) {
             Ok(p) => p,
             Err(e) => {
                 limited!(conn.log, warn, %origin, "undecodable reply payload: {e}");
@@ -1796,7 +1634,10 @@ impl CellInner {
                 return;
             }
         };
-        let msg = Message { headers, payload };
+        let msg = Message {
+            headers: env.headers,
+            payload,
+        };
         for id in ids {
             // A plain reply must come from the cell the request went to (NVFlare's origin
             // check); a RETURN comes from whichever hop could not forward.

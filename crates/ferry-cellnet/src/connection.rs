@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rmpv::Value;
@@ -195,14 +195,6 @@ impl Conn {
     }
 }
 
-/// Seconds since the epoch as float64 (HELLO `timestamp`, `cn__send_time`, `cn__route`).
-pub(crate) fn unix_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
-
 /// Extra HELLO/READY key: "this endpoint registers a peer before it reads the peer's next
 /// frame", i.e. DATA may follow READY at once. NVFlare keeps unknown keys as endpoint
 /// properties and ignores them.
@@ -234,7 +226,7 @@ fn refusal_payload(own: &Fqcn, refused: Option<&str>, busy: bool) -> Bytes {
         .str("endpoint_name")
         .str(own.as_str())
         .str("timestamp")
-        .f64(unix_time())
+        .f64(crate::clock::unix_now())
         .str("fqcn")
         .str(own.as_str())
         .str(SYNC_KEY)

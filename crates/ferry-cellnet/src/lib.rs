@@ -39,8 +39,10 @@
 
 mod admission;
 mod cell;
+mod clock;
 mod connection;
 mod driver;
+mod envelope;
 mod error;
 pub mod fobs;
 mod fqcn;
@@ -67,6 +69,7 @@ pub use connection::ConnectionInfo;
 #[cfg(feature = "tls")]
 pub use driver::tls::{common_name, TlsConfig};
 pub use driver::Url;
+pub use envelope::stream::data_type as stream_data_type;
 pub use error::{CellnetError, Result, TlsFile};
 pub use fobs::Fobs;
 pub use fqcn::{validate as validate_fqcn, Fqcn, SERVER_ROOT};
@@ -77,5 +80,4 @@ pub use message::{encoding, Message, Payload};
 pub use msgpack::{MsgpackBody, MsgpackWriter};
 pub use return_code::ReturnCode;
 pub use rmpv;
-pub use stream::data_type as stream_data_type;
 pub use trust::Forwarding;

@@ -16,23 +16,12 @@ use tracing::debug;
 
 use crate::cell::{CellInner, ReplyTo};
 use crate::connection::Conn;
+use crate::envelope::stream::{reply_topic, Blob, ChunkHead, ChunkOut, StreamMsg};
 use crate::error::CellnetError;
-use crate::headers::{keys, stream_keys as sk, Headers};
+use crate::headers::{stream_keys as sk, Headers};
 use crate::log_limit::limited;
-use crate::message::{encoding, Message, Payload};
+use crate::message::{Message, Payload};
 use crate::return_code::ReturnCode;
-
-/// `sm__dt` values.
-pub mod data_type {
-    /// A chunk that is not the last.
-    pub const CHUNK: u64 = 1;
-    /// The last chunk.
-    pub const FINAL: u64 = 2;
-    /// Receiver → sender acknowledgement.
-    pub const ACK: u64 = 3;
-    /// Abort (either direction).
-    pub const ERROR: u64 = 6;
-}
 
 /// What a stream in reassembly costs beyond its bytes (its headers, its table entry): charged
 /// when it starts, so that streams without payload are not free.
@@ -280,40 +269,20 @@ impl CellInner {
                 }
             }
             let len: usize = part.iter().map(Bytes::len).sum();
-            let mut h = app_headers.clone();
-            if let Some(ri) = &ri {
-                h.insert(sk::REQ_ID, ri.as_str());
-            }
-            h.insert(sk::PAYLOAD_ENCODING, pe);
-            h.insert(sk::CHANNEL, channel);
-            h.insert(sk::TOPIC, topic);
-            h.insert(sk::ID, sid);
-            h.insert(sk::SEQ, seq as u64);
-            h.insert(
-                sk::DATA_TYPE,
-                if seq + 1 == n {
-                    data_type::FINAL
-                } else {
-                    data_type::CHUNK
-                },
-            );
-            h.insert(sk::OFFSET, offset);
-            h.insert(sk::SIZE, total as u64);
-            h.insert(sk::RELIABLE, false);
-            if seq == 0 {
-                h.insert(sk::CHUNK_SIZE, chunk_size as u64);
-                h.insert(sk::WINDOW, window);
-            }
-            let h = self.request_headers(
-                h,
-                target,
-                sk::STREAM_CHANNEL,
-                sk::TOPIC_DATA,
-                None,
-                false,
-                encoding::BYTES,
+            let c = ChunkOut {
+                sid,
+                seq: seq as u64,
+                last: seq + 1 == n,
+                offset,
+                total: total as u64,
+                encoding: pe,
+                channel,
+                topic,
+                ri: ri.as_deref(),
+                first: (seq == 0).then_some((chunk_size as u64, window)),
                 len,
-            );
+            };
+            let h = self.stamp().stream_chunk(&app_headers, target, &c);
             self.send_message(target, h, part, fallback, None).await?;
             offset += len as u64;
         }
@@ -331,52 +300,46 @@ impl CellInner {
         headers: Headers,
         payload: Bytes,
     ) {
-        let Some(sid) = headers.get_u64(sk::ID) else {
-            limited!(conn.log, warn, %origin, "stream message without sm__id; dropped");
-            return;
+        let msg = match StreamMsg::parse(topic, &headers) {
+            Ok(m) => m,
+            Err(why) => {
+                limited!(conn.log, warn, %origin, "{why}; dropped");
+                return;
+            }
         };
-        let dt = headers.get_u64(sk::DATA_TYPE).unwrap_or(0);
-        match topic {
-            sk::TOPIC_DATA if dt == data_type::ERROR => {
-                let em = headers
-                    .get_str(sk::ERROR_MSG)
-                    .unwrap_or("aborted by sender");
-                limited!(conn.log, warn, %origin, sid, "sender aborted the stream: {em}");
+        match msg {
+            StreamMsg::SenderAbort { sid, why } => {
+                limited!(conn.log, warn, %origin, sid, "sender aborted the stream: {why}");
                 self.streams
                     .incoming
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&(origin, sid));
             }
-            sk::TOPIC_DATA => self.on_chunk(conn, origin, sid, dt, headers, payload).await,
-            sk::TOPIC_ACK | sk::TOPIC_ERROR if dt == data_type::ERROR => {
-                let em = headers
-                    .get_str(sk::ERROR_MSG)
-                    .unwrap_or("stream rejected by receiver")
-                    .to_string();
-                limited!(conn.log, warn, %origin, sid, "receiver aborted the stream: {em}");
+            StreamMsg::Chunk(c) => self.on_chunk(conn, origin, c, headers, payload).await,
+            StreamMsg::ReceiverAbort { sid, why, ri } => {
+                limited!(conn.log, warn, %origin, sid, "receiver aborted the stream: {why}");
                 let ri = self
                     .streams
                     .outgoing
                     .get(&sid)
                     .map(|o| {
-                        o.progress.send_modify(|p| p.error = Some(em.clone()));
+                        o.progress.send_modify(|p| p.error = Some(why.clone()));
                         o.ri.clone()
                     })
                     .unwrap_or(None)
-                    .or_else(|| headers.get_str(sk::REQ_ID).map(str::to_string));
+                    .or(ri);
                 if let Some(ri) = ri {
                     if let Some((_, w)) = self.stream_waiters.remove(&ri) {
-                        let _ = w.tx.send(Message::error(ReturnCode::CommError, em));
+                        let _ = w.tx.send(Message::error(ReturnCode::CommError, why));
                     }
                 }
             }
-            sk::TOPIC_ACK => {
+            StreamMsg::Ack { sid, offset } => {
                 if let Some(o) = self.streams.outgoing.get(&sid) {
-                    let os = headers.get_u64(sk::OFFSET).unwrap_or(0);
                     o.progress.send_if_modified(|p| {
-                        if os > p.acked {
-                            p.acked = os;
+                        if offset > p.acked {
+                            p.acked = offset;
                             true
                         } else {
                             false
@@ -384,8 +347,7 @@ impl CellInner {
                     });
                 }
             }
-            sk::TOPIC_ERROR => debug!(%origin, sid, "sm__ERROR without dt=6; ignored"),
-            other => limited!(conn.log, warn, %origin, "unknown stream topic {other:?}; dropped"),
+            StreamMsg::Stray { sid } => debug!(%origin, sid, "sm__ERROR without dt=6; ignored"),
         }
     }
 
@@ -393,18 +355,17 @@ impl CellInner {
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         origin: String,
-        sid: u64,
-        dt: u64,
+        c: ChunkHead,
         headers: Headers,
         payload: Bytes,
     ) {
-        let seq = headers.get_u64(sk::SEQ).unwrap_or(0);
+        let (sid, seq) = (c.sid, c.seq);
         let max = self.limits.max_stream_bytes;
         let key = (origin.clone(), sid);
         // A chunk that has to wait for the rest of its stream is kept, and paid for, before
         // anything is stored: the charge may close a stale connection to make room, or be
         // refused, which aborts this stream. (A one-chunk stream is handed on at once.)
-        let one_chunk = seq == 0 && dt == data_type::FINAL;
+        let one_chunk = seq == 0 && c.last;
         let is_new = !self
             .streams
             .incoming
@@ -450,7 +411,7 @@ impl CellInner {
                 self.send_stream_ack(conn, &origin, sid, os, sq);
                 return;
             }
-            let size = headers.get_u64(sk::SIZE).unwrap_or(0);
+            let size = c.size;
             let from_origin = map.keys().filter(|(o, _)| *o == origin).count();
             let from_conn = map.values().filter(|r| r.conn.id == conn.id).count();
             let refuse = if size > max as u64 {
@@ -482,8 +443,8 @@ impl CellInner {
                     pending_bytes: 0,
                     final_seq: None,
                     acked_bytes: 0,
-                    ack_every: headers
-                        .get_u64(sk::WINDOW)
+                    ack_every: c
+                        .window
                         .map(|w| (w as usize / 2).max(1))
                         .unwrap_or(usize::MAX)
                         .min(self.limits.stream_ack_interval),
@@ -496,13 +457,13 @@ impl CellInner {
         let Some(r) = map.get_mut(&key) else { return };
         r.last_activity = Instant::now();
         if seq == 0 && !r.headers_from_first {
-            if let Some(w) = headers.get_u64(sk::WINDOW) {
+            if let Some(w) = c.window {
                 r.ack_every = r.ack_every.min((w as usize / 2).max(1));
             }
             r.headers = headers;
             r.headers_from_first = true;
         }
-        if dt == data_type::FINAL {
+        if c.last {
             r.final_seq = Some(seq);
         }
         let duplicate = seq < r.next_seq || r.pending.contains_key(&seq);
@@ -518,7 +479,7 @@ impl CellInner {
                 return;
             }
             if seq == r.next_seq {
-                if seq == 0 && dt == data_type::FINAL {
+                if one_chunk {
                     r.single = Some(payload);
                 } else {
                     r.chunk_bytes += payload.len();
@@ -567,36 +528,19 @@ impl CellInner {
     fn stream_complete(self: &Arc<Self>, origin: String, sid: u64, mut r: Reassembly) {
         let blob = r.take_blob();
         let conn = r.conn.clone();
-        let mut h = std::mem::take(&mut r.headers);
+        let head = Blob::from_chunk_headers(std::mem::take(&mut r.headers), &origin);
         // complete: the blob is the handler's now, not unfinished data
         drop(r);
-        let channel = h.get_str(sk::CHANNEL).unwrap_or_default().to_string();
-        let topic = h.get_str(sk::TOPIC).unwrap_or_default().to_string();
-        let pe = h.get_str(sk::PAYLOAD_ENCODING).map(str::to_string);
-        let ri = h.get_str(sk::REQ_ID).map(str::to_string);
-        // The handler sees the blob's own headers plus where it came from; the per-chunk
-        // stream and routing bookkeeping is dropped.
-        h.retain(|k, _| !k.starts_with("sm__") || k == sk::REQ_ID);
-        for k in [
-            keys::MSG_TYPE,
-            keys::FROM,
-            keys::TO,
-            keys::REPLY_EXPECTED,
-            keys::REQ_ID,
-            keys::PAYLOAD_LEN,
-        ] {
-            h.remove(k);
-        }
-        h.insert(keys::CHANNEL, channel.as_str());
-        h.insert(keys::TOPIC, topic.as_str());
-        h.insert(keys::ORIGIN, origin.as_str());
-        h.insert(
-            keys::PAYLOAD_ENCODING,
-            pe.as_deref().unwrap_or(encoding::BYTES),
-        );
+        let Blob {
+            headers: h,
+            channel,
+            topic,
+            encoding: pe,
+            ri,
+        } = head.clone();
         debug!(%origin, sid, bytes = blob.len(), %channel, %topic, "stream complete");
         let payload = Payload::from_wire(pe.as_deref(), blob);
-        if channel == sk::RETURN_ONLY {
+        if head.is_reply() {
             let Some(ri) = ri else {
                 limited!(conn.log, warn, %origin, sid, "streamed reply without sm__ri; dropped");
                 return;
@@ -631,14 +575,17 @@ impl CellInner {
             Err(e) => {
                 limited!(conn.log, warn, %origin, "undecodable streamed payload: {e}");
                 let mut m = Message::error(ReturnCode::InvalidRequest, e.to_string());
-                m.headers.insert(keys::ORIGIN, origin.as_str());
-                m.headers.insert(keys::CHANNEL, channel.as_str());
-                m.headers.insert(keys::TOPIC, topic.as_str());
+                m.headers
+                    .insert(crate::headers::keys::ORIGIN, origin.as_str());
+                m.headers
+                    .insert(crate::headers::keys::CHANNEL, channel.as_str());
+                m.headers
+                    .insert(crate::headers::keys::TOPIC, topic.as_str());
                 if let ReplyTo::Stream(ri) = reply_to {
                     let me = self.clone();
                     tokio::spawn(async move {
                         let sid = me.streams.next_id();
-                        let tp = format!("{channel}:{topic}");
+                        let tp = reply_topic(&channel, &topic);
                         let blob = m.headers.clone();
                         let _ = me
                             .send_stream(
@@ -660,21 +607,7 @@ impl CellInner {
     }
 
     fn send_stream_ack(&self, conn: &Arc<Conn>, origin: &str, sid: u64, os: u64, sq: u64) {
-        let mut h = Headers::new();
-        h.insert(sk::ID, sid);
-        h.insert(sk::DATA_TYPE, data_type::ACK);
-        h.insert(sk::OFFSET, os);
-        h.insert(sk::SEQ, sq);
-        let h = self.request_headers(
-            h,
-            origin,
-            sk::STREAM_CHANNEL,
-            sk::TOPIC_ACK,
-            None,
-            false,
-            encoding::NONE,
-            0,
-        );
+        let h = self.stamp().stream_ack(origin, sid, os, sq);
         self.send_message_detached(origin, h, Vec::new(), Some(conn));
     }
 
@@ -687,27 +620,7 @@ impl CellInner {
         chunk: &Headers,
         why: &str,
     ) {
-        for topic in [sk::TOPIC_ERROR, sk::TOPIC_ACK] {
-            let mut h = Headers::new();
-            h.insert(sk::ID, sid);
-            h.insert(sk::DATA_TYPE, data_type::ERROR);
-            h.insert(sk::ERROR_MSG, why);
-            h.insert(sk::ERROR_TYPE, "StreamError");
-            for k in [sk::CHANNEL, sk::TOPIC, sk::REQ_ID] {
-                if let Some(v) = chunk.get(k) {
-                    h.insert(k, v.clone());
-                }
-            }
-            let h = self.request_headers(
-                h,
-                origin,
-                sk::STREAM_CHANNEL,
-                topic,
-                None,
-                false,
-                encoding::NONE,
-                0,
-            );
+        for h in self.stamp().stream_errors(origin, sid, why, chunk) {
             self.send_message_detached(origin, h, Vec::new(), Some(conn));
         }
     }

@@ -1,0 +1,345 @@
+//! The envelope of a DATA message: its `cn__*` headers (f3-wire.md §2.2), typed.
+//!
+//! Inbound, [`Envelope::parse`] reads once what the cell acts on (message type, origin,
+//! destination) and keeps the whole header map for the handler. Outbound, every message this
+//! cell makes goes through [`Stamp`]: a request, a reply, a RETURN that bounces a message, a
+//! forwarded message, and the `sm__*` stream messages ([`stream`]) are all stamped here, with
+//! the keys in NVFlare's order, and [`seal`] turns the result into a frame for the next hop.
+//!
+//! Pure: no sockets, no clock (the caller passes the send time), no state.
+
+pub(crate) mod stream;
+
+use bytes::Bytes;
+use rmpv::Value;
+
+use crate::error::CellnetError;
+use crate::fqcn::Fqcn;
+use crate::frame::{FrameType, OutFrame, APP_ID_CELLNET};
+use crate::headers::{keys, Headers};
+use crate::message::encoding;
+use crate::return_code::ReturnCode;
+
+/// `cn__msg_type`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MsgType {
+    /// `req`: a request or a fire-and-forget message.
+    Req,
+    /// `reply`: the answer to a request.
+    Reply,
+    /// `return`: a request bounced by a hop that could not deliver it.
+    Return,
+    /// Anything else: forwarded untouched, dropped at its destination.
+    Other(String),
+}
+
+impl MsgType {
+    const REQ: &'static str = "req";
+    const REPLY: &'static str = "reply";
+    const RETURN: &'static str = "return";
+
+    fn parse(s: &str) -> MsgType {
+        match s {
+            Self::REQ => MsgType::Req,
+            Self::REPLY => MsgType::Reply,
+            Self::RETURN => MsgType::Return,
+            other => MsgType::Other(other.to_string()),
+        }
+    }
+
+    /// The wire string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            MsgType::Req => Self::REQ,
+            MsgType::Reply => Self::REPLY,
+            MsgType::Return => Self::RETURN,
+            MsgType::Other(s) => s,
+        }
+    }
+}
+
+/// A received DATA message's headers, with the keys every message must have read out.
+#[derive(Clone, Debug)]
+pub(crate) struct Envelope {
+    /// `cn__msg_type`.
+    pub msg_type: MsgType,
+    /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
+    pub origin: String,
+    /// `cn__destination`: the cell it is for.
+    pub destination: String,
+    /// The whole map as received, application headers included.
+    pub headers: Headers,
+}
+
+impl Envelope {
+    /// Read the required keys; a map without them is not a CellNet message.
+    pub fn parse(headers: Headers) -> Result<Envelope, &'static str> {
+        let (Some(t), Some(o), Some(d)) = (
+            headers.get_str(keys::MSG_TYPE),
+            headers.get_str(keys::ORIGIN),
+            headers.get_str(keys::DESTINATION),
+        ) else {
+            return Err("message without cn__msg_type/cn__origin/cn__destination");
+        };
+        Ok(Envelope {
+            msg_type: MsgType::parse(t),
+            origin: o.to_string(),
+            destination: d.to_string(),
+            headers,
+        })
+    }
+
+    /// `cn__channel` (empty if absent).
+    pub fn channel(&self) -> &str {
+        self.headers.get_str(keys::CHANNEL).unwrap_or_default()
+    }
+
+    /// `cn__topic` (empty if absent).
+    pub fn topic(&self) -> &str {
+        self.headers.get_str(keys::TOPIC).unwrap_or_default()
+    }
+
+    /// `cn__reply_expected` is true.
+    pub fn reply_expected(&self) -> bool {
+        self.headers.get_bool(keys::REPLY_EXPECTED) == Some(true)
+    }
+
+    /// The `cn__req_id` of a request (a str).
+    pub fn req_id(&self) -> Option<&str> {
+        self.headers.get_str(keys::REQ_ID)
+    }
+
+    /// The request ids a reply answers: `cn__req_id` as a str, or a list of them (RETURN).
+    pub fn reply_ids(&self) -> Vec<String> {
+        match self.headers.get(keys::REQ_ID) {
+            Some(Value::String(s)) => s.as_str().map(|s| vec![s.to_string()]).unwrap_or_default(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `cn__payload_encoding`, if present.
+    pub fn payload_encoding(&self) -> Option<&str> {
+        self.headers.get_str(keys::PAYLOAD_ENCODING)
+    }
+
+    /// Hops travelled so far (`cn__route` entries).
+    pub fn hops(&self) -> usize {
+        self.headers
+            .get(keys::ROUTE)
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    }
+
+    /// `cn__encrypted`: an end-to-end encrypted payload (not supported).
+    pub fn encrypted(&self) -> bool {
+        self.headers.get_bool(keys::ENCRYPTED) == Some(true)
+    }
+}
+
+/// Where a message goes: the final cell and the application channel and topic.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Address<'a> {
+    /// `cn__destination`.
+    pub destination: &'a str,
+    /// `cn__channel`.
+    pub channel: &'a str,
+    /// `cn__topic`.
+    pub topic: &'a str,
+}
+
+/// What the payload is: `cn__payload_encoding` and `cn__payload_len`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Body<'a> {
+    /// Encoding name (see [`crate::encoding`]).
+    pub encoding: &'a str,
+    /// Bytes on the wire.
+    pub len: usize,
+}
+
+impl Body<'_> {
+    /// No payload.
+    pub const NONE: Body<'static> = Body {
+        encoding: encoding::NONE,
+        len: 0,
+    };
+}
+
+/// Total length of payload segments.
+pub(crate) fn seg_len(s: &[Bytes]) -> usize {
+    s.iter().map(Bytes::len).sum()
+}
+
+/// The sender's stamp on what it sends: its name (origin, previous hop, first route entry)
+/// and the send time, seconds since the epoch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stamp<'a> {
+    /// This cell.
+    pub me: &'a Fqcn,
+    /// `cn__send_time` and the time of this cell's route entry.
+    pub at: f64,
+}
+
+impl Stamp<'_> {
+    fn route_entry(&self) -> Value {
+        Value::Array(vec![self.me.as_str().into(), Value::F64(self.at)])
+    }
+
+    /// A REQ: `app` headers, then the `cn__*` keys in the order NVFlare writes them (§7).
+    /// `req_id` makes it a request that expects a reply; without it the message is
+    /// fire-and-forget. `cn__to` is left empty for [`seal`] to fill in.
+    pub fn request(
+        &self,
+        app: Headers,
+        to: Address<'_>,
+        req_id: Option<&str>,
+        optional: bool,
+        body: Body<'_>,
+    ) -> Headers {
+        let mut h = app;
+        h.insert(keys::TOPIC, to.topic);
+        h.insert(keys::CHANNEL, to.channel);
+        h.insert(keys::DESTINATION, to.destination);
+        if let Some(r) = req_id {
+            h.insert(keys::REQ_ID, r);
+        }
+        h.insert(keys::REPLY_EXPECTED, req_id.is_some());
+        h.insert(keys::SECURE, false);
+        h.insert(keys::OPTIONAL, optional);
+        self.tail(h, MsgType::Req, body)
+    }
+
+    /// A REPLY to request `req_id`: the reply's own headers (`cn__return_code` defaults to
+    /// `ok`), then the `cn__*` keys in NVFlare's order (§7).
+    pub fn reply(&self, app: Headers, to: Address<'_>, req_id: &str, body: Body<'_>) -> Headers {
+        let mut h = app;
+        h.insert(keys::SECURE, false);
+        h.insert(keys::OPTIONAL, false);
+        if !h.contains(keys::RETURN_CODE) {
+            h.insert(keys::RETURN_CODE, ReturnCode::Ok.as_str());
+        }
+        h.insert(keys::CHANNEL, to.channel);
+        h.insert(keys::TOPIC, to.topic);
+        h.insert(keys::FROM, self.me.as_str());
+        h.insert(keys::TO, "");
+        h.insert(keys::ORIGIN, self.me.as_str());
+        h.insert(keys::DESTINATION, to.destination);
+        h.insert(keys::REQ_ID, req_id);
+        h.insert(keys::MSG_TYPE, MsgType::Reply.as_str());
+        h.insert(keys::ROUTE, Value::Array(vec![self.route_entry()]));
+        h.insert(keys::PAYLOAD_ENCODING, body.encoding);
+        h.insert(keys::PAYLOAD_LEN, body.len as u64);
+        h.insert(keys::SEND_TIME, Value::F64(self.at));
+        h
+    }
+
+    /// `cn__from`, `cn__to`, `cn__origin`, `cn__msg_type`, `cn__route`, payload and time.
+    fn tail(&self, mut h: Headers, t: MsgType, body: Body<'_>) -> Headers {
+        h.insert(keys::FROM, self.me.as_str());
+        h.insert(keys::TO, "");
+        h.insert(keys::ORIGIN, self.me.as_str());
+        h.insert(keys::MSG_TYPE, t.as_str());
+        h.insert(keys::ROUTE, Value::Array(vec![self.route_entry()]));
+        h.insert(keys::PAYLOAD_ENCODING, body.encoding);
+        h.insert(keys::PAYLOAD_LEN, body.len as u64);
+        h.insert(keys::SEND_TIME, Value::F64(self.at));
+        h
+    }
+
+    /// The RETURN for a request this cell will not deliver (NVFlare's shape: `cn__req_id`
+    /// as a list, `cn__original_headers`, `cn__return_reason`), addressed to `to`. A RETURN
+    /// is matched by request id whatever its origin, so the requester learns at once. `None` if the message is not a request that
+    /// waits for a reply: those are dropped without a word.
+    pub fn bounce(&self, refused: &Envelope, to: &str, why: Refusal<'_>) -> Option<Headers> {
+        if refused.msg_type != MsgType::Req || !refused.reply_expected() {
+            return None;
+        }
+        let orig = &refused.headers;
+        let mut h = Headers::new();
+        for k in [keys::CHANNEL, keys::TOPIC] {
+            if let Some(v) = orig.get(k) {
+                h.insert(k, v.clone());
+            }
+        }
+        let req_ids = match orig.get(keys::REQ_ID) {
+            Some(Value::Array(a)) => a.clone(),
+            Some(v) => vec![v.clone()],
+            None => Vec::new(),
+        };
+        h.insert(keys::REQ_ID, Value::Array(req_ids));
+        h.insert(keys::RETURN_CODE, why.code.as_str());
+        h.insert(keys::ERROR, why.error);
+        h.insert(keys::RETURN_REASON, why.reason);
+        h.insert(keys::ORIGINAL_HEADERS, orig.to_value());
+        h.insert(keys::DESTINATION, to);
+        Some(self.tail(h, MsgType::Return, Body::NONE))
+    }
+
+    /// A message this cell relays: it becomes the previous hop and adds itself to the route.
+    pub fn forward(&self, headers: &mut Headers) {
+        headers.insert(keys::FROM, self.me.as_str());
+        let mut route = match headers.remove(keys::ROUTE) {
+            Some(Value::Array(r)) => r,
+            _ => Vec::new(),
+        };
+        route.push(self.route_entry());
+        headers.insert(keys::ROUTE, Value::Array(route));
+    }
+
+    /// A request this cell sends to itself, as its handler sees it.
+    pub fn local_request(&self, headers: &mut Headers, channel: &str, topic: &str) {
+        headers.insert(keys::ORIGIN, self.me.as_str());
+        headers.insert(keys::DESTINATION, self.me.as_str());
+        headers.insert(keys::CHANNEL, channel);
+        headers.insert(keys::TOPIC, topic);
+    }
+
+    /// The reply of a handler to a request this cell sent to itself.
+    pub fn local_reply(&self, headers: &mut Headers) {
+        if !headers.contains(keys::RETURN_CODE) {
+            headers.insert(keys::RETURN_CODE, ReturnCode::Ok.as_str());
+        }
+        headers.insert(keys::ORIGIN, self.me.as_str());
+    }
+}
+
+/// Why a message is bounced: the RETURN's code, `cn__error` and `cn__return_reason`.
+#[derive(Clone, Debug)]
+pub(crate) struct Refusal<'a> {
+    /// `cn__return_code`.
+    pub code: ReturnCode,
+    /// `cn__error`, for the requester.
+    pub error: &'a str,
+    /// `cn__return_reason` (`cant_forward`, `unauthenticated_origin`).
+    pub reason: &'a str,
+}
+
+/// The DATA frame of a message for the connection to `next_hop` (which becomes `cn__to`),
+/// or an error if the header map is larger than `max_header_size`.
+pub(crate) fn seal(
+    mut headers: Headers,
+    next_hop: &str,
+    payload: Vec<Bytes>,
+    max_header_size: usize,
+) -> Result<OutFrame, CellnetError> {
+    headers.insert(keys::TO, next_hop);
+    let hb = headers.encode();
+    if hb.len() > max_header_size {
+        return Err(CellnetError::Headers(format!(
+            "header map of {} bytes exceeds the limit of {max_header_size}",
+            hb.len(),
+        )));
+    }
+    Ok(OutFrame {
+        frame_type: FrameType::Data,
+        app_id: APP_ID_CELLNET,
+        headers: Bytes::from(hb),
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests;
