@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +21,7 @@ use crate::driver::{self, Url};
 use crate::envelope::stream::reply_topic;
 use crate::envelope::{self, seg_len, Address, Body, Envelope, MsgType, Refusal, Stamp};
 use crate::error::CellnetError;
-use crate::fqcn::{Fqcn, SERVER_ROOT};
+use crate::fqcn::Fqcn;
 use crate::frame::{Frame, OutFrame};
 use crate::headers::{keys, stream_keys, Headers};
 use crate::held::HeldBudget;
@@ -30,6 +29,7 @@ use crate::limits::Limits;
 use crate::log_limit::limited;
 use crate::message::{Message, Payload};
 use crate::return_code::ReturnCode;
+use crate::router::{Claim, PeerEvent, ReplyFrom, Router, WaitKey};
 use crate::stream::StreamState;
 use crate::trust::{self, Forwarding};
 
@@ -95,19 +95,6 @@ where
     }
 }
 
-/// A peer connection of a cell came or went (see [`Cell::peer_events`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PeerEvent {
-    /// A connection to this peer FQCN is established (also when it takes the name over from
-    /// a connection that stopped answering).
-    Connected(String),
-    /// The connection to this peer FQCN closed and no newer one replaced it.
-    Disconnected(String),
-}
-
-/// How many peer events a slow subscriber may fall behind before it misses the oldest.
-const PEER_EVENT_CAPACITY: usize = 256;
-
 /// Options of [`Cell::send_request_with`] and [`Cell::fire_and_forget_with`].
 #[derive(Clone, Debug)]
 pub struct RequestOptions {
@@ -144,15 +131,6 @@ impl RequestOptions {
         self.streamed = yes;
         self
     }
-}
-
-/// Someone waiting for a reply.
-pub(crate) struct Waiter {
-    /// The FQCN the request went to; a plain reply must come from it.
-    pub target: String,
-    /// The connection the request left on; if it closes, the waiter fails at once.
-    pub conn_id: u64,
-    pub tx: oneshot::Sender<Message>,
 }
 
 /// Where the reply to a dispatched request goes.
@@ -213,10 +191,7 @@ impl CellBuilder {
                 #[cfg(feature = "tls")]
                 tls: self.tls,
                 handlers: RwLock::new(HashMap::new()),
-                agents: DashMap::new(),
-                parent: Mutex::new(None),
-                waiters: DashMap::new(),
-                stream_waiters: DashMap::new(),
+                router: Router::default(),
                 streams: StreamState::default(),
                 io_tasks: TaskTracker::new(),
                 handler_tasks: TaskTracker::new(),
@@ -225,7 +200,6 @@ impl CellBuilder {
                 handlers_token: CancellationToken::new(),
                 shutting_down: AtomicBool::new(false),
                 inproc_names: Mutex::new(Vec::new()),
-                peer_events: broadcast::channel(PEER_EVENT_CAPACITY).0,
             }),
         }
     }
@@ -287,14 +261,8 @@ pub(crate) struct CellInner {
     #[cfg(feature = "tls")]
     tls: Option<crate::driver::tls::TlsConfig>,
     handlers: RwLock<HashMap<(String, String), Arc<dyn Handler>>>,
-    /// Routing table: peer FQCN → its (single) connection.
-    agents: DashMap<String, Arc<Conn>>,
-    /// FQCN of the peer reached by [`Cell::connect`]: the route of last resort.
-    parent: Mutex<Option<Fqcn>>,
-    /// Plain requests waiting for a reply, by `cn__req_id`.
-    pub waiters: DashMap<String, Waiter>,
-    /// Streamed requests waiting for a streamed reply, by `sm__ri`.
-    pub stream_waiters: DashMap<String, Waiter>,
+    /// Routing table, parent, reply waiters.
+    pub router: Router<Conn>,
     pub streams: StreamState,
     /// Reader, writer, listener and connector tasks.
     pub io_tasks: TaskTracker,
@@ -311,8 +279,6 @@ pub(crate) struct CellInner {
     /// The budget of unfinished data held for all peers (frames in progress, streams).
     pub held: Arc<HeldBudget>,
     inproc_names: Mutex<Vec<String>>,
-    /// Peers that connect and disconnect, for [`Cell::peer_events`].
-    peer_events: broadcast::Sender<PeerEvent>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -354,21 +320,19 @@ impl Cell {
 
     /// FQCNs of the peers with an established connection.
     pub fn connected_peers(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.inner.agents.iter().map(|e| e.key().clone()).collect();
-        v.sort();
-        v
+        self.inner.router.peers()
     }
 
     /// True if a connection to `fqcn` is established.
     pub fn is_connected(&self, fqcn: &str) -> bool {
-        self.inner.agents.contains_key(fqcn)
+        self.inner.router.is_connected(fqcn)
     }
 
     /// Subscribe to peers connecting and disconnecting (direct connections only: a cell
     /// reached through another is not seen). Events from before the call are not replayed;
     /// a subscriber more than 256 events behind misses the oldest (`RecvError::Lagged`).
     pub fn peer_events(&self) -> broadcast::Receiver<PeerEvent> {
-        self.inner.peer_events.subscribe()
+        self.inner.router.subscribe()
     }
 
     /// Register the handler of requests and fire-and-forget messages on (`channel`, `topic`).
@@ -479,7 +443,7 @@ impl Cell {
                 let mut backoff = MIN;
                 loop {
                     // wait until the parent connection is gone
-                    while inner.agents.contains_key(peer.as_str()) {
+                    while inner.router.is_connected(peer.as_str()) {
                         tokio::select! {
                             _ = tokio::time::sleep(MIN) => {}
                             _ = stop.cancelled() => return,
@@ -512,7 +476,7 @@ impl Cell {
 
     /// The FQCN of the parent (the peer of the last successful [`Cell::connect`]).
     pub fn parent(&self) -> Option<Fqcn> {
-        lock(&self.inner.parent).clone()
+        self.inner.router.parent()
     }
 
     /// Send a request and wait for the reply, on the plain (one DATA frame) path.
@@ -681,11 +645,11 @@ impl Cell {
             inner.handlers_token.cancel();
             inner.handler_tasks.wait().await;
         }
-        inner.fail_all_waiters("cell is shut down");
+        inner.router.fail_all("cell is shut down");
         inner.conns_token.cancel();
         inner.io_tasks.close();
         inner.io_tasks.wait().await;
-        inner.agents.clear();
+        inner.router.clear();
         info!(cell = %inner.fqcn, "shut down");
     }
 }
@@ -850,7 +814,7 @@ impl CellInner {
         let peer = rx
             .await
             .map_err(|_| CellnetError::Handshake("connection ended during handshake".into()))??;
-        *lock(&self.parent) = Some(peer.clone());
+        self.router.set_parent(peer.clone());
         Ok(peer)
     }
 
@@ -893,24 +857,17 @@ impl CellInner {
     /// whose old connection died silently (power loss, broken network) gets its name back on
     /// its first reconnect attempt.
     pub(crate) async fn admit(&self, conn: &Arc<Conn>, ready: OutFrame) -> Result<(), String> {
-        use dashmap::mapref::entry::Entry;
         let mut ready = Some(ready);
         // Each round either takes the name or finds a holder; a dead holder is removed
         // before the next round. Three rounds: two newcomers racing for a dead name.
         for _ in 0..3 {
-            let old = match self.agents.entry(conn.peer.clone()) {
-                Entry::Vacant(v) => {
-                    if let Some(f) = ready.take() {
-                        conn.try_send(f).map_err(|e| e.to_string())?;
-                    }
-                    v.insert(conn.clone());
-                    // Nobody subscribed is fine.
-                    let _ = self
-                        .peer_events
-                        .send(PeerEvent::Connected(conn.peer.clone()));
-                    return Ok(());
-                }
-                Entry::Occupied(o) => o.get().clone(),
+            let claim = self.router.claim(conn, || match ready.take() {
+                Some(f) => conn.try_send(f).map_err(|e| e.to_string()),
+                None => Ok(()),
+            })?;
+            let old = match claim {
+                Claim::Taken => return Ok(()),
+                Claim::Held(old) => old,
             };
             let probe = self.limits.name_probe_timeout;
             if old.is_alive(probe).await {
@@ -932,7 +889,7 @@ impl CellInner {
                 "the connection holding this name sent nothing within {probe:?} of a PING; replacing it"
             );
             old.close.cancel();
-            self.agents.remove_if(&conn.peer, |_, c| c.id == old.id);
+            self.router.evict(&old);
         }
         Err(format!(
             "several connections are competing for the name {:?}; try again",
@@ -943,82 +900,22 @@ impl CellInner {
     /// Register a connection this cell opened (the peer is our parent). Replaces an older
     /// connection to the same peer: we chose to connect again.
     pub(crate) fn register_agent(&self, conn: Arc<Conn>) {
-        if let Some(old) = self.agents.insert(conn.peer.clone(), conn.clone()) {
+        if let Some(old) = self.router.insert(conn.clone()) {
             if old.id != conn.id {
                 info!(peer = %conn.peer, "new connection replaces the old one");
                 old.close.cancel();
             }
         }
-        // Nobody subscribed is fine.
-        let _ = self
-            .peer_events
-            .send(PeerEvent::Connected(conn.peer.clone()));
     }
 
     pub(crate) fn unregister_agent(&self, conn: &Arc<Conn>) {
-        if self
-            .agents
-            .remove_if(&conn.peer, |_, c| c.id == conn.id)
-            .is_some()
-        {
-            let _ = self
-                .peer_events
-                .send(PeerEvent::Disconnected(conn.peer.clone()));
-        }
+        self.router.remove(conn);
         self.streams.drop_connection(conn.id);
-        // Requests that left on this connection cannot be answered through it any more.
-        let msg = format!("connection to {} lost", conn.peer);
-        for map in [&self.waiters, &self.stream_waiters] {
-            let dead: Vec<String> = map
-                .iter()
-                .filter(|w| w.conn_id == conn.id)
-                .map(|w| w.key().clone())
-                .collect();
-            for k in dead {
-                if let Some((_, w)) = map.remove(&k) {
-                    let _ =
-                        w.tx.send(Message::error(ReturnCode::CommError, msg.clone()));
-                }
-            }
-        }
     }
 
-    fn fail_all_waiters(&self, why: &str) {
-        for map in [&self.waiters, &self.stream_waiters] {
-            let keys: Vec<String> = map.iter().map(|w| w.key().clone()).collect();
-            for k in keys {
-                if let Some((_, w)) = map.remove(&k) {
-                    let _ = w.tx.send(Message::error(ReturnCode::CommError, why));
-                }
-            }
-        }
-    }
-
-    /// The connection a message for `target` leaves on: a direct connection, else the
-    /// nearest connected ancestor of the target, else the server root, else the parent.
-    /// `exclude` is the hop a forwarded message came from (never bounce it back).
+    /// The connection a message for `target` leaves on (see [`Router::route`]).
     pub(crate) fn find_route(&self, target: &str, exclude: Option<&str>) -> Option<Arc<Conn>> {
-        let pick = |name: &str| -> Option<Arc<Conn>> {
-            if Some(name) == exclude {
-                return None;
-            }
-            self.agents.get(name).map(|c| c.clone())
-        };
-        if let Some(c) = pick(target) {
-            return Some(c);
-        }
-        if let Ok(t) = Fqcn::new(target) {
-            for a in t.ancestors() {
-                if let Some(c) = pick(a.as_str()) {
-                    return Some(c);
-                }
-            }
-        }
-        if let Some(c) = pick(SERVER_ROOT) {
-            return Some(c);
-        }
-        let parent = lock(&self.parent).clone();
-        parent.and_then(|p| pick(p.as_str()))
+        self.router.route(target, exclude)
     }
 
     pub(crate) fn check_size(&self, payload: &[Bytes]) -> Result<(), CellnetError> {
@@ -1119,21 +1016,14 @@ impl CellInner {
         let headers = self
             .stamp()
             .request(message.headers, to, Some(&req_id), opts.optional, body);
-        let (tx, rx) = oneshot::channel();
         let Some(conn) = self.find_route(target.as_str(), None) else {
             return Message::error(
                 ReturnCode::TargetUnreachable,
                 format!("no connection leads to {target}"),
             );
         };
-        self.waiters.insert(
-            req_id.clone(),
-            Waiter {
-                target: target.as_str().to_string(),
-                conn_id: conn.id,
-                tx,
-            },
-        );
+        let key = WaitKey::Reply(req_id.clone());
+        let rx = self.router.wait(key.clone(), target.as_str(), conn.id);
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let sent = tokio::time::timeout_at(
             deadline,
@@ -1143,11 +1033,11 @@ impl CellInner {
         match sent {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                self.waiters.remove(&req_id);
+                self.router.forget(&key);
                 return Message::error(e.return_code(), e.to_string());
             }
             Err(_) => {
-                self.waiters.remove(&req_id);
+                self.router.forget(&key);
                 return Message::error(ReturnCode::Timeout, "timed out sending the request");
             }
         }
@@ -1155,7 +1045,7 @@ impl CellInner {
             Ok(Ok(m)) => m,
             Ok(Err(_)) => Message::error(ReturnCode::CommError, "request abandoned"),
             Err(_) => {
-                self.waiters.remove(&req_id);
+                self.router.forget(&key);
                 debug!(%req_id, "no reply in {:?}", opts.timeout);
                 Message::error(
                     ReturnCode::Timeout,
@@ -1180,15 +1070,8 @@ impl CellInner {
                 format!("no connection leads to {target}"),
             );
         };
-        let (tx, rx) = oneshot::channel();
-        self.stream_waiters.insert(
-            ri.clone(),
-            Waiter {
-                target: target.to_string(),
-                conn_id: conn.id,
-                tx,
-            },
-        );
+        let key = WaitKey::StreamReply(ri.clone());
+        let rx = self.router.wait(key.clone(), target, conn.id);
         let mut blob = message.headers;
         if opts.optional {
             blob.insert(stream_keys::OPTIONAL, true);
@@ -1221,7 +1104,7 @@ impl CellInner {
             Ok(Err(e)) => Message::error(e.return_code(), e.to_string()),
             Err(_) => Message::error(ReturnCode::Timeout, "timed out sending the request stream"),
         };
-        self.stream_waiters.remove(&ri);
+        self.router.forget(&key);
         self.streams.outgoing.remove(&sid);
         reply
     }
@@ -1627,9 +1510,8 @@ impl CellInner {
                     Message::error(ReturnCode::CommError, format!("bad reply payload: {e}"));
                 m.headers.insert(keys::ORIGIN, origin.as_str());
                 for id in ids {
-                    if let Some((_, w)) = self.waiters.remove(&id) {
-                        let _ = w.tx.send(m.clone());
-                    }
+                    self.router
+                        .resolve(&WaitKey::Reply(id), ReplyFrom::Anyone, m.clone());
                 }
                 return;
             }
@@ -1641,16 +1523,15 @@ impl CellInner {
         for id in ids {
             // A plain reply must come from the cell the request went to (NVFlare's origin
             // check); a RETURN comes from whichever hop could not forward.
-            match self
-                .waiters
-                .remove_if(&id, |_, w| is_return || w.target == origin)
-            {
-                Some((_, w)) => {
-                    let _ = w.tx.send(msg.clone());
-                }
-                None => {
-                    limited!(conn.log, warn, %origin, req_id = %id, "unexpected reply (nobody waits for it); dropped")
-                }
+            let from = if is_return {
+                ReplyFrom::Anyone
+            } else {
+                ReplyFrom::Target(&origin)
+            };
+            let key = WaitKey::Reply(id);
+            if !self.router.resolve(&key, from, msg.clone()) {
+                let WaitKey::Reply(id) = key else { continue };
+                limited!(conn.log, warn, %origin, req_id = %id, "unexpected reply (nobody waits for it); dropped")
             }
         }
     }

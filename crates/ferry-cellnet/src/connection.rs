@@ -23,6 +23,7 @@ use crate::held::AccountHandle;
 use crate::log_limit::{limited, LogLimiter};
 use crate::msgpack;
 use crate::reader::{FrameReader, ReadLimits};
+use crate::router::Link;
 use crate::writer::writer_task;
 
 /// Frames queued for the writer before senders wait (backpressure).
@@ -116,6 +117,15 @@ impl ConnectionInfo {
     /// Run `f` with `info` as the current connection.
     pub(crate) async fn scope<F: std::future::Future>(info: ConnectionInfo, f: F) -> F::Output {
         CURRENT.scope(info, f).await
+    }
+}
+
+impl Link for Conn {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn peer(&self) -> &str {
+        &self.peer
     }
 }
 

@@ -55,6 +55,7 @@ mod message;
 pub mod msgpack;
 mod reader;
 mod return_code;
+mod router;
 mod stream;
 #[cfg(test)]
 mod testutil;
@@ -62,7 +63,7 @@ mod trust;
 mod writer;
 
 pub use cell::{
-    Cell, CellBuilder, IntoReply, PeerEvent, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,
+    Cell, CellBuilder, IntoReply, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,
     DEFAULT_SHUTDOWN_GRACE,
 };
 pub use connection::ConnectionInfo;
@@ -80,4 +81,5 @@ pub use message::{encoding, Message, Payload};
 pub use msgpack::{MsgpackBody, MsgpackWriter};
 pub use return_code::ReturnCode;
 pub use rmpv;
+pub use router::PeerEvent;
 pub use trust::Forwarding;

@@ -22,6 +22,7 @@ use crate::headers::{stream_keys as sk, Headers};
 use crate::log_limit::limited;
 use crate::message::{Message, Payload};
 use crate::return_code::ReturnCode;
+use crate::router::{ReplyFrom, WaitKey};
 
 /// What a stream in reassembly costs beyond its bytes (its headers, its table entry): charged
 /// when it starts, so that streams without payload are not free.
@@ -330,9 +331,9 @@ impl CellInner {
                     .unwrap_or(None)
                     .or(ri);
                 if let Some(ri) = ri {
-                    if let Some((_, w)) = self.stream_waiters.remove(&ri) {
-                        let _ = w.tx.send(Message::error(ReturnCode::CommError, why));
-                    }
+                    let failed = Message::error(ReturnCode::CommError, why);
+                    let key = WaitKey::StreamReply(ri);
+                    self.router.resolve(&key, ReplyFrom::Anyone, failed);
                 }
             }
             StreamMsg::Ack { sid, offset } => {
@@ -545,10 +546,6 @@ impl CellInner {
                 limited!(conn.log, warn, %origin, sid, "streamed reply without sm__ri; dropped");
                 return;
             };
-            let Some((_, w)) = self.stream_waiters.remove(&ri) else {
-                limited!(conn.log, warn, %origin, %ri, "unexpected streamed reply (nobody waits for it); dropped");
-                return;
-            };
             let msg = match payload {
                 Ok(p) => Message {
                     headers: h,
@@ -556,7 +553,10 @@ impl CellInner {
                 },
                 Err(e) => Message::error(ReturnCode::CommError, format!("bad reply payload: {e}")),
             };
-            let _ = w.tx.send(msg);
+            let key = WaitKey::StreamReply(ri.clone());
+            if !self.router.resolve(&key, ReplyFrom::Anyone, msg) {
+                limited!(conn.log, warn, %origin, %ri, "unexpected streamed reply (nobody waits for it); dropped");
+            }
             return;
         }
         let reply_to = match ri {
