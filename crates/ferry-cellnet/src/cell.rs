@@ -15,11 +15,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::{self, Admission};
-use crate::clock::unix_now;
 use crate::connection::{self, Conn, ConnectionInfo};
 use crate::driver::{self, Url};
-use crate::envelope::stream::reply_topic;
-use crate::envelope::{self, seg_len, Address, Body, Envelope, MsgType, Refusal, Stamp};
+use crate::envelope::stream::{reply_topic, Blob};
+use crate::envelope::{self, seg_len, Address, Body, Envelope, MsgType, Refusal};
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
 use crate::frame::{Frame, OutFrame};
@@ -28,9 +27,10 @@ use crate::held::HeldBudget;
 use crate::limits::Limits;
 use crate::log_limit::limited;
 use crate::message::{Message, Payload};
+use crate::outbound::Outbound;
 use crate::return_code::ReturnCode;
 use crate::router::{Claim, PeerEvent, ReplyFrom, Router, WaitKey};
-use crate::stream::StreamState;
+use crate::streams::{Outgoing, StreamEvent, Streams};
 use crate::trust::{self, Forwarding};
 
 /// Channel of cellnet-internal messages.
@@ -185,14 +185,17 @@ impl CellBuilder {
                     limits.max_connections_per_address,
                 ),
                 held: HeldBudget::new(limits.max_held_bytes),
-                fqcn: self.fqcn,
-                limits,
+                streams: Streams::new(&limits),
+                out: Outbound {
+                    me: self.fqcn,
+                    limits,
+                    router: Router::default(),
+                },
                 forwarding: self.forwarding,
                 #[cfg(feature = "tls")]
                 tls: self.tls,
                 handlers: RwLock::new(HashMap::new()),
-                router: Router::default(),
-                streams: StreamState::default(),
+                timers: AtomicBool::new(false),
                 io_tasks: TaskTracker::new(),
                 handler_tasks: TaskTracker::new(),
                 conns_token: CancellationToken::new(),
@@ -248,22 +251,23 @@ pub struct Cell {
 impl std::fmt::Debug for Cell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cell")
-            .field("fqcn", &self.inner.fqcn)
+            .field("fqcn", &self.inner.out.me)
             .field("peers", &self.connected_peers())
             .finish()
     }
 }
 
 pub(crate) struct CellInner {
-    pub fqcn: Fqcn,
-    pub limits: Limits,
+    /// Name, limits, routes and reply waiters: the way out.
+    pub out: Outbound,
     forwarding: Forwarding,
     #[cfg(feature = "tls")]
     tls: Option<crate::driver::tls::TlsConfig>,
     handlers: RwLock<HashMap<(String, String), Arc<dyn Handler>>>,
-    /// Routing table, parent, reply waiters.
-    pub router: Router<Conn>,
-    pub streams: StreamState,
+    /// `sm__` streams, both ways.
+    pub streams: Streams,
+    /// Set once the streams' idle timer runs (started by the first listen or connect).
+    timers: AtomicBool,
     /// Reader, writer, listener and connector tasks.
     pub io_tasks: TaskTracker,
     /// Running request handlers.
@@ -304,12 +308,12 @@ impl Cell {
 
     /// This cell's FQCN.
     pub fn fqcn(&self) -> &Fqcn {
-        &self.inner.fqcn
+        &self.inner.out.me
     }
 
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
-        &self.inner.limits
+        &self.inner.out.limits
     }
 
     /// Bytes of unfinished data this cell holds for its peers right now: frames in progress,
@@ -320,19 +324,19 @@ impl Cell {
 
     /// FQCNs of the peers with an established connection.
     pub fn connected_peers(&self) -> Vec<String> {
-        self.inner.router.peers()
+        self.inner.out.router.peers()
     }
 
     /// True if a connection to `fqcn` is established.
     pub fn is_connected(&self, fqcn: &str) -> bool {
-        self.inner.router.is_connected(fqcn)
+        self.inner.out.router.is_connected(fqcn)
     }
 
     /// Subscribe to peers connecting and disconnecting (direct connections only: a cell
     /// reached through another is not seen). Events from before the call are not replayed;
     /// a subscriber more than 256 events behind misses the oldest (`RecvError::Lagged`).
     pub fn peer_events(&self) -> broadcast::Receiver<PeerEvent> {
-        self.inner.router.subscribe()
+        self.inner.out.router.subscribe()
     }
 
     /// Register the handler of requests and fire-and-forget messages on (`channel`, `topic`).
@@ -373,10 +377,11 @@ impl Cell {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(CellnetError::Shutdown);
         }
+        inner.start_timers();
         match Url::parse(url)? {
             Url::Tcp(addr) => {
                 let (l, bound) = driver::tcp::bind(&addr).await?;
-                info!(cell = %inner.fqcn, "listening on tcp://{bound}");
+                info!(cell = %inner.out.me, "listening on tcp://{bound}");
                 inner.io_tasks.spawn(accept_loop(inner.clone(), l, None));
                 Ok(format!("tcp://{bound}"))
             }
@@ -385,10 +390,10 @@ impl Cell {
                 let tls = inner.tls.as_ref().ok_or_else(|| {
                     CellnetError::Tls("stcp:// needs a TlsConfig (CellBuilder::tls)".into())
                 })?;
-                tls.check_identity(&inner.fqcn)?;
+                tls.check_identity(&inner.out.me)?;
                 let acceptor = tls.acceptor()?;
                 let (l, bound) = driver::tcp::bind(&addr).await?;
-                info!(cell = %inner.fqcn, "listening on stcp://{bound}");
+                info!(cell = %inner.out.me, "listening on stcp://{bound}");
                 inner
                     .io_tasks
                     .spawn(accept_loop(inner.clone(), l, Some(acceptor)));
@@ -435,7 +440,7 @@ impl Cell {
         let inner = self.inner.clone();
         let url = url.to_string();
         let stop = inner.listeners_token.clone();
-        let span = tracing::info_span!("reconnect", cell = %inner.fqcn, %url);
+        let span = tracing::info_span!("reconnect", cell = %inner.out.me, %url);
         self.inner.io_tasks.spawn(
             async move {
                 const MIN: Duration = Duration::from_millis(100);
@@ -443,7 +448,7 @@ impl Cell {
                 let mut backoff = MIN;
                 loop {
                     // wait until the parent connection is gone
-                    while inner.router.is_connected(peer.as_str()) {
+                    while inner.out.router.is_connected(peer.as_str()) {
                         tokio::select! {
                             _ = tokio::time::sleep(MIN) => {}
                             _ = stop.cancelled() => return,
@@ -476,7 +481,7 @@ impl Cell {
 
     /// The FQCN of the parent (the peer of the last successful [`Cell::connect`]).
     pub fn parent(&self) -> Option<Fqcn> {
-        self.inner.router.parent()
+        self.inner.out.router.parent()
     }
 
     /// Send a request and wait for the reply, on the plain (one DATA frame) path.
@@ -511,7 +516,7 @@ impl Cell {
         opts: RequestOptions,
     ) -> Message {
         let span =
-            tracing::debug_span!("request", cell = %self.inner.fqcn, %channel, %topic, %target);
+            tracing::debug_span!("request", cell = %self.inner.out.me, %channel, %topic, %target);
         self.inner
             .request(channel, topic, target, message, &opts)
             .instrument(span)
@@ -567,7 +572,7 @@ impl Cell {
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(CellnetError::Shutdown);
         }
-        if target == inner.fqcn {
+        if target == inner.out.me {
             inner.dispatch_local(channel, topic, message);
             return Ok(());
         }
@@ -576,28 +581,22 @@ impl Cell {
             if opts.optional {
                 blob.insert(stream_keys::OPTIONAL, true);
             }
-            let sid = inner.streams.next_id();
-            let r = tokio::time::timeout(
-                opts.timeout,
-                inner.send_stream(
-                    target.as_str(),
-                    sid,
-                    blob,
-                    channel,
-                    topic,
-                    message.payload,
-                    None,
-                    None,
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| Err(CellnetError::Timeout("sending the stream".into())));
-            inner.streams.outgoing.remove(&sid);
-            return r.map(|_| ());
+            let s = Outgoing {
+                target: target.as_str(),
+                blob,
+                channel,
+                topic,
+                payload: message.payload,
+                ri: None,
+                fallback: None,
+            };
+            return tokio::time::timeout(opts.timeout, inner.streams.send(&inner.out, s))
+                .await
+                .unwrap_or_else(|_| Err(CellnetError::Timeout("sending the stream".into())));
         }
         let payload_encoding = message.payload.encoding();
         let payload = message.payload.into_segments();
-        inner.check_size(&payload)?;
+        inner.out.check_size(&payload)?;
         let to = Address {
             destination: target.as_str(),
             channel,
@@ -608,10 +607,12 @@ impl Cell {
             len: seg_len(&payload),
         };
         let headers = inner
+            .out
             .stamp()
             .request(message.headers, to, None, opts.optional, body);
         inner
-            .send_message(target.as_str(), headers, payload, None, None)
+            .out
+            .send(target.as_str(), headers, payload, None)
             .await
             .map(|_| ())
     }
@@ -631,7 +632,7 @@ impl Cell {
             inner.io_tasks.wait().await;
             return;
         }
-        info!(cell = %inner.fqcn, "shutting down");
+        info!(cell = %inner.out.me, "shutting down");
         inner.listeners_token.cancel();
         for name in lock(&inner.inproc_names).drain(..) {
             driver::inproc::unlisten(&name);
@@ -645,12 +646,12 @@ impl Cell {
             inner.handlers_token.cancel();
             inner.handler_tasks.wait().await;
         }
-        inner.router.fail_all("cell is shut down");
+        inner.out.router.fail_all("cell is shut down");
         inner.conns_token.cancel();
         inner.io_tasks.close();
         inner.io_tasks.wait().await;
-        inner.router.clear();
-        info!(cell = %inner.fqcn, "shut down");
+        inner.out.router.clear();
+        info!(cell = %inner.out.me, "shut down");
     }
 }
 
@@ -679,10 +680,10 @@ async fn accept_loop(
                 // Refused before any reader runs: one short task tells the peer why, if the
                 // bounded pool of such tasks has room; otherwise the socket just closes.
                 if let Some(permit) = busy.permit {
-                    let ready = connection::busy_ready(&inner.fqcn, &busy.why);
+                    let ready = connection::busy_ready(&inner.out.me, &busy.why);
                     #[cfg(feature = "tls")]
                     let tls = tls.clone();
-                    let handshake = inner.limits.handshake_timeout;
+                    let handshake = inner.out.limits.handshake_timeout;
                     inner.io_tasks.spawn(async move {
                         let _permit = permit;
                         #[cfg(feature = "tls")]
@@ -708,7 +709,7 @@ async fn accept_loop(
             let t = match tls {
                 Some(acc) => {
                     match tokio::time::timeout(
-                        inner2.limits.handshake_timeout,
+                        inner2.out.limits.handshake_timeout,
                         driver::tls::accept(&acc, s),
                     )
                     .await
@@ -747,7 +748,7 @@ async fn inproc_accept_loop(
             Ok(a) => a,
             Err(busy) => {
                 if let Some(permit) = busy.permit {
-                    let ready = connection::busy_ready(&inner.fqcn, &busy.why);
+                    let ready = connection::busy_ready(&inner.out.me, &busy.why);
                     inner.io_tasks.spawn(async move {
                         let _permit = permit;
                         admission::deliver_refusal(s, &ready).await;
@@ -765,6 +766,16 @@ async fn inproc_accept_loop(
 }
 
 impl CellInner {
+    /// Start the streams' idle timer, once (the first listen or connect does).
+    fn start_timers(self: &Arc<Self>) {
+        if !self.timers.swap(true, Ordering::SeqCst) {
+            let me = self.clone();
+            let stop = self.conns_token.clone();
+            self.io_tasks
+                .spawn(async move { me.streams.run_timer(stop).await });
+        }
+    }
+
     /// Send probe requests to a freshly connected `peer` until one is answered (with any
     /// return code) or `budget` is spent; attempts time out after 100 ms, doubling.
     pub(crate) async fn probe(self: &Arc<Self>, peer: &str, budget: Duration) {
@@ -807,6 +818,7 @@ impl CellInner {
     /// Open a connection to `url`, run it, wait for its handshake and make the peer this
     /// cell's parent (one attempt of [`Cell::connect`] and of the reconnect loop).
     async fn connect_parent(self: &Arc<Self>, url: &str) -> Result<Fqcn, CellnetError> {
+        self.start_timers();
         let t = self.establish(url).await?;
         let (tx, rx) = oneshot::channel();
         self.io_tasks
@@ -814,13 +826,13 @@ impl CellInner {
         let peer = rx
             .await
             .map_err(|_| CellnetError::Handshake("connection ended during handshake".into()))??;
-        self.router.set_parent(peer.clone());
+        self.out.router.set_parent(peer.clone());
         Ok(peer)
     }
 
     /// Open the transport for `url` (TCP connect, TLS handshake, or an in-process pipe).
     async fn establish(&self, url: &str) -> Result<driver::Transport, CellnetError> {
-        tokio::time::timeout(self.limits.handshake_timeout, async {
+        tokio::time::timeout(self.out.limits.handshake_timeout, async {
             match Url::parse(url)? {
                 Url::Tcp(addr) => Ok(driver::tcp::transport(driver::tcp::connect(&addr).await?)),
                 #[cfg(feature = "tls")]
@@ -828,7 +840,7 @@ impl CellInner {
                     let tls = self.tls.as_ref().ok_or_else(|| {
                         CellnetError::Tls("stcp:// needs a TlsConfig (CellBuilder::tls)".into())
                     })?;
-                    tls.check_identity(&self.fqcn)?;
+                    tls.check_identity(&self.out.me)?;
                     let connector = tls.connector()?;
                     let s = driver::tcp::connect(&addr).await?;
                     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
@@ -861,7 +873,7 @@ impl CellInner {
         // Each round either takes the name or finds a holder; a dead holder is removed
         // before the next round. Three rounds: two newcomers racing for a dead name.
         for _ in 0..3 {
-            let claim = self.router.claim(conn, || match ready.take() {
+            let claim = self.out.router.claim(conn, || match ready.take() {
                 Some(f) => conn.try_send(f).map_err(|e| e.to_string()),
                 None => Ok(()),
             })?;
@@ -869,7 +881,7 @@ impl CellInner {
                 Claim::Taken => return Ok(()),
                 Claim::Held(old) => old,
             };
-            let probe = self.limits.name_probe_timeout;
+            let probe = self.out.limits.name_probe_timeout;
             if old.is_alive(probe).await {
                 warn!(
                     peer = %conn.peer,
@@ -879,7 +891,7 @@ impl CellInner {
                 );
                 return Err(format!(
                     "a live connection already holds the name {:?} on {}; use another name, or stop the other cell first",
-                    conn.peer, self.fqcn
+                    conn.peer, self.out.me
                 ));
             }
             warn!(
@@ -889,7 +901,7 @@ impl CellInner {
                 "the connection holding this name sent nothing within {probe:?} of a PING; replacing it"
             );
             old.close.cancel();
-            self.router.evict(&old);
+            self.out.router.evict(&old);
         }
         Err(format!(
             "several connections are competing for the name {:?}; try again",
@@ -900,7 +912,7 @@ impl CellInner {
     /// Register a connection this cell opened (the peer is our parent). Replaces an older
     /// connection to the same peer: we chose to connect again.
     pub(crate) fn register_agent(&self, conn: Arc<Conn>) {
-        if let Some(old) = self.router.insert(conn.clone()) {
+        if let Some(old) = self.out.router.insert(conn.clone()) {
             if old.id != conn.id {
                 info!(peer = %conn.peer, "new connection replaces the old one");
                 old.close.cancel();
@@ -909,68 +921,8 @@ impl CellInner {
     }
 
     pub(crate) fn unregister_agent(&self, conn: &Arc<Conn>) {
-        self.router.remove(conn);
+        self.out.router.remove(conn);
         self.streams.drop_connection(conn.id);
-    }
-
-    /// The connection a message for `target` leaves on (see [`Router::route`]).
-    pub(crate) fn find_route(&self, target: &str, exclude: Option<&str>) -> Option<Arc<Conn>> {
-        self.router.route(target, exclude)
-    }
-
-    pub(crate) fn check_size(&self, payload: &[Bytes]) -> Result<(), CellnetError> {
-        let size = seg_len(payload);
-        if size > self.limits.max_message_size {
-            return Err(CellnetError::MessageTooBig {
-                size,
-                max: self.limits.max_message_size,
-            });
-        }
-        Ok(())
-    }
-
-    /// This cell's stamp for a message sent now.
-    pub(crate) fn stamp(&self) -> Stamp<'_> {
-        Stamp {
-            me: &self.fqcn,
-            at: unix_now(),
-        }
-    }
-
-    /// Route and queue one DATA frame (waits while the connection's queue is full).
-    pub(crate) async fn send_message(
-        &self,
-        target: &str,
-        headers: Headers,
-        payload: Vec<Bytes>,
-        fallback: Option<&Arc<Conn>>,
-        exclude: Option<&str>,
-    ) -> Result<Arc<Conn>, CellnetError> {
-        let conn = self
-            .find_route(target, exclude)
-            .or_else(|| fallback.cloned())
-            .ok_or_else(|| CellnetError::NoRoute(target.to_string()))?;
-        let frame = envelope::seal(headers, &conn.peer, payload, self.limits.max_header_size)?;
-        conn.send(frame).await?;
-        Ok(conn)
-    }
-
-    /// Route and queue one DATA frame without waiting (from the reader task).
-    pub(crate) fn send_message_detached(
-        &self,
-        target: &str,
-        headers: Headers,
-        payload: Vec<Bytes>,
-        fallback: Option<&Arc<Conn>>,
-    ) {
-        let Some(conn) = self.find_route(target, None).or_else(|| fallback.cloned()) else {
-            debug!(%target, "no route; message dropped");
-            return;
-        };
-        match envelope::seal(headers, &conn.peer, payload, self.limits.max_header_size) {
-            Ok(f) => conn.send_detached(f),
-            Err(e) => warn!("message not sent: {e}"),
-        }
     }
 
     async fn request(
@@ -988,7 +940,7 @@ impl CellInner {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Message::error(ReturnCode::CommError, "cell is shut down");
         }
-        if target == self.fqcn {
+        if target == self.out.me {
             return self
                 .request_local(channel, topic, message, opts.timeout)
                 .await;
@@ -1000,7 +952,7 @@ impl CellInner {
         }
         let payload_encoding = message.payload.encoding();
         let payload = message.payload.into_segments();
-        if let Err(e) = self.check_size(&payload) {
+        if let Err(e) = self.out.check_size(&payload) {
             return Message::error(e.return_code(), e.to_string());
         }
         let req_id = uuid::Uuid::new_v4().to_string();
@@ -1013,31 +965,33 @@ impl CellInner {
             encoding: payload_encoding,
             len: seg_len(&payload),
         };
-        let headers = self
-            .stamp()
-            .request(message.headers, to, Some(&req_id), opts.optional, body);
-        let Some(conn) = self.find_route(target.as_str(), None) else {
+        let headers =
+            self.out
+                .stamp()
+                .request(message.headers, to, Some(&req_id), opts.optional, body);
+        let Some(conn) = self.out.router.route(target.as_str(), None) else {
             return Message::error(
                 ReturnCode::TargetUnreachable,
                 format!("no connection leads to {target}"),
             );
         };
         let key = WaitKey::Reply(req_id.clone());
-        let rx = self.router.wait(key.clone(), target.as_str(), conn.id);
+        let rx = self.out.router.wait(key.clone(), target.as_str(), conn.id);
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let sent = tokio::time::timeout_at(
             deadline,
-            self.send_message(target.as_str(), headers, payload, Some(&conn), None),
+            self.out
+                .send(target.as_str(), headers, payload, Some(&conn)),
         )
         .await;
         match sent {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                self.router.forget(&key);
+                self.out.router.forget(&key);
                 return Message::error(e.return_code(), e.to_string());
             }
             Err(_) => {
-                self.router.forget(&key);
+                self.out.router.forget(&key);
                 return Message::error(ReturnCode::Timeout, "timed out sending the request");
             }
         }
@@ -1045,7 +999,7 @@ impl CellInner {
             Ok(Ok(m)) => m,
             Ok(Err(_)) => Message::error(ReturnCode::CommError, "request abandoned"),
             Err(_) => {
-                self.router.forget(&key);
+                self.out.router.forget(&key);
                 debug!(%req_id, "no reply in {:?}", opts.timeout);
                 Message::error(
                     ReturnCode::Timeout,
@@ -1064,34 +1018,29 @@ impl CellInner {
         opts: &RequestOptions,
     ) -> Message {
         let ri = uuid::Uuid::new_v4().to_string();
-        let Some(conn) = self.find_route(target, None) else {
+        let Some(conn) = self.out.router.route(target, None) else {
             return Message::error(
                 ReturnCode::TargetUnreachable,
                 format!("no connection leads to {target}"),
             );
         };
         let key = WaitKey::StreamReply(ri.clone());
-        let rx = self.router.wait(key.clone(), target, conn.id);
+        let rx = self.out.router.wait(key.clone(), target, conn.id);
         let mut blob = message.headers;
         if opts.optional {
             blob.insert(stream_keys::OPTIONAL, true);
         }
-        let sid = self.streams.next_id();
         let deadline = tokio::time::Instant::now() + opts.timeout;
-        let sent = tokio::time::timeout_at(
-            deadline,
-            self.send_stream(
-                target,
-                sid,
-                blob,
-                channel,
-                topic,
-                message.payload,
-                Some(ri.clone()),
-                Some(&conn),
-            ),
-        )
-        .await;
+        let s = Outgoing {
+            target,
+            blob,
+            channel,
+            topic,
+            payload: message.payload,
+            ri: Some(&ri),
+            fallback: Some(&conn),
+        };
+        let sent = tokio::time::timeout_at(deadline, self.streams.send(&self.out, s)).await;
         let reply = match sent {
             Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(m)) => m,
@@ -1104,8 +1053,7 @@ impl CellInner {
             Ok(Err(e)) => Message::error(e.return_code(), e.to_string()),
             Err(_) => Message::error(ReturnCode::Timeout, "timed out sending the request stream"),
         };
-        self.router.forget(&key);
-        self.streams.outgoing.remove(&sid);
+        self.out.router.forget(&key);
         reply
     }
 
@@ -1117,14 +1065,15 @@ impl CellInner {
         mut message: Message,
         timeout: Duration,
     ) -> Message {
-        self.stamp()
+        self.out
+            .stamp()
             .local_request(&mut message.headers, channel, topic);
         let Some(h) = self.lookup(channel, topic) else {
             return Message::error(ReturnCode::ProcessException, "no callback");
         };
         match tokio::time::timeout(timeout, run_handler(h, message)).await {
             Ok(Some(mut m)) => {
-                self.stamp().local_reply(&mut m.headers);
+                self.out.stamp().local_reply(&mut m.headers);
                 m
             }
             Ok(None) => Message::error(ReturnCode::Timeout, "handler sent no reply"),
@@ -1133,7 +1082,9 @@ impl CellInner {
     }
 
     fn dispatch_local(self: &Arc<Self>, channel: &str, topic: &str, mut m: Message) {
-        self.stamp().local_request(&mut m.headers, channel, topic);
+        self.out
+            .stamp()
+            .local_request(&mut m.headers, channel, topic);
         if let Some(h) = self.lookup(channel, topic) {
             self.handler_tasks.spawn(async move {
                 let _ = run_handler(h, m).await;
@@ -1169,7 +1120,7 @@ impl CellInner {
         };
         // Attribution: the origin a message claims must be one this connection can vouch
         // for, so handlers (and forwarding) only ever see proven origins.
-        if !trust::vouches(&self.fqcn, &conn.peer, conn.outbound, &env.origin) {
+        if !trust::vouches(&self.out.me, &conn.peer, conn.outbound, &env.origin) {
             let origin = &env.origin;
             limited!(
                 conn.log,
@@ -1180,7 +1131,7 @@ impl CellInner {
             );
             let why = format!(
                 "refused by {}: the connection from {:?} cannot send messages as {origin:?} (a cell speaks only for itself and the cells below it)",
-                self.fqcn, conn.peer
+                self.out.me, conn.peer
             );
             // back toward the requester, on the connection it came by (a relay in between
             // forwards it); a RETURN is matched by request id whatever its origin
@@ -1193,12 +1144,12 @@ impl CellInner {
             self.bounce(conn, &env, &to, why);
             return;
         }
-        if env.destination != self.fqcn.as_str() {
+        if env.destination != self.out.me.as_str() {
             if self.forwarding == Forwarding::Off {
                 limited!(conn.log, warn, peer = %conn.peer, dest = %env.destination, "message for another cell; this cell does not forward");
                 let why = format!(
                     "cannot forward: {} does not relay messages for other cells",
-                    self.fqcn
+                    self.out.me
                 );
                 let why = Refusal {
                     code: ReturnCode::CommError,
@@ -1223,20 +1174,20 @@ impl CellInner {
     async fn forward(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
         let dest = env.destination.as_str();
         let hops = env.hops();
-        let next = if hops >= self.limits.max_route_hops {
+        let next = if hops >= self.out.limits.max_route_hops {
             limited!(conn.log, warn, %dest, hops, "route too long; not forwarding");
             None
         } else {
-            self.find_route(dest, Some(&conn.peer))
+            self.out.router.route(dest, Some(&conn.peer))
         };
         if let Some(next) = next {
             let mut headers = env.headers.clone();
-            self.stamp().forward(&mut headers);
+            self.out.stamp().forward(&mut headers);
             match envelope::seal(
                 headers,
                 &next.peer,
                 vec![payload],
-                self.limits.max_header_size,
+                self.out.limits.max_header_size,
             ) {
                 Ok(f) => {
                     if next.send(f).await.is_ok() {
@@ -1259,10 +1210,10 @@ impl CellInner {
     /// Answer a message that is not handled with a RETURN (to `to`) on the connection it came
     /// by, if it is a request that waits for a reply; anything else is just dropped.
     fn bounce(&self, conn: &Arc<Conn>, env: &Envelope, to: &str, why: Refusal<'_>) {
-        let Some(h) = self.stamp().bounce(env, to, why) else {
+        let Some(h) = self.out.stamp().bounce(env, to, why) else {
             return;
         };
-        match envelope::seal(h, &conn.peer, Vec::new(), self.limits.max_header_size) {
+        match envelope::seal(h, &conn.peer, Vec::new(), self.out.limits.max_header_size) {
             Ok(f) => conn.send_detached(f),
             Err(e) => warn!("RETURN not sent: {e}"),
         }
@@ -1273,8 +1224,24 @@ impl CellInner {
         let channel = env.channel().to_string();
         let topic = env.topic().to_string();
         if channel == stream_keys::STREAM_CHANNEL {
-            self.on_stream(conn, origin, &topic, env.headers, payload)
+            let ev = self
+                .streams
+                .on_message(&self.out, conn, origin, &topic, env.headers, payload)
                 .await;
+            match ev {
+                Some(StreamEvent::Blob {
+                    conn,
+                    origin,
+                    headers,
+                    blob,
+                }) => self.on_blob(&conn, origin, headers, blob),
+                Some(StreamEvent::Aborted { ri, why }) => {
+                    let failed = Message::error(ReturnCode::CommError, why);
+                    let key = WaitKey::StreamReply(ri);
+                    self.out.router.resolve(&key, ReplyFrom::Anyone, failed);
+                }
+                None => {}
+            }
             return;
         }
         let reply_to = match (env.reply_expected(), env.req_id()) {
@@ -1363,7 +1330,7 @@ impl CellInner {
                     ReturnCode::ServiceUnavailable,
                     format!(
                         "more than {} in-flight requests",
-                        self.limits.max_in_flight_per_peer
+                        self.out.limits.max_in_flight_per_peer
                     ),
                 ),
             );
@@ -1427,7 +1394,7 @@ impl CellInner {
                 let mut reply = reply;
                 let mut encoding = reply.payload.encoding();
                 let mut segs = std::mem::take(&mut reply.payload).into_segments();
-                if let Err(e) = self.check_size(&segs) {
+                if let Err(e) = self.out.check_size(&segs) {
                     warn!("reply too big: {e}");
                     reply = Message::error(ReturnCode::MsgTooBig, e.to_string());
                     encoding = Payload::None.encoding();
@@ -1442,8 +1409,8 @@ impl CellInner {
                     encoding,
                     len: seg_len(&segs),
                 };
-                let h = self.stamp().reply(reply.headers, to, &req_id, body);
-                if let Err(e) = self.send_message(origin, h, segs, Some(conn), None).await {
+                let h = self.out.stamp().reply(reply.headers, to, &req_id, body);
+                if let Err(e) = self.out.send(origin, h, segs, Some(conn)).await {
                     limited!(conn.log, warn, %origin, "reply not sent: {e}");
                 }
             }
@@ -1452,43 +1419,99 @@ impl CellInner {
                 if !blob.contains(keys::RETURN_CODE) {
                     blob.insert(keys::RETURN_CODE, ReturnCode::Ok.as_str());
                 }
-                let sid = self.streams.next_id();
                 let tp = reply_topic(channel, topic);
-                let r = self
-                    .send_stream(
-                        origin,
-                        sid,
-                        blob,
-                        stream_keys::RETURN_ONLY,
-                        &tp,
-                        reply.payload,
-                        Some(ri.clone()),
-                        Some(conn),
-                    )
-                    .await;
-                self.streams.outgoing.remove(&sid);
-                match r {
+                let s = Outgoing {
+                    target: origin,
+                    blob,
+                    channel: stream_keys::RETURN_ONLY,
+                    topic: &tp,
+                    payload: reply.payload,
+                    ri: Some(&ri),
+                    fallback: Some(conn),
+                };
+                match self.streams.send(&self.out, s).await {
                     Ok(()) => {}
                     Err(e @ CellnetError::MessageTooBig { .. }) => {
                         // tell the requester instead of letting it time out
                         warn!(%origin, "streamed reply too big: {e}");
                         let err = Message::error(ReturnCode::MsgTooBig, e.to_string());
-                        let sid = self.streams.next_id();
-                        let _ = self
-                            .send_stream(
-                                origin,
-                                sid,
-                                err.headers,
-                                stream_keys::RETURN_ONLY,
-                                &tp,
-                                Payload::None,
-                                Some(ri),
-                                Some(conn),
-                            )
-                            .await;
-                        self.streams.outgoing.remove(&sid);
+                        let s = Outgoing {
+                            target: origin,
+                            blob: err.headers,
+                            channel: stream_keys::RETURN_ONLY,
+                            topic: &tp,
+                            payload: Payload::None,
+                            ri: Some(&ri),
+                            fallback: Some(conn),
+                        };
+                        let _ = self.streams.send(&self.out, s).await;
                     }
                     Err(e) => limited!(conn.log, warn, %origin, "streamed reply not sent: {e}"),
+                }
+            }
+        }
+    }
+
+    /// A stream arrived complete: a streamed reply for a waiter, or a request to dispatch.
+    fn on_blob(self: &Arc<Self>, conn: &Arc<Conn>, origin: String, chunk0: Headers, blob: Bytes) {
+        let b = Blob::from_chunk_headers(chunk0, &origin);
+        let payload = Payload::from_wire(b.encoding.as_deref(), blob);
+        if b.is_reply() {
+            let Some(ri) = b.ri else {
+                limited!(conn.log, warn, %origin, "streamed reply without sm__ri; dropped");
+                return;
+            };
+            let msg = match payload {
+                Ok(payload) => Message {
+                    headers: b.headers,
+                    payload,
+                },
+                Err(e) => Message::error(ReturnCode::CommError, format!("bad reply payload: {e}")),
+            };
+            let key = WaitKey::StreamReply(ri);
+            if !self.out.router.resolve(&key, ReplyFrom::Anyone, msg) {
+                let WaitKey::StreamReply(ri) = key else {
+                    return;
+                };
+                limited!(conn.log, warn, %origin, %ri, "unexpected streamed reply (nobody waits for it); dropped");
+            }
+            return;
+        }
+        let reply_to = match b.ri {
+            Some(ri) => ReplyTo::Stream(ri),
+            None => ReplyTo::Nobody,
+        };
+        match payload {
+            Ok(payload) => {
+                let m = Message {
+                    headers: b.headers,
+                    payload,
+                };
+                self.dispatch_request(conn, m, reply_to);
+            }
+            Err(e) => {
+                limited!(conn.log, warn, %origin, "undecodable streamed payload: {e}");
+                let (channel, topic) = (b.channel, b.topic);
+                let mut m = Message::error(ReturnCode::InvalidRequest, e.to_string());
+                m.headers.insert(keys::ORIGIN, origin.as_str());
+                m.headers.insert(keys::CHANNEL, channel.as_str());
+                m.headers.insert(keys::TOPIC, topic.as_str());
+                if let ReplyTo::Stream(ri) = reply_to {
+                    let me = self.clone();
+                    let conn = conn.clone();
+                    tokio::spawn(async move {
+                        let tp = reply_topic(&channel, &topic);
+                        let s = Outgoing {
+                            target: &origin,
+                            blob: m.headers,
+                            channel: stream_keys::RETURN_ONLY,
+                            topic: &tp,
+                            payload: Payload::None,
+                            ri: Some(&ri),
+                            fallback: Some(&conn),
+                        };
+                        let _ = me.streams.send(&me.out, s).await;
+                    });
                 }
             }
         }
@@ -1510,7 +1533,8 @@ impl CellInner {
                     Message::error(ReturnCode::CommError, format!("bad reply payload: {e}"));
                 m.headers.insert(keys::ORIGIN, origin.as_str());
                 for id in ids {
-                    self.router
+                    self.out
+                        .router
                         .resolve(&WaitKey::Reply(id), ReplyFrom::Anyone, m.clone());
                 }
                 return;
@@ -1529,7 +1553,7 @@ impl CellInner {
                 ReplyFrom::Target(&origin)
             };
             let key = WaitKey::Reply(id);
-            if !self.router.resolve(&key, from, msg.clone()) {
+            if !self.out.router.resolve(&key, from, msg.clone()) {
                 let WaitKey::Reply(id) = key else { continue };
                 limited!(conn.log, warn, %origin, req_id = %id, "unexpected reply (nobody waits for it); dropped")
             }

@@ -340,7 +340,7 @@ async fn handshake(
 ) -> Result<Handshake, CellnetError> {
     let closed = || CellnetError::ConnectionClosed("closed during handshake".into());
     if active {
-        tx.send(control(FrameType::Hello, hello_payload(&cell.fqcn, None)))
+        tx.send(control(FrameType::Hello, hello_payload(&cell.out.me, None)))
             .await
             .map_err(|_| closed())?;
     }
@@ -376,20 +376,20 @@ async fn handshake(
                         let _ = tx
                             .send(control(
                                 FrameType::Ready,
-                                hello_payload(&cell.fqcn, Some(&why)),
+                                hello_payload(&cell.out.me, Some(&why)),
                             ))
                             .await;
                         return Err(e);
                     }
                 };
-                if name == cell.fqcn.as_str() {
+                if name == cell.out.me.as_str() {
                     limited!(
                         log,
                         error,
                         "peer claims this cell's own name {name:?}; not registered"
                     );
                     // NVFlare answers READY and keeps the socket
-                    tx.send(control(FrameType::Ready, hello_payload(&cell.fqcn, None)))
+                    tx.send(control(FrameType::Ready, hello_payload(&cell.out.me, None)))
                         .await
                         .map_err(|_| closed())?;
                     return Ok(Handshake::OwnName);
@@ -444,7 +444,7 @@ pub(crate) async fn run(
     let span = tracing::info_span!(
         "conn",
         id,
-        cell = %cell.fqcn,
+        cell = %cell.out.me,
         addr = %t.peer_addr,
         dir = if active { "out" } else { "in" },
         peer = tracing::field::Empty
@@ -467,7 +467,7 @@ async fn run_inner(
     id: u64,
     log: Arc<LogLimiter>,
 ) {
-    let limits = &cell.limits;
+    let limits = &cell.out.limits;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let close = cell.conns_token.child_token();
@@ -538,7 +538,7 @@ async fn run_inner(
         // The name is ours only if no live connection holds it; READY goes out as the name
         // is taken, so nothing routed to the peer can overtake it.
         let admitted = tokio::select! {
-            r = cell.admit(&conn, control(FrameType::Ready, hello_payload(&cell.fqcn, None))) => r,
+            r = cell.admit(&conn, control(FrameType::Ready, hello_payload(&cell.out.me, None))) => r,
             _ = close.cancelled() => Err("shutting down".to_string()),
         };
         if let Err(why) = admitted {
@@ -546,7 +546,7 @@ async fn run_inner(
             let _ = conn
                 .send(control(
                     FrameType::Ready,
-                    hello_payload(&cell.fqcn, Some(&why)),
+                    hello_payload(&cell.out.me, Some(&why)),
                 ))
                 .await;
             close.cancel();
@@ -565,7 +565,7 @@ async fn run_inner(
             // only once a probe request got a reply (any reply) through it.
             let cell2 = cell.clone();
             let peer2 = peer.clone();
-            let budget = cell.limits.handshake_timeout;
+            let budget = cell.out.limits.handshake_timeout;
             cell.io_tasks.spawn(
                 async move {
                     cell2.probe(&peer2, budget).await;
@@ -585,7 +585,7 @@ async fn run_inner(
 }
 
 async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameReader) -> String {
-    let hb = cell.limits.heartbeat_interval;
+    let hb = cell.out.limits.heartbeat_interval;
     let mut tick = tokio::time::interval(HEARTBEAT_TICK.min(hb / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
@@ -595,7 +595,6 @@ async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameRe
             r = reader.next() => r,
             _ = conn.close.cancelled() => return "closed locally".into(),
             _ = tick.tick() => {
-                cell.streams.sweep(cell.limits.stream_idle_timeout);
                 let now = Instant::now();
                 if now.duration_since(last_rx) >= hb && now.duration_since(last_ping) >= hb {
                     debug!("idle for {:?}; sending PING", now.duration_since(last_rx));

@@ -53,10 +53,12 @@ mod limits;
 mod log_limit;
 mod message;
 pub mod msgpack;
+mod outbound;
 mod reader;
 mod return_code;
 mod router;
 mod stream;
+mod streams;
 #[cfg(test)]
 mod testutil;
 mod trust;

@@ -1,0 +1,106 @@
+//! The way out of a cell: pick the connection a message leaves on ([`Router::route`]), seal
+//! it into a frame ([`crate::envelope::seal`]) and queue it, waiting for room or not.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use crate::clock::unix_now;
+use crate::connection::Conn;
+use crate::envelope::{self, seg_len, Stamp};
+use crate::error::CellnetError;
+use crate::fqcn::Fqcn;
+use crate::headers::Headers;
+use crate::limits::Limits;
+use crate::router::Router;
+
+/// A cell's name, limits and routes: what sending needs.
+pub(crate) struct Outbound {
+    /// This cell.
+    pub me: Fqcn,
+    /// The limits in force (sanitized).
+    pub limits: Limits,
+    /// Routing table, parent and reply waiters.
+    pub router: Router<Conn>,
+}
+
+impl Outbound {
+    /// This cell's stamp for a message sent now.
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            me: &self.me,
+            at: unix_now(),
+        }
+    }
+
+    /// Refuse a payload over `Limits::max_message_size`.
+    pub fn check_size(&self, payload: &[Bytes]) -> Result<(), CellnetError> {
+        let size = seg_len(payload);
+        if size > self.limits.max_message_size {
+            return Err(CellnetError::MessageTooBig {
+                size,
+                max: self.limits.max_message_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The connection a message for `target` leaves on, else `fallback`.
+    fn pick(
+        &self,
+        target: &str,
+        fallback: Option<&Arc<Conn>>,
+        exclude: Option<&str>,
+    ) -> Option<Arc<Conn>> {
+        self.router
+            .route(target, exclude)
+            .or_else(|| fallback.cloned())
+    }
+
+    /// Route and queue one message, waiting while the connection's queue is full. Returns
+    /// the connection it left on.
+    pub async fn send(
+        &self,
+        target: &str,
+        headers: Headers,
+        payload: Vec<Bytes>,
+        fallback: Option<&Arc<Conn>>,
+    ) -> Result<Arc<Conn>, CellnetError> {
+        let conn = self
+            .pick(target, fallback, None)
+            .ok_or_else(|| CellnetError::NoRoute(target.to_string()))?;
+        self.send_on(&conn, headers, payload).await?;
+        Ok(conn)
+    }
+
+    /// Queue one message on `conn`, waiting while its queue is full.
+    pub async fn send_on(
+        &self,
+        conn: &Conn,
+        headers: Headers,
+        payload: Vec<Bytes>,
+    ) -> Result<(), CellnetError> {
+        let frame = envelope::seal(headers, &conn.peer, payload, self.limits.max_header_size)?;
+        conn.send(frame).await
+    }
+
+    /// Route and queue one small message without waiting (from a reader task: ACKs,
+    /// ERRORs); dropped if no route leads to `target`.
+    pub fn send_detached(&self, target: &str, headers: Headers, fallback: Option<&Arc<Conn>>) {
+        let Some(conn) = self.pick(target, fallback, None) else {
+            debug!(%target, "no route; message dropped");
+            return;
+        };
+        self.send_detached_on(&conn, headers);
+    }
+
+    /// Queue one small message without payload on `conn` without waiting (a RETURN goes back
+    /// the way its request came).
+    pub fn send_detached_on(&self, conn: &Conn, headers: Headers) {
+        match envelope::seal(headers, &conn.peer, Vec::new(), self.limits.max_header_size) {
+            Ok(f) => conn.send_detached(f),
+            Err(e) => warn!("message not sent: {e}"),
+        }
+    }
+}
