@@ -15,13 +15,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::admission::{self, Admission};
-use crate::connection::{self, Conn, ConnectionInfo};
+use crate::connection::{self, Conn, ConnectionInfo, Context, Inbound};
 use crate::driver::{self, Url};
 use crate::envelope::stream::{reply_topic, Blob};
 use crate::envelope::{self, seg_len, Address, Body, Envelope, MsgType, Refusal};
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
-use crate::frame::{Frame, OutFrame};
+use crate::frame::OutFrame;
+use crate::handshake;
 use crate::headers::{keys, stream_keys, Headers};
 use crate::held::HeldBudget;
 use crate::limits::Limits;
@@ -178,13 +179,24 @@ impl CellBuilder {
     /// Create the cell. No task runs until it listens or connects.
     pub fn build(self) -> Cell {
         let limits = self.limits.sanitized();
+        let held = HeldBudget::new(limits.max_held_bytes);
+        let io_tasks = TaskTracker::new();
+        let conns_token = CancellationToken::new();
+        let ctx = Arc::new(Context {
+            me: self.fqcn.clone(),
+            limits: limits.clone(),
+            tasks: io_tasks.clone(),
+            close_all: conns_token.clone(),
+            held: held.clone(),
+        });
         Cell {
             inner: Arc::new(CellInner {
                 admission: Admission::new(
                     limits.max_connections,
                     limits.max_connections_per_address,
                 ),
-                held: HeldBudget::new(limits.max_held_bytes),
+                held,
+                ctx,
                 streams: Streams::new(&limits),
                 out: Outbound {
                     me: self.fqcn,
@@ -196,9 +208,9 @@ impl CellBuilder {
                 tls: self.tls,
                 handlers: RwLock::new(HashMap::new()),
                 timers: AtomicBool::new(false),
-                io_tasks: TaskTracker::new(),
+                io_tasks,
                 handler_tasks: TaskTracker::new(),
-                conns_token: CancellationToken::new(),
+                conns_token,
                 listeners_token: CancellationToken::new(),
                 handlers_token: CancellationToken::new(),
                 shutting_down: AtomicBool::new(false),
@@ -268,12 +280,14 @@ pub(crate) struct CellInner {
     pub streams: Streams,
     /// Set once the streams' idle timer runs (started by the first listen or connect).
     timers: AtomicBool,
+    /// What each connection gets: name, limits, tasks, close token, memory budget.
+    ctx: Arc<Context>,
     /// Reader, writer, listener and connector tasks.
-    pub io_tasks: TaskTracker,
+    io_tasks: TaskTracker,
     /// Running request handlers.
     handler_tasks: TaskTracker,
     /// Cancelled to close every connection (their writers flush first).
-    pub conns_token: CancellationToken,
+    conns_token: CancellationToken,
     listeners_token: CancellationToken,
     /// Cancelled when the shutdown grace is over: handlers still running are abandoned.
     handlers_token: CancellationToken,
@@ -281,7 +295,7 @@ pub(crate) struct CellInner {
     /// Connection limits of all listeners together (in all and per address).
     admission: Arc<Admission>,
     /// The budget of unfinished data held for all peers (frames in progress, streams).
-    pub held: Arc<HeldBudget>,
+    held: Arc<HeldBudget>,
     inproc_names: Mutex<Vec<String>>,
 }
 
@@ -680,7 +694,7 @@ async fn accept_loop(
                 // Refused before any reader runs: one short task tells the peer why, if the
                 // bounded pool of such tasks has room; otherwise the socket just closes.
                 if let Some(permit) = busy.permit {
-                    let ready = connection::busy_ready(&inner.out.me, &busy.why);
+                    let ready = handshake::busy_ready(&inner.out.me, &busy.why);
                     #[cfg(feature = "tls")]
                     let tls = tls.clone();
                     let handshake = inner.out.limits.handshake_timeout;
@@ -729,7 +743,8 @@ async fn accept_loop(
             };
             #[cfg(not(feature = "tls"))]
             let t = driver::tcp::transport(s);
-            connection::run(inner2, t, false, None, Some(admitted)).await;
+            let ctx = inner2.ctx.clone();
+            connection::run(inner2, ctx, t, false, None, Some(admitted)).await;
         });
     }
 }
@@ -748,7 +763,7 @@ async fn inproc_accept_loop(
             Ok(a) => a,
             Err(busy) => {
                 if let Some(permit) = busy.permit {
-                    let ready = connection::busy_ready(&inner.out.me, &busy.why);
+                    let ready = handshake::busy_ready(&inner.out.me, &busy.why);
                     inner.io_tasks.spawn(async move {
                         let _permit = permit;
                         admission::deliver_refusal(s, &ready).await;
@@ -760,7 +775,8 @@ async fn inproc_accept_loop(
         let t = driver::inproc::transport(s, &name);
         let inner2 = inner.clone();
         inner.io_tasks.spawn(async move {
-            connection::run(inner2, t, false, None, Some(admitted)).await;
+            let ctx = inner2.ctx.clone();
+            connection::run(inner2, ctx, t, false, None, Some(admitted)).await;
         });
     }
 }
@@ -792,7 +808,7 @@ impl CellInner {
             let r = self
                 .request(
                     CELLNET_CHANNEL,
-                    connection::PROBE_TOPIC,
+                    handshake::PROBE_TOPIC,
                     peer,
                     Message::new(),
                     &opts,
@@ -821,11 +837,18 @@ impl CellInner {
         self.start_timers();
         let t = self.establish(url).await?;
         let (tx, rx) = oneshot::channel();
-        self.io_tasks
-            .spawn(connection::run(self.clone(), t, true, Some(tx), None));
-        let peer = rx
+        let run = connection::run(self.clone(), self.ctx.clone(), t, true, Some(tx), None);
+        self.io_tasks.spawn(run);
+        let (peer, sync) = rx
             .await
             .map_err(|_| CellnetError::Handshake("connection ended during handshake".into()))??;
+        if !sync {
+            // NVFlare sends READY before it registers us and handles frames on a thread
+            // pool: a DATA frame right behind READY can be dropped. Report the connection
+            // only once a probe request got a reply (any reply) through it.
+            self.probe(peer.as_str(), self.out.limits.handshake_timeout)
+                .await;
+        }
         self.out.router.set_parent(peer.clone());
         Ok(peer)
     }
@@ -868,7 +891,7 @@ impl CellInner {
     /// under a connected receiver's name can neither evict it nor act for it; a receiver
     /// whose old connection died silently (power loss, broken network) gets its name back on
     /// its first reconnect attempt.
-    pub(crate) async fn admit(&self, conn: &Arc<Conn>, ready: OutFrame) -> Result<(), String> {
+    async fn admit_peer(&self, conn: &Arc<Conn>, ready: OutFrame) -> Result<(), String> {
         let mut ready = Some(ready);
         // Each round either takes the name or finds a holder; a dead holder is removed
         // before the next round. Three rounds: two newcomers racing for a dead name.
@@ -911,7 +934,7 @@ impl CellInner {
 
     /// Register a connection this cell opened (the peer is our parent). Replaces an older
     /// connection to the same peer: we chose to connect again.
-    pub(crate) fn register_agent(&self, conn: Arc<Conn>) {
+    fn register_agent(&self, conn: Arc<Conn>) {
         if let Some(old) = self.out.router.insert(conn.clone()) {
             if old.id != conn.id {
                 info!(peer = %conn.peer, "new connection replaces the old one");
@@ -920,7 +943,7 @@ impl CellInner {
         }
     }
 
-    pub(crate) fn unregister_agent(&self, conn: &Arc<Conn>) {
+    fn unregister_agent(&self, conn: &Arc<Conn>) {
         self.out.router.remove(conn);
         self.streams.drop_connection(conn.id);
     }
@@ -1102,22 +1125,8 @@ impl CellInner {
             .cloned()
     }
 
-    /// A DATA frame from `conn` (called by its reader task).
-    pub(crate) async fn on_data(self: &Arc<Self>, conn: &Arc<Conn>, frame: Frame) {
-        let headers = match Headers::decode(&frame.headers) {
-            Ok(h) => h,
-            Err(e) => {
-                limited!(conn.log, error, peer = %conn.peer, "error processing frame: {e}; dropped");
-                return;
-            }
-        };
-        let env = match Envelope::parse(headers) {
-            Ok(env) => env,
-            Err(why) => {
-                limited!(conn.log, warn, peer = %conn.peer, "{why}; dropped");
-                return;
-            }
-        };
+    /// A DATA message from `conn` (called by its reader task).
+    async fn on_message(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
         // Attribution: the origin a message claims must be one this connection can vouch
         // for, so handlers (and forwarding) only ever see proven origins.
         if !trust::vouches(&self.out.me, &conn.peer, conn.outbound, &env.origin) {
@@ -1159,12 +1168,12 @@ impl CellInner {
                 self.bounce(conn, &env, &env.origin, why);
                 return;
             }
-            self.forward(conn, env, frame.payload).await;
+            self.forward(conn, env, payload).await;
             return;
         }
         match env.msg_type {
-            MsgType::Req => self.on_request(conn, env, frame.payload).await,
-            MsgType::Reply | MsgType::Return => self.on_reply(conn, env, frame.payload),
+            MsgType::Req => self.on_request(conn, env, payload).await,
+            MsgType::Reply | MsgType::Return => self.on_reply(conn, env, payload),
             MsgType::Other(ref other) => {
                 limited!(conn.log, warn, peer = %conn.peer, "unknown cn__msg_type {other:?}; dropped")
             }
@@ -1300,7 +1309,7 @@ impl CellInner {
         let answer = |reply_to: ReplyTo, m: Message| {
             self.reply(conn, &origin, &channel, &topic, reply_to, m);
         };
-        if channel == CELLNET_CHANNEL && (topic == BYE_TOPIC || topic == connection::PROBE_TOPIC) {
+        if channel == CELLNET_CHANNEL && (topic == BYE_TOPIC || topic == handshake::PROBE_TOPIC) {
             debug!(%origin, %topic, "cellnet message");
             let mut m = Message::new();
             m.headers.insert(keys::RETURN_CODE, "ok");
@@ -1579,5 +1588,23 @@ async fn run_handler(h: Arc<dyn Handler>, m: Message) -> Option<Message> {
                 format!("handler panicked: {what}"),
             ))
         }
+    }
+}
+
+impl Inbound for CellInner {
+    async fn admit(self: &Arc<Self>, conn: &Arc<Conn>, ready: OutFrame) -> Result<(), String> {
+        self.admit_peer(conn, ready).await
+    }
+
+    fn opened(self: &Arc<Self>, conn: &Arc<Conn>) {
+        self.register_agent(conn.clone());
+    }
+
+    async fn message(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
+        self.on_message(conn, env, payload).await
+    }
+
+    fn closed(self: &Arc<Self>, conn: &Arc<Conn>) {
+        self.unregister_agent(conn);
     }
 }

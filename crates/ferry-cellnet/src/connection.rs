@@ -1,27 +1,33 @@
-//! One connection: a reader task that splits frames off the socket ([`crate::reader`]) and
-//! hands them to the cell, a writer task ([`crate::writer`]), the HELLO/READY handshake and
-//! heartbeats (f3-wire.md §1.3, §1.4).
+//! One connection: a reader task that splits frames off the socket ([`crate::reader`]),
+//! decodes the envelope of each DATA message and hands it up through the narrow [`Inbound`]
+//! interface; a writer task ([`crate::writer`]); the HELLO/READY handshake
+//! ([`crate::handshake`]) and heartbeats (f3-wire.md §1.3, §1.4). A connection knows its
+//! cell only through [`Inbound`] and the [`Context`] it was given.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use bytes::Bytes;
-use rmpv::Value;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::admission::Admitted;
-use crate::cell::CellInner;
 use crate::driver::Transport;
+use crate::envelope::Envelope;
 use crate::error::CellnetError;
-use crate::fqcn::{self, Fqcn};
-use crate::frame::{FrameType, OutFrame, APP_ID_CELLNET};
-use crate::held::AccountHandle;
+use crate::fqcn::Fqcn;
+use crate::frame::{Frame, FrameType, OutFrame, APP_ID_CELLNET};
+use crate::handshake::{self, control, hello_payload, nil_payload, Handshake};
+use crate::headers::Headers;
+use crate::held::{AccountHandle, HeldBudget};
+use crate::limits::Limits;
 use crate::log_limit::{limited, LogLimiter};
-use crate::msgpack;
 use crate::reader::{FrameReader, ReadLimits};
 use crate::router::Link;
 use crate::writer::writer_task;
@@ -205,238 +211,64 @@ impl Conn {
     }
 }
 
-/// Extra HELLO/READY key: "this endpoint registers a peer before it reads the peer's next
-/// frame", i.e. DATA may follow READY at once. NVFlare keeps unknown keys as endpoint
-/// properties and ignores them.
-const SYNC_KEY: &str = "ferry_sync";
+/// What flows up from a connection to its cell. A connection calls nothing else of the cell:
+/// it admits or registers itself, hands up each decoded DATA message, and says when it closed.
+pub(crate) trait Inbound: Send + Sync + 'static {
+    /// A peer that opened a connection to us proved `conn.peer` in HELLO: take the name in
+    /// the routing table and queue `ready` in the same step (so nothing routed to the peer
+    /// overtakes it), or say why not (the connection then sends a refusal and closes).
+    fn admit(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        ready: OutFrame,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 
-/// Channel/topic of the probe a connecting cell sends to a peer that does not announce
-/// [`SYNC_KEY`] (NVFlare): its reply proves the peer has registered us.
-pub(crate) const PROBE_TOPIC: &str = "ferry_probe";
+    /// A connection this cell opened is established (READY received).
+    fn opened(self: &Arc<Self>, conn: &Arc<Conn>);
 
-/// Extra READY key: the accepting side refuses this connection, and says why (a live cell
-/// already has the name, the certificate is for another name, ...). The connection closes
-/// right after. NVFlare ignores unknown keys; a ferry cell reports the reason as
-/// [`CellnetError::Refused`].
-const REFUSED_KEY: &str = "ferry_refused";
+    /// A DATA message from `conn`, its envelope read. The reader waits for this to return
+    /// (backpressure), so it must not wait for anything but memory to keep what it holds.
+    fn message(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        env: Envelope,
+        payload: Bytes,
+    ) -> impl Future<Output = ()> + Send;
 
-/// Extra READY key next to [`REFUSED_KEY`]: the refusal is about load (too many
-/// connections), not about who we are; a ferry cell reports it as [`CellnetError::Busy`].
-const BUSY_KEY: &str = "ferry_busy";
-
-/// The payload of HELLO and READY (READY with `refused` set says no).
-fn hello_payload(own: &Fqcn, refused: Option<&str>) -> Bytes {
-    refusal_payload(own, refused, false)
+    /// `conn` closed; nothing more comes from it.
+    fn closed(self: &Arc<Self>, conn: &Arc<Conn>);
 }
 
-fn refusal_payload(own: &Fqcn, refused: Option<&str>, busy: bool) -> Bytes {
-    let n = 4 + refused.is_some() as u32 + busy as u32;
-    let mut w = msgpack::MsgpackWriter::new();
-    w.map_len(n)
-        .str("endpoint_name")
-        .str(own.as_str())
-        .str("timestamp")
-        .f64(crate::clock::unix_now())
-        .str("fqcn")
-        .str(own.as_str())
-        .str(SYNC_KEY)
-        .bool(true);
-    if let Some(why) = refused {
-        w.str(REFUSED_KEY).str(why);
-    }
-    if busy {
-        w.str(BUSY_KEY).bool(true);
-    }
-    w.finish().to_contiguous()
+/// What a connection gets from its cell besides the [`Inbound`] interface.
+pub(crate) struct Context {
+    /// The cell's name (HELLO/READY).
+    pub me: Fqcn,
+    /// The limits in force.
+    pub limits: Limits,
+    /// Where the writer task runs (joined at shutdown).
+    pub tasks: TaskTracker,
+    /// Cancelled to close every connection (each one's token is a child of it).
+    pub close_all: CancellationToken,
+    /// The budget of unfinished data; each connection has an account with it.
+    pub held: Arc<HeldBudget>,
 }
 
-/// The wire bytes of a READY that refuses a connection because this cell is busy (sent
-/// before the peer's HELLO is read; see [`crate::admission`]).
-pub(crate) fn busy_ready(own: &Fqcn, why: &str) -> Bytes {
-    control(FrameType::Ready, refusal_payload(own, Some(why), true))
-        .to_bytes(1, 1)
-        .unwrap_or_default()
-}
+/// The outcome of a connection this cell opened: the peer's name, and whether it announced
+/// `ferry_sync` (else DATA right behind READY may be dropped by the peer, and the caller
+/// should probe before it reports the connection usable).
+pub(crate) type Opened = Result<(Fqcn, bool), CellnetError>;
 
-/// The refusal a READY payload carries, if any, as the error to report.
-fn hello_refusal(payload: &[u8]) -> Option<CellnetError> {
-    match msgpack::decode_value(payload, payload.len().max(1)) {
-        Ok(Value::Map(entries)) => {
-            let why = entries
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(REFUSED_KEY))
-                .map(|(_, v)| v.as_str().unwrap_or("refused").to_string())?;
-            let busy = entries
-                .iter()
-                .any(|(k, v)| k.as_str() == Some(BUSY_KEY) && v.as_bool() == Some(true));
-            Some(if busy {
-                CellnetError::Busy(why)
-            } else {
-                CellnetError::Refused(why)
-            })
-        }
-        _ => None,
-    }
-}
-
-/// True if a READY/HELLO payload announces [`SYNC_KEY`].
-fn hello_sync(payload: &[u8]) -> bool {
-    match msgpack::decode_value(payload, payload.len().max(1)) {
-        Ok(Value::Map(entries)) => entries
-            .iter()
-            .any(|(k, v)| k.as_str() == Some(SYNC_KEY) && v.as_bool() == Some(true)),
-        _ => false,
-    }
-}
-
-/// The `endpoint_name` of a HELLO/READY payload.
-fn hello_name(payload: &[u8]) -> Result<String, CellnetError> {
-    let v = msgpack::decode_value(payload, payload.len().max(1))
-        .map_err(|e| CellnetError::Handshake(format!("undecodable HELLO/READY payload: {e}")))?;
-    let Value::Map(entries) = v else {
-        return Err(CellnetError::Handshake(
-            "HELLO/READY payload is not a map".into(),
-        ));
-    };
-    entries
-        .iter()
-        .find(|(k, _)| k.as_str() == Some("endpoint_name"))
-        .and_then(|(_, v)| v.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| CellnetError::Handshake("HELLO/READY without endpoint_name".into()))
-}
-
-fn control(frame_type: FrameType, payload: Bytes) -> OutFrame {
-    OutFrame {
-        frame_type,
-        app_id: 0,
-        headers: Bytes::new(),
-        payload: vec![payload],
-    }
-}
-
-fn nil_payload() -> Bytes {
-    Bytes::from_static(&[0xc0])
-}
-
-/// What the handshake learnt.
-enum Handshake {
-    /// The peer's validated FQCN, and whether it may receive DATA right away (always true
-    /// on the accepting side; on the connecting side only if READY announced [`SYNC_KEY`]).
-    /// On the accepting side READY is not sent yet: admission ([`CellInner::admit`]) decides
-    /// between READY and a refusal.
-    Peer(String, bool),
-    /// The peer claimed our own name: keep the socket, never register it (NVFlare).
-    OwnName,
-}
-
-async fn handshake(
-    cell: &CellInner,
-    reader: &mut FrameReader,
-    tx: &mpsc::Sender<OutFrame>,
-    active: bool,
-    peer_cn: Option<&str>,
-    log: &LogLimiter,
-) -> Result<Handshake, CellnetError> {
-    let closed = || CellnetError::ConnectionClosed("closed during handshake".into());
-    if active {
-        tx.send(control(FrameType::Hello, hello_payload(&cell.out.me, None)))
-            .await
-            .map_err(|_| closed())?;
-    }
-    loop {
-        let Some(frame) = reader.next().await? else {
-            return Err(closed());
-        };
-        match (frame.frame_type(), active) {
-            (Some(FrameType::Ready), true) => {
-                if let Some(refusal) = hello_refusal(&frame.payload) {
-                    return Err(refusal);
-                }
-                let name = hello_name(&frame.payload)?;
-                fqcn::validate(&name).map_err(|r| {
-                    CellnetError::Handshake(format!("READY with invalid FQCN {name:?}: {r}"))
-                })?;
-                check_cn(peer_cn, &name)?;
-                return Ok(Handshake::Peer(name, hello_sync(&frame.payload)));
-            }
-            (Some(FrameType::Hello), false) => {
-                let checked = hello_name(&frame.payload).and_then(|name| {
-                    fqcn::validate(&name).map_err(|r| {
-                        CellnetError::Handshake(format!("HELLO with invalid FQCN {name:?}: {r}"))
-                    })?;
-                    check_cn(peer_cn, &name)?;
-                    Ok(name)
-                });
-                let name = match checked {
-                    Ok(name) => name,
-                    Err(e) => {
-                        // tell the peer why before closing (a ferry cell reports it)
-                        let why = e.to_string();
-                        let _ = tx
-                            .send(control(
-                                FrameType::Ready,
-                                hello_payload(&cell.out.me, Some(&why)),
-                            ))
-                            .await;
-                        return Err(e);
-                    }
-                };
-                if name == cell.out.me.as_str() {
-                    limited!(
-                        log,
-                        error,
-                        "peer claims this cell's own name {name:?}; not registered"
-                    );
-                    // NVFlare answers READY and keeps the socket
-                    tx.send(control(FrameType::Ready, hello_payload(&cell.out.me, None)))
-                        .await
-                        .map_err(|_| closed())?;
-                    return Ok(Handshake::OwnName);
-                }
-                return Ok(Handshake::Peer(name, true));
-            }
-            (Some(FrameType::Ping), _) => {
-                let _ = tx.try_send(control(FrameType::Pong, nil_payload()));
-            }
-            (Some(FrameType::Data), _) => {
-                limited!(
-                    log,
-                    error,
-                    "DATA frame before the handshake completed; dropped"
-                );
-            }
-            (Some(t), _) => debug!("{t:?} frame during the handshake; dropped"),
-            (None, _) => limited!(
-                log,
-                error,
-                "received unsupported frame type {}; dropped",
-                frame.prefix.frame_type
-            ),
-        }
-    }
-}
-
-/// Under TLS: the certificate CN must be the first segment of the FQCN the peer claims.
-fn check_cn(peer_cn: Option<&str>, name: &str) -> Result<(), CellnetError> {
-    match peer_cn {
-        Some(cn) if name.split('.').next() != Some(cn) => Err(CellnetError::PeerIdentity {
-            certificate: cn.to_string(),
-            claimed: name.to_string(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Run a connection until it closes. `ready` receives the handshake outcome (the peer FQCN).
+/// Run a connection until it closes. `active`: this cell opened it; `ready` then receives
+/// the handshake's outcome.
 ///
 /// `admitted` is the place an accepted connection holds under the cell's connection limits
 /// (`None` for connections this cell opened); it is freed when the connection ends.
-pub(crate) async fn run(
-    cell: Arc<CellInner>,
+pub(crate) async fn run<I: Inbound>(
+    inbound: Arc<I>,
+    ctx: Arc<Context>,
     t: Transport,
     active: bool,
-    ready: Option<oneshot::Sender<Result<Fqcn, CellnetError>>>,
+    ready: Option<oneshot::Sender<Opened>>,
     admitted: Option<Admitted>,
 ) {
     static IDS: AtomicU64 = AtomicU64::new(1);
@@ -444,7 +276,7 @@ pub(crate) async fn run(
     let span = tracing::info_span!(
         "conn",
         id,
-        cell = %cell.out.me,
+        cell = %ctx.me,
         addr = %t.peer_addr,
         dir = if active { "out" } else { "in" },
         peer = tracing::field::Empty
@@ -453,29 +285,30 @@ pub(crate) async fn run(
         .as_ref()
         .map(|a| Arc::clone(&a.log))
         .unwrap_or_default();
-    run_inner(cell, t, active, ready, id, log)
+    run_inner(&inbound, &ctx, t, active, ready, id, log)
         .instrument(span)
         .await;
     drop(admitted);
 }
 
-async fn run_inner(
-    cell: Arc<CellInner>,
+async fn run_inner<I: Inbound>(
+    inbound: &Arc<I>,
+    ctx: &Context,
     t: Transport,
     active: bool,
-    mut ready: Option<oneshot::Sender<Result<Fqcn, CellnetError>>>,
+    mut ready: Option<oneshot::Sender<Opened>>,
     id: u64,
     log: Arc<LogLimiter>,
 ) {
-    let limits = &cell.out.limits;
+    let limits = &ctx.limits;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
-    let close = cell.conns_token.child_token();
-    cell.io_tasks
+    let close = ctx.close_all.child_token();
+    ctx.tasks
         .spawn(writer_task(t.wr, rx, ctl_rx, close.clone(), limits.send_timeout).in_current_span());
     // Everything this connection holds of unfinished data is charged here, and given back
     // when the account is dropped at the end of this function.
-    let account = cell.held.register(id, close.clone(), &t.peer_addr);
+    let account = ctx.held.register(id, close.clone(), &t.peer_addr);
     let mut reader = FrameReader::new(
         t.rd,
         ReadLimits {
@@ -491,7 +324,7 @@ async fn run_inner(
     let hs = tokio::select! {
         r = tokio::time::timeout(
             limits.handshake_timeout,
-            handshake(&cell, &mut reader, &tx, active, t.peer_cn.as_deref(), &log),
+            handshake::handshake(&ctx.me, &mut reader, &tx, active, t.peer_cn.as_deref(), &log),
         ) => r.unwrap_or_else(|_| Err(CellnetError::Timeout("handshake".into()))),
         _ = close.cancelled() => Err(CellnetError::Shutdown),
     };
@@ -499,7 +332,7 @@ async fn run_inner(
         Ok(Handshake::Peer(p, sync)) => (p, sync),
         Ok(Handshake::OwnName) => {
             // keep the socket open (NVFlare does) but never route to it
-            idle_unregistered(&mut reader, &tx, &close).await;
+            handshake::idle_unregistered(&mut reader, &tx, &close).await;
             close.cancel();
             return;
         }
@@ -533,22 +366,19 @@ async fn run_inner(
     reader.handshake_done();
     tracing::Span::current().record("peer", tracing::field::display(&peer));
     if active {
-        cell.register_agent(conn.clone());
+        inbound.opened(&conn);
     } else {
         // The name is ours only if no live connection holds it; READY goes out as the name
         // is taken, so nothing routed to the peer can overtake it.
+        let ready = control(FrameType::Ready, hello_payload(&ctx.me, None));
         let admitted = tokio::select! {
-            r = cell.admit(&conn, control(FrameType::Ready, hello_payload(&cell.out.me, None))) => r,
+            r = inbound.admit(&conn, ready) => r,
             _ = close.cancelled() => Err("shutting down".to_string()),
         };
         if let Err(why) = admitted {
             limited!(conn.log, warn, peer = %peer, addr = %conn.peer_addr, "connection refused: {why}");
-            let _ = conn
-                .send(control(
-                    FrameType::Ready,
-                    hello_payload(&cell.out.me, Some(&why)),
-                ))
-                .await;
+            let refusal = hello_payload(&ctx.me, Some(&why));
+            let _ = conn.send(control(FrameType::Ready, refusal)).await;
             close.cancel();
             return;
         }
@@ -556,36 +386,24 @@ async fn run_inner(
     info!(peer = %peer, "connected");
     if let Some(r) = ready.take() {
         // peer was validated in the handshake
-        let fqcn = Fqcn::new(peer.clone());
-        if sync {
-            let _ = r.send(fqcn);
-        } else {
-            // NVFlare sends READY before it registers us and handles frames on a thread
-            // pool: a DATA frame right behind READY can be dropped. Report the connection
-            // only once a probe request got a reply (any reply) through it.
-            let cell2 = cell.clone();
-            let peer2 = peer.clone();
-            let budget = cell.out.limits.handshake_timeout;
-            cell.io_tasks.spawn(
-                async move {
-                    cell2.probe(&peer2, budget).await;
-                    let _ = r.send(fqcn);
-                }
-                .in_current_span(),
-            );
-        }
+        let _ = r.send(Fqcn::new(peer.clone()).map(|f| (f, sync)));
     }
 
-    let reason = read_loop(&cell, &conn, &mut reader).await;
+    let reason = read_loop(inbound, limits, &conn, &mut reader).await;
     info!(peer = %peer, addr = %conn.peer_addr, "connection closed: {reason}");
     close.cancel();
-    cell.unregister_agent(&conn);
+    inbound.closed(&conn);
     drop(reader);
     drop(account);
 }
 
-async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameReader) -> String {
-    let hb = cell.out.limits.heartbeat_interval;
+async fn read_loop<I: Inbound>(
+    inbound: &Arc<I>,
+    limits: &Limits,
+    conn: &Arc<Conn>,
+    reader: &mut FrameReader,
+) -> String {
+    let hb = limits.heartbeat_interval;
     let mut tick = tokio::time::interval(HEARTBEAT_TICK.min(hb / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
@@ -633,7 +451,9 @@ async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameRe
                     );
                     continue;
                 }
-                cell.on_data(conn, frame).await;
+                if let Some(env) = envelope(conn, &frame) {
+                    inbound.message(conn, env, frame.payload).await;
+                }
             }
             Some(FrameType::Ping) => conn.send_detached(control(FrameType::Pong, nil_payload())),
             Some(FrameType::Pong) => {}
@@ -648,78 +468,20 @@ async fn read_loop(cell: &Arc<CellInner>, conn: &Arc<Conn>, reader: &mut FrameRe
     }
 }
 
-/// A peer that claimed our own name: answer PINGs, drop everything else, until it leaves.
-async fn idle_unregistered(
-    reader: &mut FrameReader,
-    tx: &mpsc::Sender<OutFrame>,
-    close: &CancellationToken,
-) {
-    loop {
-        let f = tokio::select! {
-            r = reader.next() => r,
-            _ = close.cancelled() => return,
-        };
-        match f {
-            Ok(Some(f)) if f.frame_type() == Some(FrameType::Ping) => {
-                let _ = tx.try_send(control(FrameType::Pong, nil_payload()));
-            }
-            Ok(Some(_)) => debug!("frame from an unregistered peer dropped"),
-            _ => return,
+/// The envelope of a DATA frame, or `None` (logged) if it is not a CellNet message.
+fn envelope(conn: &Conn, frame: &Frame) -> Option<Envelope> {
+    let headers = match Headers::decode(&frame.headers) {
+        Ok(h) => h,
+        Err(e) => {
+            limited!(conn.log, error, peer = %conn.peer, "error processing frame: {e}; dropped");
+            return None;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::frame::FrameDecoder;
-    use bytes::BytesMut;
-
-    #[test]
-    fn hello_capture_parses() {
-        // f3-wire.md §1.3: HELLO site-1 → server, 69 bytes
-        let mut wire = vec![
-            0x00, 0x00, 0x00, 0x45, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
-            0x00, 0x01, 0x83, 0xad,
-        ];
-        wire.extend_from_slice(b"endpoint_name");
-        wire.push(0xa6);
-        wire.extend_from_slice(b"site-1");
-        wire.push(0xa9);
-        wire.extend_from_slice(b"timestamp");
-        wire.extend_from_slice(&[0xcb, 0x41, 0xda, 0xc2, 0x86, 0x77, 0xde, 0xf7, 0x74, 0xa4]);
-        wire.extend_from_slice(b"fqcn");
-        wire.push(0xa6);
-        wire.extend_from_slice(b"site-1");
-        assert_eq!(wire.len(), 69);
-        let mut buf = BytesMut::from(&wire[..]);
-        let f = FrameDecoder::new(1 << 20, 65535)
-            .decode(&mut buf)
-            .unwrap()
-            .unwrap();
-        assert_eq!(f.frame_type(), Some(FrameType::Hello));
-        assert_eq!(hello_name(&f.payload).unwrap(), "site-1");
-        // our own HELLO has the same shape and length for the same name
-        let ours = control(
-            FrameType::Hello,
-            hello_payload(&Fqcn::new("site-1").unwrap(), None),
-        )
-        .to_bytes(1, 1)
-        .unwrap();
-        // plus the ferry_sync key: 83 -> 84 map, 12 more bytes
-        assert_eq!(ours.len(), 69 + 12);
-        assert_eq!(&ours[4..16], &wire[4..16]);
-        assert_eq!(ours[16], 0x84);
-        assert_eq!(&ours[17..36], &wire[17..36]);
-        assert!(hello_sync(&ours[16..]));
-        assert!(!hello_sync(&wire[16..]));
-    }
-
-    #[test]
-    fn hello_name_rejects_garbage() {
-        assert!(hello_name(&[0xc0]).is_err());
-        assert!(hello_name(&[0x80]).is_err());
-        assert!(hello_name(&[0xc1]).is_err());
-        assert!(hello_name(&[0x81, 0xad]).is_err());
+    };
+    match Envelope::parse(headers) {
+        Ok(env) => Some(env),
+        Err(why) => {
+            limited!(conn.log, warn, peer = %conn.peer, "{why}; dropped");
+            None
+        }
     }
 }

@@ -47,6 +47,7 @@ mod error;
 pub mod fobs;
 mod fqcn;
 pub mod frame;
+mod handshake;
 pub mod headers;
 mod held;
 mod limits;
