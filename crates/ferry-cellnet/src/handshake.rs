@@ -20,10 +20,6 @@ use crate::reader::FrameReader;
 /// properties and ignores them.
 const SYNC_KEY: &str = "ferry_sync";
 
-/// Channel/topic of the probe a connecting cell sends to a peer that does not announce
-/// [`SYNC_KEY`] (NVFlare): its reply proves the peer has registered us.
-pub(crate) const PROBE_TOPIC: &str = "ferry_probe";
-
 /// Extra READY key: the accepting side refuses this connection, and says why (a live cell
 /// already has the name, the certificate is for another name, ...). The connection closes
 /// right after. NVFlare ignores unknown keys; a ferry cell reports the reason as

@@ -40,6 +40,7 @@
 mod admission;
 mod cell;
 mod clock;
+mod connect;
 mod connection;
 mod driver;
 mod envelope;
@@ -47,6 +48,7 @@ mod error;
 pub mod fobs;
 mod fqcn;
 pub mod frame;
+mod handlers;
 mod handshake;
 pub mod headers;
 mod held;
@@ -54,8 +56,11 @@ mod limits;
 mod log_limit;
 mod message;
 pub mod msgpack;
+mod node;
 mod outbound;
 mod reader;
+mod reply;
+mod request;
 mod return_code;
 mod router;
 mod stream;
@@ -65,10 +70,7 @@ mod testutil;
 mod trust;
 mod writer;
 
-pub use cell::{
-    Cell, CellBuilder, IntoReply, RequestOptions, ANY, BYE_TOPIC, CELLNET_CHANNEL,
-    DEFAULT_SHUTDOWN_GRACE,
-};
+pub use cell::{Cell, CellBuilder, DEFAULT_SHUTDOWN_GRACE};
 pub use connection::ConnectionInfo;
 #[cfg(feature = "tls")]
 pub use driver::tls::{common_name, TlsConfig};
@@ -78,10 +80,13 @@ pub use error::{CellnetError, Result, TlsFile};
 pub use fobs::Fobs;
 pub use fqcn::{validate as validate_fqcn, Fqcn, SERVER_ROOT};
 pub use frame::FrameError;
+pub use handlers::{IntoReply, ANY};
 pub use headers::Headers;
 pub use limits::{Limits, MIB, NVFLARE_MAX_FRAME_SIZE};
 pub use message::{encoding, Message, Payload};
 pub use msgpack::{MsgpackBody, MsgpackWriter};
+pub use node::{BYE_TOPIC, CELLNET_CHANNEL};
+pub use request::RequestOptions;
 pub use return_code::ReturnCode;
 pub use rmpv;
 pub use router::PeerEvent;

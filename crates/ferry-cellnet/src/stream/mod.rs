@@ -4,7 +4,7 @@
 //! order (duplicates, reordering, late retries), enforces the limits, decides the ACKs and
 //! drops idle streams. Neither reads a clock nor touches a socket: every input takes `now`,
 //! outputs are polled, and the tests drive them on virtual time over a lossy, duplicating,
-//! reordering link. The cell's glue (`crate::streams`) runs them on connections.
+//! reordering link. The cell runs them on connections (`streams.rs`).
 
 pub(crate) mod recv;
 pub(crate) mod send;
