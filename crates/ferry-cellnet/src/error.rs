@@ -120,7 +120,7 @@ impl From<std::io::Error> for CellnetError {
     /// "socket failed" whichever step of the connection met it.
     fn from(e: std::io::Error) -> Self {
         #[cfg(feature = "tls")]
-        if let Some(why) = crate::driver::tls::describe_tls_io(&e) {
+        if let Some(why) = describe_tls_io(&e) {
             return CellnetError::Tls(why);
         }
         CellnetError::Io(e)
@@ -143,6 +143,36 @@ impl CellnetError {
             _ => ReturnCode::CommError,
         }
     }
+}
+
+/// The TLS error carried by an I/O error, in words, if it carries one. tokio-rustls reports
+/// every rustls failure (certificate refused by us, the peer's alert, a malformed record) as
+/// `std::io::Error` wrapping a `rustls::Error`. A received alert that concerns certificates
+/// means the peer refused ours: with TLS 1.3 the client's handshake is over before the
+/// server has checked the client certificate, so the client meets that refusal as an alert
+/// on its first read. `decrypt_error` counts too: rustls sends it for a certificate whose
+/// signature does not verify (signed by a look-alike CA with the same name).
+#[cfg(feature = "tls")]
+pub(crate) fn describe_tls_io(e: &std::io::Error) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::AlertReceived(
+            alert @ (A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::CertificateRequired
+            | A::AccessDenied
+            | A::DecryptError),
+        ) => format!("the peer refused our TLS certificate (alert {alert:?})"),
+        rustls::Error::AlertReceived(alert) => {
+            format!("the peer ended the TLS session (alert {alert:?})")
+        }
+        other => other.to_string(),
+    })
 }
 
 /// The three files of a TLS configuration, to say which one a problem is in.
