@@ -237,7 +237,7 @@ impl Cell {
     }
 
     /// Register the handler of requests and fire-and-forget messages on (`channel`, `topic`).
-    /// Either may be [`ANY`] (`"*"`). Lookup order is NVFlare's: (channel, topic), then
+    /// Either may be [`ANY`](crate::ANY) (`"*"`). Lookup order is NVFlare's: (channel, topic), then
     /// (channel, `*`), then (`*`, `*`). A second registration replaces the first.
     ///
     /// The handler sees the same [`Message`] whether the request came as one frame or as a

@@ -63,7 +63,7 @@ impl Connector {
     }
 
     /// Open a connection to `url`, run it, wait for its handshake and make the peer this
-    /// cell's parent (one attempt of [`Cell::connect`] and of the reconnect loop).
+    /// cell's parent (one attempt of [`crate::Cell::connect`] and of the reconnect loop).
     pub async fn connect(&self, url: &str) -> Result<Fqcn, CellnetError> {
         let t = self.establish(url).await?;
         let (tx, rx) = oneshot::channel();

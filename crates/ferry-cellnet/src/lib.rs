@@ -30,12 +30,19 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`frame`] (prefix and decoder), [`headers`] (header map), [`fobs`] (payload
-//! container), [`msgpack`] (zero-copy writer, bounded scanner), `reader` and `writer` (the
-//! two halves of a socket), `connection` (handshake, heartbeats, the read loop), `admission`
-//! (connection limits), `held` (the budget of unfinished data), `log_limit` (rate-limited
-//! complaints about peers), `stream` (`sm__*`), `cell` (routing, handlers, waiters),
-//! `driver` (tcp, tls, inproc).
+//! Layout, top down (a module uses only the ones below it; docs/architecture.md draws it):
+//! `cell` (the public [`Cell`], its builder, listeners and accept loops, shutdown) and
+//! `connect` (connecting to a parent); `node` (what the cell does with each message: the
+//! `Inbound` side of every connection); `request` (one path for requests and
+//! fire-and-forget, plain or streamed), `reply`, `handlers`; `streams` (the `sm__*` machines
+//! on connections) over `stream` (the sans-IO `SendStream` and `Reassembler`); `outbound`
+//! (route, seal, queue); `connection` (one socket: the read loop, the `Inbound` trait),
+//! `handshake` (HELLO/READY), `reader` and `writer` (the two halves of a socket), `held`
+//! (the budget of unfinished data), `admission` (connection limits), `driver` (tcp, tls,
+//! inproc); `router` (routing table, reply waiters), `envelope` (typed `cn__`/`sm__`
+//! headers, the one builder of outgoing ones); and the wire: [`frame`] (prefix and decoder),
+//! [`headers`] (header map), [`fobs`] (payload container), [`msgpack`] (zero-copy writer,
+//! bounded scanner), `log_limit` (rate-limited complaints about peers).
 
 mod admission;
 mod cell;
