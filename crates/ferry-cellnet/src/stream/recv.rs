@@ -216,6 +216,7 @@ impl<C: Clone, G: Held> Reassembler<C, G> {
     /// What a chunk of `len` bytes must be paid before [`Reassembler::handle_chunk`]: its
     /// bytes and overhead, plus the stream's if it is new. A one-chunk stream is handed on
     /// at once and costs nothing.
+    #[must_use]
     pub fn cost(&self, key: &StreamKey, c: &ChunkHead, len: usize) -> usize {
         if c.seq == 0 && c.last {
             return 0;
@@ -390,6 +391,7 @@ impl<C: Clone, G: Held> Reassembler<C, G> {
     }
 
     /// When [`Reassembler::handle_timeout`] has work: the earliest idle deadline.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.streams
             .values()
@@ -414,6 +416,7 @@ impl<C: Clone, G: Held> Reassembler<C, G> {
     }
 
     /// The next thing to do.
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<RecvOutput<C>> {
         self.out.pop_front()
     }

@@ -71,6 +71,7 @@ impl SendStream {
 
     /// The next chunk, if the window lets it go now. `None` when the stream is done,
     /// failed, or waiting for ACKs.
+    #[must_use]
     pub fn poll_transmit(&mut self, now: Instant) -> Option<OutChunk> {
         if self.failed.is_some() || self.parts.is_empty() {
             return None;
@@ -111,6 +112,7 @@ impl SendStream {
 
     /// When [`SendStream::handle_timeout`] has work: the idle deadline while waiting on a
     /// full window.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.failed {
             Some(_) => None,
@@ -126,6 +128,7 @@ impl SendStream {
     }
 
     /// `Some` once the stream is over: every chunk handed out, or failed.
+    #[must_use]
     pub fn outcome(&self) -> Option<Result<(), SendError>> {
         match &self.failed {
             Some(e) => Some(Err(e.clone())),
