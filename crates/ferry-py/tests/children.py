@@ -91,6 +91,11 @@ def get(a):
 
 
 def main():
+    # The tests Ctrl-C these children. A process started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: the signal would do nothing. Restore Python's own handler so
+    # the tests do not depend on how the suite was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="role", required=True)
     s = sub.add_parser("send")
