@@ -49,6 +49,9 @@ mod downloader;
 mod error;
 pub mod fetch;
 pub mod fetch_set;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod manifest;
 mod produce;
 mod runtime;

@@ -1,0 +1,27 @@
+//! A frame's msgpack header map (`Headers::decode`, at most 65 535 bytes on the wire). What
+//! decodes must encode and decode to the same map.
+#![no_main]
+
+use ferry_cellnet::Headers;
+use ferry_fuzz::{within, Limit, DECODER_FIXED, VALUE_TREE_PER_BYTE};
+use libfuzzer_sys::fuzz_target;
+
+const LIMIT: Limit = Limit {
+    // the decoded map, plus its re-encoding and second decoding for the round trip
+    per_byte: 2 * VALUE_TREE_PER_BYTE + 2,
+    fixed: DECODER_FIXED,
+};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() > 65_535 {
+        return; // the frame decoder refuses larger header maps before they are decoded
+    }
+    within(LIMIT, data.len(), || {
+        let Ok(h) = Headers::decode(data) else { return };
+        let enc = h.encode();
+        let again = Headers::decode(&enc).expect("an encoded header map decodes");
+        // compare encodings, not values: a NaN float is not equal to itself
+        assert_eq!(again.encode(), enc, "header round trip");
+        assert_eq!(again.len(), h.len());
+    })
+});
