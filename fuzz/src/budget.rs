@@ -25,8 +25,12 @@ static CEILING: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// `LIVE` when the current input started, and its length (for the abort message).
 static BASE: AtomicUsize = AtomicUsize::new(0);
 static INPUT_LEN: AtomicUsize = AtomicUsize::new(0);
-/// Largest `PEAK - BASE` seen by any input so far (for `FERRY_FUZZ_REPORT`).
+/// Largest `PEAK - BASE` seen by any input so far, and the largest ratio of it to the input
+/// length (inputs of at least [`RATIO_MIN_LEN`] bytes, ×100), for `FERRY_FUZZ_REPORT`.
 static MAX_SEEN: AtomicUsize = AtomicUsize::new(0);
+static MAX_RATIO: AtomicUsize = AtomicUsize::new(0);
+/// Shorter inputs are dominated by fixed costs; their ratio says nothing about amplification.
+const RATIO_MIN_LEN: usize = 256;
 
 /// The counting allocator (installed as the global allocator of every fuzz target).
 pub struct Counting;
@@ -60,8 +64,19 @@ pub fn within<R>(limit: Limit, input_len: usize, f: impl FnOnce() -> R) -> R {
     let r = f();
     CEILING.store(usize::MAX, Relaxed);
     let used = PEAK.load(Relaxed).saturating_sub(base);
-    if MAX_SEEN.fetch_max(used, Relaxed) < used && std::env::var_os("FERRY_FUZZ_REPORT").is_some() {
-        eprintln!("ferry-fuzz: new peak {used} bytes for a {input_len}-byte input");
+    let ratio = if input_len >= RATIO_MIN_LEN {
+        used.saturating_mul(100) / input_len
+    } else {
+        0
+    };
+    let new_peak = MAX_SEEN.fetch_max(used, Relaxed) < used;
+    let new_ratio = MAX_RATIO.fetch_max(ratio, Relaxed) < ratio;
+    if (new_peak || new_ratio) && std::env::var_os("FERRY_FUZZ_REPORT").is_some() {
+        eprintln!(
+            "ferry-fuzz: {used} bytes live at peak for a {input_len}-byte input ({}.{:02} per byte)",
+            used / input_len.max(1),
+            used * 100 / input_len.max(1) % 100
+        );
     }
     r
 }
