@@ -243,6 +243,35 @@ def ferry_tickets(work):
     return tickets
 
 
+def part_records(work):
+    """Resume records in ferry's format (`NAME.part.ferry`) for the part_record target's content:
+    3000 bytes, byte i = (31 i + 5) mod 256, whose size and BLAKE3 `ferry serve` pins in a ticket.
+    Returns (record JSON, part bytes) pairs: the start, a prefix, a prefix with garbage beyond
+    it (a crash leaves holes), a whole part, and another content's record."""
+    content = bytes((i * 31 + 5) & 0xFF for i in range(3000))
+    f = os.path.join(work, "part-content.bin")
+    with open(f, "wb") as fh:
+        fh.write(content)
+    p = subprocess.Popen([FERRY, "serve", f, "--listen", "tcp://127.0.0.1:0", "--timeout", "5s"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ticket = p.stdout.readline().strip()
+    p.kill()
+    p.wait()
+    b3 = ticket.split("b3=")[1].split("&")[0]
+
+    def rec(prefix, size=3000, digest=b3):
+        return json.dumps({"blake3": digest, "format": "ferry-part/1", "origin": "ferry-sender/Rfile",
+                           "prefix": prefix, "size": size}, separators=(",", ":")).encode()
+
+    return [
+        (rec(0), b""),
+        (rec(1000), content[:1000]),
+        (rec(1000), content[:1000] + b"\x00" * 700),
+        (rec(3000), content),
+        (rec(2000, size=5000, digest="ab" * 32), content[:2000]),
+    ]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw", help="also keep the raw captures (one file per connection and direction) here")
@@ -258,6 +287,7 @@ def main():
         conns, refs = scenario_ferry_to_py(work, receiver_py=True)
         captures.append(("py-to-py", conns, refs))
         tickets = ferry_tickets(work)
+        parts = part_records(work)
         if args.raw:
             os.makedirs(args.raw, exist_ok=True)
             for name, conns, _ in captures:
@@ -265,7 +295,7 @@ def main():
                     for d, b in (("c2s", c2s), ("s2c", s2c)):
                         with open(os.path.join(args.raw, f"{name}-{i}-{d}.bin"), "wb") as fh:
                             fh.write(b)
-        seeds.write_all(captures, tickets, args.out)
+        seeds.write_all(captures, tickets, parts, args.out)
 
 
 if __name__ == "__main__":

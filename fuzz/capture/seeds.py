@@ -135,7 +135,7 @@ def shrink_datums(payload):
     return fobs_pack([(m, d, b if m == 100 else b[:16 + 64]) for m, d, b in secs])
 
 
-def write_all(captures, tickets, out):
+def write_all(captures, tickets, part_seeds, out):
     s = Seeds(out)
     headers_keys = set()
     for name, conns, refs in captures:
@@ -231,6 +231,13 @@ def write_all(captures, tickets, out):
                               records([b"\x00" + p for p in seq]), cap_bytes=24 * 1024)
     for t in tickets:
         s.add("ticket", t.encode())
+    for record, part in part_seeds:
+        content = bytes((i * 31 + 5) & 0xFF for i in range(3000))
+        n = len(part)
+        rest = [content[i : i + 1024] for i in range(min(n, 3000), 3000, 1024)]
+        # pinned (bit 0) and not; a part of other content refused or discarded (bit 1)
+        for sel in (0, 1, 3):
+            s.add("part_record", bytes([sel]) + records([record, part] + rest))
     # a whole safetensors file and a whole .npz written by Python
     py = os.environ.get("FERRY_INTEROP_PYTHON") or sys.executable
     here = os.path.dirname(os.path.abspath(__file__))

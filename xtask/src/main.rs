@@ -3,9 +3,11 @@
 //! `cargo xtask test-matrix` runs the named table of checks that CI runs (see [`matrix`]);
 //! `--under-load` runs it beside two busy loops (see [`load`]) and `--repeat N` N times in a row;
 //! `cargo xtask interop-setup` prepares the Python virtualenv with NVFlare 2.9.0 that the
-//! interop tests talk to; `cargo xtask bench NAME` runs a benchmark.
+//! interop tests talk to; `cargo xtask bench NAME` runs a benchmark; `cargo xtask fuzz` builds
+//! and runs the fuzz harness (see [`fuzz`]).
 
 mod bench;
+mod fuzz;
 mod interop;
 mod load;
 mod matrix;
@@ -56,6 +58,21 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the fuzz harness (fuzz/, cargo fuzz on stable, installed if missing) and run every
+    /// target (or the named ones) under the limits of docs/security.md, section Fuzzing.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Stop each target after this many executions (the campaign uses 10000000).
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Run committed reproducers of open findings (fuzz/regressions/) instead.
+        #[arg(long)]
+        replay: bool,
+        /// Only these targets.
+        targets: Vec<String>,
+    },
     /// Create (or reuse) the Python virtualenv with nvflare==2.9.0 for interop tests and benchmarks.
     InteropSetup,
 }
@@ -81,6 +98,23 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Bench { name, args } => bench::run(name.as_deref(), &args),
+        Cmd::Fuzz {
+            seconds,
+            runs,
+            replay,
+            targets,
+        } => {
+            if replay {
+                fuzz::replay()
+            } else {
+                fuzz::run(&fuzz::Options {
+                    seconds,
+                    runs,
+                    only: targets,
+                })
+                .map(|_| ())
+            }
+        }
         Cmd::InteropSetup => interop::setup().map(|py| {
             eprintln!("interop python: {}", py.display());
         }),

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::interop;
+use crate::{fuzz, interop};
 
 /// Crates whose dependency tree must not contain the listed packages (the arrows of DESIGN.md).
 const LAYERING: &[(&str, &[&str])] = &[
@@ -169,6 +169,10 @@ fn run_bounded(
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Seconds each fuzz target runs in the `fuzz-smoke` case (the campaign's figures are in
+/// docs/security.md).
+const FUZZ_SMOKE_SECS: u64 = 30;
 
 /// One named command.
 struct Case {
@@ -359,6 +363,20 @@ fn cases() -> Result<Vec<Case>> {
                 &["doc", "--workspace", "--no-deps", "--all-features", "--exclude", "xtask"],
                 &[("RUSTDOCFLAGS", "-D warnings".into())],
             )
+        }),
+    });
+    v.push(Case {
+        name: "fuzz-smoke".into(),
+        what: format!(
+            "cargo xtask fuzz --seconds {FUZZ_SMOKE_SECS}: every fuzz target for {FUZZ_SMOKE_SECS}s from its seeds (cargo-fuzz installed if missing)"
+        ),
+        run: Box::new(|| {
+            fuzz::run(&fuzz::Options {
+                seconds: FUZZ_SMOKE_SECS,
+                runs: None,
+                only: Vec::new(),
+            })
+            .map(|_| ())
         }),
     });
     v.push(Case {

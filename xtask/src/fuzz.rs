@@ -1,0 +1,307 @@
+//! `cargo xtask fuzz`: the coverage-guided fuzz harness under `fuzz/` (cargo fuzz, libFuzzer, on
+//! the stable toolchain with `--sanitizer none`), run target by target with the limits of
+//! docs/security.md (section Fuzzing): 512 MiB RSS, the harness's own allocation budget per
+//! input, a per-input timeout. Each target starts from its committed seed corpus
+//! (`fuzz/seeds/TARGET`, recorded from NVFlare 2.9 cells and ferry) plus whatever an earlier run
+//! left in `fuzz/corpus/TARGET` (gitignored). A crash, an OOM or a timeout fails the command and
+//! leaves the input in `fuzz/artifacts/TARGET/`.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::interop::{cargo_command, workspace_root};
+
+/// Every target, with the largest input libFuzzer may generate for it (the record-based
+/// targets need room for several frames or chunks).
+pub const TARGETS: &[(&str, usize)] = &[
+    ("f3_frames", 16 * 1024),
+    ("headers", 8 * 1024),
+    ("msgpack", 8 * 1024),
+    ("fobs", 8 * 1024),
+    ("ticket", 1024),
+    ("download_request", 8 * 1024),
+    ("download_reply", 32 * 1024),
+    ("safetensors_items", 16 * 1024),
+    ("npz_items", 16 * 1024),
+    ("part_record", 16 * 1024),
+    ("cell_stream", 32 * 1024),
+];
+
+/// libFuzzer's RSS limit for every run.
+pub const RSS_LIMIT_MB: u64 = 512;
+/// Seconds one input may take before it counts as a hang.
+pub const INPUT_TIMEOUT_SECS: u64 = 60;
+
+/// What to run.
+pub struct Options {
+    /// Seconds per target (`-max_total_time`).
+    pub seconds: u64,
+    /// Stop a target after this many executions (`-runs`); `None` runs for `seconds`.
+    pub runs: Option<u64>,
+    /// Only these targets (empty: all).
+    pub only: Vec<String>,
+}
+
+/// The figures of one target's run, read from libFuzzer's final statistics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    name: String,
+    execs: u64,
+    secs: f64,
+    cov: u64,
+    ft: u64,
+    corpus: u64,
+    peak_rss_mb: u64,
+}
+
+fn fuzz_dir() -> PathBuf {
+    workspace_root().join("fuzz")
+}
+
+fn target_dir() -> PathBuf {
+    workspace_root().join("target").join("fuzz")
+}
+
+/// Install cargo-fuzz from crates.io when `cargo fuzz` is not there.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let present = cargo_command()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("cargo-fuzz is missing: cargo install cargo-fuzz --locked");
+    let status = cargo_command()
+        .args(["install", "cargo-fuzz", "--locked"])
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo_fuzz(sub: &str) -> Command {
+    let mut cmd = cargo_command();
+    cmd.args(["fuzz", sub, "--sanitizer", "none", "--fuzz-dir"])
+        .arg(fuzz_dir())
+        .arg("--target-dir")
+        .arg(target_dir());
+    cmd
+}
+
+/// `cargo fmt --check` and `cargo fuzz build` of the harness.
+pub fn build() -> Result<()> {
+    ensure_cargo_fuzz()?;
+    let status = cargo_command()
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(fuzz_dir().join("Cargo.toml"))
+        .status()
+        .context("cargo fmt of the fuzz crate")?;
+    if !status.success() {
+        bail!("the fuzz crate is not formatted: cargo fmt --manifest-path fuzz/Cargo.toml");
+    }
+    let t = Instant::now();
+    let status = cargo_fuzz("build").status().context("cargo fuzz build")?;
+    if !status.success() {
+        bail!("cargo fuzz build failed with {status}");
+    }
+    eprintln!("fuzz targets built in {:.1}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The number after `key` in libFuzzer output such as `cov: 123 ft: 456`.
+fn field(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let num: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    num.parse().ok()
+}
+
+fn parse_stats(name: &str, out: &str, secs: f64) -> Stats {
+    let mut s = Stats {
+        name: name.to_string(),
+        secs,
+        ..Stats::default()
+    };
+    for line in out.lines() {
+        if let Some(n) = line
+            .strip_prefix("stat::number_of_executed_units:")
+            .and_then(|v| v.trim().parse().ok())
+        {
+            s.execs = n;
+        }
+        if let Some(n) = line
+            .strip_prefix("stat::peak_rss_mb:")
+            .and_then(|v| v.trim().parse().ok())
+        {
+            s.peak_rss_mb = n;
+        }
+        if line.contains(" cov: ") && line.contains(" ft: ") {
+            s.cov = field(line, "cov:").unwrap_or(s.cov);
+            s.ft = field(line, "ft:").unwrap_or(s.ft);
+            s.corpus = field(line, "corp:").unwrap_or(s.corpus);
+        }
+    }
+    s
+}
+
+fn run_one(name: &str, max_len: usize, opts: &Options) -> Result<Stats> {
+    let corpus = fuzz_dir().join("corpus").join(name);
+    let seeds = fuzz_dir().join("seeds").join(name);
+    let artifacts = fuzz_dir().join("artifacts").join(name);
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    let mut cmd = cargo_fuzz("run");
+    cmd.arg(name).arg(&corpus).arg(&seeds).arg("--");
+    cmd.arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+        .arg(format!("-malloc_limit_mb={RSS_LIMIT_MB}"))
+        .arg(format!("-max_len={max_len}"))
+        .arg(format!("-timeout={INPUT_TIMEOUT_SECS}"))
+        .arg(format!("-max_total_time={}", opts.seconds))
+        .arg("-print_final_stats=1")
+        .arg(format!("-artifact_prefix={}/", artifacts.display()));
+    if let Some(runs) = opts.runs {
+        cmd.arg(format!("-runs={runs}"));
+    }
+    let dict = fuzz_dir().join("dict").join(format!("{name}.dict"));
+    if dict.exists() {
+        cmd.arg(format!("-dict={}", dict.display()));
+    }
+    eprintln!("--- fuzz {name}: {}s, max_len {max_len}", opts.seconds);
+    let t = Instant::now();
+    let out = cmd
+        .output()
+        .with_context(|| format!("running cargo fuzz run {name}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "fuzz target {name} failed ({}): the input is in {}\n{}",
+            out.status,
+            artifacts.display(),
+            tail.join("\n")
+        );
+    }
+    Ok(parse_stats(name, &text, secs))
+}
+
+/// Build, then run each selected target; print a table of executions, time and coverage.
+pub fn run(opts: &Options) -> Result<Vec<Stats>> {
+    for name in &opts.only {
+        if !TARGETS.iter().any(|(t, _)| t == name) {
+            bail!("no fuzz target {name:?}; targets: {}", names().join(", "));
+        }
+    }
+    build()?;
+    let mut all = Vec::new();
+    for (name, max_len) in TARGETS {
+        if !opts.only.is_empty() && !opts.only.iter().any(|o| o == name) {
+            continue;
+        }
+        let s = run_one(name, *max_len, opts)?;
+        eprintln!(
+            "    {name}: {} executions in {:.0}s, cov {} ft {}",
+            s.execs, s.secs, s.cov, s.ft
+        );
+        all.push(s);
+    }
+    eprintln!(
+        "\n{:<18} {:>12} {:>8} {:>10} {:>6} {:>7} {:>7} {:>8}",
+        "target", "executions", "seconds", "exec/s", "cov", "ft", "corpus", "rss MiB"
+    );
+    for s in &all {
+        eprintln!(
+            "{:<18} {:>12} {:>8.0} {:>10.0} {:>6} {:>7} {:>7} {:>8}",
+            s.name,
+            s.execs,
+            s.secs,
+            s.execs as f64 / s.secs.max(1e-9),
+            s.cov,
+            s.ft,
+            s.corpus,
+            s.peak_rss_mb
+        );
+    }
+    Ok(all)
+}
+
+/// Run every committed reproducer of an open finding (`fuzz/regressions/TARGET/*`) and say
+/// which still fail. Informative: open findings are expected to fail until they are fixed.
+pub fn replay() -> Result<()> {
+    build()?;
+    let bin_dir = target_dir()
+        .join("x86_64-unknown-linux-gnu")
+        .join("release");
+    for (name, _) in TARGETS {
+        let dir = fuzz_dir().join("regressions").join(name);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let ok = Command::new(bin_dir.join(name))
+                .arg(&path)
+                .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+                .output()
+                .with_context(|| format!("running {name}"))?
+                .status
+                .success();
+            let verdict = if ok { "passes (fixed)" } else { "still fails" };
+            eprintln!("{name:<18} {:<60} {verdict}", rel(&path));
+        }
+    }
+    Ok(())
+}
+
+fn rel(p: &Path) -> String {
+    p.strip_prefix(workspace_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
+
+fn names() -> Vec<&'static str> {
+    TARGETS.iter().map(|(n, _)| *n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_statistics_are_read() {
+        let out = "#100\tINITED cov: 5 ft: 6 corp: 1/1b exec/s: 0 rss: 27Mb\n\
+                   #2000\tDONE   cov: 334 ft: 1596 corp: 541/112Kb lim: 7024 exec/s: 92204 rss: 28Mb\n\
+                   Done 2000 runs in 16 second(s)\n\
+                   stat::number_of_executed_units: 2000\n\
+                   stat::peak_rss_mb: 28\n";
+        let s = parse_stats("f3_frames", out, 16.0);
+        assert_eq!(
+            (s.execs, s.cov, s.ft, s.corpus, s.peak_rss_mb),
+            (2000, 334, 1596, 541, 28)
+        );
+    }
+
+    #[test]
+    fn every_target_has_seeds_and_a_source() {
+        for (name, _) in TARGETS {
+            let src = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
+            assert!(src.exists(), "{}", src.display());
+            let seeds = fuzz_dir().join("seeds").join(name);
+            assert!(
+                std::fs::read_dir(&seeds).is_ok_and(|mut d| d.next().is_some()),
+                "no seeds in {}",
+                seeds.display()
+            );
+        }
+    }
+}
