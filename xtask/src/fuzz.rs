@@ -86,6 +86,27 @@ fn ensure_cargo_fuzz() -> Result<()> {
 
 fn cargo_fuzz(sub: &str) -> Command {
     let mut cmd = cargo_command();
+    // `cargo xtask` runs under `cargo run`, which exports the xtask package's CARGO_* variables
+    // and a LD_LIBRARY_PATH; build scripts that watch them would rebuild every dependency of
+    // the harness, and again when someone runs `cargo fuzz` by hand. Give cargo fuzz the
+    // environment of a shell.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let from_cargo_run = k.starts_with("CARGO_PKG_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "LD_LIBRARY_PATH"
+            );
+        if from_cargo_run {
+            cmd.env_remove(k.as_ref());
+        }
+    }
     cmd.args(["fuzz", sub, "--sanitizer", "none", "--fuzz-dir"])
         .arg(fuzz_dir())
         .arg("--target-dir")
