@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_cellnet::{Headers, Message, Payload, ReturnCode as WireCode};
+use ferry_core::refusal::REFUSAL_HEADER;
 use ferry_core::{Action, Consumer, Download, DownloadConfig, RefId, RequestId, ReturnCode};
 use ferry_fuzz::records::Records;
 use ferry_fuzz::{within, Limit, DECODER_FIXED, VALUE_TREE_PER_BYTE};
@@ -117,8 +118,14 @@ fuzz_target!(|data: &[u8]| {
             let wire = WireCode::from(CODES[usize::from(pick >> 3) & 7]);
             let rc = ferry::fuzzing::return_code(&wire);
             if rc != ReturnCode::Ok {
-                let text = String::from_utf8_lossy(body);
-                dl.reply_error(id, rc, Some(&text), now);
+                // an error reply: `REFUSAL NUL TEXT` become its refusal and cn__error headers
+                let mut parts = body.splitn(2, |b| *b == 0);
+                let refusal = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                let text = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                let msg = Message::error(wire, text.as_ref())
+                    .with_header(REFUSAL_HEADER, refusal.as_ref());
+                let refusal = ferry::fuzzing::refusal(&msg);
+                dl.reply_error(id, rc, msg.error_text(), refusal, now);
                 continue;
             }
             let msg = match Payload::from_wire(Some("fobs"), Bytes::copy_from_slice(body)) {

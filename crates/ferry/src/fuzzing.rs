@@ -24,3 +24,8 @@ pub fn main_body(msg: &Message) -> Result<Bytes, DownloadError> {
 pub fn return_code(rc: &WireCode) -> ReturnCode {
     crate::codec::from_wire(rc)
 }
+
+/// The receiver's reading of a ferry sender's typed refusal (the `ferry__refusal` header).
+pub fn refusal(msg: &Message) -> Option<ferry_core::Refusal> {
+    crate::codec::refusal(msg)
+}
