@@ -194,14 +194,20 @@ impl Ticket {
             .addr
             .rsplit_once(':')
             .ok_or_else(|| TicketError(format!("{:?} has no port", self.addr)))?;
-        if host.is_empty()
-            || host.len() > MAX_HOST_LEN
-            || host.contains(['/', '?', '&', '#', '@', ' '])
-            || host.chars().any(char::is_control)
-            || port.parse::<u16>().map_or(true, |p| p == 0)
-        {
+        let host_ok = !host.is_empty()
+            && host.len() <= MAX_HOST_LEN
+            && !host.contains(['/', '?', '&', '#', '@', ' '])
+            && !host.chars().any(char::is_control);
+        // digits only: `u16::from_str` also takes a leading `+`
+        let port = Some(port)
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0);
+        let (true, Some(port)) = (host_ok, port) else {
             return Err(TicketError(format!("{:?} is not HOST:PORT", self.addr)));
-        }
+        };
+        // the port as both forms write it (no leading zeros), so a ticket prints as it parsed
+        let addr = format!("{host}:{port}");
         ferry_core::validate_fqcn(&self.source)
             .map_err(|e| TicketError(format!("sender name: {e}")))?;
         if self.ref_id.is_empty()
@@ -221,6 +227,7 @@ impl Ticket {
             )));
         }
         Ok(Ticket {
+            addr,
             blake3: self.blake3.to_ascii_lowercase(),
             ..self
         })

@@ -248,6 +248,28 @@ fn malformed_url_tickets_are_refused() {
         .is_ok());
 }
 
+/// Found by the `ticket` fuzz target: `u16::from_str` takes `+911` and `0911`, and the ticket
+/// kept the port as typed, so it printed differently from what was parsed.
+#[test]
+fn ports_are_digits_and_printed_as_parsed() {
+    let tail = format!("s/R1?kind=file&name=x&size=1&b3={}", "ab".repeat(32));
+    for bad in ["h:+911", "h:-1", "h: 911", "h:9_11"] {
+        let t = format!("ferry+tcp://{bad}/{tail}");
+        assert!(
+            t.parse::<Ticket>()
+                .unwrap_err()
+                .to_string()
+                .contains("is not HOST:PORT"),
+            "{t}"
+        );
+    }
+    let t: Ticket = format!("ferry+tcp://h:0911/{tail}").parse().unwrap();
+    assert_eq!(t.addr, "h:911");
+    for written in [t.to_string(), t.to_url()] {
+        assert_eq!(written.parse::<Ticket>().unwrap(), t, "{written}");
+    }
+}
+
 #[test]
 fn relative_names() {
     assert!(check_relative_name("a.bin").is_ok());
