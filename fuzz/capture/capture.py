@@ -10,18 +10,24 @@ connect through it:
   py-to-ferry   nv_download_receiver.py -> ferry-peer send  file (streamed requests) and tensors
   ferry-to-py   ferry-peer receive -> nv_download_sender.py file and tensors
   py-to-py      nv_download_receiver.py -> nv_download_sender.py  file, numpy arrays, tensors
+  set           ferry get -> ferry serve DIR                 a set manifest (the manifest target)
 
 Each connection's bytes are split into frames, and each target gets the parts it decodes
 (fuzz/capture/seeds.py). Run from the repository root after `cargo xtask test-matrix --case
 interop-setup` and `cargo build -p ferry-tests --bin ferry-peer -p ferry-cli`:
 
     target/interop-venv/bin/python fuzz/capture/capture.py [--raw DIR]
+
+`--ferry-only` regenerates only the seeds of what ferry itself writes (tickets in both forms,
+set manifests recorded from `ferry serve` -> `ferry get`, resume records): it needs the ferry
+binary and a Python with safetensors, not NVFlare.
 """
 
 import argparse
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -215,9 +221,34 @@ def scenario_ferry_to_py(work, receiver_py):
     return proxy.conns, refs
 
 
+def serve_json(args, lines=1):
+    """Start `ferry serve ARGS --json` and return (process, its first `lines` ticket events)."""
+    p = subprocess.Popen([FERRY, "serve", *args, "--json"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=LOG, text=True)
+    events = []
+    while len(events) < lines:
+        line = p.stdout.readline()
+        if not line:
+            LOG.seek(0)
+            raise RuntimeError(f"ferry serve {args} printed no ticket:\n{LOG.read()[-3000:]}")
+        ev = json.loads(line)
+        if ev.get("event") == "ticket":
+            events.append(ev)
+    return p, events
+
+
+def ticket_strings(ev):
+    """Both written forms of a ticket event and of the members of a set's event."""
+    out = [ev["ticket"], ev["url"]]
+    for m in ev.get("objects", []):
+        out += [m["ticket"], m["url"]]
+    return out
+
+
 def ferry_tickets(work):
-    """Tickets as `ferry serve` prints them: a file, a directory (names with spaces, non-ASCII),
-    a tensor dict."""
+    """Tickets as `ferry serve` prints them, in both forms (compact `ferry1...` and URL): a file,
+    a directory as one set and as one ticket per object (names with spaces, non-ASCII), a tensor
+    dict, and a set served over mutual TLS (`stcp`)."""
     d = os.path.join(work, "tickets")
     os.makedirs(os.path.join(d, "dir", "sub dir"))
     for rel in ("model weights.bin", os.path.join("dir", "a.bin"), os.path.join("dir", "sub dir", "gewichte-ü.bin")):
@@ -226,21 +257,58 @@ def ferry_tickets(work):
     st = os.path.join(d, "m.safetensors")
     subprocess.run([python(), os.path.join(PY, "make_safetensors.py"), "--out", st, "--count", "2"], check=True,
                    stdout=subprocess.DEVNULL)
+    pki = os.path.join(work, "pki")
+    subprocess.run([FERRY, "certs", "init", "--dir", pki], check=True, stdout=subprocess.DEVNULL, stderr=LOG)
+    subprocess.run([FERRY, "certs", "issue", "--dir", pki, "server"], check=True, stdout=subprocess.DEVNULL, stderr=LOG)
+    tls = ["--tls-cert", os.path.join(pki, "server.crt"), "--tls-key", os.path.join(pki, "server.key"),
+           "--tls-ca", os.path.join(pki, "rootCA.pem"), "--name", "server"]
+    local = ["--listen", "tcp://127.0.0.1:0", "--timeout", "5s"]
     tickets = []
-    for args in ([os.path.join(d, "model weights.bin")], [os.path.join(d, "dir")], [st, "--tensors"]):
-        p = subprocess.Popen([FERRY, "serve", *args, "--listen", "tcp://127.0.0.1:0", "--timeout", "5s"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(0.2)
-        while True:
-            line = p.stdout.readline().strip()
-            if not line.startswith("ferry+"):
-                break
-            tickets.append(line)
-            if len(tickets) >= 8:
-                break
+    for args, lines in (([os.path.join(d, "model weights.bin")], 1),
+                        ([os.path.join(d, "dir")], 1),
+                        ([os.path.join(d, "dir"), "--ticket-per-object"], 2),
+                        ([st, "--tensors"], 1),
+                        ([os.path.join(d, "dir"), os.path.join(d, "model weights.bin"), "--listen",
+                          "stcp://127.0.0.1:0", "--timeout", "5s", *tls], 1)):
+        extra = [] if "--listen" in args else local
+        p, events = serve_json([*args, *extra], lines)
         p.kill()
         p.wait()
+        for ev in events:
+            tickets += ticket_strings(ev)
     return tickets
+
+
+def ferry_set_manifests(work):
+    """Set manifests as a ferry sender serves them, recorded from the wire: `ferry serve` of a
+    directory (and of several paths) with `ferry get` of the set's ticket through the recording
+    proxy. Returns the manifest bytes."""
+    d = os.path.join(work, "set")
+    os.makedirs(os.path.join(d, "ckpt", "sub dir"))
+    for rel, n in (("ckpt/shard-0.bin", 3000), ("ckpt/shard-1.bin", 10), ("ckpt/sub dir/état.json", 0)):
+        with open(os.path.join(d, rel), "wb") as fh:
+            fh.write(bytes(i & 0xFF for i in range(n)))
+    os.chmod(os.path.join(d, "ckpt", "shard-1.bin"), 0o600)
+    manifests = []
+    for paths in ([os.path.join(d, "ckpt")], [os.path.join(d, "ckpt", "shard-0.bin"), os.path.join(d, "ckpt", "sub dir")]):
+        sender, (ev,) = serve_json([*paths, "--listen", "tcp://127.0.0.1:0", "--ticket-format", "url"])
+        port = int(ev["address"].rsplit(":", 1)[1])
+        proxy = Proxy(port)
+        url = ev["url"].replace(f":{port}/", f":{proxy.port}/", 1)
+        out = os.path.join(work, f"set-out-{len(manifests)}")
+        subprocess.run([FERRY, "get", url, "-o", out, "--quiet"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=LOG, timeout=120)
+        sender.wait(30)
+        proxy.close()
+        for c2s, s2c in proxy.conns:
+            for _, payload, enc, _ in seeds.messages(s2c):
+                v = seeds.main_value(payload, enc)
+                data = v.get("data") if isinstance(v, dict) else None
+                if isinstance(data, (bytes, bytearray)) and b"ferry-set/1" in data:
+                    manifests.append(bytes(data))
+    if not manifests:
+        raise RuntimeError("no set manifest in the recorded traffic")
+    return manifests
 
 
 def part_records(work):
@@ -252,12 +320,10 @@ def part_records(work):
     f = os.path.join(work, "part-content.bin")
     with open(f, "wb") as fh:
         fh.write(content)
-    p = subprocess.Popen([FERRY, "serve", f, "--listen", "tcp://127.0.0.1:0", "--timeout", "5s"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    ticket = p.stdout.readline().strip()
+    p, (ev,) = serve_json([f, "--listen", "tcp://127.0.0.1:0", "--timeout", "5s"])
     p.kill()
     p.wait()
-    b3 = ticket.split("b3=")[1].split("&")[0]
+    b3 = ev["blake3"]
 
     def rec(prefix, size=3000, digest=b3):
         return json.dumps({"blake3": digest, "format": "ferry-part/1", "origin": "ferry-sender/Rfile",
@@ -276,8 +342,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw", help="also keep the raw captures (one file per connection and direction) here")
     ap.add_argument("--out", default=os.path.join(ROOT, "fuzz", "seeds"))
+    ap.add_argument("--ferry-only", action="store_true",
+                    help="only the seeds of what ferry writes (tickets, set manifests, resume records), "
+                         "replacing those targets' seeds; needs no NVFlare")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
+        tickets = ferry_tickets(work)
+        manifests = ferry_set_manifests(work)
+        parts = part_records(work)
+        if args.ferry_only:
+            for target in ("ticket", "manifest", "part_record"):
+                shutil.rmtree(os.path.join(args.out, target), ignore_errors=True)
+            s = seeds.Seeds(args.out)
+            seeds.write_ferry(s, tickets, manifests, parts)
+            seeds.summary(args.out)
+            return
         captures = []  # (scenario, conns, refs)
         captures.append(("nv-cells", scenario_nv_cells(work), {}))
         conns, refs = scenario_py_to_ferry(work)
@@ -286,8 +365,6 @@ def main():
         captures.append(("ferry-to-py", conns, refs))
         conns, refs = scenario_ferry_to_py(work, receiver_py=True)
         captures.append(("py-to-py", conns, refs))
-        tickets = ferry_tickets(work)
-        parts = part_records(work)
         if args.raw:
             os.makedirs(args.raw, exist_ok=True)
             for name, conns, _ in captures:
@@ -295,7 +372,7 @@ def main():
                     for d, b in (("c2s", c2s), ("s2c", s2c)):
                         with open(os.path.join(args.raw, f"{name}-{i}-{d}.bin"), "wb") as fh:
                             fh.write(b)
-        seeds.write_all(captures, tickets, parts, args.out)
+        seeds.write_all(captures, tickets, manifests, parts, args.out)
 
 
 if __name__ == "__main__":

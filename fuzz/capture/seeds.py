@@ -4,6 +4,7 @@ The input layouts are those of the targets (fuzz/fuzz_targets/*.rs): records are
 u16 length and that many bytes (fuzz/src/records.rs).
 """
 
+import base64
 import hashlib
 import io
 import os
@@ -135,8 +136,15 @@ def shrink_datums(payload):
     return fobs_pack([(m, d, b if m == 100 else b[:16 + 64]) for m, d, b in secs])
 
 
-def write_all(captures, tickets, part_seeds, out):
+def write_all(captures, tickets, manifests, part_seeds, out):
     s = Seeds(out)
+    write_captures(s, captures)
+    write_ferry(s, tickets, manifests, part_seeds)
+    summary(out)
+
+
+def write_captures(s, captures):
+    """The seeds cut from recorded F3 traffic (every target but ticket, manifest, part_record)."""
     headers_keys = set()
     for name, conns, refs in captures:
         for c2s, s2c in conns:
@@ -229,15 +237,6 @@ def write_all(captures, tickets, part_seeds, out):
                     if any("ferry_plan" in v for p, v in replies):
                         s.add("download_reply", bytes([CONSUMER[kind] | 0x1C]) +
                               records([b"\x00" + p for p in seq]), cap_bytes=24 * 1024)
-    for t in tickets:
-        s.add("ticket", t.encode())
-    for record, part in part_seeds:
-        content = bytes((i * 31 + 5) & 0xFF for i in range(3000))
-        n = len(part)
-        rest = [content[i : i + 1024] for i in range(min(n, 3000), 3000, 1024)]
-        # pinned (bit 0) and not; a part of other content refused or discarded (bit 1)
-        for sel in (0, 1, 3):
-            s.add("part_record", bytes([sel]) + records([record, part] + rest))
     # a whole safetensors file and a whole .npz written by Python
     py = os.environ.get("FERRY_INTEROP_PYTHON") or sys.executable
     here = os.path.dirname(os.path.abspath(__file__))
@@ -248,6 +247,36 @@ def write_all(captures, tickets, part_seeds, out):
                        stdout=subprocess.DEVNULL)
         with open(f, "rb") as fh:
             s.add("safetensors_items", b"\x00" + fh.read(), cap_bytes=32 * 1024)
+
+
+COMPACT_PREFIX = "ferry1"
+
+
+def write_ferry(s, tickets, manifests, part_seeds):
+    """The seeds of what ferry itself writes: tickets in both forms (and each compact ticket's
+    checksummed payload, which the ticket target takes after a NUL byte), set manifests as
+    served, resume records."""
+    for t in tickets:
+        s.add("ticket", t.encode())
+        if t.startswith(COMPACT_PREFIX):
+            raw = base64.b32decode(pad32(t[len(COMPACT_PREFIX):].upper()))
+            s.add("ticket", b"\x00" + raw[:-4])
+    for m in manifests:
+        s.add("manifest", m)
+    for record, part in part_seeds:
+        content = bytes((i * 31 + 5) & 0xFF for i in range(3000))
+        n = len(part)
+        rest = [content[i : i + 1024] for i in range(min(n, 3000), 3000, 1024)]
+        # pinned (bit 0) and not; a part of other content refused or discarded (bit 1)
+        for sel in (0, 1, 3):
+            s.add("part_record", bytes([sel]) + records([record, part] + rest))
+
+
+def pad32(b32):
+    return b32 + "=" * (-len(b32) % 8)
+
+
+def summary(out):
     for target in sorted(os.listdir(out)):
         files = os.listdir(os.path.join(out, target))
         total = sum(os.path.getsize(os.path.join(out, target, f)) for f in files)
