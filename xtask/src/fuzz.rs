@@ -4,12 +4,15 @@
 //! input, a per-input timeout. Each target starts from its committed seed corpus
 //! (`fuzz/seeds/TARGET`, recorded from NVFlare 2.9 cells and ferry) plus whatever an earlier run
 //! left in `fuzz/corpus/TARGET` (gitignored). A crash, an OOM or a timeout fails the command and
-//! leaves the input in `fuzz/artifacts/TARGET/`.
+//! leaves the input in `fuzz/artifacts/TARGET/`. Each target's run is bounded in wall time: past
+//! its seconds, one input's timeout and two minutes of slack, the run is killed and fails.
 
 use anyhow::{bail, Context, Result};
+use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::interop::{cargo_command, workspace_root};
 
@@ -20,7 +23,9 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("headers", 8 * 1024),
     ("msgpack", 8 * 1024),
     ("fobs", 8 * 1024),
-    ("ticket", 1024),
+    // room for a name at the 4096-byte limit, in the URL form or the binary compact layout
+    ("ticket", 8 * 1024),
+    ("manifest", 16 * 1024),
     ("download_request", 8 * 1024),
     ("download_reply", 32 * 1024),
     ("safetensors_items", 16 * 1024),
@@ -197,22 +202,79 @@ fn run_one(name: &str, max_len: usize, opts: &Options) -> Result<Stats> {
     }
     eprintln!("--- fuzz {name}: {}s, max_len {max_len}", opts.seconds);
     let t = Instant::now();
-    let out = cmd
-        .output()
+    let out = run_bounded(cmd, deadline(opts.seconds))
         .with_context(|| format!("running cargo fuzz run {name}"))?;
     let secs = t.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+    let Some(status) = out.status else {
         bail!(
-            "fuzz target {name} failed ({}): the input is in {}\n{}",
-            out.status,
+            "fuzz target {name} did not stop within {}s of a {}s run (libFuzzer's -max_total_time and \
+             per-input -timeout should have stopped it); killed. Its last output:\n{}",
+            deadline(opts.seconds).as_secs(),
+            opts.seconds,
+            tail(&text, 40)
+        );
+    };
+    if !status.success() {
+        bail!(
+            "fuzz target {name} failed ({status}): the input is in {}\n{}",
             artifacts.display(),
-            tail.join("\n")
+            tail(&text, 40)
         );
     }
     Ok(parse_stats(name, &text, secs))
+}
+
+/// How long one target's run may take in all before it is killed: its time, one input's
+/// timeout, and two minutes for cargo's up-to-date check and libFuzzer's start (a busy machine).
+fn deadline(seconds: u64) -> Duration {
+    Duration::from_secs(seconds + INPUT_TIMEOUT_SECS + 120)
+}
+
+/// What a bounded run gave: its exit status (`None`: killed at the deadline) and its stderr.
+struct Bounded {
+    status: Option<ExitStatus>,
+    stderr: Vec<u8>,
+}
+
+/// Run `cmd` in its own process group, reading its stderr; past `limit` kill the whole group
+/// (cargo, cargo-fuzz and the fuzzer).
+fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Bounded> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let mut pipe = child.stderr.take().context("stderr of the fuzzer")?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() >= limit {
+            // the group: cargo fuzz runs the fuzzer as its child
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = reader.join().unwrap_or_default();
+    Ok(Bounded { status, stderr })
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Build, then run each selected target; print a table of executions, time and coverage.
