@@ -29,21 +29,7 @@ fn limit() -> Limit {
         // a reassembled stream is one copy of its chunks; its payload becomes a value tree
         per_byte: VALUE_TREE_PER_BYTE + 4,
         // the cell, its listener, one connection (read buffer, writer queue), handler tasks
-        fixed: 2 * 1024 * 1024 + open_stream_prealloc(),
-    }
-}
-
-/// Open finding, left to the work that bounds what unfinished streams hold: the first chunk of
-/// a stream makes the cell reserve `min(sm__sz, 8 MiB)` before the bytes arrive
-/// (`fuzz/regressions/cell_stream/`, from a real NVFlare capture). Allowed for the [`STREAMS`]
-/// streams the cell accepts, so that a campaign looks for everything else, unless
-/// `FERRY_FUZZ_STRICT` is set (`cargo xtask fuzz --replay` sets it: the reproducer fails until
-/// the finding is fixed). Remove the allowance when it is.
-fn open_stream_prealloc() -> usize {
-    if std::env::var_os("FERRY_FUZZ_STRICT").is_some() {
-        0
-    } else {
-        STREAMS * 8 * 1024 * 1024
+        fixed: 2 * 1024 * 1024,
     }
 }
 

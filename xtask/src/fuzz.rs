@@ -6,10 +6,11 @@
 //! left in `fuzz/corpus/TARGET` (gitignored). A crash, an OOM or a timeout fails the command and
 //! leaves the input in `fuzz/artifacts/TARGET/`. Each target's run is bounded in wall time: past
 //! its seconds, one input's timeout and two minutes of slack, the run is killed and fails.
+//! Before any target runs, the reproducers of fixed findings (`fuzz/regressions/TARGET/`) are
+//! replayed: one that crashes again fails the command.
 
 use anyhow::{bail, Context, Result};
 use std::io::Read as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -237,13 +238,12 @@ struct Bounded {
     stderr: Vec<u8>,
 }
 
-/// Run `cmd` in its own process group, reading its stderr; past `limit` kill the whole group
-/// (cargo, cargo-fuzz and the fuzzer).
+/// Run `cmd`, reading its stderr; past `limit` kill it and everything it started (cargo,
+/// cargo-fuzz and the fuzzer). The fuzzer stays in our process group, so Ctrl-C reaches it.
 fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Bounded> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     let mut pipe = child.stderr.take().context("stderr of the fuzzer")?;
     let reader = std::thread::spawn(move || {
@@ -257,10 +257,10 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Bounded> {
             break Some(status);
         }
         if started.elapsed() >= limit {
-            // the group: cargo fuzz runs the fuzzer as its child
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
+            let pids: Vec<String> = descendants(child.id()).iter().map(u32::to_string).collect();
+            if !pids.is_empty() {
+                let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -271,13 +271,44 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Bounded> {
     Ok(Bounded { status, stderr })
 }
 
+/// Every process below `root` (children first found, then theirs), from the parent pid in each
+/// `/proc/PID/stat`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `PID (COMM) STATE PPID ...`; COMM may hold spaces and parentheses
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Build, then run each selected target; print a table of executions, time and coverage.
+/// Build, replay the reproducers of fixed findings, then run each selected target; print a table of executions, time and coverage.
 pub fn run(opts: &Options) -> Result<Vec<Stats>> {
     for name in &opts.only {
         if !TARGETS.iter().any(|(t, _)| t == name) {
@@ -285,6 +316,8 @@ pub fn run(opts: &Options) -> Result<Vec<Stats>> {
         }
     }
     build()?;
+    let n = replay_built()?;
+    eprintln!("{n} reproducers of fixed findings (fuzz/regressions/) pass");
     let mut all = Vec::new();
     for (name, max_len) in TARGETS {
         if !opts.only.is_empty() && !opts.only.iter().any(|o| o == name) {
@@ -317,14 +350,19 @@ pub fn run(opts: &Options) -> Result<Vec<Stats>> {
     Ok(all)
 }
 
-/// Run every committed reproducer of an open finding (`fuzz/regressions/TARGET/*`) and say
-/// which still fail. Informative: open findings are expected to fail until they are fixed.
-/// `FERRY_FUZZ_STRICT` turns off the allowances a target makes for an open finding.
+/// Build, then run every committed reproducer of a fixed finding (`fuzz/regressions/TARGET/*`).
 pub fn replay() -> Result<()> {
     build()?;
+    replay_built().map(|n| eprintln!("{n} reproducers of fixed findings: all pass"))
+}
+
+/// Run every reproducer in `fuzz/regressions/` through its target's binary, once; fail naming
+/// those that crash (a finding came back). Returns how many ran.
+fn replay_built() -> Result<usize> {
     let bin_dir = target_dir()
         .join("x86_64-unknown-linux-gnu")
         .join("release");
+    let (mut ran, mut failed) = (0, Vec::new());
     for (name, _) in TARGETS {
         let dir = fuzz_dir().join("regressions").join(name);
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -332,19 +370,27 @@ pub fn replay() -> Result<()> {
         };
         for e in entries.flatten() {
             let path = e.path();
-            let ok = Command::new(bin_dir.join(name))
-                .env("FERRY_FUZZ_STRICT", "1")
+            let out = Command::new(bin_dir.join(name))
                 .arg(&path)
                 .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+                .arg(format!("-timeout={INPUT_TIMEOUT_SECS}"))
                 .output()
-                .with_context(|| format!("running {name}"))?
-                .status
-                .success();
-            let verdict = if ok { "passes (fixed)" } else { "still fails" };
-            eprintln!("{name:<18} {:<60} {verdict}", rel(&path));
+                .with_context(|| format!("running {name}"))?;
+            ran += 1;
+            if !out.status.success() {
+                let text = String::from_utf8_lossy(&out.stderr);
+                failed.push(format!("{name} {}:\n{}", rel(&path), tail(&text, 12)));
+            }
         }
     }
-    Ok(())
+    if !failed.is_empty() {
+        bail!(
+            "{} of {ran} reproducers of fixed findings crash again (fuzz/regressions/):\n{}",
+            failed.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(ran)
 }
 
 fn rel(p: &Path) -> String {
@@ -361,6 +407,45 @@ fn names() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `pid` is gone (or dead and waiting to be reaped).
+    fn dead(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X"),
+        }
+    }
+
+    #[test]
+    fn a_run_past_its_deadline_is_killed_with_what_it_started() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 1000 & echo started $! >&2; wait"]);
+        let out = run_bounded(cmd, Duration::from_millis(500)).unwrap();
+        assert!(out.status.is_none(), "killed at the deadline");
+        let text = String::from_utf8_lossy(&out.stderr);
+        let pid = text
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("{text:?}"));
+        // the kill is sent; wait for the grandchild to die (far longer than it takes)
+        let until = Instant::now() + Duration::from_secs(30);
+        while !dead(pid) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(dead(pid), "the grandchild {pid} outlived the run");
+    }
+
+    #[test]
+    fn a_run_within_its_deadline_gives_its_status_and_stderr() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo done >&2; exit 3"]);
+        let out = run_bounded(cmd, Duration::from_secs(600)).unwrap();
+        assert_eq!(out.status.and_then(|s| s.code()), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "done\n");
+    }
 
     #[test]
     fn final_statistics_are_read() {

@@ -67,7 +67,7 @@ enum Cmd {
         /// Stop each target after this many executions (the campaign uses 10000000).
         #[arg(long)]
         runs: Option<u64>,
-        /// Run committed reproducers of open findings (fuzz/regressions/) instead.
+        /// Only replay the reproducers of fixed findings (fuzz/regressions/; every run does first).
         #[arg(long)]
         replay: bool,
         /// Only these targets.
