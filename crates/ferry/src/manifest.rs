@@ -90,39 +90,9 @@ pub struct Manifest {
     /// [`FORMAT`].
     pub format: String,
     /// The members.
-    #[serde(deserialize_with = "entries")]
+    // grown as entries arrive: the count a sender's list header claims reserves nothing
+    #[serde(deserialize_with = "ferry_core::message::grown_vec")]
     pub entries: Vec<Entry>,
-}
-
-/// The `entries` list, grown as entries arrive. Serde's `Vec` reserves what the list's header
-/// claims (up to 1 MiB): a sender's 5-byte header claiming 4 billion entries must reserve
-/// nothing. Reading stops past [`MAX_ENTRIES`].
-fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
-    struct Entries;
-    impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = Vec<Entry>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a list of set members")
-        }
-
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut v = Vec::new();
-            while let Some(e) = seq.next_element()? {
-                if v.len() == MAX_ENTRIES {
-                    return Err(serde::de::Error::custom(format_args!(
-                        "more than {MAX_ENTRIES} entries"
-                    )));
-                }
-                v.push(e);
-            }
-            Ok(v)
-        }
-    }
-    d.deserialize_seq(Entries)
 }
 
 impl Default for Manifest {

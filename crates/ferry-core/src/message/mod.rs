@@ -8,8 +8,10 @@
 //! fails: a malformed request becomes [`DownloadRequest::Invalid`] and is answered
 //! `invalid_request`.
 
+mod lists;
 pub mod reply;
 
+pub use lists::grown_vec;
 pub use reply::{Reply, ReplyBody, ReplyDecodeError, ReplyStatus};
 
 use crate::{DownloadStatus, RefId, State};
@@ -171,6 +173,8 @@ pub struct SourceFailureNotice {
     /// The failed source (a child FQCN of the notifier).
     pub source_fqcn: String,
     /// The refs that source was serving.
+    // grown as ref ids arrive: the count a peer's list header claims reserves nothing
+    #[serde(deserialize_with = "grown_vec")]
     pub ref_ids: Vec<String>,
     /// Why, in words.
     pub reason: String,
