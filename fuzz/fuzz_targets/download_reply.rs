@@ -1,7 +1,7 @@
 //! What a sender answers a receiver (the receiver side): replies to pulls, as cellnet payloads
-//! decoded by the download loop (`main_body`, then the zero-copy `decode_reply`, falling back
-//! to the engine's serde decoder), fed to the receiver engine (`Download`) with a window of
-//! requests in flight, and the chunks it accepts handed to a real consumer: bytes in memory, a
+//! read by the download loop (`main_body`; an error reply's text and typed refusal) and fed to
+//! the receiver engine (`Download::reply_payload`, which decodes the reply body zero-copy) with
+//! a window of requests in flight, and the chunks it accepts handed to a real consumer: bytes in memory, a
 //! file on disk, a tensor dict (safetensors items) or a NumPy array dict (`.npz` items).
 //!
 //! Input: a selector byte (consumer, window, confirm), then records (see
@@ -23,7 +23,8 @@ use ferry_objects::{BytesConsumer, FileConsumer, NpzDictConsumer, TensorDictCons
 use libfuzzer_sys::fuzz_target;
 
 const LIMIT: Limit = Limit {
-    // the reply tree, the chunk kept by the consumer and a reorder buffer of copies
+    // a FOBS payload with datum sections is folded back through a value tree (`main_body`); the
+    // chunk kept by the consumer and a reorder buffer of copies
     per_byte: VALUE_TREE_PER_BYTE + 4,
     fixed: DECODER_FIXED + 64 * 1024,
 };
@@ -138,11 +139,9 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 }
             };
+            // as the download loop does: the engine decodes the body (zero-copy)
             match ferry::fuzzing::main_body(&msg) {
-                Ok(body) => match ferry::fuzzing::decode_reply(&body) {
-                    Ok(reply) => dl.reply(id, Ok(reply), now),
-                    Err(_) => dl.reply_payload(id, rc, Some(&body), now),
-                },
+                Ok(body) => dl.reply_payload(id, rc, Some(&body), now),
                 Err(_) => dl.reply_payload(id, rc, None, now),
             }
         }

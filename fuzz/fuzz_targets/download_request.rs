@@ -1,8 +1,9 @@
 //! What a receiver sends the download service (the sender side): topic-A requests (pull,
-//! confirm, cancel) and topic-B source-failure notices, as cellnet payloads decoded by the
-//! service's `main_body`, then handed to the producer engine (`Service::handle_payload`),
-//! which validates them against a live transaction of four real objects (bytes, a file, a
-//! tensor dict, an array dict) and serves the pulls it accepts (`PullTicket::produce`).
+//! confirm, cancel) and topic-B source-failure notices, as cellnet payloads read by the
+//! service's `request_body` (refused unread above 64 KiB), then handed to the producer engine
+//! (`Service::handle_payload`), which validates them against a live transaction of four real
+//! objects (bytes, a file, a tensor dict, an array dict) and serves the pulls it accepts
+//! (`PullTicket::produce`).
 //!
 //! Input: a selector byte, then records (see `ferry_fuzz::records`); each record is one
 //! message: its first byte picks the topic, the payload encoding and the receiver, the rest is
@@ -60,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
                 headers: Headers::new(),
                 payload,
             };
-            let Ok(body) = ferry::fuzzing::main_body(&msg) else {
+            let Ok(body) = ferry::fuzzing::request_body(&msg) else {
                 continue;
             };
             if sel & 1 == 0 {
