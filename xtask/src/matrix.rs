@@ -368,7 +368,7 @@ fn cases() -> Result<Vec<Case>> {
     v.push(Case {
         name: "fuzz-smoke".into(),
         what: format!(
-            "cargo xtask fuzz --seconds {FUZZ_SMOKE_SECS}: every fuzz target for {FUZZ_SMOKE_SECS}s from its seeds (cargo-fuzz installed if missing)"
+            "cargo xtask fuzz --seconds {FUZZ_SMOKE_SECS}: the reproducers of fixed findings, then every fuzz target for {FUZZ_SMOKE_SECS}s from its seeds (cargo-fuzz installed if missing)"
         ),
         run: Box::new(|| {
             fuzz::run(&fuzz::Options {
