@@ -172,7 +172,7 @@ fn run_bounded(
 
 /// Seconds each fuzz target runs in the `fuzz-smoke` case (the campaign's figures are in
 /// docs/security.md).
-const FUZZ_SMOKE_SECS: u64 = 20;
+const FUZZ_SMOKE_SECS: u64 = 30;
 
 /// One named command.
 struct Case {
