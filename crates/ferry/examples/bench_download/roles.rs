@@ -297,10 +297,13 @@ pub fn tcp_sender(a: &SenderArgs) -> Result<()> {
     watch_stdin_eof();
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
+    // What the receivers must end up with, hashed before the clock starts (the Python bench
+    // checks the plain-TCP receivers against it).
+    let digest = blake3_file(&a.file, Some(a.len))?;
     let cpu0 = cpu_now();
     emit(
         "READY",
-        &json!({"url": format!("127.0.0.1:{port}"), "fqcn": SENDER_FQCN, "refs": []}),
+        &json!({"url": format!("tcp://127.0.0.1:{port}"), "fqcn": SENDER_FQCN, "refs": [], "blake3": digest}),
     );
     let mut conns = Vec::with_capacity(a.receivers);
     for _ in 0..a.receivers {
