@@ -170,7 +170,7 @@ class Sender:
         reconnect_timeout: float = 30.0,
         advertise: Optional[str] = None,
         chunk_size: int = 1048576,
-        cache_bytes: int = 16777216,
+        cache_bytes: int = 8388608,
         ticket_format: Literal["compact", "url"] = "compact",
         on_event: Optional[Callable[[Event], Any]] = None,
     ) -> None: ...
