@@ -39,6 +39,10 @@ const WRITE_QUEUE: usize = 64;
 const CONTROL_QUEUE: usize = 1024;
 /// How often the heartbeat monitor looks at a connection (NVFlare ticks every 5 s).
 const HEARTBEAT_TICK: Duration = Duration::from_secs(5);
+/// After a write failed, how long the reader may go on reading what the peer sent before it
+/// went. A peer that reset the connection ends the read at once (its data, then the reset);
+/// this bounds a peer that shut only its reading side.
+const DRAIN_AFTER_WRITE_FAILURE: Duration = Duration::from_secs(5);
 
 /// A connection after the handshake: the cell's routing-table entry for a peer.
 #[derive(Debug)]
@@ -304,8 +308,19 @@ async fn run_inner<I: Inbound>(
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let close = ctx.close_all.child_token();
-    ctx.tasks
-        .spawn(writer_task(t.wr, rx, ctl_rx, close.clone(), limits.send_timeout).in_current_span());
+    // Cancelled by the writer when a write fails; the reader then drains what arrived.
+    let broken = CancellationToken::new();
+    ctx.tasks.spawn(
+        writer_task(
+            t.wr,
+            rx,
+            ctl_rx,
+            close.clone(),
+            broken.clone(),
+            limits.send_timeout,
+        )
+        .in_current_span(),
+    );
     // Everything this connection holds of unfinished data is charged here, and given back
     // when the account is dropped at the end of this function.
     let account = ctx.held.register(id, close.clone(), &t.peer_addr);
@@ -389,7 +404,7 @@ async fn run_inner<I: Inbound>(
         let _ = r.send(Fqcn::new(peer.clone()).map(|f| (f, sync)));
     }
 
-    let reason = read_loop(inbound, limits, &conn, &mut reader).await;
+    let reason = read_loop(inbound, limits, &conn, &mut reader, &broken).await;
     info!(peer = %peer, addr = %conn.peer_addr, "connection closed: {reason}");
     close.cancel();
     inbound.closed(&conn);
@@ -402,16 +417,26 @@ async fn read_loop<I: Inbound>(
     limits: &Limits,
     conn: &Arc<Conn>,
     reader: &mut FrameReader,
+    broken: &CancellationToken,
 ) -> String {
     let hb = limits.heartbeat_interval;
     let mut tick = tokio::time::interval(HEARTBEAT_TICK.min(hb / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
     let mut last_ping = Instant::now();
+    // Set when the writer failed: read on (what the peer sent before it went) until then.
+    let mut drain_until: Option<Instant> = None;
     loop {
         let frame = tokio::select! {
             r = reader.next() => r,
             _ = conn.close.cancelled() => return "closed locally".into(),
+            _ = broken.cancelled(), if drain_until.is_none() => {
+                drain_until = Some(Instant::now() + DRAIN_AFTER_WRITE_FAILURE);
+                continue;
+            }
+            _ = sleep_until_some(drain_until), if drain_until.is_some() => {
+                return "writing to the peer failed, and it sent nothing more".into();
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 if now.duration_since(last_rx) >= hb && now.duration_since(last_ping) >= hb {
@@ -468,6 +493,14 @@ async fn read_loop<I: Inbound>(
     }
 }
 
+/// Sleep until `at`; forever without it.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The envelope of a DATA frame, or `None` (logged) if it is not a CellNet message.
 fn envelope(conn: &Conn, frame: &Frame) -> Option<Envelope> {
     let headers = match Headers::decode(&frame.headers) {
@@ -485,3 +518,6 @@ fn envelope(conn: &Conn, frame: &Frame) -> Option<Envelope> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

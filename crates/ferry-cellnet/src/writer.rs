@@ -123,11 +123,17 @@ async fn stalled<T>(
 
 /// Write queued frames until the connection closes (what is queued is flushed first, unless
 /// the peer stopped reading).
+///
+/// A write that fails (the peer reset or closed the connection) cancels `broken`, not
+/// `close`: what the peer sent before it went may still be unread in the socket (a cancel or
+/// confirm followed by the peer's close), and the reader reads it before closing. A peer that
+/// stops reading for `send_timeout` is closed at once.
 pub(crate) async fn writer_task(
     mut wr: WriteHalf,
     mut rx: mpsc::Receiver<OutFrame>,
     mut ctl_rx: mpsc::Receiver<OutFrame>,
     close: CancellationToken,
+    broken: CancellationToken,
     send_timeout: Duration,
 ) {
     let mut counters = Counters {
@@ -177,8 +183,8 @@ pub(crate) async fn writer_task(
                     break;
                 }
                 Err(e) => {
-                    debug!("write failed: {e}");
-                    close.cancel();
+                    debug!("write failed: {e}; reading what the peer sent before it went");
+                    broken.cancel();
                     break;
                 }
             }
