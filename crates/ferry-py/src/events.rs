@@ -168,6 +168,9 @@ pub fn outcome_of(o: &TransferOutcome, tickets: &Tickets) -> Outcome {
     }
 }
 
+/// The name of the thread that calls `on_event`.
+pub const EVENT_THREAD: &str = "ferry-events";
+
 /// Deliver the transaction's events to `cb` from a thread of its own (so a slow callback never
 /// stalls a transfer); an exception in `cb` is reported through `sys.unraisablehook` and the
 /// next event is delivered. Ends after `transaction_done`, or when the service shuts down.
@@ -285,7 +288,7 @@ pub fn spawn_event_thread(
         let _ = done.send(true);
     };
     if let Err(e) = std::thread::Builder::new()
-        .name("ferry-events".into())
+        .name(EVENT_THREAD.into())
         .spawn(run)
     {
         tracing::warn!(error = %e, "cannot start the event thread; on_event will not be called");

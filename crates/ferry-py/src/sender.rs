@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cells::{build_cell, check_name, Tls};
 use crate::errors;
-use crate::events::{outcome_of, spawn_event_thread, Outcome, Tickets};
+use crate::events::{outcome_of, spawn_event_thread, Outcome, Tickets, EVENT_THREAD};
 use crate::memory::{bytes_from_py, tensor_from_py};
 use crate::runtime::{block_on, block_on_quick, runtime};
 
@@ -389,6 +389,8 @@ impl Sender {
             }
         }
         if let Some(o) = self.known_outcome() {
+            // Over before `wait` was called: on_event may still be catching up.
+            self.events_delivered(py)?;
             return Ok(Some(outcome_of(&o, &self.tickets)));
         }
         if self.closed.load(Ordering::SeqCst) {
@@ -400,6 +402,7 @@ impl Sender {
         let tx = self.tx.tx_id().clone();
         let service = self.service.clone();
         let mut events_done = self.events_done.clone();
+        let on_event_thread = on_event_thread();
         let limit = timeout.map(Duration::from_secs_f64);
         let fut = async move {
             let wait = async {
@@ -417,7 +420,7 @@ impl Sender {
                     waiter.wait().await
                 }
             };
-            if o.is_some() {
+            if o.is_some() && !on_event_thread {
                 // Let on_event see transaction_done before wait() returns.
                 let _ = events_done.wait_for(|d| *d).await;
             }
@@ -496,6 +499,25 @@ impl Sender {
 }
 
 impl Sender {
+    /// Wait (the GIL released) until on_event has been called with `transaction_done`, so
+    /// that `wait` never returns an outcome the callback has not yet been told of. Called
+    /// from on_event itself it returns at once (the callback would wait for itself).
+    fn events_delivered(&self, py: Python<'_>) -> PyResult<()> {
+        if *self.events_done.borrow() || on_event_thread() {
+            return Ok(());
+        }
+        let mut done = self.events_done.clone();
+        block_on(
+            py,
+            async move {
+                let _ = done.wait_for(|d| *d).await;
+            },
+            &CancellationToken::new(),
+            "interrupted while on_event was still being called",
+            |_| Ok(()),
+        )
+    }
+
     /// The outcome if the transaction is over (kept after `close`).
     fn known_outcome(&self) -> Option<TransferOutcome> {
         let kept = self.final_outcome.lock().ok().and_then(|o| o.clone());
@@ -580,4 +602,10 @@ impl Drop for Sender {
             cell.shutdown().await;
         });
     }
+}
+
+/// Whether this is the thread that calls `on_event` (a callback calling `wait` must not wait
+/// for itself).
+fn on_event_thread() -> bool {
+    std::thread::current().name() == Some(EVENT_THREAD)
 }

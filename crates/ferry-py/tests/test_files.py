@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -42,6 +43,31 @@ def test_a_file_reaches_a_receiver_verified_and_the_outcome_says_so(tmp_path):
     assert events[-1].outcome.completed
     assert events[0].ticket == t or events[0].kind == "progress"
     assert events[0].cause is None and events[0].refusal is None
+
+
+def test_wait_returns_after_on_event_saw_the_end_even_when_the_transfer_ended_first():
+    """The transaction can end before `wait` is called while on_event is still catching up (a
+    slow callback, a busy machine): `wait` still returns only once the callback has seen
+    transaction_done. (It used to return the known outcome at once, events still pending.)"""
+    gate = threading.Event()
+    kinds = []
+
+    def slow(e):
+        gate.wait(LONG)
+        kinds.append(e.kind)
+
+    with ferry.Sender(receivers=1, on_event=slow) as s:
+        t = s.add_bytes(os.urandom(100_000), name="b.bin")
+        ferry.download_bytes(t)
+        deadline = time.monotonic() + LONG
+        while s.outcome is None:  # the transaction ends; the callback is held at its first event
+            assert time.monotonic() < deadline, "the transaction did not end"
+            time.sleep(0.01)
+        assert "transaction_done" not in kinds
+        gate.set()
+        o = s.wait(LONG)
+        assert kinds and kinds[-1] == "transaction_done", kinds
+    assert o.completed
 
 
 def test_tickets_in_either_form_and_as_ticket_objects(tmp_path):
