@@ -48,6 +48,11 @@ pub enum DownloadError {
     /// Any other local problem (a consumer lost or that returned no data, a bad argument).
     #[error("{0}")]
     Local(String),
+    /// A relay cannot start, or failed: it lost every upstream source (each named with what
+    /// happened), the content did not match the ticket, or it was closed. See
+    /// [`crate::relay`].
+    #[error("relay: {0}")]
+    Relay(String),
 }
 
 impl DownloadError {

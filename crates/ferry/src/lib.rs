@@ -54,6 +54,7 @@ pub mod fetch_set;
 pub mod fuzzing;
 pub mod manifest;
 mod produce;
+pub mod relay;
 mod runtime;
 mod service;
 mod source_failures;

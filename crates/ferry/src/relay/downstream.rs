@@ -1,0 +1,119 @@
+//! The relay's serving side: a [`Downloadable`] that serves the spill to downstream receivers
+//! while it fills.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_core::{
+    ChunkData, Downloadable, PlanLayout, ProduceError, Produced, State, TransferPlan,
+};
+use ferry_objects::RECEIVED_BYTES;
+
+use super::spill::{Phase, Spill};
+
+/// The object a [`Relay`](super::Relay) serves: NVFlare's file states (`received_bytes`), a
+/// plan with the ticket's size and digest, and chunks read from the spill once they arrived.
+///
+/// A request for bytes that have not arrived waits for them on the blocking pool (up to
+/// `wait`, a safety net: in practice the upstream download delivers them or fails first, and a
+/// failure is answered at once). EOF is answered only once the whole object verified against
+/// the ticket's pin, so no downstream receiver completes on content the relay has not checked;
+/// each of them checks the same pin itself too.
+#[derive(Debug)]
+pub struct RelayObject {
+    spill: Arc<Spill>,
+    chunk: u64,
+    wait: Duration,
+}
+
+impl RelayObject {
+    pub(crate) fn new(spill: Arc<Spill>, chunk: u64, wait: Duration) -> Self {
+        Self { spill, chunk, wait }
+    }
+
+    /// The object's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.spill.pin().size
+    }
+
+    fn failed(&self, why: &str) -> ProduceError {
+        ProduceError(format!("relay cannot serve this object: {why}"))
+    }
+}
+
+impl Downloadable for RelayObject {
+    fn produce(&self, state: Option<&State>, requester: &str) -> Result<Produced, ProduceError> {
+        let size = self.size();
+        let n = match state {
+            None => 0,
+            Some(s) => match s.get_u64(RECEIVED_BYTES) {
+                Ok(n) => n.unwrap_or(0),
+                Err(e) => {
+                    return Ok(Produced::Invalid {
+                        reason: format!("bad request state: {e}"),
+                    })
+                }
+            },
+        };
+        if n >= size {
+            // EOF only for verified content: the last word waits for the digest.
+            return match self.spill.wait_done(self.wait) {
+                Phase::Verified => Ok(Produced::Eof),
+                Phase::Failed(why) => Err(self.failed(&why)),
+                Phase::Filling => Err(self.failed(&format!(
+                    "the upstream download did not finish within {}s",
+                    self.wait.as_secs()
+                ))),
+            };
+        }
+        let end = size.min(n + self.chunk);
+        self.spill.wait_for(n, end, self.wait).map_err(|why| {
+            tracing::warn!(requester, %why, "relay pull failed");
+            self.failed(&why)
+        })?;
+        let buf = self
+            .spill
+            .read(n, (end - n) as usize)
+            .map_err(|e| ProduceError(format!("reading the relay's copy at {n}: {e}")))?;
+        Ok(Produced::Data {
+            data: ChunkData::Bytes(Bytes::from(buf)),
+            state: State::new().with(RECEIVED_BYTES, end),
+        })
+    }
+
+    /// Bytes that arrived and sit in the page cache are served on the async thread, without
+    /// a produce slot: pulls waiting for bytes still on their way (which hold a slot each)
+    /// never hold up receivers asking for bytes the relay has.
+    fn try_produce_now(
+        &self,
+        state: Option<&State>,
+        _requester: &str,
+    ) -> Option<Result<Produced, ProduceError>> {
+        let n = state.map_or(Some(0), |s| s.get_u64(RECEIVED_BYTES).ok()?.or(Some(0)))?;
+        let size = self.size();
+        if n >= size {
+            return None;
+        }
+        let end = size.min(n + self.chunk);
+        match self.spill.read_now(n, (end - n) as usize)? {
+            Ok(buf) => Some(Ok(Produced::Data {
+                data: ChunkData::Bytes(Bytes::from(buf)),
+                state: State::new().with(RECEIVED_BYTES, end),
+            })),
+            Err(_) => None,
+        }
+    }
+
+    fn plan(&self) -> Option<TransferPlan> {
+        let pin = self.spill.pin();
+        Some(TransferPlan {
+            layout: PlanLayout::Bytes {
+                total: pin.size,
+                chunk: self.chunk,
+            },
+            total_bytes: Some(pin.size),
+            blake3: Some(pin.hex()),
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! Relays: receive an object from upstream and serve it downstream while it arrives.
+//!
+//! A [`Relay`] is a receiver and a sender at once. [`Relay::run`] pulls the object a ticket
+//! names from its source (the upstream sees one receiver), holding it to the ticket's pin like
+//! `ferry get` does; [`Relay::object`] is the [`RelayObject`] to add to a transaction of the
+//! relay's own, whose receivers pull each chunk as soon as it arrived from upstream. The bytes
+//! go to a spill file in a directory the relay makes (under [`RelayOptions::spill_dir`]) and
+//! removes when it is dropped, so memory stays bounded whatever the object's size; downstream
+//! requests for bytes that have not arrived wait for them.
+//!
+//! Integrity: the relay hashes what arrives as it arrives ([`StreamVerifier`]) and answers
+//! downstream EOF only when the whole object's digest equals the ticket's pin; downstream
+//! tickets ([`Relay::ticket`]) carry the same pin, so every downstream receiver checks it too.
+//! A ticket pins only the whole object's digest, so a chunk cannot be checked alone: bytes are
+//! served before the last one arrived, and a corrupted upstream is caught when the digest is
+//! complete — the relay then fails every downstream pull with a message saying so, and no
+//! downstream receiver can complete (nothing reaches a final path). Relays chain: a relay's
+//! ticket is a ticket like any other, so a relay can pull from a relay.
+//!
+//! Sources: [`Relay::new`] takes one or more tickets of the same content (the origin, other
+//! relays). When a source fails (it stopped, its connection closed, it stopped answering),
+//! the relay continues from the bytes it has at the next source; when every source failed it
+//! fails its downstream with [`DownloadError::Relay`], naming each source and what happened.
+//! A digest mismatch is final (the bytes that did not match cannot be told apart).
+//!
+//! Objects: files (`kind=file`). Tensor dicts and sets are refused by [`Relay::new`] with a
+//! message saying what to relay instead.
+//!
+//! ```no_run
+//! # async fn f(service: &ferry::DownloadService, upstream: ferry::ticket::Ticket) -> Result<(), ferry::DownloadError> {
+//! use ferry::relay::{Relay, RelayOptions};
+//! use ferry::{DownloadOptions, ObjectDownloader};
+//! use ferry::core::TxConfig;
+//! use std::time::Duration;
+//!
+//! let relay = Relay::new(vec![upstream], RelayOptions::default())?;
+//! let tx = ObjectDownloader::new(service, TxConfig::new(Duration::from_secs(600)).with_num_receivers(4))?;
+//! let rid = tx.add_object(relay.object())?;
+//! let ticket = relay.ticket(service.cell().fqcn().as_str(), "relay-host:7052", false, &rid);
+//! println!("{}", ticket.to_compact());
+//! let report = relay.run(service, DownloadOptions::default()).await?; // upstream done, verified
+//! let outcome = tx.waiter().wait().await;                              // downstream done
+//! # let _ = (report, outcome); Ok(()) }
+//! ```
+//!
+//! [`StreamVerifier`]: ferry_objects::verify::StreamVerifier
+
+mod downstream;
+mod spill;
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::{RefId, State};
+use ferry_objects::verify::Pin;
+use ferry_objects::RECEIVED_BYTES;
+
+use crate::client::{download_object, DownloadOptions};
+use crate::error::DownloadError;
+use crate::service::DownloadService;
+use crate::ticket::{Kind, Ticket};
+
+pub use downstream::RelayObject;
+use spill::{Phase, Spill};
+use upstream::SpillConsumer;
+
+/// How a [`Relay`] stores and serves.
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    /// Where the relay makes its spill directory (default: the system's temp dir). It needs
+    /// the object's size free.
+    pub spill_dir: PathBuf,
+    /// The chunk size downstream receivers are served in (default 1 MiB).
+    pub chunk_size: u64,
+    /// Longest a downstream request waits for bytes that have not arrived (default 10 min).
+    /// A safety net: the upstream download delivers them or fails well before, and a failure
+    /// is answered at once. Downstream receivers keep their own sender-silence timeout.
+    pub wait: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            spill_dir: std::env::temp_dir(),
+            chunk_size: ferry_objects::DEFAULT_CHUNK_SIZE,
+            wait: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One source the relay tried, for reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceReport {
+    /// The source's cell name (FQCN).
+    pub source: String,
+    /// Its URL.
+    pub url: String,
+    /// Bytes this source delivered that had not arrived before (duplicates not counted).
+    pub bytes: u64,
+    /// How long the relay pulled from it.
+    pub elapsed: Duration,
+    /// Why the relay left this source, if it failed.
+    pub error: Option<String>,
+}
+
+/// What [`Relay::run`] did: the sources in the order tried (the last one finished the
+/// object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayReport {
+    /// Each source tried.
+    pub sources: Vec<SourceReport>,
+}
+
+/// A relay of one object (see the [module docs](self)).
+#[derive(Debug)]
+pub struct Relay {
+    sources: Vec<Ticket>,
+    spill: Arc<Spill>,
+    object: Arc<RelayObject>,
+}
+
+impl Relay {
+    /// A relay of the object `sources` name (one or more tickets of the same content, tried in
+    /// order). Makes the spill directory; nothing is requested yet. Refused: no ticket,
+    /// tickets of different content, a tensor dict or a set, a chunk size out of range, a
+    /// spill directory that cannot be written.
+    pub fn new(sources: Vec<Ticket>, opts: RelayOptions) -> Result<Self, DownloadError> {
+        let first = sources
+            .first()
+            .ok_or_else(|| DownloadError::Relay("a relay needs at least one ticket".into()))?;
+        match first.kind {
+            Kind::File => {}
+            Kind::Tensors => {
+                return Err(DownloadError::Relay(format!(
+                    "{} is a tensor dict (kind=tensors), which a relay does not serve: relays pass byte streams; serve the .safetensors file as a plain file (without --tensors) to relay it",
+                    first.name
+                )))
+            }
+            Kind::Set => {
+                return Err(DownloadError::Relay(format!(
+                    "{} is a set of objects, which a relay does not serve: serve it with --ticket-per-object and relay each file's ticket",
+                    first.name
+                )))
+            }
+        }
+        if let Some(other) = sources
+            .iter()
+            .find(|t| t.kind != first.kind || t.size != first.size || t.blake3 != first.blake3)
+        {
+            return Err(DownloadError::Relay(format!(
+                "the tickets name different content: {} ({} bytes, BLAKE3 {}) and {} ({} bytes, BLAKE3 {}); give a relay only tickets of the same object",
+                first.name, first.size, first.blake3, other.name, other.size, other.blake3
+            )));
+        }
+        ferry_objects::check_chunk_size(opts.chunk_size)?;
+        let spill = Spill::create(&opts.spill_dir, first.pin()).map_err(|e| {
+            DownloadError::Relay(format!(
+                "cannot make the relay's spill file in {}: {e}",
+                opts.spill_dir.display()
+            ))
+        })?;
+        let spill = Arc::new(spill);
+        let object = Arc::new(RelayObject::new(
+            Arc::clone(&spill),
+            opts.chunk_size,
+            opts.wait,
+        ));
+        Ok(Self {
+            sources,
+            spill,
+            object,
+        })
+    }
+
+    /// The object to add to the relay's transaction(s).
+    pub fn object(&self) -> Arc<RelayObject> {
+        Arc::clone(&self.object)
+    }
+
+    /// The content every source is held to.
+    pub fn pin(&self) -> Pin {
+        self.spill.pin()
+    }
+
+    /// The upstream tickets, in the order they are tried.
+    pub fn sources(&self) -> &[Ticket] {
+        &self.sources
+    }
+
+    /// The ticket downstream receivers use: this relay's cell `source` at `addr` (`HOST:PORT`,
+    /// over TLS if `tls`), the ref `ref_id` the object got in the relay's transaction, and the
+    /// upstream ticket's name, kind, size and digest (the same pin).
+    pub fn ticket(&self, source: &str, addr: &str, tls: bool, ref_id: &RefId) -> Ticket {
+        Ticket {
+            tls,
+            addr: addr.to_string(),
+            source: source.to_string(),
+            ref_id: ref_id.to_string(),
+            ..self.sources[0].clone()
+        }
+    }
+
+    /// The spill file (holes where bytes have not arrived).
+    pub fn spill_path(&self) -> &Path {
+        self.spill.path()
+    }
+
+    /// Bytes that arrived from upstream so far.
+    pub fn received(&self) -> u64 {
+        self.spill.progress().0
+    }
+
+    /// Whether the whole object arrived and verified.
+    pub fn is_verified(&self) -> bool {
+        self.spill.phase() == Phase::Verified
+    }
+
+    /// Fail every downstream pull from now on with `why` (e.g. the relay is stopping). A
+    /// relay that verified keeps serving: its copy is complete.
+    pub fn close(&self, why: &str) {
+        if self.spill.phase() != Phase::Verified {
+            self.spill.set_phase(Phase::Failed(why.to_string()));
+        }
+    }
+
+    /// Pull the object from the sources, in order, each continuing after the bytes the relay
+    /// already has, until one delivers it all and it verifies. The relay's cell (the
+    /// service's) connects to each source's address when its turn comes, unless it is already
+    /// connected to that cell. `opts` applies to every attempt (its `resume_state` is set by
+    /// the relay). On success downstream EOF is answered; on failure every downstream pull is
+    /// answered with the error, which names each source and what happened.
+    pub async fn run(
+        &self,
+        service: &DownloadService,
+        opts: DownloadOptions,
+    ) -> Result<RelayReport, DownloadError> {
+        let mut report = RelayReport {
+            sources: Vec::new(),
+        };
+        for t in &self.sources {
+            let (before, prefix) = self.spill.progress();
+            let started = Instant::now();
+            let result = self.pull_from(service, t, prefix, opts.clone()).await;
+            let (after, _) = self.spill.progress();
+            let error = result.err();
+            report.sources.push(SourceReport {
+                source: t.source.clone(),
+                url: t.url(),
+                bytes: after - before,
+                elapsed: started.elapsed(),
+                error: error.as_ref().map(ToString::to_string),
+            });
+            let Some(error) = error else {
+                tracing::info!(source = %t.source, "relay: object verified");
+                return Ok(report);
+            };
+            tracing::warn!(source = %t.source, %error, "relay: source failed");
+            if let Phase::Failed(why) = self.spill.phase() {
+                // A digest mismatch (or a close): the bytes cannot be trusted from any source.
+                return Err(DownloadError::Relay(why));
+            }
+            if matches!(error, DownloadError::Cancelled { .. }) {
+                let why = "the relay was cancelled".to_string();
+                self.spill.set_phase(Phase::Failed(why.clone()));
+                return Err(DownloadError::Relay(why));
+            }
+        }
+        let why = format!(
+            "the relay lost its upstream after {} of {} bytes: {}",
+            self.spill.progress().0,
+            self.spill.pin().size,
+            report
+                .sources
+                .iter()
+                .map(|s| format!(
+                    "{} ({}): {}",
+                    s.source,
+                    s.url,
+                    s.error.as_deref().unwrap_or("?")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        self.spill.set_phase(Phase::Failed(why.clone()));
+        Err(DownloadError::Relay(why))
+    }
+
+    /// One attempt: connect to `t`'s sender if needed and download from byte `prefix` on.
+    async fn pull_from(
+        &self,
+        service: &DownloadService,
+        t: &Ticket,
+        prefix: u64,
+        mut opts: DownloadOptions,
+    ) -> Result<(), DownloadError> {
+        let cell = service.cell();
+        if !cell.is_connected(&t.source) {
+            let url = t.url();
+            let peer = cell.connect(&url).await.map_err(|e| {
+                DownloadError::Relay(format!("cannot reach {} at {url}: {e}", t.source))
+            })?;
+            if !t.is_served_by(peer.as_str()) {
+                return Err(DownloadError::Relay(format!(
+                    "the listener at {url} is the cell {peer}, not the sender {} the ticket names",
+                    t.source
+                )));
+            }
+        }
+        opts.resume_state = (prefix > 0).then(|| State::new().with(RECEIVED_BYTES, prefix));
+        let consumer = SpillConsumer::new(Arc::clone(&self.spill), t.source.clone());
+        download_object(
+            service,
+            &t.source,
+            &RefId::new(t.ref_id.clone()),
+            consumer,
+            opts,
+        )
+        .await
+        .map(|_| ())
+    }
+}

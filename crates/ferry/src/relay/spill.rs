@@ -1,0 +1,394 @@
+//! The relay's copy of the object: a spill file in a directory the relay owns, which bytes of
+//! it arrived, the verifier they went through, and where the upstream download stands.
+//!
+//! The upstream consumer writes here; every downstream pull reads here, waiting (on a condvar,
+//! on the blocking pool) for bytes that have not arrived yet. Memory does not grow with the
+//! object: the bytes live in the file (the page cache holds what is hot), the bookkeeping is a
+//! list of ranges and the verifier's few KiB.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferry_objects::verify::{Pin, StreamVerifier};
+
+/// Where the upstream download stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Bytes are arriving (or a source is being tried).
+    Filling,
+    /// Every byte arrived and the whole object's digest equals the ticket's pin.
+    Verified,
+    /// The relay gave up: every source failed, the content did not match the pin, or the
+    /// relay was closed. The text says which, for downstream receivers and logs.
+    Failed(String),
+}
+
+/// Disjoint byte ranges, merged as they are inserted (start -> end).
+#[derive(Debug, Default)]
+pub(crate) struct Ranges(BTreeMap<u64, u64>);
+
+impl Ranges {
+    /// Add `[start, end)`.
+    pub(crate) fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        // Merge with a range that ends at or after `start` and begins before it.
+        if let Some((&s, &e)) = self.0.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+            }
+        }
+        let overlapping: Vec<u64> = self.0.range(start..=end).map(|(&s, _)| s).collect();
+        for s in overlapping {
+            if let Some(e) = self.0.remove(&s) {
+                end = end.max(e);
+            }
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Whether `[start, end)` arrived whole.
+    pub(crate) fn covers(&self, start: u64, end: u64) -> bool {
+        start >= end
+            || self
+                .0
+                .range(..=start)
+                .next_back()
+                .is_some_and(|(_, &e)| e >= end)
+    }
+
+    /// The parts of `[start, end)` that have not arrived.
+    pub(crate) fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = start;
+        let first = self
+            .0
+            .range(..=start)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(start);
+        for (&s, &e) in self.0.range(first..end) {
+            if e <= at {
+                continue;
+            }
+            if s > at {
+                out.push((at, s.min(end)));
+            }
+            at = at.max(e);
+            if at >= end {
+                break;
+            }
+        }
+        if at < end {
+            out.push((at, end));
+        }
+        out
+    }
+
+    /// Length of the contiguous prefix `[0, n)` that arrived.
+    pub(crate) fn prefix_len(&self) -> u64 {
+        match self.0.first_key_value() {
+            Some((0, &e)) => e,
+            _ => 0,
+        }
+    }
+
+    /// Bytes that arrived.
+    pub(crate) fn covered(&self) -> u64 {
+        self.0.iter().map(|(s, e)| e - s).sum()
+    }
+}
+
+/// What the waiters look at, under one lock.
+#[derive(Debug)]
+struct Shared {
+    received: Ranges,
+    phase: Phase,
+}
+
+/// The relay's copy of the object (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Spill {
+    /// The object's bytes at their offsets; holes until they arrive.
+    file: File,
+    path: PathBuf,
+    /// The directory the relay made for `file`, removed (with the file) when the relay goes.
+    _dir: tempfile::TempDir,
+    pin: Pin,
+    shared: Mutex<Shared>,
+    /// Signalled whenever bytes arrive or the phase changes.
+    changed: Condvar,
+    /// Hashes the bytes as they arrive (the first copy of each byte counts, as in the file).
+    /// Only the upstream consumer uses it, so hashing does not hold up the readers.
+    verifier: Mutex<StreamVerifier>,
+}
+
+impl Spill {
+    /// Make the spill directory under `parent` and an empty file of the pinned size in it.
+    pub(crate) fn create(parent: &Path, pin: Pin) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-relay-")
+            .tempdir_in(parent)?;
+        let path = dir.path().join("object");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        // A sparse file: no space is taken before the bytes arrive, and reads past the end
+        // cannot happen by accident.
+        file.set_len(pin.size)?;
+        Ok(Self {
+            file,
+            path,
+            _dir: dir,
+            pin,
+            shared: Mutex::new(Shared {
+                received: Ranges::default(),
+                phase: Phase::Filling,
+            }),
+            changed: Condvar::new(),
+            verifier: Mutex::new(StreamVerifier::new(pin.size)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pinned size and digest.
+    pub(crate) fn pin(&self) -> Pin {
+        self.pin
+    }
+
+    /// The spill file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the upstream download stands.
+    pub(crate) fn phase(&self) -> Phase {
+        self.lock().phase.clone()
+    }
+
+    /// Bytes that arrived, and the contiguous prefix of them.
+    pub(crate) fn progress(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.received.covered(), s.received.prefix_len())
+    }
+
+    /// Store a chunk that starts at `start`: the bytes that had not arrived are written, the
+    /// whole chunk goes through the verifier (which counts only first copies), and then the
+    /// bytes are announced to the waiters. Called by one upstream consumer at a time.
+    pub(crate) fn store(&self, start: u64, data: &[u8]) -> Result<(), ferry_core::ConsumeError> {
+        let end = start + data.len() as u64;
+        let gaps = self.lock().received.gaps(start, end);
+        for (s, e) in &gaps {
+            let from = (s - start) as usize;
+            let to = (e - start) as usize;
+            self.file.write_all_at(&data[from..to], *s).map_err(|e| {
+                ferry_core::ConsumeError::Io {
+                    context: format!("writing the relay's copy {}", self.path.display()),
+                    source: e,
+                }
+            })?;
+        }
+        self.verifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(start, data)?;
+        let mut s = self.lock();
+        for (a, b) in gaps {
+            s.received.insert(a, b);
+        }
+        drop(s);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Every byte arrived: check the digest against the pin and move to `Verified`, or to
+    /// `Failed` (returned as the error).
+    pub(crate) fn finish(&self, source: &str) -> Result<(), String> {
+        let got = self
+            .verifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finalize();
+        let result = match got {
+            Ok(h) if h == self.pin.blake3 => Ok(()),
+            Ok(h) => Err(format!(
+                "the content {source} sent does not match the ticket: BLAKE3 {} instead of the pinned {} (a corrupted or hostile upstream); nothing was kept",
+                h.to_hex(),
+                self.pin.hex()
+            )),
+            Err(e) => Err(format!("the download from {source} ended early: {e}")),
+        };
+        match &result {
+            Ok(()) => self.set_phase(Phase::Verified),
+            Err(why) => self.set_phase(Phase::Failed(why.clone())),
+        }
+        result
+    }
+
+    /// Move to `phase` (a failure is final: a later phase does not replace it) and wake every
+    /// waiter.
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        let mut s = self.lock();
+        if !matches!(s.phase, Phase::Failed(_)) {
+            s.phase = phase;
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Wait until `[start, end)` arrived, or the relay failed, or `limit` passed. `Ok(())`
+    /// when the bytes are there; the failure or a timeout text otherwise.
+    pub(crate) fn wait_for(&self, start: u64, end: u64, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let mut s = self.lock();
+        loop {
+            if let Phase::Failed(why) = &s.phase {
+                return Err(why.clone());
+            }
+            if s.received.covers(start, end) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "bytes [{start}, {end}) did not arrive from upstream within {}s",
+                    limit.as_secs()
+                ));
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Wait until the upstream download is over (verified or failed) or `limit` passed.
+    pub(crate) fn wait_done(&self, limit: Duration) -> Phase {
+        let deadline = Instant::now() + limit;
+        let mut s = self.lock();
+        while s.phase == Phase::Filling {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        s.phase.clone()
+    }
+
+    /// Read `[start, start + len)`, which must have arrived.
+    pub(crate) fn read(&self, start: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(buf)
+    }
+
+    /// `[start, start + len)` if it arrived and can be read without waiting for the disk
+    /// (it is in the page cache, as bytes just written are); `None` means "wait for it, or
+    /// read it, on a thread that may block".
+    pub(crate) fn read_now(&self, start: u64, len: usize) -> Option<std::io::Result<Vec<u8>>> {
+        let s = self.lock();
+        if s.phase != Phase::Filling && s.phase != Phase::Verified
+            || !s.received.covers(start, start + len as u64)
+        {
+            return None;
+        }
+        drop(s);
+        let mut buf = vec![0u8; len];
+        read_exact_at_nowait(&self.file, &mut buf, start).map(|r| r.map(|()| buf))
+    }
+}
+
+/// `pread` that fails with `None` instead of waiting for the disk (`RWF_NOWAIT`), or where
+/// the kernel or file system cannot tell.
+#[cfg(target_os = "linux")]
+fn read_exact_at_nowait(file: &File, buf: &mut [u8], offset: u64) -> Option<std::io::Result<()>> {
+    use rustix::io::{preadv2, Errno, ReadWriteFlags};
+    let mut done = 0usize;
+    while done < buf.len() {
+        let mut slices = [std::io::IoSliceMut::new(&mut buf[done..])];
+        match preadv2(
+            file,
+            &mut slices,
+            offset + done as u64,
+            ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) => return Some(Err(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(Ok(()))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_exact_at_nowait(_: &File, _: &mut [u8], _: u64) -> Option<std::io::Result<()>> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_report_gaps() {
+        let mut r = Ranges::default();
+        r.insert(10, 20);
+        r.insert(30, 40);
+        assert_eq!(r.gaps(0, 50), vec![(0, 10), (20, 30), (40, 50)]);
+        assert_eq!(r.gaps(15, 35), vec![(20, 30)]);
+        assert!(r.covers(12, 20) && !r.covers(12, 21) && r.covers(5, 5));
+        assert_eq!(r.prefix_len(), 0);
+        r.insert(0, 10);
+        r.insert(20, 30);
+        assert_eq!(r.prefix_len(), 40);
+        assert_eq!(r.covered(), 40);
+        assert!(r.gaps(0, 40).is_empty());
+        r.insert(35, 60);
+        assert_eq!((r.prefix_len(), r.covered()), (60, 60));
+    }
+
+    #[test]
+    fn waiters_see_bytes_and_failures() {
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let spill = std::sync::Arc::new(
+            Spill::create(dir.path(), Pin::new(5000, blake3::hash(&data))).unwrap(),
+        );
+        let s2 = std::sync::Arc::clone(&spill);
+        let waiter = std::thread::spawn(move || s2.wait_for(1000, 3000, Duration::from_secs(600)));
+        spill.store(0, &data[..2000]).unwrap();
+        spill.store(2000, &data[2000..]).unwrap();
+        assert_eq!(waiter.join().unwrap(), Ok(()));
+        assert_eq!(spill.read(1000, 2000).unwrap(), &data[1000..3000]);
+        assert_eq!(spill.finish("up"), Ok(()));
+        assert_eq!(spill.phase(), Phase::Verified);
+
+        let spill = Spill::create(dir.path(), Pin::new(5000, blake3::hash(b"other"))).unwrap();
+        spill.store(0, &data).unwrap();
+        let why = spill.finish("up").unwrap_err();
+        assert!(why.contains("does not match the ticket"), "{why}");
+        assert_eq!(
+            spill.wait_for(0, 10, Duration::from_secs(600)),
+            Err(why),
+            "a failed relay serves nothing, even bytes it has"
+        );
+    }
+}
