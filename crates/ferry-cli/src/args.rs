@@ -45,6 +45,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Download objects from the tickets `ferry serve` printed.
     Get(GetArgs),
+    /// Pull an object from upstream and serve it to receivers while it arrives.
+    Relay(RelayArgs),
     /// Make a project CA and cell certificates for mutual TLS (`init`, then `issue NAME...`).
     Certs(CertsArgs),
     /// Print a shell completion script (e.g. `ferry completions bash > /etc/bash_completion.d/ferry`).
@@ -211,6 +213,71 @@ pub struct GetArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR", env = "FERRY_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
     /// TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// `ferry relay`: the upstream tickets, and the options of `serve` for its downstream.
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// Tickets of the object to relay (`ferry serve`'s, or another relay's). Several tickets of
+    /// the same object are sources tried in order: when one fails the relay continues from the
+    /// bytes it has at the next.
+    #[arg(required = true, value_name = "TICKET")]
+    pub tickets: Vec<String>,
+    /// Listen URL for the downstream receivers.
+    #[arg(
+        long,
+        default_value = "tcp://0.0.0.0:7052",
+        value_name = "URL",
+        env = "FERRY_LISTEN"
+    )]
+    pub listen: String,
+    /// Host to put in the downstream tickets (default: the listen host, or this host's routable address when listening on 0.0.0.0).
+    #[arg(long, value_name = "HOST", env = "FERRY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// This cell's name (FQCN): the upstream sees a receiver of this name, the downstream a
+    /// sender of this name.
+    #[arg(
+        long,
+        default_value = "ferry-relay",
+        value_name = "FQCN",
+        env = "FERRY_NAME"
+    )]
+    pub name: String,
+    /// Number of downstream receivers expected (count mode): the first N to pull are served,
+    /// others are refused; exit when these N have the object.
+    #[arg(long, value_name = "N", conflicts_with = "allow", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub receivers: u32,
+    /// Expected downstream receivers by name (identity mode); others are refused. Use TLS to
+    /// make names proven.
+    #[arg(long, value_name = "FQCN")]
+    pub allow: Vec<String>,
+    /// Give up (exit 1) when no downstream receiver pulled anything for this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DUR")]
+    pub timeout: Duration,
+    /// Fail a downstream receiver whose connection closed and that did not come back within
+    /// this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    pub reconnect_timeout: Duration,
+    /// Cap the bytes per second sent to all downstream receivers together (at least 1KiB).
+    #[arg(long, value_parser = parse_rate, value_name = "SIZE")]
+    pub limit_rate: Option<u64>,
+    /// Chunk size served downstream (64KiB to 64MiB; default 1MiB).
+    #[arg(long, value_parser = parse_chunk, value_name = "SIZE")]
+    pub chunk: Option<u64>,
+    /// Retry an upstream chunk when the upstream has been silent this long (3 retries; then
+    /// the next source, or the relay fails).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR", env = "FERRY_REQUEST_TIMEOUT")]
+    pub request_timeout: Duration,
+    /// Directory for the relay's copy of the object (it needs the object's size free; the copy
+    /// is removed at exit). Default: the system's temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// How the downstream tickets are written: `compact` or `url`.
+    #[arg(long, value_enum, default_value_t = TicketFormat::Compact, value_name = "FORMAT", env = "FERRY_TICKET_FORMAT")]
+    pub ticket_format: TicketFormat,
+    /// TLS (both upstream and downstream: one cell, one certificate).
     #[command(flatten)]
     pub tls: TlsArgs,
 }

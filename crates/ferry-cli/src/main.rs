@@ -5,6 +5,8 @@
 //! * `ferry serve PATH...` — serve files, directories and `.safetensors` tensor dicts; prints
 //!   one ticket per object; exits when every expected receiver has everything.
 //! * `ferry get TICKET...` — download, verify, print where the files are.
+//! * `ferry relay TICKET... --listen URL` — pull an object from upstream and serve it downstream
+//!   while it arrives; prints the downstream ticket.
 //! * `ferry certs init|issue` — a project CA and cell certificates for mutual TLS.
 //! * `ferry completions SHELL`, `ferry man [COMMAND]` — completion scripts and manual pages,
 //!   generated from the same definitions as the parser.
@@ -22,8 +24,10 @@ mod exit;
 mod get;
 mod interrupt;
 mod manual;
+mod relay;
 mod retry;
 mod serve;
+mod stats;
 mod sysinfo;
 mod throttle;
 mod ui;
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
             Command::Demo(a) => demo::run(a, json).await,
             Command::Serve(a) => serve::run(a, json).await,
             Command::Get(a) => get::run(a, json).await,
+            Command::Relay(a) => relay::run(a, json).await,
             Command::Certs(a) => certs::run(a, json),
             Command::Completions(a) => manual::completions(&a),
             Command::Man(a) => manual::man(&a),

@@ -3,7 +3,7 @@
 //! cells it refused and those that left — and the verdict it prints at the end.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry::core::service::{FinalCause, ServiceEvent};
 use ferry::core::{DownloadStatus, OutcomeStatus, Refusal, TransferOutcome};
@@ -32,6 +32,8 @@ pub struct Watch {
     refused_more: u64,
     /// Count-mode receivers that cancelled and gave their place back (and did not finish).
     left: BTreeSet<String>,
+    /// receiver -> when its first and its latest progress were reported (for its rate).
+    times: BTreeMap<String, (Instant, Instant)>,
 }
 
 impl Watch {
@@ -46,7 +48,24 @@ impl Watch {
             refused: BTreeSet::new(),
             refused_more: 0,
             left: BTreeSet::new(),
+            times: BTreeMap::new(),
         }
+    }
+
+    /// What each receiver that pulled something was sent: (name, payload bytes of every
+    /// object, seconds from its first to its latest progress report). Bytes count each
+    /// object's position once (a retried chunk is not counted twice).
+    pub fn sent(&self) -> Vec<(String, u64, f64)> {
+        self.seen
+            .iter()
+            .map(|(who, (per_ref, _))| {
+                let secs = self
+                    .times
+                    .get(who)
+                    .map_or(0.0, |(a, b)| b.duration_since(*a).as_secs_f64());
+                (who.clone(), per_ref.values().sum(), secs)
+            })
+            .collect()
     }
 
     fn bar(&mut self, receiver: &str) -> &mut (HashMap<String, u64>, ProgressBar) {
@@ -74,6 +93,11 @@ impl Watch {
         match ev {
             ServiceEvent::Progress(p) => {
                 let Some(receiver) = &p.receiver else { return };
+                let now = Instant::now();
+                self.times
+                    .entry(receiver.clone())
+                    .and_modify(|t| t.1 = now)
+                    .or_insert((now, now));
                 let (per_ref, bar) = self.bar(receiver);
                 per_ref.insert(p.ref_id.to_string(), p.bytes_done);
                 bar.set_position(per_ref.values().sum());

@@ -33,6 +33,11 @@ use register::{paced_chunk, register, Load, DEFAULT_CHUNK};
 use tickets::announce;
 use wait::wait_and_report;
 
+// What `ferry relay` shares with serve: where it listens, how it paces, how tickets print.
+pub(crate) use address::listen_url as relay_listen_url;
+pub(crate) use register::paced_chunk as relay_paced_chunk;
+pub(crate) use tickets::ticket_json;
+
 /// Start the download service. With `--allow` the transaction declares its receivers
 /// (`receiver_ids`), and the engine answers pulls from any other cell with `invalid_request`
 /// and the typed reason `NOT_EXPECTED_RECEIVER`, which `ferry get` turns into its message.
@@ -42,7 +47,7 @@ use wait::wait_and_report;
 /// receiver that cancels gives its place back, and one that failed may come back under its
 /// name while the transfer is live. An outsider's confirm or cancel changes nothing: it never
 /// pulled, so the engine has no slot for it.
-fn start_service(cell: &Cell) -> DownloadService {
+pub(crate) fn start_service(cell: &Cell) -> DownloadService {
     DownloadService::new(
         cell,
         ServiceOptions {

@@ -81,7 +81,7 @@ pub(super) fn announce(
 }
 
 /// The `ticket` event of one object.
-fn ticket_json(t: &Ticket, format: TicketFormat) -> serde_json::Value {
+pub(crate) fn ticket_json(t: &Ticket, format: TicketFormat) -> serde_json::Value {
     json!({
         "event": "ticket",
         "ticket": format.write(t),

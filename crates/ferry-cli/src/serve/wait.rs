@@ -13,6 +13,7 @@ use super::register::Registered;
 use super::tickets::audience;
 use crate::args::ServeArgs;
 use crate::exit::{CmdResult, Failure};
+use crate::stats;
 use crate::throttle::RateLimiter;
 use crate::ui;
 use crate::units::fmt_bytes;
@@ -79,8 +80,17 @@ pub(super) async fn wait_and_report(
             "the transfer ended without an outcome (the download service stopped)",
         ));
     };
+    // What each receiver was sent (issue 15's reporting).
+    let sent = stats::receivers(&watch, &outcome);
     if json {
-        ui::json_line(&outcome_json(&outcome, &reg.names, elapsed.as_secs_f64()));
+        let mut v = outcome_json(&outcome, &reg.names, elapsed.as_secs_f64());
+        v["bytes_sent"] = stats::bytes_sent(&sent).into();
+        v["receivers"] = stats::json(&sent);
+        ui::json_line(&v);
+    } else if !sent.is_empty() {
+        for line in stats::lines(&sent) {
+            ui::info_line(&line);
+        }
     }
     if args.keep_serving {
         // Ctrl-C is how a keep-serving run ends: not a failure. Each receiver's fate is its

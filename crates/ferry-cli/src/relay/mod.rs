@@ -1,0 +1,227 @@
+//! `ferry relay TICKET... --listen URL`: pull an object from upstream (`ferry serve` or another
+//! relay) and serve it to downstream receivers while it arrives ([`ferry::relay::Relay`]). It
+//! prints the downstream ticket (same name, size and digest, this relay's address), exits 0
+//! when the upstream copy verified and every expected downstream receiver has it, 1 when the
+//! upstream is lost (every source failed), the content does not match the ticket, or the
+//! downstream transfer fails or times out, 130 on Ctrl-C.
+//!
+//! This module starts the cell, the service, the relay and the transaction; `report` says
+//! what happened (upstream sources, downstream receivers), as text or `--json`.
+
+mod report;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry::core::{Downloadable, TxConfig};
+use ferry::relay::{Relay, RelayOptions};
+use ferry::ticket::Ticket;
+use ferry::{DownloadOptions, DownloadService, ObjectDownloader};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use crate::args::RelayArgs;
+use crate::cells;
+use crate::exit::{CmdResult, Failure};
+use crate::interrupt;
+use crate::serve::{relay_listen_url, relay_paced_chunk, start_service};
+use crate::throttle::{RateLimiter, Throttled};
+use crate::ui;
+use crate::watch::Watch;
+
+/// Run `ferry relay`.
+pub async fn run(args: RelayArgs, json: bool) -> CmdResult {
+    let tickets = parse(&args.tickets)?;
+    for a in &args.allow {
+        cells::check_name("--allow", a)?;
+    }
+    let tls = cells::tls_config(&args.tls)?;
+    if let (Some(t), None) = (tickets.iter().find(|t| t.tls), &tls) {
+        return Err(Failure::usage(format!(
+            "the ticket of {} is for a TLS sender ({}): give --tls-cert, --tls-key and --tls-ca",
+            t.name,
+            t.url()
+        )));
+    }
+    let url = relay_listen_url(&args.listen, tls.is_some())?;
+    if tls.is_none() && !args.allow.is_empty() {
+        ui::err_line(&format!(
+            "ferry: warning: --allow without TLS: {} is only a name, and anyone who can reach {} can use it; to prove who a receiver is, relay with --tls-cert/--tls-key/--tls-ca (see `ferry certs`)",
+            args.allow.join(", "),
+            args.listen
+        ));
+    }
+    let n_expected = if args.allow.is_empty() {
+        u64::from(args.receivers)
+    } else {
+        args.allow.len() as u64
+    };
+    let chunk = relay_paced_chunk(
+        args.chunk.unwrap_or(ferry::objects::DEFAULT_CHUNK_SIZE),
+        args.limit_rate,
+        n_expected,
+    );
+    let relay = Relay::new(
+        tickets,
+        RelayOptions {
+            spill_dir: args.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+            chunk_size: chunk,
+            ..RelayOptions::default()
+        },
+    )
+    .map_err(|e| Failure::usage(format!("cannot relay: {e}")))?;
+    let cell = cells::build_cell(&args.name, tls)?;
+    let bound = cell.listen(&url).await.map_err(|e| {
+        Failure::usage(format!(
+            "cannot listen on {url} ({e}); pick another address or port with --listen tcp://HOST:PORT"
+        ))
+    })?;
+    let service = start_service(&cell);
+    let result = relay_and_wait(&service, &args, &relay, &bound, json).await;
+    service.shutdown().await;
+    cell.shutdown().await;
+    result
+}
+
+/// The tickets, parsed (several are sources of one object, checked by `Relay::new`).
+fn parse(raw: &[String]) -> CmdResult<Vec<Ticket>> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<Ticket>().map_err(|e| {
+                let which = if raw.len() > 1 {
+                    format!("ticket {}: ", i + 1)
+                } else {
+                    String::new()
+                };
+                Failure::usage(format!("{which}{e}"))
+            })
+        })
+        .collect()
+}
+
+/// Register the relay's object, print the downstream ticket, and run the upstream download
+/// and the downstream transaction until both are over.
+async fn relay_and_wait(
+    service: &DownloadService,
+    args: &RelayArgs,
+    relay: &Relay,
+    bound: &str,
+    json: bool,
+) -> CmdResult {
+    let cfg = if args.allow.is_empty() {
+        TxConfig::new(args.timeout).with_num_receivers(args.receivers as usize)
+    } else {
+        TxConfig::new(args.timeout).with_receiver_ids(args.allow.clone())
+    }
+    .with_progress(Duration::from_millis(250))
+    .with_reconnect_timeout(args.reconnect_timeout);
+    let tx = ObjectDownloader::new(service, cfg)
+        .map_err(|e| Failure::usage(format!("cannot start the transfer: {e}")))?;
+    let limiter = args.limit_rate.map(RateLimiter::new);
+    let obj: Arc<dyn Downloadable> = relay.object();
+    let obj = match &limiter {
+        Some(l) => Arc::new(Throttled::new(obj, Arc::clone(l))),
+        None => obj,
+    };
+    let rid = tx
+        .add_object(obj)
+        .map_err(|e| Failure::usage(format!("cannot serve the relayed object: {e}")))?;
+    let addr = ferry::ticket::advertised_addr(bound, args.advertise.as_deref());
+    let ticket = relay.ticket(&args.name, &addr, bound.starts_with("stcp://"), &rid);
+    report::announce(args, relay, &ticket, bound, json);
+
+    let cancel = interrupt::on_signal();
+    let size = relay.pin().size;
+    let bar = ui::byte_bar(&format!("from {}", relay.sources()[0].source), Some(size));
+    let progress_bar = bar.clone();
+    let opts = DownloadOptions {
+        per_request_timeout: args.request_timeout,
+        cancel: Some(cancel.clone()),
+        ..DownloadOptions::default()
+    }
+    .with_progress(move |p| progress_bar.set_position(p.bytes_done));
+    let started = Instant::now();
+    let upstream = relay.run(service, opts);
+    tokio::pin!(upstream);
+    let waiter = tx.waiter();
+    let wait = waiter.wait();
+    tokio::pin!(wait);
+    let mut events = service.events();
+    let mut watch = Watch::new(size, json, args.reconnect_timeout);
+    let names = [(rid.to_string(), ticket.name.clone())]
+        .into_iter()
+        .collect();
+    let mut up = None;
+    let mut interrupted = false;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut upstream, if up.is_none() => {
+                bar.finish_and_clear();
+                if let Err(e) = &r {
+                    // Every downstream pull is answered with the error from now on; the
+                    // transaction goes so that the receivers hear it at once.
+                    tracing::debug!(error = %e, "upstream failed");
+                    tx.delete_transaction().ok();
+                    if let Some(l) = &limiter {
+                        l.stop();
+                    }
+                }
+                report::upstream_done(&r, size, json);
+                up = Some(r);
+            }
+            o = &mut wait => break o,
+            _ = cancel.cancelled(), if !interrupted => {
+                interrupted = true;
+                if !json {
+                    ui::info_line("interrupted: deleting the transaction (receivers in progress will fail)");
+                }
+                relay.close("the relay was interrupted (Ctrl-C)");
+                tx.delete_transaction().ok();
+                if let Some(l) = &limiter {
+                    l.stop();
+                }
+            }
+            ev = events.recv() => match ev {
+                Ok(ev) => watch.event(&ev, &names),
+                Err(RecvError::Lagged(_) | RecvError::Closed) => {}
+            },
+        }
+    };
+    // The downstream may finish while the upstream download still confirms its last chunk.
+    let up = match up {
+        Some(r) => r,
+        None => {
+            let r = upstream.await;
+            bar.finish_and_clear();
+            report::upstream_done(&r, size, json);
+            r
+        }
+    };
+    loop {
+        match events.try_recv() {
+            Ok(ev) => watch.event(&ev, &names),
+            Err(TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    watch.finish();
+    let elapsed = started.elapsed();
+    let Some(outcome) = outcome else {
+        return Err(Failure::transfer(
+            "the relay's transfer ended without an outcome (the download service stopped)",
+        ));
+    };
+    report::finish(
+        &report::Ending {
+            args,
+            relay,
+            upstream: &up,
+            outcome: &outcome,
+            watch: &watch,
+            names: &names,
+            elapsed,
+            interrupted,
+        },
+        json,
+    )
+}

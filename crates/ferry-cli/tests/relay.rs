@@ -1,0 +1,213 @@
+//! `ferry relay` with the real binary: serve → relay → receivers over mutual TLS with the
+//! outcomes and statistics of every side, the relay's peak memory, and an upstream killed
+//! mid-transfer.
+
+mod common;
+
+use common::{json, random_file, Pki, Proc};
+
+fn tls(pki: &Pki, name: &str) -> Vec<String> {
+    let (cert, key) = pki.issue(name);
+    vec![
+        "--name".into(),
+        name.into(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+        "--tls-ca".into(),
+        pki.ca().display().to_string(),
+    ]
+}
+
+fn args<'a>(fixed: &[&'a str], more: &'a [String]) -> Vec<&'a str> {
+    let mut v = fixed.to_vec();
+    v.extend(more.iter().map(String::as_str));
+    v
+}
+
+/// The `outcome` line among a process's JSON lines.
+fn outcome(lines: &[String]) -> serde_json::Value {
+    lines
+        .iter()
+        .map(|l| json(l))
+        .find(|v| v["event"] == "outcome")
+        .unwrap_or_else(|| panic!("no outcome line in {lines:?}"))
+}
+
+#[test]
+fn a_relay_over_tls_serves_its_receivers_and_every_side_reports() {
+    const SIZE: usize = 128 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.bin");
+    let data = random_file(&src, SIZE, 7);
+    let pki = Pki::new();
+    let (origin_tls, relay_tls) = (tls(&pki, "origin"), tls(&pki, "relay-1"));
+    let (site1, site2) = (tls(&pki, "site-1"), tls(&pki, "site-2"));
+
+    let src_s = src.display().to_string();
+    let mut serve = Proc::spawn(&args(
+        &[
+            "--json",
+            "serve",
+            &src_s,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--allow",
+            "relay-1",
+        ],
+        &origin_tls,
+    ));
+    let up_ticket = json(&serve.line())["ticket"].as_str().unwrap().to_string();
+
+    let spill = dir.path().join("spill");
+    std::fs::create_dir(&spill).unwrap();
+    let spill_s = spill.display().to_string();
+    let mut relay = Proc::spawn(&args(
+        &[
+            "--json",
+            "relay",
+            &up_ticket,
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--allow",
+            "site-1",
+            "--allow",
+            "site-2",
+            "--spill-dir",
+            &spill_s,
+        ],
+        &relay_tls,
+    ));
+    let first = json(&relay.line());
+    assert_eq!(first["event"], "ticket");
+    assert_eq!(first["size"], SIZE as u64);
+    assert_eq!(first["source"], "relay-1");
+    let down_ticket = first["ticket"].as_str().unwrap().to_string();
+    assert!(down_ticket.starts_with("ferry"), "{down_ticket}");
+
+    let mut gets = Vec::new();
+    for (name, tls) in [("site-1", &site1), ("site-2", &site2)] {
+        let out = dir.path().join(name);
+        let out_s = out.display().to_string();
+        let p = Proc::spawn(&args(&["get", &down_ticket, "-o", &out_s], tls));
+        gets.push((p, out));
+    }
+    for (p, out) in &mut gets {
+        let st = p.wait();
+        assert!(st.success(), "get failed: {}", p.stderr_text());
+        assert!(std::fs::read(out.join("model.bin")).unwrap() == data);
+    }
+    let st = relay.wait();
+    assert!(st.success(), "relay failed: {}", relay.stderr_text());
+    let r = outcome(&relay.rest());
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["bytes_sent"], 2 * SIZE as u64);
+    let receivers = r["receivers"].as_array().unwrap();
+    assert_eq!(receivers.len(), 2, "{r}");
+    for v in receivers {
+        assert_eq!(v["status"], "success", "{r}");
+        assert_eq!(v["bytes"], SIZE as u64, "{r}");
+    }
+    assert_eq!(r["upstream"][0]["source"], "origin");
+    assert_eq!(r["upstream"][0]["bytes"], SIZE as u64);
+    assert!(r["upstream"][0]["error"].is_null(), "{r}");
+    // The relay spills to disk: its peak memory stays well below the object's size.
+    let rss = r["peak_rss"].as_u64().expect("peak_rss on Linux");
+    assert!(
+        rss < (SIZE as u64) * 3 / 4,
+        "relay peak RSS {rss} for a {SIZE}-byte object"
+    );
+    // ... and its copy is gone at exit.
+    assert!(
+        common::list(&spill).is_empty(),
+        "{:?}",
+        common::list(&spill)
+    );
+
+    // The sender saw one receiver: the relay, sent one copy.
+    let st = serve.wait();
+    assert!(st.success(), "serve failed: {}", serve.stderr_text());
+    let s = outcome(&serve.rest());
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["bytes_sent"], SIZE as u64);
+    assert_eq!(s["receivers"][0]["name"], "relay-1");
+    assert_eq!(s["receivers"][0]["status"], "success");
+}
+
+#[test]
+fn a_relay_whose_upstream_dies_fails_its_receivers_clearly() {
+    const SIZE: usize = 16 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("model.bin");
+    random_file(&src, SIZE, 8);
+    let src_s = src.display().to_string();
+    // A slow upstream (16 MiB at 1 MiB/s) so that it is killed mid-transfer.
+    let (mut serve, up_ticket) = common::serve(&[&src_s, "--limit-rate", "1MiB"]);
+    let mut relay = Proc::spawn(&[
+        "relay",
+        &up_ticket,
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--request-timeout",
+        "5s",
+    ]);
+    let down_ticket = relay.line();
+    let out = dir.path().join("site");
+    let out_s = out.display().to_string();
+    let mut get = Proc::spawn(&["--json", "get", &down_ticket, "-o", &out_s]);
+    // Once the receiver has bytes, the upstream dies.
+    get.line_where(|l| {
+        let v = json(l);
+        v["event"] == "progress" && v["bytes"].as_u64().unwrap_or(0) > 0
+    });
+    serve.signal("KILL");
+    serve.wait();
+
+    let st = relay.wait();
+    assert_eq!(st.code(), Some(1));
+    let err = relay.stderr_text();
+    assert!(
+        err.contains("lost its upstream") && err.contains("ferry-sender"),
+        "relay stderr: {err}"
+    );
+    let st = get.wait();
+    assert_eq!(st.code(), Some(1));
+    let err = get.stderr_text();
+    assert!(err.contains("lost its upstream"), "get stderr: {err}");
+    assert!(!out.join("model.bin").exists(), "nothing at the final path");
+}
+
+#[test]
+fn tensor_tickets_and_mismatched_sources_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!(
+        "ferry+tcp://127.0.0.1:9/s/R1?kind=tensors&name=m.safetensors&size=3&b3={}",
+        "ab".repeat(32)
+    );
+    let out = common::ferry()
+        .args(["relay", &a, "--listen", "tcp://127.0.0.1:0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tensor dict") && err.contains("plain file"),
+        "{err}"
+    );
+
+    let f = |size: u32| {
+        format!(
+            "ferry+tcp://127.0.0.1:9/s/R1?kind=file&name=m.bin&size={size}&b3={}",
+            "ab".repeat(32)
+        )
+    };
+    let out = common::ferry()
+        .args(["relay", &f(3), &f(4), "--listen", "tcp://127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("different content"), "{err}");
+}
