@@ -53,6 +53,7 @@ pub mod fetch_set;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod manifest;
+pub mod passthrough;
 mod produce;
 pub mod relay;
 mod runtime;
