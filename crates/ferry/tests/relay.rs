@@ -13,6 +13,7 @@ use ferry::core::{ProduceError, RefId};
 use ferry::fetch::{Fetch, FetchOptions};
 use ferry::objects::FileObject;
 use ferry::prelude::*;
+use ferry::relay::outboard::OutboardIndex;
 use ferry::relay::{Relay, RelayOptions};
 use ferry::ticket::{Kind, Ticket};
 
@@ -110,7 +111,9 @@ impl Drop for Origin {
     }
 }
 
-async fn origin(name: &str, src: &Path, at: u64, corrupt: Option<u64>) -> Origin {
+/// With `outboard`, the origin answers outboard requests (as `ferry serve` does), so relays
+/// check each group before serving it; without, relays check only the whole digest.
+async fn origin(name: &str, src: &Path, at: u64, corrupt: Option<u64>, outboard: bool) -> Origin {
     let cell = Cell::new(name).unwrap();
     let url = cell.listen("tcp://127.0.0.1:0").await.unwrap();
     let service = DownloadService::new(&cell, ServiceOptions::default());
@@ -135,6 +138,11 @@ async fn origin(name: &str, src: &Path, at: u64, corrupt: Option<u64>) -> Origin
             gate: Arc::clone(&gate),
         }))
         .unwrap();
+    if outboard {
+        let index = OutboardIndex::new();
+        index.add_file(rid.as_str(), src.to_path_buf(), ticket_size);
+        index.serve_on(&cell);
+    }
     let ticket = Ticket {
         tls: false,
         addr: url.trim_start_matches("tcp://").to_string(),
@@ -189,6 +197,9 @@ async fn relay_node(name: &str, sources: Vec<Ticket>, n: usize, spill: &Path) ->
     )
     .unwrap();
     let rid: RefId = tx.add_object(relay.object()).unwrap();
+    let index = OutboardIndex::new();
+    index.add_relay(rid.as_str(), &relay);
+    index.serve_on(&cell);
     let ticket = relay.ticket(name, url.trim_start_matches("tcp://"), false, &rid);
     RelayNode {
         cell,
@@ -257,7 +268,7 @@ async fn a_relay_serves_while_its_upstream_is_still_sending() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(SIZE, 1);
     std::fs::write(dir.path().join("src.bin"), &data).unwrap();
-    let up = origin("origin", &dir.path().join("src.bin"), HALF, None).await;
+    let up = origin("origin", &dir.path().join("src.bin"), HALF, None, true).await;
     let node = relay_node("relay-1", vec![up.ticket.clone()], 2, dir.path()).await;
     let run = run_relay(&node);
     let mut joins = Vec::new();
@@ -297,10 +308,17 @@ async fn two_relays_chain_and_every_receiver_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(SIZE, 2);
     std::fs::write(dir.path().join("src.bin"), &data).unwrap();
-    let up = origin("origin", &dir.path().join("src.bin"), HALF, None).await;
+    let up = origin("origin", &dir.path().join("src.bin"), HALF, None, true).await;
     let first = relay_node("relay-1", vec![up.ticket.clone()], 1, dir.path()).await;
     let second = relay_node("relay-2", vec![first.ticket.clone()], 2, dir.path()).await;
     let run1 = run_relay(&first);
+    // The second relay asks the first for the outboard once it has one: both check groups.
+    within(async {
+        while !first.relay.checks_groups() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let run2 = run_relay(&second);
     let mut joins = Vec::new();
     for i in 0..2 {
@@ -316,6 +334,7 @@ async fn two_relays_chain_and_every_receiver_verifies() {
     }
     within(run1).await.unwrap().unwrap();
     within(run2).await.unwrap().unwrap();
+    assert!(first.relay.checks_groups() && second.relay.checks_groups());
     for tx in [&up.tx, &first.tx, &second.tx] {
         let o = within(tx.waiter().wait()).await.unwrap();
         assert!(o.completed(), "{o:?}");
@@ -327,7 +346,7 @@ async fn a_relay_that_loses_its_only_upstream_fails_its_downstream_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(SIZE, 3);
     std::fs::write(dir.path().join("src.bin"), &data).unwrap();
-    let up = origin("origin", &dir.path().join("src.bin"), HALF, None).await;
+    let up = origin("origin", &dir.path().join("src.bin"), HALF, None, true).await;
     let node = relay_node("relay-1", vec![up.ticket.clone()], 1, dir.path()).await;
     let run = run_relay(&node);
     let out = dir.path().join("site");
@@ -352,8 +371,8 @@ async fn a_relay_continues_from_another_source() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(SIZE, 4);
     std::fs::write(dir.path().join("src.bin"), &data).unwrap();
-    let a = origin("origin-a", &dir.path().join("src.bin"), HALF, None).await;
-    let b = origin("origin-b", &dir.path().join("src.bin"), 0, None).await;
+    let a = origin("origin-a", &dir.path().join("src.bin"), HALF, None, true).await;
+    let b = origin("origin-b", &dir.path().join("src.bin"), 0, None, true).await;
     set_gate(&b.gate, GateState::Open);
     let node = relay_node(
         "relay-1",
@@ -384,27 +403,63 @@ async fn a_relay_continues_from_another_source() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostile_upstream_is_caught_and_nothing_lands_downstream() {
+/// A relay fed a corrupted chunk by an upstream whose plan still announces the pinned digest;
+/// returns the relay's error, the receiver's error and the most bytes the receiver was served.
+async fn hostile(outboard: bool) -> (String, String, u64) {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(SIZE, 5);
     std::fs::write(dir.path().join("src.bin"), &data).unwrap();
-    // Chunk 3 arrives corrupted; the upstream's plan still announces the pinned digest.
-    let up = origin("origin", &dir.path().join("src.bin"), 0, Some(3 * CHUNK)).await;
+    let up = origin(
+        "origin",
+        &dir.path().join("src.bin"),
+        0,
+        Some(3 * CHUNK),
+        outboard,
+    )
+    .await;
     set_gate(&up.gate, GateState::Open);
     let node = relay_node("relay-1", vec![up.ticket.clone()], 1, dir.path()).await;
     let run = run_relay(&node);
     let out = dir.path().join("site");
-    let (join, _progress, _cell) = receiver("site-0", &node.ticket, &out).await;
-    let err = within(run).await.unwrap().unwrap_err().to_string();
-    assert!(err.contains("does not match the ticket"), "{err}");
+    let (join, mut progress, _cell) = receiver("site-0", &node.ticket, &out).await;
+    let relay_err = within(run).await.unwrap().unwrap_err().to_string();
     let err = within(join).await.unwrap().unwrap_err().to_string();
-    assert!(
-        err.contains("does not match the ticket") || err.contains("not what the ticket pins"),
-        "downstream error: {err}"
-    );
     assert!(!out.join("model.bin").exists(), "nothing at the final path");
     assert!(!node.relay.is_verified());
+    assert_eq!(node.relay.checks_groups(), outboard);
+    let mut served = 0;
+    while let Ok(p) = progress.try_recv() {
+        served = served.max(p.bytes_done);
+    }
+    (relay_err, err, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_upstream_is_caught_before_anything_corrupt_is_served() {
+    let (relay_err, err, served) = hostile(true).await;
+    assert!(
+        relay_err.contains("do not match the ticket's digest"),
+        "{relay_err}"
+    );
+    assert!(
+        err.contains("do not match the ticket's digest"),
+        "downstream: {err}"
+    );
+    // The corrupted chunk is in the first 1 MiB group, which was never served.
+    assert_eq!(served, 0, "bytes served downstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_outboard_a_hostile_upstream_is_caught_at_the_digest() {
+    let (relay_err, err, _) = hostile(false).await;
+    assert!(
+        relay_err.contains("does not match the ticket"),
+        "{relay_err}"
+    );
+    assert!(
+        err.contains("does not match the ticket") || err.contains("not what the ticket pins"),
+        "downstream: {err}"
+    );
 }
 
 #[test]

@@ -46,13 +46,16 @@
 //! [`StreamVerifier`]: ferry_objects::verify::StreamVerifier
 
 mod downstream;
+pub mod outboard;
 mod spill;
 mod upstream;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use ferry_cellnet::rmpv::Value;
+use ferry_cellnet::{Message, ReturnCode};
 use ferry_core::{RefId, State};
 use ferry_objects::verify::Pin;
 use ferry_objects::RECEIVED_BYTES;
@@ -63,6 +66,7 @@ use crate::service::DownloadService;
 use crate::ticket::{Kind, Ticket};
 
 pub use downstream::RelayObject;
+use outboard::Outboard;
 use spill::{Phase, Spill};
 use upstream::SpillConsumer;
 
@@ -212,6 +216,17 @@ impl Relay {
         self.spill.progress().0
     }
 
+    /// Whether the relay checks each 1 MiB group against an outboard before serving it (a
+    /// source gave one that matches the pin), rather than only the whole object's digest.
+    pub fn checks_groups(&self) -> bool {
+        self.spill.has_outboard()
+    }
+
+    /// Where the relay keeps its outboard, for an [`OutboardIndex`](outboard::OutboardIndex).
+    pub(crate) fn outboard_slot(&self) -> Arc<OnceLock<Arc<Outboard>>> {
+        self.spill.outboard_slot()
+    }
+
     /// Whether the whole object arrived and verified.
     pub fn is_verified(&self) -> bool {
         self.spill.phase() == Phase::Verified
@@ -287,6 +302,51 @@ impl Relay {
         Err(DownloadError::Relay(why))
     }
 
+    /// Ask `t`'s sender for the object's outboard. One that does not match the pin fails this
+    /// source; a sender that has none (an NVFlare cell, an older ferry) leaves the relay with
+    /// the whole-object check.
+    async fn fetch_outboard(
+        &self,
+        service: &DownloadService,
+        t: &Ticket,
+        timeout: Duration,
+    ) -> Result<(), DownloadError> {
+        let req = Message::from_value(Value::Map(vec![(
+            Value::from("ref_id"),
+            Value::from(t.ref_id.as_str()),
+        )]));
+        let reply = service
+            .cell()
+            .send_request(outboard::CHANNEL, outboard::TOPIC, &t.source, req, timeout)
+            .await;
+        if reply.return_code() != ReturnCode::Ok {
+            tracing::info!(source = %t.source, rc = %reply.return_code().as_str(), error = ?reply.error_text(), "no outboard: the relay checks the whole object's digest only");
+            return Ok(());
+        }
+        let pin = self.spill.pin();
+        let o = reply
+            .value()
+            .map_err(|e| e.to_string())
+            .and_then(|v| Outboard::from_value(&v, pin.size))
+            .and_then(|o| {
+                if o.root() == pin.blake3 {
+                    Ok(o)
+                } else {
+                    Err(format!(
+                        "its chaining values give BLAKE3 {}, the ticket pins {}",
+                        o.root().to_hex(),
+                        pin.hex()
+                    ))
+                }
+            })
+            .map_err(|why| {
+                DownloadError::Relay(format!("{} sent an unusable outboard: {why}", t.source))
+            })?;
+        self.spill
+            .set_outboard(o, &t.source)
+            .map_err(DownloadError::Relay)
+    }
+
     /// One attempt: connect to `t`'s sender if needed and download from byte `prefix` on.
     async fn pull_from(
         &self,
@@ -307,6 +367,10 @@ impl Relay {
                     t.source
                 )));
             }
+        }
+        if !self.spill.has_outboard() {
+            self.fetch_outboard(service, t, opts.per_request_timeout)
+                .await?;
         }
         opts.resume_state = (prefix > 0).then(|| State::new().with(RECEIVED_BYTES, prefix));
         let consumer = SpillConsumer::new(Arc::clone(&self.spill), t.source.clone());

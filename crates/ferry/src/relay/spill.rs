@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ferry_objects::verify::{Pin, StreamVerifier};
+
+use super::outboard::Outboard;
 
 /// Where the upstream download stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +111,8 @@ impl Ranges {
 #[derive(Debug)]
 struct Shared {
     received: Ranges,
+    /// The groups checked against the outboard (empty without one).
+    verified: Ranges,
     phase: Phase,
 }
 
@@ -127,6 +131,9 @@ pub(crate) struct Spill {
     /// Hashes the bytes as they arrive (the first copy of each byte counts, as in the file).
     /// Only the upstream consumer uses it, so hashing does not hold up the readers.
     verifier: Mutex<StreamVerifier>,
+    /// The chaining values of the object's groups, once a source gave ones that match the
+    /// pin: from then on only checked groups are served.
+    outboard: Arc<OnceLock<Arc<Outboard>>>,
 }
 
 impl Spill {
@@ -151,10 +158,12 @@ impl Spill {
             pin,
             shared: Mutex::new(Shared {
                 received: Ranges::default(),
+                verified: Ranges::default(),
                 phase: Phase::Filling,
             }),
             changed: Condvar::new(),
             verifier: Mutex::new(StreamVerifier::new(pin.size)),
+            outboard: Arc::new(OnceLock::new()),
         })
     }
 
@@ -208,7 +217,81 @@ impl Spill {
             s.received.insert(a, b);
         }
         drop(s);
+        let checked = self.check_groups(start, end, Some((start, data)));
         self.changed.notify_all();
+        checked
+    }
+
+    /// The outboard slot (shared with an [`OutboardIndex`](super::outboard::OutboardIndex)).
+    pub(crate) fn outboard_slot(&self) -> Arc<OnceLock<Arc<Outboard>>> {
+        Arc::clone(&self.outboard)
+    }
+
+    /// Whether groups are checked one by one.
+    pub(crate) fn has_outboard(&self) -> bool {
+        self.outboard.get().is_some()
+    }
+
+    /// Take an outboard (already checked against the pin) and check the groups that arrived
+    /// before it. A group that does not match fails the relay.
+    pub(crate) fn set_outboard(&self, o: Outboard, source: &str) -> Result<(), String> {
+        if self.outboard.set(Arc::new(o)).is_err() {
+            return Ok(());
+        }
+        let r = self
+            .check_groups(0, self.pin.size, None)
+            .map_err(|e| e.to_string());
+        self.changed.notify_all();
+        r.map_err(|e| format!("{e} (outboard from {source})"))
+    }
+
+    /// Check every group of `[start, end)` that arrived whole and was not checked yet; `data`
+    /// is a chunk in hand (its start and bytes) that saves reading a group back.
+    fn check_groups(
+        &self,
+        start: u64,
+        end: u64,
+        data: Option<(u64, &[u8])>,
+    ) -> Result<(), ferry_core::ConsumeError> {
+        let Some(o) = self.outboard.get() else {
+            return Ok(());
+        };
+        for g in o.groups_of(start, end) {
+            let (gs, ge) = o.range(g);
+            {
+                let s = self.lock();
+                if !s.received.covers(gs, ge) || s.verified.covers(gs, ge) {
+                    continue;
+                }
+            }
+            let bytes: Vec<u8>;
+            let group: &[u8] = match data {
+                Some((ds, d)) if ds <= gs && ge <= ds + d.len() as u64 => {
+                    &d[(gs - ds) as usize..(ge - ds) as usize]
+                }
+                _ => {
+                    bytes = self.read(gs, (ge - gs) as usize).map_err(|e| {
+                        ferry_core::ConsumeError::Io {
+                            context: format!(
+                                "reading back the relay's copy {}",
+                                self.path.display()
+                            ),
+                            source: e,
+                        }
+                    })?;
+                    &bytes
+                }
+            };
+            if !o.check(g, group) {
+                let why = format!(
+                    "bytes [{gs}, {ge}) from upstream do not match the ticket's digest (checked against the outboard of BLAKE3 {}): a corrupted or hostile upstream; nothing of them was served",
+                    self.pin.hex()
+                );
+                self.set_phase(Phase::Failed(why.clone()));
+                return Err(ferry_core::ConsumeError::Integrity(why));
+            }
+            self.lock().verified.insert(gs, ge);
+        }
         Ok(())
     }
 
@@ -256,7 +339,7 @@ impl Spill {
             if let Phase::Failed(why) = &s.phase {
                 return Err(why.clone());
             }
-            if s.received.covers(start, end) {
+            if self.servable(&s, start, end) {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -292,6 +375,16 @@ impl Spill {
         s.phase.clone()
     }
 
+    /// Whether `[start, end)` may be served: checked against the outboard when there is one,
+    /// else arrived (the whole-object digest is then the only check, before EOF).
+    fn servable(&self, s: &Shared, start: u64, end: u64) -> bool {
+        if self.outboard.get().is_some() {
+            s.verified.covers(start, end)
+        } else {
+            s.received.covers(start, end)
+        }
+    }
+
     /// Read `[start, start + len)`, which must have arrived.
     pub(crate) fn read(&self, start: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
@@ -305,7 +398,7 @@ impl Spill {
     pub(crate) fn read_now(&self, start: u64, len: usize) -> Option<std::io::Result<Vec<u8>>> {
         let s = self.lock();
         if s.phase != Phase::Filling && s.phase != Phase::Verified
-            || !s.received.covers(start, start + len as u64)
+            || !self.servable(&s, start, start + len as u64)
         {
             return None;
         }
