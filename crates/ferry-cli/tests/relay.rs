@@ -100,7 +100,16 @@ fn a_relay_over_tls_serves_its_receivers_and_every_side_reports() {
     }
     let st = relay.wait();
     assert!(st.success(), "relay failed: {}", relay.stderr_text());
-    let r = outcome(&relay.rest());
+    let lines = relay.rest();
+    let up = lines
+        .iter()
+        .map(|l| json(l))
+        .find(|v| v["event"] == "upstream")
+        .expect("an upstream event");
+    assert_eq!(up["status"], "verified");
+    // `ferry serve` answers the outboard request: each group was checked before it was served.
+    assert_eq!(up["checked_groups"], true, "{up}");
+    let r = outcome(&lines);
     assert_eq!(r["status"], "completed");
     assert_eq!(r["bytes_sent"], 2 * SIZE as u64);
     let receivers = r["receivers"].as_array().unwrap();

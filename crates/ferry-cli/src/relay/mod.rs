@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry::core::{Downloadable, TxConfig};
+use ferry::relay::outboard::OutboardIndex;
 use ferry::relay::{Relay, RelayOptions};
 use ferry::ticket::Ticket;
 use ferry::{DownloadOptions, DownloadService, ObjectDownloader};
@@ -82,6 +83,16 @@ pub async fn run(args: RelayArgs, json: bool) -> CmdResult {
     result
 }
 
+/// Wait until no pull is being served (each waiting one now answers with the relay's error,
+/// which is what its receiver prints), for at most a few seconds.
+async fn let_pulls_answer(service: &DownloadService) {
+    const GRACE: Duration = Duration::from_secs(10);
+    let deadline = Instant::now() + GRACE;
+    while service.pulls_in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The tickets, parsed (several are sources of one object, checked by `Relay::new`).
 fn parse(raw: &[String]) -> CmdResult<Vec<Ticket>> {
     raw.iter()
@@ -128,6 +139,15 @@ async fn relay_and_wait(
         .map_err(|e| Failure::usage(format!("cannot serve the relayed object: {e}")))?;
     let addr = ferry::ticket::advertised_addr(bound, args.advertise.as_deref());
     let ticket = relay.ticket(&args.name, &addr, bound.starts_with("stcp://"), &rid);
+    // Downstream relays check each group against the outboard this relay holds.
+    let outboards = OutboardIndex::new();
+    outboards.add_relay(rid.as_str(), relay);
+    outboards.serve_on(service.cell());
+    // The outboard first, so that a relay started from our ticket finds it; a first source
+    // that fails here is tried again (then the others) by the run.
+    if let Err(e) = relay.prepare(service, args.request_timeout).await {
+        tracing::info!(error = %e, "preparing the first source");
+    }
     report::announce(args, relay, &ticket, bound, json);
 
     let cancel = interrupt::on_signal();
@@ -158,9 +178,10 @@ async fn relay_and_wait(
             r = &mut upstream, if up.is_none() => {
                 bar.finish_and_clear();
                 if let Err(e) = &r {
-                    // Every downstream pull is answered with the error from now on; the
-                    // transaction goes so that the receivers hear it at once.
+                    // Every downstream pull is answered with the error from now on: the pulls
+                    // waiting for bytes answer first, then the transaction goes.
                     tracing::debug!(error = %e, "upstream failed");
+                    let_pulls_answer(service).await;
                     tx.delete_transaction().ok();
                     if let Some(l) = &limiter {
                         l.stop();

@@ -66,13 +66,19 @@ pub(super) fn upstream_done(r: &Result<RelayReport, DownloadError>, size: u64, j
                     "event": "upstream",
                     "status": "verified",
                     "size": size,
+                    "checked_groups": rep.checked_groups,
                     "sources": sources_json(rep),
                 }));
             } else {
                 let last = rep.sources.last().map_or("?", |s| s.source.as_str());
                 ui::info_line(&format!(
-                    "upstream: {} received from {last} and verified against the ticket",
-                    fmt_bytes(size)
+                    "upstream: {} received from {last} and verified against the ticket ({})",
+                    fmt_bytes(size),
+                    if rep.checked_groups {
+                        "each 1 MiB group checked before it was served"
+                    } else {
+                        "whole-object digest only: the upstream serves no outboard"
+                    }
                 ));
             }
         }

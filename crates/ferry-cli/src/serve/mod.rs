@@ -96,6 +96,19 @@ pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
     result
 }
 
+/// Answer relays' outboard requests for the plain files served (each computed at its first
+/// request, with one read of the file), so that a relay checks each group before serving it
+/// (see `ferry::relay::outboard`).
+fn serve_outboards(service: &DownloadService, entries: &[Entry], reg: &register::Registered) {
+    let index = ferry::relay::outboard::OutboardIndex::new();
+    for (e, t) in entries.iter().zip(&reg.tickets) {
+        if t.kind == Kind::File {
+            index.add_file(&t.ref_id, e.path.clone(), t.size);
+        }
+    }
+    index.serve_on(service.cell());
+}
+
 /// Open the transaction, register the entries, print the tickets, and wait for the outcome.
 async fn serve(
     service: &DownloadService,
@@ -137,6 +150,7 @@ async fn serve(
         limiter: limiter.as_ref(),
     };
     let reg = register(&tx, args, entries, bound, &load, &cancel).await?;
+    serve_outboards(service, entries, &reg);
     announce(args, &reg, bound, chunk, given_chunk, json);
     wait_and_report(service, &tx, args, &reg, limiter.as_ref(), &cancel, json).await
 }

@@ -115,6 +115,9 @@ pub struct SourceReport {
 pub struct RelayReport {
     /// Each source tried.
     pub sources: Vec<SourceReport>,
+    /// Whether each 1 MiB group was checked against an outboard before it was served (else
+    /// only the whole object's digest, before EOF).
+    pub checked_groups: bool,
 }
 
 /// A relay of one object (see the [module docs](self)).
@@ -253,6 +256,7 @@ impl Relay {
     ) -> Result<RelayReport, DownloadError> {
         let mut report = RelayReport {
             sources: Vec::new(),
+            checked_groups: false,
         };
         for t in &self.sources {
             let (before, prefix) = self.spill.progress();
@@ -268,6 +272,7 @@ impl Relay {
                 error: error.as_ref().map(ToString::to_string),
             });
             let Some(error) = error else {
+                report.checked_groups = self.checks_groups();
                 tracing::info!(source = %t.source, "relay: object verified");
                 return Ok(report);
             };
@@ -347,6 +352,41 @@ impl Relay {
             .map_err(DownloadError::Relay)
     }
 
+    /// Before [`run`](Self::run): connect to the first source and ask it for the outboard, so
+    /// that the relay can answer its own downstream relays' outboard requests from the start.
+    /// Returns whether groups will be checked one by one. An error (the source cannot be
+    /// reached, its outboard does not match the pin) is the first source's: `run` still tries
+    /// every source.
+    pub async fn prepare(
+        &self,
+        service: &DownloadService,
+        timeout: Duration,
+    ) -> Result<bool, DownloadError> {
+        let t = &self.sources[0];
+        self.connect(service, t).await?;
+        self.fetch_outboard(service, t, timeout).await?;
+        Ok(self.checks_groups())
+    }
+
+    /// Connect the service's cell to `t`'s sender unless it is connected to that cell.
+    async fn connect(&self, service: &DownloadService, t: &Ticket) -> Result<(), DownloadError> {
+        let cell = service.cell();
+        if cell.is_connected(&t.source) {
+            return Ok(());
+        }
+        let url = t.url();
+        let peer = cell.connect(&url).await.map_err(|e| {
+            DownloadError::Relay(format!("cannot reach {} at {url}: {e}", t.source))
+        })?;
+        if !t.is_served_by(peer.as_str()) {
+            return Err(DownloadError::Relay(format!(
+                "the listener at {url} is the cell {peer}, not the sender {} the ticket names",
+                t.source
+            )));
+        }
+        Ok(())
+    }
+
     /// One attempt: connect to `t`'s sender if needed and download from byte `prefix` on.
     async fn pull_from(
         &self,
@@ -355,19 +395,7 @@ impl Relay {
         prefix: u64,
         mut opts: DownloadOptions,
     ) -> Result<(), DownloadError> {
-        let cell = service.cell();
-        if !cell.is_connected(&t.source) {
-            let url = t.url();
-            let peer = cell.connect(&url).await.map_err(|e| {
-                DownloadError::Relay(format!("cannot reach {} at {url}: {e}", t.source))
-            })?;
-            if !t.is_served_by(peer.as_str()) {
-                return Err(DownloadError::Relay(format!(
-                    "the listener at {url} is the cell {peer}, not the sender {} the ticket names",
-                    t.source
-                )));
-            }
-        }
+        self.connect(service, t).await?;
         if !self.spill.has_outboard() {
             self.fetch_outboard(service, t, opts.per_request_timeout)
                 .await?;
