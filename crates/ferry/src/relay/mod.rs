@@ -11,11 +11,14 @@
 //! Integrity: the relay hashes what arrives as it arrives ([`StreamVerifier`]) and answers
 //! downstream EOF only when the whole object's digest equals the ticket's pin; downstream
 //! tickets ([`Relay::ticket`]) carry the same pin, so every downstream receiver checks it too.
-//! A ticket pins only the whole object's digest, so a chunk cannot be checked alone: bytes are
-//! served before the last one arrived, and a corrupted upstream is caught when the digest is
-//! complete — the relay then fails every downstream pull with a message saying so, and no
-//! downstream receiver can complete (nothing reaches a final path). Relays chain: a relay's
-//! ticket is a ticket like any other, so a relay can pull from a relay.
+//! Before pulling, the relay asks each source for the object's [`outboard`] (the BLAKE3
+//! chaining values of its 1 MiB groups) and checks it against the pin; it then serves a group
+//! only after the group's bytes matched, so a corrupted chunk fails the relay before any byte
+//! of its group is served. A source without an outboard (an NVFlare sender) leaves the
+//! whole-object check: bytes are served as they arrive, and a mismatch found at the end fails
+//! every downstream pull (no downstream receiver can complete: nothing reaches a final path).
+//! Relays chain: a relay's ticket is a ticket like any other, and a relay answers outboard
+//! requests once it has one (register an [`outboard::OutboardIndex`]).
 //!
 //! Sources: [`Relay::new`] takes one or more tickets of the same content (the origin, other
 //! relays). When a source fails (it stopped, its connection closed, it stopped answering),
