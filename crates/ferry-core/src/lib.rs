@@ -10,6 +10,7 @@
 //! - [`Service`]: the producer engine (sender side).
 //! - [`Download`]: the receiver engine for one object.
 //! - [`SourceFailureTable`]: the receiver's record of failed sources.
+//! - [`peers`]: the sender's scheduler of peer-assisted fan-out.
 //! - [`message`]: the wire payloads, byte-compatible with NVFlare 2.9.
 //! - [`testing`]: a seeded, single-threaded simulated network driving real objects, for tests
 //!   of this crate and of crates built on it.
@@ -28,6 +29,7 @@ pub mod expected;
 pub mod ids;
 pub mod message;
 pub mod outcome;
+pub mod peers;
 pub mod plan;
 pub mod progress;
 pub mod rc;

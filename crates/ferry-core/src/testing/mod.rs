@@ -444,5 +444,6 @@ impl Consumer for MemorySink {
     }
 }
 
+pub mod fanout;
 pub mod sim;
 pub use sim::{DownloadHandle, ReceiverId, Sim, SimConfig, SimStats};
