@@ -54,6 +54,7 @@ pub mod fetch_set;
 pub mod fuzzing;
 pub mod manifest;
 pub mod passthrough;
+pub mod peers;
 mod produce;
 pub mod relay;
 mod runtime;

@@ -636,9 +636,7 @@ impl Scheduler {
         }
         n.health = health;
         if health != Health::Live {
-            if !n.complete {
-                self.detach(name);
-            }
+            self.detach(name);
             self.orphan_children(name);
         }
     }

@@ -1,0 +1,225 @@
+//! The sender's side of peer-assisted mode: a [`PeerCoordinator`] on the sender's cell answers
+//! the scheduling requests of receivers (join, report, source failed) with ferry-core's
+//! [`Scheduler`], one per shared ref, and drives its timers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use ferry_cellnet::{Cell, Message, MsgpackBody, ReturnCode as WireCode};
+use ferry_core::peers::message::{
+    decode, FailedRequest, JoinRequest, ReportRequest, ScheduleReply, CHANNEL, TOPIC_FAILED,
+    TOPIC_JOIN, TOPIC_REPORT,
+};
+use ferry_core::peers::{FailureKind, PeerStats, Scheduler, SchedulerConfig};
+use ferry_core::RefId;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::codec;
+use crate::runtime::{lock, now};
+
+/// Most refs scheduled at once by one coordinator.
+pub const MAX_SHARED_REFS: usize = 4096;
+
+struct Inner {
+    cfg: SchedulerConfig,
+    refs: Mutex<HashMap<String, Scheduler>>,
+    /// Wakes the timer task when a request may have moved a deadline.
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Peer scheduling on a sender's cell (see the [module docs](self)). Receivers of a ref
+/// registered with [`schedule`](Self::schedule) that ask are told which source to pull from;
+/// every other request is answered "pull from the origin".
+#[derive(Clone)]
+pub struct PeerCoordinator {
+    inner: Arc<Inner>,
+    cell: Cell,
+}
+
+impl std::fmt::Debug for PeerCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCoordinator")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl PeerCoordinator {
+    /// Answer scheduling requests on `cell` with `cfg`. Must be called inside a tokio runtime.
+    pub fn new(cell: &Cell, cfg: SchedulerConfig) -> Self {
+        let inner = Arc::new(Inner {
+            cfg,
+            refs: Mutex::new(HashMap::new()),
+            wake: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        for topic in [TOPIC_JOIN, TOPIC_REPORT, TOPIC_FAILED] {
+            let weak = Arc::downgrade(&inner);
+            cell.register_request_handler(CHANNEL, topic, move |msg: Message| {
+                let weak = weak.clone();
+                async move { handle(&weak, topic, &msg) }
+            });
+        }
+        let span = tracing::info_span!("peer_coordinator", cell = %cell.fqcn().as_str());
+        inner.tasks.spawn(
+            drive(
+                Arc::downgrade(&inner),
+                Arc::clone(&inner.wake),
+                inner.stop.clone(),
+            )
+            .instrument(span),
+        );
+        Self {
+            inner,
+            cell: cell.clone(),
+        }
+    }
+
+    /// Schedule the receivers of `ref_id` (false when [`MAX_SHARED_REFS`] are scheduled).
+    pub fn schedule(&self, ref_id: &RefId) -> bool {
+        let mut refs = lock(&self.inner.refs);
+        if refs.len() >= MAX_SHARED_REFS && !refs.contains_key(ref_id.as_str()) {
+            return false;
+        }
+        refs.entry(ref_id.as_str().to_string())
+            .or_insert_with(|| Scheduler::new(self.inner.cfg.clone()));
+        true
+    }
+
+    /// The transfer is over: every receiver is released, newcomers pull from the origin.
+    pub fn close(&self) {
+        for s in lock(&self.inner.refs).values_mut() {
+            s.close();
+        }
+    }
+
+    /// Counts of one ref's schedule.
+    pub fn stats(&self, ref_id: &RefId) -> Option<PeerStats> {
+        lock(&self.inner.refs)
+            .get(ref_id.as_str())
+            .map(Scheduler::stats)
+    }
+
+    /// Stop answering and stop the timer task.
+    pub async fn shutdown(&self) {
+        for topic in [TOPIC_JOIN, TOPIC_REPORT, TOPIC_FAILED] {
+            self.cell.unregister_request_handler(CHANNEL, topic);
+        }
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+fn reply(r: ScheduleReply) -> Message {
+    Message::from_msgpack(MsgpackBody::from_bytes(Bytes::from(r.encode())))
+}
+
+/// One scheduling request: who sent it is the message's origin (proven under TLS).
+fn handle(weak: &Weak<Inner>, topic: &str, msg: &Message) -> Message {
+    let Some(inner) = weak.upgrade() else {
+        return Message::error(WireCode::ServiceUnavailable, "peer scheduling stopped");
+    };
+    let Some(origin) = msg.origin().map(str::to_owned) else {
+        return Message::error(
+            WireCode::InvalidRequest,
+            "scheduling request without origin",
+        );
+    };
+    let body = match codec::request_body(msg) {
+        Ok(b) => b,
+        Err(e) => return Message::error(WireCode::InvalidRequest, e.to_string()),
+    };
+    let now = now();
+    let mut refs = lock(&inner.refs);
+    let answer = match topic {
+        TOPIC_JOIN => decode::<JoinRequest>(&body).and_then(|r| {
+            let s = refs
+                .get_mut(&r.ref_id)
+                .ok_or_else(|| format!("{} is not shared with peers", r.ref_id))?;
+            s.join(&origin, r.offer, r.position, now)
+                .map(ScheduleReply::pull)
+                .map_err(|e| e.to_string())
+        }),
+        TOPIC_REPORT => decode::<ReportRequest>(&body).and_then(|r| {
+            let s = refs
+                .get_mut(&r.ref_id)
+                .ok_or_else(|| format!("{} is not shared with peers", r.ref_id))?;
+            s.report(&origin, r.position, r.complete, now)
+                .map(ScheduleReply::directive)
+                .map_err(|e| e.to_string())
+        }),
+        _ => decode::<FailedRequest>(&body).and_then(|r| {
+            let s = refs
+                .get_mut(&r.ref_id)
+                .ok_or_else(|| format!("{} is not shared with peers", r.ref_id))?;
+            let kind = if r.lied {
+                FailureKind::Lied
+            } else {
+                FailureKind::Failed
+            };
+            let reason: String = r.reason.chars().take(256).collect();
+            tracing::warn!(receiver = %origin, lied = r.lied, %reason, "a receiver's peer source failed");
+            s.source_failed(&origin, kind, r.position, now)
+                .map(ScheduleReply::pull)
+                .map_err(|e| e.to_string())
+        }),
+    };
+    for s in refs.values_mut() {
+        while let Some(ev) = s.poll_event() {
+            tracing::info!(event = ?ev, "peer schedule");
+        }
+    }
+    drop(refs);
+    inner.wake.notify_one();
+    reply(answer.unwrap_or_else(ScheduleReply::refused))
+}
+
+/// The timer task: fire the schedulers' timeouts when due. It holds the coordinator only
+/// weakly, so dropping every handle ends it.
+async fn drive(weak: Weak<Inner>, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let deadline = {
+            let Some(inner) = weak.upgrade() else { break };
+            let d = lock(&inner.refs)
+                .values()
+                .filter_map(Scheduler::poll_timeout)
+                .min();
+            d
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => continue,
+            _ = sleep => {}
+        }
+        let Some(inner) = weak.upgrade() else { break };
+        let now = now();
+        for s in lock(&inner.refs).values_mut() {
+            if s.poll_timeout().is_some_and(|d| d <= now) {
+                s.handle_timeout(now);
+            }
+            while let Some(ev) = s.poll_event() {
+                tracing::info!(event = ?ev, "peer schedule");
+            }
+        }
+    }
+}
