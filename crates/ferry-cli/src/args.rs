@@ -155,6 +155,9 @@ pub struct ServeArgs {
     /// (ferry+tcp://HOST:PORT/SENDER/REF?..., must be quoted). `get` reads both.
     #[arg(long, value_enum, default_value_t = TicketFormat::Compact, value_name = "FORMAT", env = "FERRY_TICKET_FORMAT")]
     pub ticket_format: TicketFormat,
+    /// Peer-assisted mode.
+    #[command(flatten)]
+    pub peers: crate::peers::ServePeerArgs,
     /// TLS.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -212,6 +215,9 @@ pub struct GetArgs {
     /// Retry a chunk when the sender has been silent this long (no answer to anything since the request; 3 retries).
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR", env = "FERRY_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
+    /// Peer-assisted mode.
+    #[command(flatten)]
+    pub peers: crate::peers::GetPeerArgs,
     /// TLS.
     #[command(flatten)]
     pub tls: TlsArgs,

@@ -24,6 +24,7 @@ mod exit;
 mod get;
 mod interrupt;
 mod manual;
+mod peers;
 mod relay;
 mod retry;
 mod serve;

@@ -8,6 +8,7 @@ mod explain;
 mod fetch;
 mod report;
 mod set;
+mod shared;
 mod targets;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +55,7 @@ pub async fn run(args: GetArgs, json: bool) -> CmdResult {
     }
     let cancel = interrupt::on_signal();
     let mut services = BTreeMap::new();
+    let mut shares = BTreeMap::new();
     let mut result = Ok(());
     for (url, cell) in &cells {
         let connected = tokio::select! {
@@ -71,13 +73,24 @@ pub async fn run(args: GetArgs, json: bool) -> CmdResult {
             result = Err(f);
             break;
         }
+        // --share: listen where other receivers reach this one (peer-assisted mode)
+        match listen_for_peers(&args, &tickets, url, cell, tls.is_some()).await {
+            Ok(Some(offer)) => {
+                shares.insert(url.clone(), offer);
+            }
+            Ok(None) => {}
+            Err(f) => {
+                result = Err(f);
+                break;
+            }
+        }
         services.insert(
             url.clone(),
             DownloadService::new(cell, ServiceOptions::default()),
         );
     }
     if result.is_ok() {
-        result = fetch_all(&services, &args, &tickets, &cancel, json).await;
+        result = fetch_all(&services, &shares, &args, &tickets, &cancel, json).await;
     }
     for service in services.values() {
         service.shutdown().await;
@@ -92,6 +105,7 @@ pub async fn run(args: GetArgs, json: bool) -> CmdResult {
 /// once; then report.
 async fn fetch_all(
     services: &BTreeMap<String, DownloadService>,
+    shares: &BTreeMap<String, String>,
     args: &GetArgs,
     tickets: &[Ticket],
     cancel: &CancellationToken,
@@ -116,13 +130,19 @@ async fn fetch_all(
         }
     }
     let slots = Arc::new(Semaphore::new(PARALLEL_DOWNLOADS));
+    let seeds = std::sync::Mutex::new(Vec::new());
+    let seeds_ref = &seeds;
     let jobs = tickets.into_iter().map(|t| {
         let slots = Arc::clone(&slots);
         async move {
             let _slot = slots.acquire().await;
-            let r = match services.get(&t.url()) {
-                Some(service) => fetch_one(service, args, t, cancel, json).await,
-                None => Err(Failure::transfer(format!("no connection to {}", t.url()))),
+            let offer = shares.get(&t.url()).filter(|_| t.kind == Kind::File);
+            let r = match (services.get(&t.url()), offer) {
+                (Some(service), Some(offer)) => {
+                    shared::fetch_shared(service, args, t, cancel, json, offer, seeds_ref).await
+                }
+                (Some(service), None) => fetch_one(service, args, t, cancel, json).await,
+                (None, _) => Err(Failure::transfer(format!("no connection to {}", t.url()))),
             };
             (t, r)
         }
@@ -135,5 +155,31 @@ async fn fetch_all(
             Err(f) => failures.push((t, f)),
         }
     }
-    report_failures(args, failures, set_failures, json)
+    let result = report_failures(args, failures, set_failures, json);
+    let seeds = seeds.into_inner().unwrap_or_else(|p| p.into_inner());
+    shared::linger(seeds, cancel, json).await;
+    result
+}
+
+/// With `--share`: listen for other receivers on `cell` (connected to the sender at `url`)
+/// and return the URL to offer them.
+async fn listen_for_peers(
+    args: &GetArgs,
+    tickets: &[Ticket],
+    url: &str,
+    cell: &ferry::cellnet::Cell,
+    tls: bool,
+) -> CmdResult<Option<String>> {
+    let Some(t) = tickets.iter().find(|t| t.url() == url) else {
+        return Ok(None);
+    };
+    let Some(listen) = crate::peers::share_listen_url(&args.peers, t, tls)? else {
+        return Ok(None);
+    };
+    let bound = cell.listen(&listen).await.map_err(|e| {
+        Failure::usage(format!(
+            "--share: cannot listen on {listen} ({e}); pick an address with --share-listen tcp://HOST:PORT"
+        ))
+    })?;
+    crate::peers::advertised(&bound, t).map(Some)
 }

@@ -151,6 +151,13 @@ async fn serve(
     };
     let reg = register(&tx, args, entries, bound, &load, &cancel).await?;
     serve_outboards(service, entries, &reg);
+    // Peer-assisted mode (unless --no-peers): receivers that offer to serve are scheduled.
+    let peers = crate::peers::start_coordinator(service.cell(), &args.peers, &reg.tickets);
     announce(args, &reg, bound, chunk, given_chunk, json);
-    wait_and_report(service, &tx, args, &reg, limiter.as_ref(), &cancel, json).await
+    let result = wait_and_report(service, &tx, args, &reg, limiter.as_ref(), &cancel, json).await;
+    if let Some(p) = peers {
+        p.close();
+        p.shutdown().await;
+    }
+    result
 }

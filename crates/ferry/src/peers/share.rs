@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::have::{Have, Tracked};
 use super::part_source::PartSource;
-use crate::client::{download_object, DownloadOptions};
+use crate::client::{download_object, DownloadOptions, DownloadProgress, ProgressFn};
 use crate::codec;
 use crate::error::DownloadError;
 use crate::fetch::{FetchOptions, Fetched};
@@ -56,7 +56,7 @@ impl Default for ShareOptions {
             offer_url: None,
             report_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
-            linger_idle: Duration::from_secs(10),
+            linger_idle: Duration::from_secs(3),
             max_switches: 64,
             sync_every: 4 << 20,
         }
@@ -138,7 +138,9 @@ impl Seeding {
 /// Download the file of `ticket` into `dir` in peer-assisted mode on `service` (whose cell is
 /// connected to the sender and, to serve, listens on `share.offer_url`). A sender that does
 /// not schedule peers (an older ferry, NVFlare, `--no-peers`) is simply pulled from. Only
-/// file tickets: anything else is [`DownloadError::Local`].
+/// file tickets: anything else is [`DownloadError::Local`]. `opts.progress` counts bytes from
+/// the start of the object (what this receiver has), across moves between sources; the part
+/// is always kept between sources, and with `fetch.resume` a kept one is continued.
 pub async fn fetch_with_peers(
     service: &DownloadService,
     ticket: &Ticket,
@@ -229,6 +231,16 @@ pub async fn fetch_with_peers(
                 let mut o = opts.clone();
                 o.cancel = Some(stop.clone());
                 o.resume_state = consumer.resume_state();
+                // Progress counts from the start of the object, across sources.
+                let base = consumer.resumed_from();
+                o.progress = opts.progress.clone().map(|f| {
+                    let shifted: ProgressFn = Arc::new(move |p: &DownloadProgress| {
+                        let mut p = p.clone();
+                        p.bytes_done += base;
+                        f(&p)
+                    });
+                    shifted
+                });
                 let tracked = Tracked::new(consumer, Arc::clone(&have));
                 let r = download_object(service, &target, &rid, tracked, o).await;
                 stop.cancel();

@@ -1,0 +1,142 @@
+//! Peer-assisted mode with real `ferry` processes over loopback TCP (issue 15 §2): receivers
+//! started with `get --share` pull from each other as the sender schedules; a sharing peer
+//! killed mid-transfer leaves its downstream receiver verified; `serve --no-peers` serves
+//! everyone itself. "Mid-transfer" is made deterministic with `serve --limit-rate`; every wait
+//! is for an event (a line, an exit) under the common hang guard.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `ferry --json get TICKET -o OUT --share EXTRA...`, returned once its first bytes arrived.
+fn sharing_get(ticket: &str, out: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec!["--json", "get", ticket, "-o", path_str(out), "--share"];
+    args.extend_from_slice(extra);
+    let mut get = Proc::spawn(&args);
+    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    get
+}
+
+/// The `peers` event (which sources served it) and the `done` event of a `--json get`.
+fn peers_and_done(p: &mut Proc) -> (serde_json::Value, serde_json::Value) {
+    let peers = json(&p.line_where(|l| json(l)["event"] == "peers"));
+    let done = json(&p.line_where(|l| json(l)["event"] == "done"));
+    (peers, done)
+}
+
+/// The peers a receiver pulled from (`null` sources are the sender).
+fn peer_sources(peers: &serde_json::Value) -> Vec<String> {
+    peers["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn sharing_receivers_pull_from_each_other_and_the_sender_counts_them_all() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("model.bin");
+    let data = random_file(&src, 6 * 1024 * 1024, 7);
+    // the sender is slow, so the later receivers join while the first is pulling
+    let (mut server, ticket) = serve(&[
+        path_str(&src),
+        "--receivers",
+        "3",
+        "--limit-rate",
+        "2MiB",
+        "--chunk",
+        "256KiB",
+    ]);
+    let mut gets = Vec::new();
+    for i in 0..3 {
+        let out = d.path().join(format!("out{i}"));
+        gets.push((
+            sharing_get(&ticket, &out, &["--name", &format!("site-{i}")]),
+            out,
+        ));
+    }
+    let mut from_peers = 0;
+    for (g, out) in gets.iter_mut() {
+        let (peers, done) = peers_and_done(g);
+        assert_eq!(
+            done["verified"].as_str().map(|v| v.contains("BLAKE3")),
+            Some(true),
+            "{done}"
+        );
+        assert_eq!(peers["scheduled"], true, "{peers}");
+        from_peers += usize::from(!peer_sources(&peers).is_empty());
+        assert!(g.wait().success(), "{}", g.stderr_text());
+        assert_eq!(std::fs::read(out.join("model.bin")).unwrap(), data);
+    }
+    assert!(
+        from_peers >= 2,
+        "the second and third receivers pull from peers"
+    );
+    let st = server.wait();
+    assert!(st.success(), "serve: {}", server.stderr_text());
+}
+
+#[test]
+fn a_sharing_peer_killed_mid_transfer_leaves_its_downstream_receiver_verified() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("model.bin");
+    let data = random_file(&src, 8 * 1024 * 1024, 8);
+    let (_server, ticket) = serve(&[
+        path_str(&src),
+        "--keep-serving",
+        "--limit-rate",
+        "1MiB",
+        "--chunk",
+        "256KiB",
+    ]);
+    // A takes the sender's one slot; B is scheduled under A
+    let mut a = sharing_get(&ticket, &d.path().join("a"), &["--name", "peer-a"]);
+    let out_b = d.path().join("b");
+    let mut b = sharing_get(&ticket, &out_b, &["--name", "peer-b"]);
+    a.signal("KILL");
+    let _ = a.wait();
+    let (peers, done) = peers_and_done(&mut b);
+    assert_eq!(done["size"].as_u64(), Some(data.len() as u64), "{done}");
+    assert_eq!(std::fs::read(out_b.join("model.bin")).unwrap(), data);
+    assert_eq!(peer_sources(&peers), vec!["peer-a".to_string()], "{peers}");
+    assert_eq!(
+        peers["sources"].as_array().unwrap().last(),
+        Some(&serde_json::Value::Null),
+        "the rest came from the sender: {peers}"
+    );
+    // B keeps seeding while the sender lives: stop it like a user would
+    b.signal("INT");
+    let _ = b.wait();
+}
+
+#[test]
+fn with_no_peers_the_sender_serves_every_sharing_receiver_itself() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("model.bin");
+    let data = random_file(&src, 1024 * 1024, 9);
+    let (mut server, ticket) = serve(&[path_str(&src), "--receivers", "2", "--no-peers"]);
+    for i in 0..2 {
+        let out = d.path().join(format!("o{i}"));
+        let got = ferry()
+            .args(["--json", "get", &ticket, "-o", path_str(&out), "--share"])
+            .assert()
+            .success();
+        let out_text = String::from_utf8_lossy(&got.get_output().stdout).to_string();
+        let peers = out_text
+            .lines()
+            .map(json)
+            .find(|v| v["event"] == "peers")
+            .expect("a peers event");
+        assert_eq!(peers["scheduled"], false, "{peers}");
+        assert_eq!(peers["sources"], serde_json::json!([null]));
+        assert_eq!(std::fs::read(out.join("model.bin")).unwrap(), data);
+    }
+    assert!(server.wait().success());
+}
