@@ -43,6 +43,9 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
+/// What `cargo xtask bench fanout` measures (listed with the others).
+const FANOUT_BENCH: &str = "256 MiB to 1/4/16 receivers on a shaped network (netns, tbf, as root): direct, peer-assisted, a source killed, nginx+curl";
+
 /// What `cargo xtask bench python` measures (listed with the others).
 const PYTHON_BENCH: &str = "512 MiB tensor dict to 4 Python receivers (download_tensors): vs NVFlare's numpy downloader and the Rust receivers; peak RSS";
 
@@ -53,10 +56,14 @@ pub fn run(name: Option<&str>, args: &[String]) -> Result<()> {
             println!("{n:<10} {what}");
         }
         println!("{:<10} {PYTHON_BENCH}", "python");
+        println!("{:<10} {FANOUT_BENCH}", "fanout");
         return Ok(());
     };
     if name == "python" {
         return python(args);
+    }
+    if name == "fanout" {
+        return fanout(args);
     }
     let Some((_, pkg, example, _)) = BENCHES.iter().find(|b| b.0 == name) else {
         bail!("no benchmark named {name:?}; `cargo xtask bench` lists them");
@@ -165,4 +172,20 @@ fn python(args: &[String]) -> Result<()> {
         bail!("bench python failed with {status}");
     }
     Ok(())
+}
+
+/// `cargo xtask bench fanout [...]`: release `ferry`, then the shaped-network bench.
+fn fanout(args: &[String]) -> Result<()> {
+    let status = interop::cargo_command()
+        .args(["build", "--release", "-p", "ferry-cli"])
+        .status()
+        .context("spawning cargo build")?;
+    if !status.success() {
+        bail!("building ferry failed with {status}");
+    }
+    let root = interop::workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    crate::fanout::run(args, &target.join("release/ferry"), &root)
 }

@@ -7,6 +7,7 @@
 //! and runs the fuzz harness (see [`fuzz`]).
 
 mod bench;
+mod fanout;
 mod fuzz;
 mod interop;
 mod load;
