@@ -140,3 +140,56 @@ fn with_no_peers_the_sender_serves_every_sharing_receiver_itself() {
     }
     assert!(server.wait().success());
 }
+
+#[test]
+fn over_tls_a_receiver_pulls_from_a_peer_whose_certificate_proves_its_name() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let ca = pki.ca();
+    let src = d.path().join("model.bin");
+    let data = random_file(&src, 4 * 1024 * 1024, 10);
+    let tls = |cn: &str| -> Vec<String> {
+        let (c, k) = pki.issue(cn);
+        vec![
+            "--tls-cert".into(),
+            c.display().to_string(),
+            "--tls-key".into(),
+            k.display().to_string(),
+            "--tls-ca".into(),
+            ca.display().to_string(),
+        ]
+    };
+    let mut sargs: Vec<String> = vec![
+        path_str(&src).into(),
+        "--receivers".into(),
+        "2".into(),
+        "--limit-rate".into(),
+        "1MiB".into(),
+        "--chunk".into(),
+        "256KiB".into(),
+    ];
+    sargs.extend(tls("ferry-sender"));
+    let sargs: Vec<&str> = sargs.iter().map(String::as_str).collect();
+    let (mut server, ticket) = serve(&sargs);
+    let mut gets = Vec::new();
+    for name in ["site-a", "site-b"] {
+        let out = d.path().join(name);
+        let mut extra: Vec<String> = vec!["--name".into(), name.into()];
+        extra.extend(tls(name));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        gets.push((sharing_get(&ticket, &out, &extra), out));
+    }
+    let (peers_a, _) = peers_and_done(&mut gets[0].0);
+    let (peers_b, _) = peers_and_done(&mut gets[1].0);
+    assert_eq!(peer_sources(&peers_a), Vec::<String>::new(), "{peers_a}");
+    assert_eq!(
+        peer_sources(&peers_b),
+        vec!["site-a".to_string()],
+        "{peers_b}"
+    );
+    for (g, out) in gets.iter_mut() {
+        assert!(g.wait().success(), "{}", g.stderr_text());
+        assert_eq!(std::fs::read(out.join("model.bin")).unwrap(), data);
+    }
+    assert!(server.wait().success());
+}

@@ -395,3 +395,53 @@ async fn a_sender_without_peer_scheduling_is_simply_pulled_from() {
     assert_eq!(std::fs::read(&got.path).unwrap(), data);
     assert!(within(tx.waiter().wait()).await.unwrap().completed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_address_answered_by_another_cell_is_not_trusted() {
+    let data = pattern(MIB + 9, 5);
+    let o = origin(&data, 1).await;
+    // "peer-x" joins, but the address it offers is answered by another cell
+    let impostor = Cell::new("impostor").unwrap();
+    let impostor_url = impostor.listen("tcp://127.0.0.1:0").await.unwrap();
+    let cell = Cell::new("peer-x").unwrap();
+    cell.connect(&o.url).await.unwrap();
+    let join = JoinRequest {
+        ref_id: o.ticket.ref_id.clone(),
+        position: 0,
+        offer: Some(PeerOffer {
+            fqcn: "peer-x".into(),
+            url: impostor_url,
+        }),
+    };
+    let reply = cell
+        .send_request(
+            CHANNEL,
+            TOPIC_JOIN,
+            "server",
+            Message::from_msgpack(ferry::cellnet::MsgpackBody::from_bytes(Bytes::from(
+                encode_request(&join),
+            ))),
+            BOUND,
+        )
+        .await;
+    assert!(reply.return_code().is_ok());
+    let (s, u) = receiver("site-1", &o).await;
+    let out = tempfile::tempdir().unwrap();
+    let (got, rep, _) = within(fetch_with_peers(
+        &s,
+        &o.ticket,
+        out.path(),
+        FetchOptions::default(),
+        DownloadOptions::default(),
+        share(&u),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    assert_eq!(
+        rep.sources,
+        vec![Some("peer-x".to_string()), None],
+        "sent to peer-x, refused the impostor, pulled from the sender"
+    );
+    assert!(rep.lying_sources.is_empty(), "{rep:?}");
+}
