@@ -33,7 +33,7 @@ struct Inner {
     tasks: TaskTracker,
 }
 
-/// Peer scheduling on a sender's cell (see the [module docs](self)). Receivers of a ref
+/// Peer scheduling on a sender's cell (see [`crate::peers`]). Receivers of a ref
 /// registered with [`schedule`](Self::schedule) that ask are told which source to pull from;
 /// every other request is answered "pull from the origin".
 #[derive(Clone)]
