@@ -445,3 +445,33 @@ async fn a_peer_address_answered_by_another_cell_is_not_trusted() {
     );
     assert!(rep.lying_sources.is_empty(), "{rep:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_the_sender_does_not_share_is_pulled_from_the_sender() {
+    let data = pattern(MIB + 3, 6);
+    let mut o = origin(&data, 1).await;
+    // the coordinator runs, but this ref was never scheduled
+    o.ticket.ref_id =
+        o.tx.add_bytes(Bytes::from(data.clone()))
+            .unwrap()
+            .as_str()
+            .to_string();
+    let (s, u) = receiver("site-1", &o).await;
+    let out = tempfile::tempdir().unwrap();
+    let (got, rep, seed) = within(fetch_with_peers(
+        &s,
+        &o.ticket,
+        out.path(),
+        FetchOptions::default(),
+        DownloadOptions::default(),
+        share(&u),
+    ))
+    .await
+    .unwrap();
+    assert!(!rep.scheduled, "{rep:?}");
+    assert_eq!(rep.sources, vec![None]);
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    // an unscheduled receiver does not linger
+    let served = within(seed.serve_until_released(&CancellationToken::new())).await;
+    assert_eq!(served, 0);
+}

@@ -350,3 +350,49 @@ fn simulations_replay_exactly() {
     assert_eq!(a.finished, b.finished);
     assert_eq!(a.events, b.events);
 }
+
+#[test]
+fn scheduling_messages_round_trip_and_hostile_ones_are_refused() {
+    use super::message::*;
+    let join = JoinRequest {
+        ref_id: "R1".into(),
+        position: 7,
+        offer: offer("a"),
+    };
+    let back: JoinRequest = decode(&encode_request(&join)).unwrap();
+    assert_eq!(back, join);
+    let no_offer = JoinRequest {
+        offer: None,
+        ..join.clone()
+    };
+    let bytes = encode_request(&no_offer);
+    assert!(
+        !bytes.windows(5).any(|w| w == b"offer"),
+        "an absent offer is omitted, not nil"
+    );
+    for d in [
+        Directive::Stay,
+        Directive::Release,
+        Directive::Switch(Source::Origin),
+        Directive::Switch(Source::Peer(offer("b").unwrap())),
+    ] {
+        let r: ScheduleReply = decode(&ScheduleReply::directive(d.clone()).encode()).unwrap();
+        assert_eq!(r.answer(), Answer::Directive(d));
+    }
+    let pulled: ScheduleReply = decode(&ScheduleReply::pull(Source::Origin).encode()).unwrap();
+    assert_eq!(pulled.answer(), Answer::Pull(Source::Origin));
+    let refused: ScheduleReply = decode(&ScheduleReply::refused("no").encode()).unwrap();
+    assert_eq!(refused.answer(), Answer::Refused("no".into()));
+    let odd = ScheduleReply {
+        action: "fly".into(),
+        peer: None,
+        error: None,
+    };
+    assert!(matches!(odd.answer(), Answer::Refused(why) if why.contains("fly")));
+    // garbage, a wrong shape, and a payload above the request limit
+    assert!(decode::<JoinRequest>(&[0xc1]).is_err());
+    assert!(decode::<ReportRequest>(&encode_request(&join)).is_err());
+    let huge = vec![0x90u8; crate::message::MAX_REQUEST_BYTES + 1];
+    let err = decode::<FailedRequest>(&huge).unwrap_err();
+    assert!(err.contains("too large"), "{err}");
+}
