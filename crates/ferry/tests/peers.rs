@@ -43,13 +43,18 @@ struct Origin {
 
 /// A sender serving `data` as a file to `receivers`, with peer scheduling.
 async fn origin(data: &[u8], receivers: usize) -> Origin {
+    origin_with(data, receivers, SchedulerConfig::default()).await
+}
+
+/// [`origin`] with a scheduler configuration.
+async fn origin_with(data: &[u8], receivers: usize, cfg: SchedulerConfig) -> Origin {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.bin");
     std::fs::write(&path, data).unwrap();
     let cell = Cell::new("server").unwrap();
     let url = cell.listen("tcp://127.0.0.1:0").await.unwrap();
     let sender = DownloadService::new(&cell, ServiceOptions::default());
-    let coordinator = PeerCoordinator::new(&cell, SchedulerConfig::default());
+    let coordinator = PeerCoordinator::new(&cell, cfg);
     let tx = ObjectDownloader::new(
         &sender,
         TxConfig::new(Duration::from_secs(120)).with_num_receivers(receivers),
@@ -474,4 +479,75 @@ async fn a_ref_the_sender_does_not_share_is_pulled_from_the_sender() {
     // an unscheduled receiver does not linger
     let served = within(seed.serve_until_released(&CancellationToken::new())).await;
     assert_eq!(served, 0);
+}
+
+/// A source that serves the real file for `n` chunks, then hangs (its connection stays up)
+/// until the test lets it go.
+struct HangsAfter {
+    inner: FileObject,
+    left: AtomicUsize,
+    hung: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Downloadable for HangsAfter {
+    fn produce(&self, state: Option<&State>, who: &str) -> Result<Produced, ProduceError> {
+        if self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_err()
+        {
+            while self.hung.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return Err(ProduceError("let go".into()));
+        }
+        self.inner.produce(state, who)
+    }
+    fn plan(&self) -> Option<ferry::core::TransferPlan> {
+        self.inner.plan()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_hangs_is_found_silent_by_the_sender_and_its_receiver_moves_on() {
+    let data = pattern(8 * MIB + 11, 7);
+    let cfg = SchedulerConfig {
+        stall_timeout: Duration::from_secs(1),
+        silence_timeout: Duration::from_secs(2),
+        ..SchedulerConfig::default()
+    };
+    let o = origin_with(&data, 1, cfg).await;
+    let src = o._dir.path().join("model.bin");
+    let hung = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hanging = HangsAfter {
+        inner: FileObject::builder(&src)
+            .chunk_size(256 * 1024)
+            .digest(true)
+            .open()
+            .unwrap(),
+        left: AtomicUsize::new(4),
+        hung: Arc::clone(&hung),
+    };
+    // it joins (taking the sender's one slot), serves a little, then neither serves nor reports
+    let (_peer_cell, _peer_svc) = fake_peer("peer-hung", &o, Arc::new(hanging)).await;
+    let (s, u) = receiver("site-1", &o).await;
+    let out = tempfile::tempdir().unwrap();
+    let r = within(fetch_with_peers(
+        &s,
+        &o.ticket,
+        out.path(),
+        FetchOptions::default(),
+        DownloadOptions::default(),
+        share(&u),
+    ))
+    .await;
+    hung.store(false, Ordering::Release);
+    let (got, rep, _seed) = r.expect("completes from the sender");
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    assert_eq!(
+        rep.sources,
+        vec![Some("peer-hung".to_string()), None],
+        "moved by the sender, not failed by a timeout: {rep:?}"
+    );
+    assert!(within(o.tx.waiter().wait()).await.unwrap().completed());
 }
