@@ -466,3 +466,70 @@ fn write_docs(workspace: &Path, table: &str) -> Result<()> {
     eprintln!("fanout: table written into {}", path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options_default_to_the_issue_and_bad_ones_are_refused() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(o.receivers, vec![1, 4, 16]);
+        assert_eq!((o.size, o.rate), (256 * MIB, 40 * MIB));
+        assert_eq!(o.modes, ["direct", "peers", "kill", "nginx"]);
+        let o = parse(&args(
+            "--receivers 2,8 --size 1.5GiB --rate 20MiB --modes peers,relay",
+        ))
+        .unwrap();
+        assert_eq!(o.receivers, vec![2, 8]);
+        assert_eq!(o.size, 3 << 29);
+        assert_eq!(o.rate, 20 * MIB);
+        assert_eq!(o.modes, ["peers", "relay"]);
+        for bad in [
+            "--modes torrent",
+            "--receivers 0",
+            "--receivers 201",
+            "--rate 1KiB",
+            "--size x",
+            "--bogus",
+            "--size",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_table_gives_ratios_to_the_one_receiver_run_of_each_mode() {
+        let o = parse(&args("--size 100MiB")).unwrap();
+        let row = |mode: &str, n, secs, bytes| Row {
+            mode: mode.into(),
+            n,
+            secs,
+            sender_bytes: bytes,
+            note: String::new(),
+        };
+        let rows = [
+            row("ferry peers (--share)", 1, 10.0, 100 * MIB),
+            row("ferry peers (--share)", 16, 12.0, 101 * MIB),
+            row("ferry peers, a source killed", 16, 13.0, 102 * MIB),
+            row("ferry direct", 16, 160.0, 1600 * MIB),
+        ];
+        let t = table(&o, &rows);
+        assert!(
+            t.contains("| ferry peers (--share) | 16 | 12.0 s | 1.20 | 101 MiB | 1.01 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| ferry peers, a source killed | 16 | 13.0 s | 1.30 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| ferry direct | 16 | 160.0 s | – | 1600 MiB | 16.00 |"),
+            "{t}"
+        );
+    }
+}
