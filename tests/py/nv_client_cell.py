@@ -34,6 +34,12 @@ def parse_args():
     p.add_argument("--stay", action="store_true", help="keep serving after the requests")
     p.add_argument("--linger", type=float, default=1.0)
     p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--allow-unconnected",
+        action="store_true",
+        help="go on if no peer stays connected within --connect-timeout (a cell the listener refuses: "
+        "its connection may close before it is ever seen as connected); READY then says peer null",
+    )
     fp.add_request_args(p)
     fp.add_tls_args(p)
     fp.add_common_args(p)
@@ -51,7 +57,12 @@ def main():
     cell = fp.make_cell(args.fqcn, root_url=args.url, creds=creds)
     fp.register_echo_handlers(cell, args.fqcn)
     cell.start()
-    peer = fp.wait_for_peer(cell, args.peer, min(deadline, time.time() + args.connect_timeout))
+    try:
+        peer = fp.wait_for_peer(cell, args.peer, min(deadline, time.time() + args.connect_timeout))
+    except RuntimeError:
+        if not args.allow_unconnected:
+            raise
+        peer = None
     fp.ready({"fqcn": args.fqcn, "url": args.url, "peer": peer, "tls": bool(creds)})
 
     if not args.no_requests:
