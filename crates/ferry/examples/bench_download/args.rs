@@ -28,6 +28,10 @@ pub(crate) enum Role {
     TcpSender(SenderArgs),
     /// Child: plain-TCP blast receiver.
     TcpReceiver(ReceiverArgs),
+    /// Child: nginx serving the file (the nginx → curl baseline).
+    NginxSender(SenderArgs),
+    /// Child: curl writing the file, then fsync.
+    CurlReceiver(ReceiverArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -35,14 +39,15 @@ pub(crate) struct OrchArgs {
     /// Small smoke run (64 MiB file, 32 MiB tensors, 256 MiB big file, 50 fetches): about a minute.
     #[arg(long)]
     pub(crate) quick: bool,
-    /// Systems to run (comma list of ferry, nvflare, tcp; default all).
+    /// Systems to run (comma list of ferry, nvflare, tcp, nginx; default all). nginx → curl
+    /// runs in the file-disk scenario only.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
-    /// Systems or scenarios to leave out (ferry, nvflare, tcp, file-hash, file-disk, tensors, big, small).
+    /// Systems or scenarios to leave out (ferry, nvflare, tcp, nginx, file-hash, file-disk, tensors, big, small).
     #[arg(long, value_delimiter = ',')]
     pub(crate) skip: Vec<String>,
     /// Size of the file in MiB (default 1024; --quick 64).
-    #[arg(long)]
+    #[arg(long, alias = "size")]
     pub(crate) file_mib: Option<u64>,
     /// Size of the tensor dict in MiB (default 512; --quick 32).
     #[arg(long)]
@@ -74,9 +79,10 @@ pub(crate) struct OrchArgs {
     /// Keep the generated source files (under <target>/bench-download/data) for the next run.
     #[arg(long)]
     pub(crate) keep_data: bool,
-    /// Measure every case this many times and keep the fastest (a shared machine is noisy).
-    #[arg(long, default_value_t = 1)]
-    pub(crate) repeat: usize,
+    /// Measure every case this many times, in rounds (round 1 runs every case, then round 2
+    /// ...: the systems compared stay interleaved), and report each figure's median.
+    #[arg(long, alias = "repeat", default_value_t = 1)]
+    pub(crate) rounds: usize,
     /// Run ferry senders and receivers under `perf record -g` and keep the profiles in this
     /// directory (for finding where the time goes; the figures of such a run are not clean).
     #[arg(long)]
@@ -112,6 +118,9 @@ pub(crate) struct SenderArgs {
     /// Deadline of the process, seconds.
     #[arg(long, default_value_t = 600.0)]
     pub(crate) timeout: f64,
+    /// The nginx binary (nginx-sender).
+    #[arg(long)]
+    pub(crate) nginx: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -18,6 +18,7 @@ pub(crate) enum System {
     Ferry,
     Nvflare,
     Tcp,
+    Nginx,
 }
 
 impl System {
@@ -26,6 +27,7 @@ impl System {
             System::Ferry => "ferry",
             System::Nvflare => "NVFlare 2.9",
             System::Tcp => "plain TCP",
+            System::Nginx => "nginx → curl",
         }
     }
     pub(crate) fn key(self) -> &'static str {
@@ -33,6 +35,7 @@ impl System {
             System::Ferry => "ferry",
             System::Nvflare => "nvflare",
             System::Tcp => "tcp",
+            System::Nginx => "nginx",
         }
     }
 }
@@ -125,6 +128,8 @@ pub(crate) struct Ctx {
     pub(crate) ferry_budget: u64,
     pub(crate) ferry_window: usize,
     pub(crate) perf_dir: Option<PathBuf>,
+    /// The nginx binary of the nginx → curl baseline, when it is run.
+    pub(crate) nginx: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -239,6 +244,20 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
             }
             c
         }
+        System::Nginx => {
+            let nginx = ctx
+                .nginx
+                .as_ref()
+                .ok_or_else(|| anyhow!("no nginx for the nginx → curl baseline"))?;
+            let mut c = ctx.rust_role("nginx-sender", "sender", &title);
+            c.args(["--kind", "file", "--file"])
+                .arg(&case.source)
+                .args(["--receivers", &n.to_string()])
+                .args(["--timeout", &timeout])
+                .arg("--nginx")
+                .arg(nginx);
+            c
+        }
     };
     let s = g.spawn("sender", sender_cmd)?;
     let ready = g.wait_ready(s, deadline)?;
@@ -272,6 +291,13 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
                 let mut c = Command::new(&ctx.python);
                 c.arg(ctx.py_dir.join("nv_receiver.py"))
                     .args(["--url", &url, "--fqcn", &fqcn, "--mode", mode, "--out-dir"])
+                    .arg(&out)
+                    .args(["--timeout", &timeout]);
+                c
+            }
+            System::Nginx => {
+                let mut c = ctx.rust_role("curl-receiver", &fqcn, &title);
+                c.args(["--url", &url, "--fqcn", &fqcn, "--mode", mode, "--out-dir"])
                     .arg(&out)
                     .args(["--timeout", &timeout]);
                 c
@@ -361,7 +387,12 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
         size: case.size,
         wall_s: wall,
         mib_s: (expected_bytes * n as u64) as f64 / MIB as f64 / wall,
-        sender_rss_kib: g.usage(s).maxrss_kib,
+        // nginx's master and workers: the sum of their high-water marks (wait4 of the role
+        // would give the largest one only).
+        sender_rss_kib: g
+            .usage(s)
+            .maxrss_kib
+            .max(sender_res["procs_hwm_kib"].as_u64().unwrap_or(0)),
         receiver_rss_kib_max: recv
             .iter()
             .map(|&r| g.usage(r).maxrss_kib)
@@ -378,25 +409,36 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
     Ok(run)
 }
 
-/// Measure `case` `repeat` times; keep the run with the highest throughput (the lowest median
-/// latency for the small-object case).
-pub(crate) fn run_best(ctx: &Ctx, case: &Case, repeat: usize) -> Result<Run> {
-    let mut best: Option<Run> = None;
-    for _ in 0..repeat {
-        settle(case)?;
-        let r = run_case(ctx, case)?;
-        let better = match &best {
-            None => true,
-            Some(b) if case.scenario == Scenario::Small => {
-                median(&r.latencies_ms) < median(&b.latencies_ms)
-            }
-            Some(b) => r.mib_s > b.mib_s,
-        };
-        if better {
-            best = Some(r);
+/// One figure per case from its rounds: the median of each throughput and CPU figure (the
+/// mean of the middle two for an even count), the largest peak RSS, every latency.
+pub(crate) fn merge_rounds(runs: &[Run]) -> Option<Run> {
+    let first = runs.first()?;
+    let mid = |f: &dyn Fn(&Run) -> f64| -> f64 {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
         }
-    }
-    best.ok_or_else(|| anyhow!("no run"))
+    };
+    Some(Run {
+        wall_s: mid(&|r| r.wall_s),
+        mib_s: mid(&|r| r.mib_s),
+        sender_rss_kib: runs.iter().map(|r| r.sender_rss_kib).max().unwrap_or(0),
+        receiver_rss_kib_max: runs
+            .iter()
+            .map(|r| r.receiver_rss_kib_max)
+            .max()
+            .unwrap_or(0),
+        cpu_transfer_s: mid(&|r| r.cpu_transfer_s),
+        cpu_process_s: mid(&|r| r.cpu_process_s),
+        sender_cpu_s: mid(&|r| r.sender_cpu_s),
+        receivers_cpu_s: mid(&|r| r.receivers_cpu_s),
+        latencies_ms: runs.iter().flat_map(|r| r.latencies_ms.clone()).collect(),
+        ..first.clone()
+    })
 }
 
 /// Same start for every system: the source is read once (into the page cache) and the

@@ -5,16 +5,19 @@
 //! | scenario | what moves | receivers | systems |
 //! |---|---|---|---|
 //! | `file-hash` | a 1 GiB file; receivers hash the bytes (BLAKE3 / sha256) | 1, 4, 8 | ferry, NVFlare 2.9, plain TCP |
-//! | `file-disk` | the same file; receivers write it to disk and fsync | 1, 4, 8 | ferry, NVFlare 2.9, plain TCP |
+//! | `file-disk` | the same file; receivers write it to disk and fsync | 1, 4, 8 | ferry, NVFlare 2.9, plain TCP, nginx → curl |
 //! | `tensors` | a 512 MiB tensor dict (128 × 4 MiB f32) into receiver memory | 1, 4 | ferry, NVFlare numpy downloader, plain TCP |
 //! | `big` | an 8 GiB file to one hashing receiver (sender memory must stay flat) | 1 | ferry, plain TCP |
 //! | `small` | a 4 KiB object fetched N times in a row (latency) | 1 | ferry, NVFlare 2.9 |
 //!
 //! The plain-TCP blast is the physical reference: the sender streams the file bytes with 1 MiB
 //! reads and writes, each receiver reads 1 MiB at a time and hashes, keeps or writes them.
+//! nginx → curl is what users would run without ferry: Debian's nginx serving the file with
+//! sendfile, one `curl -o` per receiver followed by an fsync (see `web.rs`).
 //!
 //! This binary plays every Rust role; it re-executes itself for the children
-//! (`ferry-sender`, `ferry-receiver`, `tcp-sender`, `tcp-receiver`). The NVFlare roles are
+//! (`ferry-sender`, `ferry-receiver`, `tcp-sender`, `tcp-receiver`, `nginx-sender`,
+//! `curl-receiver`). The NVFlare roles are
 //! the Python scripts in `examples/bench_py/`, run with `$FERRY_INTEROP_PYTHON` (the venv of
 //! `cargo xtask interop-setup`).
 //!
@@ -40,6 +43,7 @@ mod orchestrate;
 mod os;
 mod report;
 mod roles;
+mod web;
 
 use anyhow::Result;
 use args::{Cli, Role};
@@ -56,5 +60,7 @@ fn main() -> Result<()> {
         Some(Role::FerryReceiver(a)) => child_main(a.timeout, || roles::ferry_receiver(&a)),
         Some(Role::TcpSender(a)) => child_main(a.timeout, || roles::tcp_sender(&a)),
         Some(Role::TcpReceiver(a)) => child_main(a.timeout, || roles::tcp_receiver(&a)),
+        Some(Role::NginxSender(a)) => child_main(a.timeout, || web::nginx_sender(&a)),
+        Some(Role::CurlReceiver(a)) => child_main(a.timeout, || web::curl_receiver(&a)),
     }
 }

@@ -6,6 +6,7 @@ use crate::child::*;
 use crate::common::*;
 use crate::os;
 use crate::report::*;
+use crate::web;
 use anyhow::{anyhow, bail, Result};
 use std::fs::{self};
 use std::path::{Path, PathBuf};
@@ -23,13 +24,35 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
     let want = |name: &str| {
         !a.skip.iter().any(|s| s == name)
             && (a.only.is_empty()
-                || !["ferry", "nvflare", "tcp"].contains(&name)
+                || !["ferry", "nvflare", "tcp", "nginx"].contains(&name)
                 || a.only.iter().any(|s| s == name))
     };
-    let systems: Vec<System> = [System::Tcp, System::Ferry, System::Nvflare]
+    let mut systems: Vec<System> = [System::Tcp, System::Ferry, System::Nvflare]
         .into_iter()
         .filter(|s| want(s.key()))
         .collect();
+    // The nginx → curl baseline (file-disk only): found or installed here, once.
+    let mut failures = Vec::new();
+    let mut nginx = None;
+    if want("nginx") && want(Scenario::FileDisk.key()) {
+        match web::find_or_install_nginx() {
+            Ok(_) if !web::curl_available() => {
+                let why =
+                    "nginx → curl baseline not run: curl is not installed (apt-get install curl)";
+                eprintln!("bench_download: {why}");
+                failures.push(why.to_string());
+            }
+            Ok(p) => {
+                eprintln!("bench_download: nginx → curl baseline with {}", p.display());
+                nginx = Some(p);
+                systems.push(System::Nginx);
+            }
+            Err(why) => {
+                eprintln!("bench_download: nginx → curl baseline not run: {why}");
+                failures.push(format!("nginx → curl baseline not run: {why}"));
+            }
+        }
+    }
 
     let exe = std::env::current_exe()?;
     // <target>/release/examples/bench_download -> <target>
@@ -64,6 +87,7 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
         ferry_budget: a.ferry_budget_kib.unwrap_or(0) * 1024,
         ferry_window: a.ferry_window.unwrap_or(0),
         perf_dir: a.perf_dir.clone(),
+        nginx,
     };
     if let Some(d) = &ctx.perf_dir {
         fs::create_dir_all(d)?;
@@ -91,6 +115,9 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
         }
         for &n in &a.receivers {
             for &sys in &systems {
+                if sys == System::Nginx && sc != Scenario::FileDisk {
+                    continue;
+                }
                 cases.push(Case {
                     scenario: sc,
                     system: sys,
@@ -105,7 +132,7 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
     }
     if want("tensors") && tensor_size > 0 {
         for &n in &a.tensor_receivers {
-            for &sys in &systems {
+            for &sys in systems.iter().filter(|s| **s != System::Nginx) {
                 cases.push(Case {
                     scenario: Scenario::Tensors,
                     system: sys,
@@ -119,7 +146,10 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
         }
     }
     if want("small") {
-        for &sys in systems.iter().filter(|s| **s != System::Tcp) {
+        for &sys in systems
+            .iter()
+            .filter(|s| !matches!(s, System::Tcp | System::Nginx))
+        {
             cases.push(Case {
                 scenario: Scenario::Small,
                 system: sys,
@@ -142,7 +172,10 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
             human_size(big_size),
             t.elapsed().as_secs_f64()
         );
-        for &sys in systems.iter().filter(|s| **s != System::Nvflare) {
+        for &sys in systems
+            .iter()
+            .filter(|s| matches!(s, System::Ferry | System::Tcp))
+        {
             cases.push(Case {
                 scenario: Scenario::Big,
                 system: sys,
@@ -157,47 +190,47 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
     }
 
     let started = Instant::now();
-    let mut runs = Vec::new();
-    let mut failures = Vec::new();
-    for case in &cases {
-        let t = Instant::now();
-        eprint!("bench_download: {:<40} ", case.title());
-        match run_best(&ctx, case, a.repeat.max(1)) {
-            Ok(r) => {
-                if r.scenario == Scenario::Small {
-                    eprintln!(
-                        "median {:.3} ms over {} fetches  ({:.1}s)",
-                        median(&r.latencies_ms).unwrap_or(f64::NAN),
-                        r.latencies_ms.len(),
-                        t.elapsed().as_secs_f64()
-                    );
-                } else {
-                    let g = r.gib_delivered();
-                    eprintln!(
-                        "{:>8.1} MiB/s  RSS sender {:>4} / receivers ≤ {:>4} MiB  \
-                         cpu {:.2} s/GiB (sender {:.2} + receivers {:.2})  ({:.1}s)",
-                        r.mib_s,
-                        r.sender_rss_kib / 1024,
-                        r.receiver_rss_kib_max / 1024,
-                        r.cpu_per_gib(),
-                        r.sender_cpu_s / g,
-                        r.receivers_cpu_s / g,
-                        t.elapsed().as_secs_f64()
-                    );
-                }
-                runs.push(r);
+    let rounds = a.rounds.max(1);
+    // Rounds outside, cases inside: every round runs each system once per case, so the
+    // systems compared meet the same machine load.
+    let mut measured: Vec<Vec<Run>> = vec![Vec::new(); cases.len()];
+    let mut failed = vec![false; cases.len()];
+    for round in 1..=rounds {
+        for (i, case) in cases.iter().enumerate() {
+            if failed[i] {
+                continue;
             }
-            Err(e) => {
-                eprintln!("FAILED");
-                eprintln!("{e:#}");
-                failures.push(format!(
-                    "{}: {}",
-                    case.title(),
-                    first_line(&format!("{e:#}"))
-                ));
+            let t = Instant::now();
+            let tag = if rounds > 1 {
+                format!("[{round}/{rounds}] ")
+            } else {
+                String::new()
+            };
+            eprint!("bench_download: {tag}{:<40} ", case.title());
+            match settle(case).and_then(|()| run_case(&ctx, case)) {
+                Ok(r) => {
+                    progress(&r, t);
+                    measured[i].push(r);
+                }
+                Err(e) => {
+                    eprintln!("FAILED");
+                    eprintln!("{e:#}");
+                    failed[i] = true;
+                    failures.push(format!(
+                        "{}: {}",
+                        case.title(),
+                        first_line(&format!("{e:#}"))
+                    ));
+                }
             }
         }
     }
+    let runs: Vec<Run> = measured
+        .iter()
+        .zip(&failed)
+        .filter(|(_, f)| !**f)
+        .filter_map(|(m, _)| merge_rounds(m))
+        .collect();
     let total = started.elapsed();
     let own_hwm = os::self_vmhwm_kib();
 
@@ -210,7 +243,7 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
         orchestrator_hwm_kib: own_hwm,
         total_s: total.as_secs_f64(),
         quick: q,
-        repeat: a.repeat.max(1),
+        rounds,
     };
     let text = report.markdown();
     println!("{text}");
@@ -238,4 +271,29 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line on stderr per measurement.
+fn progress(r: &Run, t: Instant) {
+    if r.scenario == Scenario::Small {
+        eprintln!(
+            "median {:.3} ms over {} fetches  ({:.1}s)",
+            median(&r.latencies_ms).unwrap_or(f64::NAN),
+            r.latencies_ms.len(),
+            t.elapsed().as_secs_f64()
+        );
+    } else {
+        let g = r.gib_delivered();
+        eprintln!(
+            "{:>8.1} MiB/s  RSS sender {:>4} / receivers ≤ {:>4} MiB  \
+             cpu {:.2} s/GiB (sender {:.2} + receivers {:.2})  ({:.1}s)",
+            r.mib_s,
+            r.sender_rss_kib / 1024,
+            r.receiver_rss_kib_max / 1024,
+            r.cpu_per_gib(),
+            r.sender_cpu_s / g,
+            r.receivers_cpu_s / g,
+            t.elapsed().as_secs_f64()
+        );
+    }
 }

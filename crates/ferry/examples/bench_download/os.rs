@@ -77,3 +77,36 @@ pub fn self_vmhwm_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// getrusage(RUSAGE_CHILDREN): the children this process has reaped.
+pub fn children_usage() -> Usage {
+    // SAFETY: as in `self_usage`.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer is valid and exclusive for the call; RUSAGE_CHILDREN is a valid `who`.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    if rc != 0 {
+        return Usage::default();
+    }
+    from_rusage(&ru)
+}
+
+/// Clock ticks per second (the unit of `/proc/PID/stat`'s CPU times).
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; no pointers.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Send `sig` to `pid` (errors ignored: the process may be gone already).
+pub fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill takes plain integers; `pid` is our own child.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}

@@ -18,7 +18,7 @@ pub(crate) struct Report {
     pub(crate) orchestrator_hwm_kib: u64,
     pub(crate) total_s: f64,
     pub(crate) quick: bool,
-    pub(crate) repeat: usize,
+    pub(crate) rounds: usize,
 }
 
 pub(crate) fn mib(kib: u64) -> String {
@@ -66,9 +66,10 @@ impl Report {
         let _ = writeln!(
             o,
             "| scenario | system | receivers | size | aggregate MiB/s | × NVFlare | × plain TCP | \
-             sender peak RSS MiB | receiver peak RSS MiB (max) | CPU s/GiB (transfer) | CPU s/GiB (whole processes) |"
+             × nginx → curl | sender peak RSS MiB | receiver peak RSS MiB (max) | CPU s/GiB (transfer) | \
+             CPU × nginx + curl | CPU s/GiB (whole processes) |"
         );
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut rows: Vec<&Run> = self
             .runs
             .iter()
@@ -84,6 +85,13 @@ impl Report {
                 .find(r.scenario, System::Tcp, r.receivers)
                 .map(|b| ratio(r.mib_s / b.mib_s))
                 .unwrap_or_else(|| "—".into());
+            let web = self.find(r.scenario, System::Nginx, r.receivers);
+            let web_x = web
+                .map(|b| ratio(r.mib_s / b.mib_s))
+                .unwrap_or_else(|| "—".into());
+            let web_cpu = web
+                .map(|b| ratio(r.cpu_per_gib() / b.cpu_per_gib()))
+                .unwrap_or_else(|| "—".into());
             let sys = if r.system == System::Ferry {
                 format!("**{}**", r.system.name())
             } else {
@@ -91,7 +99,7 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} |",
                 r.scenario.label(),
                 sys,
                 r.receivers,
@@ -99,9 +107,11 @@ impl Report {
                 r.mib_s,
                 nv,
                 tcp,
+                web_x,
                 mib(r.sender_rss_kib),
                 mib(r.receiver_rss_kib_max),
                 r.cpu_per_gib(),
+                web_cpu,
                 r.cpu_process_per_gib(),
             );
         }
@@ -151,12 +161,18 @@ impl Report {
              file receiver is `download_file` followed by an fsync, its hashing receiver \
              `download_object` with a consumer shaped like its file consumer, its tensor receiver \
              `download_arrays` (numpy arrays of 4 MiB). Plain TCP: 1 MiB reads and writes, one \
-             connection per receiver. Every receiver's bytes are verified after it reports done. \
+             connection per receiver. nginx → curl: Debian's nginx (`worker_processes auto`, \
+             `sendfile on`) from a temporary prefix on a free loopback port, one `curl -o FILE` \
+             per receiver followed by an fsync of FILE; nginx's CPU is read from `/proc` for its \
+             master and workers (from when it is ready to its last logged response), each \
+             receiver's is its own plus curl's, its sender RSS is the sum of its processes' \
+             high-water marks. Every receiver's bytes are verified after it reports done. \
              Before each measurement the source is read once (page cache warm for every system) \
-             and `sync` flushes the writeback of earlier runs; each case was measured {} time(s) \
-             and the fastest kept.",
+             and `sync` flushes the writeback of earlier runs. {} round(s): each round measures \
+             every case once, systems interleaved; figures are the median over the rounds (peak \
+             RSS the largest).",
             mib(self.orchestrator_hwm_kib),
-            self.repeat
+            self.rounds
         );
         o
     }
@@ -219,6 +235,21 @@ impl Report {
                     r.receivers,
                     ratio(x),
                     mark(x >= 0.9)
+                ));
+            }
+            if let Some(w) = self.find(Scenario::FileDisk, System::Nginx, r.receivers) {
+                let x = r.mib_s / w.mib_s;
+                let c = r.cpu_per_gib() / w.cpu_per_gib();
+                out.push(format!(
+                    "{}, {} receiver(s): {} nginx → curl (≥ 0.95×), CPU per GiB {} nginx + curl's \
+                     ({:.2} vs {:.2} s/GiB, ≤ 1×) — {}",
+                    Scenario::FileDisk.label(),
+                    r.receivers,
+                    ratio(x),
+                    ratio(c),
+                    r.cpu_per_gib(),
+                    w.cpu_per_gib(),
+                    mark(x >= 0.95 && c <= 1.0)
                 ));
             }
         }
