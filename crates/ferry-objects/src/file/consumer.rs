@@ -18,6 +18,15 @@ use std::path::{Path, PathBuf};
 /// Default of [`FileConsumerBuilder::sync_every`]: 64 MiB.
 pub const DEFAULT_SYNC_EVERY: u64 = 64 << 20;
 
+/// The unit in which a chunk is written to the part file and hashed, aligned to multiples of
+/// itself in the object. Writing a 1 MiB chunk with one `pwrite` and hashing it afterwards
+/// costs far more than the bytes: the profile of four `ferry get` to files (1 GiB each,
+/// loopback) had 71% of each receiver's CPU in the kernel's page-cache copy
+/// (`copy_folio_from_iter_atomic`), the plain-TCP receiver writing 1 MiB buffers 78%, curl
+/// writing small buffers a few percent. Small writes keep the source in cache for the copy
+/// and for the hash right after it.
+const WRITE_SLICE: u64 = 64 << 10;
+
 /// Builds a [`FileConsumer`].
 #[derive(Debug, Clone)]
 pub struct FileConsumerBuilder {
@@ -301,15 +310,22 @@ impl Consumer for FileConsumer {
             })?;
         let end = start + chunk.len() as u64;
         for (s, e) in self.ranges.gaps(start, end) {
-            let src = &chunk[(s - start) as usize..(e - start) as usize];
-            self.part.file()?.write_all_at(src, s).map_err(|err| {
-                self.part
-                    .io(&format!("writing {} bytes at {s} into", e - s), err)
-            })?;
+            // One pass over the bytes, a cache-sized slice at a time: each slice is written
+            // and then hashed while it is still in cache (see WRITE_SLICE).
+            let mut at = s;
+            while at < e {
+                let to = ((at / WRITE_SLICE + 1) * WRITE_SLICE).min(e);
+                let src = &chunk[(at - start) as usize..(to - start) as usize];
+                self.part.file()?.write_all_at(src, at).map_err(|err| {
+                    self.part
+                        .io(&format!("writing {} bytes at {at} into", to - at), err)
+                })?;
+                self.check
+                    .hash(at, src)
+                    .inspect_err(|_| self.tainted = true)?;
+                at = to;
+            }
         }
-        self.check
-            .hash(start, &chunk)
-            .inspect_err(|_| self.tainted = true)?;
         self.ranges.insert(start, end);
         self.part
             .checkpoint(self.check.content(), self.ranges.prefix_len())?;

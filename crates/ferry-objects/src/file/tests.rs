@@ -52,6 +52,28 @@ fn file_round_trip_out_of_order_with_digest() {
     assert_eq!(names_in(dst.path()), vec!["out.bin"]);
 }
 
+/// Chunks larger than the consumer's write slice and not multiples of it, in reverse order:
+/// every slice lands at its offset and is hashed once, and the digest checks.
+#[test]
+fn chunks_spanning_many_write_slices_round_trip_in_reverse() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (p, data) = write_file(src.path(), "f.bin", 1_000_003);
+    let obj = FileObject::builder(&p)
+        .chunk_size(150_001)
+        .digest(true)
+        .open()
+        .unwrap();
+    let mut c = FileConsumer::create(dst.path(), "out.bin").unwrap();
+    drive(&obj, &mut c, None, |v| v.reverse()).unwrap();
+    assert!(matches!(
+        c.verified(),
+        crate::verify::Verified::SenderAdvertised(_)
+    ));
+    assert_eq!(fs::read(dst.path().join("out.bin")).unwrap(), data);
+    assert_eq!(names_in(dst.path()), vec!["out.bin"]);
+}
+
 #[test]
 fn empty_file_round_trip() {
     let src = tempfile::tempdir().unwrap();

@@ -83,8 +83,9 @@ pub(crate) struct OrchArgs {
     /// ...: the systems compared stay interleaved), and report each figure's median.
     #[arg(long, alias = "repeat", default_value_t = 1)]
     pub(crate) rounds: usize,
-    /// Run ferry senders and receivers under `perf record -g` and keep the profiles in this
-    /// directory (for finding where the time goes; the figures of such a run are not clean).
+    /// Run the Rust roles (ferry, plain TCP, the nginx and curl wrappers with their children)
+    /// under `perf record -g` and keep the profiles in this directory (for finding where the
+    /// time goes; the figures of such a run are not clean).
     #[arg(long)]
     pub(crate) perf_dir: Option<PathBuf>,
     /// Write the raw measurements as JSON to this file.

@@ -133,10 +133,10 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// A command running this binary as `role`, under `perf record` when profiling ferry.
+    /// A command running this binary as `role`, under `perf record` when profiling.
     pub(crate) fn rust_role(&self, role: &str, name: &str, title: &str) -> Command {
         match &self.perf_dir {
-            Some(dir) if role.starts_with("ferry") => {
+            Some(dir) => {
                 let mut c = Command::new("perf");
                 c.args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
                     .arg(dir.join(format!(
