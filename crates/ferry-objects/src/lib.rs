@@ -60,6 +60,7 @@ mod item_dict;
 mod names;
 pub mod numpy;
 mod ranges;
+mod small_writes;
 pub mod tensors;
 pub mod verify;
 

@@ -7,12 +7,12 @@ use super::part::{Opened, PartFile, PartOptions};
 use crate::byte_state::{check_complete, state_after};
 use crate::names::destination_path;
 use crate::ranges::RangeSet;
+use crate::small_writes;
 use crate::verify::{Pin, Verified};
 use crate::ObjectsError;
 use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 #[cfg(test)]
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Default of [`FileConsumerBuilder::sync_every`]: 64 MiB.
@@ -22,15 +22,6 @@ pub const DEFAULT_SYNC_EVERY: u64 = 64 << 20;
 /// slice is hashed right after it was written, while it is still in cache (one pass over the
 /// bytes, no second read of the file).
 const HASH_SLICE: u64 = 64 << 10;
-
-/// The size of one `pwrite` into the part file. Writing a 1 MiB chunk with one `pwrite` costs
-/// far more than its bytes: the kernel fills the page cache with folios as large as the write,
-/// and copying into freshly allocated large folios (`copy_folio_from_iter_atomic`) was 71% of
-/// each receiver's CPU in the profile of four `ferry get` to files (the plain-TCP receiver
-/// writing 1 MiB buffers: 78%; curl, writing small buffers: a few percent). Four parallel
-/// `dd` writers of 1 GiB each on the benchmark machine spent 0.3 s of system time each with
-/// 16 KiB writes, 1.2-1.5 s with 32 KiB and 1.0-1.4 s with 64 KiB.
-const WRITE_SLICE: u64 = 16 << 10;
 
 /// Builds a [`FileConsumer`].
 #[derive(Debug, Clone)]
@@ -316,22 +307,17 @@ impl Consumer for FileConsumer {
         let end = start + chunk.len() as u64;
         for (s, e) in self.ranges.gaps(start, end) {
             // One pass over the bytes, a cache-sized slice at a time: each slice is written
-            // (in small writes, see WRITE_SLICE) and then hashed while it is still in cache.
+            // (in small writes, see `small_writes`) and then hashed while it is still in cache.
             let mut at = s;
             while at < e {
                 let to = ((at / HASH_SLICE + 1) * HASH_SLICE).min(e);
-                let mut w = at;
-                while w < to {
-                    let w_end = ((w / WRITE_SLICE + 1) * WRITE_SLICE).min(to);
-                    let src = &chunk[(w - start) as usize..(w_end - start) as usize];
-                    self.part.file()?.write_all_at(src, w).map_err(|err| {
-                        self.part
-                            .io(&format!("writing {} bytes at {w} into", w_end - w), err)
-                    })?;
-                    w = w_end;
-                }
+                let src = &chunk[(at - start) as usize..(to - start) as usize];
+                small_writes::write_all_at(self.part.file()?, src, at).map_err(|err| {
+                    self.part
+                        .io(&format!("writing {} bytes at {at} into", to - at), err)
+                })?;
                 self.check
-                    .hash(at, &chunk[(at - start) as usize..(to - start) as usize])
+                    .hash(at, src)
                     .inspect_err(|_| self.tainted = true)?;
                 at = to;
             }

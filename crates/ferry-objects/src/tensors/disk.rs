@@ -5,13 +5,13 @@ use super::digest::DictMetadata;
 use super::TensorPinCheck;
 use crate::cacheable::ItemTracker;
 use crate::names::{destination_path, publish};
+use crate::small_writes;
 use crate::verify::{Pin, Verified};
 use crate::ObjectsError;
 use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -211,7 +211,7 @@ impl SafetensorsFileConsumer {
             context: format!("writing {}", self.part_path.display()),
             source: e,
         };
-        part.write_all(&header).map_err(werr)?;
+        small_writes::write_all(&mut part, &header).map_err(werr)?;
         let spool = self.spool()?;
         let mut buf = vec![0u8; (1 << 20).min(self.spool_end.max(1) as usize)];
         for e in &self.entries {
@@ -224,7 +224,7 @@ impl SafetensorsFileConsumer {
                         context: "reading the spool file".into(),
                         source: err,
                     })?;
-                part.write_all(&buf[..n]).map_err(werr)?;
+                small_writes::write_all(&mut part, &buf[..n]).map_err(werr)?;
                 done += n as u64;
             }
         }
@@ -285,12 +285,12 @@ impl Consumer for SafetensorsFileConsumer {
                 c.add(index, &item.names, item.dtype, &item.shape, bytes)?;
             }
             let offset = self.spool_end;
-            self.spool()?
-                .write_all_at(bytes, offset)
-                .map_err(|e| ConsumeError::Io {
+            small_writes::write_all_at(self.spool()?, bytes, offset).map_err(|e| {
+                ConsumeError::Io {
                     context: format!("spooling item {index} for {}", self.final_path.display()),
                     source: e,
-                })?;
+                }
+            })?;
             self.spool_end += bytes.len() as u64;
             for name in item.names {
                 self.entries.push(Entry {
