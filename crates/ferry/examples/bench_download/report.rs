@@ -160,8 +160,8 @@ impl Report {
              Receivers hash with BLAKE3 (ferry, TCP) or sha256 (NVFlare, in Python); NVFlare's \
              file receiver is `download_file` followed by an fsync, its hashing receiver \
              `download_object` with a consumer shaped like its file consumer, its tensor receiver \
-             `download_arrays` (numpy arrays of 4 MiB). Plain TCP: 1 MiB reads and writes, one \
-             connection per receiver. nginx → curl: Debian's nginx (`worker_processes auto`, \
+             `download_arrays` (numpy arrays of 4 MiB). Plain TCP: 1 MiB reads and writes (file \
+             receivers write each 1 MiB in 16 KiB writes), one connection per receiver. nginx → curl: Debian's nginx (`worker_processes auto`, \
              `sendfile on`) from a temporary prefix on a free loopback port, one `curl -o FILE` \
              per receiver followed by an fsync of FILE; nginx's CPU is read from `/proc` for its \
              master and workers (from when it is ready to its last logged response), each \
