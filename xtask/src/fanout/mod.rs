@@ -5,10 +5,12 @@
 //! Modes: `direct` (every `ferry get` pulls from `ferry serve --no-peers`), `peers`
 //! (`get --share`, the sender schedules), `kill` (peers, and one sharing receiver is killed
 //! at 40% of the one-copy time: every other one must still verify), `nginx` (nginx →
-//! `curl` + `sha256sum -c`, what users do today), `relay` (a relay tree; needs `ferry relay`).
+//! `curl` + `sha256sum -c`, what users do today), `relay` (a tree of `ferry relay` of fan-out
+//! `--relay-fanout`, see [`relay`]).
 
 mod net;
 mod procs;
+mod relay;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +52,8 @@ struct Options {
     modes: Vec<String>,
     dir: PathBuf,
     write_docs: bool,
+    /// Mode `relay`: how many pull from the sender and from each relay.
+    relay_fanout: usize,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -74,11 +78,12 @@ fn parse(args: &[String]) -> Result<Options> {
         receivers: vec![1, 4, 16],
         size: 256 * MIB,
         rate: 40 * MIB,
-        modes: ["direct", "peers", "kill", "nginx"]
+        modes: ["direct", "relay", "peers", "kill", "nginx"]
             .map(String::from)
             .to_vec(),
         dir: PathBuf::from(format!("/dev/shm/ferry-fanout-{}", std::process::id())),
         write_docs: false,
+        relay_fanout: 4,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -95,8 +100,11 @@ fn parse(args: &[String]) -> Result<Options> {
             "--modes" => o.modes = val()?.split(',').map(String::from).collect(),
             "--dir" => o.dir = PathBuf::from(val()?),
             "--write-docs" => o.write_docs = true,
+            "--relay-fanout" => {
+                o.relay_fanout = val()?.parse().context("--relay-fanout K (2 or more)")?
+            }
             "--help" | "-h" => {
-                println!("cargo xtask bench fanout [--receivers 1,4,16] [--size 256MiB] [--rate 40MiB] [--modes direct,peers,kill,nginx,relay] [--dir DIR] [--write-docs]");
+                println!("cargo xtask bench fanout [--receivers 1,4,16] [--size 256MiB] [--rate 40MiB] [--modes direct,relay,peers,kill,nginx] [--relay-fanout 4] [--dir DIR] [--write-docs]");
                 std::process::exit(0);
             }
             other => bail!("unknown option {other}; try --help"),
@@ -107,8 +115,14 @@ fn parse(args: &[String]) -> Result<Options> {
             bail!("unknown mode {m}: direct, peers, kill, nginx or relay");
         }
     }
-    if o.receivers.iter().any(|&n| n == 0 || n > 200) || o.size == 0 || o.rate < MIB {
-        bail!("--receivers 1..=200 each, --size > 0, --rate at least 1MiB");
+    if o.receivers.iter().any(|&n| n == 0 || n > 200)
+        || o.size == 0
+        || o.rate < MIB
+        || o.relay_fanout < 2
+    {
+        bail!(
+            "--receivers 1..=200 each, --size > 0, --rate at least 1MiB, --relay-fanout at least 2"
+        );
     }
     Ok(o)
 }
@@ -165,11 +179,17 @@ fn measure(o: &Options, ferry: &Path) -> Result<Vec<Row>> {
                 "peers" => ferry_run(o, &net, ferry, &src, n, Flavor::Peers),
                 "kill" => ferry_run(o, &net, ferry, &src, n, Flavor::Kill),
                 "nginx" => nginx_run(o, &net, &src, &sha, n),
-                _ => relay_run(ferry),
+                _ => relay::run(o, &net, ferry, &src, n),
             };
             drop(net);
             for i in 0..n {
                 let _ = std::fs::remove_dir_all(o.dir.join(format!("r{i}")));
+            }
+            // a relay killed on an error leaves its spill file behind
+            for e in std::fs::read_dir(&o.dir)?.flatten() {
+                if e.file_name().to_string_lossy().starts_with("relay-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
             }
             let row = row.with_context(|| format!("{mode} to {n} receivers"))?;
             eprintln!(
@@ -371,18 +391,6 @@ fn nginx_run(o: &Options, net: &Net, src: &Path, sha: &str, n: usize) -> Result<
     })
 }
 
-fn relay_run(ferry: &Path) -> Result<Row> {
-    let has = std::process::Command::new(ferry)
-        .args(["relay", "--help"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has {
-        bail!("mode relay needs `ferry relay`, which this build does not have yet");
-    }
-    bail!("mode relay is not wired into this bench yet")
-}
-
 fn write_random(path: &Path, size: u64) -> Result<()> {
     use std::io::Write;
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -480,11 +488,13 @@ mod tests {
         let o = parse(&[]).unwrap();
         assert_eq!(o.receivers, vec![1, 4, 16]);
         assert_eq!((o.size, o.rate), (256 * MIB, 40 * MIB));
-        assert_eq!(o.modes, ["direct", "peers", "kill", "nginx"]);
+        assert_eq!(o.modes, ["direct", "relay", "peers", "kill", "nginx"]);
+        assert_eq!(o.relay_fanout, 4);
         let o = parse(&args(
-            "--receivers 2,8 --size 1.5GiB --rate 20MiB --modes peers,relay",
+            "--receivers 2,8 --size 1.5GiB --rate 20MiB --modes peers,relay --relay-fanout 8",
         ))
         .unwrap();
+        assert_eq!(o.relay_fanout, 8);
         assert_eq!(o.receivers, vec![2, 8]);
         assert_eq!(o.size, 3 << 29);
         assert_eq!(o.rate, 20 * MIB);
@@ -497,6 +507,8 @@ mod tests {
             "--size x",
             "--bogus",
             "--size",
+            "--relay-fanout 1",
+            "--relay-fanout x",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }
