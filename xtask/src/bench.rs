@@ -44,7 +44,7 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
 ];
 
 /// What `cargo xtask bench fanout` measures (listed with the others).
-const FANOUT_BENCH: &str = "256 MiB to 1/4/16 receivers on a shaped network (netns, tbf, as root): direct, peer-assisted, a source killed, nginx+curl";
+const FANOUT_BENCH: &str = "256 MiB to 1/4/16 receivers on a shaped network (netns, tbf, as root): direct, relay tree, peer-assisted, a source killed, nginx+curl";
 
 /// What `cargo xtask bench python` measures (listed with the others).
 const PYTHON_BENCH: &str = "512 MiB tensor dict to 4 Python receivers (download_tensors): vs NVFlare's numpy downloader and the Rust receivers; peak RSS";
