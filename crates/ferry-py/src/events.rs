@@ -11,7 +11,8 @@ use pyo3::types::PyDict;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
-use crate::runtime::runtime;
+use crate::runtime::{block_on, runtime};
+use tokio_util::sync::CancellationToken;
 
 /// What a transaction ended with: `Sender.wait()` returns it.
 #[pyclass(module = "ferry._ferry", frozen)]
@@ -293,4 +294,29 @@ pub fn spawn_event_thread(
     {
         tracing::warn!(error = %e, "cannot start the event thread; on_event will not be called");
     }
+}
+
+/// Whether this is the thread that calls `on_event` (a callback calling `wait` must not wait
+/// for itself).
+pub fn on_event_thread() -> bool {
+    std::thread::current().name() == Some(EVENT_THREAD)
+}
+
+/// Wait (the GIL released) until the event thread has called on_event with
+/// `transaction_done` (`done` turns true), so that `wait` never returns an outcome the callback
+/// has not yet been told of. On the event thread itself it returns at once.
+pub fn events_delivered(py: Python<'_>, done: &watch::Receiver<bool>) -> PyResult<()> {
+    if *done.borrow() || on_event_thread() {
+        return Ok(());
+    }
+    let mut done = done.clone();
+    block_on(
+        py,
+        async move {
+            let _ = done.wait_for(|d| *d).await;
+        },
+        &CancellationToken::new(),
+        "interrupted while on_event was still being called",
+        |_| Ok(()),
+    )
 }

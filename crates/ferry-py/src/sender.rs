@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cells::{build_cell, check_name, Tls};
 use crate::errors;
-use crate::events::{outcome_of, spawn_event_thread, Outcome, Tickets, EVENT_THREAD};
+use crate::events::{
+    events_delivered, on_event_thread, outcome_of, spawn_event_thread, Outcome, Tickets,
+};
 use crate::memory::{bytes_from_py, tensor_from_py};
 use crate::runtime::{block_on, block_on_quick, runtime};
 
@@ -390,7 +392,7 @@ impl Sender {
         }
         if let Some(o) = self.known_outcome() {
             // Over before `wait` was called: on_event may still be catching up.
-            self.events_delivered(py)?;
+            events_delivered(py, &self.events_done)?;
             return Ok(Some(outcome_of(&o, &self.tickets)));
         }
         if self.closed.load(Ordering::SeqCst) {
@@ -499,25 +501,6 @@ impl Sender {
 }
 
 impl Sender {
-    /// Wait (the GIL released) until on_event has been called with `transaction_done`, so
-    /// that `wait` never returns an outcome the callback has not yet been told of. Called
-    /// from on_event itself it returns at once (the callback would wait for itself).
-    fn events_delivered(&self, py: Python<'_>) -> PyResult<()> {
-        if *self.events_done.borrow() || on_event_thread() {
-            return Ok(());
-        }
-        let mut done = self.events_done.clone();
-        block_on(
-            py,
-            async move {
-                let _ = done.wait_for(|d| *d).await;
-            },
-            &CancellationToken::new(),
-            "interrupted while on_event was still being called",
-            |_| Ok(()),
-        )
-    }
-
     /// The outcome if the transaction is over (kept after `close`).
     fn known_outcome(&self) -> Option<TransferOutcome> {
         let kept = self.final_outcome.lock().ok().and_then(|o| o.clone());
@@ -602,10 +585,4 @@ impl Drop for Sender {
             cell.shutdown().await;
         });
     }
-}
-
-/// Whether this is the thread that calls `on_event` (a callback calling `wait` must not wait
-/// for itself).
-fn on_event_thread() -> bool {
-    std::thread::current().name() == Some(EVENT_THREAD)
 }
