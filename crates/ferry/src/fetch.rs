@@ -104,19 +104,7 @@ impl Fetch {
         dir: &Path,
         opts: FetchOptions,
     ) -> Result<Self, DownloadError> {
-        let dest = dir.join(&ticket.name);
-        let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = dest
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| {
-                ObjectsError::InvalidOption(format!("{}: not a file name", dest.display()))
-            })?
-            .to_string();
-        std::fs::create_dir_all(&parent).map_err(|e| ObjectsError::Io {
-            context: format!("creating {}", parent.display()),
-            source: e,
-        })?;
+        let (parent, base) = destination(&ticket, dir)?;
         let pin = ticket.pin();
         let target = match ticket.kind {
             Kind::Set => {
@@ -218,4 +206,20 @@ impl Fetch {
             transferred: size.saturating_sub(resumed_from),
         })
     }
+}
+
+/// Where a ticket's file goes under `dir`: its directory (created if missing) and its file name.
+pub(crate) fn destination(ticket: &Ticket, dir: &Path) -> Result<(PathBuf, String), DownloadError> {
+    let dest = dir.join(&ticket.name);
+    let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| ObjectsError::InvalidOption(format!("{}: not a file name", dest.display())))?
+        .to_string();
+    std::fs::create_dir_all(&parent).map_err(|e| ObjectsError::Io {
+        context: format!("creating {}", parent.display()),
+        source: e,
+    })?;
+    Ok((parent, base))
 }

@@ -366,19 +366,7 @@ struct PartFile {
 
 impl PartFile {
     fn locate(ticket: &Ticket, dir: &Path) -> Result<Self, DownloadError> {
-        let dest = dir.join(&ticket.name);
-        let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = dest
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| {
-                ObjectsError::InvalidOption(format!("{}: not a file name", dest.display()))
-            })?
-            .to_string();
-        std::fs::create_dir_all(&parent).map_err(|e| ObjectsError::Io {
-            context: format!("creating {}", parent.display()),
-            source: e,
-        })?;
+        let (parent, base) = crate::fetch::destination(ticket, dir)?;
         Ok(Self { dir: parent, base })
     }
 
