@@ -7,8 +7,10 @@
 //!   msgpack fast path, then one request as a barrier), against a plain TCP stream of
 //!   length-prefixed blocks of the same sizes read into a reused buffer.
 //!
-//! `cargo xtask bench cellnet [-- --write-docs] [--quick]`; `--write-docs` replaces the
-//! `<!-- bench:cellnet -->` section of docs/benchmarks.md with the table.
+//! `cargo xtask bench cellnet [-- --write-docs] [--quick] [--rtt-only]`; `--write-docs`
+//! replaces the `<!-- bench:cellnet -->` section of docs/benchmarks.md with the table;
+//! `--rtt-only` measures the round trips alone (for `perf record`/`perf stat` around them;
+//! with `--ferry-only`, without the baseline).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +27,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Opts {
     write_docs: bool,
+    /// Round trips only (profiling); no bulk rows, docs not written.
+    rtt_only: bool,
     rtt_time: Duration,
     bulk_bytes: usize,
     reps: usize,
@@ -256,6 +260,7 @@ async fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let opts = Opts {
         write_docs: args.iter().any(|a| a == "--write-docs"),
+        rtt_only: args.iter().any(|a| a == "--rtt-only"),
         rtt_time: Duration::from_millis(if quick { 300 } else { 1000 }),
         bulk_bytes: if quick { 128 * MIB } else { 256 * MIB },
         reps: if quick { 1 } else { 7 },
@@ -264,6 +269,26 @@ async fn main() {
     let addr = tcp_server().await;
 
     // warm up both paths (allocator, TCP windows)
+    if opts.rtt_only {
+        for _ in 0..opts.reps.min(3) {
+            let f = ferry_rtt(&client, 1, opts.rtt_time).await;
+            // `--ferry-only`: no baseline, for a profile of ferry's round trips alone
+            let t = if args.iter().any(|a| a == "--ferry-only") {
+                f
+            } else {
+                tcp_rtt(&addr, opts.rtt_time).await
+            };
+            println!(
+                "round trips, 1 in flight: ferry {f:.0} /s, plain TCP {t:.0} /s, {:.2}×",
+                f / t
+            );
+        }
+        let f = ferry_rtt(&client, 32, opts.rtt_time).await;
+        println!("round trips, 32 in flight: ferry {f:.0} /s");
+        client.shutdown().await;
+        server.shutdown().await;
+        return;
+    }
     ferry_bulk(&client, 8 * MIB, 64 * MIB).await;
     tcp_bulk(&addr, 8 * MIB, 64 * MIB).await;
 
@@ -337,10 +362,12 @@ async fn main() {
         "\nTarget: ferry ≥ 0.80× plain TCP at 8 MiB — measured {ratio_8:.2}×. Ferry frames carry F3 \
          headers (~300 B) and a FOBS container per message; payload bytes are never copied on \
          the send path (vectored writes); on the receive path each large frame is read into a \
-         recycled buffer and handed to the handler as zero-copy slices. A ferry round trip \
-         crosses four task hand-offs (caller → writer, reader → handler, handler → writer, \
-         reader → caller) that the one-task-per-side baseline does not, hence the lower \
-         small-message rate. The figures are noisy on a shared 2-core machine.\n"
+         recycled buffer and handed to the handler as zero-copy slices. A sender writes its \
+         frame itself when nothing is queued before it (no hand-off to the writer task), so a \
+         ferry round trip crosses two task hand-offs (reader → handler, reader → caller) where \
+         the baseline crosses none; most of the remaining gap is CPU per message — encoding \
+         and decoding ~20 msgpack header entries each way, and their allocations \
+         (docs/benchmarks.md, \"Request/reply round trips\"). The figures are noisy on a shared 2-core machine.\n"
     ));
     println!("{table}");
     if opts.write_docs {

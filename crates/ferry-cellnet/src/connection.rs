@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::future::Future;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +30,7 @@ use crate::limits::Limits;
 use crate::log_limit::{limited, LogLimiter};
 use crate::reader::{FrameReader, ReadLimits};
 use crate::router::Link;
-use crate::writer::writer_task;
+use crate::writer::{writer, writer_task, WriteQueue};
 
 /// Frames queued for the writer before senders wait (backpressure).
 const WRITE_QUEUE: usize = 64;
@@ -53,9 +53,9 @@ pub(crate) struct Conn {
     pub peer: String,
     /// Peer socket address, for logs.
     pub peer_addr: String,
-    tx: mpsc::Sender<OutFrame>,
-    /// Control frames, written before queued data (bounded by [`CONTROL_QUEUE`]).
-    ctl_tx: mpsc::Sender<OutFrame>,
+    /// The way to the socket: data frames (bounded by [`WRITE_QUEUE`]), control frames
+    /// ahead of them (bounded by [`CONTROL_QUEUE`]).
+    out: WriteQueue,
     /// Cancelled to close the connection (the writer flushes what is queued first).
     pub close: CancellationToken,
     /// Permits for requests from this peer whose handlers are running.
@@ -185,16 +185,17 @@ impl Conn {
 
     /// Queue a frame if there is room right now (READY, into a queue nothing else uses yet).
     pub fn try_send(&self, f: OutFrame) -> Result<(), CellnetError> {
-        self.tx.try_send(f).map_err(|_| {
-            CellnetError::ConnectionClosed(format!("connection to {} is closed", self.peer))
-        })
+        self.out.try_send(f).map_err(|_| self.closed())
     }
 
-    /// Queue a frame, waiting while the queue is full.
+    /// Send a frame: written at once when nothing is queued and the socket takes it, else
+    /// queued, waiting while the queue is full.
     pub async fn send(&self, f: OutFrame) -> Result<(), CellnetError> {
-        self.tx.send(f).await.map_err(|_| {
-            CellnetError::ConnectionClosed(format!("connection to {} is closed", self.peer))
-        })
+        self.out.send(f).await.map_err(|_| self.closed())
+    }
+
+    fn closed(&self) -> CellnetError {
+        CellnetError::ConnectionClosed(format!("connection to {} is closed", self.peer))
     }
 
     /// Queue a control frame without waiting (from the reader: PONGs, ACKs, ERRORs, RETURNs),
@@ -203,14 +204,10 @@ impl Conn {
     /// buffered without bound (a dropped ACK is repeated later, a dropped RETURN makes the
     /// requester time out).
     pub fn send_detached(&self, f: OutFrame) {
-        match self.ctl_tx.try_send(f) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(peer = %self.peer, "write queue full; control frame dropped");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                debug!(peer = %self.peer, "dropping frame for a closed connection");
-            }
+        match self.out.send_control(f) {
+            Ok(true) => {}
+            Ok(false) => warn!(peer = %self.peer, "write queue full; control frame dropped"),
+            Err(_) => debug!(peer = %self.peer, "dropping frame for a closed connection"),
         }
     }
 }
@@ -305,21 +302,12 @@ async fn run_inner<I: Inbound>(
     log: Arc<LogLimiter>,
 ) {
     let limits = &ctx.limits;
-    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-    let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (out, w) = writer(t.wr, WRITE_QUEUE, CONTROL_QUEUE);
     let close = ctx.close_all.child_token();
     // Cancelled by the writer when a write fails; the reader then drains what arrived.
     let broken = CancellationToken::new();
     ctx.tasks.spawn(
-        writer_task(
-            t.wr,
-            rx,
-            ctl_rx,
-            close.clone(),
-            broken.clone(),
-            limits.send_timeout,
-        )
-        .in_current_span(),
+        writer_task(w, close.clone(), broken.clone(), limits.send_timeout).in_current_span(),
     );
     // Everything this connection holds of unfinished data is charged here, and given back
     // when the account is dropped at the end of this function.
@@ -339,7 +327,7 @@ async fn run_inner<I: Inbound>(
     let hs = tokio::select! {
         r = tokio::time::timeout(
             limits.handshake_timeout,
-            handshake::handshake(&ctx.me, &mut reader, &tx, active, t.peer_cn.as_deref(), &log),
+            handshake::handshake(&ctx.me, &mut reader, &out, active, t.peer_cn.as_deref(), &log),
         ) => r.unwrap_or_else(|_| Err(CellnetError::Timeout("handshake".into()))),
         _ = close.cancelled() => Err(CellnetError::Shutdown),
     };
@@ -347,7 +335,7 @@ async fn run_inner<I: Inbound>(
         Ok(Handshake::Peer(p, sync)) => (p, sync),
         Ok(Handshake::OwnName) => {
             // keep the socket open (NVFlare does) but never route to it
-            handshake::idle_unregistered(&mut reader, &tx, &close).await;
+            handshake::idle_unregistered(&mut reader, &out, &close).await;
             close.cancel();
             return;
         }
@@ -367,8 +355,7 @@ async fn run_inner<I: Inbound>(
         id,
         peer: peer.clone(),
         peer_addr: t.peer_addr.clone(),
-        tx,
-        ctl_tx,
+        out,
         close: close.clone(),
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight_per_peer)),
         outbound: active,

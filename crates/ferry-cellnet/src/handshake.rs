@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use rmpv::Value;
-use tokio::sync::mpsc;
+
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -14,6 +14,7 @@ use crate::frame::{FrameType, OutFrame};
 use crate::log_limit::{limited, LogLimiter};
 use crate::msgpack;
 use crate::reader::FrameReader;
+use crate::writer::WriteQueue;
 
 /// Extra HELLO/READY key: "this endpoint registers a peer before it reads the peer's next
 /// frame", i.e. DATA may follow READY at once. NVFlare keeps unknown keys as endpoint
@@ -139,7 +140,7 @@ pub(crate) enum Handshake {
 pub(crate) async fn handshake(
     me: &Fqcn,
     reader: &mut FrameReader,
-    tx: &mpsc::Sender<OutFrame>,
+    tx: &WriteQueue,
     active: bool,
     peer_cn: Option<&str>,
     log: &LogLimiter,
@@ -234,7 +235,7 @@ fn check_cn(peer_cn: Option<&str>, name: &str) -> Result<(), CellnetError> {
 /// A peer that claimed our own name: answer PINGs, drop everything else, until it leaves.
 pub(crate) async fn idle_unregistered(
     reader: &mut FrameReader,
-    tx: &mpsc::Sender<OutFrame>,
+    tx: &WriteQueue,
     close: &CancellationToken,
 ) {
     loop {

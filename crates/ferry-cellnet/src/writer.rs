@@ -1,17 +1,29 @@
 //! The writer half of a connection: frames queued by the cell are written with vectored I/O,
 //! control frames first, in batches; a peer that stops reading is dropped after
 //! `Limits::send_timeout` without progress (f3-wire.md §1.1, §1.2).
+//!
+//! A sender need not hand its frame to the writer task: when nothing is queued before it and
+//! the socket is free, [`WriteQueue::send`] writes the frame itself, without waiting (one
+//! non-blocking vectored write). Whatever the socket does not take at once — the tail of a
+//! large frame, a flush TLS still owes — goes to the writer task ahead of everything queued,
+//! so frames never interleave and never overtake one queued before them. A request/reply
+//! round trip thus crosses two task hand-offs fewer (caller → writer, handler → writer).
 
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::driver::WriteHalf;
+use crate::error::CellnetError;
 use crate::frame::{FrameType, OutFrame, PREFIX_LEN};
 
 /// Frames written with one vectored write at most.
@@ -81,12 +93,8 @@ impl Counters {
     }
 }
 
-async fn write_batch(
-    wr: &mut WriteHalf,
-    batch: Vec<OutFrame>,
-    counters: &mut Counters,
-    stall: Duration,
-) -> std::io::Result<()> {
+/// The frames of `batch` as the buffers to write: prefix, headers, payload segments each.
+fn frame_bufs(batch: Vec<OutFrame>, counters: &mut Counters) -> Vec<Bytes> {
     let mut prefixes = BytesMut::with_capacity(batch.len() * PREFIX_LEN);
     let mut parts: Vec<(usize, OutFrame)> = Vec::with_capacity(batch.len());
     for f in batch {
@@ -107,8 +115,17 @@ async fn write_batch(
         bufs.push(f.headers);
         bufs.extend(f.payload);
     }
-    write_all_vectored(wr.as_mut(), &mut bufs, stall).await?;
-    stalled(stall, wr.flush()).await
+    bufs
+}
+
+/// Write what a direct write left (first: it is the tail of a frame on the wire), then
+/// `batch`, then flush.
+async fn write_batch(io: &mut Io, batch: Vec<OutFrame>, stall: Duration) -> std::io::Result<()> {
+    let mut bufs = std::mem::take(&mut io.rest);
+    bufs.extend(frame_bufs(batch, &mut io.counters));
+    io.owes_flush = false;
+    write_all_vectored(io.wr.as_mut(), &mut bufs, stall).await?;
+    stalled(stall, io.wr.flush()).await
 }
 
 /// `op`, failed with `TimedOut` if it does not complete within `stall`.
@@ -121,6 +138,224 @@ async fn stalled<T>(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
+/// The socket's write half and what goes with it; held by whoever writes.
+struct Io {
+    wr: WriteHalf,
+    counters: Counters,
+    /// What a direct write could not put on the socket at once (the tail of its frame): the
+    /// writer task writes it before anything else.
+    rest: Vec<Bytes>,
+    /// A direct write left data in the transport's buffer (TLS) that a flush must push out.
+    owes_flush: bool,
+    /// The writer task has ended: nothing more is written.
+    closed: bool,
+}
+
+/// What the senders and the writer task share.
+struct Shared {
+    io: Mutex<Io>,
+    /// Data frames accepted and not yet written, a direct write's unwritten tail counted as
+    /// one: a sender writes directly only while this is 0, so it never overtakes a frame
+    /// queued before it.
+    unwritten: AtomicUsize,
+    /// Wakes the writer task for a direct write's tail (a permit is kept if it is busy).
+    tail: Notify,
+}
+
+/// The sending side of a connection's writer (kept by the connection).
+pub(crate) struct WriteQueue {
+    tx: mpsc::Sender<OutFrame>,
+    /// Control frames, written before queued data.
+    ctl_tx: mpsc::Sender<OutFrame>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WriteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteQueue")
+            .field("unwritten", &self.shared.unwritten.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The writer task's side: run it with [`writer_task`].
+pub(crate) struct Writer {
+    rx: mpsc::Receiver<OutFrame>,
+    ctl_rx: mpsc::Receiver<OutFrame>,
+    shared: Arc<Shared>,
+}
+
+/// A writer for `wr`: `data` frames may be queued before senders wait, `control` control
+/// frames before they are dropped.
+pub(crate) fn writer(wr: WriteHalf, data: usize, control: usize) -> (WriteQueue, Writer) {
+    let (tx, rx) = mpsc::channel(data);
+    let (ctl_tx, ctl_rx) = mpsc::channel(control);
+    let shared = Arc::new(Shared {
+        io: Mutex::new(Io {
+            wr,
+            counters: Counters {
+                sequence: 0,
+                stream_id: 16,
+            },
+            rest: Vec::new(),
+            owes_flush: false,
+            closed: false,
+        }),
+        unwritten: AtomicUsize::new(0),
+        tail: Notify::new(),
+    });
+    let q = WriteQueue {
+        tx,
+        ctl_tx,
+        shared: Arc::clone(&shared),
+    };
+    (q, Writer { rx, ctl_rx, shared })
+}
+
+/// Counts a data frame as unwritten until it is queued; dropped unqueued (the send failed
+/// or was cancelled), it takes the count back.
+struct Unwritten<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.0 {
+            n.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl WriteQueue {
+    fn count(&self) -> Unwritten<'_> {
+        self.shared.unwritten.fetch_add(1, Ordering::SeqCst);
+        Unwritten(Some(&self.shared.unwritten))
+    }
+
+    /// Send a data frame: written at once if nothing is queued and the socket is free, else
+    /// queued, waiting while the queue is full. Fails only if the connection is closed.
+    pub async fn send(&self, f: OutFrame) -> Result<(), CellnetError> {
+        let Some(f) = self.try_direct(f)? else {
+            return Ok(());
+        };
+        let mut counted = self.count();
+        self.tx.send(f).await.map_err(|_| closed())?;
+        counted.0 = None;
+        Ok(())
+    }
+
+    /// Send a data frame if that needs no waiting (written at once, or room in the queue).
+    pub fn try_send(&self, f: OutFrame) -> Result<(), CellnetError> {
+        let Some(f) = self.try_direct(f)? else {
+            return Ok(());
+        };
+        let mut counted = self.count();
+        self.tx.try_send(f).map_err(|_| closed())?;
+        counted.0 = None;
+        Ok(())
+    }
+
+    /// Queue a control frame without waiting, ahead of queued data; `false` if the control
+    /// queue is full (the frame is dropped).
+    pub fn send_control(&self, f: OutFrame) -> Result<bool, CellnetError> {
+        match self.ctl_tx.try_send(f) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        }
+    }
+
+    /// Write `f` from the caller if no data frame is queued or being written and the socket
+    /// is free; `Some(f)` back if it must be queued instead. Never waits: the socket is
+    /// polled once, and what it does not take is left to the writer task (so a cancelled
+    /// caller can never leave half a frame behind).
+    fn try_direct(&self, f: OutFrame) -> Result<Option<OutFrame>, CellnetError> {
+        let shared = &*self.shared;
+        if shared.unwritten.load(Ordering::SeqCst) != 0 {
+            return Ok(Some(f));
+        }
+        let Ok(mut io) = shared.io.try_lock() else {
+            return Ok(Some(f));
+        };
+        if io.closed {
+            return Err(closed());
+        }
+        // A frame counted after the first look was queued before us: it goes first. (The
+        // writer task takes the lock before it writes and uncounts after, so nothing counted
+        // can be in flight while we hold the lock with the count at 0.)
+        if shared.unwritten.load(Ordering::SeqCst) != 0 {
+            return Ok(Some(f));
+        }
+        let io = &mut *io;
+        let mut bufs = frame_bufs(vec![f], &mut io.counters);
+        let mut cx = Context::from_waker(Waker::noop());
+        let done = match poll_write_all(io.wr.as_mut(), &mut cx, &mut bufs) {
+            // written; a transport that buffers (TLS) may still owe a flush
+            Poll::Ready(Ok(())) => matches!(
+                Pin::new(&mut io.wr).poll_flush(&mut cx),
+                Poll::Ready(Ok(()))
+            ),
+            // the writer task finishes the frame, or meets the failure and handles it
+            Poll::Ready(Err(_)) | Poll::Pending => false,
+        };
+        if !done {
+            io.rest = bufs;
+            io.owes_flush = true;
+            shared.unwritten.fetch_add(1, Ordering::SeqCst);
+            shared.tail.notify_one();
+        }
+        Ok(None)
+    }
+}
+
+fn closed() -> CellnetError {
+    CellnetError::ConnectionClosed("the connection is closed".into())
+}
+
+/// Write `bufs` without waiting: as much as the writer takes now, advancing `bufs` past it.
+/// `Ready(Ok)` once all is written; `Pending` when the writer would block.
+fn poll_write_all(
+    w: &mut (dyn AsyncWrite + Send + Unpin),
+    cx: &mut Context<'_>,
+    bufs: &mut Vec<Bytes>,
+) -> Poll<std::io::Result<()>> {
+    loop {
+        bufs.retain(|b| !b.is_empty());
+        if bufs.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let k = bufs.len().min(MAX_IOV);
+        for (s, b) in slices.iter_mut().zip(bufs.iter()) {
+            *s = IoSlice::new(b);
+        }
+        let mut n = match Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        for b in bufs.iter_mut() {
+            let take = n.min(b.len());
+            b.advance(take);
+            n -= take;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// The next queued frame, control frames first; `true` for a data frame.
+fn try_next(
+    ctl_rx: &mut mpsc::Receiver<OutFrame>,
+    rx: &mut mpsc::Receiver<OutFrame>,
+) -> Option<(OutFrame, bool)> {
+    ctl_rx
+        .try_recv()
+        .map(|f| (f, false))
+        .or_else(|_| rx.try_recv().map(|f| (f, true)))
+        .ok()
+}
+
 /// Write queued frames until the connection closes (what is queued is flushed first, unless
 /// the peer stopped reading).
 ///
@@ -129,17 +364,16 @@ async fn stalled<T>(
 /// confirm followed by the peer's close), and the reader reads it before closing. A peer that
 /// stops reading for `send_timeout` is closed at once.
 pub(crate) async fn writer_task(
-    mut wr: WriteHalf,
-    mut rx: mpsc::Receiver<OutFrame>,
-    mut ctl_rx: mpsc::Receiver<OutFrame>,
+    w: Writer,
     close: CancellationToken,
     broken: CancellationToken,
     send_timeout: Duration,
 ) {
-    let mut counters = Counters {
-        sequence: 0,
-        stream_id: 16,
-    };
+    let Writer {
+        mut rx,
+        mut ctl_rx,
+        shared,
+    } = w;
     let mut ctl_open = true;
     loop {
         let mut closing = false;
@@ -147,15 +381,17 @@ pub(crate) async fn writer_task(
         // stream window may be waiting for them
         let first = tokio::select! {
             biased;
+            // the tail of a direct write: nothing may be written before it
+            _ = shared.tail.notified() => None,
             f = ctl_rx.recv(), if ctl_open => match f {
-                Some(f) => Some(f),
+                Some(f) => Some((f, false)),
                 None => {
                     ctl_open = false;
                     continue;
                 }
             },
             f = rx.recv() => match f {
-                Some(f) => Some(f),
+                Some(f) => Some((f, true)),
                 None => break,
             },
             _ = close.cancelled() => {
@@ -163,15 +399,24 @@ pub(crate) async fn writer_task(
                 None
             }
         };
-        let mut batch: Vec<OutFrame> = first.into_iter().collect();
-        while closing || batch.len() < WRITE_BATCH {
-            match ctl_rx.try_recv().or_else(|_| rx.try_recv()) {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
+        // data frames in the batch (uncounted once written); control frames are not counted
+        let mut data = 0;
+        let mut batch: Vec<OutFrame> = Vec::new();
+        let mut next = first.or_else(|| try_next(&mut ctl_rx, &mut rx));
+        while let Some((f, is_data)) = next.take() {
+            data += usize::from(is_data);
+            batch.push(f);
+            if closing || batch.len() < WRITE_BATCH {
+                next = try_next(&mut ctl_rx, &mut rx);
             }
         }
-        if !batch.is_empty() {
-            match write_batch(&mut wr, batch, &mut counters, send_timeout).await {
+        let mut io = shared.io.lock().await;
+        let tail = usize::from(io.owes_flush);
+        if !batch.is_empty() || tail > 0 {
+            let r = write_batch(&mut io, batch, send_timeout).await;
+            // uncounted under the lock: a direct write sees 0 only once these are written
+            shared.unwritten.fetch_sub(data + tail, Ordering::SeqCst);
+            match r {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     // Dropping what is queued returns the chunks' byte budget at once, long
@@ -189,137 +434,18 @@ pub(crate) async fn writer_task(
                 }
             }
         }
+        drop(io);
         if closing {
             break;
         }
     }
     rx.close();
     ctl_rx.close();
-    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    let mut io = shared.io.lock().await;
+    io.closed = true;
+    io.rest.clear();
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.wr.shutdown()).await;
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_follow_nvflare() {
-        let mut c = Counters {
-            sequence: 0,
-            stream_id: 16,
-        };
-        assert_eq!(c.next(FrameType::Hello), (1, 1));
-        assert_eq!(c.next(FrameType::Data), (17, 2));
-        assert_eq!(c.next(FrameType::Ping), (18, 3));
-    }
-
-    /// Accepts at most 7 bytes of at most 3 buffers per write: every write is partial.
-    struct Trickle(Vec<u8>);
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let n = buf.len().min(7);
-            self.0.extend_from_slice(&buf[..n]);
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn poll_write_vectored(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            let mut n = 0;
-            for b in bufs.iter().take(3) {
-                let take = b.len().min(7 - n);
-                self.0.extend_from_slice(&b[..take]);
-                n += take;
-                if n == 7 {
-                    break;
-                }
-            }
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn vectored_writes_survive_partial_writes_and_many_buffers() {
-        // more buffers than one write takes, empty ones among them
-        let mut bufs: Vec<Bytes> = (0..3 * MAX_IOV)
-            .map(|i| Bytes::from(vec![i as u8; i % 6]))
-            .collect();
-        let want: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-        let mut w = Trickle(Vec::new());
-        write_all_vectored(&mut w, &mut bufs, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(w.0, want);
-    }
-
-    /// Accepts the first `n` bytes, then never again (a peer that stopped reading).
-    struct Stuck(usize);
-
-    impl AsyncWrite for Stuck {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            if self.0 == 0 {
-                return std::task::Poll::Pending;
-            }
-            let n = buf.len().min(self.0);
-            self.0 -= n;
-            std::task::Poll::Ready(Ok(n))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    /// The stall bound counts from the last progress, not from the start of the batch.
-    #[tokio::test(start_paused = true)]
-    async fn a_write_that_stops_making_progress_fails_after_the_stall_bound() {
-        let mut bufs = vec![Bytes::from(vec![1u8; 100])];
-        let mut w = Stuck(60);
-        let t0 = tokio::time::Instant::now();
-        let e = write_all_vectored(&mut w, &mut bufs, Duration::from_secs(3))
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
-        assert_eq!(t0.elapsed(), Duration::from_secs(3));
-        assert_eq!(bufs[0].len(), 40, "the 60 bytes written stay written");
-    }
-}
+mod tests;
