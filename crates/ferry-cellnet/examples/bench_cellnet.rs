@@ -367,7 +367,7 @@ async fn main() {
          ferry round trip crosses two task hand-offs (reader → handler, reader → caller) where \
          the baseline crosses none; most of the remaining gap is CPU per message — encoding \
          and decoding ~20 msgpack header entries each way, and their allocations \
-         (docs/benchmarks.md, \"Request/reply round trips\"). The figures are noisy on a shared 2-core machine.\n"
+         (see \"Request/reply round trips\" below the table). The figures are noisy on a shared 2-core machine.\n"
     ));
     println!("{table}");
     if opts.write_docs {
