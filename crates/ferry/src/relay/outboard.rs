@@ -147,6 +147,25 @@ impl Outboard {
     }
 }
 
+impl Outboard {
+    /// Read the outboard reply `v` (the reply message's value) for the object a ticket pins at
+    /// `size` bytes and BLAKE3 `root`: [`from_value`](Self::from_value), then the chaining
+    /// values merged and compared with the pinned root. This is what a relay accepts from an
+    /// upstream before it serves any group; the error says what did not match.
+    pub fn verified(v: &Value, size: u64, root: &blake3::Hash) -> Result<Self, String> {
+        let o = Self::from_value(v, size)?;
+        let got = o.root();
+        if got != *root {
+            return Err(format!(
+                "its chaining values give BLAKE3 {}, the ticket pins {}",
+                got.to_hex(),
+                root.to_hex()
+            ));
+        }
+        Ok(o)
+    }
+}
+
 /// The chaining value of group `i` of an object of more than one group.
 fn group_cv(i: u64, data: &[u8]) -> ChainingValue {
     blake3::Hasher::new()
