@@ -263,13 +263,13 @@ fn outboard_seeds() -> Vec<(String, Vec<u8>)> {
         let mut seed = vec![sel];
         seed.extend_from_slice(&groups.to_be_bytes());
         seed.extend_from_slice(&payload);
-        seeds.push((format!("object-of-{size}-bytes"), seed));
         if i == 6 {
             // the same outboard under another pinned root (refused)
             let mut wrong = seed.clone();
             wrong[0] |= 8;
             seeds.push((format!("object-of-{size}-bytes-other-root"), wrong));
         }
+        seeds.push((format!("object-of-{size}-bytes"), seed));
     }
     seeds
 }
