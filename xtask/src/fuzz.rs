@@ -33,6 +33,11 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("npz_items", 16 * 1024),
     ("part_record", 16 * 1024),
     ("cell_stream", 32 * 1024),
+    // a sequence of scheduling requests and replies, each a few dozen bytes
+    ("peer_messages", 8 * 1024),
+    // the chaining values of objects of up to four groups fit in 128 bytes; room for more
+    ("outboard_reply", 4 * 1024),
+    ("object_ref", 4 * 1024),
 ];
 
 /// libFuzzer's RSS limit for every run.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use bytes::Bytes;
 use ferry_cellnet::{Cell, Message, MsgpackBody, ReturnCode as WireCode};
@@ -139,18 +140,34 @@ fn handle(weak: &Weak<Inner>, topic: &str, msg: &Message) -> Message {
             "scheduling request without origin",
         );
     };
+    let answer = answer(&mut lock(&inner.refs), topic, &origin, msg, now());
+    inner.wake.notify_one();
+    answer
+}
+
+/// The reply to one scheduling request on `topic` from the receiver `origin` (the name its
+/// connection proved), given the schedulers of the shared refs: the body is refused unread
+/// above the request size limit, decoded, and handed to the ref's scheduler; a request the
+/// schedulers cannot act on (undecodable, a ref not shared, a malformed offer, an unknown
+/// receiver) is answered "pull from the origin" with the reason. Drains the schedulers'
+/// events into the log.
+pub(crate) fn answer(
+    refs: &mut HashMap<String, Scheduler>,
+    topic: &str,
+    origin: &str,
+    msg: &Message,
+    now: Instant,
+) -> Message {
     let body = match codec::request_body(msg) {
         Ok(b) => b,
         Err(e) => return Message::error(WireCode::InvalidRequest, e.to_string()),
     };
-    let now = now();
-    let mut refs = lock(&inner.refs);
     let answer = match topic {
         TOPIC_JOIN => decode::<JoinRequest>(&body).and_then(|r| {
             let s = refs
                 .get_mut(&r.ref_id)
                 .ok_or_else(|| format!("{} is not shared with peers", r.ref_id))?;
-            s.join(&origin, r.offer, r.position, now)
+            s.join(origin, r.offer, r.position, now)
                 .map(ScheduleReply::pull)
                 .map_err(|e| e.to_string())
         }),
@@ -158,7 +175,7 @@ fn handle(weak: &Weak<Inner>, topic: &str, msg: &Message) -> Message {
             let s = refs
                 .get_mut(&r.ref_id)
                 .ok_or_else(|| format!("{} is not shared with peers", r.ref_id))?;
-            s.report(&origin, r.position, r.complete, now)
+            s.report(origin, r.position, r.complete, now)
                 .map(ScheduleReply::directive)
                 .map_err(|e| e.to_string())
         }),
@@ -173,19 +190,31 @@ fn handle(weak: &Weak<Inner>, topic: &str, msg: &Message) -> Message {
             };
             let reason: String = r.reason.chars().take(256).collect();
             tracing::warn!(receiver = %origin, lied = r.lied, %reason, "a receiver's peer source failed");
-            s.source_failed(&origin, kind, r.position, now)
+            s.source_failed(origin, kind, r.position, now)
                 .map(ScheduleReply::pull)
                 .map_err(|e| e.to_string())
         }),
     };
+    log_events(refs);
+    reply(answer.unwrap_or_else(ScheduleReply::refused))
+}
+
+/// Fire the timeouts of the schedulers that are due at `now` and log what they did.
+pub(crate) fn fire_timeouts(refs: &mut HashMap<String, Scheduler>, now: Instant) {
+    for s in refs.values_mut() {
+        if s.poll_timeout().is_some_and(|d| d <= now) {
+            s.handle_timeout(now);
+        }
+    }
+    log_events(refs);
+}
+
+fn log_events(refs: &mut HashMap<String, Scheduler>) {
     for s in refs.values_mut() {
         while let Some(ev) = s.poll_event() {
             tracing::info!(event = ?ev, "peer schedule");
         }
     }
-    drop(refs);
-    inner.wake.notify_one();
-    reply(answer.unwrap_or_else(ScheduleReply::refused))
 }
 
 /// The timer task: fire the schedulers' timeouts when due. It holds the coordinator only
@@ -212,14 +241,6 @@ async fn drive(weak: Weak<Inner>, wake: Arc<Notify>, stop: CancellationToken) {
             _ = sleep => {}
         }
         let Some(inner) = weak.upgrade() else { break };
-        let now = now();
-        for s in lock(&inner.refs).values_mut() {
-            if s.poll_timeout().is_some_and(|d| d <= now) {
-                s.handle_timeout(now);
-            }
-            while let Some(ev) = s.poll_event() {
-                tracing::info!(event = ?ev, "peer schedule");
-            }
-        }
+        fire_timeouts(&mut lock(&inner.refs), now());
     }
 }

@@ -17,7 +17,11 @@ mod have;
 mod part_source;
 mod share;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use coordinator::{answer as answer_request, fire_timeouts};
 pub use coordinator::{PeerCoordinator, MAX_SHARED_REFS};
 pub use ferry_core::peers::SchedulerConfig;
 pub use part_source::MAX_WAIT;
+#[cfg(feature = "fuzzing")]
+pub(crate) use share::read_reply;
 pub use share::{fetch_with_peers, PeerReport, Seeding, ShareOptions};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_cellnet::Cell;
+use ferry_cellnet::{Cell, Message};
 use ferry_core::peers::message::{
     decode, Answer, FailedRequest, JoinRequest, ReportRequest, ScheduleReply, CHANNEL,
     TOPIC_FAILED, TOPIC_JOIN, TOPIC_REPORT,
@@ -471,6 +471,12 @@ async fn ask<T: serde::Serialize>(
     let reply = cell
         .send_request(CHANNEL, topic, sender, msg, share.request_timeout)
         .await;
+    read_reply(&reply)
+}
+
+/// What the sender's reply to a scheduling request says: an error reply's code and text, or
+/// its decoded [`ScheduleReply`] (refused unread above the request size limit).
+pub(crate) fn read_reply(reply: &Message) -> Result<Answer, String> {
     let rc = reply.return_code();
     if !rc.is_ok() {
         return Err(format!(
@@ -482,7 +488,7 @@ async fn ask<T: serde::Serialize>(
                 .unwrap_or_default()
         ));
     }
-    let body = codec::main_body(&reply).map_err(|e| e.to_string())?;
+    let body = codec::main_body(reply).map_err(|e| e.to_string())?;
     decode::<ScheduleReply>(&body).map(ScheduleReply::answer)
 }
 

@@ -335,18 +335,7 @@ impl Relay {
         let o = reply
             .value()
             .map_err(|e| e.to_string())
-            .and_then(|v| Outboard::from_value(&v, pin.size))
-            .and_then(|o| {
-                if o.root() == pin.blake3 {
-                    Ok(o)
-                } else {
-                    Err(format!(
-                        "its chaining values give BLAKE3 {}, the ticket pins {}",
-                        o.root().to_hex(),
-                        pin.hex()
-                    ))
-                }
-            })
+            .and_then(|v| Outboard::verified(&v, pin.size, &pin.blake3))
             .map_err(|why| {
                 DownloadError::Relay(format!("{} sent an unusable outboard: {why}", t.source))
             })?;

@@ -75,18 +75,22 @@ impl Outboard {
         }
     }
 
-    /// Whether `data`, the whole of group `i`, is what the outboard says.
+    /// Whether `data`, the whole of group `i`, is what the outboard says (never for a group
+    /// beyond the object).
     pub fn check(&self, i: u64, data: &[u8]) -> bool {
-        let start = i * GROUP;
-        let expected_len = self.size.saturating_sub(start).min(GROUP);
-        i < groups(self.size)
-            && data.len() as u64 == expected_len
+        if i >= groups(self.size) {
+            return false;
+        }
+        let (start, end) = self.range(i);
+        data.len() as u64 == end - start
             && self.cvs.get(i as usize) == Some(&group_cv_sized(i, data, self.size))
     }
 
-    /// The group range `[start, end)` of group `i`.
+    /// The group range `[start, end)` of group `i` (empty at the object's end for a group
+    /// beyond it).
     pub fn range(&self, i: u64) -> (u64, u64) {
-        (i * GROUP, ((i + 1) * GROUP).min(self.size))
+        let start = i.saturating_mul(GROUP).min(self.size);
+        (start, start.saturating_add(GROUP).min(self.size))
     }
 
     /// The groups that `[start, end)` touches.
@@ -144,6 +148,25 @@ impl Outboard {
             })
             .collect();
         Ok(Self { size, cvs })
+    }
+}
+
+impl Outboard {
+    /// Read the outboard reply `v` (the reply message's value) for the object a ticket pins at
+    /// `size` bytes and BLAKE3 `root`: [`from_value`](Self::from_value), then the chaining
+    /// values merged and compared with the pinned root. This is what a relay accepts from an
+    /// upstream before it serves any group; the error says what did not match.
+    pub fn verified(v: &Value, size: u64, root: &blake3::Hash) -> Result<Self, String> {
+        let o = Self::from_value(v, size)?;
+        let got = o.root();
+        if got != *root {
+            return Err(format!(
+                "its chaining values give BLAKE3 {}, the ticket pins {}",
+                got.to_hex(),
+                root.to_hex()
+            ));
+        }
+        Ok(o)
     }
 }
 
@@ -343,9 +366,47 @@ mod tests {
                     assert!(!o.check(i, &bad), "size {n} group {i} corrupted");
                 }
             }
+            let beyond = groups(n as u64);
+            assert_eq!(o.range(beyond), (n as u64, n as u64), "size {n}");
+            assert!(!o.check(beyond, &[]), "size {n}");
             let back = Outboard::from_value(&o.to_value(), n as u64).unwrap();
             assert_eq!(back, o);
             assert!(Outboard::from_value(&o.to_value(), n as u64 + 1).is_err());
         }
+    }
+
+    /// Found by the `outboard_reply` fuzz target: asking about a group index past 2^44
+    /// overflowed `i * GROUP` (a panic with overflow checks; a wrapped range without).
+    #[test]
+    fn a_group_beyond_the_object_is_refused_whatever_its_index() {
+        let d = data(3 * GROUP as usize + 5);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, &d).unwrap();
+        let o = Outboard::compute(&File::open(&p).unwrap(), d.len() as u64).unwrap();
+        let end = d.len() as u64;
+        for i in [4, 1 << 44, u64::MAX / GROUP + 1, u64::MAX] {
+            assert!(!o.check(i, &d[..GROUP as usize]), "group {i}");
+            assert!(!o.check(i, &[]), "group {i}");
+            assert_eq!(o.range(i), (end, end), "group {i}");
+        }
+    }
+
+    #[test]
+    fn an_outboard_is_verified_against_the_pinned_root() {
+        let d = data(2 * GROUP as usize + 7);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, &d).unwrap();
+        let size = d.len() as u64;
+        let v = Outboard::compute(&File::open(&p).unwrap(), size)
+            .unwrap()
+            .to_value();
+        let o = Outboard::verified(&v, size, &blake3::hash(&d)).unwrap();
+        assert_eq!(o.root(), blake3::hash(&d));
+        let other = blake3::hash(b"other");
+        let err = Outboard::verified(&v, size, &other).unwrap_err();
+        assert!(err.contains(&other.to_hex().to_string()), "{err}");
+        assert!(Outboard::verified(&v, size - 1, &blake3::hash(&d[1..])).is_err());
     }
 }
