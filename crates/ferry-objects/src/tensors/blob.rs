@@ -22,21 +22,21 @@ pub(crate) fn encode_item(
     names: &[String],
     tensor: &Tensor,
 ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
-    let mut out = Vec::new();
-    encode_item_into(names, tensor, None, &mut out)?;
+    let mut out = encode_item_header(names, tensor, None)?;
+    out.extend_from_slice(tensor.data());
     Ok(out)
 }
 
-/// Serialize one tensor under `names[0]`, listing `names[1..]` as aliases and carrying
-/// `dict_metadata` (the first item only), appending the blob to `out`. safetensors writes the
-/// header (length prefix and JSON, which depend only on the names, dtype, shape and metadata);
-/// the data is appended here, so a recycled `out` is filled without an intermediate buffer.
-pub(crate) fn encode_item_into(
+/// The header of the blob of one tensor under `names[0]`, listing `names[1..]` as aliases and
+/// carrying `dict_metadata` (the first item only): the length prefix and JSON that safetensors
+/// writes, which depend only on the names, dtype, shape and metadata. The blob is this header
+/// followed by the tensor's bytes, so a sender serves it as two parts without copying the
+/// tensor.
+pub(crate) fn encode_item_header(
     names: &[String],
     tensor: &Tensor,
     dict_metadata: Option<&BTreeMap<String, String>>,
-    out: &mut Vec<u8>,
-) -> Result<(), safetensors::SafeTensorError> {
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
     let mut meta = HashMap::new();
     if names.len() > 1 {
         let aliases = serde_json::to_string(&names[1..]).unwrap_or_else(|_| "[]".into());
@@ -47,11 +47,7 @@ pub(crate) fn encode_item_into(
         meta.insert(METADATA_KEY.to_string(), json);
     }
     let meta = (!meta.is_empty()).then_some(meta);
-    let header = safetensors::serialize([(names[0].as_str(), HeaderOnly(tensor))], meta)?;
-    out.reserve(header.len() + tensor.data().len());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(tensor.data());
-    Ok(())
+    safetensors::serialize([(names[0].as_str(), HeaderOnly(tensor))], meta)
 }
 
 /// A tensor that shows safetensors its dtype, shape and length but no data: serializing it
