@@ -261,7 +261,8 @@ impl SegmentWriter {
         let _ = rmp::encode::write_bin_len(&mut self.head, len32(len));
         self.segments
             .push(Bytes::from(std::mem::take(&mut self.head)));
-        self.segments.extend(parts.into_iter().filter(|p| !p.is_empty()));
+        self.segments
+            .extend(parts.into_iter().filter(|p| !p.is_empty()));
     }
 
     fn finish(mut self) -> Vec<Bytes> {
