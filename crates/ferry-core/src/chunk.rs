@@ -1,4 +1,5 @@
-//! Chunk payloads: one `Bytes` (files) or a list of `Bytes` (cacheable items).
+//! Chunk payloads: one `Bytes` (files) or a list of items (cacheable items), each item one
+//! `Bytes` or, on a sender, the parts it is the concatenation of.
 //!
 //! On the wire a chunk is a msgpack `bin` or an array of `bin`, exactly as NVFlare sends Python
 //! `bytes` / `list[bytes]` — never an array of integers; the reply codec
@@ -13,6 +14,11 @@ pub enum ChunkData {
     Bytes(Bytes),
     /// A list of items (cacheable objects, tensors): msgpack array of `bin`.
     Items(Vec<Bytes>),
+    /// A list of items, each given as the parts it is the concatenation of: a sender's form
+    /// that needs no copy to put an item together (a tensor item is its safetensors header
+    /// followed by the tensor's own memory). On the wire exactly [`Items`](Self::Items); a
+    /// received chunk is always `Items`.
+    ItemParts(Vec<Vec<Bytes>>),
 }
 
 impl ChunkData {
@@ -21,6 +27,7 @@ impl ChunkData {
         match self {
             Self::Bytes(b) => b.len() as u64,
             Self::Items(items) => items.iter().map(|b| b.len() as u64).sum(),
+            Self::ItemParts(items) => items.iter().flatten().map(|b| b.len() as u64).sum(),
         }
     }
 
@@ -29,6 +36,32 @@ impl ChunkData {
         match self {
             Self::Bytes(_) => None,
             Self::Items(items) => Some(items.len()),
+            Self::ItemParts(items) => Some(items.len()),
+        }
+    }
+
+    /// The same chunk with every item in one buffer: [`ItemParts`](Self::ItemParts) become
+    /// [`Items`](Self::Items), copying each item of more than one part (what a consumer fed
+    /// in-process by a sender's object sees; a received chunk is already `Items`).
+    pub fn into_joined(self) -> Self {
+        match self {
+            Self::ItemParts(items) => Self::Items(items.into_iter().map(join).collect()),
+            other => other,
+        }
+    }
+}
+
+/// One buffer holding `parts` one after the other (no copy for a single part).
+pub fn join(mut parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut out = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+            for p in &parts {
+                out.extend_from_slice(p);
+            }
+            Bytes::from(out)
         }
     }
 }
@@ -45,5 +78,31 @@ mod tests {
         let bytes = ChunkData::Bytes(Bytes::from_static(b"xy"));
         assert_eq!(bytes.byte_len(), 2);
         assert_eq!(bytes.item_count(), None);
+    }
+
+    #[test]
+    fn parted_items_count_like_items_and_join_into_them() {
+        let parts = ChunkData::ItemParts(vec![
+            vec![Bytes::from_static(b"he"), Bytes::from_static(b"llo")],
+            vec![Bytes::from_static(b"x")],
+            vec![],
+        ]);
+        assert_eq!(parts.byte_len(), 6);
+        assert_eq!(parts.item_count(), Some(3));
+        assert_eq!(
+            parts.into_joined(),
+            ChunkData::Items(vec![
+                Bytes::from_static(b"hello"),
+                Bytes::from_static(b"x"),
+                Bytes::new()
+            ])
+        );
+        let single = Bytes::from(vec![7u8; 64]);
+        let ptr = single.as_ptr();
+        let ChunkData::Items(joined) = ChunkData::ItemParts(vec![vec![single]]).into_joined()
+        else {
+            panic!("joined into items");
+        };
+        assert_eq!(joined[0].as_ptr(), ptr, "a single part is not copied");
     }
 }

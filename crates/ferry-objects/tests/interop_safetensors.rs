@@ -183,7 +183,8 @@ fn python_reads_each_served_item_as_a_one_tensor_safetensors_blob() {
     let mut state = None;
     use ferry_core::{ChunkData, Downloadable, Produced};
     while let Produced::Data { data, state: s } = obj.produce(state.as_ref(), "py").unwrap() {
-        let ChunkData::Items(items) = data else {
+        // Each item's parts one after the other: the bytes its `bin` carries on the wire.
+        let ChunkData::Items(items) = data.into_joined() else {
             panic!("items expected")
         };
         for it in items {

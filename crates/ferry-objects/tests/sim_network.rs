@@ -84,7 +84,7 @@ impl<D: Downloadable> Downloadable for CorruptingLink<D> {
             return Ok(Produced::Data { data, state });
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
-        let data = match data {
+        let data = match data.into_joined() {
             ChunkData::Bytes(b) => {
                 let mut v = b.to_vec();
                 let mid = v.len() / 2;
@@ -96,6 +96,7 @@ impl<D: Downloadable> Downloadable for CorruptingLink<D> {
                 items[0] = first;
                 ChunkData::Items(items)
             }
+            ChunkData::ItemParts(_) => unreachable!("joined above"),
         };
         Ok(Produced::Data { data, state })
     }

@@ -29,12 +29,10 @@ use crate::events::{
 use crate::memory::{bytes_from_py, tensor_from_py};
 use crate::runtime::{block_on, block_on_quick, runtime};
 
-/// Default `cache_bytes`: tensor items (a header and a copy of one tensor) kept for receivers
-/// that are behind. The dict itself is already in memory, so a miss only costs the copy again;
-/// a small cache keeps the sender near the dict's own size. 8 MiB holds two 4 MiB items: in
-/// `cargo xtask bench python` (4 receivers, 512 MiB of 4 MiB arrays) the sender peaked at
-/// dict + 57 MiB against dict + 65 MiB with 16 MiB, at the same throughput; below 8 MiB the
-/// peak did not fall further (the chunk budget and the interpreter are the rest).
+/// Default `cache_bytes`: tensor items kept ready for receivers that are behind. An item is
+/// a header made here followed by the array's own memory (no copy), so the cache holds no
+/// tensor data of its own and a miss only costs making the header again; the budget counts
+/// items at their full size, so 8 MiB keeps about two 4 MiB items.
 const DEFAULT_CACHE_BYTES: u64 = 8 << 20;
 
 /// Throttle of the sender's progress events (only produced when `on_event` is set).

@@ -101,6 +101,17 @@ impl Inner {
                         }
                         ChunkData::Items(items)
                     }
+                    ChunkData::ItemParts(mut items) => {
+                        // On the first item's largest part (a tensor's data, not its header):
+                        // written last, so the permit lasts until the item's bytes are out.
+                        let largest = items
+                            .first_mut()
+                            .and_then(|i| i.iter_mut().max_by_key(|p| p.len()));
+                        if let Some(part) = largest {
+                            *part = attach(std::mem::take(part), permit);
+                        }
+                        ChunkData::ItemParts(items)
+                    }
                 };
                 Ok(Produced::Data { data, state })
             }

@@ -149,6 +149,13 @@ impl ReplyBody {
                     w.bin(it);
                 }
             }
+            Some(ChunkData::ItemParts(items)) => {
+                w.str("data");
+                let _ = rmp::encode::write_array_len(&mut w.head, len32(items.len()));
+                for parts in items {
+                    w.bin_parts(parts);
+                }
+            }
         }
         if let Some(v) = self.cancel_capable {
             w.str("cancel_capable");
@@ -246,6 +253,16 @@ impl SegmentWriter {
         if !b.is_empty() {
             self.segments.push(b);
         }
+    }
+
+    /// One `bin` whose content is `parts` one after the other, each its own segment.
+    fn bin_parts(&mut self, parts: Vec<Bytes>) {
+        let len = parts.iter().map(Bytes::len).sum();
+        let _ = rmp::encode::write_bin_len(&mut self.head, len32(len));
+        self.segments
+            .push(Bytes::from(std::mem::take(&mut self.head)));
+        self.segments
+            .extend(parts.into_iter().filter(|p| !p.is_empty()));
     }
 
     fn finish(mut self) -> Vec<Bytes> {

@@ -390,7 +390,7 @@ impl Consumer for MemorySink {
     ) -> Result<State, ConsumeError> {
         let mut r = lock(&self.result);
         r.consumed += 1;
-        match (data, self.items) {
+        match (data.into_joined(), self.items) {
             (ChunkData::Bytes(b), false) => {
                 let end = state
                     .require_u64(crate::plan::KEY_RECEIVED_BYTES)

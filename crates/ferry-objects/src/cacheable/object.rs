@@ -31,9 +31,9 @@ pub struct CacheStats {
 /// What the cache knows about one item.
 #[derive(Debug, Default)]
 struct Slot {
-    /// The item, when cached (`None`: known to some receivers but not stored, e.g. the budget
-    /// was full when it was produced).
-    data: Option<Bytes>,
+    /// The item's parts, when cached (`None`: known to some receivers but not stored, e.g.
+    /// the budget was full when it was produced).
+    data: Option<Vec<Bytes>>,
     /// Receivers that were served it.
     served: HashSet<Arc<str>>,
     /// Receivers whose later request acknowledged it. A pipelining receiver sends this before
@@ -153,7 +153,7 @@ impl Inner {
         for i in finished {
             if let Some(slot) = self.slots.remove(&i) {
                 if let Some(d) = slot.data {
-                    self.cached_bytes -= d.len() as u64;
+                    self.cached_bytes -= parts_len(&d);
                 }
             }
             self.unreserve(i);
@@ -304,8 +304,10 @@ impl<T: ItemSource> CacheableObject<T> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Item `i`, from the cache or produced (outside the lock) and stored if it fits.
-    fn item(&self, i: u64) -> Result<Bytes, ProduceError> {
+    /// Item `i`'s parts, from the cache or produced (outside the lock) and stored if it fits.
+    /// The cache counts an item's full length, whether its parts are copies or memory the
+    /// source already holds.
+    fn item(&self, i: u64) -> Result<Vec<Bytes>, ProduceError> {
         {
             let g = self.lock();
             if let Some(d) = g.slots.get(&i).and_then(|s| s.data.clone()) {
@@ -315,14 +317,14 @@ impl<T: ItemSource> CacheableObject<T> {
         self.productions.fetch_add(1, Ordering::Relaxed);
         let data = self
             .source
-            .produce_item(i)
+            .produce_item_parts(i)
             .map_err(|e| ProduceError(e.to_string()))?;
         let mut g = self.lock();
         g.unreserve(i);
         if let Some(d) = g.slots.get(&i).and_then(|s| s.data.clone()) {
             return Ok(d); // first stored wins
         }
-        let len = data.len() as u64;
+        let len = parts_len(&data);
         if !g.cleared && !g.is_retired(i) && g.cached_bytes + g.reserved_bytes + len <= self.budget
         {
             g.slots.entry(i).or_default().data = Some(data.clone());
@@ -365,14 +367,14 @@ impl<T: ItemSource> CacheableObject<T> {
         }
     }
 
-    fn chunk(&self, first: u64) -> Result<Vec<Bytes>, ProduceError> {
+    fn chunk(&self, first: u64) -> Result<Vec<Vec<Bytes>>, ProduceError> {
         match self.packing {
             ChunkPacking::PerChunk(n) => {
                 let end = first.saturating_add(n).min(self.count);
                 (first..end).map(|i| self.item(i)).collect()
             }
             ChunkPacking::MaxBytes(max) => {
-                let mut items: Vec<Bytes> = Vec::new();
+                let mut items: Vec<Vec<Bytes>> = Vec::new();
                 let mut total = 0u64;
                 for i in first..self.count {
                     if !items.is_empty() {
@@ -383,7 +385,7 @@ impl<T: ItemSource> CacheableObject<T> {
                         }
                     }
                     let d = self.item(i)?;
-                    let len = d.len() as u64;
+                    let len = parts_len(&d);
                     if !items.is_empty() && total.saturating_add(len) >= max {
                         break; // produced (and maybe cached) but does not fit this chunk
                     }
@@ -394,6 +396,11 @@ impl<T: ItemSource> CacheableObject<T> {
             }
         }
     }
+}
+
+/// The length of an item given as parts.
+fn parts_len(parts: &[Bytes]) -> u64 {
+    parts.iter().map(|p| p.len() as u64).sum()
 }
 
 /// Parse `{"start", "count"}`: absent keys are 0 (NVFlare's defaults); returns
@@ -436,8 +443,15 @@ impl<T: ItemSource> Downloadable for CacheableObject<T> {
         let sent = items.len() as u64;
         self.lock().served(requester, next, next + sent);
         self.prefetch(next + sent);
+        // Items of one part each travel as plain items (what every source but a zero-copy
+        // one makes); the parts are written one after the other otherwise.
+        let data = if items.iter().all(|p| p.len() == 1) {
+            ChunkData::Items(items.into_iter().flatten().collect())
+        } else {
+            ChunkData::ItemParts(items)
+        };
         Ok(Produced::Data {
-            data: ChunkData::Items(items),
+            data,
             state: State::new().with(START, next).with(COUNT, sent),
         })
     }

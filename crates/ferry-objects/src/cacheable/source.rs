@@ -24,6 +24,15 @@ pub trait ItemSource: Send + Sync + 'static {
     /// Serialize item `index` (< `item_count()`).
     fn produce_item(&self, index: u64) -> Result<Bytes, ItemError>;
 
+    /// Item `index` as the parts it is the concatenation of, which the object sends one
+    /// after the other without joining them: a source whose items are mostly memory it
+    /// already holds (a tensor's data behind a small header) serves them without a copy.
+    /// The default is [`produce_item`](Self::produce_item) as one part; an override must
+    /// yield the same bytes as `produce_item`.
+    fn produce_item_parts(&self, index: u64) -> Result<Vec<Bytes>, ItemError> {
+        Ok(vec![self.produce_item(index)?])
+    }
+
     /// A lower bound of item `index`'s serialized size, known without serializing it. Used to
     /// pack chunks ([`ChunkPacking::MaxBytes`](crate::ChunkPacking::MaxBytes)), to decide on
     /// prefetch, and for the plan's total size.

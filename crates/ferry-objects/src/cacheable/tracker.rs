@@ -65,7 +65,8 @@ impl ItemTracker {
         state: &State,
         data: ChunkData,
     ) -> Result<Vec<(u64, Bytes)>, ConsumeError> {
-        let ChunkData::Items(items) = data else {
+        // A sender's parted items (a consumer fed in-process) are joined; received ones are not parted.
+        let ChunkData::Items(items) = data.into_joined() else {
             return Err(ConsumeError::BadChunk(
                 "expected a list of items, got a byte chunk".into(),
             ));

@@ -22,21 +22,21 @@ pub(crate) fn encode_item(
     names: &[String],
     tensor: &Tensor,
 ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
-    let mut out = Vec::new();
-    encode_item_into(names, tensor, None, &mut out)?;
+    let mut out = encode_item_header(names, tensor, None)?;
+    out.extend_from_slice(tensor.data());
     Ok(out)
 }
 
-/// Serialize one tensor under `names[0]`, listing `names[1..]` as aliases and carrying
-/// `dict_metadata` (the first item only), appending the blob to `out`. safetensors writes the
-/// header (length prefix and JSON, which depend only on the names, dtype, shape and metadata);
-/// the data is appended here, so a recycled `out` is filled without an intermediate buffer.
-pub(crate) fn encode_item_into(
+/// The header of the blob of one tensor under `names[0]`, listing `names[1..]` as aliases and
+/// carrying `dict_metadata` (the first item only): the length prefix and JSON that safetensors
+/// writes, which depend only on the names, dtype, shape and metadata. The blob is this header
+/// followed by the tensor's bytes, so a sender serves it as two parts without copying the
+/// tensor.
+pub(crate) fn encode_item_header(
     names: &[String],
     tensor: &Tensor,
     dict_metadata: Option<&BTreeMap<String, String>>,
-    out: &mut Vec<u8>,
-) -> Result<(), safetensors::SafeTensorError> {
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
     let mut meta = HashMap::new();
     if names.len() > 1 {
         let aliases = serde_json::to_string(&names[1..]).unwrap_or_else(|_| "[]".into());
@@ -47,11 +47,7 @@ pub(crate) fn encode_item_into(
         meta.insert(METADATA_KEY.to_string(), json);
     }
     let meta = (!meta.is_empty()).then_some(meta);
-    let header = safetensors::serialize([(names[0].as_str(), HeaderOnly(tensor))], meta)?;
-    out.reserve(header.len() + tensor.data().len());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(tensor.data());
-    Ok(())
+    safetensors::serialize([(names[0].as_str(), HeaderOnly(tensor))], meta)
 }
 
 /// A tensor that shows safetensors its dtype, shape and length but no data: serializing it
@@ -194,10 +190,9 @@ mod tests {
                 )])
             });
             let reference = safetensors::serialize([(names[0].as_str(), &tensor)], meta).unwrap();
-            // Appending into a recycled buffer that still has old contents past its length.
-            let mut out = vec![0xAA; 4096];
-            out.clear();
-            encode_item_into(&names, &tensor, None, &mut out).unwrap();
+            // The header, then the tensor's bytes: what safetensors writes for the tensor.
+            let mut out = encode_item_header(&names, &tensor, None).unwrap();
+            out.extend_from_slice(tensor.data());
             assert_eq!(out, reference, "{names:?}");
         }
     }
@@ -222,8 +217,8 @@ mod tests {
     fn the_first_item_carries_the_dict_metadata() {
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         let names = vec!["a".to_string(), "b".to_string()];
-        let mut blob = Vec::new();
-        encode_item_into(&names, &t(b"xyz"), Some(&meta), &mut blob).unwrap();
+        let mut blob = encode_item_header(&names, &t(b"xyz"), Some(&meta)).unwrap();
+        blob.extend_from_slice(b"xyz");
         let d = decode_item(0, &blob).unwrap();
         assert_eq!(d.dict_metadata.as_ref(), Some(&meta));
         assert_eq!(d.names, names, "aliases travel beside it");
@@ -237,8 +232,8 @@ mod tests {
             assert!(e.contains("bad ferry.metadata"), "{bad}: {e}");
         }
         // an empty map is not sent
-        let mut blob = Vec::new();
-        encode_item_into(&names[..1], &t(b"x"), Some(&BTreeMap::new()), &mut blob).unwrap();
+        let mut blob = encode_item_header(&names[..1], &t(b"x"), Some(&BTreeMap::new())).unwrap();
+        blob.extend_from_slice(b"x");
         assert_eq!(blob, encode_item(&names[..1], &t(b"x")).unwrap());
     }
 }

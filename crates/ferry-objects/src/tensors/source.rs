@@ -1,8 +1,7 @@
 //! The tensor dict producer.
 
-use super::blob::encode_item_into;
+use super::blob::encode_item_header;
 use super::{Tensor, TensorDict};
-use crate::buffer_pool::BufferPool;
 use crate::cacheable::{CacheOptions, CacheableObject, ItemError, ItemSource};
 use crate::ObjectsError;
 use bytes::Bytes;
@@ -60,14 +59,7 @@ pub struct TensorSource {
     metadata: BTreeMap<String, String>,
     /// Per item: data length (the size hint), kept after release.
     sizes: Vec<u64>,
-    /// Blob buffers come back here when the cache and the connections are done with an item:
-    /// a fresh multi-MiB allocation per item costs a page fault per 4 KiB, which was most of
-    /// the sender's CPU when serving tensors.
-    pool: BufferPool,
 }
-
-/// Idle blob buffers a [`TensorSource`] keeps.
-const POOL_IDLE: usize = 16;
 
 impl TensorSource {
     /// Group `dict` by buffer (aliases become one item) in insertion order.
@@ -82,7 +74,6 @@ impl TensorSource {
             groups: RwLock::new(Some(groups)),
             metadata,
             sizes,
-            pool: BufferPool::new(POOL_IDLE),
         }
     }
 }
@@ -93,6 +84,13 @@ impl ItemSource for TensorSource {
     }
 
     fn produce_item(&self, index: u64) -> Result<Bytes, ItemError> {
+        self.produce_item_parts(index).map(ferry_core::chunk::join)
+    }
+
+    /// The blob's header (made here, a few hundred bytes) and the tensor's own memory: an
+    /// item costs no copy of its data however often it is produced (a receiver behind the
+    /// cache gets it produced again).
+    fn produce_item_parts(&self, index: u64) -> Result<Vec<Bytes>, ItemError> {
         let err = |reason: String| ItemError { index, reason };
         let guard = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let groups = guard
@@ -102,12 +100,10 @@ impl ItemSource for TensorSource {
             .ok()
             .and_then(|i| groups.get(i))
             .ok_or_else(|| err("no such item".into()))?;
-        // Header JSON is small; reserve the data plus room for it.
-        let mut buf = self.pool.take_empty(g.tensor.data().len() + 4096);
         let metadata = (index == 0).then_some(&self.metadata);
-        encode_item_into(&g.names, &g.tensor, metadata, &mut buf)
+        let header = encode_item_header(&g.names, &g.tensor, metadata)
             .map_err(|e| err(format!("serializing {:?}: {e}", g.names[0])))?;
-        Ok(self.pool.freeze(buf))
+        Ok(vec![Bytes::from(header), g.tensor.data().clone()])
     }
 
     fn item_size_hint(&self, index: u64) -> Option<u64> {
@@ -119,7 +115,6 @@ impl ItemSource for TensorSource {
 
     fn release(&self) {
         *self.groups.write().unwrap_or_else(|p| p.into_inner()) = None;
-        self.pool.clear();
     }
 }
 

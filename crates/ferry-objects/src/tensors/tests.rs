@@ -87,15 +87,43 @@ fn memory_consumer_rebuilds_the_dict_with_aliases_shared() {
 #[test]
 fn items_are_python_loadable_one_tensor_blobs() {
     let obj = TensorDictObject::from_tensors(sample(), CacheOptions::default()).unwrap();
-    let ferry_core::Produced::Data {
-        data: ChunkData::Items(items),
-        ..
-    } = obj.produce(None, "a").unwrap()
-    else {
-        panic!()
+    let data = match obj.produce(None, "a").unwrap() {
+        ferry_core::Produced::Data { data, .. } => data,
+        other => panic!("{other:?}"),
+    };
+    let ChunkData::Items(items) = data.into_joined() else {
+        panic!("items")
     };
     let st = safetensors::SafeTensors::deserialize(&items[0]).unwrap();
     assert_eq!(st.names(), vec!["layer.0.weight"]);
+}
+
+#[test]
+fn items_are_served_from_the_tensors_own_memory() {
+    let dict = sample();
+    let obj = TensorDictObject::from_tensors(dict.clone(), CacheOptions::default()).unwrap();
+    let first = dict.get("layer.0.weight").unwrap().data().clone();
+    // produced twice (the second as for a receiver behind the cache): never a copy of the data
+    for requester in ["a", "b"] {
+        obj.clear_cache();
+        let data = match obj.produce(None, requester).unwrap() {
+            ferry_core::Produced::Data { data, .. } => data,
+            other => panic!("{other:?}"),
+        };
+        let ChunkData::ItemParts(items) = data else {
+            panic!("a tensor item is its header and the tensor's memory: {data:?}")
+        };
+        let [header, body] = items[0].as_slice() else {
+            panic!("two parts: {:?}", items[0])
+        };
+        assert_eq!(body.as_ptr(), first.as_ptr(), "the tensor's own buffer");
+        assert_eq!(body.len(), first.len());
+        let mut blob = header.to_vec();
+        blob.extend_from_slice(body);
+        let st = safetensors::SafeTensors::deserialize(&blob).unwrap();
+        assert_eq!(st.tensor("layer.0.weight").unwrap().data(), &first[..]);
+    }
+    assert_eq!(obj.stats().productions, 2);
 }
 
 #[test]

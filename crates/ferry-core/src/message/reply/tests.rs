@@ -85,6 +85,7 @@ fn chunks_are_neither_copied_on_encode_nor_on_decode() {
         let originals: Vec<&Bytes> = match &data {
             ChunkData::Bytes(b) => vec![b],
             ChunkData::Items(items) => items.iter().filter(|b| !b.is_empty()).collect(),
+            ChunkData::ItemParts(_) => unreachable!("not in this list"),
         };
         for b in originals {
             assert!(
@@ -103,6 +104,30 @@ fn chunks_are_neither_copied_on_encode_nor_on_decode() {
             );
         }
     }
+}
+
+#[test]
+fn parted_items_go_out_uncopied_and_arrive_as_the_items_they_join_into() {
+    let head = Bytes::from_static(b"header:");
+    let data = Bytes::from(vec![3u8; 5000]);
+    let parts = ChunkData::ItemParts(vec![
+        vec![head.clone(), data.clone()],
+        vec![Bytes::from_static(b"one")],
+        vec![],
+    ]);
+    let body = ReplyBody::data(State::new().with("start", 0u64), parts.clone());
+    let segments = body.clone().into_segments();
+    for b in [&head, &data] {
+        assert!(
+            segments.iter().any(|s| s.as_ptr() == b.as_ptr()),
+            "each part is its own segment"
+        );
+    }
+    let flat = concat(&segments);
+    assert_eq!(&flat[..], &body.encode()[..], "segments join to encode()");
+    let back = ReplyBody::decode(&flat).unwrap();
+    let joined = ReplyBody::data(State::new().with("start", 0u64), parts.into_joined());
+    assert_eq!(back, joined, "on the wire the same as the joined items");
 }
 
 #[test]
