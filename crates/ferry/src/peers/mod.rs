@@ -18,6 +18,6 @@ mod part_source;
 mod share;
 
 pub use coordinator::{PeerCoordinator, MAX_SHARED_REFS};
-pub use ferry_core::peers::SchedulerConfig;
+pub use ferry_core::peers::{PeerServed, ReceiverSources, SchedulerConfig, SourceReport};
 pub use part_source::MAX_WAIT;
 pub use share::{fetch_with_peers, PeerReport, Seeding, ShareOptions};
