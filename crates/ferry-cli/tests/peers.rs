@@ -84,6 +84,75 @@ fn sharing_receivers_pull_from_each_other_and_the_sender_counts_them_all() {
 }
 
 #[test]
+fn the_senders_json_says_who_fed_whom_and_its_egress() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("model.bin");
+    let size = 6 * 1024 * 1024 + 17;
+    random_file(&src, size, 9);
+    let size = size as u64;
+    let mut all = vec!["--json", "serve", "--listen", "tcp://127.0.0.1:0"];
+    all.extend_from_slice(&[
+        path_str(&src),
+        "--receivers",
+        "2",
+        "--limit-rate",
+        "2MiB",
+        "--chunk",
+        "256KiB",
+    ]);
+    let mut server = Proc::spawn(&all);
+    let ticket = json(&server.line())["ticket"].as_str().unwrap().to_string();
+    // site-a takes the sender's one slot; site-b is scheduled under it
+    let mut a = sharing_get(&ticket, &d.path().join("a"), &["--name", "site-a"]);
+    let mut b = sharing_get(&ticket, &d.path().join("b"), &["--name", "site-b"]);
+    let (peers_b, _) = peers_and_done(&mut b);
+    assert_eq!(
+        peer_sources(&peers_b),
+        vec!["site-a".to_string()],
+        "{peers_b}"
+    );
+    peers_and_done(&mut a);
+    let out = json(&server.line_where(|l| json(l)["event"] == "outcome"));
+    assert!(server.wait().success(), "serve: {}", server.stderr_text());
+    assert!(a.wait().success() && b.wait().success());
+    let receivers = out["receivers"].as_array().unwrap();
+    assert_eq!(receivers.len(), 2, "{out}");
+    for r in receivers {
+        let from_peers: u64 = r["from_peers"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        let credited =
+            r["from_sender"].as_u64().unwrap() + from_peers + r["resumed"].as_u64().unwrap();
+        assert_eq!(
+            credited, size,
+            "every receiver's sources add up to the object: {r}"
+        );
+        assert_eq!(r["status"], "success", "{r}");
+    }
+    let site = |n: &str| receivers.iter().find(|r| r["name"] == n).unwrap();
+    let fed = site("site-b")["from_peers"]["site-a"].as_u64().unwrap_or(0);
+    assert!(fed > 0, "site-b was fed by site-a: {out}");
+    assert_eq!(site("site-a")["from_sender"].as_u64(), Some(size), "{out}");
+    let peer_a = out["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "site-a")
+        .unwrap_or_else(|| panic!("site-a is listed as a peer: {out}"));
+    assert_eq!(peer_a["receivers"], 1, "{peer_a}");
+    assert_eq!(peer_a["bytes"].as_u64(), Some(fed), "{peer_a}");
+    // what the sender measured: site-a's copy, and whatever site-b got from it directly
+    let sent = out["bytes_sent"].as_u64().unwrap();
+    assert_eq!(out["object_bytes"].as_u64(), Some(size));
+    assert!(sent >= size && sent < 2 * size, "{out}");
+    let ratio = out["egress_ratio"].as_f64().unwrap();
+    assert!((ratio - sent as f64 / size as f64).abs() < 1e-9, "{out}");
+}
+
+#[test]
 fn a_sharing_peer_killed_mid_transfer_leaves_its_downstream_receiver_verified() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("model.bin");

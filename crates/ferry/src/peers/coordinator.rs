@@ -122,6 +122,15 @@ impl PeerCoordinator {
             .map(Scheduler::sources)
     }
 
+    /// The transaction says `receiver` confirmed `ref_id` whole (`size` bytes): see
+    /// [`Scheduler::confirmed`]. Call it for each receiver that succeeded before reading
+    /// [`sources`](Self::sources) at the end.
+    pub fn confirmed(&self, ref_id: &RefId, receiver: &str, size: u64) {
+        if let Some(s) = lock(&self.inner.refs).get_mut(ref_id.as_str()) {
+            s.confirmed(receiver, size);
+        }
+    }
+
     /// Stop answering and stop the timer task.
     pub async fn shutdown(&self) {
         for topic in [TOPIC_JOIN, TOPIC_REPORT, TOPIC_FAILED] {

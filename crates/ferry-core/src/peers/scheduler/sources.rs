@@ -165,6 +165,18 @@ impl Scheduler {
         }
     }
 
+    /// The sender's transaction says `receiver` confirmed the whole object of `size` bytes
+    /// (verified): what it got since its last report came from the source it was told to
+    /// use. A receiver confirms before its last report may reach the scheduler; this keeps its
+    /// credits whole. Ignored if unknown.
+    pub fn confirmed(&mut self, receiver: &str, size: u64) {
+        if let Some(n) = self.nodes.get_mut(receiver) {
+            n.credits.advance(size);
+            n.position = n.position.max(size);
+            n.complete = true;
+        }
+    }
+
     /// Who fed whom, as credited so far (see the [module docs](self)).
     pub fn sources(&self) -> SourceReport {
         let mut peers: BTreeMap<String, PeerServed> = BTreeMap::new();
