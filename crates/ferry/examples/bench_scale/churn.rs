@@ -28,11 +28,11 @@ pub fn role(args: &[String]) -> Result<()> {
         let cell = Cell::new("server")?;
         let url = cell.listen("tcp://127.0.0.1:0").await?;
         let mut sopts = ServiceOptions::default();
-        // Diagnosis: hold at most this many receipts (outcomes, finished refs).
-        if let Ok(n) = std::env::var("BENCH_SCALE_RECEIPTS") {
-            let n: usize = n.parse()?;
-            sopts.engine.max_outcomes = n;
-            sopts.engine.max_tombstones = n;
+        // Receipts (outcomes, finished refs) held at most: 0 keeps the defaults.
+        let receipts: usize = opt(args, "--receipts", 0)?;
+        if receipts > 0 {
+            sopts.engine.max_outcomes = receipts;
+            sopts.engine.max_tombstones = receipts;
         }
         let service = DownloadService::new(&cell, sopts);
         let rcell = Cell::new("site-1")?;
@@ -75,23 +75,30 @@ pub fn role(args: &[String]) -> Result<()> {
                 );
             }
         }
-        // what the engine keeps after the loop: nothing live
-        let live = service.transaction_count();
+        // what the engine keeps after the loop: nothing live, receipts up to their caps
+        let kept = service.retained();
+        let live = kept.transactions + kept.pull_tickets + kept.learnt_chunk_sizes + kept.parked_waiters;
         receiver.shutdown().await;
         rcell.shutdown().await;
         service.shutdown().await;
         cell.shutdown().await;
         emit(
             "RESULT",
-            &json!({"samples": samples, "live": live, "seconds": started.elapsed().as_secs_f64()}),
+            &json!({"samples": samples, "live": live, "kept": format!("{kept:?}"), "seconds": started.elapsed().as_secs_f64()}),
         );
         Ok(())
     })
 }
 
 /// Run the loop in a child; print the samples and the verdict.
-pub fn drive(n: usize) -> Result<bool> {
-    let mut child = Role::spawn(&["churn", "--iterations", &n.to_string()])?;
+pub fn drive(n: usize, receipts: usize) -> Result<bool> {
+    let mut child = Role::spawn(&[
+        "churn",
+        "--iterations",
+        &n.to_string(),
+        "--receipts",
+        &receipts.to_string(),
+    ])?;
     let r = child.expect("RESULT")?;
     let (_, usage) = child.reap()?;
     let samples: Vec<(u64, f64)> = r["samples"]
@@ -123,7 +130,8 @@ pub fn drive(n: usize) -> Result<bool> {
         .fold(0.0f64, |a, d| if d.abs() > a.abs() { d } else { a });
     let live = r["live"].as_u64().unwrap_or(u64::MAX);
     println!(
-        "churn: {n} x (one transaction completed + one expired), one process, in {:.1} s; live heap KiB every {EVERY}: {}\n  RSS MiB every {EVERY}: {}",
+        "churn, receipts {}: {n} x (one transaction completed + one expired), one process, in {:.1} s\n  live heap KiB every {EVERY}: {}\n  RSS MiB every {EVERY}: {}",
+        if receipts == 0 { "at their defaults (30 min, 65,536 finished refs, 4,096 outcomes)".to_string() } else { format!("capped at {receipts}") },
         r["seconds"].as_f64().unwrap_or(0.0),
         r["samples"]
             .as_array()
@@ -136,9 +144,10 @@ pub fn drive(n: usize) -> Result<bool> {
             .join(" ")
     );
     println!(
-        "  after {WARMUP} warm-up: reference {reference:.1} MiB, largest drift {:+.1} %; peak RSS {:.1} MiB; transactions left live: {live}",
+        "  after {WARMUP} warm-up: reference {reference:.1} MiB, largest drift {:+.1} %; peak RSS {:.1} MiB; live state left: {live}; held: {}",
         worst * 100.0,
-        usage.maxrss_kib as f64 / 1024.0
+        usage.maxrss_kib as f64 / 1024.0,
+        r["kept"].as_str().unwrap_or("?")
     );
     let pass = !after.is_empty() && worst.abs() <= FLAT && live == 0;
     println!(
