@@ -155,7 +155,6 @@ async fn serve(
     let peers = crate::peers::start_coordinator(service.cell(), &args.peers, &reg.tickets);
     announce(args, &reg, bound, chunk, given_chunk, json);
     let result = wait_and_report(
-        service,
         &tx,
         args,
         &reg,

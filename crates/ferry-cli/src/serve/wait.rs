@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry::peers::PeerCoordinator;
-use ferry::{DownloadService, ObjectDownloader};
+use ferry::ObjectDownloader;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,6 @@ use crate::watch::{outcome_json, Watch};
 /// Wait for the outcome of `tx` (serving `reg`) and report it, with who fed whom when `peers`
 /// schedules receivers. Ctrl-C deletes the transaction and stops `limiter`'s waits.
 pub(super) async fn wait_and_report(
-    service: &DownloadService,
     tx: &ObjectDownloader,
     args: &ServeArgs,
     reg: &Registered,
@@ -32,6 +31,7 @@ pub(super) async fn wait_and_report(
     peers: Option<&PeerCoordinator>,
     json: bool,
 ) -> CmdResult {
+    let service = tx.service();
     let started = Instant::now();
     let waiter = tx.waiter();
     let wait = waiter.wait();
