@@ -83,8 +83,8 @@ impl Credits {
     }
 }
 
-/// Where one receiver's bytes came from, as the scheduler credits them (see the
-/// [module docs](self)).
+/// Where one receiver's bytes came from, as the scheduler credits them (see
+/// [`SourceReport`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReceiverSources {
     /// The receiver.
@@ -132,6 +132,15 @@ pub struct PeerServed {
 }
 
 /// Per-source figures of one ref: [`Scheduler::sources`].
+///
+/// The sender never sees the bytes that move between peers. It knows what each scheduled
+/// receiver reports (its contiguous position, at each join, report and failure) and which
+/// source it told that receiver to use: each advance of a receiver's position past its
+/// high-water mark is credited to that source, so a receiver's credits add up to its
+/// position (the object's size once complete) and bytes fetched twice after a move count
+/// once. A byte that arrived between a report and a move may be credited to the next source:
+/// exact to within what one source delivers in one report interval. What a peer says it
+/// served ([`PeerServed::reported_served`]) is its own word, kept apart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceReport {
     /// Every receiver tracked, by name.
@@ -177,7 +186,7 @@ impl Scheduler {
         }
     }
 
-    /// Who fed whom, as credited so far (see the [module docs](self)).
+    /// Who fed whom, as credited so far (see [`SourceReport`]).
     pub fn sources(&self) -> SourceReport {
         let mut peers: BTreeMap<String, PeerServed> = BTreeMap::new();
         let mut receivers = Vec::with_capacity(self.nodes.len());
