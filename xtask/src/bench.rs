@@ -41,6 +41,12 @@ const BENCHES: &[(&str, &str, &str, &str)] = &[
         "bench_download",
         "1 GiB file / 512 MiB tensors to 1..8 receiver processes: ferry vs NVFlare 2.9 vs plain TCP",
     ),
+    (
+        "scale",
+        "ferry",
+        "bench_scale",
+        "64 receivers x 256 MiB from one sender (sender peak RSS <= 64 MiB); 1,000 transactions created, completed and expired (RSS flat)",
+    ),
 ];
 
 /// What `cargo xtask bench fanout` measures (listed with the others).

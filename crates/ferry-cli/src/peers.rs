@@ -67,6 +67,35 @@ pub fn start_coordinator(
     Some(c)
 }
 
+/// Who fed whom, per scheduled ref, at the end of the transfer: each receiver the outcome
+/// says succeeded is first marked complete (it may confirm before its last report arrives).
+pub fn scheduled_sources(
+    coordinator: Option<&PeerCoordinator>,
+    tickets: &[Ticket],
+    outcome: &ferry::core::TransferOutcome,
+) -> Vec<crate::stats::Scheduled> {
+    let Some(c) = coordinator else {
+        return Vec::new();
+    };
+    tickets
+        .iter()
+        .filter_map(|t| {
+            let rid = ferry::core::RefId::new(t.ref_id.clone());
+            if let Some((_, m)) = outcome.refs.iter().find(|(r, _)| *r == rid) {
+                for (who, st) in m {
+                    if *st == ferry::core::DownloadStatus::Success {
+                        c.confirmed(&rid, who, t.size);
+                    }
+                }
+            }
+            Some(crate::stats::Scheduled {
+                ref_id: t.ref_id.clone(),
+                sources: c.sources(&rid)?,
+            })
+        })
+        .collect()
+}
+
 /// The URL a sharing receiver of `ticket` listens on (`None` when not sharing).
 pub fn share_listen_url(
     args: &GetPeerArgs,

@@ -68,6 +68,14 @@ impl Watch {
             .collect()
     }
 
+    /// Payload bytes of `ref_id` sent to `receiver`.
+    pub fn sent_for(&self, receiver: &str, ref_id: &str) -> u64 {
+        self.seen
+            .get(receiver)
+            .and_then(|(per_ref, _)| per_ref.get(ref_id).copied())
+            .unwrap_or(0)
+    }
+
     fn bar(&mut self, receiver: &str) -> &mut (HashMap<String, u64>, ProgressBar) {
         let total = self.total;
         self.seen

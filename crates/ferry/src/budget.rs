@@ -260,6 +260,24 @@ impl ChunkSizes {
         let e = seen.entry(ref_id.clone()).or_insert(0);
         *e = (*e).max(len);
     }
+
+    /// The transaction of these objects ended: forget them (a sender that runs transaction
+    /// after transaction keeps nothing per object it no longer serves).
+    pub fn forget<'a>(&self, refs: impl IntoIterator<Item = &'a RefId>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for r in refs {
+            seen.remove(r);
+        }
+        if seen.is_empty() {
+            // give back the table's memory too
+            seen.shrink_to_fit();
+        }
+    }
+
+    /// Objects remembered.
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 #[cfg(test)]

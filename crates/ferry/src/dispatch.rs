@@ -81,6 +81,9 @@ impl Inner {
         };
         let done = match &ev {
             ServiceEvent::TransactionDone { outcome, recorded } => {
+                // Its objects produce no more chunks: their learnt sizes go with them.
+                self.sizes
+                    .forget(outcome.refs.iter().map(|(ref_id, _)| ref_id));
                 tracing::info!(
                     tx = %outcome.tx_id,
                     status = outcome.status.as_str(),

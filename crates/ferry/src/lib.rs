@@ -70,7 +70,7 @@ pub use client::{
 };
 pub use downloader::ObjectDownloader;
 pub use error::DownloadError;
-pub use service::{DownloadService, ServiceOptions};
+pub use service::{DownloadService, Retained, ServiceOptions};
 pub use waiter::TransferWaiter;
 
 pub use ferry_cellnet as cellnet;

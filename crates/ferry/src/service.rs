@@ -110,6 +110,23 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
 }
 
+/// What a [`DownloadService`] holds: see [`DownloadService::retained`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Live and settling transactions.
+    pub transactions: usize,
+    /// Pulls being answered.
+    pub pull_tickets: usize,
+    /// Objects whose chunk size was learnt (those without a byte plan, while served).
+    pub learnt_chunk_sizes: usize,
+    /// Transactions someone waits on.
+    pub parked_waiters: usize,
+    /// Receipts: finished refs (answered "finished" to late pulls).
+    pub tombstones: usize,
+    /// Receipts: outcomes of ended transactions.
+    pub outcomes: usize,
+}
+
 /// The download service of one cell. Cheap to clone (a handle).
 ///
 /// ```no_run
@@ -282,6 +299,21 @@ impl DownloadService {
     /// Live and settling transactions.
     pub fn transaction_count(&self) -> usize {
         lock(&self.inner.engine).transaction_count()
+    }
+
+    /// What the service holds right now, by kind: live state (zero once every transaction
+    /// ended and its pulls were answered) and receipts (kept for their TTL, up to their caps:
+    /// [`ServiceConfig`]'s `tombstone_ttl`/`max_tombstones`, `outcome_ttl`/`max_outcomes`).
+    pub fn retained(&self) -> Retained {
+        let e = lock(&self.inner.engine);
+        Retained {
+            transactions: e.transaction_count(),
+            pull_tickets: e.tickets_in_flight(),
+            learnt_chunk_sizes: self.inner.sizes.len(),
+            parked_waiters: self.inner.waiters.len(),
+            tombstones: e.tombstone_count(),
+            outcomes: e.outcome_count(),
+        }
     }
 
     /// A waiter for the outcome of `tx_id`.

@@ -51,6 +51,11 @@ impl ParkedWaiters {
         }
     }
 
+    /// Transactions with parked waiters.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+
     /// Resolve every parked waiter with `None` (the service shut down).
     pub(crate) fn close(&self) {
         for (_, ws) in lock(&self.0).drain() {

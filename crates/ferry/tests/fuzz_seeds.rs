@@ -126,12 +126,18 @@ impl Conversation {
             ref_id: SHARED.into(),
             position,
             complete,
+            // odd receivers serve others and say how much (the sender's per-source report)
+            served: (i % 2 == 1).then_some(position / 2),
         };
         record(
             &mut self.out,
             pick(1, i, step),
             &msgpack(encode_request(&req)),
         );
+        // as the coordinator does: the served count first, then the report
+        if let Some(served) = req.served {
+            self.s.record_served(RECEIVERS[i], served);
+        }
         let r = self
             .s
             .report(RECEIVERS[i], position, complete, self.now)

@@ -123,12 +123,13 @@ pub(super) struct Ending<'a> {
 
 /// Print the sources, receivers and peak memory, and turn the outcome into the exit status.
 pub(super) fn finish(e: &Ending<'_>, json: bool) -> CmdResult {
-    let sent = stats::receivers(e.watch, e.outcome);
+    // The relay schedules no peers of its own: everything downstream came from it.
+    let sent = stats::receivers(e.watch, e.outcome, &[]);
+    let size = e.relay.pin().size;
     let rss = peak_rss();
     if json {
         let mut v = outcome_json(e.outcome, e.names, e.elapsed.as_secs_f64());
-        v["bytes_sent"] = stats::bytes_sent(&sent).into();
-        v["receivers"] = stats::json(&sent);
+        stats::put_json(&mut v, &sent, &[], size);
         v["upstream"] = match e.upstream {
             Ok(rep) => sources_json(rep),
             Err(_) => serde_json::Value::Null,
@@ -151,7 +152,7 @@ pub(super) fn finish(e: &Ending<'_>, json: bool) -> CmdResult {
             }
         }
         if !sent.is_empty() {
-            for line in stats::lines(&sent) {
+            for line in stats::lines(&sent, &[], size) {
                 ui::info_line(&line);
             }
         }

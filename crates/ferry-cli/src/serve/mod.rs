@@ -154,7 +154,16 @@ async fn serve(
     // Peer-assisted mode (unless --no-peers): receivers that offer to serve are scheduled.
     let peers = crate::peers::start_coordinator(service.cell(), &args.peers, &reg.tickets);
     announce(args, &reg, bound, chunk, given_chunk, json);
-    let result = wait_and_report(service, &tx, args, &reg, limiter.as_ref(), &cancel, json).await;
+    let result = wait_and_report(
+        &tx,
+        args,
+        &reg,
+        limiter.as_ref(),
+        &cancel,
+        peers.as_ref(),
+        json,
+    )
+    .await;
     if let Some(p) = peers {
         p.close();
         p.shutdown().await;

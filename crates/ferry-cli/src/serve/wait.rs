@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry::{DownloadService, ObjectDownloader};
+use ferry::peers::PeerCoordinator;
+use ferry::ObjectDownloader;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -19,17 +20,18 @@ use crate::ui;
 use crate::units::fmt_bytes;
 use crate::watch::{outcome_json, Watch};
 
-/// Wait for the outcome of `tx` (serving `reg`) and report it. Ctrl-C deletes the
-/// transaction and stops `limiter`'s waits.
+/// Wait for the outcome of `tx` (serving `reg`) and report it, with who fed whom when `peers`
+/// schedules receivers. Ctrl-C deletes the transaction and stops `limiter`'s waits.
 pub(super) async fn wait_and_report(
-    service: &DownloadService,
     tx: &ObjectDownloader,
     args: &ServeArgs,
     reg: &Registered,
     limiter: Option<&Arc<RateLimiter>>,
     cancel: &CancellationToken,
+    peers: Option<&PeerCoordinator>,
     json: bool,
 ) -> CmdResult {
+    let service = tx.service();
     let started = Instant::now();
     let waiter = tx.waiter();
     let wait = waiter.wait();
@@ -80,15 +82,16 @@ pub(super) async fn wait_and_report(
             "the transfer ended without an outcome (the download service stopped)",
         ));
     };
-    // What each receiver was sent (issue 15's reporting).
-    let sent = stats::receivers(&watch, &outcome);
+    // What each receiver was sent, and who fed whom in peer-assisted mode.
+    let scheduled = crate::peers::scheduled_sources(peers, &reg.tickets, &outcome);
+    let sent = stats::receivers(&watch, &outcome, &scheduled);
+    let peer_stats = stats::peers(&scheduled);
     if json {
         let mut v = outcome_json(&outcome, &reg.names, elapsed.as_secs_f64());
-        v["bytes_sent"] = stats::bytes_sent(&sent).into();
-        v["receivers"] = stats::json(&sent);
+        stats::put_json(&mut v, &sent, &peer_stats, reg.payload);
         ui::json_line(&v);
     } else if !sent.is_empty() {
-        for line in stats::lines(&sent) {
+        for line in stats::lines(&sent, &peer_stats, reg.payload) {
             ui::info_line(&line);
         }
     }

@@ -37,6 +37,10 @@ pub struct ReportRequest {
     pub position: u64,
     /// It has everything, verified against the ticket.
     pub complete: bool,
+    /// Bytes it served to other receivers so far (for the sender's report; absent from
+    /// receivers that do not serve, and from older ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<u64>,
 }
 
 /// A receiver's source failed (`lied`: its data failed verification).

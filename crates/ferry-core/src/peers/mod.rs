@@ -14,6 +14,9 @@
 //! Like the rest of this crate the scheduler is sans-IO: every call takes `now`,
 //! [`Scheduler::poll_timeout`]/[`Scheduler::handle_timeout`] drive its timers and
 //! [`Scheduler::poll_event`] yields what happened, for logs and reports.
+//! [`Scheduler::sources`] says who fed whom: the bytes of each receiver credited to the
+//! origin or to each peer, from the positions receivers report (the sender never sees the
+//! bytes that move between peers), and what each peer says it served.
 //!
 //! - [`message`]: the join / report / failure requests and the scheduler's replies (msgpack).
 //! - [`Scheduler`]: the engine.
@@ -21,10 +24,13 @@
 pub mod message;
 mod scheduler;
 #[cfg(test)]
+mod source_tests;
+#[cfg(test)]
 mod tests;
 
 pub use scheduler::{
-    FailureKind, PeerEvent, PeerStats, Scheduler, SchedulerConfig, SchedulerError, MAX_URL_LEN,
+    FailureKind, PeerEvent, PeerServed, PeerStats, ReceiverSources, Scheduler, SchedulerConfig,
+    SchedulerError, SourceReport, MAX_NAMED_SOURCES, MAX_URL_LEN,
 };
 
 /// Where a receiver that offers itself as a source can be reached.

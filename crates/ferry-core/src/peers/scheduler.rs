@@ -7,6 +7,10 @@ use super::{Directive, PeerOffer, Source};
 use crate::validate_fqcn;
 
 mod choice;
+mod sources;
+
+use sources::Credits;
+pub use sources::{PeerServed, ReceiverSources, SourceReport, MAX_NAMED_SOURCES};
 
 /// Most events kept unpolled (the oldest are dropped beyond).
 const MAX_EVENTS: usize = 4096;
@@ -157,6 +161,8 @@ struct Node {
     window_upstream_pos: Option<u64>,
     /// Join order, for stable tie-breaks.
     seq: u64,
+    /// Where its bytes came from, for reports.
+    credits: Credits,
 }
 
 /// The peer scheduler of one ref (see the [module docs](super)).
@@ -214,6 +220,10 @@ impl Scheduler {
             }
         }
         if !self.cfg.enabled || self.closed {
+            if let Some(n) = self.nodes.get_mut(receiver) {
+                n.credits.advance(position);
+                n.credits.told = None;
+            }
             return Ok(Source::Origin);
         }
         if !self.nodes.contains_key(receiver) && self.nodes.len() >= self.cfg.max_receivers {
@@ -228,6 +238,7 @@ impl Scheduler {
             n.offer = offer;
             n.position = position;
             n.last_report = now;
+            n.credits.advance(position);
         } else {
             self.nodes.insert(
                 receiver.to_string(),
@@ -244,6 +255,7 @@ impl Scheduler {
                     window_pos: position,
                     window_upstream_pos: None,
                     seq,
+                    credits: Credits::new(position),
                 },
             );
         }
@@ -274,6 +286,7 @@ impl Scheduler {
         }
         n.position = position;
         n.complete = complete;
+        n.credits.advance(position);
         if closed {
             return Ok(Directive::Release);
         }
@@ -318,6 +331,10 @@ impl Scheduler {
             .ok_or_else(|| SchedulerError::UnknownReceiver(receiver.to_string()))?;
         n.last_report = now;
         n.position = position;
+        match kind {
+            FailureKind::Lied => n.credits.discard(),
+            FailureKind::Failed => n.credits.advance(position),
+        }
         if let Upstream::Peer(p) = n.upstream.clone() {
             match kind {
                 FailureKind::Lied => {
@@ -490,6 +507,7 @@ impl Scheduler {
             n.window_start = now;
             n.window_pos = n.position;
             n.window_upstream_pos = upstream_pos;
+            n.credits.told = pick.clone();
         }
         self.push(PeerEvent::Assigned {
             receiver: receiver.to_string(),

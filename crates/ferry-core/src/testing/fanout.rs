@@ -7,11 +7,11 @@
 //! receiver that got any byte from a liar, directly or through a peer, fails it and starts
 //! over).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::peers::{
-    Directive, FailureKind, PeerEvent, PeerOffer, Scheduler, SchedulerConfig, Source,
+    Directive, FailureKind, PeerEvent, PeerOffer, Scheduler, SchedulerConfig, Source, SourceReport,
 };
 
 /// The simulated network.
@@ -88,6 +88,13 @@ pub struct FanoutResult {
     pub verify_failures: usize,
     /// The scheduler's events.
     pub events: Vec<PeerEvent>,
+    /// What each receiver's kept bytes really came from (`None`: the origin; `Some(i)`:
+    /// receiver `i`), the simulation's ground truth; bytes thrown away after a failed digest
+    /// are not in it.
+    pub received_from: Vec<BTreeMap<Option<usize>, u64>>,
+    /// The scheduler's per-source report at the end (fed by the receivers' reports, which
+    /// carry what each served).
+    pub sources: SourceReport,
 }
 
 impl FanoutResult {
@@ -167,6 +174,7 @@ pub fn run(cfg: &FanoutConfig, specs: &[HostSpec], t0: Instant) -> FanoutResult 
         ..FanoutResult::default()
     };
     let mut origin_sent = 0.0f64;
+    let mut got_from: Vec<BTreeMap<Option<usize>, f64>> = vec![BTreeMap::new(); hosts.len()];
     let mut peer_sent = vec![0.0f64; hosts.len()];
     let mut t = Duration::ZERO;
     while t <= cfg.limit {
@@ -235,6 +243,7 @@ pub fn run(cfg: &FanoutConfig, specs: &[HostSpec], t0: Instant) -> FanoutResult 
                     budget -= got;
                     if got > 0.0 {
                         taint[c] |= bad;
+                        *got_from[c].entry(src).or_default() += got;
                     }
                     if want > share {
                         next.push(c);
@@ -261,6 +270,7 @@ pub fn run(cfg: &FanoutConfig, specs: &[HostSpec], t0: Instant) -> FanoutResult 
                     res.verify_failures += 1;
                     h.position = 0.0;
                     h.tainted = false;
+                    got_from[i].clear();
                     let src = sched
                         .source_failed(&h.name, FailureKind::Lied, 0, now)
                         .expect("joined");
@@ -268,13 +278,18 @@ pub fn run(cfg: &FanoutConfig, specs: &[HostSpec], t0: Instant) -> FanoutResult 
                 } else {
                     h.complete = true;
                     res.finished[i] = Some(t);
+                    // a receiver says it is done at once (then keeps reporting as a source)
+                    h.next_report = t;
                 }
             }
         }
         // reports
-        for h in hosts.iter_mut() {
+        for (i, h) in hosts.iter_mut().enumerate() {
             if h.active(t) && !h.released && t >= h.next_report {
                 h.next_report = t + cfg.report_interval;
+                if h.spec.share {
+                    sched.record_served(&h.name, peer_sent[i].round() as u64);
+                }
                 match sched.report(&h.name, h.position as u64, h.complete, now) {
                     Ok(Directive::Switch(s)) => h.source = to_idx(s),
                     Ok(Directive::Release) => h.released = h.complete,
@@ -304,5 +319,10 @@ pub fn run(cfg: &FanoutConfig, specs: &[HostSpec], t0: Instant) -> FanoutResult 
     }
     res.origin_bytes = origin_sent.round() as u64;
     res.peer_bytes = peer_sent.iter().map(|b| b.round() as u64).collect();
+    res.received_from = got_from
+        .iter()
+        .map(|m| m.iter().map(|(k, v)| (*k, v.round() as u64)).collect())
+        .collect();
+    res.sources = sched.sources();
     res
 }

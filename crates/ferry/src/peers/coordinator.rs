@@ -12,7 +12,7 @@ use ferry_core::peers::message::{
     decode, FailedRequest, JoinRequest, ReportRequest, ScheduleReply, CHANNEL, TOPIC_FAILED,
     TOPIC_JOIN, TOPIC_REPORT,
 };
-use ferry_core::peers::{FailureKind, PeerStats, Scheduler, SchedulerConfig};
+use ferry_core::peers::{FailureKind, PeerStats, Scheduler, SchedulerConfig, SourceReport};
 use ferry_core::RefId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -114,6 +114,24 @@ impl PeerCoordinator {
             .map(Scheduler::stats)
     }
 
+    /// Who fed whom for one ref: each receiver's bytes credited to the sender or to each
+    /// peer (from the positions receivers report), and what each peer says it served. See
+    /// [`ferry_core::peers::SourceReport`].
+    pub fn sources(&self, ref_id: &RefId) -> Option<SourceReport> {
+        lock(&self.inner.refs)
+            .get(ref_id.as_str())
+            .map(Scheduler::sources)
+    }
+
+    /// The transaction says `receiver` confirmed `ref_id` whole (`size` bytes): see
+    /// [`Scheduler::confirmed`]. Call it for each receiver that succeeded before reading
+    /// [`sources`](Self::sources) at the end.
+    pub fn confirmed(&self, ref_id: &RefId, receiver: &str, size: u64) {
+        if let Some(s) = lock(&self.inner.refs).get_mut(ref_id.as_str()) {
+            s.confirmed(receiver, size);
+        }
+    }
+
     /// Stop answering and stop the timer task.
     pub async fn shutdown(&self) {
         for topic in [TOPIC_JOIN, TOPIC_REPORT, TOPIC_FAILED] {
@@ -175,6 +193,9 @@ pub(crate) fn answer(
             let s = refs
                 .get_mut(&r.ref_id)
                 .ok_or_else(|| format!("{} is not shared with peers", r.ref_id))?;
+            if let Some(served) = r.served {
+                s.record_served(origin, served);
+            }
             s.report(origin, r.position, r.complete, now)
                 .map(ScheduleReply::directive)
                 .map_err(|e| e.to_string())

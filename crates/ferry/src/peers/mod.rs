@@ -20,7 +20,7 @@ mod share;
 #[cfg(feature = "fuzzing")]
 pub(crate) use coordinator::{answer as answer_request, fire_timeouts};
 pub use coordinator::{PeerCoordinator, MAX_SHARED_REFS};
-pub use ferry_core::peers::SchedulerConfig;
+pub use ferry_core::peers::{PeerServed, ReceiverSources, SchedulerConfig, SourceReport};
 pub use part_source::MAX_WAIT;
 #[cfg(feature = "fuzzing")]
 pub(crate) use share::read_reply;

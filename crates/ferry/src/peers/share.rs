@@ -99,12 +99,13 @@ impl Seeding {
         if !self.scheduled {
             return self.bytes_served();
         }
-        let req = ReportRequest {
-            ref_id: self.ticket.ref_id.clone(),
-            position: self.have.size(),
-            complete: true,
-        };
         loop {
+            let req = ReportRequest {
+                ref_id: self.ticket.ref_id.clone(),
+                position: self.have.size(),
+                complete: true,
+                served: self.opts.offer_url.is_some().then(|| self.bytes_served()),
+            };
             let answer = ask(
                 &self.cell,
                 &self.ticket.source,
@@ -445,6 +446,7 @@ async fn follow(
             ref_id: ticket.ref_id.clone(),
             position: have.position(),
             complete: false,
+            served: share.offer_url.is_some().then(|| have.served().1),
         };
         let answer = tokio::select! {
             _ = stop.cancelled() => return,
