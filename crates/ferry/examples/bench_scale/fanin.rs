@@ -44,6 +44,13 @@ impl Consumer for HashConsumer {
                     self.bytes += b.len() as u64;
                 }
             }
+            // a sender's form; received chunks are always `Items`
+            ChunkData::ItemParts(items) => {
+                for b in items.iter().flatten() {
+                    self.hasher.update(b);
+                    self.bytes += b.len() as u64;
+                }
+            }
         }
         Ok(state.clone())
     }
