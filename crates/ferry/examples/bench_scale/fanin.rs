@@ -44,6 +44,12 @@ impl Consumer for HashConsumer {
                     self.bytes += b.len() as u64;
                 }
             }
+            ChunkData::ItemParts(items) => {
+                for b in items.iter().flatten() {
+                    self.hasher.update(b);
+                    self.bytes += b.len() as u64;
+                }
+            }
         }
         Ok(state.clone())
     }
