@@ -106,3 +106,90 @@ impl TensorItemCheck {
         Ok(count)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cacheable::{ItemSource, COUNT, START};
+    use crate::tensors::{tensor_dict_pin, Dtype, Tensor, TensorDict, TensorSource};
+
+    fn dict() -> TensorDict {
+        let mut d = TensorDict::new();
+        for i in 0..3u8 {
+            let data: Vec<u8> = (0..64u8).map(|x| x ^ i).collect();
+            let t = Tensor::new(Dtype::F32, vec![4, 4], Bytes::from(data)).unwrap();
+            d.insert(format!("w{i}"), t).unwrap();
+        }
+        let tied = d.get("w1").unwrap().clone();
+        d.insert("tied", tied).unwrap();
+        d.with_metadata([("format".to_string(), "pt".to_string())].into())
+    }
+
+    fn one(i: u64, blob: Bytes) -> (State, ChunkData) {
+        let st = State::new().with(START, i).with(COUNT, 1u64);
+        (st, ChunkData::Items(vec![blob]))
+    }
+
+    #[test]
+    fn the_origins_items_pass_and_fold_to_the_pin() {
+        let d = dict();
+        let src = TensorSource::new(d.clone());
+        let mut c = TensorItemCheck::new(tensor_dict_pin(&d));
+        let mut bytes = 0;
+        // any order, and a duplicate is not returned twice
+        for i in [2, 0, 1, 0] {
+            let blob = src.produce_item(i).unwrap();
+            let (st, data) = one(i, blob.clone());
+            for item in c.accept(&st, data).unwrap() {
+                assert_eq!((item.index, &item.blob), (i, &blob));
+                bytes += item.tensor_bytes;
+            }
+        }
+        assert_eq!(bytes, tensor_dict_pin(&d).size);
+        assert_eq!(c.finish().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_changed_item_is_accepted_but_fails_the_digest() {
+        let d = dict();
+        let src = TensorSource::new(d.clone());
+        let mut c = TensorItemCheck::new(tensor_dict_pin(&d));
+        for i in 0..3 {
+            let mut blob = src.produce_item(i).unwrap().to_vec();
+            if i == 1 {
+                let last = blob.len() - 1;
+                blob[last] ^= 1;
+            }
+            let (st, data) = one(i, Bytes::from(blob));
+            c.accept(&st, data).unwrap();
+        }
+        let e = c.finish().unwrap_err().to_string();
+        assert!(e.contains("tensor-dict digest mismatch"), "{e}");
+    }
+
+    #[test]
+    fn what_an_item_can_be_checked_for_fails_at_once() {
+        let d = dict();
+        let src = TensorSource::new(d.clone());
+        // a name twice
+        let mut c = TensorItemCheck::new(tensor_dict_pin(&d));
+        let (st, data) = one(2, src.produce_item(2).unwrap());
+        c.accept(&st, data).unwrap();
+        let (st, data) = one(1, src.produce_item(2).unwrap());
+        let e = c.accept(&st, data).unwrap_err().to_string();
+        assert!(
+            e.contains("item 1") && e.contains("already received"),
+            "{e}"
+        );
+        // more tensor bytes than pinned
+        let mut c = TensorItemCheck::new(Pin::new(10, blake3::hash(b"x")));
+        let (st, data) = one(0, src.produce_item(0).unwrap());
+        let e = c.accept(&st, data).unwrap_err().to_string();
+        assert!(e.contains("the ticket pins 10"), "{e}");
+        // not a blob
+        let mut c = TensorItemCheck::new(tensor_dict_pin(&d));
+        let (st, data) = one(0, Bytes::from_static(b"garbage!garbage!"));
+        let e = c.accept(&st, data).unwrap_err().to_string();
+        assert!(e.contains("item 0") && e.contains("malformed"), "{e}");
+    }
+}
