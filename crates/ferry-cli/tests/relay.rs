@@ -292,7 +292,7 @@ fn a_tensor_dict_is_relayed_to_receivers_as_from_the_origin() {
     assert_eq!(r["status"], "completed", "{r}");
     assert_eq!(r["receivers"].as_array().unwrap().len(), 2, "{r}");
     // The items go through the spill file: the relay holds a window of items in flight each
-    // way, not the dict (62-79 MiB peak in a debug build on the 2-core VM; holding the dict
+    // way, not the dict (62-76 MiB peak in a debug build on the 2-core VM; holding the dict
     // would take its 128 MiB on top of the process's own ~30 MiB). Its copy is gone at exit.
     let rss = r["peak_rss"].as_u64().expect("peak_rss on Linux");
     assert!(
