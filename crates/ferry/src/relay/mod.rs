@@ -98,9 +98,10 @@ use upstream::SpillConsumer;
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
     /// Where the relay makes its spill directory (default: the system's temp dir). It needs
-    /// the object's size free.
+    /// the object's size free (a tensor dict's: its tensors plus a small header per tensor).
     pub spill_dir: PathBuf,
-    /// The chunk size downstream receivers are served in (default 1 MiB).
+    /// The chunk size downstream receivers are served a file in (default 1 MiB); a tensor
+    /// dict is served one item (tensor) per chunk, as by its origin.
     pub chunk_size: u64,
     /// Longest a downstream request waits for bytes that have not arrived (default 10 min).
     /// A safety net: the upstream download delivers them or fails well before, and a failure
@@ -207,8 +208,8 @@ impl Store {
 
 impl Relay {
     /// A relay of the object `sources` name (one or more tickets of the same content, tried in
-    /// order). Makes the spill directory; nothing is requested yet. Refused: no ticket,
-    /// tickets of different content, a tensor dict or a set, a chunk size out of range, a
+    /// order): a file or a tensor dict. Makes the spill directory; nothing is requested yet.
+    /// Refused: no ticket, tickets of different content, a set, a chunk size out of range, a
     /// spill directory that cannot be written.
     pub fn new(sources: Vec<Ticket>, opts: RelayOptions) -> Result<Self, DownloadError> {
         let first = sources
