@@ -226,9 +226,9 @@ pub struct GetArgs {
 /// `ferry relay`: the upstream tickets, and the options of `serve` for its downstream.
 #[derive(Args, Debug)]
 pub struct RelayArgs {
-    /// Tickets of the object to relay (`ferry serve`'s, or another relay's). Several tickets of
-    /// the same object are sources tried in order: when one fails the relay continues from the
-    /// bytes it has at the next.
+    /// Tickets of the object to relay (a file or a tensor dict: `ferry serve`'s, Python's, or
+    /// another relay's). Several tickets of the same object are sources tried in order: when
+    /// one fails the relay continues from the bytes (or tensors) it has at the next.
     #[arg(required = true, value_name = "TICKET")]
     pub tickets: Vec<String>,
     /// Listen URL for the downstream receivers.
@@ -269,7 +269,8 @@ pub struct RelayArgs {
     /// Cap the bytes per second sent to all downstream receivers together (at least 1KiB).
     #[arg(long, value_parser = parse_rate, value_name = "SIZE")]
     pub limit_rate: Option<u64>,
-    /// Chunk size served downstream (64KiB to 64MiB; default 1MiB).
+    /// Chunk size served downstream (64KiB to 64MiB; default 1MiB); a tensor dict goes one
+    /// tensor per chunk, as from its origin.
     #[arg(long, value_parser = parse_chunk, value_name = "SIZE")]
     pub chunk: Option<u64>,
     /// Retry an upstream chunk when the upstream has been silent this long (3 retries; then

@@ -4,6 +4,7 @@ their own memory and received as views of ferry's buffers."""
 from __future__ import annotations
 
 import gc
+import subprocess
 import weakref
 
 import numpy as np
@@ -88,6 +89,46 @@ def test_ferry_get_writes_a_loadable_safetensors_file(tmp_path):
     assert set(back) == set(d)
     for k, v in d.items():
         assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
+
+
+def test_a_relay_serves_a_python_tensor_dict_to_python_receivers(tmp_path, ferry_bin):
+    """Sender.add_tensors -> `ferry relay` -> download_tensors and ferry.get: the relay's
+    ticket is the origin's kind, size and digest, and both receivers get the sender's dict."""
+    from safetensors.numpy import load_file
+
+    d = sample()
+    with ferry.Sender(receivers=1) as s:
+        t = ferry.Ticket(s.add_tensors(d, name="model.safetensors"))
+        relay = subprocess.Popen(
+            [str(ferry_bin), "relay", t.compact, "--listen", "tcp://127.0.0.1:0",
+             "--receivers", "2", "--spill-dir", str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            down = ferry.Ticket(relay.stdout.readline().strip())
+            assert (down.kind, down.size, down.blake3) == ("tensors", t.size, t.blake3)
+            assert down.address != t.address
+            # Two receivers: each under its own name (one process would otherwise be one).
+            got = ferry.download_tensors(down, name="site-1")
+            assert set(got) == set(d)
+            for k, v in d.items():
+                assert got[k].dtype == v.dtype and np.array_equal(got[k], v), k
+            assert np.shares_memory(got["tied"], got["layer.0.weight"])
+            p = ferry.get(down, tmp_path / "out", name="site-2")
+            back = load_file(str(p))
+            assert set(back) == set(d)
+            for k, v in d.items():
+                assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
+            assert relay.wait(timeout=LONG) == 0, relay.stderr.read()
+        finally:
+            if relay.poll() is None:
+                relay.kill()
+                relay.wait()
+        # The origin served one receiver: the relay.
+        o = s.wait(LONG)
+        assert o.completed
 
 
 def test_the_sender_serves_the_arrays_own_memory_and_releases_it(tmp_path):

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ferry::core::{Downloadable, TxConfig};
 use ferry::relay::outboard::OutboardIndex;
 use ferry::relay::{Relay, RelayOptions};
-use ferry::ticket::Ticket;
+use ferry::ticket::{Kind, Ticket};
 use ferry::{DownloadOptions, DownloadService, ObjectDownloader};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -110,6 +110,31 @@ fn parse(raw: &[String]) -> CmdResult<Vec<Ticket>> {
         .collect()
 }
 
+/// The upstream download ended: report it; on failure, end the downstream transaction.
+async fn upstream_ended(
+    r: &Result<ferry::relay::RelayReport, ferry::DownloadError>,
+    service: &DownloadService,
+    tx: &ObjectDownloader,
+    limiter: Option<&RateLimiter>,
+    bar: &indicatif::ProgressBar,
+    relay: &Relay,
+    json: bool,
+) {
+    bar.finish_and_clear();
+    if let Err(e) = r {
+        // Every downstream pull is answered with the error from now on: the pulls waiting for
+        // bytes answer first, then the transaction goes.
+        tracing::debug!(error = %e, "upstream failed");
+        let_pulls_answer(service).await;
+        tx.delete_transaction().ok();
+        if let Some(l) = limiter {
+            l.stop();
+        }
+    }
+    let tensors = relay.sources()[0].kind == Kind::Tensors;
+    report::upstream_done(r, relay.pin().size, tensors, json);
+}
+
 /// Register the relay's object, print the downstream ticket, and run the upstream download
 /// and the downstream transaction until both are over.
 async fn relay_and_wait(
@@ -129,6 +154,30 @@ async fn relay_and_wait(
     let tx = ObjectDownloader::new(service, cfg)
         .map_err(|e| Failure::usage(format!("cannot start the transfer: {e}")))?;
     let limiter = args.limit_rate.map(RateLimiter::new);
+
+    let cancel = interrupt::on_signal();
+    let size = relay.pin().size;
+    let bar = ui::byte_bar(&format!("from {}", relay.sources()[0].source), Some(size));
+    let progress_bar = bar.clone();
+    let opts = DownloadOptions {
+        per_request_timeout: args.request_timeout,
+        cancel: Some(cancel.clone()),
+        ..DownloadOptions::default()
+    }
+    .with_progress(move |p| progress_bar.set_position(p.bytes_done));
+    let started = Instant::now();
+    let upstream = relay.run(service, opts);
+    tokio::pin!(upstream);
+    // A tensor dict's downstream plan needs its item count, which comes with the upstream's
+    // first reply: wait for it (or for the upstream to end) so that receivers pull pipelined.
+    let mut early = None;
+    let tensors = relay.sources()[0].kind == Kind::Tensors;
+    if tensors {
+        tokio::select! {
+            r = &mut upstream => early = Some(r),
+            _ = relay.wait_plan(args.request_timeout) => {}
+        }
+    }
     let obj: Arc<dyn Downloadable> = relay.object();
     let obj = match &limiter {
         Some(l) => Arc::new(Throttled::new(obj, Arc::clone(l))),
@@ -150,19 +199,6 @@ async fn relay_and_wait(
     }
     report::announce(args, relay, &ticket, bound, json);
 
-    let cancel = interrupt::on_signal();
-    let size = relay.pin().size;
-    let bar = ui::byte_bar(&format!("from {}", relay.sources()[0].source), Some(size));
-    let progress_bar = bar.clone();
-    let opts = DownloadOptions {
-        per_request_timeout: args.request_timeout,
-        cancel: Some(cancel.clone()),
-        ..DownloadOptions::default()
-    }
-    .with_progress(move |p| progress_bar.set_position(p.bytes_done));
-    let started = Instant::now();
-    let upstream = relay.run(service, opts);
-    tokio::pin!(upstream);
     let waiter = tx.waiter();
     let wait = waiter.wait();
     tokio::pin!(wait);
@@ -172,22 +208,15 @@ async fn relay_and_wait(
         .into_iter()
         .collect();
     let mut up = None;
+    if let Some(r) = early {
+        upstream_ended(&r, service, &tx, limiter.as_deref(), &bar, relay, json).await;
+        up = Some(r);
+    }
     let mut interrupted = false;
     let outcome = loop {
         tokio::select! {
             r = &mut upstream, if up.is_none() => {
-                bar.finish_and_clear();
-                if let Err(e) = &r {
-                    // Every downstream pull is answered with the error from now on: the pulls
-                    // waiting for bytes answer first, then the transaction goes.
-                    tracing::debug!(error = %e, "upstream failed");
-                    let_pulls_answer(service).await;
-                    tx.delete_transaction().ok();
-                    if let Some(l) = &limiter {
-                        l.stop();
-                    }
-                }
-                report::upstream_done(&r, size, json);
+                upstream_ended(&r, service, &tx, limiter.as_deref(), &bar, relay, json).await;
                 up = Some(r);
             }
             o = &mut wait => break o,
@@ -214,7 +243,7 @@ async fn relay_and_wait(
         None => {
             let r = upstream.await;
             bar.finish_and_clear();
-            report::upstream_done(&r, size, json);
+            report::upstream_done(&r, size, tensors, json);
             r
         }
     };

@@ -58,7 +58,14 @@ pub(super) fn announce(args: &RelayArgs, relay: &Relay, ticket: &Ticket, bound: 
 }
 
 /// The upstream download ended (the downstream may still be pulling).
-pub(super) fn upstream_done(r: &Result<RelayReport, DownloadError>, size: u64, json: bool) {
+/// `tensors`: the object is a tensor dict, whose pin (a fold of item hashes) is checked
+/// once every item arrived.
+pub(super) fn upstream_done(
+    r: &Result<RelayReport, DownloadError>,
+    size: u64,
+    tensors: bool,
+    json: bool,
+) {
     match r {
         Ok(rep) => {
             if json {
@@ -76,6 +83,8 @@ pub(super) fn upstream_done(r: &Result<RelayReport, DownloadError>, size: u64, j
                     fmt_bytes(size),
                     if rep.checked_groups {
                         "each 1 MiB group checked before it was served"
+                    } else if tensors {
+                        "tensor-dict digest: each item checked for shape as it arrived, the dict's digest before any receiver could finish"
                     } else {
                         "whole-object digest only: the upstream serves no outboard"
                     }

@@ -113,6 +113,11 @@ impl ItemTracker {
         Ok(total)
     }
 
+    /// The item count the plan announced, if one did.
+    pub fn expected(&self) -> Option<u64> {
+        self.expected
+    }
+
     /// Items received so far.
     pub fn received(&self) -> u64 {
         self.received.covered()

@@ -11,8 +11,11 @@
 //!   the received items; aliases share one buffer again).
 //! - [`SafetensorsFileConsumer`]: writes one valid `.safetensors` file incrementally, holding
 //!   about one item in memory.
+//! - [`TensorItemCheck`]: the checks those consumers make, for a receiver that keeps the item
+//!   blobs as they are (a relay, which serves them on).
 
 mod blob;
+mod check;
 mod digest;
 mod disk;
 mod memory;
@@ -22,6 +25,7 @@ mod tensor;
 mod tests;
 
 pub use blob::{ALIASES_KEY, METADATA_KEY};
+pub use check::{CheckedItem, TensorItemCheck};
 pub(crate) use digest::TensorPinCheck;
 pub use digest::{item_hash, tensor_dict_pin, TENSORS_DIGEST_DOMAIN};
 pub use disk::{SafetensorsFileConsumer, SafetensorsFileConsumerBuilder};

@@ -1,19 +1,103 @@
 //! The relay's serving side: a [`Downloadable`] that serves the spill to downstream receivers
-//! while it fills.
+//! while it fills (a file's bytes here, a tensor dict's items in [`super::items`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_core::{
-    ChunkData, Downloadable, PlanLayout, ProduceError, Produced, State, TransferPlan,
+    ChunkData, DoneStatus, DownloadStatus, Downloadable, ExpectedReceivers, PlanLayout,
+    ProduceError, Produced, RefId, State, TransferPlan, TxId,
 };
 use ferry_objects::RECEIVED_BYTES;
 
+use super::items::ItemObject;
 use super::spill::{Phase, Spill};
 
-/// The object a [`Relay`](super::Relay) serves: NVFlare's file states (`received_bytes`), a
-/// plan with the ticket's size and digest, and chunks read from the spill once they arrived.
+/// The object a [`Relay`](super::Relay) serves, to add to a transaction of the relay's own: a
+/// file's bytes or a tensor dict's items, each servable once it arrived (see the
+/// [module docs](super)).
+#[derive(Debug)]
+pub struct RelayObject {
+    served: Served,
+    size: u64,
+}
+
+#[derive(Debug)]
+enum Served {
+    Bytes(ByteObject),
+    /// Boxed: the item object (the origin's cache bookkeeping) is ten times a byte object.
+    Items(Box<ItemObject>),
+}
+
+impl RelayObject {
+    pub(crate) fn bytes(o: ByteObject) -> Self {
+        Self {
+            size: o.size(),
+            served: Served::Bytes(o),
+        }
+    }
+
+    pub(crate) fn items(o: ItemObject, size: u64) -> Self {
+        Self {
+            size,
+            served: Served::Items(Box::new(o)),
+        }
+    }
+
+    /// The object's size in bytes (a tensor dict's: its tensor data, as the ticket counts).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn inner(&self) -> &dyn Downloadable {
+        match &self.served {
+            Served::Bytes(o) => o,
+            Served::Items(o) => o.as_ref(),
+        }
+    }
+}
+
+impl Downloadable for RelayObject {
+    fn produce(&self, state: Option<&State>, requester: &str) -> Result<Produced, ProduceError> {
+        self.inner().produce(state, requester)
+    }
+
+    fn try_produce_now(
+        &self,
+        state: Option<&State>,
+        requester: &str,
+    ) -> Option<Result<Produced, ProduceError>> {
+        self.inner().try_produce_now(state, requester)
+    }
+
+    fn plan(&self) -> Option<TransferPlan> {
+        self.inner().plan()
+    }
+
+    fn set_transaction(&self, tx_id: &TxId, ref_id: &RefId, receivers: &ExpectedReceivers) {
+        self.inner().set_transaction(tx_id, ref_id, receivers);
+    }
+
+    fn downloaded_to_one(&self, receiver: &str, status: DownloadStatus) {
+        self.inner().downloaded_to_one(receiver, status);
+    }
+
+    fn downloaded_to_all(&self) {
+        self.inner().downloaded_to_all();
+    }
+
+    fn transaction_done(&self, tx_id: &TxId, status: DoneStatus) {
+        self.inner().transaction_done(tx_id, status);
+    }
+
+    fn release(&self) {
+        self.inner().release();
+    }
+}
+
+/// A relayed file: NVFlare's file states (`received_bytes`), a plan with the ticket's size and
+/// digest, and chunks read from the spill once they arrived.
 ///
 /// A request for bytes that have not arrived waits for them on the blocking pool (up to
 /// `wait`, a safety net: in practice the upstream download delivers them or fails first, and a
@@ -21,19 +105,18 @@ use super::spill::{Phase, Spill};
 /// the ticket's pin, so no downstream receiver completes on content the relay has not checked;
 /// each of them checks the same pin itself too.
 #[derive(Debug)]
-pub struct RelayObject {
+pub(crate) struct ByteObject {
     spill: Arc<Spill>,
     chunk: u64,
     wait: Duration,
 }
 
-impl RelayObject {
+impl ByteObject {
     pub(crate) fn new(spill: Arc<Spill>, chunk: u64, wait: Duration) -> Self {
         Self { spill, chunk, wait }
     }
 
-    /// The object's size in bytes.
-    pub fn size(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.spill.pin().size
     }
 
@@ -42,7 +125,7 @@ impl RelayObject {
     }
 }
 
-impl Downloadable for RelayObject {
+impl Downloadable for ByteObject {
     fn produce(&self, state: Option<&State>, requester: &str) -> Result<Produced, ProduceError> {
         let size = self.size();
         let n = match state {

@@ -26,8 +26,23 @@
 //! fails its downstream with [`DownloadError::Relay`], naming each source and what happened.
 //! A digest mismatch is final (the bytes that did not match cannot be told apart).
 //!
-//! Objects: files (`kind=file`). Tensor dicts and sets are refused by [`Relay::new`] with a
-//! message saying what to relay instead.
+//! Objects: files (`kind=file`) and tensor dicts (`kind=tensors`, what `ferry serve --tensors`
+//! and Python's `Sender.add_tensors` send). Sets are refused by [`Relay::new`] with a message
+//! saying what to relay instead.
+//!
+//! A tensor dict travels as items (one safetensors blob per tensor), and its ticket pins a
+//! BLAKE3 fold of the per-item hashes and the dict's metadata: no single item can be checked
+//! against it. The relay checks each item as far as it can when it arrives (the chunk's item
+//! indices, a well-formed one-tensor blob, names not seen before, tensor bytes within the
+//! pinned size), appends the blob to its spill file with an index entry, and serves it
+//! downstream from there; the whole digest is checked once every item arrived, and only then
+//! is the downstream EOF answered. A dict whose digest fails fails every downstream pull, and
+//! the relay confirms nothing upstream. Downstream, the relay serves the items with the
+//! origin's own item object ([`CacheableObject`](ferry_objects::CacheableObject), its cache
+//! left empty: the blobs are in the spill), so `ferry get`, Python's `download_tensors` and
+//! NVFlare's tensor downloader pull from it as from the origin. Its plan needs the item count,
+//! which arrives with the upstream's first reply: add the object after [`Relay::wait_plan`] to
+//! serve receivers pipelined.
 //!
 //! ```no_run
 //! # async fn f(service: &ferry::DownloadService, upstream: ferry::ticket::Ticket) -> Result<(), ferry::DownloadError> {
@@ -49,6 +64,8 @@
 //! [`StreamVerifier`]: ferry_objects::verify::StreamVerifier
 
 mod downstream;
+mod item_spill;
+mod items;
 pub mod outboard;
 mod spill;
 mod upstream;
@@ -60,6 +77,7 @@ use std::time::{Duration, Instant};
 use ferry_cellnet::rmpv::Value;
 use ferry_cellnet::{Message, ReturnCode};
 use ferry_core::{RefId, State};
+use ferry_objects::cacheable::{COUNT, START};
 use ferry_objects::verify::Pin;
 use ferry_objects::RECEIVED_BYTES;
 
@@ -68,7 +86,10 @@ use crate::error::DownloadError;
 use crate::service::DownloadService;
 use crate::ticket::{Kind, Ticket};
 
+use downstream::ByteObject;
 pub use downstream::RelayObject;
+use item_spill::ItemSpill;
+use items::{ItemObject, ItemSpillConsumer};
 use outboard::Outboard;
 use spill::{Phase, Spill};
 use upstream::SpillConsumer;
@@ -77,9 +98,10 @@ use upstream::SpillConsumer;
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
     /// Where the relay makes its spill directory (default: the system's temp dir). It needs
-    /// the object's size free.
+    /// the object's size free (a tensor dict's: its tensors plus a small header per tensor).
     pub spill_dir: PathBuf,
-    /// The chunk size downstream receivers are served in (default 1 MiB).
+    /// The chunk size downstream receivers are served a file in (default 1 MiB); a tensor
+    /// dict is served one item (tensor) per chunk, as by its origin.
     pub chunk_size: u64,
     /// Longest a downstream request waits for bytes that have not arrived (default 10 min).
     /// A safety net: the upstream download delivers them or fails well before, and a failure
@@ -127,27 +149,74 @@ pub struct RelayReport {
 #[derive(Debug)]
 pub struct Relay {
     sources: Vec<Ticket>,
-    spill: Arc<Spill>,
+    store: Store,
     object: Arc<RelayObject>,
+}
+
+/// The relay's copy: a file's bytes, or a tensor dict's items.
+#[derive(Debug)]
+enum Store {
+    Bytes(Arc<Spill>),
+    Items(Arc<ItemSpill>),
+}
+
+impl Store {
+    fn pin(&self) -> Pin {
+        match self {
+            Store::Bytes(s) => s.pin(),
+            Store::Items(s) => s.pin(),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        match self {
+            Store::Bytes(s) => s.phase(),
+            Store::Items(s) => s.phase(),
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        match self {
+            Store::Bytes(s) => s.set_phase(phase),
+            Store::Items(s) => s.set_phase(phase),
+        }
+    }
+
+    /// Bytes that arrived (a tensor dict's: tensor data, as its pin counts them).
+    fn received(&self) -> u64 {
+        match self {
+            Store::Bytes(s) => s.progress().0,
+            Store::Items(s) => s.progress().0,
+        }
+    }
+
+    /// The state another source continues from: after the contiguous prefix of bytes, or of
+    /// items, that arrived (`None`: from the start).
+    fn resume_state(&self) -> Option<State> {
+        match self {
+            Store::Bytes(s) => {
+                let prefix = s.progress().1;
+                (prefix > 0).then(|| State::new().with(RECEIVED_BYTES, prefix))
+            }
+            Store::Items(s) => {
+                let prefix = s.progress().1;
+                (prefix > 0).then(|| State::new().with(START, 0u64).with(COUNT, prefix))
+            }
+        }
+    }
 }
 
 impl Relay {
     /// A relay of the object `sources` name (one or more tickets of the same content, tried in
-    /// order). Makes the spill directory; nothing is requested yet. Refused: no ticket,
-    /// tickets of different content, a tensor dict or a set, a chunk size out of range, a
+    /// order): a file or a tensor dict. Makes the spill directory; nothing is requested yet.
+    /// Refused: no ticket, tickets of different content, a set, a chunk size out of range, a
     /// spill directory that cannot be written.
     pub fn new(sources: Vec<Ticket>, opts: RelayOptions) -> Result<Self, DownloadError> {
         let first = sources
             .first()
             .ok_or_else(|| DownloadError::Relay("a relay needs at least one ticket".into()))?;
         match first.kind {
-            Kind::File => {}
-            Kind::Tensors => {
-                return Err(DownloadError::Relay(format!(
-                    "{} is a tensor dict (kind=tensors), which a relay does not serve: relays pass byte streams; serve the .safetensors file as a plain file (without --tensors) to relay it",
-                    first.name
-                )))
-            }
+            Kind::File | Kind::Tensors => {}
             Kind::Set => {
                 return Err(DownloadError::Relay(format!(
                     "{} is a set of objects, which a relay does not serve: serve it with --ticket-per-object and relay each file's ticket",
@@ -165,22 +234,30 @@ impl Relay {
             )));
         }
         ferry_objects::check_chunk_size(opts.chunk_size)?;
-        let spill = Spill::create(&opts.spill_dir, first.pin()).map_err(|e| {
+        let cannot = |e: std::io::Error| {
             DownloadError::Relay(format!(
                 "cannot make the relay's spill file in {}: {e}",
                 opts.spill_dir.display()
             ))
-        })?;
-        let spill = Arc::new(spill);
-        let object = Arc::new(RelayObject::new(
-            Arc::clone(&spill),
-            opts.chunk_size,
-            opts.wait,
-        ));
+        };
+        let (store, object) = if first.kind == Kind::Tensors {
+            let spill = Arc::new(ItemSpill::create(&opts.spill_dir, first.pin()).map_err(cannot)?);
+            let object =
+                RelayObject::items(ItemObject::new(Arc::clone(&spill), opts.wait), first.size);
+            (Store::Items(spill), object)
+        } else {
+            let spill = Arc::new(Spill::create(&opts.spill_dir, first.pin()).map_err(cannot)?);
+            let object = RelayObject::bytes(ByteObject::new(
+                Arc::clone(&spill),
+                opts.chunk_size,
+                opts.wait,
+            ));
+            (Store::Bytes(spill), object)
+        };
         Ok(Self {
             sources,
-            spill,
-            object,
+            store,
+            object: Arc::new(object),
         })
     }
 
@@ -191,7 +268,7 @@ impl Relay {
 
     /// The content every source is held to.
     pub fn pin(&self) -> Pin {
-        self.spill.pin()
+        self.store.pin()
     }
 
     /// The upstream tickets, in the order they are tried.
@@ -212,37 +289,75 @@ impl Relay {
         }
     }
 
-    /// The spill file (holes where bytes have not arrived).
+    /// The spill file: a file's bytes at their offsets (holes where bytes have not arrived),
+    /// or a tensor dict's item blobs in the order they arrived.
     pub fn spill_path(&self) -> &Path {
-        self.spill.path()
+        match &self.store {
+            Store::Bytes(s) => s.path(),
+            Store::Items(s) => s.path(),
+        }
     }
 
-    /// Bytes that arrived from upstream so far.
+    /// Bytes that arrived from upstream so far (of a tensor dict: tensor data, as the
+    /// ticket's size counts them).
     pub fn received(&self) -> u64 {
-        self.spill.progress().0
+        self.store.received()
     }
 
     /// Whether the relay checks each 1 MiB group against an outboard before serving it (a
     /// source gave one that matches the pin), rather than only the whole object's digest.
+    /// Never for a tensor dict: its pin is a fold of item hashes, checked once all arrived.
     pub fn checks_groups(&self) -> bool {
-        self.spill.has_outboard()
+        match &self.store {
+            Store::Bytes(s) => s.has_outboard(),
+            Store::Items(_) => false,
+        }
     }
 
-    /// Where the relay keeps its outboard, for an [`OutboardIndex`](outboard::OutboardIndex).
+    /// The number of items of a tensor dict, once the upstream announced it (`None` for a
+    /// file, or before).
+    pub fn item_count(&self) -> Option<u64> {
+        match &self.store {
+            Store::Bytes(_) => None,
+            Store::Items(s) => s.count(),
+        }
+    }
+
+    /// Wait until downstream receivers can be given a plan, at most `limit`: at once for a
+    /// file; for a tensor dict, until the upstream announced its item count (with its first
+    /// reply, once [`run`](Self::run) started). An [`object`](Self::object) added to a
+    /// transaction after this returned `true` is served with a plan, so receivers keep
+    /// several requests in flight; added before, it is served one item per request (as
+    /// NVFlare does). `false`: the count did not arrive in time or the relay failed.
+    pub async fn wait_plan(&self, limit: Duration) -> bool {
+        let Store::Items(s) = &self.store else {
+            return true;
+        };
+        let s = Arc::clone(s);
+        tokio::task::spawn_blocking(move || s.wait_count(limit).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Where the relay keeps its outboard, for an [`OutboardIndex`](outboard::OutboardIndex)
+    /// (always empty for a tensor dict).
     pub(crate) fn outboard_slot(&self) -> Arc<OnceLock<Arc<Outboard>>> {
-        self.spill.outboard_slot()
+        match &self.store {
+            Store::Bytes(s) => s.outboard_slot(),
+            Store::Items(_) => Arc::new(OnceLock::new()),
+        }
     }
 
     /// Whether the whole object arrived and verified.
     pub fn is_verified(&self) -> bool {
-        self.spill.phase() == Phase::Verified
+        self.store.phase() == Phase::Verified
     }
 
     /// Fail every downstream pull from now on with `why` (e.g. the relay is stopping). A
     /// relay that verified keeps serving: its copy is complete.
     pub fn close(&self, why: &str) {
-        if self.spill.phase() != Phase::Verified {
-            self.spill.set_phase(Phase::Failed(why.to_string()));
+        if self.store.phase() != Phase::Verified {
+            self.store.set_phase(Phase::Failed(why.to_string()));
         }
     }
 
@@ -262,10 +377,10 @@ impl Relay {
             checked_groups: false,
         };
         for t in &self.sources {
-            let (before, prefix) = self.spill.progress();
+            let before = self.store.received();
             let started = Instant::now();
-            let result = self.pull_from(service, t, prefix, opts.clone()).await;
-            let (after, _) = self.spill.progress();
+            let result = self.pull_from(service, t, opts.clone()).await;
+            let after = self.store.received();
             let error = result.err();
             report.sources.push(SourceReport {
                 source: t.source.clone(),
@@ -280,20 +395,20 @@ impl Relay {
                 return Ok(report);
             };
             tracing::warn!(source = %t.source, %error, "relay: source failed");
-            if let Phase::Failed(why) = self.spill.phase() {
+            if let Phase::Failed(why) = self.store.phase() {
                 // A digest mismatch (or a close): the bytes cannot be trusted from any source.
                 return Err(DownloadError::Relay(why));
             }
             if matches!(error, DownloadError::Cancelled { .. }) {
                 let why = "the relay was cancelled".to_string();
-                self.spill.set_phase(Phase::Failed(why.clone()));
+                self.store.set_phase(Phase::Failed(why.clone()));
                 return Err(DownloadError::Relay(why));
             }
         }
         let why = format!(
             "the relay lost its upstream after {} of {} bytes: {}",
-            self.spill.progress().0,
-            self.spill.pin().size,
+            self.store.received(),
+            self.store.pin().size,
             report
                 .sources
                 .iter()
@@ -306,7 +421,7 @@ impl Relay {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
-        self.spill.set_phase(Phase::Failed(why.clone()));
+        self.store.set_phase(Phase::Failed(why.clone()));
         Err(DownloadError::Relay(why))
     }
 
@@ -319,6 +434,9 @@ impl Relay {
         t: &Ticket,
         timeout: Duration,
     ) -> Result<(), DownloadError> {
+        let Store::Bytes(spill) = &self.store else {
+            return Ok(()); // a tensor dict's pin is checked item by item, then folded
+        };
         let req = Message::from_value(Value::Map(vec![(
             Value::from("ref_id"),
             Value::from(t.ref_id.as_str()),
@@ -331,7 +449,7 @@ impl Relay {
             tracing::info!(source = %t.source, rc = %reply.return_code().as_str(), error = ?reply.error_text(), "no outboard: the relay checks the whole object's digest only");
             return Ok(());
         }
-        let pin = self.spill.pin();
+        let pin = spill.pin();
         let o = reply
             .value()
             .map_err(|e| e.to_string())
@@ -339,7 +457,7 @@ impl Relay {
             .map_err(|why| {
                 DownloadError::Relay(format!("{} sent an unusable outboard: {why}", t.source))
             })?;
-        self.spill
+        spill
             .set_outboard(o, &t.source)
             .map_err(DownloadError::Relay)
     }
@@ -379,29 +497,34 @@ impl Relay {
         Ok(())
     }
 
-    /// One attempt: connect to `t`'s sender if needed and download from byte `prefix` on.
+    /// One attempt: connect to `t`'s sender if needed and download what has not arrived.
     async fn pull_from(
         &self,
         service: &DownloadService,
         t: &Ticket,
-        prefix: u64,
         mut opts: DownloadOptions,
     ) -> Result<(), DownloadError> {
         self.connect(service, t).await?;
-        if !self.spill.has_outboard() {
+        if !self.checks_groups() {
             self.fetch_outboard(service, t, opts.per_request_timeout)
                 .await?;
         }
-        opts.resume_state = (prefix > 0).then(|| State::new().with(RECEIVED_BYTES, prefix));
-        let consumer = SpillConsumer::new(Arc::clone(&self.spill), t.source.clone());
-        download_object(
-            service,
-            &t.source,
-            &RefId::new(t.ref_id.clone()),
-            consumer,
-            opts,
-        )
-        .await
-        .map(|_| ())
+        opts.resume_state = self.store.resume_state();
+        let rid = RefId::new(t.ref_id.clone());
+        let source = t.source.clone();
+        match &self.store {
+            Store::Bytes(spill) => {
+                let consumer = SpillConsumer::new(Arc::clone(spill), source.clone());
+                download_object(service, &source, &rid, consumer, opts)
+                    .await
+                    .map(|_| ())
+            }
+            Store::Items(spill) => {
+                let consumer = ItemSpillConsumer::new(Arc::clone(spill), source.clone());
+                download_object(service, &source, &rid, consumer, opts)
+                    .await
+                    .map(|_| ())
+            }
+        }
     }
 }
