@@ -6,60 +6,23 @@ mod common;
 
 use bytes::Bytes;
 use common::pattern;
+use common::sim::{
+    dir_entries, dirs, download_cfg, hash_file, lossy, names, StateMatcher, RECEIVERS,
+};
 use ferry_core::testing::{Sim, SimConfig};
 use ferry_core::{
-    ChunkData, Consumer, DoneStatus, DownloadConfig, DownloadStatus, Downloadable, ProduceError,
-    Produced, RefId, State, TransferPlan, TxConfig, TxId,
+    ChunkData, Consumer, DoneStatus, DownloadStatus, Downloadable, ProduceError, Produced, RefId,
+    State, TransferPlan, TxConfig, TxId,
 };
 use ferry_objects::tensors::Dtype;
 use ferry_objects::{
     CacheOptions, ChunkPacking, ExpectedReceivers, FileConsumer, FileObject,
     SafetensorsFileConsumer, Tensor, TensorDict, TensorDictConsumer, TensorDictObject,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const RECEIVERS: usize = 8;
-
-fn names() -> Vec<String> {
-    (1..=RECEIVERS).map(|i| format!("site-{i}")).collect()
-}
-
-fn lossy(seed: u64) -> SimConfig {
-    SimConfig {
-        seed,
-        latency: (Duration::from_millis(1), Duration::from_millis(40)),
-        loss: 0.01,
-        duplicate: 0.05,
-        ..SimConfig::default()
-    }
-}
-
-fn download_cfg() -> DownloadConfig {
-    DownloadConfig {
-        per_request_timeout: Duration::from_secs(5),
-        max_retries: 50,
-        ..DownloadConfig::default()
-    }
-}
-
-fn hash_file(p: &Path) -> blake3::Hash {
-    blake3::hash(&std::fs::read(p).unwrap())
-}
-
-fn dir_entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Picks replies by their state.
-type StateMatcher = Box<dyn Fn(&State) -> bool + Send + Sync>;
 
 /// Wraps an object like a faulty link: for requests from `victim` only, every reply whose state
 /// matches `target` is damaged (one byte of a file chunk flipped, or the chunk's first item
@@ -153,30 +116,6 @@ fn run_to_eight(
         })
         .collect();
     (sim, results)
-}
-
-struct Dirs {
-    _root: tempfile::TempDir,
-    src: PathBuf,
-    dst: Vec<PathBuf>,
-}
-
-fn dirs() -> Dirs {
-    let root = tempfile::tempdir().unwrap();
-    let src = root.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let dst = (0..RECEIVERS)
-        .map(|i| {
-            let d = root.path().join(format!("r{i}"));
-            std::fs::create_dir(&d).unwrap();
-            d
-        })
-        .collect();
-    Dirs {
-        _root: root,
-        src,
-        dst,
-    }
 }
 
 #[test]
@@ -497,117 +436,4 @@ fn lossy_network_costs_at_most_one_production_per_lost_message() {
         "{st:?}, {lost} messages lost"
     );
     assert_eq!(st.retired_items, obj.item_count(), "{st:?}");
-}
-
-/// Counts the bytes served and answers `error` to requests whose state matches `fail_at`.
-struct MeteredLink<D: Downloadable> {
-    inner: D,
-    fail_at: Option<StateMatcher>,
-    served: AtomicU64,
-}
-
-impl<D: Downloadable> Downloadable for MeteredLink<D> {
-    fn produce(&self, state: Option<&State>, requester: &str) -> Result<Produced, ProduceError> {
-        if let (Some(f), Some(s)) = (&self.fail_at, state) {
-            if f(s) {
-                return Ok(Produced::Error {
-                    reason: "source went away".into(),
-                });
-            }
-        }
-        let out = self.inner.produce(state, requester)?;
-        if let Produced::Data { data, .. } = &out {
-            self.served.fetch_add(data.byte_len(), Ordering::Relaxed);
-        }
-        Ok(out)
-    }
-    fn plan(&self) -> Option<TransferPlan> {
-        self.inner.plan()
-    }
-    fn release(&self) {
-        self.inner.release()
-    }
-}
-
-#[test]
-fn a_failed_file_download_resumes_from_its_kept_part_and_verifies_the_whole() {
-    let d = dirs();
-    let src = d.src.join("big.bin");
-    let size = (8 << 20) + 777;
-    std::fs::write(&src, pattern(size, 8)).unwrap();
-    let want = hash_file(&src);
-    let chunk = 256 << 10;
-    let open = || {
-        FileObject::builder(&src)
-            .chunk_size(chunk)
-            .digest(true)
-            .open()
-            .unwrap()
-    };
-    let run = |obj: Arc<dyn Downloadable>, cfg: DownloadConfig| {
-        let mut sim = Sim::new(lossy(31), Instant::now());
-        let now = sim.now();
-        let tx = sim
-            .service()
-            .new_transaction(
-                TxConfig::new(Duration::from_secs(300)).with_num_receivers(1),
-                now,
-            )
-            .unwrap();
-        let rid = sim.service().add_object(&tx, obj, None, now).unwrap();
-        let r = sim.add_receiver("site-1");
-        let dir = d.dst[0].clone();
-        let h = sim.start_download(r, rid, cfg, move || {
-            Box::new(
-                FileConsumer::builder(&dir, "big.bin")
-                    .keep_part_for_resume(true)
-                    .open()
-                    .unwrap(),
-            )
-        });
-        sim.run_for(Duration::from_secs(24 * 3600));
-        sim.result(h).cloned().expect("finished")
-    };
-
-    // Attempt 1: the source fails at 5 MiB.
-    let first = Arc::new(MeteredLink {
-        inner: open(),
-        fail_at: Some(Box::new(|s| {
-            s.get_u64("received_bytes") == Ok(Some(5 << 20))
-        })),
-        served: AtomicU64::new(0),
-    });
-    let e = run(first, download_cfg()).unwrap_err();
-    assert!(e.to_string().contains("producer error"), "{e}");
-    assert_eq!(
-        dir_entries(&d.dst[0]),
-        vec!["big.bin.part", "big.bin.part.ferry"]
-    );
-
-    // Attempt 2: a new consumer resumes from the kept prefix.
-    let probe = FileConsumer::builder(&d.dst[0], "big.bin")
-        .keep_part_for_resume(true)
-        .open()
-        .unwrap();
-    let resume = probe.resume_state().expect("a prefix was kept");
-    let kept = resume.get_u64("received_bytes").unwrap().unwrap();
-    assert!(kept > 0 && kept <= 5 << 20 && kept % chunk == 0, "{kept}");
-    drop(probe); // keeps the part (keep_part_for_resume)
-    let second = Arc::new(MeteredLink {
-        inner: open(),
-        fail_at: None,
-        served: AtomicU64::new(0),
-    });
-    let cfg = DownloadConfig {
-        initial_state: Some(resume),
-        ..download_cfg()
-    };
-    run(second.clone(), cfg).unwrap();
-    assert_eq!(dir_entries(&d.dst[0]), vec!["big.bin"]);
-    assert_eq!(hash_file(&d.dst[0].join("big.bin")), want);
-    let served = second.served.load(Ordering::Relaxed);
-    assert!(
-        served <= size as u64 - kept + (4 << 20),
-        "resumed, not restarted: {served}"
-    );
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use ferry_core::{ConsumeError, Consumer, Downloadable, Produced, State};
 use std::path::PathBuf;
 use std::process::Command;
