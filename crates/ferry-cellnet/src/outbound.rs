@@ -14,6 +14,7 @@ use crate::fqcn::Fqcn;
 use crate::headers::Headers;
 use crate::limits::Limits;
 use crate::router::Router;
+use crate::segment::Segment;
 
 /// A cell's name, limits and routes: what sending needs.
 pub(crate) struct Outbound {
@@ -64,7 +65,7 @@ impl Outbound {
         &self,
         target: &str,
         headers: Headers,
-        payload: Vec<Bytes>,
+        payload: Vec<Segment>,
         fallback: Option<&Arc<Conn>>,
     ) -> Result<Arc<Conn>, CellnetError> {
         let conn = self
@@ -79,7 +80,7 @@ impl Outbound {
         &self,
         conn: &Conn,
         headers: Headers,
-        payload: Vec<Bytes>,
+        payload: Vec<Segment>,
     ) -> Result<(), CellnetError> {
         let frame = envelope::seal(headers, &conn.peer, payload, self.limits.max_header_size)?;
         conn.send(frame).await

@@ -16,6 +16,7 @@ use crate::message::{Message, Payload};
 use crate::outbound::Outbound;
 use crate::return_code::ReturnCode;
 use crate::router::WaitKey;
+use crate::segment::in_memory;
 use crate::streams::{Outgoing, Streams};
 
 /// Options of [`crate::Cell::send_request_with`] and [`crate::Cell::fire_and_forget_with`].
@@ -108,7 +109,9 @@ async fn transmit(
                 len: seg_len(&segments),
             };
             let h = out.stamp().request(app, r.to, r.id, r.optional, body);
-            out.send(target, h, segments, r.via).await.map(drop)
+            out.send(target, h, in_memory(segments), r.via)
+                .await
+                .map(drop)
         }
         Prepared::Stream(blob, payload) => {
             let s = Outgoing {

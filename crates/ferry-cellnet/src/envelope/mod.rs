@@ -19,6 +19,7 @@ use crate::frame::{FrameType, OutFrame, APP_ID_CELLNET};
 use crate::headers::{keys, Headers};
 use crate::message::encoding;
 use crate::return_code::ReturnCode;
+use crate::segment::Segment;
 
 /// `cn__msg_type`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,7 +323,7 @@ pub(crate) struct Refusal<'a> {
 pub(crate) fn seal(
     mut headers: Headers,
     next_hop: &str,
-    payload: Vec<Bytes>,
+    payload: Vec<Segment>,
     max_header_size: usize,
 ) -> Result<OutFrame, CellnetError> {
     headers.insert(keys::TO, next_hop);
