@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::clock::unix_now;
@@ -36,7 +35,7 @@ impl Outbound {
     }
 
     /// Refuse a payload over `Limits::max_message_size`.
-    pub fn check_size(&self, payload: &[Bytes]) -> Result<(), CellnetError> {
+    pub fn check_size(&self, payload: &[Segment]) -> Result<(), CellnetError> {
         let size = seg_len(payload);
         if size > self.limits.max_message_size {
             return Err(CellnetError::MessageTooBig {

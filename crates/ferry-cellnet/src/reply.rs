@@ -16,7 +16,6 @@ use crate::log_limit::limited;
 use crate::message::{Message, Payload};
 use crate::outbound::Outbound;
 use crate::return_code::ReturnCode;
-use crate::segment::in_memory;
 use crate::streams::{Outgoing, Streams};
 
 /// Where the reply to a request goes.
@@ -74,7 +73,7 @@ pub(crate) async fn send(
                 len: seg_len(&segs),
             };
             let h = out.stamp().reply(reply.headers, to, &req_id, body);
-            if let Err(e) = out.send(origin, h, in_memory(segs), Some(conn)).await {
+            if let Err(e) = out.send(origin, h, segs, Some(conn)).await {
                 limited!(conn.log, warn, %origin, "reply not sent: {e}");
             }
         }

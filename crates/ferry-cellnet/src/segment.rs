@@ -18,9 +18,25 @@ pub(crate) fn in_memory(b: Vec<Bytes>) -> Vec<Segment> {
     b.into_iter().map(Segment::Bytes).collect()
 }
 
+/// Segments as bytes in memory, file regions read off the runtime's threads (for what must
+/// cut a payload into pieces: the byte-stream protocol). `UnexpectedEof` if a file no
+/// longer holds its region.
+pub(crate) async fn read_into_memory(segs: Vec<Segment>) -> std::io::Result<Vec<Bytes>> {
+    let mut out = Vec::with_capacity(segs.len());
+    for s in segs {
+        out.push(match s {
+            Segment::Bytes(b) => b,
+            Segment::File(r) => tokio::task::spawn_blocking(move || r.read())
+                .await
+                .map_err(std::io::Error::other)??,
+        });
+    }
+    Ok(out)
+}
+
 /// One payload segment of an [`OutFrame`](crate::frame::OutFrame); the segments are
 /// concatenated on the wire.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Segment {
     /// Bytes in memory, written with vectored I/O.
     Bytes(Bytes),
@@ -89,9 +105,13 @@ impl FileRegion {
         }
     }
 
-    /// The region, keeping `owner` alive until it is written or dropped.
+    /// The region, keeping `owner` alive (besides any owner it had) until it is written or
+    /// dropped.
     pub fn with_owner(mut self, owner: impl Any + Send + Sync) -> FileRegion {
-        self.owner = Some(Arc::new(owner));
+        self.owner = Some(match self.owner.take() {
+            Some(before) => Arc::new((before, owner)),
+            None => Arc::new(owner),
+        });
         self
     }
 
@@ -130,6 +150,15 @@ impl FileRegion {
         Ok(Bytes::from(buf))
     }
 }
+
+impl PartialEq for FileRegion {
+    /// The same region of the same open file.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.file, &other.file) && self.offset == other.offset && self.len == other.len
+    }
+}
+
+impl Eq for FileRegion {}
 
 impl fmt::Debug for FileRegion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

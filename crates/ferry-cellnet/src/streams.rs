@@ -25,7 +25,7 @@ use crate::limits::Limits;
 use crate::log_limit::limited;
 use crate::message::Payload;
 use crate::outbound::Outbound;
-use crate::segment::in_memory;
+use crate::segment::{in_memory, read_into_memory};
 use crate::stream::recv::{Arrival, Held, Reassembler, RecvLimits, RecvOutput, StreamKey};
 use crate::stream::send::{SendError, SendStream};
 
@@ -165,7 +165,7 @@ impl Streams {
     /// or ACKs stop coming while the window is full (`Limits::stream_idle_timeout`).
     pub async fn send(&self, out: &Outbound, s: Outgoing<'_>) -> Result<(), CellnetError> {
         let encoding = s.payload.encoding();
-        let segments = s.payload.into_segments();
+        let segments = read_into_memory(s.payload.into_segments()).await?;
         let total: usize = segments.iter().map(Bytes::len).sum();
         if total > self.limits.max_stream_bytes {
             return Err(CellnetError::MessageTooBig {

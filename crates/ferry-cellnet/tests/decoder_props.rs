@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_cellnet::frame::{FrameDecoder, FrameType, OutFrame};
 use ferry_cellnet::headers::Headers;
 use ferry_cellnet::rmpv::Value;
-use ferry_cellnet::{msgpack, Fobs, Message, Payload, Segment};
+use ferry_cellnet::{msgpack, Fobs, Message, Payload};
 use proptest::prelude::*;
 
 const MAX_FRAME: usize = 64 * 1024;
@@ -31,10 +31,7 @@ fn valid_frame() -> Vec<u8> {
         ("b".into(), Value::Binary(vec![1, 2])),
         ("l".into(), Value::Array(vec![1.into(), 2.into()])),
     ]))
-    .into_segments()
-    .into_iter()
-    .map(Segment::Bytes)
-    .collect();
+    .into_segments();
     OutFrame {
         frame_type: FrameType::Data,
         app_id: 1,

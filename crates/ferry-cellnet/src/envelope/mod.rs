@@ -170,8 +170,8 @@ impl Body<'_> {
 }
 
 /// Total length of payload segments.
-pub(crate) fn seg_len(s: &[Bytes]) -> usize {
-    s.iter().map(Bytes::len).sum()
+pub(crate) fn seg_len(s: &[Segment]) -> usize {
+    s.iter().map(Segment::len).sum()
 }
 
 /// The sender's stamp on what it sends: its name (origin, previous hop, first route entry)

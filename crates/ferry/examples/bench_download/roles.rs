@@ -62,6 +62,11 @@ impl Consumer for HashConsumer {
                     self.bytes += b.len() as u64;
                 }
             }
+            ChunkData::File(_) => {
+                return Err(ConsumeError::BadChunk(
+                    "a received chunk is never a sender's file region".into(),
+                ))
+            }
         }
         Ok(state.clone())
     }
