@@ -101,7 +101,7 @@ fn wire(data: &[u8]) -> Vec<u8> {
         frame_type: FrameType::Ping,
         app_id: 0,
         headers: Bytes::new(),
-        payload: vec![Bytes::from_static(&[0xc0])],
+        payload: vec![Bytes::from_static(&[0xc0]).into()],
     };
     out.extend_from_slice(&ping.to_bytes(0, 0).expect("ping"));
     out

@@ -25,7 +25,7 @@ const LIMIT: Limit = Limit {
 fn sent(v: ferry_cellnet::rmpv::Value) -> Message {
     let payload = Payload::Value(v);
     let encoding = payload.encoding();
-    let bytes: Vec<u8> = payload.into_segments().concat();
+    let bytes: Vec<u8> = ferry_cellnet::fobs::concat(&payload.into_segments()).to_vec();
     Message {
         headers: Headers::new(),
         payload: Payload::from_wire(Some(encoding), Bytes::from(bytes)).expect("own payload"),

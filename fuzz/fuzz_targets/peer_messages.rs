@@ -116,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
 fn round_trip(reply: Message) -> Message {
     let headers = reply.headers.clone();
     let encoding = reply.payload.encoding();
-    let bytes: Vec<u8> = reply.payload.into_segments().concat();
+    let bytes: Vec<u8> = ferry_cellnet::fobs::concat(&reply.payload.into_segments()).to_vec();
     let payload = Payload::from_wire(Some(encoding), Bytes::from(bytes)).expect("own reply parses");
     Message { headers, payload }
 }

@@ -46,7 +46,7 @@ impl Puller {
             frame_type: FrameType::Hello,
             app_id: 0,
             headers: Bytes::new(),
-            payload: vec![w.finish().to_contiguous()],
+            payload: vec![w.finish().to_contiguous().into()],
         };
         s.write_all(&hello.to_bytes(1, 1).unwrap()).await.unwrap();
         // read exactly the READY frame, nothing after it
@@ -98,7 +98,7 @@ impl Puller {
             frame_type: FrameType::Data,
             app_id: APP_ID_CELLNET,
             headers: Bytes::from(h.encode()),
-            payload: vec![payload],
+            payload: vec![payload.into()],
         };
         self.s.write_all(&f.to_bytes(17, 2).unwrap()).await.unwrap();
     }

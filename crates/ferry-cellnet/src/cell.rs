@@ -208,6 +208,22 @@ impl Cell {
         &self.inner.node.out.me
     }
 
+    /// True if this cell's connections are expected to send file regions
+    /// ([`FileRegion`](crate::FileRegion)) straight from the file, without copying them
+    /// through memory: the cell has no TLS configuration, so its connections are plain TCP
+    /// (`sendfile(2)`). Over TLS or in-process pipes a region is read and written instead —
+    /// still correct, only not zero-copy.
+    pub fn sends_files_zero_copy(&self) -> bool {
+        #[cfg(feature = "tls")]
+        {
+            self.inner.connector.tls.is_none()
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            true
+        }
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.inner.node.out.limits

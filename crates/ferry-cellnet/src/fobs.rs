@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::error::CellnetError;
 use crate::msgpack::{self, MsgpackBody, MsgpackWriter};
+use crate::segment::Segment;
 
 /// Section marker of the main body.
 pub const MARKER_MAIN: u8 = 100;
@@ -172,7 +173,10 @@ impl Fobs {
     /// than one `DatumRef` (NVFlare gives every value its own datum): each datum is copied
     /// into the value once at most, so decoding costs no more than the bytes received.
     pub fn to_value(&self) -> Result<Value, CellnetError> {
-        let main = self.main.to_contiguous();
+        let main = self
+            .main
+            .read_contiguous()
+            .map_err(|e| CellnetError::Payload(format!("reading the body's file region: {e}")))?;
         let mut v = msgpack::decode_value(&main, msgpack::MAX_VALUE_NODES)
             .map_err(CellnetError::Payload)?;
         if !self.datums.is_empty() {
@@ -194,13 +198,13 @@ impl Fobs {
     }
 
     /// The wire segments (section headers interleaved with the zero-copy bodies).
-    pub fn into_segments(self) -> Vec<Bytes> {
+    pub fn into_segments(self) -> Vec<Segment> {
         let mut out = Vec::with_capacity(2 + self.main.segments().len() + 2 * self.datums.len());
         let mut head = BytesMut::with_capacity(SECTION_HEADER_LEN);
         head.put_u8(MARKER_MAIN);
         head.put_u8(0);
         head.put_u64(self.main.len() as u64);
-        out.push(head.freeze());
+        out.push(Segment::Bytes(head.freeze()));
         out.extend(self.main.into_segments());
         for d in self.datums {
             let mut head = BytesMut::with_capacity(SECTION_HEADER_LEN + 16);
@@ -208,8 +212,8 @@ impl Fobs {
             head.put_u8(d.dot);
             head.put_u64(16 + d.data.len() as u64);
             head.put_slice(d.id.as_bytes());
-            out.push(head.freeze());
-            out.push(d.data);
+            out.push(Segment::Bytes(head.freeze()));
+            out.push(Segment::Bytes(d.data));
         }
         out
     }
@@ -331,13 +335,10 @@ fn resolve_datums(
     Ok(())
 }
 
-/// Concatenate segments into one buffer (tests, small payloads).
-pub fn concat(segments: &[Bytes]) -> Bytes {
-    let mut out = BytesMut::with_capacity(segments.iter().map(Bytes::len).sum());
-    for s in segments {
-        out.put_slice(s);
-    }
-    out.freeze()
+/// Concatenate segments into one buffer (tests, small payloads); file regions are read, and
+/// one its file no longer holds makes the result empty (no decoder accepts it).
+pub fn concat(segments: &[Segment]) -> Bytes {
+    crate::msgpack::MsgpackBody::from_parts(segments.to_vec()).to_contiguous()
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::segment::Segment;
+
 /// Length of the frame prefix.
 pub const PREFIX_LEN: usize = 16;
 
@@ -146,6 +148,9 @@ pub enum FrameError {
         /// Configured limit.
         max: usize,
     },
+    /// A file region of an outgoing frame could not be read (the file shrank or failed).
+    #[error("a file region of the frame could not be read: {0}")]
+    Unreadable(String),
 }
 
 impl FrameError {
@@ -237,7 +242,8 @@ impl FrameDecoder {
 }
 
 /// A frame to send: the prefix fields except the counters, which the connection's writer
-/// assigns, plus headers and payload as segments written with vectored I/O (no copy).
+/// assigns, plus headers and payload as segments written with vectored I/O (no copy); a
+/// payload segment may be a region of a file, sent from the file when the frame is written.
 #[derive(Clone, Debug)]
 pub struct OutFrame {
     /// Frame type.
@@ -247,13 +253,13 @@ pub struct OutFrame {
     /// Encoded msgpack header map (may be empty).
     pub headers: Bytes,
     /// Payload segments, concatenated on the wire.
-    pub payload: Vec<Bytes>,
+    pub payload: Vec<Segment>,
 }
 
 impl OutFrame {
     /// Total length on the wire, prefix included.
     pub fn wire_len(&self) -> usize {
-        PREFIX_LEN + self.headers.len() + self.payload.iter().map(Bytes::len).sum::<usize>()
+        PREFIX_LEN + self.headers.len() + self.payload.iter().map(Segment::len).sum::<usize>()
     }
 
     /// The prefix for this frame with the given counters. Fails if the frame cannot be
@@ -281,14 +287,28 @@ impl OutFrame {
         })
     }
 
-    /// The whole frame in one buffer (tests and small control frames).
+    /// True if a payload segment is a file region (written by the writer task, never by a
+    /// sender directly: a region may take many writes).
+    pub fn has_file(&self) -> bool {
+        self.payload.iter().any(|s| matches!(s, Segment::File(_)))
+    }
+
+    /// The whole frame in one buffer (tests and small control frames); file regions are read.
     pub fn to_bytes(&self, stream_id: u16, sequence: u16) -> Result<Bytes, FrameError> {
         let p = self.prefix(stream_id, sequence)?;
         let mut out = BytesMut::with_capacity(self.wire_len());
         out.put_slice(&p.to_bytes());
         out.put_slice(&self.headers);
         for s in &self.payload {
-            out.put_slice(s);
+            match s {
+                Segment::Bytes(b) => out.put_slice(b),
+                Segment::File(r) => {
+                    let b = r
+                        .read()
+                        .map_err(|e| FrameError::Unreadable(e.to_string()))?;
+                    out.put_slice(&b);
+                }
+            }
         }
         Ok(out.freeze())
     }
@@ -318,7 +338,7 @@ mod tests {
             frame_type: FrameType::Ping,
             app_id: 0,
             headers: Bytes::new(),
-            payload: vec![Bytes::from_static(&[0xc0])],
+            payload: vec![Bytes::from_static(&[0xc0]).into()],
         };
         assert_eq!(&out.to_bytes(44, 29).unwrap()[..], &wire[..]);
     }

@@ -118,7 +118,7 @@ pub(crate) fn control(frame_type: FrameType, payload: Bytes) -> OutFrame {
         frame_type,
         app_id: 0,
         headers: Bytes::new(),
-        payload: vec![payload],
+        payload: vec![payload.into()],
     }
 }
 

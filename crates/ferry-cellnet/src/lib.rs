@@ -70,6 +70,7 @@ mod reply;
 mod request;
 mod return_code;
 mod router;
+mod segment;
 mod stream;
 mod streams;
 #[cfg(test)]
@@ -97,4 +98,5 @@ pub use request::RequestOptions;
 pub use return_code::ReturnCode;
 pub use rmpv;
 pub use router::PeerEvent;
+pub use segment::{FileRegion, Segment};
 pub use trust::Forwarding;

@@ -8,6 +8,7 @@ use crate::fobs::Fobs;
 use crate::headers::{keys, Headers};
 use crate::msgpack::MsgpackBody;
 use crate::return_code::ReturnCode;
+use crate::segment::Segment;
 
 /// Wire names of `cn__payload_encoding`.
 pub mod encoding {
@@ -49,10 +50,10 @@ impl Payload {
     }
 
     /// Encode into wire segments (zero-copy where possible).
-    pub fn into_segments(self) -> Vec<Bytes> {
+    pub fn into_segments(self) -> Vec<Segment> {
         match self {
             Payload::None => Vec::new(),
-            Payload::Bytes(b) => vec![b],
+            Payload::Bytes(b) => vec![Segment::Bytes(b)],
             Payload::Value(v) => Fobs::from_value(v).into_segments(),
             Payload::Fobs(f) => f.into_segments(),
         }
@@ -200,7 +201,10 @@ impl Message {
     /// ≥ 10 MiB) are in [`Message::fobs`].
     pub fn msgpack_body(&self) -> Result<Bytes, CellnetError> {
         match &self.payload {
-            Payload::Fobs(f) => Ok(f.main.to_contiguous()),
+            Payload::Fobs(f) => f
+                .main
+                .read_contiguous()
+                .map_err(|e| CellnetError::Payload(format!("reading the body's file region: {e}"))),
             Payload::Value(v) => Ok(crate::msgpack::encode_value(v.clone())),
             other => Err(CellnetError::Payload(format!(
                 "payload is {}, not fobs",

@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 use rmp::Marker;
+
+use crate::segment::Segment;
 use rmpv::Value;
 
 /// `bin` (and pre-encoded) values at least this long become their own segment instead of
@@ -16,39 +18,50 @@ pub const MAX_DEPTH: usize = 1024;
 /// with more nodes must be read through the raw msgpack fast path.
 pub const MAX_VALUE_NODES: usize = 4 * 1024 * 1024;
 
-/// A msgpack body as a list of byte segments whose concatenation is the encoded value.
+/// A msgpack body as a list of segments whose concatenation is the encoded value.
 ///
 /// This is the zero-copy form of a payload: a 8 MiB `bin` chunk stays in its own `Bytes` from
-/// the producer to the socket. Build one with [`MsgpackWriter`].
+/// the producer to the socket, or in its file (a [`Segment::File`], see
+/// [`from_parts`](Self::from_parts)) until the connection sends it from there. Build one with [`MsgpackWriter`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MsgpackBody {
-    segments: Vec<Bytes>,
+    segments: Vec<Segment>,
 }
 
 impl MsgpackBody {
     /// A body made of one contiguous, already encoded msgpack buffer.
     pub fn from_bytes(b: Bytes) -> Self {
-        MsgpackBody { segments: vec![b] }
+        MsgpackBody {
+            segments: vec![Segment::Bytes(b)],
+        }
     }
 
-    /// A body made of segments whose concatenation is one msgpack value.
+    /// A body made of in-memory segments whose concatenation is one msgpack value.
     pub fn from_segments(segments: Vec<Bytes>) -> Self {
+        MsgpackBody {
+            segments: segments.into_iter().map(Segment::Bytes).collect(),
+        }
+    }
+
+    /// A body made of segments, file regions among them, whose concatenation is one msgpack
+    /// value.
+    pub fn from_parts(segments: Vec<Segment>) -> Self {
         MsgpackBody { segments }
     }
 
     /// The segments.
-    pub fn segments(&self) -> &[Bytes] {
+    pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
 
     /// Take the segments.
-    pub fn into_segments(self) -> Vec<Bytes> {
+    pub fn into_segments(self) -> Vec<Segment> {
         self.segments
     }
 
     /// Total encoded length.
     pub fn len(&self) -> usize {
-        self.segments.iter().map(Bytes::len).sum()
+        self.segments.iter().map(Segment::len).sum()
     }
 
     /// True if the body has no bytes.
@@ -56,17 +69,28 @@ impl MsgpackBody {
         self.len() == 0
     }
 
-    /// The body as one contiguous buffer (no copy if it is a single segment).
+    /// The body as one contiguous buffer (no copy if it is a single segment in memory). File
+    /// regions are read; one its file no longer holds makes the result empty, which no
+    /// decoder accepts ([`read_contiguous`](Self::read_contiguous) says why instead).
     pub fn to_contiguous(&self) -> Bytes {
-        match self.segments.len() {
-            0 => Bytes::new(),
-            1 => self.segments[0].clone(),
-            _ => {
+        self.read_contiguous().unwrap_or_default()
+    }
+
+    /// The body as one contiguous buffer, file regions read; `UnexpectedEof` if a file no
+    /// longer holds its region.
+    pub fn read_contiguous(&self) -> std::io::Result<Bytes> {
+        match self.segments.as_slice() {
+            [] => Ok(Bytes::new()),
+            [Segment::Bytes(b)] => Ok(b.clone()),
+            segments => {
                 let mut v = Vec::with_capacity(self.len());
-                for s in &self.segments {
-                    v.extend_from_slice(s);
+                for s in segments {
+                    match s {
+                        Segment::Bytes(b) => v.extend_from_slice(b),
+                        Segment::File(r) => v.extend_from_slice(&r.read()?),
+                    }
                 }
-                Bytes::from(v)
+                Ok(Bytes::from(v))
             }
         }
     }
@@ -85,11 +109,14 @@ impl MsgpackBody {
 /// w.str("data").bin(chunk.clone());
 /// let body = w.finish();
 /// // the chunk was not copied: it is one of the segments
-/// assert!(body.segments().iter().any(|s| s.as_ptr() == chunk.as_ptr()));
+/// assert!(body
+///     .segments()
+///     .iter()
+///     .any(|s| s.as_bytes().is_some_and(|b| b.as_ptr() == chunk.as_ptr())));
 /// ```
 #[derive(Debug, Default)]
 pub struct MsgpackWriter {
-    done: Vec<Bytes>,
+    done: Vec<Segment>,
     cur: Vec<u8>,
 }
 
@@ -101,14 +128,15 @@ impl MsgpackWriter {
 
     fn cut(&mut self) {
         if !self.cur.is_empty() {
-            self.done.push(Bytes::from(std::mem::take(&mut self.cur)));
+            self.done
+                .push(Segment::Bytes(Bytes::from(std::mem::take(&mut self.cur))));
         }
     }
 
     fn push_segment(&mut self, b: Bytes) {
         if b.len() >= SEGMENT_THRESHOLD {
             self.cut();
-            self.done.push(b);
+            self.done.push(Segment::Bytes(b));
         } else {
             self.cur.extend_from_slice(&b);
         }

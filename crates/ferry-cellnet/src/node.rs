@@ -28,6 +28,7 @@ use crate::reply::{self, Asker, ReplyTo};
 use crate::request::{self, RequestOptions};
 use crate::return_code::ReturnCode;
 use crate::router::{Claim, ReplyFrom, WaitKey};
+use crate::segment::Segment;
 use crate::streams::{StreamEvent, Streams};
 use crate::trust::{self, Forwarding};
 
@@ -185,7 +186,11 @@ impl Node {
         if let Some(next) = next {
             let mut headers = env.headers.clone();
             self.out.stamp().forward(&mut headers);
-            match self.out.send_on(&next, headers, vec![payload]).await {
+            match self
+                .out
+                .send_on(&next, headers, vec![Segment::Bytes(payload)])
+                .await
+            {
                 Ok(()) => {
                     debug!(%dest, via = %next.peer, "forwarded");
                     return;

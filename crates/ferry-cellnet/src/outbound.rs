@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::clock::unix_now;
@@ -14,6 +13,7 @@ use crate::fqcn::Fqcn;
 use crate::headers::Headers;
 use crate::limits::Limits;
 use crate::router::Router;
+use crate::segment::Segment;
 
 /// A cell's name, limits and routes: what sending needs.
 pub(crate) struct Outbound {
@@ -35,7 +35,7 @@ impl Outbound {
     }
 
     /// Refuse a payload over `Limits::max_message_size`.
-    pub fn check_size(&self, payload: &[Bytes]) -> Result<(), CellnetError> {
+    pub fn check_size(&self, payload: &[Segment]) -> Result<(), CellnetError> {
         let size = seg_len(payload);
         if size > self.limits.max_message_size {
             return Err(CellnetError::MessageTooBig {
@@ -64,7 +64,7 @@ impl Outbound {
         &self,
         target: &str,
         headers: Headers,
-        payload: Vec<Bytes>,
+        payload: Vec<Segment>,
         fallback: Option<&Arc<Conn>>,
     ) -> Result<Arc<Conn>, CellnetError> {
         let conn = self
@@ -79,7 +79,7 @@ impl Outbound {
         &self,
         conn: &Conn,
         headers: Headers,
-        payload: Vec<Bytes>,
+        payload: Vec<Segment>,
     ) -> Result<(), CellnetError> {
         let frame = envelope::seal(headers, &conn.peer, payload, self.limits.max_header_size)?;
         conn.send(frame).await

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tracing::debug;
 
 use crate::connection::Conn;
@@ -16,6 +15,7 @@ use crate::message::{Message, Payload};
 use crate::outbound::Outbound;
 use crate::return_code::ReturnCode;
 use crate::router::WaitKey;
+use crate::segment::Segment;
 use crate::streams::{Outgoing, Streams};
 
 /// Options of [`crate::Cell::send_request_with`] and [`crate::Cell::fire_and_forget_with`].
@@ -59,7 +59,7 @@ impl RequestOptions {
 /// A message in the wire form it will travel in.
 enum Prepared {
     /// One DATA frame: the app headers, the payload encoding and its segments.
-    Frame(Headers, &'static str, Vec<Bytes>),
+    Frame(Headers, &'static str, Vec<Segment>),
     /// A stream: the blob's headers and its payload.
     Stream(Headers, Payload),
 }

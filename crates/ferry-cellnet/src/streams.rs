@@ -25,6 +25,7 @@ use crate::limits::Limits;
 use crate::log_limit::limited;
 use crate::message::Payload;
 use crate::outbound::Outbound;
+use crate::segment::{in_memory, read_into_memory};
 use crate::stream::recv::{Arrival, Held, Reassembler, RecvLimits, RecvOutput, StreamKey};
 use crate::stream::send::{SendError, SendStream};
 
@@ -164,7 +165,7 @@ impl Streams {
     /// or ACKs stop coming while the window is full (`Limits::stream_idle_timeout`).
     pub async fn send(&self, out: &Outbound, s: Outgoing<'_>) -> Result<(), CellnetError> {
         let encoding = s.payload.encoding();
-        let segments = s.payload.into_segments();
+        let segments = read_into_memory(s.payload.into_segments()).await?;
         let total: usize = segments.iter().map(Bytes::len).sum();
         if total > self.limits.max_stream_bytes {
             return Err(CellnetError::MessageTooBig {
@@ -208,7 +209,8 @@ impl Streams {
                     len: c.len,
                 };
                 let h = out.stamp().stream_chunk(&s.blob, s.target, &head);
-                out.send(s.target, h, c.parts, s.fallback).await?;
+                out.send(s.target, h, in_memory(c.parts), s.fallback)
+                    .await?;
                 chunks += 1;
                 apply(&mut sm, &feedback.borrow_and_update());
             }

@@ -8,6 +8,11 @@
 //! large frame, a flush TLS still owes — goes to the writer task ahead of everything queued,
 //! so frames never interleave and never overtake one queued before them. A request/reply
 //! round trip thus crosses two task hand-offs fewer (caller → writer, handler → writer).
+//!
+//! A frame with a file region in its payload always goes through the writer task: on plain
+//! TCP the region is sent with `sendfile(2)` (under the same stall bound), elsewhere read in
+//! pieces and written. A file that no longer holds its region leaves a short frame on the
+//! wire; the connection is then closed.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -22,36 +27,54 @@ use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use crate::driver::WriteHalf;
+use crate::driver::{WriteHalf, WriteStream};
 use crate::error::CellnetError;
 use crate::frame::{FrameType, OutFrame, PREFIX_LEN};
+use crate::segment::{read_exact_at, shrank, FileRegion, Segment};
 
 /// Frames written with one vectored write at most.
 const WRITE_BATCH: usize = 32;
 /// Buffers handed to one vectored write at most (a batch with more takes several writes).
 const MAX_IOV: usize = 64;
 
-/// Write all buffers with vectored writes, advancing over partial writes. Each write must
-/// make progress within `stall`: a peer that stops reading fails the write with `TimedOut`
-/// after `stall`, however much is queued, while a slow peer that keeps reading never does.
-pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
-    w: &mut W,
-    bufs: &mut [Bytes],
+/// Write all segments, runs of bytes with vectored writes, advancing over partial writes;
+/// file regions with the transport's `sendfile` or, where it has none, read in pieces and
+/// written. Each write must make progress within `stall`: a peer that stops reading fails
+/// the write with `TimedOut` after `stall`, however much is queued, while a slow peer that
+/// keeps reading never does. A file that no longer holds a region fails with
+/// `UnexpectedEof` (the frame on the wire is then short: the connection must be closed).
+pub(crate) async fn write_all_segments(
+    w: &mut dyn WriteStream,
+    segs: &mut [Segment],
     stall: Duration,
 ) -> std::io::Result<()> {
     let mut i = 0;
-    while i < bufs.len() {
-        if bufs[i].is_empty() {
-            i += 1;
-            continue;
+    while i < segs.len() {
+        match &mut segs[i] {
+            Segment::Bytes(b) if b.is_empty() => {
+                i += 1;
+                continue;
+            }
+            Segment::Bytes(_) => {}
+            Segment::File(r) => {
+                write_region(w, r, stall).await?;
+                i += 1;
+                continue;
+            }
         }
         let n = {
             // on the stack: a large batch takes many partial writes, none of them allocates
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut k = 0;
-            for b in bufs[i..].iter().filter(|b| !b.is_empty()).take(MAX_IOV) {
-                slices[k] = IoSlice::new(b);
-                k += 1;
+            for s in &segs[i..] {
+                let Segment::Bytes(b) = s else { break };
+                if k == MAX_IOV {
+                    break;
+                }
+                if !b.is_empty() {
+                    slices[k] = IoSlice::new(b);
+                    k += 1;
+                }
             }
             stalled(stall, w.write_vectored(&slices[..k])).await?
         };
@@ -59,18 +82,73 @@ pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         let mut n = n;
-        while n > 0 && i < bufs.len() {
-            let l = bufs[i].len();
+        while n > 0 && i < segs.len() {
+            let Segment::Bytes(b) = &mut segs[i] else {
+                break;
+            };
+            let l = b.len();
             if n >= l {
                 n -= l;
                 i += 1;
             } else {
-                bufs[i].advance(n);
+                b.advance(n);
                 n = 0;
             }
         }
     }
     Ok(())
+}
+
+/// Bytes of a file region read into memory at a time where the transport cannot send from
+/// the file (TLS encrypts in user space anyway).
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// Write the file region `r`, advancing it over what is written.
+async fn write_region(
+    w: &mut dyn WriteStream,
+    r: &mut FileRegion,
+    stall: Duration,
+) -> std::io::Result<()> {
+    if w.sends_files() {
+        while !r.is_empty() {
+            let (file, offset, len) = (r.file(), r.offset(), r.len());
+            let n = stalled(
+                stall,
+                std::future::poll_fn(|cx| Pin::new(&mut *w).poll_send_file(cx, file, offset, len)),
+            )
+            .await?;
+            if n == 0 {
+                return Err(shrank(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            r.advance(n);
+        }
+        return Ok(());
+    }
+    while !r.is_empty() {
+        let want = r.len().min(COPY_CHUNK);
+        let (file, offset) = (Arc::clone(r.file()), r.offset());
+        // a cold page cache blocks the read: off the runtime's threads
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            read_exact_at(&file, &mut buf, offset).map(|()| Bytes::from(buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        let mut one = [Segment::Bytes(chunk)];
+        write_bytes(w, &mut one, stall).await?;
+        r.advance(want);
+    }
+    Ok(())
+}
+
+/// Write a run of byte segments (no file regions) with vectored writes.
+async fn write_bytes(
+    w: &mut dyn WriteStream,
+    segs: &mut [Segment],
+    stall: Duration,
+) -> std::io::Result<()> {
+    debug_assert!(segs.iter().all(|s| s.as_bytes().is_some()));
+    Box::pin(write_all_segments(w, segs, stall)).await
 }
 
 /// Per-connection prefix counters (f3-wire.md §1.1).
@@ -93,8 +171,8 @@ impl Counters {
     }
 }
 
-/// The frames of `batch` as the buffers to write: prefix, headers, payload segments each.
-fn frame_bufs(batch: Vec<OutFrame>, counters: &mut Counters) -> Vec<Bytes> {
+/// The frames of `batch` as the segments to write: prefix, headers, payload segments each.
+fn frame_bufs(batch: Vec<OutFrame>, counters: &mut Counters) -> Vec<Segment> {
     let mut prefixes = BytesMut::with_capacity(batch.len() * PREFIX_LEN);
     let mut parts: Vec<(usize, OutFrame)> = Vec::with_capacity(batch.len());
     for f in batch {
@@ -109,10 +187,10 @@ fn frame_bufs(batch: Vec<OutFrame>, counters: &mut Counters) -> Vec<Bytes> {
         }
     }
     let prefixes = prefixes.freeze();
-    let mut bufs: Vec<Bytes> = Vec::with_capacity(parts.len() * 3);
+    let mut bufs: Vec<Segment> = Vec::with_capacity(parts.len() * 3);
     for (at, f) in parts {
-        bufs.push(prefixes.slice(at..at + PREFIX_LEN));
-        bufs.push(f.headers);
+        bufs.push(Segment::Bytes(prefixes.slice(at..at + PREFIX_LEN)));
+        bufs.push(Segment::Bytes(f.headers));
         bufs.extend(f.payload);
     }
     bufs
@@ -121,10 +199,13 @@ fn frame_bufs(batch: Vec<OutFrame>, counters: &mut Counters) -> Vec<Bytes> {
 /// Write what a direct write left (first: it is the tail of a frame on the wire), then
 /// `batch`, then flush.
 async fn write_batch(io: &mut Io, batch: Vec<OutFrame>, stall: Duration) -> std::io::Result<()> {
-    let mut bufs = std::mem::take(&mut io.rest);
+    let mut bufs: Vec<Segment> = std::mem::take(&mut io.rest)
+        .into_iter()
+        .map(Segment::Bytes)
+        .collect();
     bufs.extend(frame_bufs(batch, &mut io.counters));
     io.owes_flush = false;
-    write_all_vectored(io.wr.as_mut(), &mut bufs, stall).await?;
+    write_all_segments(io.wr.as_mut(), &mut bufs, stall).await?;
     stalled(stall, io.wr.flush()).await
 }
 
@@ -269,7 +350,8 @@ impl WriteQueue {
     /// caller can never leave half a frame behind).
     fn try_direct(&self, f: OutFrame) -> Result<Option<OutFrame>, CellnetError> {
         let shared = &*self.shared;
-        if shared.unwritten.load(Ordering::SeqCst) != 0 {
+        // a file region may take many writes: the writer task sends it
+        if f.has_file() || shared.unwritten.load(Ordering::SeqCst) != 0 {
             return Ok(Some(f));
         }
         let Ok(mut io) = shared.io.try_lock() else {
@@ -285,7 +367,13 @@ impl WriteQueue {
             return Ok(Some(f));
         }
         let io = &mut *io;
-        let mut bufs = frame_bufs(vec![f], &mut io.counters);
+        let mut bufs: Vec<Bytes> = frame_bufs(vec![f], &mut io.counters)
+            .into_iter()
+            .filter_map(|s| match s {
+                Segment::Bytes(b) => Some(b),
+                Segment::File(_) => None, // excluded above
+            })
+            .collect();
         let mut cx = Context::from_waker(Waker::noop());
         let done = match poll_write_all(io.wr.as_mut(), &mut cx, &mut bufs) {
             // written; a transport that buffers (TLS) may still owe a flush
@@ -313,7 +401,7 @@ fn closed() -> CellnetError {
 /// Write `bufs` without waiting: as much as the writer takes now, advancing `bufs` past it.
 /// `Ready(Ok)` once all is written; `Pending` when the writer would block.
 fn poll_write_all(
-    w: &mut (dyn AsyncWrite + Send + Unpin),
+    w: &mut dyn WriteStream,
     cx: &mut Context<'_>,
     bufs: &mut Vec<Bytes>,
 ) -> Poll<std::io::Result<()>> {
@@ -427,6 +515,12 @@ pub(crate) async fn writer_task(
                     close.cancel();
                     break;
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // a frame whose length lies is on the wire: nothing can follow it
+                    warn!("a frame could not be sent whole: {e}; closing the connection (the peer sees it drop and may retry)");
+                    close.cancel();
+                    break;
+                }
                 Err(e) => {
                     debug!("write failed: {e}; reading what the peer sent before it went");
                     broken.cancel();
@@ -447,5 +541,7 @@ pub(crate) async fn writer_task(
     let _ = tokio::time::timeout(Duration::from_secs(1), io.wr.shutdown()).await;
 }
 
+#[cfg(test)]
+mod file_tests;
 #[cfg(test)]
 mod tests;

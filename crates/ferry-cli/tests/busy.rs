@@ -31,7 +31,7 @@ fn hog(addr: &str, name: &str) -> TcpStream {
         frame_type: FrameType::Hello,
         app_id: 0,
         headers: Bytes::new(),
-        payload: vec![w.finish().to_contiguous()],
+        payload: vec![w.finish().to_contiguous().into()],
     };
     s.write_all(&hello.to_bytes(1, 1).unwrap()).unwrap();
     let d = FrameDecoder::new(1 << 20, 65535);

@@ -1,9 +1,15 @@
 //! Chunk payloads: one `Bytes` (files) or a list of items (cacheable items), each item one
-//! `Bytes` or, on a sender, the parts it is the concatenation of.
+//! `Bytes` or, on a sender, the parts it is the concatenation of; on a sender a file chunk may
+//! also be a region of the open file, read only when the reply is written.
 //!
 //! On the wire a chunk is a msgpack `bin` or an array of `bin`, exactly as NVFlare sends Python
 //! `bytes` / `list[bytes]` — never an array of integers; the reply codec
 //! ([`message::reply`](crate::message::reply)) writes and reads it.
+
+use std::any::Any;
+use std::fmt;
+use std::fs::File;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -19,6 +25,96 @@ pub enum ChunkData {
     /// followed by the tensor's own memory). On the wire exactly [`Items`](Self::Items); a
     /// received chunk is always `Items`.
     ItemParts(Vec<Vec<Bytes>>),
+    /// A run of bytes still in a file: a sender's form that the connection writes straight
+    /// from the file (`sendfile(2)` on plain TCP). On the wire exactly [`Bytes`](Self::Bytes);
+    /// a received chunk is never `File`.
+    File(FileChunk),
+}
+
+/// `len` bytes of an open file from `offset`, read when the reply is written.
+///
+/// The file must still hold them then: a file that shrank leaves the reply short, and the
+/// connection carrying it is closed (the receiver retries or resumes). Whatever must live
+/// until the bytes are written (a byte-budget permit) rides along as the owner.
+#[derive(Clone)]
+pub struct FileChunk {
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    /// Kept alive, never looked at, until the chunk is written or dropped.
+    owner: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl FileChunk {
+    /// `len` bytes of `file` from `offset`.
+    pub fn new(file: Arc<File>, offset: u64, len: usize) -> Self {
+        Self {
+            file,
+            offset,
+            len,
+            owner: None,
+        }
+    }
+
+    /// The chunk, keeping `owner` alive (besides any owner it had) as long as it lives.
+    pub fn with_owner(mut self, owner: impl Any + Send + Sync) -> Self {
+        self.owner = Some(match self.owner.take() {
+            Some(before) => Arc::new((before, owner)),
+            None => Arc::new(owner),
+        });
+        self
+    }
+
+    /// The file.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// Where the chunk starts in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty chunk.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// What keeps the owner alive (to hand on to whatever writes the chunk).
+    pub fn owner(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        self.owner.clone()
+    }
+
+    /// Read the chunk into memory; `UnexpectedEof` if the file no longer holds it.
+    pub fn read(&self) -> std::io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; self.len];
+        self.file.read_exact_at(&mut buf, self.offset)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl PartialEq for FileChunk {
+    /// The same region of the same open file.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.file, &other.file) && self.offset == other.offset && self.len == other.len
+    }
+}
+
+impl Eq for FileChunk {}
+
+impl fmt::Debug for FileChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileChunk")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChunkData {
@@ -28,13 +124,14 @@ impl ChunkData {
             Self::Bytes(b) => b.len() as u64,
             Self::Items(items) => items.iter().map(|b| b.len() as u64).sum(),
             Self::ItemParts(items) => items.iter().flatten().map(|b| b.len() as u64).sum(),
+            Self::File(f) => f.len() as u64,
         }
     }
 
     /// Number of items for a list chunk; `None` for raw bytes.
     pub fn item_count(&self) -> Option<usize> {
         match self {
-            Self::Bytes(_) => None,
+            Self::Bytes(_) | Self::File(_) => None,
             Self::Items(items) => Some(items.len()),
             Self::ItemParts(items) => Some(items.len()),
         }
@@ -42,11 +139,21 @@ impl ChunkData {
 
     /// The same chunk with every item in one buffer: [`ItemParts`](Self::ItemParts) become
     /// [`Items`](Self::Items), copying each item of more than one part (what a consumer fed
-    /// in-process by a sender's object sees; a received chunk is already `Items`).
+    /// in-process by a sender's object sees; a received chunk is already `Items`). A
+    /// [`File`](Self::File) chunk stays one: [`into_memory`](Self::into_memory) reads it.
     pub fn into_joined(self) -> Self {
         match self {
             Self::ItemParts(items) => Self::Items(items.into_iter().map(join).collect()),
             other => other,
+        }
+    }
+
+    /// The same chunk as a received one looks: items joined, a file chunk read into
+    /// [`Bytes`](Self::Bytes) (`UnexpectedEof` if the file no longer holds it).
+    pub fn into_memory(self) -> std::io::Result<Self> {
+        match self {
+            Self::File(f) => f.read().map(Self::Bytes),
+            other => Ok(other.into_joined()),
         }
     }
 }

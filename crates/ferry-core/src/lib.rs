@@ -42,7 +42,7 @@ pub mod testing;
 mod time;
 mod ttl;
 
-pub use chunk::ChunkData;
+pub use chunk::{ChunkData, FileChunk};
 pub use consumer::{ConsumeError, Consumer};
 pub use download::{Action, Download, DownloadConfig, DownloadFailure, RequestId};
 pub use downloadable::{Downloadable, PlanLayout, ProduceError, Produced, TransferPlan};

@@ -68,10 +68,17 @@ pub(crate) fn check_byte_chunk(
     max_size: u64,
     received: &RangeSet,
 ) -> Result<(u64, Bytes), ConsumeError> {
-    let ChunkData::Bytes(chunk) = data else {
-        return Err(ConsumeError::BadChunk(
-            "expected a byte chunk, got a list of items".into(),
-        ));
+    let chunk = match data {
+        ChunkData::Bytes(chunk) => chunk,
+        // a sender's file chunk handed over in-process, not through a connection
+        ChunkData::File(f) => f
+            .read()
+            .map_err(|e| ConsumeError::BadChunk(format!("reading the sender's file chunk: {e}")))?,
+        ChunkData::Items(_) | ChunkData::ItemParts(_) => {
+            return Err(ConsumeError::BadChunk(
+                "expected a byte chunk, got a list of items".into(),
+            ))
+        }
     };
     let len = chunk.len() as u64;
     let start = chunk_offset(state, len).map_err(ConsumeError::BadChunk)?;

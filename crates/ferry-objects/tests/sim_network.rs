@@ -47,7 +47,10 @@ impl<D: Downloadable> Downloadable for CorruptingLink<D> {
             return Ok(Produced::Data { data, state });
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
-        let data = match data.into_joined() {
+        let data = match data
+            .into_memory()
+            .map_err(|e| ProduceError(e.to_string()))?
+        {
             ChunkData::Bytes(b) => {
                 let mut v = b.to_vec();
                 let mid = v.len() / 2;
@@ -59,7 +62,7 @@ impl<D: Downloadable> Downloadable for CorruptingLink<D> {
                 items[0] = first;
                 ChunkData::Items(items)
             }
-            ChunkData::ItemParts(_) => unreachable!("joined above"),
+            ChunkData::ItemParts(_) | ChunkData::File(_) => unreachable!("in memory above"),
         };
         Ok(Produced::Data { data, state })
     }

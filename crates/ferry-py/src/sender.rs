@@ -269,11 +269,14 @@ impl Sender {
         };
         check_relative_name(&name).map_err(|why| errors::usage(format!("name={name:?}: {why}")))?;
         let chunk = self.chunk_size;
+        // plain TCP sends file chunks straight from the file (sendfile); TLS reads them
+        let file_chunks = self.cell.sends_files_zero_copy();
         let obj = py
             .detach(|| {
                 FileObject::builder(&path)
                     .chunk_size(chunk)
                     .digest(true)
+                    .file_chunks(file_chunks)
                     .open()
             })
             .map_err(|e| errors::usage(format!("cannot serve {}: {e}", path.display())))?;

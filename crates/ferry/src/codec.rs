@@ -1,14 +1,18 @@
 //! Download-service messages on cellnet `Message`s: the bridge between ferry-core's message
 //! types and cellnet's headers, return codes and payloads.
 //!
-//! The reply body's codec is ferry-core's ([`ReplyBody::into_segments`] and
-//! [`ReplyBody::decode`]); this module only puts its segments into a FOBS payload (the chunk,
+//! The reply body's codec is ferry-core's ([`ReplyBody::into_parts`] and
+//! [`ReplyBody::decode`]); this module only puts its parts into a FOBS payload (the chunk,
 //! `Bytes` carrying its byte-budget permit, stays its own segment, written with one vectored
-//! write) and takes the received main body out of one (a zero-copy slice of the frame).
+//! write; a file chunk becomes a cellnet [`FileRegion`], sent from the file with the permit
+//! riding along) and takes the received main body out of one (a zero-copy slice of the
+//! frame).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_cellnet::{Message, MsgpackBody, ReturnCode as WireCode};
-use ferry_core::message::Reply;
+use ferry_cellnet::{FileRegion, Message, MsgpackBody, ReturnCode as WireCode, Segment};
+use ferry_core::message::{BodyPart, Reply};
 use ferry_core::refusal::REFUSAL_HEADER;
 use ferry_core::{Refusal, ReturnCode};
 use serde::Serialize;
@@ -37,7 +41,9 @@ pub(crate) fn request<T: Serialize>(req: &T) -> Message {
 pub(crate) fn reply_message(reply: Reply) -> Message {
     let rc = to_wire(reply.rc);
     let mut msg = match reply.body {
-        Some(body) => Message::from_msgpack(MsgpackBody::from_segments(body.into_segments())),
+        Some(body) => Message::from_msgpack(MsgpackBody::from_parts(
+            body.into_parts().into_iter().map(segment).collect(),
+        )),
         None => Message::new(),
     };
     msg = msg.with_return_code(rc);
@@ -49,6 +55,17 @@ pub(crate) fn reply_message(reply: Reply) -> Message {
         msg = msg.with_header(REFUSAL_HEADER, r.as_str());
     }
     msg
+}
+
+/// A part of a reply body as a cellnet payload segment; a file chunk's owner (its byte-budget
+/// permit) lives until the region is written.
+fn segment(p: BodyPart) -> Segment {
+    match p {
+        BodyPart::Bytes(b) => Segment::Bytes(b),
+        BodyPart::File(f) => {
+            Segment::File(FileRegion::new(Arc::clone(f.file()), f.offset(), f.len()).with_owner(f))
+        }
+    }
 }
 
 /// The typed refusal of a reply from a ferry sender (`None` from NVFlare, or for a code this
@@ -116,7 +133,7 @@ mod tests {
             .payload
             .into_segments()
             .iter()
-            .any(|s| s.as_ptr() == ptr));
+            .any(|s| s.as_bytes().is_some_and(|b| b.as_ptr() == ptr)));
     }
 
     #[test]

@@ -52,7 +52,11 @@ impl ObjectDownloader {
         self.service.add_object(&self.tx_id, obj, Some(ref_id))
     }
 
-    /// Add a file, read chunk by chunk with positioned reads; `chunk_size` bytes per chunk. The
+    /// Add a file, read chunk by chunk with positioned reads, or, when the service's cell
+    /// speaks plain TCP ([`Cell::sends_files_zero_copy`](ferry_cellnet::Cell::sends_files_zero_copy)),
+    /// sent by the connections straight from the file (`sendfile(2)`, see
+    /// [`FileObjectBuilder::file_chunks`](ferry_objects::FileObjectBuilder::file_chunks));
+    /// `chunk_size` bytes per chunk. The
     /// file's BLAKE3 digest is computed now (one read of the file; none when this process
     /// already hashed the unchanged file for another transaction) and advertised, so ferry
     /// receivers verify what they wrote. A file that cannot be opened or read, or a chunk
@@ -65,6 +69,7 @@ impl ObjectDownloader {
         let obj = FileObject::builder(path.as_ref())
             .chunk_size(chunk_size)
             .digest(true)
+            .file_chunks(self.service.cell().sends_files_zero_copy())
             .open()?;
         self.add_object(Arc::new(obj))
     }

@@ -95,6 +95,8 @@ impl Inner {
                 };
                 let data = match data {
                     ChunkData::Bytes(b) => ChunkData::Bytes(attach(b, permit)),
+                    // returned once the connection has sent the region (or dropped it)
+                    ChunkData::File(f) => ChunkData::File(f.with_owner(permit)),
                     ChunkData::Items(mut items) => {
                         if let Some(first) = items.first_mut() {
                             *first = attach(std::mem::take(first), permit);

@@ -33,7 +33,7 @@ fn seeds_dir() -> PathBuf {
 
 /// A payload's bytes as a cell puts them on the wire.
 fn wire(msg: Message) -> Vec<u8> {
-    msg.payload.into_segments().concat()
+    ferry_cellnet::fobs::concat(&msg.payload.into_segments()).to_vec()
 }
 
 fn msgpack(body: Vec<u8>) -> Vec<u8> {

@@ -13,6 +13,8 @@ struct ResetWriter {
     failed: Arc<Notify>,
 }
 
+impl crate::driver::WriteStream for ResetWriter {}
+
 impl AsyncWrite for ResetWriter {
     fn poll_write(
         self: Pin<&mut Self>,

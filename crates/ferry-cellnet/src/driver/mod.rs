@@ -6,6 +6,10 @@ pub(crate) mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
 
+use std::fs::File;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::CellnetError;
@@ -13,7 +17,31 @@ use crate::error::CellnetError;
 /// The read half of a connection.
 pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 /// The write half of a connection.
-pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+pub(crate) type WriteHalf = Box<dyn WriteStream>;
+
+/// The write half of a transport, which may also send straight from a file.
+pub(crate) trait WriteStream: AsyncWrite + Send + Unpin {
+    /// True if [`WriteStream::poll_send_file`] puts file bytes on the wire without copying
+    /// them through user space; otherwise the writer reads them and writes them.
+    fn sends_files(&self) -> bool {
+        false
+    }
+
+    /// Write up to `len` bytes of `file` from `offset` (only called when
+    /// [`WriteStream::sends_files`]); `Ok(0)` if the file holds nothing at `offset`.
+    fn poll_send_file(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _file: &File,
+        _offset: u64,
+        _len: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()))
+    }
+}
+
+/// TLS and in-process pipes: file regions are read and written.
+impl<T: AsyncRead + AsyncWrite + Send> WriteStream for tokio::io::WriteHalf<T> {}
 
 /// An established byte stream, split, plus what the transport knows about the peer.
 pub(crate) struct Transport {

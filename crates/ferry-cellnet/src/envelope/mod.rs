@@ -19,6 +19,7 @@ use crate::frame::{FrameType, OutFrame, APP_ID_CELLNET};
 use crate::headers::{keys, Headers};
 use crate::message::encoding;
 use crate::return_code::ReturnCode;
+use crate::segment::Segment;
 
 /// `cn__msg_type`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,8 +170,8 @@ impl Body<'_> {
 }
 
 /// Total length of payload segments.
-pub(crate) fn seg_len(s: &[Bytes]) -> usize {
-    s.iter().map(Bytes::len).sum()
+pub(crate) fn seg_len(s: &[Segment]) -> usize {
+    s.iter().map(Segment::len).sum()
 }
 
 /// The sender's stamp on what it sends: its name (origin, previous hop, first route entry)
@@ -322,7 +323,7 @@ pub(crate) struct Refusal<'a> {
 pub(crate) fn seal(
     mut headers: Headers,
     next_hop: &str,
-    payload: Vec<Bytes>,
+    payload: Vec<Segment>,
     max_header_size: usize,
 ) -> Result<OutFrame, CellnetError> {
     headers.insert(keys::TO, next_hop);

@@ -31,7 +31,7 @@ fn ping() -> Bytes {
         frame_type: FrameType::Ping,
         app_id: 0,
         headers: Bytes::new(),
-        payload: vec![Bytes::from_static(&[0xc0])],
+        payload: vec![Bytes::from_static(&[0xc0]).into()],
     }
     .to_bytes(18, 3)
     .unwrap()
@@ -84,7 +84,7 @@ fn data_frame(payload: &Bytes) -> Bytes {
         frame_type: FrameType::Data,
         app_id: APP_ID_CELLNET,
         headers: Bytes::from_static(&[0x80]),
-        payload: vec![payload.clone()],
+        payload: vec![payload.clone().into()],
     }
     .to_bytes(17, 2)
     .unwrap()

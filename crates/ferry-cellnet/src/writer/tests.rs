@@ -67,16 +67,21 @@ impl AsyncWrite for Trickle {
 #[tokio::test]
 async fn vectored_writes_survive_partial_writes_and_many_buffers() {
     // more buffers than one write takes, empty ones among them
-    let mut bufs: Vec<Bytes> = (0..3 * MAX_IOV)
-        .map(|i| Bytes::from(vec![i as u8; i % 6]))
+    let mut bufs: Vec<Segment> = (0..3 * MAX_IOV)
+        .map(|i| Segment::Bytes(Bytes::from(vec![i as u8; i % 6])))
         .collect();
-    let want: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+    let want: Vec<u8> = bufs
+        .iter()
+        .flat_map(|b| b.as_bytes().unwrap().iter().copied())
+        .collect();
     let mut w = Trickle(Vec::new());
-    write_all_vectored(&mut w, &mut bufs, Duration::from_secs(5))
+    write_all_segments(&mut w, &mut bufs, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(w.0, want);
 }
+
+impl WriteStream for Trickle {}
 
 /// Accepts the first `n` bytes, then never again (a peer that stopped reading).
 struct Stuck(usize);
@@ -110,13 +115,15 @@ impl AsyncWrite for Stuck {
     }
 }
 
+impl WriteStream for Stuck {}
+
 /// The stall bound counts from the last progress, not from the start of the batch.
 #[tokio::test(start_paused = true)]
 async fn a_write_that_stops_making_progress_fails_after_the_stall_bound() {
-    let mut bufs = vec![Bytes::from(vec![1u8; 100])];
+    let mut bufs = vec![Segment::Bytes(Bytes::from(vec![1u8; 100]))];
     let mut w = Stuck(60);
     let t0 = tokio::time::Instant::now();
-    let e = write_all_vectored(&mut w, &mut bufs, Duration::from_secs(3))
+    let e = write_all_segments(&mut w, &mut bufs, Duration::from_secs(3))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
@@ -172,12 +179,14 @@ impl AsyncWrite for Gate {
     }
 }
 
+impl WriteStream for Gate {}
+
 fn data_frame(fill: u8, len: usize) -> OutFrame {
     OutFrame {
         frame_type: FrameType::Data,
         app_id: crate::frame::APP_ID_CELLNET,
         headers: Bytes::from_static(&[0x80]),
-        payload: vec![Bytes::from(vec![fill; len])],
+        payload: vec![Bytes::from(vec![fill; len]).into()],
     }
 }
 
@@ -188,7 +197,9 @@ fn wire(frames: &[OutFrame]) -> Vec<u8> {
         stream_id: 16,
     };
     let bufs = frame_bufs(frames.to_vec(), &mut c);
-    bufs.iter().flat_map(|b| b.iter().copied()).collect()
+    bufs.iter()
+        .flat_map(|b| b.as_bytes().expect("in memory").iter().copied())
+        .collect()
 }
 
 /// With nothing queued, a frame is written by its sender: no writer task runs here.

@@ -77,7 +77,7 @@ pub fn frame(t: FrameType, app_id: u16, headers: Vec<u8>, payload: Vec<u8>) -> B
         frame_type: t,
         app_id,
         headers: Bytes::from(headers),
-        payload: vec![Bytes::from(payload)],
+        payload: vec![Bytes::from(payload).into()],
     }
     .to_bytes(17, 1)
     .unwrap()

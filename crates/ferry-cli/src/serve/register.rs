@@ -71,7 +71,8 @@ pub(super) async fn register(
             tx.delete_transaction().ok();
             return Err(Failure::Interrupted("interrupted before serving".into()));
         }
-        let (obj, size, blake3) = load(e, how.chunk, how.expected).await?;
+        // plain TCP sends file chunks straight from the file; TLS reads them into buffers
+        let (obj, size, blake3) = load(e, how.chunk, how.expected, !tls).await?;
         let obj: Arc<dyn Downloadable> = match how.limiter {
             Some(l) => Arc::new(Throttled::new(obj, Arc::clone(l))),
             None => obj,
@@ -178,6 +179,7 @@ async fn load(
     e: &Entry,
     chunk: u64,
     expected: &ExpectedReceivers,
+    file_chunks: bool,
 ) -> CmdResult<(Arc<dyn Downloadable>, u64, String)> {
     let bar = ui::bars().add(ProgressBar::new_spinner());
     bar.set_message(format!(
@@ -200,6 +202,7 @@ async fn load(
                 let obj = FileObject::builder(&path)
                     .chunk_size(chunk)
                     .digest(true)
+                    .file_chunks(file_chunks)
                     .open()
                     .map_err(|e| e.to_string())?;
                 let size = obj.size();

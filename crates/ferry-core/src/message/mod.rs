@@ -12,7 +12,7 @@ mod lists;
 pub mod reply;
 
 pub use lists::grown_vec;
-pub use reply::{Reply, ReplyBody, ReplyDecodeError, ReplyStatus};
+pub use reply::{BodyPart, Reply, ReplyBody, ReplyDecodeError, ReplyStatus};
 
 use crate::{DownloadStatus, RefId, State};
 use rmpv::Value;

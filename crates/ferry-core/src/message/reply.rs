@@ -3,15 +3,16 @@
 //! A reply body is a msgpack map in NVFlare's key order (`status`, `state`, `data`,
 //! `cancel_capable`, `confirm_expected`, `confirm_nonce`, then ferry's `ferry_plan`); optional
 //! keys are omitted when absent, never `nil`. The encoder never copies the chunk:
-//! [`ReplyBody::into_segments`] gives the map around the chunk as small buffers and the chunk
-//! bytes as their own segments, for one vectored write. The decoder never copies it either:
+//! [`ReplyBody::into_parts`] gives the map around the chunk as small buffers and the chunk
+//! bytes as their own parts, for one vectored write (a [`FileChunk`] stays a region of its
+//! file, for the connection to send from the file). The decoder never copies it either:
 //! [`ReplyBody::decode`] slices `data` (a `bin`, or a list of `bin`) out of the buffer the
 //! message was read into. The other keys are small and go through serde; unknown keys are
 //! skipped, as NVFlare does. Every sender and receiver of the workspace — the tokio glue, the
 //! simulator, the tests — uses these two functions.
 
 use crate::plan::WirePlan;
-use crate::{ChunkData, Refusal, ReturnCode, State};
+use crate::{ChunkData, FileChunk, Refusal, ReturnCode, State};
 use bytes::Bytes;
 
 /// The `status` of a reply (NVFlare's `ProduceRC`).
@@ -40,6 +41,30 @@ impl ReplyStatus {
         [Self::Ok, Self::Eof, Self::Error]
             .into_iter()
             .find(|st| st.as_str() == s)
+    }
+}
+
+/// One part of an encoded reply body; the parts are concatenated on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyPart {
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// A file chunk's bytes, still in the file.
+    File(FileChunk),
+}
+
+impl BodyPart {
+    /// Length on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Bytes(b) => b.len(),
+            Self::File(f) => f.len(),
+        }
+    }
+
+    /// True if the part puts nothing on the wire.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -116,9 +141,23 @@ impl ReplyBody {
         }
     }
 
-    /// The msgpack map as segments to write one after the other: the keys and small values in
-    /// a few buffers, each chunk `bin` as the very `Bytes` it came in (never copied).
-    pub fn into_segments(self) -> Vec<Bytes> {
+    /// The msgpack map as segments in memory (a [`FileChunk`] is read): what
+    /// [`into_parts`](Self::into_parts) gives, for writers that cannot send from a file.
+    /// `UnexpectedEof` if a file chunk's file no longer holds it.
+    pub fn into_segments(self) -> std::io::Result<Vec<Bytes>> {
+        self.into_parts()
+            .into_iter()
+            .map(|p| match p {
+                BodyPart::Bytes(b) => Ok(b),
+                BodyPart::File(f) => f.read(),
+            })
+            .collect()
+    }
+
+    /// The msgpack map as parts to write one after the other: the keys and small values in
+    /// a few buffers, each chunk `bin` as the very `Bytes` it came in (never copied), or as
+    /// the region of its file.
+    pub fn into_parts(self) -> Vec<BodyPart> {
         let n = 1 // status
             + u32::from(self.state.is_some())
             + u32::from(self.data.is_some())
@@ -141,6 +180,10 @@ impl ReplyBody {
             Some(ChunkData::Bytes(b)) => {
                 w.str("data");
                 w.bin(b);
+            }
+            Some(ChunkData::File(f)) => {
+                w.str("data");
+                w.bin_file(f);
             }
             Some(ChunkData::Items(items)) => {
                 w.str("data");
@@ -177,14 +220,15 @@ impl ReplyBody {
     }
 
     /// The msgpack map in one buffer (the segments of [`into_segments`](Self::into_segments)
-    /// joined; the chunk is copied once).
-    pub fn encode(&self) -> Vec<u8> {
-        let segments = self.clone().into_segments();
+    /// joined; the chunk is copied once). Fails only for a [`FileChunk`] whose file no longer
+    /// holds it.
+    pub fn encode(&self) -> std::io::Result<Vec<u8>> {
+        let segments = self.clone().into_segments()?;
         let mut out = Vec::with_capacity(segments.iter().map(Bytes::len).sum());
         for s in &segments {
             out.extend_from_slice(s);
         }
-        out
+        Ok(out)
     }
 
     /// Decode a reply body. `data` comes out as slices of `body` (no copy); anything but a map
@@ -238,7 +282,7 @@ impl ReplyBody {
 #[derive(Default)]
 struct SegmentWriter {
     head: Vec<u8>,
-    segments: Vec<Bytes>,
+    segments: Vec<BodyPart>,
 }
 
 impl SegmentWriter {
@@ -248,26 +292,43 @@ impl SegmentWriter {
 
     fn bin(&mut self, b: Bytes) {
         let _ = rmp::encode::write_bin_len(&mut self.head, len32(b.len()));
-        self.segments
-            .push(Bytes::from(std::mem::take(&mut self.head)));
+        self.cut();
         if !b.is_empty() {
-            self.segments.push(b);
+            self.segments.push(BodyPart::Bytes(b));
         }
+    }
+
+    /// One `bin` whose content stays in its file.
+    fn bin_file(&mut self, f: FileChunk) {
+        let _ = rmp::encode::write_bin_len(&mut self.head, len32(f.len()));
+        self.cut();
+        if !f.is_empty() {
+            self.segments.push(BodyPart::File(f));
+        }
+    }
+
+    /// Close `head` as a part of its own.
+    fn cut(&mut self) {
+        self.segments
+            .push(BodyPart::Bytes(Bytes::from(std::mem::take(&mut self.head))));
     }
 
     /// One `bin` whose content is `parts` one after the other, each its own segment.
     fn bin_parts(&mut self, parts: Vec<Bytes>) {
         let len = parts.iter().map(Bytes::len).sum();
         let _ = rmp::encode::write_bin_len(&mut self.head, len32(len));
-        self.segments
-            .push(Bytes::from(std::mem::take(&mut self.head)));
-        self.segments
-            .extend(parts.into_iter().filter(|p| !p.is_empty()));
+        self.cut();
+        self.segments.extend(
+            parts
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(BodyPart::Bytes),
+        );
     }
 
-    fn finish(mut self) -> Vec<Bytes> {
+    fn finish(mut self) -> Vec<BodyPart> {
         if !self.head.is_empty() {
-            self.segments.push(Bytes::from(self.head));
+            self.segments.push(BodyPart::Bytes(Bytes::from(self.head)));
         }
         self.segments
     }

@@ -5,15 +5,15 @@ use crate::buffer_pool::BufferPool;
 use crate::byte_state::{parse_byte_request, state_after, ByteRequest};
 use crate::{ObjectsError, DEFAULT_CHUNK_SIZE};
 use ferry_core::{
-    ChunkData, Downloadable, ExpectedReceivers, PlanLayout, ProduceError, Produced, RefId, State,
-    TransferPlan, TxId,
+    ChunkData, Downloadable, ExpectedReceivers, FileChunk, PlanLayout, ProduceError, Produced,
+    RefId, State, TransferPlan, TxId,
 };
 use std::fs::{File, Metadata};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 /// Builds a [`FileObject`].
@@ -22,6 +22,7 @@ pub struct FileObjectBuilder {
     path: PathBuf,
     chunk_size: u64,
     digest: bool,
+    file_chunks: bool,
 }
 
 impl FileObjectBuilder {
@@ -39,6 +40,22 @@ impl FileObjectBuilder {
     /// read it again.
     pub fn digest(mut self, on: bool) -> Self {
         self.digest = on;
+        self
+    }
+
+    /// Produce chunks as regions of the open file ([`ChunkData::File`]) instead of reading
+    /// them into buffers: for a service whose connections send a file region straight from
+    /// the file (plain TCP, `sendfile(2)`), where the sender then never copies the bytes. Over
+    /// a connection that cannot (TLS) a region is still sent, read in pieces as it is written,
+    /// so leave this off there. Off by default.
+    ///
+    /// The file is checked against the size and modification time seen at construction
+    /// when each chunk is produced, not after its bytes were read: a file that shrinks later
+    /// cuts the reply short and the connection is closed (the receiver resumes or fails with
+    /// a clear error); a change of the same size in place between produce and send is caught
+    /// only by the receiver's check of the digest ([`digest`](Self::digest)).
+    pub fn file_chunks(mut self, on: bool) -> Self {
+        self.file_chunks = on;
         self
     }
 
@@ -87,7 +104,8 @@ impl FileObjectBuilder {
         tracing::debug!(path = %self.path.display(), size = identity.size, chunk = self.chunk_size, digest = ?digest, digest_cached, "file object opened");
         Ok(FileObject {
             path: self.path,
-            file: RwLock::new(Some(file)),
+            file: RwLock::new(Some(Arc::new(file))),
+            file_chunks: self.file_chunks,
             identity,
             chunk_size: self.chunk_size,
             digest,
@@ -132,7 +150,9 @@ fn hash_file(file: &File, size: u64) -> std::io::Result<String> {
 /// A file served with NVFlare's file state `{"received_bytes": n}`.
 ///
 /// Chunks are read with `pread` from one handle opened at construction (no reopen per chunk)
-/// into a pooled buffer frozen into `Bytes` (returned to the pool once written). After each read the handle is checked against the
+/// into a pooled buffer frozen into `Bytes` (returned to the pool once written), or, built
+/// with [`file_chunks(true)`](FileObjectBuilder::file_chunks), handed out unread as regions of
+/// the handle for the connection to send from the file. After each read the handle is checked against the
 /// size and modification time seen at construction: a file that changed fails the download
 /// with a logical `error` status rather than sending mixed content. The object advertises a
 /// [`PlanLayout::Bytes`] plan (size, chunk size and, if built with
@@ -141,7 +161,10 @@ fn hash_file(file: &File, size: u64) -> std::io::Result<String> {
 pub struct FileObject {
     path: PathBuf,
     /// `None` after release; a read lock per produce lets receivers read concurrently.
-    file: RwLock<Option<File>>,
+    /// Shared with the file chunks in flight, which the connections send from it.
+    file: RwLock<Option<Arc<File>>>,
+    /// Chunks are regions of `file`, not buffers (see [`FileObjectBuilder::file_chunks`]).
+    file_chunks: bool,
     identity: FileIdentity,
     chunk_size: u64,
     digest: Option<String>,
@@ -165,6 +188,7 @@ impl FileObject {
             path: path.as_ref().to_path_buf(),
             chunk_size: DEFAULT_CHUNK_SIZE,
             digest: false,
+            file_chunks: false,
         }
     }
 
@@ -217,6 +241,9 @@ impl FileObject {
             Ok(ByteRequest::Eof) => return Some(Ok(Produced::Eof)),
             Ok(ByteRequest::Read { offset, len }) => (offset, len),
         };
+        if self.file_chunks {
+            return Some(self.file_chunk(file, offset, len));
+        }
         // len <= chunk_size <= MAX_CHUNK_SIZE, so it fits a usize.
         let mut buf = self.pool.take(len as usize);
         let read = match mode {
@@ -334,6 +361,10 @@ impl Downloadable for FileObject {
         state: Option<&State>,
         requester: &str,
     ) -> Option<Result<Produced, ProduceError>> {
+        if self.file_chunks {
+            // nothing is read: a region is made at once whatever its size
+            return self.produce_with(state, requester, ReadMode::Blocking);
+        }
         if self.chunk_size > INLINE_READ_MAX || self.nowait_unsupported.load(Ordering::Relaxed) {
             return None;
         }
@@ -362,6 +393,28 @@ impl Downloadable for FileObject {
 }
 
 impl FileObject {
+    /// The chunk at `offset` as a region of the open file (nothing is read): checked against
+    /// the file's size and modification time now; a change after this shows when the
+    /// connection sends it (see [`FileObjectBuilder::file_chunks`]).
+    fn file_chunk(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Produced, ProduceError> {
+        let now = file
+            .metadata()
+            .map_err(|e| ProduceError(format!("stat {}: {e}", self.path.display())))?;
+        if FileIdentity::of(&now) != self.identity {
+            return Ok(self.changed("its size or modification time changed"));
+        }
+        Ok(Produced::Data {
+            // len <= chunk_size <= MAX_CHUNK_SIZE, so it fits a usize.
+            data: ChunkData::File(FileChunk::new(Arc::clone(file), offset, len as usize)),
+            state: state_after(offset + len),
+        })
+    }
+
     fn changed(&self, what: &str) -> Produced {
         let reason = format!(
             "file {} changed while being downloaded: {what}",

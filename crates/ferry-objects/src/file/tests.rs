@@ -318,6 +318,7 @@ fn drive_without_plan(
     r
 }
 
+mod file_chunks;
 mod pinned;
 mod resuming;
 mod writing;

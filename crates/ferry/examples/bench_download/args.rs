@@ -67,6 +67,10 @@ pub(crate) struct OrchArgs {
     /// Chunk size of the ferry sender in KiB (default: ferry's default, 1 MiB).
     #[arg(long)]
     pub(crate) ferry_chunk_kib: Option<u64>,
+    /// Make the ferry sender read file chunks into buffers instead of sending them from the
+    /// file with sendfile (what it did before file chunks; for before/after comparisons).
+    #[arg(long)]
+    pub(crate) ferry_read_chunks: bool,
     /// Byte budget of the ferry sender in KiB (default: ferry's default).
     #[arg(long)]
     pub(crate) ferry_budget_kib: Option<u64>,
@@ -116,6 +120,9 @@ pub(crate) struct SenderArgs {
     /// Byte budget on produced-but-unsent chunks (ferry; 0 = ferry's default).
     #[arg(long, default_value_t = 0)]
     pub(crate) budget: u64,
+    /// Read file chunks into buffers instead of sending them from the file (ferry).
+    #[arg(long)]
+    pub(crate) read_chunks: bool,
     /// Deadline of the process, seconds.
     #[arg(long, default_value_t = 600.0)]
     pub(crate) timeout: f64,

@@ -125,6 +125,8 @@ pub(crate) struct Ctx {
     pub(crate) work: PathBuf,
     pub(crate) data: PathBuf,
     pub(crate) ferry_chunk: u64,
+    /// `--ferry-read-chunks`: the sender reads file chunks into buffers.
+    pub(crate) ferry_read_chunks: bool,
     pub(crate) ferry_budget: u64,
     pub(crate) ferry_window: usize,
     pub(crate) perf_dir: Option<PathBuf>,
@@ -218,6 +220,9 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
                 .args(["--chunk", &ctx.ferry_chunk.to_string()])
                 .args(["--budget", &ctx.ferry_budget.to_string()])
                 .args(["--timeout", &timeout]);
+            if ctx.ferry_read_chunks {
+                c.arg("--read-chunks");
+            }
             c
         }
         System::Nvflare => {

@@ -84,6 +84,7 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
         work: work.path().to_path_buf(),
         data: data.clone(),
         ferry_chunk: a.ferry_chunk_kib.unwrap_or(0) * 1024,
+        ferry_read_chunks: a.ferry_read_chunks,
         ferry_budget: a.ferry_budget_kib.unwrap_or(0) * 1024,
         ferry_window: a.ferry_window.unwrap_or(0),
         perf_dir: a.perf_dir.clone(),

@@ -62,6 +62,11 @@ impl Consumer for HashConsumer {
                     self.bytes += b.len() as u64;
                 }
             }
+            ChunkData::File(_) => {
+                return Err(ConsumeError::BadChunk(
+                    "a received chunk is never a sender's file region".into(),
+                ))
+            }
         }
         Ok(state.clone())
     }
@@ -139,6 +144,14 @@ pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
         };
         let mut refs = Vec::new();
         match a.kind.as_str() {
+            "file" if a.read_chunks => {
+                let obj = ferry::objects::FileObject::builder(&a.file)
+                    .chunk_size(chunk)
+                    .digest(true)
+                    .file_chunks(false)
+                    .open()?;
+                refs.push(tx.add_object(std::sync::Arc::new(obj))?)
+            }
             "file" => refs.push(tx.add_file(&a.file, chunk)?),
             "small" => {
                 for _ in 0..a.count {

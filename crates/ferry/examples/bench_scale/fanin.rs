@@ -51,6 +51,11 @@ impl Consumer for HashConsumer {
                     self.bytes += b.len() as u64;
                 }
             }
+            ChunkData::File(_) => {
+                return Err(ConsumeError::BadChunk(
+                    "a received chunk is bytes or a list of items".into(),
+                ))
+            }
         }
         Ok(state.clone())
     }

@@ -24,7 +24,7 @@ fn data_reply_is_nvflares_shape_with_64_bytes_around_the_chunk() {
         State::new().with("received_bytes", 1_048_576u64),
         ChunkData::Bytes(chunk),
     );
-    let enc = body.encode();
+    let enc = body.encode().unwrap();
     // sz=1048650 in the capture = 10 (LOBS header) + 64 + 1 MiB.
     assert_eq!(enc.len(), 64 + (1 << 20));
     let mut head = vec![0x84];
@@ -45,7 +45,7 @@ fn data_reply_is_nvflares_shape_with_64_bytes_around_the_chunk() {
 
 #[test]
 fn terminal_replies_match_nvflares_bytes() {
-    let eof = ReplyBody::terminal(ReplyStatus::Eof).encode();
+    let eof = ReplyBody::terminal(ReplyStatus::Eof).encode().unwrap();
     let mut want = vec![0x81];
     want.extend(fixstr("status"));
     want.extend(fixstr("eof"));
@@ -64,8 +64,8 @@ fn terminal_replies_match_nvflares_bytes() {
     want.extend(fixstr("confirm_nonce"));
     want.extend([0xd9, 0x20]);
     want.extend_from_slice(nonce.as_bytes());
-    assert_eq!(body.encode(), want);
-    let err = ReplyBody::terminal(ReplyStatus::Error).encode();
+    assert_eq!(body.encode().unwrap(), want);
+    let err = ReplyBody::terminal(ReplyStatus::Error).encode().unwrap();
     assert_eq!(&err[err.len() - 6..], &fixstr("error")[..]);
 }
 
@@ -81,11 +81,11 @@ fn chunks_are_neither_copied_on_encode_nor_on_decode() {
         ChunkData::Items(vec![]),
     ] {
         let body = ReplyBody::data(State::new().with("received_bytes", 70_000u64), data.clone());
-        let segments = body.clone().into_segments();
+        let segments = body.clone().into_segments().unwrap();
         let originals: Vec<&Bytes> = match &data {
             ChunkData::Bytes(b) => vec![b],
             ChunkData::Items(items) => items.iter().filter(|b| !b.is_empty()).collect(),
-            ChunkData::ItemParts(_) => unreachable!("not in this list"),
+            ChunkData::ItemParts(_) | ChunkData::File(_) => unreachable!("not in this list"),
         };
         for b in originals {
             assert!(
@@ -94,7 +94,11 @@ fn chunks_are_neither_copied_on_encode_nor_on_decode() {
             );
         }
         let flat = concat(&segments);
-        assert_eq!(&flat[..], &body.encode()[..], "segments join to encode()");
+        assert_eq!(
+            &flat[..],
+            &body.encode().unwrap()[..],
+            "segments join to encode()"
+        );
         let back = ReplyBody::decode(&flat).unwrap();
         assert_eq!(back, body);
         if let Some(ChunkData::Bytes(b)) = &back.data {
@@ -116,7 +120,7 @@ fn parted_items_go_out_uncopied_and_arrive_as_the_items_they_join_into() {
         vec![],
     ]);
     let body = ReplyBody::data(State::new().with("start", 0u64), parts.clone());
-    let segments = body.clone().into_segments();
+    let segments = body.clone().into_segments().unwrap();
     for b in [&head, &data] {
         assert!(
             segments.iter().any(|s| s.as_ptr() == b.as_ptr()),
@@ -124,7 +128,11 @@ fn parted_items_go_out_uncopied_and_arrive_as_the_items_they_join_into() {
         );
     }
     let flat = concat(&segments);
-    assert_eq!(&flat[..], &body.encode()[..], "segments join to encode()");
+    assert_eq!(
+        &flat[..],
+        &body.encode().unwrap()[..],
+        "segments join to encode()"
+    );
     let back = ReplyBody::decode(&flat).unwrap();
     let joined = ReplyBody::data(State::new().with("start", 0u64), parts.into_joined());
     assert_eq!(back, joined, "on the wire the same as the joined items");
@@ -140,10 +148,12 @@ fn chunks_are_msgpack_bin_never_integer_lists() {
     head.extend(fixstr("status"));
     head.extend(fixstr("ok"));
     head.extend(fixstr("data"));
-    let enc = body(ChunkData::Bytes(Bytes::from_static(b"xy"))).encode();
+    let enc = body(ChunkData::Bytes(Bytes::from_static(b"xy")))
+        .encode()
+        .unwrap();
     assert_eq!(enc, [&head[..], &[0xc4, 0x02, b'x', b'y']].concat());
     let items = ChunkData::Items(vec![Bytes::from_static(b"a"), Bytes::from_static(b"")]);
-    let enc = body(items.clone()).encode();
+    let enc = body(items.clone()).encode().unwrap();
     assert_eq!(
         enc,
         [&head[..], &[0x92, 0xc4, 0x01, b'a', 0xc4, 0x00]].concat()
@@ -275,7 +285,7 @@ fn any_body() -> impl Strategy<Value = ReplyBody> {
 proptest! {
     #[test]
     fn every_body_round_trips(body in any_body()) {
-        let flat = concat(&body.clone().into_segments());
+        let flat = concat(&body.clone().into_segments().unwrap());
         prop_assert_eq!(ReplyBody::decode(&flat).unwrap(), body);
     }
 
@@ -283,4 +293,50 @@ proptest! {
     fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = ReplyBody::decode(&Bytes::from(bytes));
     }
+}
+
+/// A file (`len` bytes of a pattern) and the same bytes in memory.
+fn file_with(len: usize) -> (tempfile::NamedTempFile, Bytes) {
+    use std::io::Write;
+    let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&data).unwrap();
+    f.flush().unwrap();
+    (f, Bytes::from(data))
+}
+
+/// A file chunk is on the wire exactly the `bin` its bytes would be (NVFlare receivers see no
+/// difference), and stays a region of its file among the parts.
+#[test]
+fn a_file_chunk_encodes_as_its_bytes_and_stays_a_file_part() {
+    let (file, data) = file_with(100_000);
+    let f = std::sync::Arc::new(std::fs::File::open(file.path()).unwrap());
+    let state = State::new().with("received_bytes", 1000u64);
+    let chunk = FileChunk::new(f, 1000, 70_000);
+    let body = ReplyBody::data(state.clone(), ChunkData::File(chunk.clone()));
+    let same = ReplyBody::data(state, ChunkData::Bytes(data.slice(1000..71_000)));
+    assert_eq!(body.encode().unwrap(), same.encode().unwrap());
+    let parts = body.clone().into_parts();
+    assert!(
+        parts.contains(&BodyPart::File(chunk)),
+        "the chunk is not read"
+    );
+    let flat = concat(&body.into_segments().unwrap());
+    assert_eq!(
+        ReplyBody::decode(&flat).unwrap().data,
+        Some(ChunkData::Bytes(data.slice(1000..71_000)))
+    );
+}
+
+/// A file that no longer holds the chunk cannot be encoded: an error, never other bytes.
+#[test]
+fn a_file_chunk_past_the_end_of_its_file_is_an_error() {
+    let (file, _) = file_with(10_000);
+    let f = std::sync::Arc::new(std::fs::File::open(file.path()).unwrap());
+    let body = ReplyBody::data(
+        State::new(),
+        ChunkData::File(FileChunk::new(f, 5_000, 8_000)),
+    );
+    let e = body.encode().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
 }
