@@ -1,5 +1,5 @@
 //! Support for the download-service end-to-end tests (`tests/tests/download_e2e.rs`,
-//! `download_interop.rs`) and the `ferry-peer` test binary.
+//! `download_lifecycle.rs`, `download_interop.rs`) and the `ferry-peer` test binary.
 //!
 //! * [`Gate`] / [`GatedObject`]: a sender-side object that serves its first chunks and then
 //!   holds every further `produce` until the test opens the gate — a deterministic
