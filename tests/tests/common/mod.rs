@@ -1,7 +1,10 @@
-//! What the download end-to-end test files share: the `ferry-peer` binary, the generous
-//! "soon" bound, short request timeouts, the service's events up to a transaction's end and
-//! gated file objects. Each file uses a subset, hence the allowance for dead code.
+//! What the test files of this crate share. Here, for the download end-to-end tests: the
+//! `ferry-peer` binary, the generous "soon" bound, short request timeouts, the service's events
+//! up to a transaction's end and gated file objects; [`echo`] for the cellnet interop tests.
+//! Each file uses a subset, hence the allowance for dead code.
 #![allow(dead_code)]
+
+pub mod echo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
