@@ -6,6 +6,8 @@ Rows, all measured in one run, every sender and receiver its own process on loop
   ferry, Python sender -> Python receivers   roles.py (ferry.Sender.add_tensors / ferry.download_tensors)
   ferry, Rust sender -> Python receivers     bench_download's ferry-sender -> roles.py receive
   ferry, Rust sender -> Rust receivers       bench_download's ferry-sender / ferry-receiver --mode memory
+  (rust-pin) the same receivers, verifying   ferry-receiver --mode memory-pinned: each item hashed (BLAKE3) and
+                                             the dict held to the ticket's pin, the work download_tensors does
   NVFlare 2.9                                bench_py/nv_sender.py --kind arrays / nv_receiver.py --mode arrays
   plain TCP                                  bench_download's tcp-sender / tcp-receiver --mode memory: the same
                                              bytes blasted into one buffer per receiver, no framing, no
@@ -164,8 +166,11 @@ def run_once(ctx, row, n):
     deadline = time.monotonic() + 60 + size * n / (25 * MIB)
     py, rust, nv = ctx.python, ctx.rust_bin, ctx.nv_dir
     timeout = str(int(deadline - time.monotonic() + 60))
-    sender_kind = {"py-py": "py", "rust-py": "rust", "rust-rust": "rust", "nvflare": "nv", "tcp": "tcp"}[system]
-    recv_kind = {"py-py": "py", "rust-py": "py", "rust-rust": "rust", "nvflare": "nv", "tcp": "tcp"}[system]
+    sender_kind = {"py-py": "py", "rust-py": "rust", "rust-rust": "rust", "rust-pin": "rust", "nvflare": "nv",
+                   "tcp": "tcp"}[system]
+    recv_kind = {"py-py": "py", "rust-py": "py", "rust-rust": "rust", "rust-pin": "rust", "nvflare": "nv",
+                 "tcp": "tcp"}[system]
+    rust_mode = "memory-pinned" if system == "rust-pin" else "memory"
     try:
         if sender_kind == "py":
             s = g.spawn("sender", [py, str(HERE / "roles.py"), "send", "--file", str(ctx.source), "--len", str(size), "--receivers", str(n)])
@@ -201,7 +206,7 @@ def run_once(ctx, row, n):
             if recv_kind == "py":
                 args = [py, str(HERE / "roles.py"), "receive", "--fqcn", name]
             elif recv_kind == "rust":
-                args = [str(rust), "ferry-receiver", "--url", url, "--fqcn", name, "--mode", "memory", "--timeout", timeout]
+                args = [str(rust), "ferry-receiver", "--url", url, "--fqcn", name, "--mode", rust_mode, "--timeout", timeout]
             elif recv_kind == "tcp":
                 args = [str(rust), "tcp-receiver", "--url", url, "--fqcn", name, "--mode", "memory", "--len", str(size),
                         "--timeout", timeout]
@@ -256,6 +261,7 @@ LABELS = {
     "py-py": "**ferry**, Python sender → Python receivers (`download_tensors`)",
     "rust-py": "**ferry**, Rust sender → Python receivers (`download_tensors`)",
     "rust-rust": "ferry, Rust sender → Rust receivers",
+    "rust-pin": "ferry, Rust sender → Rust receivers verifying the ticket's pin, as `download_tensors` does",
     "nvflare": "NVFlare 2.9 numpy downloader (`add_arrays` / `download_arrays`)",
     "tcp": "plain TCP blast into memory (no framing, no verification while receiving)",
 }
@@ -276,7 +282,7 @@ def report(ctx, runs, secs):
         "| system | aggregate MiB/s | × NVFlare | × Rust receivers | × plain TCP | sender peak RSS MiB | receiver peak RSS MiB (max) | CPU s/GiB (transfer) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = ("py-py", "rust-py", "rust-rust", "nvflare", "tcp")
+    order = ("py-py", "rust-py", "rust-rust", "rust-pin", "nvflare", "tcp")
     for key in sorted(by, key=lambda k: (order.index(k.partition("@")[0]), k)):
         r = by[key]
         base, _, variant = key.partition("@")
@@ -309,6 +315,12 @@ def report(ctx, runs, secs):
             if r:
                 x = r["mib_s"] / rr["mib_s"]
                 lines.append(f"- Python receivers ≥ 0.9× the Rust receivers ({what}): {x:.2f}× — {verdict(x >= 0.9)}")
+    rpin = by.get("rust-pin")
+    if rpin and rp:
+        lines.append(
+            f"- (not a target) Python receivers against Rust receivers doing the same verification (same Rust "
+            f"sender): {rp['mib_s'] / rpin['mib_s']:.2f}×"
+        )
     for key, what in (("py-py", "from the Python sender"), ("rust-py", "from the Rust sender")):
         r = by.get(key)
         if r:
@@ -355,7 +367,7 @@ def main():
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument(
         "--only",
-        default="py-py,rust-py,rust-rust,nvflare,tcp",
+        default="py-py,rust-py,rust-rust,rust-pin,nvflare,tcp",
         help="rows, in the order run each round; SYSTEM@VARIANT runs SYSTEM with a --variant's environment",
     )
     p.add_argument(
