@@ -247,11 +247,14 @@ pub fn ferry_receiver(a: &ReceiverArgs) -> Result<()> {
                     // dict held to the ticket's pin (BLAKE3 tensor-dict digest).
                     let ticket: ferry::ticket::Ticket = go["ticket"]
                         .as_str()
-                        .ok_or_else(|| anyhow!("GO without a ticket (needed by --mode memory-pinned)"))?
+                        .ok_or_else(|| {
+                            anyhow!("GO without a ticket (needed by --mode memory-pinned)")
+                        })?
                         .parse()?;
                     let consumer = ferry::objects::TensorDictConsumer::new().pin(ticket.pin());
                     let mut c = download_object(&service, &source, &first, consumer, opts).await?;
-                    c.take().ok_or_else(|| anyhow!("download completed without tensors"))?
+                    c.take()
+                        .ok_or_else(|| anyhow!("download completed without tensors"))?
                 };
                 let mut h = blake3::Hasher::new();
                 let mut n = 0;
