@@ -65,6 +65,7 @@ mod message;
 pub mod msgpack;
 mod node;
 mod outbound;
+mod prefault;
 mod reader;
 mod reply;
 mod request;

@@ -26,6 +26,7 @@ use crate::error::CellnetError;
 use crate::frame::{Frame, FrameDecoder, FrameError};
 use crate::held::AccountHandle;
 use crate::log_limit::{limited, LogLimiter};
+use crate::prefault;
 
 /// Frames up to this long share the small read buffer; longer ones get a buffer of their own.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -294,6 +295,7 @@ impl FrameReader {
             buf.try_reserve_exact(have)
                 .map_err(|e| alloc_failed(have, len, e))?;
             self.charge_now(buf.capacity().saturating_sub(self.charged));
+            prefault::spare_capacity(&mut buf);
         }
         buf.extend_from_slice(&self.buf[..have]);
         self.buf.advance(have);
@@ -343,6 +345,9 @@ impl FrameReader {
                 if let Err(e) = large.buf.try_reserve_exact(extra) {
                     return Err(alloc_failed(extra, len, e));
                 }
+                // The bytes of the growth are about to be copied in: fault its pages in at
+                // once (memory already charged above, and bounded by what arrived).
+                prefault::spare_capacity(&mut large.buf);
             }
             let n = self.read_timed(true, ReadInto::Large).await?;
             if n == 0 {

@@ -6,6 +6,8 @@ Rows, all measured in one run, every sender and receiver its own process on loop
   ferry, Python sender -> Python receivers   roles.py (ferry.Sender.add_tensors / ferry.download_tensors)
   ferry, Rust sender -> Python receivers     bench_download's ferry-sender -> roles.py receive
   ferry, Rust sender -> Rust receivers       bench_download's ferry-sender / ferry-receiver --mode memory
+  (rust-pin) the same receivers, verifying   ferry-receiver --mode memory-pinned: each item hashed (BLAKE3) and
+                                             the dict held to the ticket's pin, the work download_tensors does
   NVFlare 2.9                                bench_py/nv_sender.py --kind arrays / nv_receiver.py --mode arrays
   plain TCP                                  bench_download's tcp-sender / tcp-receiver --mode memory: the same
                                              bytes blasted into one buffer per receiver, no framing, no
@@ -40,10 +42,12 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 class Proc:
-    def __init__(self, name, args, log_dir, lines):
+    def __init__(self, name, args, log_dir, lines, env=None):
         self.name = name
         self.log = open(log_dir / f"{name}.log", "w")
-        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.p = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
         self.ready = self.done = self.result = None
         self.usage = None
         threading.Thread(target=self._read, args=(lines,), daemon=True).start()
@@ -79,14 +83,15 @@ class Proc:
 
 
 class Group:
-    def __init__(self, log_dir):
+    def __init__(self, log_dir, env=None):
         self.log_dir = log_dir
+        self.env = env
         log_dir.mkdir(parents=True, exist_ok=True)
         self.lines = queue.Queue()
         self.procs = []
 
     def spawn(self, name, args):
-        p = Proc(name, args, self.log_dir, self.lines)
+        p = Proc(name, args, self.log_dir, self.lines, self.env)
         self.procs.append(p)
         return p
 
@@ -148,15 +153,24 @@ def make_source(path, size):
     tmp.rename(path)
 
 
-def run_once(ctx, system, n):
+def run_once(ctx, row, n):
     size = ctx.size
-    work = ctx.work / f"{system}-{n}-{time.monotonic_ns()}"
-    g = Group(work / "logs")
+    # "SYSTEM@VARIANT": the row of SYSTEM with the variant's environment in every child.
+    system, _, variant = row.partition("@")
+    env = None
+    if variant:
+        env = dict(os.environ)
+        env.update(ctx.variants[variant])
+    work = ctx.work / f"{system}-{variant or 'main'}-{n}-{time.monotonic_ns()}"
+    g = Group(work / "logs", env)
     deadline = time.monotonic() + 60 + size * n / (25 * MIB)
     py, rust, nv = ctx.python, ctx.rust_bin, ctx.nv_dir
     timeout = str(int(deadline - time.monotonic() + 60))
-    sender_kind = {"py-py": "py", "rust-py": "rust", "rust-rust": "rust", "nvflare": "nv", "tcp": "tcp"}[system]
-    recv_kind = {"py-py": "py", "rust-py": "py", "rust-rust": "rust", "nvflare": "nv", "tcp": "tcp"}[system]
+    sender_kind = {"py-py": "py", "rust-py": "rust", "rust-rust": "rust", "rust-pin": "rust", "nvflare": "nv",
+                   "tcp": "tcp"}[system]
+    recv_kind = {"py-py": "py", "rust-py": "py", "rust-rust": "rust", "rust-pin": "rust", "nvflare": "nv",
+                 "tcp": "tcp"}[system]
+    rust_mode = "memory-pinned" if system == "rust-pin" else "memory"
     try:
         if sender_kind == "py":
             s = g.spawn("sender", [py, str(HERE / "roles.py"), "send", "--file", str(ctx.source), "--len", str(size), "--receivers", str(n)])
@@ -192,7 +206,7 @@ def run_once(ctx, system, n):
             if recv_kind == "py":
                 args = [py, str(HERE / "roles.py"), "receive", "--fqcn", name]
             elif recv_kind == "rust":
-                args = [str(rust), "ferry-receiver", "--url", url, "--fqcn", name, "--mode", "memory", "--timeout", timeout]
+                args = [str(rust), "ferry-receiver", "--url", url, "--fqcn", name, "--mode", rust_mode, "--timeout", timeout]
             elif recv_kind == "tcp":
                 args = [str(rust), "tcp-receiver", "--url", url, "--fqcn", name, "--mode", "memory", "--len", str(size),
                         "--timeout", timeout]
@@ -230,7 +244,7 @@ def run_once(ctx, system, n):
             raise RuntimeError(f"{system}: {r.name} received other bytes ({got} != {want})")
     wall = max(end - t0, 1e-9)
     return {
-        "system": system,
+        "system": row,
         "receivers": n,
         "size": size,
         "wall_s": wall,
@@ -238,6 +252,8 @@ def run_once(ctx, system, n):
         "sender_rss_kib": s.usage.ru_maxrss,
         "receiver_rss_kib": max(r.usage.ru_maxrss for r in recv),
         "cpu_transfer_s": s.result.get("cpu_s", 0.0) + sum(r.result.get("cpu_s", 0.0) for r in recv),
+        "sender_cpu_s": s.result.get("cpu_s", 0.0),
+        "receiver_cpu_s": [r.result.get("cpu_s", 0.0) for r in recv],
     }
 
 
@@ -245,6 +261,7 @@ LABELS = {
     "py-py": "**ferry**, Python sender → Python receivers (`download_tensors`)",
     "rust-py": "**ferry**, Rust sender → Python receivers (`download_tensors`)",
     "rust-rust": "ferry, Rust sender → Rust receivers",
+    "rust-pin": "ferry, Rust sender → Rust receivers verifying the ticket's pin, as `download_tensors` does",
     "nvflare": "NVFlare 2.9 numpy downloader (`add_arrays` / `download_arrays`)",
     "tcp": "plain TCP blast into memory (no framing, no verification while receiving)",
 }
@@ -265,22 +282,31 @@ def report(ctx, runs, secs):
         "| system | aggregate MiB/s | × NVFlare | × Rust receivers | × plain TCP | sender peak RSS MiB | receiver peak RSS MiB (max) | CPU s/GiB (transfer) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for key in ("py-py", "rust-py", "rust-rust", "nvflare", "tcp"):
-        r = by.get(key)
-        if not r:
-            continue
+    order = ("py-py", "rust-py", "rust-rust", "rust-pin", "nvflare", "tcp")
+    for key in sorted(by, key=lambda k: (order.index(k.partition("@")[0]), k)):
+        r = by[key]
+        base, _, variant = key.partition("@")
+        label = LABELS[base] + (f" [variant {variant}: {ctx.variant_text[variant]}]" if variant else "")
         gib = r["size"] * r["receivers"] / (1 << 30)
         x_nv = f"{r['mib_s'] / nv['mib_s']:.2f}×" if nv else "—"
         x_rr = f"{r['mib_s'] / rr['mib_s']:.2f}×" if rr else "—"
         x_tcp = f"{r['mib_s'] / tcp['mib_s']:.2f}×" if tcp else "—"
         lines.append(
-            f"| {LABELS[key]} | {r['mib_s']:.0f} | {x_nv} | {x_rr} | {x_tcp} | {r['sender_rss_kib'] / 1024:.0f} | "
+            f"| {label} | {r['mib_s']:.0f} | {x_nv} | {x_rr} | {x_tcp} | {r['sender_rss_kib'] / 1024:.0f} | "
             f"{r['receiver_rss_kib'] / 1024:.0f} | {r['cpu_transfer_s'] / gib:.2f} |"
         )
     lines += ["", "Targets (from this run):", ""]
 
     def verdict(ok):
         return "met" if ok else "**missed**"
+
+    def cpu_gib(r):
+        return r["cpu_transfer_s"] / (r["size"] * r["receivers"] / (1 << 30))
+
+    def by_cpu(r, base):
+        # On a CPU-bound machine (every process shares the cores) CPU per GiB decides the
+        # throughput, and it moves far less with the other load than MiB/s does.
+        return f"; by CPU per GiB ({cpu_gib(base):.2f} / {cpu_gib(r):.2f} s): {cpu_gib(base) / cpu_gib(r):.2f}×"
 
     py = by.get("py-py")
     rp = by.get("rust-py")
@@ -290,13 +316,23 @@ def report(ctx, runs, secs):
         if tcp:
             limit = (f" (the plain-TCP blast, this machine's limit, measures {tcp['mib_s'] / nv['mib_s']:.2f}× NVFlare "
                      f"in the same run; the Python receivers reach {py['mib_s'] / tcp['mib_s']:.2f}× of it)")
-        lines.append(f"- Python receivers ≥ 5× NVFlare's numpy downloader: {x:.2f}×{limit} — {verdict(x >= 5)}")
+        lines.append(
+            f"- Python receivers ≥ 5× NVFlare's numpy downloader: {x:.2f}×{limit}{by_cpu(py, nv)} — {verdict(x >= 5)}"
+        )
     if rr:
         for key, what in (("rust-py", "same Rust sender"), ("py-py", "Python sender as well")):
             r = by.get(key)
             if r:
                 x = r["mib_s"] / rr["mib_s"]
-                lines.append(f"- Python receivers ≥ 0.9× the Rust receivers ({what}): {x:.2f}× — {verdict(x >= 0.9)}")
+                lines.append(
+                    f"- Python receivers ≥ 0.9× the Rust receivers ({what}): {x:.2f}×{by_cpu(r, rr)} — {verdict(x >= 0.9)}"
+                )
+    rpin = by.get("rust-pin")
+    if rpin and rp:
+        lines.append(
+            f"- (not a target) Python receivers against Rust receivers doing the same verification (same Rust "
+            f"sender): {rp['mib_s'] / rpin['mib_s']:.2f}×{by_cpu(rp, rpin)}"
+        )
     for key, what in (("py-py", "from the Python sender"), ("rust-py", "from the Rust sender")):
         r = by.get(key)
         if r:
@@ -341,7 +377,19 @@ def main():
     p.add_argument("--tensor-mib", type=int, default=512)
     p.add_argument("--receivers", type=int, default=4)
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--only", default="py-py,rust-py,rust-rust,nvflare,tcp")
+    p.add_argument(
+        "--only",
+        default="py-py,rust-py,rust-rust,rust-pin,nvflare,tcp",
+        help="rows, in the order run each round; SYSTEM@VARIANT runs SYSTEM with a --variant's environment",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,VAR=VALUE...]",
+        help="environment for the rows named SYSTEM@NAME, e.g. base:PYTHONPATH=/tmp/old (another build of the "
+        "wheel, installed with pip install --target /tmp/old) to alternate old and new code in one run",
+    )
     p.add_argument("--write-docs", help="docs/benchmarks.md to update between the bench:python markers")
     p.add_argument("--json", help="write the raw measurements here")
     p.add_argument("--command", default="cargo xtask bench python")
@@ -355,21 +403,35 @@ def main():
         receivers=a.receivers,
         repeat=a.repeat,
         command=a.command,
+        variants={},
+        variant_text={},
     )
+    for v in a.variant:
+        vname, _, assigns = v.partition(":")
+        pairs = [x.split("=", 1) for x in assigns.split(",") if x]
+        if not vname or not pairs or any(len(x) != 2 for x in pairs):
+            p.error(f"--variant {v!r}: expected NAME:VAR=VALUE[,VAR=VALUE...]")
+        ctx.variants[vname] = dict(pairs)
+        ctx.variant_text[vname] = ", ".join(f"{k}={val}" for k, val in pairs)
+    systems = a.only.split(",")
+    for row in systems:
+        base, _, variant = row.partition("@")
+        if base not in LABELS or (variant and variant not in ctx.variants):
+            p.error(f"--only: unknown row {row!r} (systems: {', '.join(LABELS)}; variants: {', '.join(ctx.variants) or 'none'})")
     ctx.work.mkdir(parents=True, exist_ok=True)
     ctx.source = ctx.work / "source.bin"
     started = time.monotonic()
     ctx.load_start = os.getloadavg()[0]
     make_source(ctx.source, ctx.size)
     ctx.sha256 = file_digests(ctx.source, ctx.size)
-    systems = a.only.split(",")
     best = {}
     for _ in range(a.repeat):
         for system in systems:
             subprocess.run(["sync"], check=False)
             r = run_once(ctx, system, a.receivers)
-            print(f"{system:<10} {r['mib_s']:8.0f} MiB/s  sender {r['sender_rss_kib'] / 1024:5.0f} MiB  "
-                  f"receiver {r['receiver_rss_kib'] / 1024:5.0f} MiB", file=sys.stderr, flush=True)
+            print(f"{system:<16} {r['mib_s']:8.0f} MiB/s  sender {r['sender_rss_kib'] / 1024:5.0f} MiB  "
+                  f"receiver {r['receiver_rss_kib'] / 1024:5.0f} MiB  CPU s: sender {r['sender_cpu_s']:.2f}, receivers "
+                  f"{' '.join(f'{c:.2f}' for c in r['receiver_cpu_s'])}", file=sys.stderr, flush=True)
             if system not in best or r["mib_s"] > best[system]["mib_s"]:
                 best[system] = r
     runs = [best[s] for s in systems]

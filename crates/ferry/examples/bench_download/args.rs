@@ -139,7 +139,7 @@ pub(crate) struct ReceiverArgs {
     /// FQCN of this receiver's cell.
     #[arg(long)]
     pub(crate) fqcn: String,
-    /// hash | file | memory | small
+    /// hash | file | memory | memory-pinned (memory, verified against the GO's ticket) | small
     #[arg(long)]
     pub(crate) mode: String,
     /// Directory for received files (mode file).

@@ -239,8 +239,23 @@ pub fn ferry_receiver(a: &ReceiverArgs) -> Result<()> {
                 bytes = fs::metadata(&p)?.len();
                 verify = Some(p);
             }
-            "memory" => {
-                let dict = download_tensors(&service, &source, &first, opts).await?;
+            "memory" | "memory-pinned" => {
+                let dict = if a.mode == "memory" {
+                    download_tensors(&service, &source, &first, opts).await?
+                } else {
+                    // As ferry-py's download_tensors: every item hashed as it arrives and the
+                    // dict held to the ticket's pin (BLAKE3 tensor-dict digest).
+                    let ticket: ferry::ticket::Ticket = go["ticket"]
+                        .as_str()
+                        .ok_or_else(|| {
+                            anyhow!("GO without a ticket (needed by --mode memory-pinned)")
+                        })?
+                        .parse()?;
+                    let consumer = ferry::objects::TensorDictConsumer::new().pin(ticket.pin());
+                    let mut c = download_object(&service, &source, &first, consumer, opts).await?;
+                    c.take()
+                        .ok_or_else(|| anyhow!("download completed without tensors"))?
+                };
                 let mut h = blake3::Hasher::new();
                 let mut n = 0;
                 // Hashing happens after DONE below; collect the digest lazily.
