@@ -7,6 +7,9 @@ use rmpv::Value;
 
 use crate::error::CellnetError;
 use crate::msgpack;
+use value::ReadError;
+
+mod value;
 
 /// Header keys used by CellNet (`cn__*`).
 pub mod keys {
@@ -290,8 +293,8 @@ impl Headers {
     ///
     /// The block is checked whole first ([`msgpack::scan`]: truncation, nesting, reserved
     /// markers, trailing bytes), without allocating; then the top-level map is read entry by
-    /// entry, so no map of `Value` keys is built to be taken apart again and known keys cost
-    /// no allocation.
+    /// entry straight from the slice ([`value`]), so no map of `Value` keys is built to be
+    /// taken apart again, known keys cost no allocation and each str or bin one of its size.
     pub fn decode(buf: &[u8]) -> Result<Headers, CellnetError> {
         if buf.is_empty() {
             return Ok(Headers::new());
@@ -306,37 +309,25 @@ impl Headers {
             )));
         }
         let mut rd = buf;
-        let n = rmp::decode::read_map_len(&mut rd).map_err(|_| bad("header block is not a map"))?
-            as usize;
+        let n = value::map_len(&mut rd).map_err(|_| bad("header block is not a map"))?;
         // the scan saw every entry, each at least two bytes: `n` is bounded by the input, and
         // the reservation by a small constant on top of that
         let mut entries = Vec::with_capacity(n.min(32));
         for _ in 0..n {
-            let len = rmp::decode::read_str_len(&mut rd)
-                .map_err(|_| bad("header key is not a str"))? as usize;
-            // the scan checked every length against the input; checked again, never a panic
-            let raw = rd.get(..len).ok_or_else(|| bad("truncated msgpack"))?;
-            rd = &rd[len..];
-            let k = std::str::from_utf8(raw).map_err(|_| bad("header key is not UTF-8"))?;
-            let v = rmpv::decode::read_value(&mut rd)
-                .map_err(|e| CellnetError::Headers(format!("header {k:?}: {e}")))?;
-            if !valid_utf8(&v) {
-                return Err(CellnetError::Headers(format!(
-                    "header {k:?} holds a str that is not UTF-8"
-                )));
-            }
+            let k = value::key(&mut rd).map_err(|e| match e {
+                ReadError::NotStr => bad("header key is not a str"),
+                ReadError::NotUtf8 => bad("header key is not UTF-8"),
+                e => CellnetError::Headers(e.to_string()),
+            })?;
+            let v = value::read(&mut rd).map_err(|e| match e {
+                ReadError::NotUtf8 => {
+                    CellnetError::Headers(format!("header {k:?} holds a str that is not UTF-8"))
+                }
+                e => CellnetError::Headers(format!("header {k:?}: {e}")),
+            })?;
             entries.push((key(k), v));
         }
         Ok(Headers { entries })
-    }
-}
-
-fn valid_utf8(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.is_str(),
-        Value::Array(a) => a.iter().all(valid_utf8),
-        Value::Map(m) => m.iter().all(|(k, v)| valid_utf8(k) && valid_utf8(v)),
-        _ => true,
     }
 }
 
