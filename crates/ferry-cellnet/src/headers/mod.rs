@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use rmpv::Value;
 
 use crate::error::CellnetError;
-use crate::msgpack;
 use value::ReadError;
 
 mod value;
@@ -291,27 +290,19 @@ impl Headers {
     /// Decode a msgpack map as Python's `msgpack.unpackb` defaults would accept it: a single
     /// map, str keys only, valid UTF-8 strings everywhere. An empty input is an empty map.
     ///
-    /// The block is checked whole first ([`msgpack::scan`]: truncation, nesting, reserved
-    /// markers, trailing bytes), without allocating; then the top-level map is read entry by
-    /// entry straight from the slice ([`value`]), so no map of `Value` keys is built to be
-    /// taken apart again, known keys cost no allocation and each str or bin one of its size.
+    /// The top-level map is read entry by entry straight from the slice ([`value`]: every
+    /// length checked against the input, nesting bounded, trailing bytes refused), so no map
+    /// of `Value` keys is built to be taken apart again, known keys cost no allocation and
+    /// each str or bin one of its size.
     pub fn decode(buf: &[u8]) -> Result<Headers, CellnetError> {
         if buf.is_empty() {
             return Ok(Headers::new());
         }
         let bad = |why: &str| CellnetError::Headers(why.to_string());
-        // headers are at most 64 KiB, so the node bound is the input length
-        let (used, _) = msgpack::scan(buf, buf.len()).map_err(CellnetError::Headers)?;
-        if used != buf.len() {
-            return Err(CellnetError::Headers(format!(
-                "{} trailing bytes after the msgpack value",
-                buf.len() - used
-            )));
-        }
         let mut rd = buf;
         let n = value::map_len(&mut rd).map_err(|_| bad("header block is not a map"))?;
-        // the scan saw every entry, each at least two bytes: `n` is bounded by the input, and
-        // the reservation by a small constant on top of that
+        // whatever `n` claims, the reservation is a small constant; a claim the input cannot
+        // hold fails when its entries run out
         let mut entries = Vec::with_capacity(n.min(32));
         for _ in 0..n {
             let k = value::key(&mut rd).map_err(|e| match e {
@@ -326,6 +317,12 @@ impl Headers {
                 e => CellnetError::Headers(format!("header {k:?}: {e}")),
             })?;
             entries.push((key(k), v));
+        }
+        if !rd.is_empty() {
+            return Err(CellnetError::Headers(format!(
+                "{} trailing bytes after the msgpack value",
+                rd.len()
+            )));
         }
         Ok(Headers { entries })
     }

@@ -4,11 +4,13 @@
 //! `read_to_end` with its probing reads and growth, and a str that is not UTF-8 is kept to
 //! be found by a second walk. Here strs and bins are copied once into a buffer of their
 //! exact length, and a str that is not UTF-8 fails at once (Python's `msgpack.unpackb`
-//! refuses it too). Meant for input [`crate::msgpack::scan`] accepted (so nesting is
-//! bounded: [`read`] recurses once per level), but every read is checked again: bad input is
-//! an error, never a panic.
+//! refuses it too). Bad input is an error, never a panic: every length is checked against
+//! what is left of the input (so no claimed size reserves more than the input holds), and
+//! nesting is bounded by [`MAX_DEPTH`].
 
 use rmpv::Value;
+
+use crate::msgpack::MAX_DEPTH;
 
 /// Why a value could not be read.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +30,9 @@ pub(super) enum ReadError {
     /// A key that is not a str.
     #[error("a key that is not a str")]
     NotStr,
+    /// Containers nested deeper than [`MAX_DEPTH`].
+    #[error("msgpack nesting too deep")]
+    TooDeep,
 }
 
 /// Take `n` bytes off the front of `rd`.
@@ -80,19 +85,19 @@ pub(super) fn key<'a>(rd: &mut &'a [u8]) -> Result<&'a str, ReadError> {
 }
 
 /// An array's elements: never more reserved than the input could hold (one byte each).
-fn array(rd: &mut &[u8], n: usize) -> Result<Value, ReadError> {
+fn array(rd: &mut &[u8], n: usize, depth: usize) -> Result<Value, ReadError> {
     let mut v = Vec::with_capacity(n.min(rd.len()));
     for _ in 0..n {
-        v.push(read(rd)?);
+        v.push(read_at(rd, depth)?);
     }
     Ok(Value::Array(v))
 }
 
-fn map(rd: &mut &[u8], n: usize) -> Result<Value, ReadError> {
+fn map(rd: &mut &[u8], n: usize, depth: usize) -> Result<Value, ReadError> {
     let mut m = Vec::with_capacity(n.min(rd.len() / 2));
     for _ in 0..n {
-        let k = read(rd)?;
-        m.push((k, read(rd)?));
+        let k = read_at(rd, depth)?;
+        m.push((k, read_at(rd, depth)?));
     }
     Ok(Value::Map(m))
 }
@@ -102,13 +107,23 @@ fn ext(rd: &mut &[u8], n: usize) -> Result<Value, ReadError> {
     Ok(Value::Ext(ty, take(rd, n)?.to_vec()))
 }
 
-/// Read one value off the front of `rd`.
+/// Read one value off the front of `rd`: at most [`MAX_DEPTH`] containers deep (the
+/// reader recurses once per level), every length checked against the input.
 pub(super) fn read(rd: &mut &[u8]) -> Result<Value, ReadError> {
+    read_at(rd, 0)
+}
+
+/// [`read`] inside `depth` containers.
+fn read_at(rd: &mut &[u8], depth: usize) -> Result<Value, ReadError> {
     let m = take(rd, 1)?[0];
+    if matches!(m, 0x80..=0x9f | 0xdc..=0xdf) && depth >= MAX_DEPTH {
+        return Err(ReadError::TooDeep);
+    }
+    let inner = depth + 1;
     Ok(match m {
         0x00..=0x7f => Value::from(m),
-        0x80..=0x8f => return map(rd, usize::from(m & 0x0f)),
-        0x90..=0x9f => return array(rd, usize::from(m & 0x0f)),
+        0x80..=0x8f => return map(rd, usize::from(m & 0x0f), inner),
+        0x90..=0x9f => return array(rd, usize::from(m & 0x0f), inner),
         0xa0..=0xbf => Value::from(str(rd, usize::from(m & 0x1f))?),
         0xc0 => Value::Nil,
         0xc1 => return Err(ReadError::Reserved),
@@ -136,11 +151,11 @@ pub(super) fn read(rd: &mut &[u8]) -> Result<Value, ReadError> {
         }
         0xdc | 0xdd => {
             let n = len(rd, if m == 0xdc { 2 } else { 4 })?;
-            return array(rd, n);
+            return array(rd, n, inner);
         }
         0xde | 0xdf => {
             let n = len(rd, if m == 0xde { 2 } else { 4 })?;
-            return map(rd, n);
+            return map(rd, n, inner);
         }
         0xe0..=0xff => Value::from(m as i8),
     })
@@ -218,5 +233,13 @@ mod tests {
             ReadError::Truncated
         );
         assert_eq!(err(&[0xdf, 0xff, 0xff, 0xff, 0xff]), ReadError::Truncated);
+        // nesting: MAX_DEPTH containers are read, one more is refused
+        let mut ok = vec![0x91u8; MAX_DEPTH];
+        ok.push(0xc0);
+        assert!(read(&mut &ok[..]).is_ok());
+        let mut deep = vec![0x91u8; MAX_DEPTH + 1];
+        deep.push(0xc0);
+        assert_eq!(err(&deep), ReadError::TooDeep);
+        assert_eq!(err(&[0x81u8; 5000]), ReadError::TooDeep);
     }
 }
