@@ -290,7 +290,7 @@ impl Headers {
     /// Decode a msgpack map as Python's `msgpack.unpackb` defaults would accept it: a single
     /// map, str keys only, valid UTF-8 strings everywhere. An empty input is an empty map.
     ///
-    /// The top-level map is read entry by entry straight from the slice ([`value`]: every
+    /// The top-level map is read entry by entry straight from the slice (`headers::value`: every
     /// length checked against the input, nesting bounded, trailing bytes refused), so no map
     /// of `Value` keys is built to be taken apart again, known keys cost no allocation and
     /// each str or bin one of its size.
