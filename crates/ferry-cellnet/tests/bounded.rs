@@ -478,6 +478,29 @@ async fn a_streams_claimed_size_reserves_nothing() {
     server.shutdown().await;
 }
 
+/// A header block (at most 64 KiB) of arrays nested 1,000 deep, each claiming 4 Gi elements:
+/// decoding it is refused, and what the decoder reserved meanwhile does not grow with the
+/// claims (reserving what each level's remaining input could hold, as the first one-pass
+/// decoder did, was 1,000 × the block × 32 bytes).
+#[tokio::test]
+async fn nested_claims_in_a_header_block_reserve_a_fixed_amount() {
+    let _serial = SERIAL.lock().await;
+    let mut block = vec![0x81, 0xa1, b'k'];
+    while block.len() + 5 <= 65_535 {
+        block.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+    }
+    let peak = Peak::start();
+    let e = Headers::decode(&block).unwrap_err();
+    let used = peak.above_base();
+    assert!(e.to_string().contains("nesting too deep"), "{e}");
+    assert!(
+        used <= MIB,
+        "{} KiB allocated decoding a {} byte header block",
+        used / 1024,
+        block.len()
+    );
+}
+
 /// Issue 11 §3: more than `max_connections` held-open connections locked everyone out, and
 /// the ones turned away heard nothing. Now one address gets at most
 /// `max_connections_per_address`, the excess hears `busy: too many connections from your

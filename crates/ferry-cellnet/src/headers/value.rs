@@ -4,9 +4,9 @@
 //! `read_to_end` with its probing reads and growth, and a str that is not UTF-8 is kept to
 //! be found by a second walk. Here strs and bins are copied once into a buffer of their
 //! exact length, and a str that is not UTF-8 fails at once (Python's `msgpack.unpackb`
-//! refuses it too). Bad input is an error, never a panic: every length is checked against
-//! what is left of the input (so no claimed size reserves more than the input holds), and
-//! nesting is bounded by [`MAX_DEPTH`].
+//! refuses it too). Bad input is an error, never a panic: every str or bin length is checked
+//! against what is left of the input before it is copied, a container reserves at most
+//! [`RESERVE`] elements ahead whatever it claims, and nesting is bounded by [`MAX_DEPTH`].
 
 use rmpv::Value;
 
@@ -84,9 +84,14 @@ pub(super) fn key<'a>(rd: &mut &'a [u8]) -> Result<&'a str, ReadError> {
     str(rd, n)
 }
 
-/// An array's elements: never more reserved than the input could hold (one byte each).
+/// The most elements reserved ahead for an array or map, whatever it claims. Not the input
+/// length: nested containers each claiming 4 Gi elements would then each reserve the whole
+/// input (times 32 bytes a `Value`) at once. Beyond this the Vec grows with what is read.
+const RESERVE: usize = 16;
+
+/// An array's elements.
 fn array(rd: &mut &[u8], n: usize, depth: usize) -> Result<Value, ReadError> {
-    let mut v = Vec::with_capacity(n.min(rd.len()));
+    let mut v = Vec::with_capacity(n.min(RESERVE).min(rd.len()));
     for _ in 0..n {
         v.push(read_at(rd, depth)?);
     }
@@ -94,7 +99,7 @@ fn array(rd: &mut &[u8], n: usize, depth: usize) -> Result<Value, ReadError> {
 }
 
 fn map(rd: &mut &[u8], n: usize, depth: usize) -> Result<Value, ReadError> {
-    let mut m = Vec::with_capacity(n.min(rd.len() / 2));
+    let mut m = Vec::with_capacity(n.min(RESERVE).min(rd.len() / 2));
     for _ in 0..n {
         let k = read_at(rd, depth)?;
         m.push((k, read_at(rd, depth)?));
@@ -233,6 +238,9 @@ mod tests {
             ReadError::Truncated
         );
         assert_eq!(err(&[0xdf, 0xff, 0xff, 0xff, 0xff]), ReadError::Truncated);
+        // nested claims of 4 Gi elements each: refused, nothing reserved in proportion
+        let nested: Vec<u8> = [0xdd, 0xff, 0xff, 0xff, 0xff].repeat(1000);
+        assert_eq!(err(&nested), ReadError::Truncated);
         // nesting: MAX_DEPTH containers are read, one more is refused
         let mut ok = vec![0x91u8; MAX_DEPTH];
         ok.push(0xc0);
