@@ -136,7 +136,7 @@ impl Message {
     }
 
     /// Builder: set a header.
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+    pub fn with_header(mut self, key: impl AsRef<str>, value: impl Into<Value>) -> Self {
         self.headers.insert(key, value);
         self
     }

@@ -422,12 +422,17 @@ impl Node {
                 return;
             }
         };
-        for id in ids {
-            if !self
-                .out
-                .router
-                .resolve(&WaitKey::Reply(id.clone()), from, msg.clone())
-            {
+        // a RETURN may answer several requests; the last (usually the only) one gets the
+        // message itself, not a copy of its headers
+        let (mut msg, mut ids) = (msg, ids.into_iter().peekable());
+        while let Some(id) = ids.next() {
+            let m = match ids.peek() {
+                Some(_) => msg.clone(),
+                None => std::mem::take(&mut msg),
+            };
+            let key = WaitKey::Reply(id);
+            if !self.out.router.resolve(&key, from, m) {
+                let WaitKey::Reply(id) = &key else { continue };
                 limited!(conn.log, warn, %origin, req_id = %id, "unexpected reply (nobody waits for it); dropped")
             }
         }

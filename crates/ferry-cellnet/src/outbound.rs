@@ -7,10 +7,9 @@ use tracing::{debug, warn};
 
 use crate::clock::unix_now;
 use crate::connection::Conn;
-use crate::envelope::{self, seg_len, Stamp};
+use crate::envelope::{self, seg_len, Stamp, Stamped};
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
-use crate::headers::Headers;
 use crate::limits::Limits;
 use crate::router::Router;
 use crate::segment::Segment;
@@ -60,45 +59,56 @@ impl Outbound {
 
     /// Route and queue one message, waiting while the connection's queue is full. Returns
     /// the connection it left on.
-    pub async fn send(
+    pub async fn send<'h>(
         &self,
         target: &str,
-        headers: Headers,
+        headers: impl Into<Stamped<'h>>,
         payload: Vec<Segment>,
         fallback: Option<&Arc<Conn>>,
     ) -> Result<Arc<Conn>, CellnetError> {
         let conn = self
             .pick(target, fallback, None)
             .ok_or_else(|| CellnetError::NoRoute(target.to_string()))?;
-        self.send_on(&conn, headers, payload).await?;
+        self.send_on(&conn, headers.into(), payload).await?;
         Ok(conn)
     }
 
     /// Queue one message on `conn`, waiting while its queue is full.
-    pub async fn send_on(
+    pub async fn send_on<'h>(
         &self,
         conn: &Conn,
-        headers: Headers,
+        headers: impl Into<Stamped<'h>>,
         payload: Vec<Segment>,
     ) -> Result<(), CellnetError> {
+        let headers = headers.into();
         let frame = envelope::seal(headers, &conn.peer, payload, self.limits.max_header_size)?;
         conn.send(frame).await
     }
 
     /// Route and queue one small message without waiting (from a reader task: ACKs,
     /// ERRORs); dropped if no route leads to `target`.
-    pub fn send_detached(&self, target: &str, headers: Headers, fallback: Option<&Arc<Conn>>) {
+    pub fn send_detached<'h>(
+        &self,
+        target: &str,
+        headers: impl Into<Stamped<'h>>,
+        fallback: Option<&Arc<Conn>>,
+    ) {
         let Some(conn) = self.pick(target, fallback, None) else {
             debug!(%target, "no route; message dropped");
             return;
         };
-        self.send_detached_on(&conn, headers);
+        self.send_detached_on(&conn, headers.into());
     }
 
     /// Queue one small message without payload on `conn` without waiting (a RETURN goes back
     /// the way its request came).
-    pub fn send_detached_on(&self, conn: &Conn, headers: Headers) {
-        match envelope::seal(headers, &conn.peer, Vec::new(), self.limits.max_header_size) {
+    pub fn send_detached_on<'h>(&self, conn: &Conn, headers: impl Into<Stamped<'h>>) {
+        match envelope::seal(
+            headers.into(),
+            &conn.peer,
+            Vec::new(),
+            self.limits.max_header_size,
+        ) {
             Ok(f) => conn.send_detached(f),
             Err(e) => warn!("message not sent: {e}"),
         }

@@ -478,6 +478,32 @@ async fn a_streams_claimed_size_reserves_nothing() {
     server.shutdown().await;
 }
 
+/// A header block (at most 64 KiB) of containers nested past the depth limit, each claiming
+/// more elements than the input holds (arrays of 4 Gi, maps of 57,054 entries: the `headers`
+/// fuzz target's finding): decoding it is refused, and what the decoder allocated meanwhile
+/// is small and fixed. Reserving what each level's remaining input could hold cost
+/// 1,000 × the block × 32 bytes; reserving 16 elements per level, 1 KiB per 3 input bytes.
+#[tokio::test]
+async fn nested_claims_in_a_header_block_reserve_a_fixed_amount() {
+    let _serial = SERIAL.lock().await;
+    for level in [&[0xdd, 0xff, 0xff, 0xff, 0xff][..], &[0xde, 0xde][..]] {
+        let mut block = vec![0x81, 0xa1, b'k'];
+        while block.len() + level.len() <= 65_535 {
+            block.extend_from_slice(level);
+        }
+        let peak = Peak::start();
+        let e = Headers::decode(&block).unwrap_err();
+        let used = peak.above_base();
+        assert!(e.to_string().contains("nesting too deep"), "{e}");
+        assert!(
+            used <= 64 * 1024,
+            "{} KiB allocated decoding a {} byte header block of {level:02x?}",
+            used / 1024,
+            block.len()
+        );
+    }
+}
+
 /// Issue 11 §3: more than `max_connections` held-open connections locked everyone out, and
 /// the ones turned away heard nothing. Now one address gets at most
 /// `max_connections_per_address`, the excess hears `busy: too many connections from your

@@ -119,6 +119,22 @@ proptest! {
         let back = Headers::decode(&h.encode()).unwrap();
         prop_assert_eq!(back, h);
     }
+
+    /// Known `cn__*`/`sm__*` keys, unknown ones that look like them, and application keys,
+    /// with nested values: decoding what was encoded gives the same map and the same bytes.
+    #[test]
+    fn header_round_trip_known_and_unknown_keys(
+        entries in proptest::collection::vec((header_key(), header_value()), 0..24)
+    ) {
+        let mut h = Headers::new();
+        for (k, v) in &entries {
+            h.insert(k, v.clone());
+        }
+        let bytes = h.encode();
+        let back = Headers::decode(&bytes).unwrap();
+        prop_assert_eq!(back.encode(), bytes);
+        prop_assert_eq!(back, h);
+    }
 }
 
 #[test]
@@ -139,4 +155,44 @@ fn the_valid_frame_decodes() {
     .value()
     .unwrap();
     assert_eq!(v["k"].as_str(), Some("v"));
+}
+
+/// A header key: one this crate knows, an unknown one in its namespaces, or any str.
+fn header_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "cn__msg_type",
+            "cn__origin",
+            "cn__route",
+            "cn__req_id",
+            "cn__to",
+            "sm__id",
+            "sm__ri",
+        ])
+        .prop_map(str::to_string),
+        "(cn|sm)__[a-z_]{0,10}",
+        ".{0,16}",
+    ]
+}
+
+/// A msgpack value as headers hold them: scalars, strs, bins, and nested arrays and maps.
+fn header_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Nil),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("NaN is not equal to itself", |f| !f.is_nan())
+            .prop_map(Value::F64),
+        ".{0,24}".prop_map(Value::from),
+        proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Binary),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::vec((".{0,8}".prop_map(Value::from), inner), 0..4)
+                .prop_map(Value::Map),
+        ]
+    })
 }

@@ -88,7 +88,7 @@ fn message(topic: &str) -> Bytes {
     h.insert(keys::DESTINATION, "server");
     h.insert(keys::CHANNEL, "download");
     h.insert(keys::TOPIC, topic);
-    frame_bytes(crate::envelope::seal(h, "server", vec![], 64 << 10).expect("small headers"))
+    frame_bytes(crate::envelope::seal(h.into(), "server", vec![], 64 << 10).expect("small headers"))
 }
 
 /// Start a passive connection of cell `server` whose writes fail; returns the test's end of

@@ -8,7 +8,10 @@
 //!
 //! Pure: no sockets, no clock (the caller passes the send time), no state.
 
+mod stamped;
 pub(crate) mod stream;
+
+pub(crate) use stamped::{Field, Stamped};
 
 use bytes::Bytes;
 use rmpv::Value;
@@ -184,7 +187,7 @@ pub(crate) struct Stamp<'a> {
     pub at: f64,
 }
 
-impl Stamp<'_> {
+impl<'a> Stamp<'a> {
     fn route_entry(&self) -> Value {
         Value::Array(vec![self.me.as_str().into(), Value::F64(self.at)])
     }
@@ -192,61 +195,76 @@ impl Stamp<'_> {
     /// A REQ: `app` headers, then the `cn__*` keys in the order NVFlare writes them (§7).
     /// `req_id` makes it a request that expects a reply; without it the message is
     /// fire-and-forget. `cn__to` is left empty for [`seal`] to fill in.
-    pub fn request(
+    pub fn request<'s>(
         &self,
         app: Headers,
-        to: Address<'_>,
-        req_id: Option<&str>,
+        to: Address<'s>,
+        req_id: Option<&'s str>,
         optional: bool,
-        body: Body<'_>,
-    ) -> Headers {
-        let mut h = app;
-        h.insert(keys::TOPIC, to.topic);
-        h.insert(keys::CHANNEL, to.channel);
-        h.insert(keys::DESTINATION, to.destination);
+        body: Body<'s>,
+    ) -> Stamped<'s>
+    where
+        'a: 's,
+    {
+        let mut h = Stamped::for_stamp(app);
+        h.set(keys::TOPIC, Field::Str(to.topic));
+        h.set(keys::CHANNEL, Field::Str(to.channel));
+        h.set(keys::DESTINATION, Field::Str(to.destination));
         if let Some(r) = req_id {
-            h.insert(keys::REQ_ID, r);
+            h.set(keys::REQ_ID, Field::Str(r));
         }
-        h.insert(keys::REPLY_EXPECTED, req_id.is_some());
-        h.insert(keys::SECURE, false);
-        h.insert(keys::OPTIONAL, optional);
-        self.tail(h, MsgType::Req, body)
+        h.set(keys::REPLY_EXPECTED, Field::Bool(req_id.is_some()));
+        h.set(keys::SECURE, Field::Bool(false));
+        h.set(keys::OPTIONAL, Field::Bool(optional));
+        self.tail(h, MsgType::REQ, body)
     }
 
     /// A REPLY to request `req_id`: the reply's own headers (`cn__return_code` defaults to
     /// `ok`), then the `cn__*` keys in NVFlare's order (§7).
-    pub fn reply(&self, app: Headers, to: Address<'_>, req_id: &str, body: Body<'_>) -> Headers {
-        let mut h = app;
-        h.insert(keys::SECURE, false);
-        h.insert(keys::OPTIONAL, false);
+    pub fn reply<'s>(
+        &self,
+        app: Headers,
+        to: Address<'s>,
+        req_id: &'s str,
+        body: Body<'s>,
+    ) -> Stamped<'s>
+    where
+        'a: 's,
+    {
+        let mut h = Stamped::for_stamp(app);
+        h.set(keys::SECURE, Field::Bool(false));
+        h.set(keys::OPTIONAL, Field::Bool(false));
         if !h.contains(keys::RETURN_CODE) {
-            h.insert(keys::RETURN_CODE, ReturnCode::Ok.as_str());
+            h.set(keys::RETURN_CODE, Field::Str(ReturnCode::Ok.as_str()));
         }
-        h.insert(keys::CHANNEL, to.channel);
-        h.insert(keys::TOPIC, to.topic);
-        h.insert(keys::FROM, self.me.as_str());
-        h.insert(keys::TO, "");
-        h.insert(keys::ORIGIN, self.me.as_str());
-        h.insert(keys::DESTINATION, to.destination);
-        h.insert(keys::REQ_ID, req_id);
-        h.insert(keys::MSG_TYPE, MsgType::Reply.as_str());
-        h.insert(keys::ROUTE, Value::Array(vec![self.route_entry()]));
-        h.insert(keys::PAYLOAD_ENCODING, body.encoding);
-        h.insert(keys::PAYLOAD_LEN, body.len as u64);
-        h.insert(keys::SEND_TIME, Value::F64(self.at));
+        h.set(keys::CHANNEL, Field::Str(to.channel));
+        h.set(keys::TOPIC, Field::Str(to.topic));
+        h.set(keys::FROM, Field::Str(self.me.as_str()));
+        h.set(keys::TO, Field::Str(""));
+        h.set(keys::ORIGIN, Field::Str(self.me.as_str()));
+        h.set(keys::DESTINATION, Field::Str(to.destination));
+        h.set(keys::REQ_ID, Field::Str(req_id));
+        h.set(keys::MSG_TYPE, Field::Str(MsgType::REPLY));
+        h.set(keys::ROUTE, Field::Route(self.me.as_str(), self.at));
+        h.set(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
+        h.set(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
+        h.set(keys::SEND_TIME, Field::F64(self.at));
         h
     }
 
     /// `cn__from`, `cn__to`, `cn__origin`, `cn__msg_type`, `cn__route`, payload and time.
-    fn tail(&self, mut h: Headers, t: MsgType, body: Body<'_>) -> Headers {
-        h.insert(keys::FROM, self.me.as_str());
-        h.insert(keys::TO, "");
-        h.insert(keys::ORIGIN, self.me.as_str());
-        h.insert(keys::MSG_TYPE, t.as_str());
-        h.insert(keys::ROUTE, Value::Array(vec![self.route_entry()]));
-        h.insert(keys::PAYLOAD_ENCODING, body.encoding);
-        h.insert(keys::PAYLOAD_LEN, body.len as u64);
-        h.insert(keys::SEND_TIME, Value::F64(self.at));
+    fn tail<'s>(&self, mut h: Stamped<'s>, t: &'static str, body: Body<'s>) -> Stamped<'s>
+    where
+        'a: 's,
+    {
+        h.set(keys::FROM, Field::Str(self.me.as_str()));
+        h.set(keys::TO, Field::Str(""));
+        h.set(keys::ORIGIN, Field::Str(self.me.as_str()));
+        h.set(keys::MSG_TYPE, Field::Str(t));
+        h.set(keys::ROUTE, Field::Route(self.me.as_str(), self.at));
+        h.set(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
+        h.set(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
+        h.set(keys::SEND_TIME, Field::F64(self.at));
         h
     }
 
@@ -254,12 +272,12 @@ impl Stamp<'_> {
     /// as a list, `cn__original_headers`, `cn__return_reason`), addressed to `to`. A RETURN
     /// is matched by request id whatever its origin, so the requester learns at once. `None` if the message is not a request that
     /// waits for a reply: those are dropped without a word.
-    pub fn bounce(&self, refused: &Envelope, to: &str, why: Refusal<'_>) -> Option<Headers> {
+    pub fn bounce(&self, refused: &Envelope, to: &str, why: Refusal<'_>) -> Option<Stamped<'a>> {
         if refused.msg_type != MsgType::Req || !refused.reply_expected() {
             return None;
         }
         let orig = &refused.headers;
-        let mut h = Headers::new();
+        let mut h = Headers::with_capacity(16);
         for k in [keys::CHANNEL, keys::TOPIC] {
             if let Some(v) = orig.get(k) {
                 h.insert(k, v.clone());
@@ -276,7 +294,7 @@ impl Stamp<'_> {
         h.insert(keys::RETURN_REASON, why.reason);
         h.insert(keys::ORIGINAL_HEADERS, orig.to_value());
         h.insert(keys::DESTINATION, to);
-        Some(self.tail(h, MsgType::Return, Body::NONE))
+        Some(self.tail(h.into(), MsgType::RETURN, Body::NONE))
     }
 
     /// A message this cell relays: it becomes the previous hop and adds itself to the route.
@@ -321,12 +339,13 @@ pub(crate) struct Refusal<'a> {
 /// The DATA frame of a message for the connection to `next_hop` (which becomes `cn__to`),
 /// or an error if the header map is larger than `max_header_size`.
 pub(crate) fn seal(
-    mut headers: Headers,
+    headers: Stamped<'_>,
     next_hop: &str,
     payload: Vec<Segment>,
     max_header_size: usize,
 ) -> Result<OutFrame, CellnetError> {
-    headers.insert(keys::TO, next_hop);
+    let mut headers = headers;
+    headers.set(keys::TO, Field::Str(next_hop));
     let hb = headers.encode();
     if hb.len() > max_header_size {
         return Err(CellnetError::Headers(format!(

@@ -166,6 +166,7 @@ impl Stamp<'_> {
             len: c.len,
         };
         self.request(h, stream_address(target, sk::TOPIC_DATA), None, false, body)
+            .into_headers()
     }
 
     /// An ACK to `target`: `offset` bytes consumed, chunks up to `seq` in order.
@@ -176,7 +177,7 @@ impl Stamp<'_> {
         h.insert(sk::OFFSET, offset);
         h.insert(sk::SEQ, seq);
         let to = stream_address(target, sk::TOPIC_ACK);
-        self.request(h, to, None, false, Body::NONE)
+        self.request(h, to, None, false, Body::NONE).into_headers()
     }
 
     /// The two ERROR messages that reject stream `sid` of `target`: on `sm__ERROR` (2.9)
@@ -201,6 +202,7 @@ impl Stamp<'_> {
                 }
             }
             self.request(h, stream_address(target, topic), None, false, Body::NONE)
+                .into_headers()
         })
     }
 }

@@ -121,7 +121,7 @@ fn a_reply_has_nvflares_key_order_and_defaults_to_ok() {
         encoding: encoding::FOBS,
         len: 39,
     };
-    let h = stamp.reply(app, to, "R1", body);
+    let h = stamp.reply(app, to, "R1", body).into_headers();
     assert_eq!(
         key_order(&h),
         [
@@ -146,7 +146,7 @@ fn a_reply_has_nvflares_key_order_and_defaults_to_ok() {
     assert_eq!(h.get_str(keys::RETURN_CODE), Some("ok"));
     // a handler's return code is kept
     let err = Message::error(ReturnCode::Timeout, "late").headers;
-    let h = stamp.reply(err, to, "R1", Body::NONE);
+    let h = stamp.reply(err, to, "R1", Body::NONE).into_headers();
     assert_eq!(h.get_str(keys::RETURN_CODE), Some("timeout"));
     assert_eq!(h.get_str(keys::ERROR), Some("late"));
 }
@@ -212,7 +212,10 @@ fn only_requests_that_wait_are_bounced() {
         ("cn__req_id", "R1".into()),
         ("cn__reply_expected", true.into()),
     ]);
-    let h = stamp.bounce(&req, "site-1", why.clone()).unwrap();
+    let h = stamp
+        .bounce(&req, "site-1", why.clone())
+        .unwrap()
+        .into_headers();
     assert_eq!(h.get_str(keys::MSG_TYPE), Some("return"));
     assert_eq!(h.get_str(keys::DESTINATION), Some("site-1"));
     assert_eq!(h.get_str(keys::RETURN_CODE), Some("comm_error"));
@@ -240,7 +243,7 @@ fn forwarding_appends_to_the_route_and_seal_names_the_next_hop() {
         topic: "t",
     };
     let h = Stamp { me: &site, at: 1.0 }.request(Headers::new(), to, None, false, Body::NONE);
-    let mut e = Envelope::parse(h).unwrap();
+    let mut e = Envelope::parse(h.into_headers()).unwrap();
     Stamp {
         me: &relay,
         at: 2.0,
@@ -251,7 +254,7 @@ fn forwarding_appends_to_the_route_and_seal_names_the_next_hop() {
     let e = Envelope::parse(e.headers).unwrap();
     assert_eq!(e.hops(), 2);
     let order_before = key_order(&e.headers).join(",");
-    let f = seal(e.headers, "site-2", vec![], 65_535).unwrap();
+    let f = seal(e.headers.into(), "site-2", vec![], 65_535).unwrap();
     let sealed = Headers::decode(&f.headers).unwrap();
     assert_eq!(sealed.get_str(keys::TO), Some("site-2"));
     assert_eq!(key_order(&sealed).join(","), order_before);
@@ -262,7 +265,7 @@ fn forwarding_appends_to_the_route_and_seal_names_the_next_hop() {
 fn seal_refuses_headers_over_the_limit() {
     let mut h = Headers::new();
     h.insert("big", "x".repeat(100));
-    let e = seal(h, "peer", vec![], 64).unwrap_err();
+    let e = seal(h.into(), "peer", vec![], 64).unwrap_err();
     assert!(matches!(e, CellnetError::Headers(_)), "{e}");
 }
 

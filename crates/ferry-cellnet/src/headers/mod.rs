@@ -1,10 +1,14 @@
 //! The msgpack header map of a CellNet message (f3-wire.md §2.2, §4.2): an ordered map of str
 //! keys to msgpack values that keeps unknown keys and their exact msgpack types.
 
+use std::borrow::Cow;
+
 use rmpv::Value;
 
 use crate::error::CellnetError;
-use crate::msgpack;
+use value::ReadError;
+
+mod value;
 
 /// Header keys used by CellNet (`cn__*`).
 pub mod keys {
@@ -94,19 +98,97 @@ pub mod stream_keys {
     pub const RETURN_ONLY: &str = "return_only";
 }
 
+/// A header key: one of the keys CellNet and the stream protocol write ([`KNOWN_KEYS`]) is a
+/// `&'static str`, anything else owns its text. A message carries about twenty `cn__*`/`sm__*`
+/// keys each way; borrowing them saves an allocation and a free per key per message.
+type Key = Cow<'static, str>;
+
+/// Every `cn__*` and `sm__*` key NVFlare 2.9 writes (f3-wire.md §2.2, §4.2), those this crate
+/// writes among them. Only used to avoid allocating keys: a key not listed is kept as well.
+const KNOWN_KEYS: &[&str] = &[
+    keys::MSG_TYPE,
+    keys::ORIGIN,
+    keys::DESTINATION,
+    keys::FROM,
+    keys::TO,
+    keys::CHANNEL,
+    keys::TOPIC,
+    keys::REQ_ID,
+    keys::REPLY_EXPECTED,
+    keys::RETURN_CODE,
+    keys::ERROR,
+    keys::PAYLOAD_ENCODING,
+    keys::PAYLOAD_LEN,
+    keys::ROUTE,
+    keys::SEND_TIME,
+    keys::SECURE,
+    keys::OPTIONAL,
+    keys::ORIGINAL_HEADERS,
+    keys::RETURN_REASON,
+    keys::ENCRYPTED,
+    "cn__clear_payload_len",
+    "cn__conn_url",
+    "cn__pass_through",
+    "cn__server_transit_required",
+    stream_keys::ID,
+    stream_keys::SEQ,
+    stream_keys::DATA_TYPE,
+    stream_keys::OFFSET,
+    stream_keys::SIZE,
+    stream_keys::CHANNEL,
+    stream_keys::TOPIC,
+    stream_keys::PAYLOAD_ENCODING,
+    stream_keys::REQ_ID,
+    stream_keys::RELIABLE,
+    stream_keys::OPTIONAL,
+    stream_keys::CHUNK_SIZE,
+    stream_keys::WINDOW,
+    stream_keys::ERROR_MSG,
+    stream_keys::ERROR_TYPE,
+    "sm__ai",
+    "sm__fd",
+    "sm__rt",
+    "sm__rw",
+];
+
+/// `k` as a [`Key`]: borrowed from [`KNOWN_KEYS`] if it is one of them, else owned.
+fn key(k: &str) -> Key {
+    let known = if k.starts_with("cn__") || k.starts_with("sm__") {
+        KNOWN_KEYS.iter().find(|&&s| s == k)
+    } else {
+        None
+    };
+    match known {
+        Some(&s) => Cow::Borrowed(s),
+        None => Cow::Owned(k.to_owned()),
+    }
+}
+
 /// An ordered header map with str keys and exact msgpack values.
 ///
 /// Insertion order is kept (it is the order on the wire); [`Headers::insert`] replaces a key in
 /// place. Unknown keys travel untouched.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Headers {
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Key, Value)>,
 }
 
 impl Headers {
     /// An empty map.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty map with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Self {
+        Headers {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    /// Make room for `n` more entries.
+    pub fn reserve(&mut self, n: usize) {
+        self.entries.reserve(n);
     }
 
     /// Number of entries.
@@ -140,13 +222,13 @@ impl Headers {
     }
 
     /// Set `key`, replacing an existing value in place.
-    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
-        let key = key.into();
+    pub fn insert(&mut self, key: impl AsRef<str>, value: impl Into<Value>) {
+        let k = key.as_ref();
         let value = value.into();
-        if let Some(slot) = self.entries.iter_mut().find(|(k, _)| *k == key) {
+        if let Some(slot) = self.entries.iter_mut().find(|(have, _)| have == k) {
             slot.1 = value;
         } else {
-            self.entries.push((key, value));
+            self.entries.push((self::key(k), value));
         }
     }
 
@@ -163,7 +245,7 @@ impl Headers {
 
     /// Iterate in wire order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     /// Keep only the entries for which `f` returns true.
@@ -183,7 +265,7 @@ impl Headers {
         Value::Map(
             self.entries
                 .iter()
-                .map(|(k, v)| (Value::from(k.as_str()), v.clone()))
+                .map(|(k, v)| (Value::from(k.as_ref()), v.clone()))
                 .collect(),
         )
     }
@@ -191,55 +273,62 @@ impl Headers {
     /// Encode as a msgpack map.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.entries.len() * 24);
-        // Writing to a Vec cannot fail.
-        let _ = rmp::encode::write_map_len(&mut out, self.entries.len() as u32);
-        for (k, v) in &self.entries {
-            let _ = rmp::encode::write_str(&mut out, k);
-            let _ = rmpv::encode::write_value(&mut out, v);
-        }
+        self.encode_into(&mut out);
         out
+    }
+
+    /// Append the msgpack map to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        let _ = rmp::encode::write_map_len(out, self.entries.len() as u32);
+        for (k, v) in &self.entries {
+            let _ = rmp::encode::write_str(out, k);
+            let _ = rmpv::encode::write_value(out, v);
+        }
     }
 
     /// Decode a msgpack map as Python's `msgpack.unpackb` defaults would accept it: a single
     /// map, str keys only, valid UTF-8 strings everywhere. An empty input is an empty map.
+    ///
+    /// The top-level map is read entry by entry straight from the slice (`headers::value`: every
+    /// length checked against the input, nesting bounded, trailing bytes refused), so no map
+    /// of `Value` keys is built to be taken apart again, known keys cost no allocation and
+    /// each str or bin one of its size.
     pub fn decode(buf: &[u8]) -> Result<Headers, CellnetError> {
         if buf.is_empty() {
             return Ok(Headers::new());
         }
-        // headers are at most 64 KiB, so the node bound is the input length
-        let v = msgpack::decode_value(buf, buf.len()).map_err(CellnetError::Headers)?;
-        let Value::Map(entries) = v else {
-            return Err(CellnetError::Headers("header block is not a map".into()));
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for (k, v) in entries {
-            let Value::String(k) = k else {
-                return Err(CellnetError::Headers("header key is not a str".into()));
-            };
-            let Some(k) = k.into_str() else {
-                return Err(CellnetError::Headers("header key is not UTF-8".into()));
-            };
-            if !valid_utf8(&v) {
-                return Err(CellnetError::Headers(format!(
-                    "header {k:?} holds a str that is not UTF-8"
-                )));
-            }
-            out.push((k, v));
+        let bad = |why: &str| CellnetError::Headers(why.to_string());
+        let mut rd = buf;
+        let n = value::map_len(&mut rd).map_err(|_| bad("header block is not a map"))?;
+        // whatever `n` claims, the reservation is a small constant; a claim the input cannot
+        // hold fails when its entries run out
+        let mut entries = Vec::with_capacity(n.min(32));
+        for _ in 0..n {
+            let k = value::key(&mut rd).map_err(|e| match e {
+                ReadError::NotStr => bad("header key is not a str"),
+                ReadError::NotUtf8 => bad("header key is not UTF-8"),
+                e => CellnetError::Headers(e.to_string()),
+            })?;
+            let v = value::read(&mut rd).map_err(|e| match e {
+                ReadError::NotUtf8 => {
+                    CellnetError::Headers(format!("header {k:?} holds a str that is not UTF-8"))
+                }
+                e => CellnetError::Headers(format!("header {k:?}: {e}")),
+            })?;
+            entries.push((key(k), v));
         }
-        Ok(Headers { entries: out })
+        if !rd.is_empty() {
+            return Err(CellnetError::Headers(format!(
+                "{} trailing bytes after the msgpack value",
+                rd.len()
+            )));
+        }
+        Ok(Headers { entries })
     }
 }
 
-fn valid_utf8(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.is_str(),
-        Value::Array(a) => a.iter().all(valid_utf8),
-        Value::Map(m) => m.iter().all(|(k, v)| valid_utf8(k) && valid_utf8(v)),
-        _ => true,
-    }
-}
-
-impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Headers {
+impl<K: AsRef<str>, V: Into<Value>> FromIterator<(K, V)> for Headers {
     fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
         let mut h = Headers::new();
         for (k, v) in iter {
@@ -250,142 +339,4 @@ impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Headers {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testutil::hex;
-
-    /// Build msgpack bytes from a list of (hex | "str") tokens.
-    fn mp(parts: &[&str]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for p in parts {
-            if let Some(s) = p.strip_prefix('"') {
-                out.extend_from_slice(s.trim_end_matches('"').as_bytes());
-            } else {
-                out.extend(hex(p));
-            }
-        }
-        out
-    }
-
-    /// The exact header map of the §7 REQ capture (322 bytes).
-    fn req_capture() -> Vec<u8> {
-        mp(&[
-            "de 00 10 a8",
-            "\"x-my-hdr\"",
-            "07 a9",
-            "\"cn__topic\"",
-            "a4",
-            "\"echo\"",
-            "ab",
-            "\"cn__channel\"",
-            "a4",
-            "\"task\"",
-            "af",
-            "\"cn__destination\"",
-            "a6",
-            "\"server\"",
-            "aa",
-            "\"cn__req_id\"",
-            "d9 24",
-            "\"84fd2bd2-078f-465f-8e46-01d8ef3fc412\"",
-            "b2",
-            "\"cn__reply_expected\"",
-            "c3 aa",
-            "\"cn__secure\"",
-            "c2 ac",
-            "\"cn__optional\"",
-            "c2 a8",
-            "\"cn__from\"",
-            "a6",
-            "\"site-1\"",
-            "a6",
-            "\"cn__to\"",
-            "a6",
-            "\"server\"",
-            "aa",
-            "\"cn__origin\"",
-            "a6",
-            "\"site-1\"",
-            "ac",
-            "\"cn__msg_type\"",
-            "a3",
-            "\"req\"",
-            "a9",
-            "\"cn__route\"",
-            "91 92 a6",
-            "\"site-1\"",
-            "cb 41 da c2 86 77 f5 67 83",
-            "b4",
-            "\"cn__payload_encoding\"",
-            "a4",
-            "\"fobs\"",
-            "af",
-            "\"cn__payload_len\"",
-            "1a ad",
-            "\"cn__send_time\"",
-            "cb 41 da c2 86 77 f5 d8 ce",
-        ])
-    }
-
-    #[test]
-    fn req_capture_round_trips_byte_exact() {
-        let bytes = req_capture();
-        assert_eq!(bytes.len(), 322);
-        let h = Headers::decode(&bytes).unwrap();
-        assert_eq!(h.len(), 16);
-        assert_eq!(h.get_str(keys::MSG_TYPE), Some("req"));
-        assert_eq!(h.get_str(keys::ORIGIN), Some("site-1"));
-        assert_eq!(h.get_str(keys::DESTINATION), Some("server"));
-        assert_eq!(h.get_bool(keys::REPLY_EXPECTED), Some(true));
-        assert_eq!(h.get_u64(keys::PAYLOAD_LEN), Some(26));
-        assert_eq!(h.get_u64("x-my-hdr"), Some(7));
-        assert!(matches!(h.get(keys::SEND_TIME), Some(Value::F64(_))));
-        let route = h.get(keys::ROUTE).unwrap().as_array().unwrap();
-        assert_eq!(route[0].as_array().unwrap()[0].as_str(), Some("site-1"));
-        // unknown keys, order and exact types survive a round trip
-        assert_eq!(h.encode(), bytes);
-    }
-
-    #[test]
-    fn stream_ack_capture_prefix() {
-        // §7: de 00 12 a6 "sm__id" cf 00 06 61 4a e2 78 a0 cf a6 "sm__dt" 03 a6 "sm__os" 4a a6 "sm__sq" 00
-        let mut h = Headers::new();
-        h.insert(stream_keys::ID, 0x0006_614a_e278_a0cf_u64);
-        h.insert(stream_keys::DATA_TYPE, 3);
-        h.insert(stream_keys::OFFSET, 0x4a);
-        h.insert(stream_keys::SEQ, 0);
-        let enc = h.encode();
-        let want = mp(&[
-            "84 a6",
-            "\"sm__id\"",
-            "cf 00 06 61 4a e2 78 a0 cf a6",
-            "\"sm__dt\"",
-            "03 a6",
-            "\"sm__os\"",
-            "4a a6",
-            "\"sm__sq\"",
-            "00",
-        ]);
-        assert_eq!(enc, want);
-    }
-
-    #[test]
-    fn rejects_what_python_rejects() {
-        assert!(Headers::decode(&[0x01]).is_err()); // not a map
-        assert!(Headers::decode(&[0x81, 0x01, 0x02]).is_err()); // int key
-        assert!(Headers::decode(&[0x81, 0xa1, b'k', 0xa1, 0xff]).is_err()); // bad utf-8
-        assert!(Headers::decode(&[0x82, 0xa1, b'k', 0x01]).is_err()); // truncated
-        assert!(Headers::decode(&[0x80, 0x00]).is_err()); // trailing bytes
-        assert!(Headers::decode(&[]).unwrap().is_empty());
-    }
-
-    #[test]
-    fn insert_replaces_in_place() {
-        let mut h: Headers = [("a", 1), ("b", 2)].into_iter().collect();
-        h.insert("a", 3);
-        assert_eq!(h.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(h.get_u64("a"), Some(3));
-        assert_eq!(h.remove("a"), Some(Value::from(3)));
-        assert!(!h.contains("a"));
-    }
-}
+mod tests;
