@@ -10,8 +10,8 @@
 //! round trip thus crosses two task hand-offs fewer (caller → writer, handler → writer).
 //!
 //! A frame with a file region in its payload always goes through the writer task: on plain
-//! TCP the region is sent with `sendfile(2)` (under the same stall bound), elsewhere read in
-//! pieces and written. A file that no longer holds its region leaves a short frame on the
+//! TCP the region is sent with `sendfile(2)` (under the same stall bound) and the bytes before
+//! it with `MSG_MORE` (they leave together), elsewhere read in pieces and written. A file that no longer holds its region leaves a short frame on the
 //! wire; the connection is then closed.
 
 use std::io::IoSlice;
