@@ -10,8 +10,8 @@
 //! round trip thus crosses two task hand-offs fewer (caller → writer, handler → writer).
 //!
 //! A frame with a file region in its payload always goes through the writer task: on plain
-//! TCP the region is sent with `sendfile(2)` (under the same stall bound), elsewhere read in
-//! pieces and written. A file that no longer holds its region leaves a short frame on the
+//! TCP the region is sent with `sendfile(2)` (under the same stall bound) and the bytes before
+//! it with `MSG_MORE` (they leave together), elsewhere read in pieces and written. A file that no longer holds its region leaves a short frame on the
 //! wire; the connection is then closed.
 
 use std::io::IoSlice;
@@ -66,8 +66,13 @@ pub(crate) async fn write_all_segments(
             // on the stack: a large batch takes many partial writes, none of them allocates
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut k = 0;
+            // the run of bytes ends at a file region, which the transport sends from the file
+            let mut before_file = false;
             for s in &segs[i..] {
-                let Segment::Bytes(b) = s else { break };
+                let Segment::Bytes(b) = s else {
+                    before_file = w.sends_files();
+                    break;
+                };
                 if k == MAX_IOV {
                     break;
                 }
@@ -76,7 +81,18 @@ pub(crate) async fn write_all_segments(
                     k += 1;
                 }
             }
-            stalled(stall, w.write_vectored(&slices[..k])).await?
+            if before_file {
+                let slices = &slices[..k];
+                stalled(
+                    stall,
+                    std::future::poll_fn(|cx| {
+                        Pin::new(&mut *w).poll_write_vectored_before_file(cx, slices)
+                    }),
+                )
+                .await?
+            } else {
+                stalled(stall, w.write_vectored(&slices[..k])).await?
+            }
         };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());

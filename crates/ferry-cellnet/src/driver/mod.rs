@@ -38,6 +38,17 @@ pub(crate) trait WriteStream: AsyncWrite + Send + Unpin {
     ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()))
     }
+
+    /// A vectored write of bytes that a file region follows at once (a frame's head before
+    /// its file payload). A transport that sends files may hold them back until the region's
+    /// bytes join them, so the head does not leave as a small packet of its own.
+    fn poll_write_vectored_before_file(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, bufs)
+    }
 }
 
 /// TLS and in-process pipes: file regions are read and written.

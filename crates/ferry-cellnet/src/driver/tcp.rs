@@ -110,6 +110,34 @@ impl WriteStream for TcpWrite {
             }
         }
     }
+
+    /// `sendmsg(MSG_MORE)`: the kernel holds the bytes (a frame's head) until the
+    /// `sendfile(2)` that follows appends the region's, and they leave together. Sent alone
+    /// under TCP_NODELAY, the head was one small packet per chunk, and one more wakeup of the
+    /// receiver, which read it and waited for the body.
+    fn poll_write_vectored_before_file(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        use rustix::net::{SendAncillaryBuffer, SendFlags};
+        let s: &TcpStream = self.0.as_ref();
+        loop {
+            std::task::ready!(s.poll_write_ready(cx))?;
+            match s.try_io(tokio::io::Interest::WRITABLE, || {
+                rustix::net::sendmsg(
+                    s,
+                    bufs,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::MORE | SendFlags::NOSIGNAL,
+                )
+                .map_err(std::io::Error::from)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
 }
 
 /// Elsewhere file regions are read and written like on TLS.

@@ -101,6 +101,9 @@ pub(crate) struct Run {
     /// CPU of the whole processes (wait4), all summed: startup and imports included.
     pub(crate) cpu_process_s: f64,
     pub(crate) sender_cpu_s: f64,
+    /// Of `sender_cpu_s`: what the sender spent before it could serve (ferry's BLAKE3 pass
+    /// over the file for the ticket's digest; 0 for the others).
+    pub(crate) sender_prep_cpu_s: f64,
     pub(crate) receivers_cpu_s: f64,
     pub(crate) latencies_ms: Vec<f64>,
 }
@@ -111,6 +114,18 @@ impl Run {
     }
     pub(crate) fn cpu_per_gib(&self) -> f64 {
         self.cpu_transfer_s / self.gib_delivered()
+    }
+    /// The sender's transfer CPU per GiB delivered.
+    pub(crate) fn sender_cpu_per_gib(&self) -> f64 {
+        self.sender_cpu_s / self.gib_delivered()
+    }
+    /// Of [`Run::sender_cpu_per_gib`]: the part spent before serving (ferry's digest pass).
+    pub(crate) fn sender_prep_cpu_per_gib(&self) -> f64 {
+        self.sender_prep_cpu_s / self.gib_delivered()
+    }
+    /// The receivers' transfer CPU per GiB delivered (all of them summed).
+    pub(crate) fn receivers_cpu_per_gib(&self) -> f64 {
+        self.receivers_cpu_s / self.gib_delivered()
     }
     pub(crate) fn cpu_process_per_gib(&self) -> f64 {
         self.cpu_process_s / self.gib_delivered()
@@ -376,6 +391,7 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
     let wall = end.duration_since(t0).as_secs_f64().max(1e-9);
     let sender_res = g.procs[s].result.clone().expect("waited");
     let sender_cpu = sender_res["cpu_s"].as_f64().unwrap_or(0.0);
+    let sender_prep_cpu = sender_res["prep_cpu_s"].as_f64().unwrap_or(0.0);
     let receivers_cpu: f64 = recv
         .iter()
         .map(|&r| {
@@ -406,6 +422,7 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
         cpu_transfer_s: sender_cpu + receivers_cpu,
         cpu_process_s: cpu_process,
         sender_cpu_s: sender_cpu,
+        sender_prep_cpu_s: sender_prep_cpu,
         receivers_cpu_s: receivers_cpu,
         latencies_ms: latencies,
     };
@@ -440,6 +457,7 @@ pub(crate) fn merge_rounds(runs: &[Run]) -> Option<Run> {
         cpu_transfer_s: mid(&|r| r.cpu_transfer_s),
         cpu_process_s: mid(&|r| r.cpu_process_s),
         sender_cpu_s: mid(&|r| r.sender_cpu_s),
+        sender_prep_cpu_s: mid(&|r| r.sender_prep_cpu_s),
         receivers_cpu_s: mid(&|r| r.receivers_cpu_s),
         latencies_ms: runs.iter().flat_map(|r| r.latencies_ms.clone()).collect(),
         ..first.clone()

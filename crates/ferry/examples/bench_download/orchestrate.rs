@@ -284,16 +284,19 @@ fn progress(r: &Run, t: Instant) {
             t.elapsed().as_secs_f64()
         );
     } else {
-        let g = r.gib_delivered();
+        let digest = match r.sender_prep_cpu_per_gib() {
+            d if d > 0.0 => format!(" [digest {d:.2}]"),
+            _ => String::new(),
+        };
         eprintln!(
             "{:>8.1} MiB/s  RSS sender {:>4} / receivers ≤ {:>4} MiB  \
-             cpu {:.2} s/GiB (sender {:.2} + receivers {:.2})  ({:.1}s)",
+             cpu {:.2} s/GiB (sender {:.2}{digest} + receivers {:.2})  ({:.1}s)",
             r.mib_s,
             r.sender_rss_kib / 1024,
             r.receiver_rss_kib_max / 1024,
             r.cpu_per_gib(),
-            r.sender_cpu_s / g,
-            r.receivers_cpu_s / g,
+            r.sender_cpu_per_gib(),
+            r.receivers_cpu_per_gib(),
             t.elapsed().as_secs_f64()
         );
     }

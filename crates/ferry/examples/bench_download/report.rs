@@ -25,6 +25,17 @@ pub(crate) fn mib(kib: u64) -> String {
     format!("{:.0}", kib as f64 / 1024.0)
 }
 
+/// The sender's transfer CPU per GiB, with the part it spent before serving in parentheses
+/// when there is one (ferry's digest pass).
+fn sender_cpu(r: &Run) -> String {
+    let prep = r.sender_prep_cpu_per_gib();
+    if prep > 0.0 {
+        format!("{:.2} ({:.2})", r.sender_cpu_per_gib(), prep)
+    } else {
+        format!("{:.2}", r.sender_cpu_per_gib())
+    }
+}
+
 pub(crate) fn ratio(x: f64) -> String {
     if x >= 10.0 {
         format!("{x:.0}×")
@@ -67,9 +78,13 @@ impl Report {
             o,
             "| scenario | system | receivers | size | aggregate MiB/s | × NVFlare | × plain TCP | \
              × nginx → curl | sender peak RSS MiB | receiver peak RSS MiB (max) | CPU s/GiB (transfer) | \
-             CPU × nginx + curl | CPU s/GiB (whole processes) |"
+             CPU × nginx + curl | sender CPU s/GiB (digest pass) | receivers CPU s/GiB | \
+             CPU s/GiB (whole processes) |"
         );
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         let mut rows: Vec<&Run> = self
             .runs
             .iter()
@@ -99,7 +114,7 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {:.2} | {:.2} |",
                 r.scenario.label(),
                 sys,
                 r.receivers,
@@ -112,6 +127,8 @@ impl Report {
                 mib(r.receiver_rss_kib_max),
                 r.cpu_per_gib(),
                 web_cpu,
+                sender_cpu(r),
+                r.receivers_cpu_per_gib(),
                 r.cpu_process_per_gib(),
             );
         }
@@ -155,7 +172,9 @@ impl Report {
              process (the orchestrator's own high-water mark, {} MiB, is the floor of every child's \
              figure). CPU (transfer) sums `getrusage` user+sys that each process spent in the \
              transfer (receivers from the start signal to done; senders from building the \
-             downloadable to the end of the transaction) per GiB delivered; \
+             downloadable to the end of the transaction) per GiB delivered, and per role: the \
+             sender (ferry's includes the BLAKE3 pass over the file that the ticket's digest \
+             needs before any receiver can start, shown in parentheses) and all receivers summed; \
              CPU (whole processes) is `wait4`'s total, Python start-up and imports included. \
              Receivers hash with BLAKE3 (ferry, TCP) or sha256 (NVFlare, in Python); NVFlare's \
              file receiver is `download_file` followed by an fsync, its hashing receiver \
@@ -242,13 +261,19 @@ impl Report {
                 let c = r.cpu_per_gib() / w.cpu_per_gib();
                 out.push(format!(
                     "{}, {} receiver(s): {} nginx → curl (≥ 0.95×), CPU per GiB {} nginx + curl's \
-                     ({:.2} vs {:.2} s/GiB, ≤ 1×) — {}",
+                     ({:.2} vs {:.2} s/GiB, ≤ 1×; sender {:.2} of which digest pass {:.2} vs nginx \
+                     {:.2}, receivers {:.2} vs curl {:.2}) — {}",
                     Scenario::FileDisk.label(),
                     r.receivers,
                     ratio(x),
                     ratio(c),
                     r.cpu_per_gib(),
                     w.cpu_per_gib(),
+                    r.sender_cpu_per_gib(),
+                    r.sender_prep_cpu_per_gib(),
+                    w.sender_cpu_per_gib(),
+                    r.receivers_cpu_per_gib(),
+                    w.receivers_cpu_per_gib(),
                     mark(x >= 0.95 && c <= 1.0)
                 ));
             }

@@ -161,6 +161,9 @@ pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
             "tensors" => refs.push(tx.add_tensors(tensors.expect("built above"))?),
             k => bail!("unknown sender kind {k:?}"),
         }
+        // What the sender spent before it could serve: for a file, the BLAKE3 pass over it
+        // (the ticket carries the digest, so it cannot wait for the first request).
+        let prep_cpu = cpu_now() - cpu0;
         let refs: Vec<&str> = refs.iter().map(RefId::as_str).collect();
         emit(
             "READY",
@@ -177,7 +180,7 @@ pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
         };
         service.shutdown().await;
         cell.shutdown().await;
-        let mut r = json!({"status": status, "cpu_s": cpu,
+        let mut r = json!({"status": status, "cpu_s": cpu, "prep_cpu_s": prep_cpu,
             "maxrss_kib": os::self_usage().maxrss_kib});
         if !ok {
             r["error"] = json!(format!("transaction outcome: {status}"));
