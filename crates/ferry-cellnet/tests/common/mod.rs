@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_cellnet::frame::{Frame, FrameDecoder, FrameType, OutFrame};
-use ferry_cellnet::{Cell, Limits, MsgpackWriter};
+use ferry_cellnet::headers::Headers;
+use ferry_cellnet::{Cell, Limits, Message, MsgpackWriter, ReturnCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -175,4 +176,51 @@ impl RawPeer {
             }
         }
     }
+}
+
+/// Headers of a REQ from `origin` to `dest` on (t, topic).
+pub fn req(origin: &str, dest: &str, topic: &str, req_id: &str, encoding: &str) -> Headers {
+    let mut h: Headers = [
+        ("cn__msg_type", "req"),
+        ("cn__origin", origin),
+        ("cn__destination", dest),
+        ("cn__channel", "t"),
+        ("cn__topic", topic),
+        ("cn__req_id", req_id),
+        ("cn__payload_encoding", encoding),
+    ]
+    .into_iter()
+    .collect();
+    h.insert("cn__reply_expected", true);
+    h
+}
+
+/// A raw peer from 127.0.0.1 that completed HELLO as `name`.
+pub async fn raw(url: &str, name: &str) -> RawPeer {
+    let mut p = RawPeer::connect(url).await;
+    p.handshake(name).await;
+    p
+}
+
+/// A real cell asks `server` to echo `n` bytes and gets them back.
+pub async fn real_exchange(url: &str, name: &str, n: usize) {
+    let c = connected(name, url).await;
+    let r = c
+        .send_request(
+            "t",
+            "echo",
+            "server",
+            Message::from_bytes(vec![5u8; n]),
+            LONG,
+        )
+        .await;
+    assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error_text());
+    assert_eq!(r.bytes().map(Bytes::len), Some(n));
+    c.shutdown().await;
+}
+
+pub fn echo_bytes(cell: &Cell) {
+    cell.register_request_handler("t", "echo", |m: Message| async move {
+        Message::from_bytes(m.bytes().cloned().unwrap_or_default())
+    });
 }
