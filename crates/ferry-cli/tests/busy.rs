@@ -13,10 +13,6 @@ use ferry::cellnet::frame::{FrameDecoder, FrameType, OutFrame};
 use ferry::cellnet::MsgpackWriter;
 use ferry::ticket::Ticket;
 
-fn path_str(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A raw connection that completed HELLO/READY as `name` and then holds the connection.
 fn hog(addr: &str, name: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();

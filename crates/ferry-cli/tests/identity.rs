@@ -17,10 +17,6 @@ use ferry::{download_file, DownloadOptions, DownloadService, FileOptions, Servic
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// The `ferry: error:` line of a failed command's stderr.
 fn error_line(stderr: &[u8]) -> String {
     let s = String::from_utf8_lossy(stderr);

@@ -18,10 +18,6 @@ use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn stderr(a: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stderr).into_owned()
 }

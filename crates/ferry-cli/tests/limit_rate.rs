@@ -6,12 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// How long a process may take to exit after Ctrl-C: the expected is well under a second;
 /// before the fix it waited for its throttled pulls' turns (tens of seconds here).

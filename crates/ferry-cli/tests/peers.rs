@@ -9,10 +9,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `ferry --json get TICKET -o OUT --share EXTRA...`, returned once its first bytes arrived.
 fn sharing_get(ticket: &str, out: &Path, extra: &[&str]) -> Proc {
     let mut args = vec!["--json", "get", ticket, "-o", path_str(out), "--share"];

@@ -9,10 +9,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `ferry serve SRC EXTRA...` paced at 1 MiB/s in 256 KiB chunks.
 fn slow_serve(src: &Path, extra: &[&str]) -> (Proc, String) {
     let mut args = vec![path_str(src), "--limit-rate", "1MiB", "--chunk", "256KiB"];

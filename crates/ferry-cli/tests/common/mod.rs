@@ -267,3 +267,39 @@ impl Pki {
         (c, k)
     }
 }
+
+/// The only stderr line of a failed command.
+pub fn one_error_line(stderr: &[u8]) -> String {
+    let s = String::from_utf8_lossy(stderr);
+    let errs: Vec<&str> = s
+        .lines()
+        .filter(|l| l.starts_with("ferry: error:"))
+        .collect();
+    assert_eq!(errs.len(), 1, "expected one error line, got: {s}");
+    errs[0].to_string()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `ferry serve SRC EXTRA...` paced at 1 MiB/s in 256 KiB chunks: a 16 MiB transfer is still
+/// running, whatever the machine's speed, when the test interrupts it.
+pub fn slow_serve(src: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![path_str(src), "--limit-rate", "1MiB", "--chunk", "256KiB"];
+    args.extend_from_slice(extra);
+    serve(&args)
+}
+
+/// `ferry --json get TICKET -o OUT EXTRA...`, returned once its first bytes have arrived.
+pub fn get_in_progress(ticket: &str, out: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec!["--json", "get", ticket, "-o", path_str(out)];
+    args.extend_from_slice(extra);
+    let mut get = Proc::spawn(&args);
+    get.line_where(|l| json(l)["bytes"].as_u64().is_some_and(|b| b > 0));
+    get
+}
+
+// ---------------------------------------------------------------------------------------------
+// Happy paths
+// ---------------------------------------------------------------------------------------------
