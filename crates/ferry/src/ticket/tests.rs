@@ -248,6 +248,44 @@ fn malformed_url_tickets_are_refused() {
         .is_ok());
 }
 
+/// Found by the `ticket` fuzz target: a URL ticket with a 4,544-byte sender name parsed, but
+/// its compact form (fields of at most 4,096 bytes) did not parse back. Sender names are now
+/// bounded in both forms, and the longest accepted one survives both.
+#[test]
+fn a_sender_name_is_bounded_and_the_longest_survives_both_forms() {
+    let tail = format!("kind=file&name=x&size=1&b3={}", "ab".repeat(32));
+    let name_of = |len: usize| {
+        // dotted like an FQCN, no segment repeated
+        let mut n = String::new();
+        let mut i = 0;
+        while n.len() < len {
+            if !n.is_empty() {
+                n.push('.');
+            }
+            n.push_str(&format!("s{i}"));
+            i += 1;
+        }
+        n.truncate(len);
+        n.trim_end_matches('.').to_string()
+    };
+    let long = name_of(4544);
+    let err = format!("ferry+tcp://127.0.0.1:7001/{long}/R1?{tail}")
+        .parse::<Ticket>()
+        .unwrap_err();
+    assert!(err.to_string().contains("sender name is"), "{err}");
+    let mut t = sample();
+    t.source = long;
+    assert!(t.to_compact().parse::<Ticket>().is_err());
+    let longest = name_of(1024);
+    assert!(longest.len() > 1000);
+    let t = format!("ferry+tcp://127.0.0.1:7001/{longest}/R1?{tail}")
+        .parse::<Ticket>()
+        .unwrap();
+    for written in [t.to_compact(), t.to_url()] {
+        assert_eq!(written.parse::<Ticket>().unwrap(), t, "{written}");
+    }
+}
+
 /// Found by the `ticket` fuzz target: `u16::from_str` takes `+911` and `0911`, and the ticket
 /// kept the port as typed, so it printed differently from what was parsed.
 #[test]
