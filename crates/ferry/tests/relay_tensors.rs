@@ -190,9 +190,19 @@ impl Drop for RelayNode {
 }
 
 async fn relay_node(name: &str, sources: Vec<Ticket>, n: usize, spill: &Path) -> RelayNode {
+    relay_node_with(name, sources, n, spill, ServiceOptions::default()).await
+}
+
+async fn relay_node_with(
+    name: &str,
+    sources: Vec<Ticket>,
+    n: usize,
+    spill: &Path,
+    service_opts: ServiceOptions,
+) -> RelayNode {
     let cell = Cell::new(name).unwrap();
     let url = cell.listen("tcp://127.0.0.1:0").await.unwrap();
-    let service = DownloadService::new(&cell, ServiceOptions::default());
+    let service = DownloadService::new(&cell, service_opts);
     let relay = Arc::new(
         Relay::new(
             sources,
@@ -306,6 +316,40 @@ async fn check_received(
     let fetched = within(disk).await.unwrap().unwrap();
     assert!(matches!(fetched.verified, Verified::Pinned(_)));
     assert_eq!(&TensorDict::load_safetensors(&fetched.path).unwrap(), dict);
+}
+
+/// A pull for an item still on its way waits in one of the relay's produce slots; items that
+/// arrived are served without one. With a single slot, held by the first receiver's wait for
+/// an item the gated upstream holds back, a second receiver still gets every item that
+/// arrived. Before, its pulls waited for that slot: both receivers hung until the upstream
+/// moved (with the default 8 slots, two receivers' windows of waits did the same now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrived_items_are_served_while_every_produce_slot_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let dict = model(3);
+    let up = origin("origin", &dict, HALF, None).await;
+    let pin = up.ticket.pin();
+    let one_slot = ServiceOptions {
+        max_concurrent_produce: 1,
+        ..ServiceOptions::default()
+    };
+    let mut node =
+        relay_node_with("relay-1", vec![up.ticket.clone()], 2, dir.path(), one_slot).await;
+    let (mem, mut p1, _c1) = memory_receiver("site-0", &node.ticket).await;
+    wait_items(&mut p1, HALF).await;
+    // site-0 pulls on: its next pull waits for an item the upstream holds back
+    let (disk, mut p2, _c2) = disk_receiver("site-1", &node.ticket, dir.path()).await;
+    wait_items(&mut p2, HALF).await;
+    assert!(!node.relay.is_verified());
+    set_gate(&up.gate, GateState::Open);
+    check_received(mem, disk, &dict, pin).await;
+    within(&mut node.run).await.unwrap().unwrap();
+    let down = within(node.tx.waiter().wait()).await.unwrap();
+    assert!(down.completed(), "{down:?}");
+    node.service.shutdown().await;
+    node.cell.shutdown().await;
+    up.service.shutdown().await;
+    up.cell.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

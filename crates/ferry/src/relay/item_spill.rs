@@ -242,6 +242,11 @@ impl ItemSpill {
         .unwrap_or_else(Phase::Failed)
     }
 
+    /// Whether item `i` arrived (and so reads without waiting).
+    pub(crate) fn has_item(&self, i: u64) -> bool {
+        self.lock().index.contains_key(&i)
+    }
+
     /// Wait for item `i` and read its blob.
     pub(crate) fn read_item(&self, i: u64, limit: Duration) -> Result<Vec<u8>, String> {
         let (offset, len) = self.wait(limit, &format!("item {i}"), |s| s.index.get(&i).copied())?;

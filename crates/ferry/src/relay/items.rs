@@ -193,6 +193,28 @@ impl Downloadable for ItemObject {
         obj.produce(state, requester)
     }
 
+    /// Items that arrived are served on the async thread, without a produce slot (as the
+    /// byte relay serves bytes that arrived): pulls waiting for items still on their way hold
+    /// a slot each, and with every slot held that way a receiver asking for items the relay
+    /// has would wait behind them until the upstream moved (the relay tests hung on it).
+    fn try_produce_now(
+        &self,
+        state: Option<&State>,
+        requester: &str,
+    ) -> Option<Result<Produced, ProduceError>> {
+        let obj = self.now()?;
+        let next = next_item(state)?;
+        let PlanLayout::Items { per_chunk, .. } = obj.plan()?.layout else {
+            return None;
+        };
+        // the EOF request (next == count) waits for the digest: a slot's work
+        let end = next.saturating_add(per_chunk).min(obj.item_count());
+        if next >= end || !(next..end).all(|i| self.spill.has_item(i)) {
+            return None;
+        }
+        Some(obj.produce(state, requester))
+    }
+
     fn plan(&self) -> Option<TransferPlan> {
         self.now()?.plan()
     }
