@@ -254,7 +254,8 @@ async fn sender_killed_mid_download_fails_every_receiver_cleanly() {
 /// download always ends well before the frozen receiver is failed.
 const FROZEN_IDLE_BUDGET: Duration = Duration::from_secs(40);
 
-/// A receiver process that is alive but frozen (SIGSTOP: its socket stops draining) holds the
+/// A receiver process that is alive but frozen (it SIGSTOPs itself after its first chunk, with
+/// 31 pulls outstanding: its socket stops draining) holds the
 /// chunks produced for it until its writes have made no progress for the send timeout (10 s):
 /// then its connection is closed and those chunks are dropped. Meanwhile they hold byte
 /// budget, but only the frozen receiver's share of it (a quarter): a healthy receiver
@@ -298,15 +299,13 @@ async fn frozen_receiver_holds_only_its_share_of_the_byte_budget() {
             "32",
             "--out-dir",
             out.path().to_str().unwrap(),
+            "--freeze-at-first-chunk",
         ],
     )
     .await;
+    // The peer stops itself right after its first chunk (a stop sent from here could land
+    // after a fast receiver had already drained most of its window into socket buffers).
     frozen.wait_event_async("progress").await;
-    let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &frozen.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
     // The frozen receiver's outstanding pulls use up its share once its socket buffers are
     // full, and no more: the rest of the budget stays free for everyone else. (A pull takes
     // its share first and the global budget just after, so both are polled together.)

@@ -8,7 +8,7 @@
 //!                    [--gate-after-chunks K]
 //! ferry-peer receive --url URL --fqcn site-1 [--source server] [--file-ref R --out-dir D]
 //!                    [--tensors-ref R] [--per-request-timeout S] [--max-retries N]
-//!                    [--stall-after-chunks K]
+//!                    [--stall-after-chunks K] [--freeze-at-first-chunk]
 //! ```
 //!
 //! `send` READY: `{"fqcn", "url", "tx_id", "file_ref", "file_blake3", "file_size",
@@ -21,6 +21,9 @@
 //! `{"event": "tensors", "ok", "error", "count", "digest"}`, `{"event": "done", "all_ok"}`.
 //! `--stall-after-chunks K`: the file consumer stops after K chunks and prints
 //! `RESULT {"event": "stalled"}` (the process is meant to be killed then).
+//! `--freeze-at-first-chunk`: after printing the first `progress` event the process stops
+//! itself (SIGSTOP), so a test's frozen receiver still has most of its window outstanding
+//! however slowly the test gets round to looking at it.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -104,6 +107,9 @@ struct ReceiveArgs {
     /// The file consumer stops after K chunks.
     #[arg(long)]
     stall_after_chunks: Option<u64>,
+    /// Stop this process (SIGSTOP) right after the first chunk's progress event.
+    #[arg(long)]
+    freeze_at_first_chunk: bool,
 }
 
 /// Protocol output; one line at a time under the stdout lock.
@@ -111,6 +117,18 @@ fn emit(kind: &str, v: &Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{kind} {v}");
     let _ = out.flush();
+}
+
+/// Stops this whole process with SIGSTOP (through kill(1): the test crate has no unsafe code).
+/// Signal delivery stops every thread, so the download makes no progress after this returns;
+/// only SIGKILL or SIGCONT from the test ends the pause.
+fn freeze_self() {
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &std::process::id().to_string()])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        emit("RESULT", &json!({"event": "freeze_failed"}));
+    }
 }
 
 fn main() -> Result<()> {
@@ -214,6 +232,7 @@ async fn receive(a: ReceiveArgs) -> Result<()> {
         "READY",
         &json!({"fqcn": a.fqcn, "peer": peer.as_str().to_string()}),
     );
+    let freeze = a.freeze_at_first_chunk;
     let opts = |rid: &str| {
         let rid = rid.to_string();
         let first = Arc::new(AtomicBool::new(false));
@@ -232,6 +251,9 @@ async fn receive(a: ReceiveArgs) -> Result<()> {
                     "RESULT",
                     &json!({"event": "progress", "ref_id": rid, "bytes": p.bytes_done}),
                 );
+                if freeze {
+                    freeze_self();
+                }
             }
         });
         o
