@@ -75,6 +75,16 @@ pub fn check_name(flag: &str, name: &str) -> CmdResult {
     })
 }
 
+/// Check that a sender's `--name` fits in the tickets it prints (see
+/// [`ferry::ticket::check_sender_name`]).
+pub fn check_sender_name(name: &str) -> CmdResult {
+    ferry::ticket::check_sender_name(name).map_err(|e| {
+        Failure::usage(format!(
+            "--name is {e}: the receivers could not read this sender's tickets; choose a shorter cell name"
+        ))
+    })
+}
+
 /// Build a cell named `name`, with TLS when configured. `ferry serve` and `ferry get` are
 /// endpoints: their cells never relay messages between other cells.
 pub fn build_cell(name: &str, tls: Option<TlsConfig>) -> CmdResult<Cell> {

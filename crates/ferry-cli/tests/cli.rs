@@ -288,6 +288,38 @@ fn serving_a_missing_path_is_a_usage_error() {
     );
 }
 
+/// A sender's name travels in every ticket it prints, and a ticket carries at most 1,024 bytes
+/// of it: `serve` and `relay` refuse a longer `--name` before they start, instead of printing
+/// tickets that every receiver would refuse.
+#[test]
+fn a_sender_name_no_ticket_can_carry_is_a_usage_error() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("a.bin");
+    random_file(&src, 1_000, 3);
+    let long = "n".repeat(1025);
+    assert_eq!(long.len(), 1025);
+    let upstream = format!(
+        "ferry+tcp://127.0.0.1:9/server/R1?kind=file&name=a.bin&size=1&b3={}",
+        "ab".repeat(32)
+    );
+    for args in [
+        vec!["serve", path_str(&src), "--listen", "tcp://127.0.0.1:0"],
+        vec!["relay", upstream.as_str(), "--listen", "tcp://127.0.0.1:0"],
+    ] {
+        let a = ferry()
+            .args(&args)
+            .args(["--name", &long])
+            .assert()
+            .code(2)
+            .stdout(predicate::str::is_empty());
+        let line = one_error_line(&a.get_output().stderr);
+        assert!(
+            line.contains("--name is 1025 bytes") && line.contains("shorter cell name"),
+            "{args:?}: {line}"
+        );
+    }
+}
+
 #[test]
 fn existing_destination_needs_force() {
     let d = tempfile::tempdir().unwrap();

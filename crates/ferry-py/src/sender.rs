@@ -94,6 +94,11 @@ impl Sender {
         on_event: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         check_name("name", name)?;
+        ferry::ticket::check_sender_name(name).map_err(|e| {
+            errors::usage(format!(
+                "name is {e}: receivers could not read this sender's tickets; choose a shorter cell name"
+            ))
+        })?;
         for (what, secs) in [
             ("timeout", timeout),
             ("reconnect_timeout", reconnect_timeout),

@@ -85,6 +85,10 @@ def test_tickets_in_either_form_and_as_ticket_objects(tmp_path):
     assert 'kind="file"' in repr(info) and 'name="blob.bin"' in repr(info)
     with pytest.raises(ferry.UsageError, match="ticket_format"):
         ferry.Sender(ticket_format="yaml")
+    # A ticket carries at most 1,024 bytes of its sender's name: a longer one is refused here,
+    # not by every receiver of the tickets it would print.
+    with pytest.raises(ferry.UsageError, match="name is 1025 bytes.*shorter cell name"):
+        ferry.Sender(name="n" * 1025)
     with pytest.raises(ferry.UsageError, match="malformed ticket"):
         ferry.Ticket(info.compact[:-3])
     with pytest.raises(ferry.UsageError, match="expected a str"):

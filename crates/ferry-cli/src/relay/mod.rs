@@ -32,6 +32,7 @@ use crate::watch::Watch;
 /// Run `ferry relay`.
 pub async fn run(args: RelayArgs, json: bool) -> CmdResult {
     let tickets = parse(&args.tickets)?;
+    cells::check_sender_name(&args.name)?;
     for a in &args.allow {
         cells::check_name("--allow", a)?;
     }

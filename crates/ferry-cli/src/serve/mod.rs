@@ -83,6 +83,7 @@ pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
             args.listen
         ));
     }
+    cells::check_sender_name(&args.name)?;
     let cell = cells::build_cell(&args.name, tls)?;
     let bound = cell.listen(&url).await.map_err(|e| {
         Failure::usage(format!(

@@ -110,10 +110,23 @@ const MAX_REF_LEN: usize = 256;
 /// Longest `HOST` accepted (a DNS name is at most 253 bytes).
 const MAX_HOST_LEN: usize = 255;
 
-/// Longest sender name accepted. A cell name has no length limit of its own, but both forms
-/// must carry it: the compact form's fields are at most [`MAX_NAME_LEN`] bytes, and a real
-/// FQCN (`site-1.job-42`) is tens of bytes.
-const MAX_SOURCE_LEN: usize = 1024;
+/// Longest sender name a ticket carries. A cell name has no length limit of its own, but both
+/// forms must carry it: the compact form's fields are at most [`MAX_NAME_LEN`] bytes, and a
+/// real FQCN (`site-1.job-42`) is tens of bytes.
+pub const MAX_SENDER_NAME_LEN: usize = 1024;
+
+/// Check that a sender named `name` can print tickets: senders call this before they start,
+/// so that a name no ticket can carry is refused up front rather than by every receiver. The
+/// error says how long the name is (`"1500 bytes, longer than the 1024 a ticket carries"`).
+pub fn check_sender_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_SENDER_NAME_LEN {
+        return Err(format!(
+            "{} bytes, longer than the {MAX_SENDER_NAME_LEN} a ticket carries",
+            name.len()
+        ));
+    }
+    Ok(())
+}
 
 /// Check that `name` is a relative path of plain components: no empty, `.` or `..` component,
 /// no leading `/`, no backslash or NUL. This is what keeps a hostile ticket from writing outside
@@ -213,12 +226,8 @@ impl Ticket {
         };
         // the port as both forms write it (no leading zeros), so a ticket prints as it parsed
         let addr = format!("{host}:{port}");
-        if self.source.len() > MAX_SOURCE_LEN {
-            return Err(TicketError(format!(
-                "its sender name is {} bytes, longer than the {MAX_SOURCE_LEN} a ticket carries",
-                self.source.len()
-            )));
-        }
+        check_sender_name(&self.source)
+            .map_err(|e| TicketError(format!("its sender name is {e}")))?;
         ferry_core::validate_fqcn(&self.source)
             .map_err(|e| TicketError(format!("sender name: {e}")))?;
         if self.ref_id.is_empty()
