@@ -13,6 +13,10 @@
 //!   ~100 bytes), afterwards `max_frame_size`.
 //! - A frame that stops arriving half-way is dropped and the connection closed once no byte
 //!   came for `frame_stall_timeout`.
+//! - While a large frame's body arrives, the transport is told how many bytes are still
+//!   missing ([`crate::driver::ReadStream::wake_at`]): plain TCP then wakes the reader once
+//!   they are there (or the connection ends) instead of for every segment. Before a frame is
+//!   declared stalled the reader asks whether bytes arrived below that mark.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -252,6 +256,8 @@ impl FrameReader {
                 self.buf.reserve(READ_CHUNK);
             }
             let mid_frame = !self.buf.is_empty();
+            // a frame's head, or a small frame: every byte may complete one
+            self.rd.wake_at(1);
             let n = self.read_timed(mid_frame, ReadInto::Small).await?;
             if n == 0 {
                 if self.buf.is_empty() {
@@ -349,6 +355,9 @@ impl FrameReader {
                 // once (memory already charged above, and bounded by what arrived).
                 prefault::spare_capacity(&mut large.buf);
             }
+            // Not woken before the rest of the body is there (plain TCP; capped there): one
+            // wakeup and one read for what was a wakeup per segment that arrived.
+            self.rd.wake_at(len - filled);
             let n = self.read_timed(true, ReadInto::Large).await?;
             if n == 0 {
                 return Err(CellnetError::ConnectionClosed(format!(
@@ -381,35 +390,44 @@ impl FrameReader {
     /// in progress it must deliver a byte before the stall deadline.
     async fn read_timed(&mut self, mid_frame: bool, into: ReadInto) -> Result<usize, CellnetError> {
         let stall = self.limits.stall_timeout;
-        let deadline = self.last_byte + stall;
-        let read = async {
-            match into {
-                ReadInto::Small => self.rd.read_buf(&mut self.buf).await,
-                ReadInto::Large => match self.large.as_mut() {
-                    Some(large) => {
-                        let room = large.len - large.buf.len();
-                        self.rd.read_buf(&mut (&mut large.buf).limit(room)).await
-                    }
-                    None => Ok(0),
-                },
-            }
-        };
-        let n = if mid_frame {
-            match tokio::time::timeout_at(deadline, read).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(CellnetError::Timeout(format!(
-                        "no byte of the frame in progress arrived for {stall:?} (Limits::frame_stall_timeout); frame dropped"
-                    )))
+        loop {
+            let deadline = self.last_byte + stall;
+            let read = async {
+                match into {
+                    ReadInto::Small => self.rd.read_buf(&mut self.buf).await,
+                    ReadInto::Large => match self.large.as_mut() {
+                        Some(large) => {
+                            let room = large.len - large.buf.len();
+                            self.rd.read_buf(&mut (&mut large.buf).limit(room)).await
+                        }
+                        None => Ok(0),
+                    },
                 }
+            };
+            let n = if mid_frame {
+                match tokio::time::timeout_at(deadline, read).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        if self.rd.queued().is_some_and(|q| q > 0) {
+                            // Bytes came, too few to meet the transport's low-water mark
+                            // (a peer sending slowly): progress, and they are read now.
+                            self.rd.wake_at(1);
+                            self.last_byte = Instant::now();
+                            continue;
+                        }
+                        return Err(CellnetError::Timeout(format!(
+                            "no byte of the frame in progress arrived for {stall:?} (Limits::frame_stall_timeout); frame dropped"
+                        )));
+                    }
+                }
+            } else {
+                read.await?
+            };
+            if n > 0 {
+                self.last_byte = Instant::now();
             }
-        } else {
-            read.await?
-        };
-        if n > 0 {
-            self.last_byte = Instant::now();
+            return Ok(n);
         }
-        Ok(n)
     }
 }
 
@@ -435,5 +453,7 @@ fn alloc_failed(n: usize, len: usize, e: std::collections::TryReserveError) -> C
     ))
 }
 
+#[cfg(test)]
+mod tcp_tests;
 #[cfg(test)]
 mod tests;

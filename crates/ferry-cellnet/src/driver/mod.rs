@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::error::CellnetError;
 
 /// The read half of a connection.
-pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type ReadHalf = Box<dyn ReadStream>;
 /// The write half of a connection.
 pub(crate) type WriteHalf = Box<dyn WriteStream>;
 
@@ -50,6 +50,35 @@ pub(crate) trait WriteStream: AsyncWrite + Send + Unpin {
         self.poll_write_vectored(cx, bufs)
     }
 }
+
+/// The read half of a transport, which may also be told how many bytes the reader needs
+/// before it can make progress.
+pub(crate) trait ReadStream: AsyncRead + Send + Unpin {
+    /// The reader can do nothing with fewer than `n` more bytes (the rest of a large frame's
+    /// body): a transport that can defer its readiness until then does so, so that the
+    /// reader is not woken for every segment; `1` restores the usual readiness. `n` counts
+    /// bytes on the wire, so only a transport whose wire bytes are the reader's bytes (plain
+    /// TCP) may act on it; the others ignore it. End of stream and errors wake the reader
+    /// whatever `n` is.
+    fn wake_at(&mut self, _n: usize) {}
+
+    /// Bytes that arrived and wait to be read, if the transport defers its readiness and can
+    /// tell; `None` otherwise. The reader asks before it declares a frame stalled: bytes that
+    /// trickle in below the threshold of [`ReadStream::wake_at`] do not wake it.
+    fn queued(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// TLS and in-process pipes: readiness as usual. (Under TLS the record layer and rustls's own
+/// buffer make the socket's bytes differ from the frame's, so a threshold could wait for
+/// bytes that rustls already read: a frame that ends exactly would not be delivered.)
+impl<T: AsyncRead + Send> ReadStream for tokio::io::ReadHalf<T> {}
+
+/// Pipes and in-memory bytes in tests.
+impl ReadStream for tokio::io::DuplexStream {}
+#[cfg(test)]
+impl ReadStream for std::io::Cursor<Vec<u8>> {}
 
 /// TLS and in-process pipes: file regions are read and written.
 impl<T: AsyncRead + AsyncWrite + Send> WriteStream for tokio::io::WriteHalf<T> {}

@@ -1,17 +1,18 @@
 //! Plain TCP (tokio, TCP_NODELAY on, as NVFlare). File regions go out with `sendfile(2)`
 //! on Linux: the kernel copies from the page cache to the socket, the sender's CPU never
-//! touches the bytes.
+//! touches the bytes. While a large frame's body arrives, the read half asks the kernel
+//! (`SO_RCVLOWAT`) not to wake the reader before the bytes it needs are there.
 
 use std::fs::File;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::AsyncWrite;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Transport, WriteStream};
+use super::{ReadStream, Transport, WriteStream};
 use crate::error::CellnetError;
 
 /// Bind a listener; returns it and the bound `HOST:PORT` (port 0 resolved).
@@ -37,10 +38,101 @@ pub(crate) fn transport(s: TcpStream) -> Transport {
         .unwrap_or_else(|_| "?".into());
     let (rd, wr) = s.into_split();
     Transport {
-        rd: Box::new(rd),
+        rd: Box::new(TcpRead { rd, lowat: 1 }),
         wr: Box::new(TcpWrite(wr)),
         peer_addr,
         peer_cn: None,
+    }
+}
+
+/// The largest receive low-water mark set. Above it the reader is woken more than once per
+/// frame, but the socket's receive buffer is never asked to hold more than this before the
+/// reader drains it (the kernel caps the mark at half the buffer's limit and grows the buffer
+/// to fit; at this size the autotuned buffer of a fast connection already holds it).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const LOWAT_MAX: usize = 512 * 1024;
+
+/// The read half of a TCP socket, which defers its readiness until the bytes the reader
+/// needs arrived ([`ReadStream::wake_at`]).
+pub(crate) struct TcpRead {
+    rd: OwnedReadHalf,
+    /// The socket's receive low-water mark as last set (1 = the kernel's default: every
+    /// byte wakes the reader). Kept to make a system call only when it changes.
+    lowat: usize,
+}
+
+impl AsyncRead for TcpRead {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.rd).poll_read(cx, buf)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl ReadStream for TcpRead {
+    /// `SO_RCVLOWAT` = `n` (at most [`LOWAT_MAX`]): the socket becomes readable when `n`
+    /// bytes are queued, or at end of stream, a reset or an error, which wake it whatever the
+    /// mark. A read still returns what is there. Setting the mark re-checks the queue and
+    /// wakes the reader at once if it is already met. Best effort: where it cannot be set, the
+    /// reader is woken as before.
+    fn wake_at(&mut self, n: usize) {
+        let n = n.clamp(1, LOWAT_MAX);
+        if n == self.lowat {
+            return;
+        }
+        let s: &TcpStream = self.rd.as_ref();
+        if lowat::set(s, n).is_ok() {
+            self.lowat = n;
+        }
+    }
+
+    /// `FIONREAD`: the bytes in the receive queue, while a mark above 1 may hide them.
+    fn queued(&self) -> Option<usize> {
+        if self.lowat <= 1 {
+            return None;
+        }
+        let s: &TcpStream = self.rd.as_ref();
+        rustix::io::ioctl_fionread(s)
+            .ok()
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+/// Elsewhere the mark's effect on readiness differs between systems: readiness as usual.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+impl ReadStream for TcpRead {}
+
+/// Setting `SO_RCVLOWAT`, which neither rustix, socket2 nor nix offers.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod lowat {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    /// Set the socket's receive low-water mark to `n` bytes.
+    pub(super) fn set(s: &impl AsFd, n: usize) -> std::io::Result<()> {
+        let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+        let fd = s.as_fd();
+        // SAFETY: `fd` is borrowed from a socket the caller holds open for the duration of
+        // the call; the option value is a live `c_int` on this stack frame, passed with its
+        // exact size, which the kernel only reads. SO_RCVLOWAT changes when the socket
+        // reports readiness, nothing about memory.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                std::ptr::from_ref(&n).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::held::HeldBudget;
 const LARGE_FRAME: usize = 1024 * 1024;
 const STALL: Duration = Duration::from_secs(30);
 
-fn limits(max: usize) -> ReadLimits {
+pub(super) fn limits(max: usize) -> ReadLimits {
     ReadLimits {
         max_frame_size: max,
         max_header_size: 65535,
@@ -26,7 +26,7 @@ fn reader(rd: ReadHalf, max: usize) -> FrameReader {
     FrameReader::new(rd, limits(max), None, None, Arc::default())
 }
 
-fn ping() -> Bytes {
+pub(super) fn ping() -> Bytes {
     OutFrame {
         frame_type: FrameType::Ping,
         app_id: 0,
@@ -79,7 +79,7 @@ proptest::proptest! {
 }
 
 /// A DATA frame on the wire with an empty header map and this payload.
-fn data_frame(payload: &Bytes) -> Bytes {
+pub(super) fn data_frame(payload: &Bytes) -> Bytes {
     OutFrame {
         frame_type: FrameType::Data,
         app_id: APP_ID_CELLNET,
