@@ -1,10 +1,21 @@
 //! The consumer's side of a download: the work the engine asks of it, run one piece at a time
-//! in the engine's order — on tokio's blocking pool (it may write to disk), or right on the
-//! download task for a chunk when the consumer's [`blocks`](Consumer::blocks) is false.
+//! in the engine's order.
+//!
+//! A consumer that [`blocks`](Consumer::blocks) (it writes to disk) gets a writer of its own
+//! for the whole download: one task on tokio's blocking pool that takes the pieces from a
+//! channel one after the other and sends each answer back as soon as it has it. A trip to the
+//! pool and back per chunk was a thread wakeup each way; the writer is woken only when it ran
+//! out of work, and the download task only when it waits for an answer. The writer stops
+//! after the first piece the consumer refuses or panics on (the engine fails the download on
+//! it), so nothing runs after a failure. Other consumers take their chunks right on the
+//! download task, and their plans and completions on the pool.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use ferry_core::{ChunkData, ConsumeError, Consumer, Download, State, TransferPlan};
+use tokio::sync::mpsc as tmpsc;
 use tokio::task::JoinHandle;
 
 use crate::runtime::{now, panic_text};
@@ -28,6 +39,15 @@ pub(super) enum Done {
 }
 
 impl Done {
+    /// The consumer refused the piece of work, or panicked on it (the engine fails the
+    /// download on it).
+    fn failed(&self) -> bool {
+        match self {
+            Done::Plan(r) | Done::Completed(r) => r.is_err(),
+            Done::Consumed(_, r) => r.is_err(),
+        }
+    }
+
     /// Hand the consumer's answer to the engine.
     pub(super) fn tell(self, dl: &mut Download) {
         match self {
@@ -47,23 +67,54 @@ enum Working<C> {
     Ready(Option<Box<(Option<C>, Done)>>),
 }
 
+/// The writer of a blocking consumer: a task on the blocking pool that holds the consumer for
+/// the whole download.
+struct Writer<C> {
+    /// Work for it, in engine order.
+    work: mpsc::Sender<Work>,
+    /// Its answers, in the same order.
+    answers: tmpsc::UnboundedReceiver<Done>,
+    /// Pieces sent whose answer has not come back.
+    pending: usize,
+    /// Raised when the download is over (finished, or its future dropped): the writer runs
+    /// nothing more.
+    stop: StopOnDrop,
+    /// Gives the consumer back (`None` if it panicked).
+    handle: JoinHandle<Option<C>>,
+}
+
+/// Raises its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// A consumer and the work queued for it.
 pub(super) struct Worker<C> {
     /// The ref, as the consumer's calls name it.
     rid: String,
-    /// `None` while it works (it is on the blocking pool), and for good once it panicked.
+    /// `None` while it works (on the blocking pool, or with its writer), and for good once it
+    /// panicked.
     consumer: Option<C>,
     queue: VecDeque<Work>,
     working: Option<Working<C>>,
+    /// The consumer blocks: its work goes to [`Writer`], started by the first work.
+    blocks: bool,
+    writer: Option<Writer<C>>,
 }
 
 impl<C: Consumer + 'static> Worker<C> {
     pub(super) fn new(consumer: C, rid: &str) -> Self {
         Self {
             rid: rid.to_string(),
+            blocks: consumer.blocks(),
             consumer: Some(consumer),
             queue: VecDeque::new(),
             working: None,
+            writer: None,
         }
     }
 
@@ -72,8 +123,12 @@ impl<C: Consumer + 'static> Worker<C> {
         self.queue.push_back(work);
     }
 
-    /// If the consumer is idle and work is queued, start the next piece.
+    /// Start what is queued: all of it, for a blocking consumer's writer (started by the
+    /// first work); otherwise the next piece, if the consumer is idle.
     pub(super) fn start(&mut self) {
+        if self.blocks {
+            return self.feed_writer();
+        }
         if self.working.is_some() || self.queue.is_empty() {
             return;
         }
@@ -95,10 +150,41 @@ impl<C: Consumer + 'static> Worker<C> {
         });
     }
 
-    /// The answer to the piece of work in progress, once it is done (pending while idle).
-    /// `Err` only when the runtime shuts down under the download: the consumer is then gone
-    /// with its task. Cancel-safe.
+    /// Send the queued work to the writer, starting it first if needed.
+    fn feed_writer(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        if self.writer.is_none() {
+            let Some(c) = self.consumer.take() else {
+                return;
+            };
+            self.writer = Some(spawn_writer(c, self.rid.clone()));
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        for work in self.queue.drain(..) {
+            // a writer that stopped after a failure takes nothing more: the download is
+            // failing on the answer it already sent
+            if w.work.send(work).is_ok() {
+                w.pending += 1;
+            }
+        }
+    }
+
+    /// The answer to the oldest piece of work in progress, once it is done (pending while
+    /// idle). `Err` only when the runtime shuts down under the download: the consumer is then
+    /// gone with its task. Cancel-safe.
     pub(super) async fn done(&mut self) -> Result<Done, String> {
+        if let Some(w) = self.writer.as_mut() {
+            if w.pending == 0 {
+                return std::future::pending().await;
+            }
+            let done = w.answers.recv().await.ok_or("consumer task lost")?;
+            w.pending -= 1;
+            return Ok(done);
+        }
         let joined = match self.working.as_mut() {
             Some(Working::Pool(h)) => h.await.map_err(|e| e.to_string()),
             Some(Working::Ready(r)) => r
@@ -114,8 +200,17 @@ impl<C: Consumer + 'static> Worker<C> {
         })
     }
 
-    /// Let a piece of work in progress finish; the consumer, unless it panicked or was lost.
+    /// Let a piece of work in progress finish (a writer runs nothing after it); the consumer,
+    /// unless it panicked or was lost.
     pub(super) async fn finish(mut self) -> Option<C> {
+        if let Some(w) = self.writer.take() {
+            let Writer {
+                work, stop, handle, ..
+            } = w;
+            drop(stop);
+            drop(work);
+            return handle.await.ok().flatten();
+        }
         let last = match self.working.take() {
             Some(Working::Pool(h)) => h.await.ok(),
             Some(Working::Ready(r)) => r.map(|b| *b),
@@ -125,6 +220,38 @@ impl<C: Consumer + 'static> Worker<C> {
             self.consumer = c;
         }
         self.consumer
+    }
+}
+
+/// Start the writer of blocking consumer `c` on the blocking pool.
+fn spawn_writer<C: Consumer + 'static>(c: C, rid: String) -> Writer<C> {
+    let (work, work_rx) = mpsc::channel::<Work>();
+    let (answer_tx, answers) = tmpsc::unbounded_channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut c = c;
+        while let Ok(work) = work_rx.recv() {
+            if stopped.load(Ordering::Acquire) {
+                break;
+            }
+            let (back, done) = do_work(c, &rid, work);
+            let failed = done.failed();
+            // the download task may be gone (runtime shutting down): nobody to answer
+            let _ = answer_tx.send(done);
+            c = back?;
+            if failed {
+                break;
+            }
+        }
+        Some(c)
+    });
+    Writer {
+        work,
+        answers,
+        pending: 0,
+        stop: StopOnDrop(stop),
+        handle,
     }
 }
 
@@ -154,4 +281,146 @@ fn do_work<C: Consumer>(c: C, rid: &str, work: Work) -> (Option<C>, Done) {
         },
     };
     (Some(c), done)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// Records the chunks it is given; refuses chunk `fail_at`; with a gate, says when it
+    /// starts chunk 1 and waits for the gate to open before it ends it.
+    struct Recorder {
+        seen: Arc<Mutex<Vec<u64>>>,
+        fail_at: Option<u64>,
+        gate: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    }
+
+    impl Consumer for Recorder {
+        fn consume(&mut self, _: &str, state: &State, _: ChunkData) -> Result<State, ConsumeError> {
+            let seq = state.get_u64("seq").ok().flatten().unwrap_or_default();
+            if let (1, Some((entered, gate))) = (seq, &self.gate) {
+                let _ = entered.send(());
+                let _ = gate.recv();
+            }
+            self.seen.lock().unwrap().push(seq);
+            if Some(seq) == self.fail_at {
+                return Err(ConsumeError::Other(format!("chunk {seq} refused")));
+            }
+            Ok(state.clone())
+        }
+        fn completed(&mut self, _: &str) -> Result<(), ConsumeError> {
+            Ok(())
+        }
+        fn failed(&mut self, _: &str, _: &str) {}
+    }
+
+    fn worker(
+        fail_at: Option<u64>,
+        gate: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    ) -> (Worker<Recorder>, Arc<Mutex<Vec<u64>>>) {
+        let seen = Arc::default();
+        let c = Recorder {
+            seen: Arc::clone(&seen),
+            fail_at,
+            gate,
+        };
+        let mut w = Worker::new(c, "r1");
+        for seq in 1..=4 {
+            w.push(Work::Consume {
+                seq,
+                state: State::new().with("seq", seq),
+                data: ChunkData::Bytes(Bytes::from_static(b"x")),
+            });
+        }
+        (w, seen)
+    }
+
+    async fn next(w: &mut Worker<Recorder>) -> (u64, bool) {
+        // far beyond a trip to the pool: reaching it means no answer is coming
+        match tokio::time::timeout(Duration::from_secs(60), w.done()).await {
+            Ok(Ok(Done::Consumed(seq, r))) => (seq, r.is_ok()),
+            Ok(Ok(_)) => panic!("not a chunk's answer"),
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!("no answer"),
+        }
+    }
+
+    /// Work queued for a blocking consumer goes to its writer at once: one start, every
+    /// answer, in order.
+    #[tokio::test]
+    async fn queued_chunks_go_to_the_writer_at_once_and_are_answered_in_order() {
+        let (mut w, seen) = worker(None, None);
+        w.start();
+        for seq in 1..=4 {
+            assert_eq!(next(&mut w).await, (seq, true));
+        }
+        assert_eq!(*seen.lock().unwrap(), [1, 2, 3, 4]);
+        assert!(w.finish().await.is_some());
+    }
+
+    /// After a refused chunk the writer consumes nothing more (the engine fails the download
+    /// on the refusal); the consumer comes back for its `failed` call.
+    #[tokio::test]
+    async fn nothing_is_consumed_after_a_refused_chunk() {
+        let (mut w, seen) = worker(Some(2), None);
+        w.start();
+        assert_eq!(next(&mut w).await, (1, true));
+        assert_eq!(next(&mut w).await, (2, false));
+        assert!(w.finish().await.is_some());
+        assert_eq!(*seen.lock().unwrap(), [1, 2]);
+    }
+
+    /// A download that ends (finished, failed, cancelled) with chunks queued at the writer
+    /// waits for the one in progress only.
+    #[tokio::test]
+    async fn finishing_waits_for_the_chunk_in_progress_only() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let (mut w, seen) = worker(None, Some((entered_tx, gate)));
+        w.start();
+        // chunk 1 is in progress, held at the gate; chunks 2-4 are queued behind it
+        tokio::task::spawn_blocking(move || entered.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut fin = Box::pin(w.finish());
+        // its first poll raises the stop flag and waits for the writer
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(fin.as_mut(), cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        open.send(()).unwrap();
+        assert!(fin.await.is_some());
+        assert_eq!(*seen.lock().unwrap(), [1]);
+    }
+
+    /// A download whose future is dropped with chunks queued at the writer: the writer ends
+    /// after the chunk in progress.
+    #[tokio::test]
+    async fn a_dropped_download_stops_its_writer_after_the_chunk_in_progress() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let (mut w, seen) = worker(None, Some((entered_tx, gate)));
+        w.start();
+        let entered = tokio::task::spawn_blocking(move || {
+            entered.recv().unwrap();
+            entered
+        })
+        .await
+        .unwrap();
+        drop(w);
+        open.send(()).unwrap();
+        // the consumer (holding the other end) is dropped when its writer ends
+        let after = tokio::task::spawn_blocking(move || entered.recv())
+            .await
+            .unwrap();
+        assert!(after.is_err());
+        assert_eq!(*seen.lock().unwrap(), [1]);
+    }
 }
