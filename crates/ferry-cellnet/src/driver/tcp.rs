@@ -57,7 +57,9 @@ pub(crate) const LOWAT_MAX: usize = 512 * 1024;
 pub(crate) struct TcpRead {
     rd: OwnedReadHalf,
     /// The socket's receive low-water mark as last set (1 = the kernel's default: every
-    /// byte wakes the reader). Kept to make a system call only when it changes.
+    /// byte wakes the reader). Kept to make a system call only when it changes. (Set only on
+    /// Linux.)
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
     lowat: usize,
 }
 
