@@ -27,6 +27,11 @@
 //! receiver has the whole object (the orchestrator timestamps it), `RESULT {json}` last.
 //! Receivers start when they read `GO {json}` on stdin; stdin EOF ends any child.
 //!
+//! The Rust roles run on tokio's multi-thread runtime, as `ferry serve` and `ferry get` do;
+//! `FERRY_BENCH_RUNTIME=current_thread` in the environment runs every Rust role on a
+//! current-thread runtime instead (blocking work still goes to the blocking pool), to compare
+//! the two in one script.
+//!
 //! What is measured:
 //! * aggregate throughput = size × receivers / (last receiver's DONE − GO);
 //! * peak RSS of every child from the kernel: `wait4(2)`'s `ru_maxrss` when the orchestrator

@@ -20,7 +20,14 @@ use ferry::prelude::{
     FileOptions, ObjectDownloader, ServiceOptions, Tensor, TensorDict, TxConfig,
 };
 
+/// The runtime of a Rust role: multi-thread, or current-thread with
+/// `FERRY_BENCH_RUNTIME=current_thread` (see the crate docs).
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    if std::env::var("FERRY_BENCH_RUNTIME").as_deref() == Ok("current_thread") {
+        return Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?);
+    }
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
