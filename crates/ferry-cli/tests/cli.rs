@@ -180,11 +180,9 @@ fn mutual_tls_end_to_end() {
     assert!(ticket.parse::<Ticket>().unwrap().tls, "{ticket}");
     let out = d.path().join("out");
     // Without TLS files: a usage error, before any connection.
-    let e = ferry()
-        .args(["get", &ticket, "-o", path_str(&out)])
-        .assert()
-        .code(2);
-    assert!(one_error_line(&e.get_output().stderr).contains("--tls-cert"));
+    assert!(
+        error_line(ferry().args(["get", &ticket, "-o", path_str(&out)]), 2).contains("--tls-cert")
+    );
     // With them (the cell name defaults to the certificate's CN).
     ferry()
         .args(["get", &ticket, "-o", path_str(&out)])
@@ -208,11 +206,7 @@ fn malformed_tickets_are_usage_errors() {
         "ferry+tcp://127.0.0.1/sender/R1",
         "ferry+tcp://127.0.0.1:7000/sender/R1?name=../../etc/passwd",
     ] {
-        let a = ferry()
-            .args(["get", bad, "-o", path_str(d.path())])
-            .assert()
-            .code(2);
-        let line = one_error_line(&a.get_output().stderr);
+        let line = error_line(ferry().args(["get", bad, "-o", path_str(d.path())]), 2);
         assert!(line.contains("malformed ticket"), "{line}");
         assert!(line.contains("copy it whole"), "says what to do: {line}");
     }
@@ -276,12 +270,10 @@ fn sender_refuses_a_receiver_it_does_not_expect() {
 fn serving_a_missing_path_is_a_usage_error() {
     let d = tempfile::tempdir().unwrap();
     let missing = d.path().join("nope.bin");
-    let a = ferry()
-        .args(["serve", path_str(&missing), "--listen", "tcp://127.0.0.1:0"])
-        .assert()
-        .code(2)
-        .stdout(predicate::str::is_empty());
-    let line = one_error_line(&a.get_output().stderr);
+    let line = error_line(
+        ferry().args(["serve", path_str(&missing), "--listen", "tcp://127.0.0.1:0"]),
+        2,
+    );
     assert!(
         line.contains("nope.bin") && line.contains("no such file"),
         "{line}"
@@ -306,13 +298,7 @@ fn a_sender_name_no_ticket_can_carry_is_a_usage_error() {
         vec!["serve", path_str(&src), "--listen", "tcp://127.0.0.1:0"],
         vec!["relay", upstream.as_str(), "--listen", "tcp://127.0.0.1:0"],
     ] {
-        let a = ferry()
-            .args(&args)
-            .args(["--name", &long])
-            .assert()
-            .code(2)
-            .stdout(predicate::str::is_empty());
-        let line = one_error_line(&a.get_output().stderr);
+        let line = error_line(ferry().args(&args).args(["--name", &long]), 2);
         assert!(
             line.contains("--name is 1025 bytes") && line.contains("shorter cell name"),
             "{args:?}: {line}"
@@ -329,11 +315,7 @@ fn existing_destination_needs_force() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("a.bin"), b"precious").unwrap();
     let (mut server, ticket) = serve(&[path_str(&src)]);
-    let a = ferry()
-        .args(["get", &ticket, "-o", path_str(&out)])
-        .assert()
-        .code(2);
-    let line = one_error_line(&a.get_output().stderr);
+    let line = error_line(ferry().args(["get", &ticket, "-o", path_str(&out)]), 2);
     assert!(
         line.contains("already exists") && line.contains("--force"),
         "{line}"
@@ -356,13 +338,13 @@ fn missing_or_wrong_tls_files() {
     let (cert, key) = pki.issue("ferry-sender");
     let missing = d.path().join("missing.pem");
     // missing file
-    let a = ferry()
-        .args(["serve", path_str(&src), "--listen", "tcp://127.0.0.1:0"])
-        .args(["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)])
-        .args(["--tls-ca", path_str(&missing)])
-        .assert()
-        .code(2);
-    let line = one_error_line(&a.get_output().stderr);
+    let line = error_line(
+        ferry()
+            .args(["serve", path_str(&src), "--listen", "tcp://127.0.0.1:0"])
+            .args(["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)])
+            .args(["--tls-ca", path_str(&missing)]),
+        2,
+    );
     assert!(
         line.contains("--tls-ca") && line.contains("no such file"),
         "{line}"
@@ -370,13 +352,13 @@ fn missing_or_wrong_tls_files() {
     // not PEM at all
     let junk = d.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate").unwrap();
-    let a = ferry()
-        .args(["serve", path_str(&src), "--listen", "tcp://127.0.0.1:0"])
-        .args(["--tls-cert", path_str(&junk), "--tls-key", path_str(&key)])
-        .args(["--tls-ca", path_str(&pki.ca())])
-        .assert()
-        .code(2);
-    let line = one_error_line(&a.get_output().stderr);
+    let line = error_line(
+        ferry()
+            .args(["serve", path_str(&src), "--listen", "tcp://127.0.0.1:0"])
+            .args(["--tls-cert", path_str(&junk), "--tls-key", path_str(&key)])
+            .args(["--tls-ca", path_str(&pki.ca())]),
+        2,
+    );
     assert!(
         line.contains("--tls-cert") && line.contains("not a PEM file"),
         "{line}"

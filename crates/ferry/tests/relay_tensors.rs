@@ -189,6 +189,14 @@ impl Drop for RelayNode {
     }
 }
 
+/// Shut a relay and its upstream down, downstream first.
+async fn shut_down(node: &RelayNode, up: &Origin) {
+    node.service.shutdown().await;
+    node.cell.shutdown().await;
+    up.service.shutdown().await;
+    up.cell.shutdown().await;
+}
+
 async fn relay_node(name: &str, sources: Vec<Ticket>, n: usize, spill: &Path) -> RelayNode {
     relay_node_with(name, sources, n, spill, ServiceOptions::default()).await
 }
@@ -346,10 +354,7 @@ async fn arrived_items_are_served_while_every_produce_slot_waits() {
     within(&mut node.run).await.unwrap().unwrap();
     let down = within(node.tx.waiter().wait()).await.unwrap();
     assert!(down.completed(), "{down:?}");
-    node.service.shutdown().await;
-    node.cell.shutdown().await;
-    up.service.shutdown().await;
-    up.cell.shutdown().await;
+    shut_down(&node, &up).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,10 +384,7 @@ async fn a_relay_serves_a_tensor_dict_while_its_upstream_is_still_sending() {
     let down = within(node.tx.waiter().wait()).await.unwrap();
     assert!(down.completed(), "{down:?}");
     assert_eq!(down.refs[0].1.len(), 2, "{down:?}");
-    node.service.shutdown().await;
-    node.cell.shutdown().await;
-    up.service.shutdown().await;
-    up.cell.shutdown().await;
+    shut_down(&node, &up).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

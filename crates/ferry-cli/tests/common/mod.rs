@@ -268,6 +268,13 @@ impl Pki {
     }
 }
 
+/// Run `cmd`, which must fail with exit `code` and print nothing on stdout; its only error
+/// line.
+pub fn error_line(cmd: &mut assert_cmd::Command, code: i32) -> String {
+    let a = cmd.assert().code(code).stdout(predicates::str::is_empty());
+    one_error_line(&a.get_output().stderr)
+}
+
 /// The only stderr line of a failed command.
 pub fn one_error_line(stderr: &[u8]) -> String {
     let s = String::from_utf8_lossy(stderr);

@@ -350,6 +350,28 @@ mod tests {
         }
     }
 
+    /// A started worker whose chunk 1 is in progress, held at the gate (`open` lets it end),
+    /// with chunks 2-4 queued behind it; `entered` is the consumer's end of its signal, which
+    /// hangs up when the consumer is dropped.
+    async fn held_at_chunk_one() -> (
+        Worker<Recorder>,
+        Arc<Mutex<Vec<u64>>>,
+        mpsc::Sender<()>,
+        mpsc::Receiver<()>,
+    ) {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let (mut w, seen) = worker(None, Some((entered_tx, gate)));
+        w.start();
+        let entered = tokio::task::spawn_blocking(move || {
+            entered.recv().unwrap();
+            entered
+        })
+        .await
+        .unwrap();
+        (w, seen, open, entered)
+    }
+
     /// Work queued for a blocking consumer goes to its writer at once: one start, every
     /// answer, in order.
     #[tokio::test]
@@ -379,15 +401,7 @@ mod tests {
     /// waits for the one in progress only.
     #[tokio::test]
     async fn finishing_waits_for_the_chunk_in_progress_only() {
-        let (entered_tx, entered) = mpsc::channel();
-        let (open, gate) = mpsc::channel();
-        let (mut w, seen) = worker(None, Some((entered_tx, gate)));
-        w.start();
-        // chunk 1 is in progress, held at the gate; chunks 2-4 are queued behind it
-        tokio::task::spawn_blocking(move || entered.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let (w, seen, open, _entered) = held_at_chunk_one().await;
         let mut fin = Box::pin(w.finish());
         // its first poll raises the stop flag and waits for the writer
         std::future::poll_fn(|cx| {
@@ -404,16 +418,7 @@ mod tests {
     /// after the chunk in progress.
     #[tokio::test]
     async fn a_dropped_download_stops_its_writer_after_the_chunk_in_progress() {
-        let (entered_tx, entered) = mpsc::channel();
-        let (open, gate) = mpsc::channel();
-        let (mut w, seen) = worker(None, Some((entered_tx, gate)));
-        w.start();
-        let entered = tokio::task::spawn_blocking(move || {
-            entered.recv().unwrap();
-            entered
-        })
-        .await
-        .unwrap();
+        let (w, seen, open, entered) = held_at_chunk_one().await;
         drop(w);
         open.send(()).unwrap();
         // the consumer (holding the other end) is dropped when its writer ends
