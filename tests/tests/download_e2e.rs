@@ -249,13 +249,35 @@ async fn sender_killed_mid_download_fails_every_receiver_cleanly() {
     }
 }
 
+/// Waits until process `pid` is stopped by a signal (state `T` in /proc), so a test knows
+/// the stop took effect rather than guessing from what the process no longer does.
+async fn wait_stopped(pid: u32) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if state == Some('T') {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receiver peer (pid {pid}) should have stopped itself after its first chunk; \
+             its state is {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The frozen receiver's idle budget: ten times what the healthy download next to it takes
 /// on a loaded machine (about 3 s on a busy 2-core machine, a debug build), so the healthy
 /// download always ends well before the frozen receiver is failed.
 const FROZEN_IDLE_BUDGET: Duration = Duration::from_secs(40);
 
-/// A receiver process that is alive but frozen (it SIGSTOPs itself after its first chunk, with
-/// 31 pulls outstanding: its socket stops draining) holds the
+/// A receiver process that is alive but frozen (it SIGSTOPs itself after its first two chunks,
+/// with the rest of its window of 32 pulls outstanding: its socket stops draining) holds the
 /// chunks produced for it until its writes have made no progress for the send timeout (10 s):
 /// then its connection is closed and those chunks are dropped. Meanwhile they hold byte
 /// budget, but only the frozen receiver's share of it (a quarter): a healthy receiver
@@ -299,13 +321,17 @@ async fn frozen_receiver_holds_only_its_share_of_the_byte_budget() {
             "32",
             "--out-dir",
             out.path().to_str().unwrap(),
-            "--freeze-at-first-chunk",
+            "--freeze-after-chunks",
+            "2",
         ],
     )
     .await;
-    // The peer stops itself right after its first chunk (a stop sent from here could land
-    // after a fast receiver had already drained most of its window into socket buffers).
+    // The peer stops itself once chunk 1, a windowed pull, is in: every pull of its window
+    // has been sent then. A stop sent from here could land after a fast receiver had drained
+    // most of its window into socket buffers; one at chunk 0 could land before the window's
+    // pulls were sent at all (they go out on the download loop's next turn).
     frozen.wait_event_async("progress").await;
+    wait_stopped(frozen.pid()).await;
     // The frozen receiver's outstanding pulls use up its share once its socket buffers are
     // full, and no more: the rest of the budget stays free for everyone else. (A pull takes
     // its share first and the global budget just after, so both are polled together.)

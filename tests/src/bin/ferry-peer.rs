@@ -8,7 +8,7 @@
 //!                    [--gate-after-chunks K]
 //! ferry-peer receive --url URL --fqcn site-1 [--source server] [--file-ref R --out-dir D]
 //!                    [--tensors-ref R] [--per-request-timeout S] [--max-retries N]
-//!                    [--stall-after-chunks K] [--freeze-at-first-chunk]
+//!                    [--stall-after-chunks K] [--freeze-after-chunks K]
 //! ```
 //!
 //! `send` READY: `{"fqcn", "url", "tx_id", "file_ref", "file_blake3", "file_size",
@@ -21,9 +21,11 @@
 //! `{"event": "tensors", "ok", "error", "count", "digest"}`, `{"event": "done", "all_ok"}`.
 //! `--stall-after-chunks K`: the file consumer stops after K chunks and prints
 //! `RESULT {"event": "stalled"}` (the process is meant to be killed then).
-//! `--freeze-at-first-chunk`: after printing the first `progress` event the process stops
-//! itself (SIGSTOP), so a test's frozen receiver still has most of its window outstanding
-//! however slowly the test gets round to looking at it.
+//! `--freeze-after-chunks K`: once K chunks are consumed the process stops itself (SIGSTOP),
+//! so a test's frozen receiver still has most of its window outstanding however slowly the
+//! test gets round to looking at it. K ≥ 2 for a windowed download: chunk 0 brings the plan,
+//! and the window's pulls go out on the loop's next turn (a stop at chunk 0 can land before
+//! they are sent); chunk 1's reply proves they were.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -107,9 +109,9 @@ struct ReceiveArgs {
     /// The file consumer stops after K chunks.
     #[arg(long)]
     stall_after_chunks: Option<u64>,
-    /// Stop this process (SIGSTOP) right after the first chunk's progress event.
+    /// Stop this process (SIGSTOP) once K chunks are consumed.
     #[arg(long)]
-    freeze_at_first_chunk: bool,
+    freeze_after_chunks: Option<u64>,
 }
 
 /// Protocol output; one line at a time under the stdout lock.
@@ -119,15 +121,15 @@ fn emit(kind: &str, v: &Value) {
     let _ = out.flush();
 }
 
-/// Stops this whole process with SIGSTOP (through kill(1): the test crate has no unsafe code).
-/// Signal delivery stops every thread, so the download makes no progress after this returns;
-/// only SIGKILL or SIGCONT from the test ends the pause.
+/// Stops this whole process with SIGSTOP, by a kill(2) on itself. The syscall returns only
+/// once the stop is pending for every thread, so no other chunk is read after it: an earlier
+/// version ran kill(1), and on a loaded machine (or one without procps) the download went on
+/// draining its window while that process started, or never stopped at all.
 fn freeze_self() {
-    let status = std::process::Command::new("kill")
-        .args(["-STOP", &std::process::id().to_string()])
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        emit("RESULT", &json!({"event": "freeze_failed"}));
+    use rustix::process::{getpid, kill_process, Signal};
+    if let Err(e) = kill_process(getpid(), Signal::STOP) {
+        eprintln!("ferry-peer: could not stop itself with SIGSTOP: {e}");
+        std::process::exit(3);
     }
 }
 
@@ -232,10 +234,11 @@ async fn receive(a: ReceiveArgs) -> Result<()> {
         "READY",
         &json!({"fqcn": a.fqcn, "peer": peer.as_str().to_string()}),
     );
-    let freeze = a.freeze_at_first_chunk;
+    let freeze_after = a.freeze_after_chunks;
     let opts = |rid: &str| {
         let rid = rid.to_string();
         let first = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let mut o = DownloadOptions {
             per_request_timeout: Duration::from_secs_f64(a.per_request_timeout),
             max_retries: a.max_retries,
@@ -251,9 +254,11 @@ async fn receive(a: ReceiveArgs) -> Result<()> {
                     "RESULT",
                     &json!({"event": "progress", "ref_id": rid, "bytes": p.bytes_done}),
                 );
-                if freeze {
-                    freeze_self();
-                }
+            }
+            if freeze_after.is_some_and(|k| p.chunks_done >= k)
+                && !frozen.swap(true, Ordering::SeqCst)
+            {
+                freeze_self();
             }
         });
         o
