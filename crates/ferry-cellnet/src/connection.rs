@@ -76,10 +76,13 @@ pub(crate) struct Conn {
     /// This connection's account with the cell's held-memory budget (stream reassembly
     /// charges to it).
     pub account: AccountHandle,
+    /// What its handlers see of it ([`ConnectionInfo::current`]), made once: every request
+    /// would otherwise copy the peer's name and address.
+    info: Arc<ConnectionInfo>,
 }
 
 tokio::task_local! {
-    static CURRENT: ConnectionInfo;
+    static CURRENT: Arc<ConnectionInfo>;
 }
 
 /// The connection a request arrived on, as its handler sees it: [`ConnectionInfo::current`].
@@ -121,12 +124,20 @@ impl ConnectionInfo {
     /// The connection of the request being handled by the current task, `None` outside a
     /// handler (or for a request a cell sent to itself).
     pub fn current() -> Option<ConnectionInfo> {
-        CURRENT.try_with(Clone::clone).ok()
+        CURRENT.try_with(|c| ConnectionInfo::clone(c)).ok()
     }
 
     /// Run `f` with `info` as the current connection.
-    pub(crate) async fn scope<F: std::future::Future>(info: ConnectionInfo, f: F) -> F::Output {
+    pub(crate) async fn scope<F: std::future::Future>(
+        info: Arc<ConnectionInfo>,
+        f: F,
+    ) -> F::Output {
         CURRENT.scope(info, f).await
+    }
+
+    /// Run `f` (synchronous: a handler's first step) with `info` as the current connection.
+    pub(crate) fn sync_scope<R>(info: Arc<ConnectionInfo>, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(info, f)
     }
 }
 
@@ -141,12 +152,8 @@ impl Link for Conn {
 
 impl Conn {
     /// What a handler may know of this connection.
-    pub(crate) fn info(&self) -> ConnectionInfo {
-        ConnectionInfo {
-            id: self.id,
-            peer: self.peer.clone(),
-            addr: self.peer_addr.clone(),
-        }
+    pub(crate) fn info(&self) -> Arc<ConnectionInfo> {
+        Arc::clone(&self.info)
     }
 
     /// Count a received frame (the reader calls this for every frame).
@@ -192,6 +199,12 @@ impl Conn {
     /// queued, waiting while the queue is full.
     pub async fn send(&self, f: OutFrame) -> Result<(), CellnetError> {
         self.out.send(f).await.map_err(|_| self.closed())
+    }
+
+    /// Send a frame if that needs no waiting (see [`Conn::send`]); `Some(f)` back if the
+    /// queue is full.
+    pub fn offer(&self, f: OutFrame) -> Result<Option<OutFrame>, CellnetError> {
+        self.out.offer(f).map_err(|_| self.closed())
     }
 
     fn closed(&self) -> CellnetError {
@@ -364,6 +377,11 @@ async fn run_inner<I: Inbound>(
         rx_event: Notify::new(),
         log,
         account: account.handle(),
+        info: Arc::new(ConnectionInfo {
+            id,
+            peer: peer.clone(),
+            addr: t.peer_addr.clone(),
+        }),
     });
     reader.handshake_done();
     tracing::Span::current().record("peer", tracing::field::display(&peer));

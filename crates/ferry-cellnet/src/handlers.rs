@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll, Waker};
 
 use tracing::error;
 
@@ -47,7 +49,7 @@ impl<E: std::fmt::Display> IntoReply for Result<Message, E> {
     }
 }
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Option<Message>> + Send>>;
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Option<Message>> + Send>>;
 
 /// A registered handler, type-erased.
 pub(crate) trait Handler: Send + Sync {
@@ -68,10 +70,13 @@ where
     }
 }
 
-/// Handlers by (channel, topic).
+/// The handlers of one channel, by topic.
+type Topics = HashMap<String, Arc<dyn Handler>>;
+
+/// Handlers by channel, then topic (nested, so a lookup by `&str` allocates nothing).
 #[derive(Default)]
 pub(crate) struct Handlers {
-    map: RwLock<HashMap<(String, String), Arc<dyn Handler>>>,
+    map: RwLock<HashMap<String, Topics>>,
 }
 
 impl Handlers {
@@ -82,48 +87,90 @@ impl Handlers {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoReply + 'static,
     {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).insert(
-            (channel.to_string(), topic.to_string()),
-            Arc::new(FnHandler(handler)),
-        );
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(channel.to_string())
+            .or_default()
+            .insert(topic.to_string(), Arc::new(FnHandler(handler)));
     }
 
     /// Remove the handler registered on exactly (`channel`, `topic`).
     pub fn unregister(&self, channel: &str, topic: &str) {
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(channel.to_string(), topic.to_string()));
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(topics) = map.get_mut(channel) {
+            topics.remove(topic);
+            if topics.is_empty() {
+                map.remove(channel);
+            }
+        }
     }
 
     /// The handler for (`channel`, `topic`): exact, then (channel, `*`), then (`*`, `*`).
     pub fn lookup(&self, channel: &str, topic: &str) -> Option<Arc<dyn Handler>> {
         let h = self.map.read().unwrap_or_else(|e| e.into_inner());
-        h.get(&(channel.to_string(), topic.to_string()))
-            .or_else(|| h.get(&(channel.to_string(), ANY.to_string())))
-            .or_else(|| h.get(&(ANY.to_string(), ANY.to_string())))
+        let get = |c: &str, t: &str| h.get(c).and_then(|topics| topics.get(t));
+        get(channel, topic)
+            .or_else(|| get(channel, ANY))
+            .or_else(|| get(ANY, ANY))
             .cloned()
     }
 }
 
 /// Run a handler on `m`; a panic becomes a `process_exception` reply.
 pub(crate) async fn run(h: Arc<dyn Handler>, m: Message) -> Option<Message> {
-    use futures::FutureExt;
-    // A panicking handler becomes a process_exception reply. The handler owns nothing that a
-    // panic could leave half-updated for us: we only use its output.
-    match std::panic::AssertUnwindSafe(h.call(m)).catch_unwind().await {
-        Ok(r) => r,
-        Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
-            error!("request handler panicked: {what}");
-            Some(Message::error(
-                ReturnCode::ProcessException,
-                format!("handler panicked: {what}"),
-            ))
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call(m))) {
+        Ok(f) => f,
+        Err(p) => return panicked(p),
+    };
+    finish(fut).await
+}
+
+/// A handler started by [`start`].
+pub(crate) enum Started {
+    /// It answered in its first step (`None`: no reply).
+    Done(Option<Message>),
+    /// It waits for something: [`finish`] runs the rest (on a task of its own).
+    Pending(HandlerFuture),
+}
+
+/// Call a handler on `m` and run its first step now, on the caller's task: a handler that
+/// answers at once costs no task of its own. A panic, in the call or in that step, becomes
+/// a `process_exception` reply. The step is polled with a no-op waker: what it waits for
+/// wakes nobody, and [`finish`] polls it again (registering its own waker) at once.
+pub(crate) fn start(h: &dyn Handler, m: Message) -> Started {
+    let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut fut = h.call(m);
+        let mut cx = Context::from_waker(Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => Started::Done(r),
+            Poll::Pending => Started::Pending(fut),
         }
-    }
+    }));
+    first.unwrap_or_else(|p| Started::Done(panicked(p)))
+}
+
+/// Run a started handler to its end; a panic becomes a `process_exception` reply.
+pub(crate) async fn finish(fut: HandlerFuture) -> Option<Message> {
+    use futures::FutureExt;
+    // The handler owns nothing that a panic could leave half-updated for us: we only use its
+    // output.
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(panicked)
+}
+
+/// The reply to a handler that panicked with `p`.
+fn panicked(p: Box<dyn std::any::Any + Send>) -> Option<Message> {
+    let what = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    error!("request handler panicked: {what}");
+    Some(Message::error(
+        ReturnCode::ProcessException,
+        format!("handler panicked: {what}"),
+    ))
 }

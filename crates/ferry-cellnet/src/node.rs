@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
@@ -19,12 +20,12 @@ use crate::envelope::{Address, Envelope, MsgType, Refusal};
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
 use crate::frame::OutFrame;
-use crate::handlers::{self, Handlers};
+use crate::handlers::{self, Handlers, Started};
 use crate::headers::{keys, stream_keys, Headers};
 use crate::log_limit::limited;
 use crate::message::{Message, Payload};
 use crate::outbound::Outbound;
-use crate::reply::{self, Asker, ReplyTo};
+use crate::reply::{self, Asker, Later, ReplyTo};
 use crate::request::{self, RequestOptions};
 use crate::return_code::ReturnCode;
 use crate::router::{Claim, ReplyFrom, WaitKey};
@@ -209,15 +210,38 @@ impl Node {
         self.bounce(conn, &env, &env.origin, why);
     }
 
-    /// Send a reply without waiting (from a reader task).
+    /// Send a reply without waiting (from a reader task): at once if the connection takes it,
+    /// else from a task of its own.
     fn reply_later(self: &Arc<Self>, conn: &Arc<Conn>, asker: Asker, to: ReplyTo, m: Message) {
-        if to == ReplyTo::Nobody {
-            return;
+        if let Some(later) = reply::send_now(&self.out, conn, &asker, to, m) {
+            self.finish_reply(conn, asker, later, None);
         }
+    }
+
+    /// Send what [`reply::send_now`] could not, on a task of its own (holding `permit`, the
+    /// request's in-flight place, until it is sent).
+    fn finish_reply(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        asker: Asker,
+        later: Later,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let me = self.clone();
         let conn = conn.clone();
         self.tasks.spawn(async move {
-            reply::send(&me.out, &me.streams, &conn, &asker, to, m).await;
+            let _permit = permit;
+            match later {
+                Later::Frame(via, frame) => {
+                    if let Err(e) = via.send(frame).await {
+                        let origin = &asker.origin;
+                        limited!(conn.log, warn, %origin, "reply not sent: {e}");
+                    }
+                }
+                Later::Reply(to, m) => {
+                    reply::send(&me.out, &me.streams, &conn, &asker, to, m).await;
+                }
+            }
         });
     }
 
@@ -368,16 +392,35 @@ impl Node {
             self.reply_later(conn, asker, to, e);
             return;
         };
+        // The handler's first step runs here, on the reader: a handler that answers at once
+        // (most small requests) costs no task, and its reply is written from here if the
+        // connection takes it without waiting. One that waits for something goes on on a
+        // task of its own, holding the in-flight place until its reply is sent. (A handler
+        // with heavy synchronous work should await something first: its first step would
+        // hold up this connection's next message.)
+        let span = tracing::debug_span!("handler", %origin, %channel, %topic);
+        let info = conn.info();
+        let started = span.in_scope(|| {
+            ConnectionInfo::sync_scope(Arc::clone(&info), || handlers::start(&*handler, msg))
+        });
+        let fut = match started {
+            Started::Done(None) => return,
+            Started::Done(Some(reply)) => {
+                if let Some(later) = reply::send_now(&self.out, conn, &asker, to, reply) {
+                    self.finish_reply(conn, asker, later, Some(permit));
+                }
+                return;
+            }
+            Started::Pending(fut) => fut,
+        };
         let me = self.clone();
         let conn = conn.clone();
         let abandon = self.abandon.clone();
-        let span = tracing::debug_span!("handler", %origin, %channel, %topic);
-        let info = conn.info();
         self.tasks.spawn(
             async move {
                 let _permit = permit;
                 let reply = tokio::select! {
-                    r = ConnectionInfo::scope(info, handlers::run(handler, msg)) => r,
+                    r = ConnectionInfo::scope(info, handlers::finish(fut)) => r,
                     _ = abandon.cancelled() => Some(Message::error(ReturnCode::CommError, "cell shut down before the handler finished")),
                 };
                 if let Some(reply) = reply {

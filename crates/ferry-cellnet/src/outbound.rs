@@ -10,6 +10,7 @@ use crate::connection::Conn;
 use crate::envelope::{self, seg_len, Stamp, Stamped};
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
+use crate::frame::OutFrame;
 use crate::limits::Limits;
 use crate::router::Router;
 use crate::segment::Segment;
@@ -71,6 +72,28 @@ impl Outbound {
             .ok_or_else(|| CellnetError::NoRoute(target.to_string()))?;
         self.send_on(&conn, headers.into(), payload).await?;
         Ok(conn)
+    }
+
+    /// Route and send one message if that needs no waiting (from a reader task): written at
+    /// once or queued. If the connection's queue is full the sealed frame comes back with
+    /// its connection, for a task of its own to send ([`Conn::send`]).
+    pub fn offer<'h>(
+        &self,
+        target: &str,
+        headers: impl Into<Stamped<'h>>,
+        payload: Vec<Segment>,
+        fallback: Option<&Arc<Conn>>,
+    ) -> Result<Option<(Arc<Conn>, OutFrame)>, CellnetError> {
+        let conn = self
+            .pick(target, fallback, None)
+            .ok_or_else(|| CellnetError::NoRoute(target.to_string()))?;
+        let frame = envelope::seal(
+            headers.into(),
+            &conn.peer,
+            payload,
+            self.limits.max_header_size,
+        )?;
+        Ok(conn.offer(frame)?.map(|f| (conn, f)))
     }
 
     /// Queue one message on `conn`, waiting while its queue is full.

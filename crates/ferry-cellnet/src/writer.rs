@@ -350,6 +350,23 @@ impl WriteQueue {
         Ok(())
     }
 
+    /// Send a data frame if that needs no waiting (written at once, or room in the queue);
+    /// `Some(f)` back if the queue is full (the caller sends it with [`WriteQueue::send`]).
+    pub fn offer(&self, f: OutFrame) -> Result<Option<OutFrame>, CellnetError> {
+        let Some(f) = self.try_direct(f)? else {
+            return Ok(None);
+        };
+        let mut counted = self.count();
+        match self.tx.try_send(f) {
+            Ok(()) => {
+                counted.0 = None;
+                Ok(None)
+            }
+            Err(mpsc::error::TrySendError::Full(f)) => Ok(Some(f)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        }
+    }
+
     /// Queue a control frame without waiting, ahead of queued data; `false` if the control
     /// queue is full (the frame is dropped).
     pub fn send_control(&self, f: OutFrame) -> Result<bool, CellnetError> {

@@ -425,3 +425,123 @@ async fn peer_events_report_connections_that_come_and_go() {
     assert!(events.try_recv().is_err(), "nothing else");
     server.shutdown().await;
 }
+
+/// A handler's first step runs on the connection's reader; one that answers at once still
+/// takes (and gives back) an in-flight place, like one that waits.
+#[tokio::test]
+async fn a_handler_that_answers_at_once_still_takes_an_in_flight_place() {
+    let limits = Limits {
+        max_in_flight_per_peer: 1,
+        ..Limits::default()
+    };
+    let (server, url) = listening("server", limits).await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let entered = Arc::new(AtomicUsize::new(0));
+    let (g, e) = (gate.clone(), entered.clone());
+    server.register_request_handler("t", "slow", move |_m: Message| {
+        let (g, e) = (g.clone(), e.clone());
+        async move {
+            e.fetch_add(1, Ordering::SeqCst);
+            g.notified().await;
+            Message::from_value("done")
+        }
+    });
+    server.register_request_handler("t", "quick", |_m: Message| async {
+        Message::from_value("quick")
+    });
+    let client = connected("site-1", &url).await;
+    let c1 = client.clone();
+    let first = tokio::spawn(async move {
+        c1.send_request("t", "slow", "server", Message::new(), LONG)
+            .await
+    });
+    let e = entered.clone();
+    eventually(move || e.load(Ordering::SeqCst) == 1).await;
+    // the waiting handler holds the only place: even a handler that would answer at once is
+    // refused
+    let r = client
+        .send_request("t", "quick", "server", Message::new(), LONG)
+        .await;
+    assert_eq!(r.return_code(), ReturnCode::ServiceUnavailable);
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().return_code(), ReturnCode::Ok);
+    // places come back, from handlers that answered at once too
+    for _ in 0..3 {
+        let r = client
+            .send_request("t", "quick", "server", Message::new(), LONG)
+            .await;
+        assert_eq!(r.return_code(), ReturnCode::Ok);
+        assert_eq!(r.value().unwrap().as_str(), Some("quick"));
+    }
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+/// A handler that waits goes on on a task of its own: the connection serves the next
+/// requests meanwhile (here the one that lets it finish), and the handler still knows its
+/// connection after it waited.
+#[tokio::test]
+async fn a_handler_that_waits_goes_on_while_the_connection_serves_others() {
+    let (server, url) = listening("server", Limits::default()).await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    server.register_request_handler("t", "wait", move |_m: Message| {
+        let g = g.clone();
+        async move {
+            g.notified().await;
+            let peer = ferry_cellnet::ConnectionInfo::current().map(|c| c.peer);
+            Message::from_value(peer.unwrap_or_default())
+        }
+    });
+    let g = gate.clone();
+    server.register_request_handler("t", "open", move |_m: Message| {
+        let g = g.clone();
+        async move {
+            g.notify_one();
+            Message::from_value("opened")
+        }
+    });
+    let client = connected("site-1", &url).await;
+    let c1 = client.clone();
+    let waiting = tokio::spawn(async move {
+        c1.send_request("t", "wait", "server", Message::new(), LONG)
+            .await
+    });
+    let r = client
+        .send_request("t", "open", "server", Message::new(), LONG)
+        .await;
+    assert_eq!(r.value().unwrap().as_str(), Some("opened"));
+    let r = waiting.await.unwrap();
+    assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error_text());
+    assert_eq!(r.value().unwrap().as_str(), Some("site-1"));
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+/// A handler that panics before it even returns its future (in the closure itself) is
+/// answered with `process_exception` too, and the connection goes on.
+#[tokio::test]
+async fn a_handler_that_panics_before_its_future_becomes_process_exception() {
+    let (server, url) = listening("server", Limits::default()).await;
+    server.register_request_handler("t", "boom", |m: Message| {
+        if m.headers.get("x-boom").is_some() {
+            panic!("closure bug");
+        }
+        async { Message::from_value("fine") }
+    });
+    let client = connected("site-1", &url).await;
+    let boom = Message::new().with_header("x-boom", true);
+    let r = client.send_request("t", "boom", "server", boom, LONG).await;
+    assert_eq!(r.return_code(), ReturnCode::ProcessException);
+    assert!(
+        r.error_text().is_some_and(|t| t.contains("closure bug")),
+        "{:?}",
+        r.error_text()
+    );
+    let r = client
+        .send_request("t", "boom", "server", Message::new(), LONG)
+        .await;
+    assert_eq!(r.value().unwrap().as_str(), Some("fine"));
+    client.shutdown().await;
+    server.shutdown().await;
+}

@@ -186,6 +186,10 @@ impl DownloadService {
             cell.register_request_handler(CHANNEL, TOPIC_DOWNLOAD, move |msg: Message| {
                 let weak = weak.clone();
                 async move {
+                    // A cell runs a handler's first step on the connection's reader; serving
+                    // a chunk (the engine, producing it) is not something to hold the
+                    // receiver's next requests up for: on a task of its own from here on.
+                    tokio::task::yield_now().await;
                     match weak.upgrade() {
                         Some(inner) => Inner::handle_download(inner, msg).await,
                         None => Some(Message::error(
