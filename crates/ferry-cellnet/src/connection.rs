@@ -508,7 +508,17 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 /// The envelope of a DATA frame, or `None` (logged) if it is not a CellNet message.
 fn envelope(conn: &Conn, frame: &Frame) -> Option<Envelope> {
-    let headers = match Headers::decode(&frame.headers) {
+    // The headers keep their block (`Headers::decode_bytes`). A frame's headers and payload
+    // share one buffer: a map that outlives the payload (a handler keeps the headers, a
+    // stream its chunk 0's) must not pin much more than itself, so the map shares the buffer
+    // only when the payload is no larger than the header block (a small request or reply:
+    // no copy), else gets a copy of the block.
+    let block = if frame.payload.len() <= frame.headers.len() {
+        frame.headers.clone()
+    } else {
+        Bytes::copy_from_slice(&frame.headers)
+    };
+    let headers = match Headers::decode_bytes(block) {
         Ok(h) => h,
         Err(e) => {
             limited!(conn.log, error, peer = %conn.peer, "error processing frame: {e}; dropped");

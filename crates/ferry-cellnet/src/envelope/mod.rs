@@ -115,6 +115,10 @@ impl Envelope {
 
     /// The request ids a reply answers: `cn__req_id` as a str, or a list of them (RETURN).
     pub fn reply_ids(&self) -> Vec<String> {
+        if let Some(id) = self.headers.get_str(keys::REQ_ID) {
+            // a plain reply: read where it lies, no value made
+            return vec![id.to_string()];
+        }
         match self.headers.get(keys::REQ_ID) {
             Some(Value::String(s)) => s.as_str().map(|s| vec![s.to_string()]).unwrap_or_default(),
             Some(Value::Array(a)) => a
@@ -132,10 +136,7 @@ impl Envelope {
 
     /// Hops travelled so far (`cn__route` entries).
     pub fn hops(&self) -> usize {
-        self.headers
-            .get(keys::ROUTE)
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len)
+        self.headers.array_len(keys::ROUTE).unwrap_or(0)
     }
 
     /// `cn__encrypted`: an end-to-end encrypted payload (not supported).

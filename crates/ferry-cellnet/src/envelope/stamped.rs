@@ -118,11 +118,11 @@ impl<'a> Stamped<'a> {
         let mut out = Vec::with_capacity(64 + (self.map.len() + fields.len()) * 24);
         // Writing to a Vec cannot fail.
         let _ = rmp::encode::write_map_len(&mut out, (self.map.len() + extra) as u32);
-        for (k, v) in self.map.iter() {
+        for (k, v) in self.map.encodable() {
             let _ = rmp::encode::write_str(&mut out, k);
             match field(k) {
                 Some(f) => f.encode(&mut out),
-                None => drop(rmpv::encode::write_value(&mut out, v)),
+                None => v.encode(&mut out),
             }
         }
         for (k, v) in fields.iter() {

@@ -2,7 +2,9 @@
 //! keys to msgpack values that keeps unknown keys and their exact msgpack types.
 
 use std::borrow::Cow;
+use std::sync::{LazyLock, OnceLock};
 
+use bytes::Bytes;
 use rmpv::Value;
 
 use crate::error::CellnetError;
@@ -153,11 +155,19 @@ const KNOWN_KEYS: &[&str] = &[
 
 /// `k` as a [`Key`]: borrowed from [`KNOWN_KEYS`] if it is one of them, else owned.
 fn key(k: &str) -> Key {
-    let known = if k.starts_with("cn__") || k.starts_with("sm__") {
-        KNOWN_KEYS.iter().find(|&&s| s == k)
-    } else {
-        None
-    };
+    // by length first: a message's 20 keys each compared with a handful of known keys, not
+    // with all of them
+    static BY_LEN: LazyLock<Vec<Vec<&'static str>>> = LazyLock::new(|| {
+        let longest = KNOWN_KEYS.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut t = vec![Vec::new(); longest + 1];
+        for &s in KNOWN_KEYS {
+            t[s.len()].push(s);
+        }
+        t
+    });
+    let known = BY_LEN
+        .get(k.len())
+        .and_then(|same| same.iter().find(|&&s| s == k));
     match known {
         Some(&s) => Cow::Borrowed(s),
         None => Cow::Owned(k.to_owned()),
@@ -168,9 +178,102 @@ fn key(k: &str) -> Key {
 ///
 /// Insertion order is kept (it is the order on the wire); [`Headers::insert`] replaces a key in
 /// place. Unknown keys travel untouched.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// A decoded map keeps the header block it came from: the whole block is checked when it is
+/// decoded (as Python's `msgpack.unpackb` would check it), but a value becomes an
+/// [`rmpv::Value`] only when it is asked for ([`Headers::get`], [`Headers::iter`], ...);
+/// [`Headers::get_str`], [`Headers::get_bool`] and [`Headers::get_u64`] read it where it lies,
+/// and a value never read or changed is written out again byte for byte. A message's ~20
+/// `cn__*` values thus cost no allocation each.
+#[derive(Clone, Default)]
 pub struct Headers {
-    entries: Vec<(Key, Value)>,
+    entries: Vec<(Key, Entry)>,
+    /// The header block the map was decoded from (empty for a map built here): the bytes of
+    /// every [`Entry`] still as received.
+    block: Bytes,
+}
+
+/// One value of a [`Headers`] map. Small (a map's entries are one allocation of about 1 KiB
+/// for a CellNet message's 20 keys, in the allocator's thread cache): a received value is a
+/// range of the block, and an [`rmpv::Value`] is boxed.
+#[derive(Clone)]
+struct Entry {
+    /// Where the value's msgpack lies in the map's block while it is the value received
+    /// (checked at decoding: reading it again cannot fail); `(0, 0)` for a value set here
+    /// (a msgpack value is never empty).
+    raw: (u32, u32),
+    /// The value as an [`rmpv::Value`]: set for a value inserted here, made on first use for
+    /// a received one.
+    value: OnceLock<Box<Value>>,
+}
+
+impl Entry {
+    fn new(v: Value) -> Entry {
+        Entry {
+            raw: (0, 0),
+            value: OnceLock::from(Box::new(v)),
+        }
+    }
+
+    fn received(start: usize, end: usize) -> Entry {
+        Entry {
+            // within a block whose length fits in a u32 (checked by `scan`)
+            raw: (start as u32, end as u32),
+            value: OnceLock::new(),
+        }
+    }
+
+    /// The msgpack bytes of a received value.
+    fn raw<'a>(&self, block: &'a [u8]) -> Option<&'a [u8]> {
+        let (a, b) = self.raw;
+        if a == b {
+            return None;
+        }
+        Some(block.get(a as usize..b as usize).unwrap_or_default())
+    }
+
+    /// The value if it was made already (or set here).
+    fn made(&self) -> Option<&Value> {
+        self.value.get().map(|b| &**b)
+    }
+
+    /// The value, made from the received bytes the first time.
+    fn value<'a>(&'a self, block: &[u8]) -> &'a Value {
+        self.value.get_or_init(|| Box::new(self.decode(block)))
+    }
+
+    fn into_value(self, block: &[u8]) -> Value {
+        match self.value.get() {
+            Some(_) => self.value.into_inner().map_or(Value::Nil, |b| *b),
+            None => self.decode(block),
+        }
+    }
+
+    fn decode(&self, block: &[u8]) -> Value {
+        let mut rd = self.raw(block).unwrap_or_default();
+        // checked when the block was decoded; Nil only if that invariant were broken
+        value::read(&mut rd).unwrap_or(Value::Nil)
+    }
+}
+
+/// A value on its way into a header block ([`Headers::encodable`]): the bytes it was received
+/// as, or its [`rmpv::Value`].
+pub(crate) struct Encodable<'a>(EncodableInner<'a>);
+
+enum EncodableInner<'a> {
+    Raw(&'a [u8]),
+    Value(&'a Value),
+}
+
+impl Encodable<'_> {
+    /// Append the value's msgpack to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self.0 {
+            EncodableInner::Raw(b) => out.extend_from_slice(b),
+            // Writing to a Vec cannot fail.
+            EncodableInner::Value(v) => drop(rmpv::encode::write_value(out, v)),
+        }
+    }
 }
 
 impl Headers {
@@ -183,6 +286,7 @@ impl Headers {
     pub fn with_capacity(n: usize) -> Self {
         Headers {
             entries: Vec::with_capacity(n),
+            block: Bytes::new(),
         }
     }
 
@@ -201,30 +305,61 @@ impl Headers {
         self.entries.is_empty()
     }
 
+    fn entry(&self, key: &str) -> Option<&Entry> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.entry(key).map(|e| e.value(&self.block))
     }
 
     /// The value of `key` if it is a str.
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.get(key).and_then(Value::as_str)
+        let e = self.entry(key)?;
+        match (e.made(), e.raw(&self.block)) {
+            (None, Some(raw)) => value::as_str(raw),
+            _ => e.value(&self.block).as_str(),
+        }
     }
 
     /// The value of `key` if it is a bool.
     pub fn get_bool(&self, key: &str) -> Option<bool> {
-        self.get(key).and_then(Value::as_bool)
+        let e = self.entry(key)?;
+        match (e.made(), e.raw(&self.block)) {
+            (None, Some([0xc2])) => Some(false),
+            (None, Some([0xc3])) => Some(true),
+            (None, Some(_)) => None,
+            _ => e.value(&self.block).as_bool(),
+        }
     }
 
     /// The value of `key` if it is a non-negative integer.
     pub fn get_u64(&self, key: &str) -> Option<u64> {
-        self.get(key).and_then(Value::as_u64)
+        let e = self.entry(key)?;
+        match (e.made(), e.raw(&self.block)) {
+            // an integer is read without allocating; anything else is not one
+            (None, Some(mut raw @ [0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff, ..])) => {
+                value::read(&mut raw).ok()?.as_u64()
+            }
+            (None, Some(_)) => None,
+            _ => e.value(&self.block).as_u64(),
+        }
+    }
+
+    /// The length of the value of `key` if it is an array.
+    pub(crate) fn array_len(&self, key: &str) -> Option<usize> {
+        let e = self.entry(key)?;
+        match (e.made(), e.raw(&self.block)) {
+            (None, Some(raw)) => value::array_len(raw),
+            _ => e.value(&self.block).as_array().map(Vec::len),
+        }
     }
 
     /// Set `key`, replacing an existing value in place.
     pub fn insert(&mut self, key: impl AsRef<str>, value: impl Into<Value>) {
         let k = key.as_ref();
-        let value = value.into();
+        let value = Entry::new(value.into());
         if let Some(slot) = self.entries.iter_mut().find(|(have, _)| have == k) {
             slot.1 = value;
         } else {
@@ -235,22 +370,38 @@ impl Headers {
     /// Remove `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         let i = self.entries.iter().position(|(k, _)| k == key)?;
-        Some(self.entries.remove(i).1)
+        Some(self.entries.remove(i).1.into_value(&self.block))
     }
 
     /// True if `key` is present.
     pub fn contains(&self, key: &str) -> bool {
-        self.get(key).is_some()
+        self.entry(key).is_some()
     }
 
     /// Iterate in wire order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.entries.iter().map(|(k, v)| (k.as_ref(), v))
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.as_ref(), e.value(&self.block)))
+    }
+
+    /// Iterate in wire order, each value as it would be encoded (without making received
+    /// values into [`rmpv::Value`]s).
+    pub(crate) fn encodable(&self) -> impl Iterator<Item = (&str, Encodable<'_>)> {
+        self.entries.iter().map(|(k, e)| {
+            let v = match (e.raw(&self.block), e.made()) {
+                (Some(raw), _) => EncodableInner::Raw(raw),
+                (None, Some(v)) => EncodableInner::Value(v),
+                (None, None) => EncodableInner::Value(e.value(&self.block)),
+            };
+            (k.as_ref(), Encodable(v))
+        })
     }
 
     /// Keep only the entries for which `f` returns true.
     pub fn retain(&mut self, mut f: impl FnMut(&str, &Value) -> bool) {
-        self.entries.retain(|(k, v)| f(k, v));
+        let block = &self.block;
+        self.entries.retain(|(k, e)| f(k, e.value(block)));
     }
 
     /// Copy every entry of `other` into `self` (replacing existing keys).
@@ -263,9 +414,8 @@ impl Headers {
     /// The map as an [`rmpv::Value`] (for `cn__original_headers`).
     pub fn to_value(&self) -> Value {
         Value::Map(
-            self.entries
-                .iter()
-                .map(|(k, v)| (Value::from(k.as_ref()), v.clone()))
+            self.iter()
+                .map(|(k, v)| (Value::from(k), v.clone()))
                 .collect(),
         )
     }
@@ -281,50 +431,87 @@ impl Headers {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         // Writing to a Vec cannot fail.
         let _ = rmp::encode::write_map_len(out, self.entries.len() as u32);
-        for (k, v) in &self.entries {
+        for (k, v) in self.encodable() {
             let _ = rmp::encode::write_str(out, k);
-            let _ = rmpv::encode::write_value(out, v);
+            v.encode(out);
         }
     }
 
     /// Decode a msgpack map as Python's `msgpack.unpackb` defaults would accept it: a single
     /// map, str keys only, valid UTF-8 strings everywhere. An empty input is an empty map.
     ///
-    /// The top-level map is read entry by entry straight from the slice (`headers::value`: every
-    /// length checked against the input, nesting bounded, trailing bytes refused), so no map
-    /// of `Value` keys is built to be taken apart again, known keys cost no allocation and
-    /// each str or bin one of its size.
+    /// The map keeps a copy of `buf` (made once it is known good);
+    /// [`Headers::decode_bytes`] keeps the block itself.
     pub fn decode(buf: &[u8]) -> Result<Headers, CellnetError> {
-        if buf.is_empty() {
-            return Ok(Headers::new());
-        }
-        let bad = |why: &str| CellnetError::Headers(why.to_string());
-        let mut rd = buf;
-        let n = value::map_len(&mut rd).map_err(|_| bad("header block is not a map"))?;
-        // whatever `n` claims, the reservation is a small constant; a claim the input cannot
-        // hold fails when its entries run out
-        let mut entries = Vec::with_capacity(n.min(32));
-        for _ in 0..n {
-            let k = value::key(&mut rd).map_err(|e| match e {
-                ReadError::NotStr => bad("header key is not a str"),
-                ReadError::NotUtf8 => bad("header key is not UTF-8"),
-                e => CellnetError::Headers(e.to_string()),
-            })?;
-            let v = value::read(&mut rd).map_err(|e| match e {
-                ReadError::NotUtf8 => {
-                    CellnetError::Headers(format!("header {k:?} holds a str that is not UTF-8"))
-                }
-                e => CellnetError::Headers(format!("header {k:?}: {e}")),
-            })?;
-            entries.push((key(k), v));
-        }
-        if !rd.is_empty() {
-            return Err(CellnetError::Headers(format!(
-                "{} trailing bytes after the msgpack value",
-                rd.len()
-            )));
-        }
-        Ok(Headers { entries })
+        let entries = scan(buf)?;
+        Ok(Headers {
+            entries,
+            block: Bytes::copy_from_slice(buf),
+        })
+    }
+
+    /// Decode a msgpack map (see [`Headers::decode`]) that keeps `block` as the storage of
+    /// its values: nothing is copied, and `block` (with whatever buffer it is a slice of)
+    /// lives as long as the map or a clone of it.
+    pub fn decode_bytes(block: Bytes) -> Result<Headers, CellnetError> {
+        let entries = scan(&block)?;
+        Ok(Headers { entries, block })
+    }
+}
+
+/// The entries of the header block `buf`, each value noted where it lies.
+///
+/// The top-level map is read entry by entry straight from the block (every length checked
+/// against the input, nesting bounded, strs checked for UTF-8, trailing bytes refused): known
+/// keys and the values cost no allocation, and nothing is sized by what the input claims.
+fn scan(buf: &[u8]) -> Result<Vec<(Key, Entry)>, CellnetError> {
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: &str| CellnetError::Headers(why.to_string());
+    if u32::try_from(buf.len()).is_err() {
+        return Err(bad("header block larger than 4 GiB"));
+    }
+    let mut rd = buf;
+    let n = value::map_len(&mut rd).map_err(|_| bad("header block is not a map"))?;
+    // whatever `n` claims, the reservation is a small constant; a claim the input cannot
+    // hold fails when its entries run out
+    let mut entries = Vec::with_capacity(n.min(32));
+    for _ in 0..n {
+        let k = value::key(&mut rd).map_err(|e| match e {
+            ReadError::NotStr => bad("header key is not a str"),
+            ReadError::NotUtf8 => bad("header key is not UTF-8"),
+            e => CellnetError::Headers(e.to_string()),
+        })?;
+        let start = buf.len() - rd.len();
+        value::skip(&mut rd).map_err(|e| match e {
+            ReadError::NotUtf8 => {
+                CellnetError::Headers(format!("header {k:?} holds a str that is not UTF-8"))
+            }
+            e => CellnetError::Headers(format!("header {k:?}: {e}")),
+        })?;
+        let end = buf.len() - rd.len();
+        entries.push((key(k), Entry::received(start, end)));
+    }
+    if !rd.is_empty() {
+        return Err(CellnetError::Headers(format!(
+            "{} trailing bytes after the msgpack value",
+            rd.len()
+        )));
+    }
+    Ok(entries)
+}
+
+impl PartialEq for Headers {
+    /// Same keys in the same order with equal values (however they were received).
+    fn eq(&self, other: &Headers) -> bool {
+        self.len() == other.len() && self.iter().zip(other.iter()).all(|(a, b)| a == b)
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 

@@ -182,3 +182,104 @@ fn a_huge_claimed_map_is_refused_before_anything_is_reserved() {
     let e = Headers::decode(&[0x81, 0xdb, 0xff, 0xff, 0xff, 0xff, b'k']).unwrap_err();
     assert!(e.to_string().contains("truncated"), "{e}");
 }
+
+/// A header block with values in longer forms than rmpv writes (a str8 for a 3-byte str, a
+/// uint16 for 5, a bin8, a float32), an array and a nested map.
+fn received_block() -> Vec<u8> {
+    let mut b = vec![0x87];
+    b.extend_from_slice(&[0xab]);
+    b.extend_from_slice(b"cn__channel");
+    b.extend_from_slice(&[0xd9, 0x03, b'a', b'b', b'c']);
+    b.extend_from_slice(&[0xaf]);
+    b.extend_from_slice(b"cn__payload_len");
+    b.extend_from_slice(&[0xcd, 0x00, 0x05]);
+    b.extend_from_slice(&[0xb2]);
+    b.extend_from_slice(b"cn__reply_expected");
+    b.push(0xc3);
+    b.extend_from_slice(&[0xa9]);
+    b.extend_from_slice(b"cn__route");
+    b.extend_from_slice(&[0x92, 0x92, 0xa1, b's', 0xca, 0x3f, 0xc0, 0, 0, 0xc0]);
+    b.extend_from_slice(&[0xa5]);
+    b.extend_from_slice(b"x-bin");
+    b.extend_from_slice(&[0xc4, 0x02, 1, 2]);
+    b.extend_from_slice(&[0xa5]);
+    b.extend_from_slice(b"x-map");
+    b.extend_from_slice(&[0x81, 0xa1, b'k', 0xff]);
+    b.extend_from_slice(&[0xa5]);
+    b.extend_from_slice(b"x-neg");
+    b.extend_from_slice(&[0xd0, 0x80]);
+    b
+}
+
+/// Which entries have been made into `rmpv` values.
+fn made(h: &Headers) -> Vec<&str> {
+    h.entries
+        .iter()
+        .filter(|(_, e)| e.value.get().is_some())
+        .map(|(k, _)| k.as_ref())
+        .collect()
+}
+
+#[test]
+fn received_values_are_read_where_they_lie_and_written_back_byte_for_byte() {
+    let block = received_block();
+    let h = Headers::decode(&block).unwrap();
+    assert_eq!(h.get_str(keys::CHANNEL), Some("abc"));
+    assert_eq!(h.get_u64(keys::PAYLOAD_LEN), Some(5));
+    assert_eq!(h.get_bool(keys::REPLY_EXPECTED), Some(true));
+    assert_eq!(h.array_len(keys::ROUTE), Some(2));
+    assert_eq!(h.get_u64("x-neg"), None);
+    assert_eq!(h.get_str("x-bin"), None);
+    assert_eq!(h.get_bool("x-bin"), None);
+    assert_eq!(h.array_len("x-map"), None);
+    assert!(h.contains("x-map"));
+    assert!(made(&h).is_empty(), "{:?}", made(&h));
+    // the exact forms travel on, as received
+    assert_eq!(h.encode(), block);
+    // a value asked for is made (once), and equals what rmpv reads
+    let whole = rmpv::decode::read_value(&mut &block[..]).unwrap();
+    let Value::Map(pairs) = whole else {
+        panic!("not a map")
+    };
+    for (k, v) in &pairs {
+        assert_eq!(h.get(k.as_str().unwrap()), Some(v), "{k}");
+    }
+    assert_eq!(made(&h).len(), pairs.len());
+    assert_eq!(h.encode(), block, "made values change nothing");
+}
+
+#[test]
+fn changing_a_received_map_changes_only_what_is_changed() {
+    let block = received_block();
+    let mut h = Headers::decode(&block).unwrap();
+    h.insert(keys::CHANNEL, "d");
+    assert_eq!(h.get_str(keys::CHANNEL), Some("d"));
+    assert_eq!(h.remove("x-neg"), Some(Value::from(-128)));
+    assert_eq!(h.remove(keys::PAYLOAD_LEN), Some(Value::from(5u64)));
+    h.retain(|k, _| k != "x-bin");
+    let back = Headers::decode(&h.encode()).unwrap();
+    let keys_back: Vec<&str> = back.iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys_back,
+        [keys::CHANNEL, keys::REPLY_EXPECTED, keys::ROUTE, "x-map"]
+    );
+    assert_eq!(back, h);
+    assert_eq!(back.get_str(keys::CHANNEL), Some("d"));
+    // the untouched route keeps its float32
+    let route = back.get(keys::ROUTE).unwrap().as_array().unwrap();
+    assert_eq!(route[0].as_array().unwrap()[1], Value::F32(1.5));
+}
+
+#[test]
+fn decode_bytes_keeps_the_block_without_copying() {
+    let block = Bytes::from(received_block());
+    let h = Headers::decode_bytes(block.clone()).unwrap();
+    assert_eq!(h.block.as_ptr(), block.as_ptr());
+    assert_eq!(h, Headers::decode(&block).unwrap());
+    // a bad block is refused by both, whatever they would keep
+    let mut bad = received_block();
+    let at = bad.len() - 2; // x-neg's int8 marker
+    bad[at] = 0xc1;
+    assert!(Headers::decode_bytes(Bytes::from(bad.clone())).is_err());
+    assert!(Headers::decode(&bad).is_err());
+}

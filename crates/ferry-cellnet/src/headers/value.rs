@@ -113,6 +113,96 @@ fn ext(rd: &mut &[u8], n: usize) -> Result<Value, ReadError> {
     Ok(Value::Ext(ty, take(rd, n)?.to_vec()))
 }
 
+/// Check one value off the front of `rd` without building it: the same errors for the same
+/// input as [`read`], the same bytes consumed, and no allocation whatever the input claims.
+pub(super) fn skip(rd: &mut &[u8]) -> Result<(), ReadError> {
+    skip_at(rd, 0)
+}
+
+/// `n` values in a row, inside `depth` containers.
+fn skip_n(rd: &mut &[u8], n: usize, depth: usize) -> Result<(), ReadError> {
+    for _ in 0..n {
+        skip_at(rd, depth)?;
+    }
+    Ok(())
+}
+
+/// [`skip`] inside `depth` containers.
+fn skip_at(rd: &mut &[u8], depth: usize) -> Result<(), ReadError> {
+    let m = take(rd, 1)?[0];
+    if matches!(m, 0x80..=0x9f | 0xdc..=0xdf) && depth >= MAX_DEPTH {
+        return Err(ReadError::TooDeep);
+    }
+    let inner = depth + 1;
+    match m {
+        0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => {}
+        0x80..=0x8f => {
+            for _ in 0..usize::from(m & 0x0f) {
+                skip_at(rd, inner)?;
+                skip_at(rd, inner)?;
+            }
+        }
+        0x90..=0x9f => skip_n(rd, usize::from(m & 0x0f), inner)?,
+        0xa0..=0xbf => drop(str(rd, usize::from(m & 0x1f))?),
+        0xc1 => return Err(ReadError::Reserved),
+        0xc4..=0xc6 => {
+            let n = len(rd, 1 << (m - 0xc4))?;
+            take(rd, n)?;
+        }
+        0xc7..=0xc9 => {
+            let n = len(rd, 1 << (m - 0xc7))?;
+            take(rd, 1)?;
+            take(rd, n)?;
+        }
+        0xca | 0xd2 => drop(take(rd, 4)?),
+        0xcb | 0xd3 => drop(take(rd, 8)?),
+        0xcc..=0xcf => drop(take(rd, 1 << (m - 0xcc))?),
+        0xd0 => drop(take(rd, 1)?),
+        0xd1 => drop(take(rd, 2)?),
+        0xd4..=0xd8 => drop(take(rd, 1 + (1 << (m - 0xd4)))?),
+        0xd9..=0xdb => {
+            let n = len(rd, 1 << (m - 0xd9))?;
+            str(rd, n)?;
+        }
+        0xdc | 0xdd => {
+            let n = len(rd, if m == 0xdc { 2 } else { 4 })?;
+            skip_n(rd, n, inner)?;
+        }
+        0xde | 0xdf => {
+            let n = len(rd, if m == 0xde { 2 } else { 4 })?;
+            for _ in 0..n {
+                skip_at(rd, inner)?;
+                skip_at(rd, inner)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The str a value checked by [`skip`] holds, `None` if it is not a str.
+pub(super) fn as_str(mut v: &[u8]) -> Option<&str> {
+    let rd = &mut v;
+    let m = take(rd, 1).ok()?[0];
+    let n = match m {
+        0xa0..=0xbf => usize::from(m & 0x1f),
+        0xd9..=0xdb => len(rd, 1 << (m - 0xd9)).ok()?,
+        _ => return None,
+    };
+    str(rd, n).ok()
+}
+
+/// The length of the array a value checked by [`skip`] is, `None` if it is not an array.
+pub(super) fn array_len(mut v: &[u8]) -> Option<usize> {
+    let rd = &mut v;
+    let m = take(rd, 1).ok()?[0];
+    match m {
+        0x90..=0x9f => Some(usize::from(m & 0x0f)),
+        0xdc => len(rd, 2).ok(),
+        0xdd => len(rd, 4).ok(),
+        _ => None,
+    }
+}
+
 /// Read one value off the front of `rd`: at most [`MAX_DEPTH`] containers deep (the
 /// reader recurses once per level), every length checked against the input.
 pub(super) fn read(rd: &mut &[u8]) -> Result<Value, ReadError> {
@@ -221,6 +311,82 @@ mod tests {
             let mut rd = &b[..];
             assert_eq!(read(&mut rd).unwrap(), rmpv_read(&b), "{b:02x?}");
             assert!(rd.is_empty(), "{b:02x?} left {rd:02x?}");
+        }
+    }
+
+    /// `skip` accepts what `read` accepts, refuses what it refuses, and stops where it stops.
+    fn skip_agrees_with_read(b: &[u8]) {
+        let (mut r1, mut r2) = (b, b);
+        let read = read(&mut r1);
+        let skipped = skip(&mut r2);
+        match (&read, &skipped) {
+            (Ok(_), Ok(())) => assert_eq!(r1.len(), r2.len(), "{b:02x?}"),
+            (Err(a), Err(b2)) => assert_eq!(a, b2, "{b:02x?}"),
+            _ => panic!("read {read:?}, skip {skipped:?} for {b:02x?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn skip_agrees_with_read_on_any_input(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            skip_agrees_with_read(&b);
+        }
+
+        #[test]
+        fn skip_agrees_with_read_on_mutated_values(i in 0usize..40, at in 0usize..16, byte in proptest::prelude::any::<u8>()) {
+            let v = sample_values();
+            let mut b = v[i % v.len()].clone();
+            if !b.is_empty() {
+                let at = at % b.len();
+                b[at] = byte;
+            }
+            skip_agrees_with_read(&b);
+        }
+    }
+
+    fn sample_values() -> Vec<Vec<u8>> {
+        let nested = Value::Map(vec![(
+            "k".into(),
+            Value::Array(vec![
+                Value::from(-3),
+                "x".into(),
+                Value::F32(1.5),
+                Value::Binary(vec![1, 2, 3]),
+                Value::Ext(5, vec![9; 4]),
+                Value::from(u64::MAX),
+                Value::Nil,
+                Value::from(true),
+            ]),
+        )]);
+        let mut out = Vec::new();
+        for v in [
+            nested,
+            Value::from("a str of more than thirty-one bytes, str8"),
+            Value::Array(vec![Value::Array(vec!["site-1".into(), Value::F64(1.0)])]),
+        ] {
+            let mut b = Vec::new();
+            rmpv::encode::write_value(&mut b, &v).unwrap();
+            out.push(b);
+        }
+        out
+    }
+
+    #[test]
+    fn skip_agrees_with_read_on_every_marker_and_bad_input() {
+        for b in sample_values() {
+            skip_agrees_with_read(&b);
+            for cut in 0..b.len() {
+                skip_agrees_with_read(&b[..cut]);
+            }
+        }
+        let nested: Vec<u8> = [0xdd, 0xff, 0xff, 0xff, 0xff].repeat(1000);
+        skip_agrees_with_read(&nested);
+        skip_agrees_with_read(&[0x81u8; 5000]);
+        skip_agrees_with_read(&[0x91, 0xa1, 0xc3]);
+        skip_agrees_with_read(&[0xc1]);
+        for m in 0..=255u8 {
+            skip_agrees_with_read(&[m, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]);
+            skip_agrees_with_read(&[m]);
         }
     }
 
