@@ -400,25 +400,28 @@ impl WriteQueue {
             return Ok(Some(f));
         }
         let io = &mut *io;
-        let mut bufs: Vec<Bytes> = frame_bufs(vec![f], &mut io.counters)
-            .into_iter()
-            .filter_map(|s| match s {
-                Segment::Bytes(b) => Some(b),
-                Segment::File(_) => None, // excluded above
-            })
-            .collect();
+        let (sid, seq) = io.counters.next(f.frame_type);
+        let prefix = match f.prefix(sid, seq) {
+            Ok(p) => p.to_bytes(),
+            Err(e) => {
+                // as the writer task does with such a frame
+                error!("frame not sent: {e}");
+                return Ok(None);
+            }
+        };
         let mut cx = Context::from_waker(Waker::noop());
-        let done = match poll_write_all(io.wr.as_mut(), &mut cx, &mut bufs) {
+        // on the stack: a frame written whole (the usual case) costs no allocation
+        let (written, ok) = poll_write_frame(io.wr.as_mut(), &mut cx, &prefix, &f);
+        let done = ok
+            && written == f.wire_len()
             // written; a transport that buffers (TLS) may still owe a flush
-            Poll::Ready(Ok(())) => matches!(
+            && matches!(
                 Pin::new(&mut io.wr).poll_flush(&mut cx),
                 Poll::Ready(Ok(()))
-            ),
-            // the writer task finishes the frame, or meets the failure and handles it
-            Poll::Ready(Err(_)) | Poll::Pending => false,
-        };
+            );
         if !done {
-            io.rest = bufs;
+            // the writer task finishes the frame, or meets the failure and handles it
+            io.rest = frame_rest(&prefix, f, written);
             io.owes_flush = true;
             shared.unwritten.fetch_add(1, Ordering::SeqCst);
             shared.tail.notify_one();
@@ -427,42 +430,74 @@ impl WriteQueue {
     }
 }
 
-fn closed() -> CellnetError {
-    CellnetError::ConnectionClosed("the connection is closed".into())
-}
-
-/// Write `bufs` without waiting: as much as the writer takes now, advancing `bufs` past it.
-/// `Ready(Ok)` once all is written; `Pending` when the writer would block.
-fn poll_write_all(
+/// Write the frame `f` behind `prefix` without waiting: as much as the writer takes now.
+/// Returns the bytes written and false if the writer failed (or wrote nothing).
+fn poll_write_frame(
     w: &mut dyn WriteStream,
     cx: &mut Context<'_>,
-    bufs: &mut Vec<Bytes>,
-) -> Poll<std::io::Result<()>> {
-    loop {
-        bufs.retain(|b| !b.is_empty());
-        if bufs.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
+    prefix: &[u8],
+    f: &OutFrame,
+) -> (usize, bool) {
+    let total = f.wire_len();
+    let mut written = 0;
+    while written < total {
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let k = bufs.len().min(MAX_IOV);
-        for (s, b) in slices.iter_mut().zip(bufs.iter()) {
-            *s = IoSlice::new(b);
-        }
-        let mut n = match Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k]) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => n,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
-        for b in bufs.iter_mut() {
-            let take = n.min(b.len());
-            b.advance(take);
-            n -= take;
-            if n == 0 {
+        let mut k = 0;
+        let mut skip = written;
+        let parts = [prefix, &f.headers[..]].into_iter().chain(
+            f.payload
+                .iter()
+                .filter_map(|s| s.as_bytes().map(|b| &b[..])),
+        );
+        for part in parts {
+            if k == MAX_IOV {
                 break;
             }
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[k] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            k += 1;
+        }
+        match Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return (written, false),
+            Poll::Ready(Ok(n)) => written += n,
+            Poll::Pending => return (written, true),
         }
     }
+    (written, true)
+}
+
+/// What is left of frame `f` (behind `prefix`) once `written` bytes of it are on the wire.
+fn frame_rest(prefix: &[u8], f: OutFrame, written: usize) -> Vec<Bytes> {
+    let mut rest = Vec::with_capacity(2 + f.payload.len());
+    let mut skip = written;
+    if skip < prefix.len() {
+        rest.push(Bytes::copy_from_slice(&prefix[skip..]));
+        skip = 0;
+    } else {
+        skip -= prefix.len();
+    }
+    let parts = std::iter::once(f.headers).chain(f.payload.into_iter().filter_map(|s| match s {
+        Segment::Bytes(b) => Some(b),
+        Segment::File(_) => None, // never here: frames with file regions go to the writer task
+    }));
+    for mut b in parts {
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        b.advance(skip);
+        skip = 0;
+        rest.push(b);
+    }
+    rest
+}
+
+fn closed() -> CellnetError {
+    CellnetError::ConnectionClosed("the connection is closed".into())
 }
 
 /// The next queued frame, control frames first; `true` for a data frame.

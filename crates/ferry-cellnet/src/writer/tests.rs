@@ -277,3 +277,57 @@ async fn a_cancelled_send_does_not_block_direct_writes() {
     );
     close.cancel();
 }
+
+/// A frame of several payload segments, cut by the socket at every byte (inside the prefix,
+/// the headers, each segment, between them): the writer task writes exactly the rest.
+#[tokio::test]
+async fn a_direct_write_cut_anywhere_is_finished_exactly() {
+    let frame = OutFrame {
+        frame_type: FrameType::Data,
+        app_id: crate::frame::APP_ID_CELLNET,
+        headers: Bytes::from_static(&[0x81, 0xa1, b'k', 0x07]),
+        payload: vec![
+            Bytes::from_static(b"abc").into(),
+            Bytes::new().into(),
+            Bytes::from_static(b"defgh").into(),
+        ],
+    };
+    let whole = wire(std::slice::from_ref(&frame));
+    for cut in 0..=whole.len() {
+        let gate = Gate::default();
+        gate.open(cut);
+        let (q, w) = writer(Box::new(gate.clone()), 4, 4);
+        q.send(frame.clone()).await.unwrap();
+        assert_eq!(gate.written().len(), cut.min(whole.len()));
+        let close = CancellationToken::new();
+        let task = tokio::spawn(writer_task(
+            w,
+            close.clone(),
+            CancellationToken::new(),
+            Duration::from_secs(60),
+        ));
+        gate.open(usize::MAX);
+        close.cancel();
+        task.await.unwrap();
+        assert_eq!(gate.written(), whole, "cut at {cut}");
+    }
+}
+
+/// `offer` never waits: a frame it cannot write or queue comes back to the caller.
+#[tokio::test]
+async fn offer_gives_the_frame_back_when_the_queue_is_full() {
+    let gate = Gate::default();
+    let (q, _w) = writer(Box::new(gate.clone()), 1, 4);
+    assert!(
+        q.offer(data_frame(1, 10)).unwrap().is_none(),
+        "tail to the task"
+    );
+    assert!(q.offer(data_frame(2, 10)).unwrap().is_none(), "queued");
+    let back = q
+        .offer(data_frame(3, 10))
+        .unwrap()
+        .expect("the queue is full");
+    assert_eq!(back.wire_len(), data_frame(3, 10).wire_len());
+    // the frame given back is not counted as queued
+    assert_eq!(q.shared.unwritten.load(Ordering::SeqCst), 2);
+}
