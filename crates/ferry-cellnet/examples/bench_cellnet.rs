@@ -363,13 +363,12 @@ async fn main() {
          headers (~300 B) and a FOBS container per message; payload bytes are never copied on \
          the send path (vectored writes); on the receive path each large frame is read into a \
          recycled buffer and handed to the handler as zero-copy slices. A sender writes its \
-         frame itself when nothing is queued before it (no hand-off to the writer task), so a \
-         ferry round trip crosses two task hand-offs (reader → handler, reader → caller) where \
-         the baseline crosses none. Round trips target ≥ 0.80× the echo; the gap is CPU per \
-         message (about 15 µs per ferry round trip, a third of it in the kernel; the ~20 \
-         `cn__*` header entries each way are now encoded without building values and decoded \
-         in one pass; see \"Request/reply round trips\" below the table). The figures are \
-         noisy on a shared 2-core machine.\n"
+         frame itself when nothing is queued before it (no hand-off to the writer task), and a \
+         handler that answers at once runs and replies on the connection's reader, so a ferry \
+         round trip crosses one task hand-off (client reader → caller) where the baseline \
+         crosses none. Round trips target ≥ 0.80× the echo; the gap is CPU per message (see \
+         \"Request/reply round trips\" below the table). The figures are noisy on a shared \
+         2-core machine.\n"
     ));
     println!("{table}");
     if opts.write_docs {

@@ -258,6 +258,13 @@ impl Cell {
     ///
     /// The handler sees the same [`Message`] whether the request came as one frame or as a
     /// byte stream; what it returns is described by [`IntoReply`].
+    ///
+    /// The handler's first step (the closure, and its future up to its first `.await` that
+    /// waits) runs on the task that reads the request's connection: a handler that answers
+    /// at once costs no task of its own, and one that waits goes on on a task of its own. A
+    /// handler with heavy synchronous work (reading a file, hashing) should await something
+    /// first (`tokio::task::yield_now()`, `spawn_blocking`), or the next messages on its
+    /// connection wait for that work.
     pub fn register_request_handler<F, Fut, R>(&self, channel: &str, topic: &str, handler: F)
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
