@@ -42,6 +42,19 @@ use clap::Parser;
 use crate::args::{Cli, Command};
 use crate::exit::Failure;
 
+/// The async runtime a command runs on. A receiver (`ferry get`, the demo's receivers) runs
+/// on one thread: its downloads are one task and file writes go to the blocking pool, so a
+/// second worker would only pass frames between cores. Where receivers share the cores (eight
+/// on two in the benchmark) those hand-offs cost CPU per GiB; one receiver alone moves as
+/// fast either way (docs/benchmarks.md, "The runtime of `ferry get`"). Senders and relays serve many receivers at once and keep a worker per core.
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match command {
+        Command::Get(_) | Command::DemoReceiver(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ui::init_logging(cli.verbose);
@@ -52,10 +65,7 @@ fn main() -> ExitCode {
     if cli.quiet {
         ui::set_quiet();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_for(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             return report(

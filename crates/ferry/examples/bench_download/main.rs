@@ -27,10 +27,11 @@
 //! receiver has the whole object (the orchestrator timestamps it), `RESULT {json}` last.
 //! Receivers start when they read `GO {json}` on stdin; stdin EOF ends any child.
 //!
-//! The Rust roles run on tokio's multi-thread runtime, as `ferry serve` and `ferry get` do;
-//! `FERRY_BENCH_RUNTIME=current_thread` in the environment runs every Rust role on a
-//! current-thread runtime instead (blocking work still goes to the blocking pool), to compare
-//! the two in one script.
+//! The Rust roles run as `ferry` runs them: file receivers on a current-thread tokio runtime
+//! (as `ferry get`), the other roles on a multi-thread one (as `ferry serve`); blocking work
+//! goes to the blocking pool either way. `FERRY_BENCH_RUNTIME=current_thread` or `multi_thread` in the
+//! environment sets every Rust role's runtime, and `FERRY_BENCH_RECEIVER_RUNTIME` then the
+//! receivers' alone, to compare runtimes in one script.
 //!
 //! What is measured:
 //! * aggregate throughput = size × receivers / (last receiver's DONE − GO);

@@ -20,17 +20,29 @@ use ferry::prelude::{
     FileOptions, ObjectDownloader, ServiceOptions, Tensor, TensorDict, TxConfig,
 };
 
-/// The runtime of a Rust role: multi-thread, or current-thread with
-/// `FERRY_BENCH_RUNTIME=current_thread` (see the crate docs).
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    if std::env::var("FERRY_BENCH_RUNTIME").as_deref() == Ok("current_thread") {
-        return Ok(tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?);
-    }
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// The runtime of a Rust role, as `ferry` runs them: a receiver writing a file on a
+/// current-thread runtime (as `ferry get`), every other role on a multi-thread one (as
+/// `ferry serve`, and as the API's examples). `FERRY_BENCH_RUNTIME` (`current_thread` or
+/// `multi_thread`) sets every role's, and `FERRY_BENCH_RECEIVER_RUNTIME` then the receivers'
+/// (see the crate docs).
+fn runtime(receiver: bool, like_ferry_get: bool) -> Result<tokio::runtime::Runtime> {
+    let var = |name: &str| std::env::var(name).ok();
+    let choice = receiver
+        .then(|| var("FERRY_BENCH_RECEIVER_RUNTIME"))
+        .flatten()
+        .or_else(|| var("FERRY_BENCH_RUNTIME"));
+    let current = match choice.as_deref() {
+        None => like_ferry_get,
+        Some("current_thread") => true,
+        Some("multi_thread") => false,
+        Some(other) => bail!("unknown runtime {other:?}: use current_thread or multi_thread"),
+    };
+    let mut builder = if current {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 /// Consumer that hashes the bytes in order and keeps nothing.
@@ -110,7 +122,7 @@ fn tensor_dict(file: &Path, len: u64) -> Result<TensorDict> {
 }
 
 pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
-    let rt = runtime()?;
+    let rt = runtime(false, false)?;
     rt.block_on(async {
         watch_stdin_eof();
         let tensors = match a.kind.as_str() {
@@ -198,7 +210,7 @@ pub fn ferry_sender(a: &SenderArgs) -> Result<()> {
 }
 
 pub fn ferry_receiver(a: &ReceiverArgs) -> Result<()> {
-    let rt = runtime()?;
+    let rt = runtime(true, a.mode == "file")?;
     rt.block_on(async {
         let cell = Cell::new(&a.fqcn)?;
         cell.connect(&a.url).await?;
