@@ -6,9 +6,11 @@ use std::io::Write as _;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::segments::COPY_CHUNK;
 use super::*;
 use crate::driver::tcp::TcpWrite;
 use crate::frame::APP_ID_CELLNET;
+use crate::segment::FileRegion;
 
 /// A temporary file holding `len` bytes of a pattern that differs at every offset mod 251.
 fn pattern_file(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
