@@ -321,6 +321,22 @@ fn cases() -> Result<Vec<Case>> {
             ])
         }),
     });
+    v.push(Case {
+        name: "clippy-fuzz".into(),
+        what: "cargo clippy of the fuzz harness (its own workspace, fuzz/) with warnings denied"
+            .into(),
+        run: Box::new(|| {
+            cargo(&[
+                "clippy",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        }),
+    });
     for krate in CRATES {
         let krate: &'static str = krate;
         let feats = features.get(krate).cloned().unwrap_or_default();
