@@ -181,6 +181,20 @@ impl AsyncWrite for Gate {
 
 impl WriteStream for Gate {}
 
+/// Run the writer task with the gate open until everything queued is written and it stops.
+async fn write_out(w: Writer, gate: &Gate) {
+    let close = CancellationToken::new();
+    let task = tokio::spawn(writer_task(
+        w,
+        close.clone(),
+        CancellationToken::new(),
+        Duration::from_secs(60),
+    ));
+    gate.open(usize::MAX);
+    close.cancel();
+    task.await.unwrap();
+}
+
 fn data_frame(fill: u8, len: usize) -> OutFrame {
     OutFrame {
         frame_type: FrameType::Data,
@@ -231,16 +245,7 @@ async fn a_partly_written_frame_is_finished_before_the_next() {
     );
     q.send(b.clone()).await.unwrap();
     assert_eq!(gate.written().len(), 50, "the second frame was queued");
-    let close = CancellationToken::new();
-    let task = tokio::spawn(writer_task(
-        w,
-        close.clone(),
-        CancellationToken::new(),
-        Duration::from_secs(60),
-    ));
-    gate.open(usize::MAX);
-    close.cancel();
-    task.await.unwrap();
+    write_out(w, &gate).await;
     assert_eq!(gate.written(), wire(&[a, b]));
 }
 
@@ -299,16 +304,7 @@ async fn a_direct_write_cut_anywhere_is_finished_exactly() {
         let (q, w) = writer(Box::new(gate.clone()), 4, 4);
         q.send(frame.clone()).await.unwrap();
         assert_eq!(gate.written().len(), cut.min(whole.len()));
-        let close = CancellationToken::new();
-        let task = tokio::spawn(writer_task(
-            w,
-            close.clone(),
-            CancellationToken::new(),
-            Duration::from_secs(60),
-        ));
-        gate.open(usize::MAX);
-        close.cancel();
-        task.await.unwrap();
+        write_out(w, &gate).await;
         assert_eq!(gate.written(), whole, "cut at {cut}");
     }
 }
