@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify, Semaphore};
@@ -31,6 +33,7 @@ use crate::log_limit::{limited, LogLimiter};
 use crate::reader::{FrameReader, ReadLimits};
 use crate::router::Link;
 use crate::writer::{writer, writer_task, WriteQueue};
+use alarm::Alarm;
 
 /// Frames queued for the writer before senders wait (backpressure).
 const WRITE_QUEUE: usize = 64;
@@ -409,7 +412,8 @@ async fn run_inner<I: Inbound>(
         let _ = r.send(Fqcn::new(peer.clone()).map(|f| (f, sync)));
     }
 
-    let reason = read_loop(inbound, limits, &conn, &mut reader, &broken).await;
+    let alarm = Alarm::watch(&ctx.tasks, &close, &broken);
+    let reason = read_loop(inbound, limits, &conn, &mut reader, &alarm).await;
     info!(peer = %peer, addr = %conn.peer_addr, "connection closed: {reason}");
     close.cancel();
     inbound.closed(&conn);
@@ -422,35 +426,55 @@ async fn read_loop<I: Inbound>(
     limits: &Limits,
     conn: &Arc<Conn>,
     reader: &mut FrameReader,
-    broken: &CancellationToken,
+    alarm: &Alarm,
 ) -> String {
     let hb = limits.heartbeat_interval;
     let mut tick = tokio::time::interval(HEARTBEAT_TICK.min(hb / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
     let mut last_ping = Instant::now();
-    // Set when the writer failed: read on (what the peer sent before it went) until then.
-    let mut drain_until: Option<Instant> = None;
+    // Armed when the writer failed: read on (what the peer sent before it went) until then.
+    let mut drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut armed = None;
     loop {
-        let frame = tokio::select! {
-            r = reader.next() => r,
-            _ = conn.close.cancelled() => return "closed locally".into(),
-            _ = broken.cancelled(), if drain_until.is_none() => {
-                drain_until = Some(Instant::now() + DRAIN_AFTER_WRITE_FAILURE);
-                continue;
-            }
-            _ = sleep_until_some(drain_until), if drain_until.is_some() => {
-                return "writing to the peer failed, and it sent nothing more".into();
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if now.duration_since(last_rx) >= hb && now.duration_since(last_ping) >= hb {
-                    debug!("idle for {:?}; sending PING", now.duration_since(last_rx));
-                    last_ping = now;
-                    conn.send_detached(control(FrameType::Ping, nil_payload()));
+        // One future per frame (the reader's); the alarm is an atomic, the heartbeat's and
+        // the drain's timers live across frames. The alarm is looked at first, so a peer
+        // flooding frames cannot keep a closed connection reading.
+        let next = {
+            let frame = reader.next();
+            tokio::pin!(frame);
+            std::future::poll_fn(|cx| {
+                let raised = alarm.poll(cx, &mut armed);
+                if raised & alarm::CLOSED != 0 {
+                    return Poll::Ready(Next::Closed);
                 }
-                continue;
-            }
+                if raised & alarm::BROKEN != 0 && drain.is_none() {
+                    drain = Some(Box::pin(tokio::time::sleep(DRAIN_AFTER_WRITE_FAILURE)));
+                }
+                if let Poll::Ready(r) = frame.as_mut().poll(cx) {
+                    return Poll::Ready(Next::Frame(r));
+                }
+                if let Some(d) = drain.as_mut() {
+                    if d.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Next::Drained);
+                    }
+                }
+                while tick.poll_tick(cx).is_ready() {
+                    let now = Instant::now();
+                    if now.duration_since(last_rx) >= hb && now.duration_since(last_ping) >= hb {
+                        debug!("idle for {:?}; sending PING", now.duration_since(last_rx));
+                        last_ping = now;
+                        conn.send_detached(control(FrameType::Ping, nil_payload()));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        let frame = match next {
+            Next::Frame(r) => r,
+            Next::Closed => return "closed locally".into(),
+            Next::Drained => return "writing to the peer failed, and it sent nothing more".into(),
         };
         let frame = match frame {
             Ok(Some(f)) => f,
@@ -498,12 +522,13 @@ async fn read_loop<I: Inbound>(
     }
 }
 
-/// Sleep until `at`; forever without it.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// What woke the read loop.
+enum Next {
+    Frame(Result<Option<Frame>, CellnetError>),
+    /// The connection was closed here.
+    Closed,
+    /// The writer failed and the peer sent nothing more within the drain time.
+    Drained,
 }
 
 /// The envelope of a DATA frame, or `None` (logged) if it is not a CellNet message.
@@ -534,5 +559,6 @@ fn envelope(conn: &Conn, frame: &Frame) -> Option<Envelope> {
     }
 }
 
+mod alarm;
 #[cfg(test)]
 mod tests;

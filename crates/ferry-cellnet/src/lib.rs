@@ -69,6 +69,7 @@ mod prefault;
 mod reader;
 mod reply;
 mod request;
+mod request_id;
 mod return_code;
 mod router;
 mod segment;

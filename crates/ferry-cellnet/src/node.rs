@@ -27,6 +27,7 @@ use crate::message::{Message, Payload};
 use crate::outbound::Outbound;
 use crate::reply::{self, Asker, Later, ReplyTo};
 use crate::request::{self, RequestOptions};
+use crate::request_id::RequestId;
 use crate::return_code::ReturnCode;
 use crate::router::{Claim, ReplyFrom, WaitKey};
 use crate::segment::Segment;
@@ -265,9 +266,11 @@ impl Node {
                     blob,
                 }) => self.on_blob(&conn, origin, headers, blob),
                 Some(StreamEvent::Aborted { ri, why }) => {
-                    let failed = Message::error(ReturnCode::CommError, why);
-                    let key = WaitKey::StreamReply(ri);
-                    self.out.router.resolve(&key, ReplyFrom::Anyone, failed);
+                    if let Some(id) = RequestId::parse(&ri) {
+                        let failed = Message::error(ReturnCode::CommError, why);
+                        let key = WaitKey::StreamReply(id);
+                        self.out.router.resolve(&key, ReplyFrom::Anyone, failed);
+                    }
                 }
                 None => {}
             }
@@ -327,11 +330,11 @@ impl Node {
                 },
                 Err(e) => Message::error(ReturnCode::CommError, format!("bad reply payload: {e}")),
             };
-            if !self
-                .out
-                .router
-                .resolve(&WaitKey::StreamReply(ri.clone()), ReplyFrom::Anyone, msg)
-            {
+            let resolved = RequestId::parse(&ri).is_some_and(|id| {
+                let key = WaitKey::StreamReply(id);
+                self.out.router.resolve(&key, ReplyFrom::Anyone, msg)
+            });
+            if !resolved {
                 limited!(conn.log, warn, %origin, %ri, "unexpected streamed reply (nobody waits for it); dropped");
             }
             return;
@@ -458,7 +461,7 @@ impl Node {
                 let mut m =
                     Message::error(ReturnCode::CommError, format!("bad reply payload: {e}"));
                 m.headers.insert(keys::ORIGIN, origin);
-                for id in ids {
+                for id in ids.into_iter().flatten() {
                     let key = WaitKey::Reply(id);
                     self.out.router.resolve(&key, ReplyFrom::Anyone, m.clone());
                 }
@@ -473,9 +476,15 @@ impl Node {
                 Some(_) => msg.clone(),
                 None => std::mem::take(&mut msg),
             };
-            let key = WaitKey::Reply(id);
-            if !self.out.router.resolve(&key, from, m) {
-                let WaitKey::Reply(id) = &key else { continue };
+            let resolved = match &id {
+                Ok(ours) => self.out.router.resolve(&WaitKey::Reply(*ours), from, m),
+                Err(_) => false,
+            };
+            if !resolved {
+                let id = match id {
+                    Ok(ours) => ours.to_text(),
+                    Err(text) => text,
+                };
                 limited!(conn.log, warn, %origin, req_id = %id, "unexpected reply (nobody waits for it); dropped")
             }
         }

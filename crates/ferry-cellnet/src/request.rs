@@ -13,6 +13,7 @@ use crate::error::CellnetError;
 use crate::headers::{stream_keys, Headers};
 use crate::message::{Message, Payload};
 use crate::outbound::Outbound;
+use crate::request_id::{self, RequestId};
 use crate::return_code::ReturnCode;
 use crate::router::WaitKey;
 use crate::segment::Segment;
@@ -145,18 +146,20 @@ pub(crate) async fn request(
             format!("no connection leads to {target}"),
         );
     };
-    let id = new_request_id();
+    let id = RequestId::new();
     let key = if opts.streamed {
-        WaitKey::StreamReply(id.clone())
+        WaitKey::StreamReply(id)
     } else {
-        WaitKey::Reply(id.clone())
+        WaitKey::Reply(id)
     };
-    let rx = out.router.wait(key.clone(), target, conn.id);
+    let mut text = [0; request_id::TEXT_LEN];
+    let id = id.text(&mut text);
+    let rx = out.router.wait(key, target, conn.id);
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let route = Route {
         to,
         optional: opts.optional,
-        id: Some(&id),
+        id: Some(id),
         via: Some(&conn),
     };
     let sent = tokio::time::timeout_at(deadline, transmit(out, streams, prepared, route)).await;
@@ -180,26 +183,6 @@ pub(crate) async fn request(
     };
     out.router.forget(&key);
     reply
-}
-
-/// A new request id (`cn__req_id` / `sm__ri`): a random, version 4 UUID in its hyphenated
-/// form, as NVFlare makes them.
-///
-/// The id must be unguessable: a reply is matched to its waiter by id and target, and a
-/// RETURN by id alone (any hop may bounce a request), so a peer that could predict another
-/// request's id could fail it or, speaking for the target, answer it. A counter or a
-/// per-cell base plus a counter would be predictable from one id seen; 122 bits from a
-/// cryptographically secure generator are not. `Uuid::new_v4` draws them from the OS, one
-/// `getrandom` syscall per request (about 3% of a round trip's CPU); `rand::thread_rng` is
-/// ChaCha12 seeded from the OS and reseeded from it every 64 KiB of output (and after a
-/// fork), per thread: as unpredictable, without a syscall each.
-pub(crate) fn new_request_id() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    id.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 /// Send a message that expects no reply to another cell. A stream must be sent within

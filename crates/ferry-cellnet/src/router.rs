@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::fqcn::{Fqcn, SERVER_ROOT};
 use crate::message::Message;
+use crate::request_id::RequestId;
 use crate::return_code::ReturnCode;
 
 /// What the router needs of a connection.
@@ -38,12 +39,12 @@ pub enum PeerEvent {
 const PEER_EVENT_CAPACITY: usize = 256;
 
 /// What a reply is matched by.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum WaitKey {
     /// A plain request's `cn__req_id`.
-    Reply(String),
+    Reply(RequestId),
     /// A streamed request's `sm__ri` (its reply is a stream on `return_only`).
-    StreamReply(String),
+    StreamReply(RequestId),
 }
 
 /// Someone waiting for a reply.
@@ -259,7 +260,7 @@ impl<L: Link> Router<L> {
             .waiters
             .iter()
             .filter(|w| pick(w.value()))
-            .map(|w| w.key().clone())
+            .map(|w| *w.key())
             .collect();
         for k in dead {
             if let Some((_, w)) = self.waiters.remove(&k) {

@@ -13,7 +13,7 @@
 //! - on a connection we opened (to our parent), the parent is trusted to route for others;
 //! - no connection may speak for this cell itself.
 
-use crate::fqcn::Fqcn;
+use crate::fqcn::{self, Fqcn};
 
 /// Whether a cell forwards messages that are addressed to another cell.
 ///
@@ -42,13 +42,14 @@ pub(crate) fn vouches(own: &Fqcn, peer: &str, outbound: bool, origin: &str) -> b
     if outbound {
         return true;
     }
-    let Ok(peer) = Fqcn::new(peer) else {
+    // validated in place: no copy of either name per message
+    if fqcn::validate(peer).is_err() {
         return false;
-    };
-    if peer.is_ancestor_of(own) || origin == peer.as_str() {
+    }
+    if fqcn::is_ancestor(peer, own.as_str()) || origin == peer {
         return true;
     }
-    Fqcn::new(origin).is_ok_and(|o| peer.is_ancestor_of(&o))
+    fqcn::validate(origin).is_ok() && fqcn::is_ancestor(peer, origin)
 }
 
 #[cfg(test)]

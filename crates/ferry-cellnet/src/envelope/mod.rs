@@ -21,6 +21,7 @@ use crate::fqcn::Fqcn;
 use crate::frame::{FrameType, OutFrame, APP_ID_CELLNET};
 use crate::headers::{keys, Headers};
 use crate::message::encoding;
+use crate::request_id::RequestId;
 use crate::return_code::ReturnCode;
 use crate::segment::Segment;
 
@@ -114,17 +115,17 @@ impl Envelope {
     }
 
     /// The request ids a reply answers: `cn__req_id` as a str, or a list of them (RETURN).
-    pub fn reply_ids(&self) -> Vec<String> {
-        if let Some(id) = self.headers.get_str(keys::REQ_ID) {
+    /// An id that is not of the form this cell makes ([`RequestId::parse`]) answers nothing
+    /// here; its text is kept for the log.
+    pub fn reply_ids(&self) -> Vec<Result<RequestId, String>> {
+        let id = |s: &str| RequestId::parse(s).ok_or_else(|| s.to_string());
+        if let Some(s) = self.headers.get_str(keys::REQ_ID) {
             // a plain reply: read where it lies, no value made
-            return vec![id.to_string()];
+            return vec![id(s)];
         }
         match self.headers.get(keys::REQ_ID) {
-            Some(Value::String(s)) => s.as_str().map(|s| vec![s.to_string()]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
+            Some(Value::String(s)) => s.as_str().map(|s| vec![id(s)]).unwrap_or_default(),
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(id)).collect(),
             _ => Vec::new(),
         }
     }
@@ -208,15 +209,15 @@ impl<'a> Stamp<'a> {
         'a: 's,
     {
         let mut h = Stamped::for_stamp(app);
-        h.set(keys::TOPIC, Field::Str(to.topic));
-        h.set(keys::CHANNEL, Field::Str(to.channel));
-        h.set(keys::DESTINATION, Field::Str(to.destination));
+        h.set_new(keys::TOPIC, Field::Str(to.topic));
+        h.set_new(keys::CHANNEL, Field::Str(to.channel));
+        h.set_new(keys::DESTINATION, Field::Str(to.destination));
         if let Some(r) = req_id {
-            h.set(keys::REQ_ID, Field::Str(r));
+            h.set_new(keys::REQ_ID, Field::Str(r));
         }
-        h.set(keys::REPLY_EXPECTED, Field::Bool(req_id.is_some()));
-        h.set(keys::SECURE, Field::Bool(false));
-        h.set(keys::OPTIONAL, Field::Bool(optional));
+        h.set_new(keys::REPLY_EXPECTED, Field::Bool(req_id.is_some()));
+        h.set_new(keys::SECURE, Field::Bool(false));
+        h.set_new(keys::OPTIONAL, Field::Bool(optional));
         self.tail(h, MsgType::REQ, body)
     }
 
@@ -233,23 +234,23 @@ impl<'a> Stamp<'a> {
         'a: 's,
     {
         let mut h = Stamped::for_stamp(app);
-        h.set(keys::SECURE, Field::Bool(false));
-        h.set(keys::OPTIONAL, Field::Bool(false));
+        h.set_new(keys::SECURE, Field::Bool(false));
+        h.set_new(keys::OPTIONAL, Field::Bool(false));
         if !h.contains(keys::RETURN_CODE) {
-            h.set(keys::RETURN_CODE, Field::Str(ReturnCode::Ok.as_str()));
+            h.set_new(keys::RETURN_CODE, Field::Str(ReturnCode::Ok.as_str()));
         }
-        h.set(keys::CHANNEL, Field::Str(to.channel));
-        h.set(keys::TOPIC, Field::Str(to.topic));
-        h.set(keys::FROM, Field::Str(self.me.as_str()));
-        h.set(keys::TO, Field::Str(""));
-        h.set(keys::ORIGIN, Field::Str(self.me.as_str()));
-        h.set(keys::DESTINATION, Field::Str(to.destination));
-        h.set(keys::REQ_ID, Field::Str(req_id));
-        h.set(keys::MSG_TYPE, Field::Str(MsgType::REPLY));
-        h.set(keys::ROUTE, Field::Route(self.me.as_str(), self.at));
-        h.set(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
-        h.set(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
-        h.set(keys::SEND_TIME, Field::F64(self.at));
+        h.set_new(keys::CHANNEL, Field::Str(to.channel));
+        h.set_new(keys::TOPIC, Field::Str(to.topic));
+        h.set_new(keys::FROM, Field::Str(self.me.as_str()));
+        h.set_new(keys::TO, Field::Str(""));
+        h.set_new(keys::ORIGIN, Field::Str(self.me.as_str()));
+        h.set_new(keys::DESTINATION, Field::Str(to.destination));
+        h.set_new(keys::REQ_ID, Field::Str(req_id));
+        h.set_new(keys::MSG_TYPE, Field::Str(MsgType::REPLY));
+        h.set_new(keys::ROUTE, Field::Route(self.me.as_str(), self.at));
+        h.set_new(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
+        h.set_new(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
+        h.set_new(keys::SEND_TIME, Field::F64(self.at));
         h
     }
 
@@ -258,14 +259,14 @@ impl<'a> Stamp<'a> {
     where
         'a: 's,
     {
-        h.set(keys::FROM, Field::Str(self.me.as_str()));
-        h.set(keys::TO, Field::Str(""));
-        h.set(keys::ORIGIN, Field::Str(self.me.as_str()));
-        h.set(keys::MSG_TYPE, Field::Str(t));
-        h.set(keys::ROUTE, Field::Route(self.me.as_str(), self.at));
-        h.set(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
-        h.set(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
-        h.set(keys::SEND_TIME, Field::F64(self.at));
+        h.set_new(keys::FROM, Field::Str(self.me.as_str()));
+        h.set_new(keys::TO, Field::Str(""));
+        h.set_new(keys::ORIGIN, Field::Str(self.me.as_str()));
+        h.set_new(keys::MSG_TYPE, Field::Str(t));
+        h.set_new(keys::ROUTE, Field::Route(self.me.as_str(), self.at));
+        h.set_new(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
+        h.set_new(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
+        h.set_new(keys::SEND_TIME, Field::F64(self.at));
         h
     }
 

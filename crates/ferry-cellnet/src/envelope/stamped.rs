@@ -122,6 +122,16 @@ impl<'a> Stamped<'a> {
         }
     }
 
+    /// Set `key`, which no field has yet (a stamp setting each of its keys once): no search
+    /// of the fields set before it.
+    pub fn set_new(&mut self, key: &'static str, v: Field<'a>) {
+        debug_assert!(
+            self.fields.iter().all(|(k, _)| *k != key),
+            "{key} set twice"
+        );
+        self.fields.push((key, v));
+    }
+
     /// True if the map or a field has `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.map.contains(key) || self.fields.iter().any(|(k, _)| *k == key)

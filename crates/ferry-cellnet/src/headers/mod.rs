@@ -155,6 +155,14 @@ const KNOWN_KEYS: &[&str] = &[
 
 /// `k` as a [`Key`]: borrowed from [`KNOWN_KEYS`] if it is one of them, else owned.
 fn key(k: &str) -> Key {
+    match known(k.as_bytes()) {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(k.to_owned()),
+    }
+}
+
+/// The known key whose bytes are `k`, if any.
+fn known(k: &[u8]) -> Option<&'static str> {
     // by length first: a message's 20 keys each compared with a handful of known keys, not
     // with all of them
     static BY_LEN: LazyLock<Vec<Vec<&'static str>>> = LazyLock::new(|| {
@@ -165,13 +173,10 @@ fn key(k: &str) -> Key {
         }
         t
     });
-    let known = BY_LEN
+    BY_LEN
         .get(k.len())
-        .and_then(|same| same.iter().find(|&&s| s == k));
-    match known {
-        Some(&s) => Cow::Borrowed(s),
-        None => Cow::Owned(k.to_owned()),
-    }
+        .and_then(|same| same.iter().find(|&&s| s.as_bytes() == k))
+        .copied()
 }
 
 /// An ordered header map with str keys and exact msgpack values.
@@ -480,9 +485,16 @@ fn scan(buf: &[u8]) -> Result<Vec<(Key, Entry)>, CellnetError> {
     for _ in 0..n {
         let k = value::key(&mut rd).map_err(|e| match e {
             ReadError::NotStr => bad("header key is not a str"),
-            ReadError::NotUtf8 => bad("header key is not UTF-8"),
             e => CellnetError::Headers(e.to_string()),
         })?;
+        // a known key is UTF-8 by being known; only another one is checked (and owned)
+        let k: Key = match known(k) {
+            Some(s) => Cow::Borrowed(s),
+            None => match std::str::from_utf8(k) {
+                Ok(s) => Cow::Owned(s.to_owned()),
+                Err(_) => return Err(bad("header key is not UTF-8")),
+            },
+        };
         let start = buf.len() - rd.len();
         value::skip(&mut rd).map_err(|e| match e {
             ReadError::NotUtf8 => {
@@ -491,7 +503,7 @@ fn scan(buf: &[u8]) -> Result<Vec<(Key, Entry)>, CellnetError> {
             e => CellnetError::Headers(format!("header {k:?}: {e}")),
         })?;
         let end = buf.len() - rd.len();
-        entries.push((key(k), Entry::received(start, end)));
+        entries.push((k, Entry::received(start, end)));
     }
     if !rd.is_empty() {
         return Err(CellnetError::Headers(format!(

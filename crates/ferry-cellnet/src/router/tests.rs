@@ -99,16 +99,13 @@ fn a_held_name_is_not_taken_and_first_runs_only_for_the_taker() {
 #[tokio::test]
 async fn a_plain_reply_must_come_from_the_target() {
     let r: Router<Fake> = Router::default();
-    let key = WaitKey::Reply("R1".into());
-    let rx = r.wait(key.clone(), "server", 1);
+    let id = RequestId::new();
+    let key = WaitKey::Reply(id);
+    let rx = r.wait(key, "server", 1);
     let m = Message::new().with_header("x", 1);
     assert!(!r.resolve(&key, ReplyFrom::Target("site-2"), m.clone()));
     // the same id in the other namespace is another waiter
-    assert!(!r.resolve(
-        &WaitKey::StreamReply("R1".into()),
-        ReplyFrom::Anyone,
-        m.clone()
-    ));
+    assert!(!r.resolve(&WaitKey::StreamReply(id), ReplyFrom::Anyone, m.clone()));
     assert!(r.resolve(&key, ReplyFrom::Target("server"), m.clone()));
     assert_eq!(rx.await.unwrap(), m);
     // answered once
@@ -120,17 +117,18 @@ async fn a_closed_link_fails_its_waiters_only() {
     let r: Router<Fake> = Router::default();
     let a = link(1, "server");
     r.insert(a.clone());
-    let on_a = r.wait(WaitKey::Reply("R1".into()), "server", 1);
-    let on_a2 = r.wait(WaitKey::StreamReply("S1".into()), "server", 1);
-    let on_b = r.wait(WaitKey::Reply("R2".into()), "other", 2);
+    let on_a = r.wait(WaitKey::Reply(RequestId::new()), "server", 1);
+    let on_a2 = r.wait(WaitKey::StreamReply(RequestId::new()), "server", 1);
+    let on_b = r.wait(WaitKey::Reply(RequestId::new()), "other", 2);
     r.remove(&a);
     for rx in [on_a, on_a2] {
         let m = rx.await.unwrap();
         assert_eq!(m.return_code(), ReturnCode::CommError);
         assert_eq!(m.error_text(), Some("connection to server lost"));
     }
-    let forgotten = r.wait(WaitKey::Reply("R3".into()), "other", 2);
-    r.forget(&WaitKey::Reply("R3".into()));
+    let r3 = WaitKey::Reply(RequestId::new());
+    let forgotten = r.wait(r3, "other", 2);
+    r.forget(&r3);
     assert!(forgotten.await.is_err(), "a forgotten waiter is dropped");
     r.fail_all("cell is shut down");
     let m = on_b.await.unwrap();
