@@ -43,10 +43,11 @@ use crate::args::{Cli, Command};
 use crate::exit::Failure;
 
 /// The async runtime a command runs on. A receiver (`ferry get`, the demo's receivers) runs
-/// on one thread: its downloads are one task and file writes go to the blocking pool, so a
-/// second worker would only pass frames between cores. Where receivers share the cores (eight
-/// on two in the benchmark) those hand-offs cost CPU per GiB; one receiver alone moves as
-/// fast either way (docs/benchmarks.md, "The runtime of `ferry get`"). Senders and relays serve many receivers at once and keep a worker per core.
+/// on one thread: its downloads are one task, which also writes the files until a write is
+/// slow, so a second worker would only pass frames between cores. Where receivers share the
+/// cores (eight on two in the benchmark) those hand-offs cost CPU per GiB; one receiver alone
+/// moves as fast either way (docs/benchmarks.md, "The runtime of `ferry get`"). Senders and
+/// relays serve many receivers at once and keep a worker per core.
 fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match command {
         Command::Get(_) | Command::DemoReceiver(_) => tokio::runtime::Builder::new_current_thread(),

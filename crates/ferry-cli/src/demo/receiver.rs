@@ -51,6 +51,8 @@ fn options(cancel: &CancellationToken, base: u64, done: &Arc<AtomicU64>) -> Down
     DownloadOptions {
         cancel: Some(cancel.clone()),
         progress_interval: Duration::from_millis(100),
+        // as `ferry get`
+        consume_on_task: true,
         ..DownloadOptions::default()
     }
     .with_progress(move |p| {

@@ -25,6 +25,19 @@ pub(super) struct Got {
     pub secs: f64,
 }
 
+/// The download options every `ferry get` download starts from: the request timeout asked
+/// for, cancelled with the command, and each chunk written by the thread that read it off the
+/// socket (the command runs on a current-thread runtime; a slow write hands the rest of the
+/// download to a writer thread: `DownloadOptions::consume_on_task`).
+pub(super) fn download_options(args: &GetArgs, cancel: &CancellationToken) -> DownloadOptions {
+    DownloadOptions {
+        per_request_timeout: args.request_timeout,
+        cancel: Some(cancel.clone()),
+        consume_on_task: true,
+        ..DownloadOptions::default()
+    }
+}
+
 /// Download the object of `t` into `args.output`.
 pub(super) async fn fetch_one(
     service: &DownloadService,
@@ -63,12 +76,7 @@ pub(super) async fn fetch_one(
     let name = t.name.clone();
     let progress_bar = bar.clone();
     let size = t.size;
-    let opts = DownloadOptions {
-        per_request_timeout: args.request_timeout,
-        cancel: Some(cancel.clone()),
-        ..DownloadOptions::default()
-    }
-    .with_progress(move |p| {
+    let opts = download_options(args, cancel).with_progress(move |p| {
         progress_bar.set_position(resumed_from + p.bytes_done);
         if json {
             // `bytes`: transferred by this run; `resumed_from + bytes` of `total` are here.

@@ -8,11 +8,12 @@ use ferry::fetch::FetchOptions;
 use ferry::fetch_set::{FetchSet, SetOptions, SetProgress};
 use ferry::objects::ObjectsError;
 use ferry::ticket::Ticket;
-use ferry::{DownloadError, DownloadOptions, DownloadService};
+use ferry::{DownloadError, DownloadService};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::explain::explain;
+use super::fetch::download_options;
 use crate::args::GetArgs;
 use crate::exit::{CmdResult, Failure};
 use crate::retry::resume_command;
@@ -35,11 +36,7 @@ impl SetJob<'_> {
     /// Fetch the set `t` from `service`.
     pub async fn run(&self, service: &DownloadService, t: &Ticket) -> CmdResult {
         let args = self.args;
-        let dl = DownloadOptions {
-            per_request_timeout: args.request_timeout,
-            cancel: Some(self.cancel.clone()),
-            ..DownloadOptions::default()
-        };
+        let dl = download_options(args, self.cancel);
         let opts = SetOptions {
             fetch: FetchOptions {
                 overwrite: args.force,

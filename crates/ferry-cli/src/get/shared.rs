@@ -8,12 +8,12 @@ use std::time::Instant;
 use ferry::fetch::FetchOptions;
 use ferry::peers::{fetch_with_peers, Seeding, ShareOptions};
 use ferry::ticket::Ticket;
-use ferry::{DownloadError, DownloadOptions, DownloadService};
+use ferry::{DownloadError, DownloadService};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::explain::{explain, unwritable};
-use super::fetch::Got;
+use super::fetch::{download_options, Got};
 use crate::args::GetArgs;
 use crate::exit::CmdResult;
 use crate::ui;
@@ -47,12 +47,7 @@ pub(super) async fn fetch_shared(
     let progress_bar = bar.clone();
     let name = t.name.clone();
     let size = t.size;
-    let opts = DownloadOptions {
-        per_request_timeout: args.request_timeout,
-        cancel: Some(cancel.clone()),
-        ..DownloadOptions::default()
-    }
-    .with_progress(move |p| {
+    let opts = download_options(args, cancel).with_progress(move |p| {
         progress_bar.set_position(p.bytes_done);
         if json {
             ui::json_line(&json!({

@@ -27,11 +27,12 @@
 //! receiver has the whole object (the orchestrator timestamps it), `RESULT {json}` last.
 //! Receivers start when they read `GO {json}` on stdin; stdin EOF ends any child.
 //!
-//! The Rust roles run as `ferry` runs them: file receivers on a current-thread tokio runtime
-//! (as `ferry get`), the other roles on a multi-thread one (as `ferry serve`); blocking work
-//! goes to the blocking pool either way. `FERRY_BENCH_RUNTIME=current_thread` or `multi_thread` in the
-//! environment sets every Rust role's runtime, and `FERRY_BENCH_RECEIVER_RUNTIME` then the
-//! receivers' alone, to compare runtimes in one script.
+//! The Rust roles run as `ferry` runs them: file receivers on a current-thread tokio runtime,
+//! writing each chunk on the download task (as `ferry get`: `DownloadOptions::consume_on_task`),
+//! the other roles on a multi-thread one (as `ferry serve`). `FERRY_BENCH_RUNTIME=current_thread`
+//! or `multi_thread` in the environment sets every Rust role's runtime, and
+//! `FERRY_BENCH_RECEIVER_RUNTIME` then the receivers' alone; `FERRY_BENCH_CONSUME_ON_TASK=0`
+//! gives the file receivers a writer thread instead: to compare either in one script.
 //!
 //! What is measured:
 //! * aggregate throughput = size × receivers / (last receiver's DONE − GO);

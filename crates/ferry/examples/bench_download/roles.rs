@@ -232,6 +232,11 @@ pub fn ferry_receiver(a: &ReceiverArgs) -> Result<()> {
         if a.window > 0 {
             opts.window = a.window;
         }
+        // A file receiver writes its chunks on the download task, as `ferry get` does (see
+        // `DownloadOptions::consume_on_task`); `FERRY_BENCH_CONSUME_ON_TASK=0` gives it a
+        // writer thread instead, to compare both with one binary.
+        opts.consume_on_task = a.mode == "file"
+            && std::env::var("FERRY_BENCH_CONSUME_ON_TASK").map_or(true, |v| v != "0");
         let cpu0 = cpu_now();
         let mut res = json!({});
         let bytes;

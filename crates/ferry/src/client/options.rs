@@ -85,6 +85,24 @@ pub struct DownloadOptions {
     pub progress_interval: Duration,
     /// State of the first request, to resume a download (see `FileConsumer::resume_state`).
     pub resume_state: Option<State>,
+    /// Let a consumer that [blocks](ferry_core::Consumer::blocks) (writes to disk) take its
+    /// chunks on the download task itself instead of on a writer thread of its own (plans
+    /// and the completion still go to tokio's blocking pool). Default `false`; `ferry get`
+    /// sets it.
+    ///
+    /// Each chunk is then written by the thread that read it off the socket, while its
+    /// bytes are still in that core's cache, and no thread is woken per chunk. The price:
+    /// while a write blocks, the task's thread does nothing else — on a current-thread
+    /// runtime nothing at all, so the connection is not read either. The first chunk that
+    /// takes longer than 100 ms (a disk that stalls, a periodic fsync) therefore hands the
+    /// rest of the download to a writer thread, so a slow disk holds the task for one write,
+    /// not for every write after it. A single write that blocks for longer than the
+    /// sender's `send_timeout` can still cost the connection, when the replies in flight do
+    /// not fit the socket buffers (the sender cuts a connection whose writes make no progress
+    /// for that long, 10 s by default): the download then fails with a transport error
+    /// (`comm_error`), as it would if the network went away. With a writer
+    /// thread the connection would have stayed, and the download would have waited as long.
+    pub consume_on_task: bool,
 }
 
 impl Default for DownloadOptions {
@@ -101,6 +119,7 @@ impl Default for DownloadOptions {
             progress: None,
             progress_interval: Duration::from_millis(250),
             resume_state: None,
+            consume_on_task: false,
         }
     }
 }
@@ -113,6 +132,7 @@ impl std::fmt::Debug for DownloadOptions {
             .field("window", &self.window)
             .field("confirm", &self.confirm)
             .field("streamed", &self.streamed)
+            .field("consume_on_task", &self.consume_on_task)
             .finish_non_exhaustive()
     }
 }

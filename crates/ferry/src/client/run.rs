@@ -58,7 +58,7 @@ async fn run<C: Consumer + 'static>(
     }
     let cancel = opts.cancel.clone().unwrap_or_default();
     let mut requests = Requests::new(service.inner.cell.clone(), source, &opts);
-    let mut worker = Worker::new(consumer, ref_id.as_str());
+    let mut worker = Worker::new(consumer, ref_id.as_str(), opts.consume_on_task);
     let result = 'run: loop {
         while let Some(action) = dl.poll_action() {
             tracing::trace!(?action, "action");

@@ -9,16 +9,31 @@
 //! after the first piece the consumer refuses or panics on (the engine fails the download on
 //! it), so nothing runs after a failure. Other consumers take their chunks right on the
 //! download task, and their plans and completions on the pool.
+//!
+//! A blocking consumer takes its chunks on the download task too when the caller asked for it
+//! (`DownloadOptions::consume_on_task`): each chunk is written by the thread that read it,
+//! with its bytes still in that core's cache, and no thread is woken per chunk. While it
+//! writes, that thread does nothing else, so the first chunk that takes longer than
+//! [`SLOW_CONSUME`] (a disk that stalls, a periodic fsync) sends the rest of the download to
+//! a writer as above: a slow disk holds the connection unread for one write, not for every
+//! write after it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use ferry_core::{ChunkData, ConsumeError, Consumer, Download, State, TransferPlan};
 use tokio::sync::mpsc as tmpsc;
 use tokio::task::JoinHandle;
 
 use crate::runtime::{now, panic_text};
+
+/// A chunk consumed on the download task that takes longer than this moves the rest of the
+/// download to a writer thread. Writing 1 MiB into the page cache and hashing it takes about a
+/// millisecond, and the kernel pauses a writer that outruns its disk for at most 200 ms at a
+/// time; a consume this slow means a disk (or an fsync) that will stall the task again.
+pub(super) const SLOW_CONSUME: Duration = Duration::from_millis(100);
 
 /// Work for the consumer, run in engine order.
 pub(super) enum Work {
@@ -101,16 +116,23 @@ pub(super) struct Worker<C> {
     consumer: Option<C>,
     queue: VecDeque<Work>,
     working: Option<Working<C>>,
-    /// The consumer blocks: its work goes to [`Writer`], started by the first work.
+    /// The consumer blocks and has a writer: its work goes to [`Writer`], started by the
+    /// first work. Unset for a blocking consumer asked to take its chunks on the download
+    /// task, until the first chunk that took longer than `slow` sets it.
     blocks: bool,
+    /// [`SLOW_CONSUME`]; tests set their own.
+    slow: Duration,
     writer: Option<Writer<C>>,
 }
 
 impl<C: Consumer + 'static> Worker<C> {
-    pub(super) fn new(consumer: C, rid: &str) -> Self {
+    /// A worker for `consumer`; `on_task`: its chunks are consumed on the download task even
+    /// if it blocks (no writer).
+    pub(super) fn new(consumer: C, rid: &str, on_task: bool) -> Self {
         Self {
             rid: rid.to_string(),
-            blocks: consumer.blocks(),
+            blocks: consumer.blocks() && !on_task,
+            slow: SLOW_CONSUME,
             consumer: Some(consumer),
             queue: VecDeque::new(),
             working: None,
@@ -140,11 +162,18 @@ impl<C: Consumer + 'static> Worker<C> {
             return;
         };
         let rid = self.rid.clone();
-        // A non-blocking consumer takes its chunks right here; everything else (and every
-        // plan and completion) goes to the blocking pool.
-        let inline = matches!(work, Work::Consume { .. }) && !c.blocks();
-        self.working = Some(if inline {
-            Working::Ready(Some(Box::new(do_work(c, &rid, work))))
+        // Without a writer, chunks are taken right here (a non-blocking consumer, or a
+        // blocking one asked to); plans and completions go to the blocking pool.
+        self.working = Some(if matches!(work, Work::Consume { .. }) {
+            let started = Instant::now();
+            let blocks = c.blocks();
+            let done = do_work(c, &rid, work);
+            if blocks && started.elapsed() > self.slow {
+                // the disk stalls: the rest goes to a writer, started by the next work
+                tracing::debug!(took = ?started.elapsed(), "slow write; a writer takes the rest");
+                self.blocks = true;
+            }
+            Working::Ready(Some(Box::new(done)))
         } else {
             Working::Pool(tokio::task::spawn_blocking(move || do_work(c, &rid, work)))
         });
@@ -292,6 +321,129 @@ mod tests {
 
     use super::*;
 
+    /// Says which thread each chunk was consumed on; blocks (as a file consumer does), and
+    /// sleeps `sleep` in chunk `slow_at`.
+    struct ThreadRecorder {
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+        slow_at: u64,
+        sleep: Duration,
+    }
+
+    impl Consumer for ThreadRecorder {
+        fn consume(&mut self, _: &str, state: &State, _: ChunkData) -> Result<State, ConsumeError> {
+            self.threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            if state.get_u64("seq").ok().flatten() == Some(self.slow_at) {
+                std::thread::sleep(self.sleep);
+            }
+            Ok(state.clone())
+        }
+        fn completed(&mut self, _: &str) -> Result<(), ConsumeError> {
+            Ok(())
+        }
+        fn failed(&mut self, _: &str, _: &str) {}
+    }
+
+    /// Consume chunks 1..=`n` one after the other (as the engine hands them out: each once the
+    /// one before was answered) on a worker that consumes on the task if `on_task`, calls a
+    /// consume slower than `slow` slow, and sleeps `sleep` in chunk `slow_at`; the thread of
+    /// each chunk.
+    async fn threads_of_chunks(
+        n: u64,
+        on_task: bool,
+        slow: Duration,
+        slow_at: u64,
+        sleep: Duration,
+    ) -> Vec<std::thread::ThreadId> {
+        let threads = Arc::default();
+        let c = ThreadRecorder {
+            threads: Arc::clone(&threads),
+            slow_at,
+            sleep,
+        };
+        let mut w = Worker::new(c, "r1", on_task);
+        w.slow = slow;
+        for seq in 1..=n {
+            w.push(Work::Consume {
+                seq,
+                state: State::new().with("seq", seq),
+                data: ChunkData::Bytes(Bytes::from_static(b"x")),
+            });
+            w.start();
+            assert_eq!(next_any(&mut w).await, (seq, true));
+        }
+        assert!(w.finish().await.is_some());
+        let threads = threads.lock().unwrap().clone();
+        assert_eq!(threads.len() as u64, n);
+        threads
+    }
+
+    /// Chunks of a blocking consumer go to a writer thread, unless the caller asked for them
+    /// on the download task: then each is consumed by the task's own thread, in order.
+    #[tokio::test]
+    async fn a_blocking_consumer_takes_its_chunks_on_the_task_when_asked() {
+        let here = std::thread::current().id();
+        // nothing is slow: the threshold is beyond any test's run time
+        let never = Duration::from_secs(24 * 3600);
+        let writer = threads_of_chunks(3, false, never, 0, Duration::ZERO).await;
+        assert!(writer.iter().all(|t| *t != here), "{writer:?} vs {here:?}");
+        let task = threads_of_chunks(3, true, never, 0, Duration::ZERO).await;
+        assert!(task.iter().all(|t| *t == here), "{task:?} vs {here:?}");
+    }
+
+    /// The first chunk consumed on the task that is slow sends the rest to a writer thread
+    /// (a stalled disk holds the task for one write, not for every write after it).
+    #[tokio::test]
+    async fn a_slow_chunk_on_the_task_sends_the_rest_to_a_writer() {
+        let here = std::thread::current().id();
+        // chunk 2 sleeps ten times the threshold: slow on any machine. Chunk 1 is consumed on
+        // the task; chunk 2 too, unless a loaded machine made chunk 1 itself look slow, so
+        // only what cannot depend on the load is asserted of it.
+        let slow = Duration::from_millis(20);
+        let threads = threads_of_chunks(4, true, slow, 2, slow * 10).await;
+        assert_eq!(threads[0], here, "chunk 1 is consumed on the task");
+        assert!(
+            threads[2..].iter().all(|t| *t != here),
+            "chunks 3-4 consumed on {:?}, the task on {here:?}",
+            &threads[2..]
+        );
+    }
+
+    /// Chunks already queued behind the slow one go to the writer too, and every answer
+    /// comes back once, in order.
+    #[tokio::test]
+    async fn chunks_queued_behind_a_slow_one_go_to_the_writer_in_order() {
+        let here = std::thread::current().id();
+        let slow = Duration::from_millis(20);
+        let threads = Arc::default();
+        let c = ThreadRecorder {
+            threads: Arc::clone(&threads),
+            slow_at: 1,
+            sleep: slow * 10,
+        };
+        let mut w = Worker::new(c, "r1", true);
+        w.slow = slow;
+        for seq in 1..=4u64 {
+            w.push(Work::Consume {
+                seq,
+                state: State::new().with("seq", seq),
+                data: ChunkData::Bytes(Bytes::from_static(b"x")),
+            });
+        }
+        // as the download loop does: start what is queued, wait for an answer, again
+        for seq in 1..=4u64 {
+            w.start();
+            assert_eq!(next_any(&mut w).await, (seq, true));
+        }
+        assert!(w.finish().await.is_some());
+        let threads = threads.lock().unwrap();
+        assert_eq!(threads.len(), 4);
+        assert_eq!(threads[0], here, "chunk 1 is consumed on the task");
+        assert!(threads[1..].iter().all(|t| *t != here), "{threads:?}");
+    }
+
     /// Records the chunks it is given; refuses chunk `fail_at`; with a gate, says when it
     /// starts chunk 1 and waits for the gate to open before it ends it.
     struct Recorder {
@@ -329,7 +481,7 @@ mod tests {
             fail_at,
             gate,
         };
-        let mut w = Worker::new(c, "r1");
+        let mut w = Worker::new(c, "r1", false);
         for seq in 1..=4 {
             w.push(Work::Consume {
                 seq,
@@ -341,6 +493,10 @@ mod tests {
     }
 
     async fn next(w: &mut Worker<Recorder>) -> (u64, bool) {
+        next_any(w).await
+    }
+
+    async fn next_any<C: Consumer + 'static>(w: &mut Worker<C>) -> (u64, bool) {
         // far beyond a trip to the pool: reaching it means no answer is coming
         match tokio::time::timeout(Duration::from_secs(60), w.done()).await {
             Ok(Ok(Done::Consumed(seq, r))) => (seq, r.is_ok()),
