@@ -166,16 +166,36 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def wait_port_bound(host: str, port: int, deadline: float) -> None:
-    """Wait until somebody (the cell's listener thread) holds host:port."""
-    while time.time() < deadline:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def port_listening(port: int) -> bool:
+    """Whether a socket is listening on TCP `port` (any address), from /proc/net/tcp{,6}.
+
+    Bound is not enough: NVFlare's listener thread binds, then listens, and a connect between
+    the two is refused. Where /proc is missing, a connect that is accepted says it instead
+    (the listener then sees a connection that closes at once, which it logs and drops).
+    """
+    tables = [t for t in ("/proc/net/tcp", "/proc/net/tcp6") if os.path.exists(t)]
+    if not tables:
         try:
-            s.bind((host, port))
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return True
         except OSError:
+            return False
+    for table in tables:
+        with open(table) as f:
+            next(f, None)  # the header line
+            for line in f:
+                fields = line.split()
+                # local_address is HEXADDR:HEXPORT; state 0A is LISTEN
+                if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+def wait_port_listening(host: str, port: int, deadline: float) -> None:
+    """Wait until somebody (the cell's listener thread) listens on host:port."""
+    while time.time() < deadline:
+        if port_listening(port):
             return
-        finally:
-            s.close()
         time.sleep(0.05)
     raise RuntimeError(f"listener on {host}:{port} did not come up")
 
@@ -440,7 +460,7 @@ def bring_up(args, deadline: float, before_start=None):
         before_start(cell, fqcn)
     cell.start()
     if args.listen:
-        wait_port_bound(args.host, info["port"], deadline)
+        wait_port_listening(args.host, info["port"], deadline)
     else:
         info["peer"] = wait_for_peer(cell, args.peer, min(deadline, time.time() + args.connect_timeout))
     return cell, fqcn, info

@@ -138,7 +138,7 @@ def main():
     child = relay = None
     info = {"fqcn": fqcn, "url": url, "port": port, "tls": bool(creds), "internal_url": None, "child": None}
     if args.role == "server":
-        fp.wait_port_bound(args.host, port, deadline)
+        fp.wait_port_listening(args.host, port, deadline)
         if args.child:
             internal_url = cell.core_cell.get_internal_listener_url()
             info["internal_url"] = internal_url

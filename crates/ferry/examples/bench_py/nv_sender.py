@@ -49,7 +49,7 @@ def main():
     url = f"tcp://127.0.0.1:{port}"
     cell = nb.make_cell(nb.SERVER_FQCN, url)
     cell.start()
-    nb.wait_port_bound("127.0.0.1", port, deadline)
+    nb.wait_port_listening("127.0.0.1", port, deadline)
 
     cpu0 = nb.cpu_seconds()
     downloader = ObjectDownloader(
