@@ -10,7 +10,9 @@
 //! `cargo xtask bench cellnet [-- --write-docs] [--quick] [--rtt-only]`; `--write-docs`
 //! replaces the `<!-- bench:cellnet -->` section of docs/benchmarks.md with the table;
 //! `--rtt-only` measures the round trips alone (for `perf record`/`perf stat` around them;
-//! with `--ferry-only`, without the baseline).
+//! with `--ferry-only`, without the baseline; with `--echo-only`, the baseline alone);
+//! `--current-thread` runs everything on tokio's current-thread runtime instead of the
+//! multi-thread one.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -254,9 +256,20 @@ fn write_docs(table: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--current-thread`: every task on one thread (the default is tokio's multi-thread
+    // runtime, a worker per core), to tell the cost of waking tasks across threads from
+    // the rest
+    let mut rt = if args.iter().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    rt.enable_all().build().unwrap().block_on(run(args));
+}
+
+async fn run(args: Vec<String>) {
     let quick = args.iter().any(|a| a == "--quick");
     let opts = Opts {
         write_docs: args.iter().any(|a| a == "--write-docs"),
@@ -269,6 +282,16 @@ async fn main() {
     let addr = tcp_server().await;
 
     // warm up both paths (allocator, TCP windows)
+    if opts.rtt_only && args.iter().any(|a| a == "--echo-only") {
+        // the baseline alone, for a profile or an instruction count of the echo
+        for _ in 0..opts.reps.min(3) {
+            let t = tcp_rtt(&addr, opts.rtt_time).await;
+            println!("round trips, 1 in flight: plain TCP {t:.0} /s");
+        }
+        client.shutdown().await;
+        server.shutdown().await;
+        return;
+    }
     if opts.rtt_only {
         for _ in 0..opts.reps.min(3) {
             let f = ferry_rtt(&client, 1, opts.rtt_time).await;
