@@ -5,7 +5,7 @@
 //! The router knows nothing of sockets: a link is anything with an id and a peer name
 //! ([`Link`]); the cell's connections are links, and so are the stand-ins of the unit tests.
 
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use dashmap::mapref::entry::Entry;
@@ -47,30 +47,6 @@ pub(crate) enum WaitKey {
     StreamReply(RequestId),
 }
 
-/// Hashes a [`WaitKey`] by its request id's own bits (the two halves folded) instead of
-/// SipHash: SipHash of the 16-byte id cost about 3% of a round trip's instructions. Safe
-/// because only ids this cell drew at random ([`RequestId::new`]) are ever inserted; a
-/// peer choosing the ids it replies with only looks up, and cannot crowd a bucket.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // the enum's discriminant and anything else that is not an id
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        self.0 ^= n as u64 ^ (n >> 64) as u64;
-    }
-}
-
 /// Someone waiting for a reply.
 struct Waiter {
     /// The FQCN the request went to; a plain reply must come from it.
@@ -103,7 +79,7 @@ pub(crate) struct Router<L> {
     links: DashMap<String, Arc<L>>,
     /// The peer reached by the last `connect`: the route of last resort.
     parent: Mutex<Option<Fqcn>>,
-    waiters: DashMap<WaitKey, Waiter, BuildHasherDefault<IdHasher>>,
+    waiters: DashMap<WaitKey, Waiter>,
     events: broadcast::Sender<PeerEvent>,
 }
 
@@ -112,7 +88,7 @@ impl<L: Link> Default for Router<L> {
         Router {
             links: DashMap::new(),
             parent: Mutex::new(None),
-            waiters: DashMap::with_hasher(Default::default()),
+            waiters: DashMap::new(),
             events: broadcast::channel(PEER_EVENT_CAPACITY).0,
         }
     }
