@@ -34,9 +34,9 @@ use crate::runtime::{now, panic_text};
 
 /// A chunk consumed on the download task during which its thread slept longer than this (the
 /// time it waited for a core does not count) moves the rest of the download to a writer
-/// thread. Writing 1 MiB into the page cache and hashing it takes about a
-/// millisecond, and the kernel pauses a writer that outruns its disk for at most 200 ms at a
-/// time; a consume this slow means a disk (or an fsync) that will stall the task again.
+/// thread. Writing 1 MiB into the page cache and hashing it takes about a millisecond, and
+/// the kernel pauses a writer that outruns its disk for at most 200 ms at a time; a consume
+/// that sleeps this long means a disk (or an fsync) that will stall the task again.
 pub(super) const SLOW_CONSUME: Duration = Duration::from_millis(100);
 
 /// Work for the consumer, run in engine order.
@@ -174,7 +174,11 @@ impl<C: Consumer + 'static> Worker<C> {
             let done = do_work(c, &rid, work);
             if blocks && since.slept() > self.slow {
                 // the disk stalls: the rest goes to a writer, started by the next work
-                tracing::debug!(took = ?since.elapsed(), slept = ?since.slept(), "slow write; a writer takes the rest");
+                tracing::debug!(
+                    took = ?since.elapsed(),
+                    slept = ?since.slept(),
+                    "slow write; a writer takes the rest"
+                );
                 self.blocks = true;
             }
             Working::Ready(Some(Box::new(done)))
