@@ -8,13 +8,15 @@
 //! cancellation, or on a source-failure notice for this (source, ref).
 //!
 //! Modules, each using only those listed before it: [`options`] (what a caller sets and is
-//! told), [`worker`], [`requests`], [`run`], [`typed`] (downloads into the workspace's
-//! consumers), and [`notify`] (announcing a failed source to receivers).
+//! told), [`sleeps`] (whether a thread blocked), [`worker`], [`requests`], [`run`], [`typed`]
+//! (downloads into the workspace's consumers), and [`notify`] (announcing a failed source to
+//! receivers).
 
 mod notify;
 mod options;
 mod requests;
 mod run;
+mod sleeps;
 mod typed;
 mod worker;
 

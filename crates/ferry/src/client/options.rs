@@ -94,9 +94,10 @@ pub struct DownloadOptions {
     /// bytes are still in that core's cache, and no thread is woken per chunk. The price:
     /// while a write blocks, the task's thread does nothing else — on a current-thread
     /// runtime nothing at all, so the connection is not read either. The first chunk that
-    /// takes longer than 100 ms (a disk that stalls, a periodic fsync) therefore hands the
-    /// rest of the download to a writer thread, so a slow disk holds the task for one write,
-    /// not for every write after it. A single write that blocks for longer than the
+    /// keeps the thread asleep for longer than 100 ms (a disk that stalls, a periodic fsync;
+    /// the time it waited for a busy core does not count) therefore hands the rest of the
+    /// download to a writer thread, so a slow disk holds the task for one write, not for
+    /// every write after it. A single write that blocks for longer than the
     /// sender's `send_timeout` can still cost the connection, when the replies in flight do
     /// not fit the socket buffers (the sender cuts a connection whose writes make no progress
     /// for that long, 10 s by default): the download then fails with a transport error
