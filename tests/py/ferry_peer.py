@@ -21,10 +21,12 @@ import json
 import logging
 import os
 import queue
-import socket
 import sys
 import threading
 import time
+
+# free_port and wait_port_listening are also used through this module (nv_server_cell.py).
+from ports import free_port, wait_port_listening  # noqa: F401
 
 # Keep stdout for the line protocol only: anything NVFlare (or a library) prints goes to stderr.
 _PROTOCOL_OUT = sys.stdout
@@ -157,47 +159,6 @@ def credentials(args, listener: bool) -> dict:
         creds["client_cert"] = os.path.abspath(args.tls_cert)
         creds["client_key"] = os.path.abspath(args.tls_key)
     return creds
-
-
-def free_port(host: str) -> int:
-    """A port the OS considers free right now (NVFlare's TCP listener cannot report a port-0 bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_listening(port: int) -> bool:
-    """Whether a socket is listening on TCP `port` (any address), from /proc/net/tcp{,6}.
-
-    Bound is not enough: NVFlare's listener thread binds, then listens, and a connect between
-    the two is refused. Where /proc is missing, a connect that is accepted says it instead
-    (the listener then sees a connection that closes at once, which it logs and drops).
-    """
-    tables = [t for t in ("/proc/net/tcp", "/proc/net/tcp6") if os.path.exists(t)]
-    if not tables:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return True
-        except OSError:
-            return False
-    for table in tables:
-        with open(table) as f:
-            next(f, None)  # the header line
-            for line in f:
-                fields = line.split()
-                # local_address is HEXADDR:HEXPORT; state 0A is LISTEN
-                if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    return True
-    return False
-
-
-def wait_port_listening(host: str, port: int, deadline: float) -> None:
-    """Wait until somebody (the cell's listener thread) listens on host:port."""
-    while time.time() < deadline:
-        if port_listening(port):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"listener on {host}:{port} did not come up")
 
 
 def make_cell(fqcn: str, root_url: str = None, creds: dict = None, parent_url: str = None, internal_listener=False):

@@ -20,10 +20,14 @@ import logging
 import os
 import queue
 import resource
-import socket
 import sys
 import threading
 import time
+from pathlib import Path
+
+# The port helpers are shared with the interop peers (tests/py/ports.py, four levels up).
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tests" / "py"))
+from ports import free_port, wait_port_listening  # noqa: E402,F401
 
 # stdout carries protocol lines only.
 _OUT = sys.stdout
@@ -103,47 +107,6 @@ def linger_until_stdin_eof():
 
 def wait_go(timeout):
     return _GO.get(timeout=timeout)
-
-
-def free_port(host="127.0.0.1"):
-    """NVFlare's listener cannot report a port-0 bind: ask the OS for a free port first."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_listening(port):
-    """Whether a socket is listening on TCP `port` (any address), from /proc/net/tcp{,6}.
-
-    Bound is not enough: NVFlare's listener thread binds, then listens, and a connect between
-    the two is refused. Where /proc is missing, a connect that is accepted says it instead
-    (the listener then sees a connection that closes at once, which it logs and drops).
-    """
-    tables = [t for t in ("/proc/net/tcp", "/proc/net/tcp6") if os.path.exists(t)]
-    if not tables:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return True
-        except OSError:
-            return False
-    for table in tables:
-        with open(table) as f:
-            next(f, None)  # the header line
-            for line in f:
-                fields = line.split()
-                # local_address is HEXADDR:HEXPORT; state 0A is LISTEN
-                if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    return True
-    return False
-
-
-def wait_port_listening(host, port, deadline):
-    """Wait until somebody (the cell's listener thread) listens on host:port."""
-    while time.time() < deadline:
-        if port_listening(port):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"listener on {host}:{port} did not come up")
 
 
 def make_cell(fqcn, url):
