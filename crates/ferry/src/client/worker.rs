@@ -122,7 +122,7 @@ pub(super) struct Worker<C> {
     working: Option<Working<C>>,
     /// The consumer blocks and has a writer: its work goes to [`Writer`], started by the
     /// first work. Unset for a blocking consumer asked to take its chunks on the download
-    /// task, until the first chunk that took longer than `slow` sets it.
+    /// task, until the first chunk during which its thread slept longer than `slow` sets it.
     blocks: bool,
     /// [`SLOW_CONSUME`]; tests set their own.
     slow: Duration,
@@ -169,17 +169,17 @@ impl<C: Consumer + 'static> Worker<C> {
         // Without a writer, chunks are taken right here (a non-blocking consumer, or a
         // blocking one asked to); plans and completions go to the blocking pool.
         self.working = Some(if matches!(work, Work::Consume { .. }) {
-            let since = Since::now();
-            let blocks = c.blocks();
+            // only a blocking consumer can move to a writer, so only its chunks are timed;
+            // the thread's sleep is read only once the wall time (never less) is past `slow`
+            let since = c.blocks().then(Since::now);
             let done = do_work(c, &rid, work);
-            if blocks && since.slept() > self.slow {
-                // the disk stalls: the rest goes to a writer, started by the next work
-                tracing::debug!(
-                    took = ?since.elapsed(),
-                    slept = ?since.slept(),
-                    "slow write; a writer takes the rest"
-                );
-                self.blocks = true;
+            if let Some(since) = since.filter(|s| s.elapsed() > self.slow) {
+                let slept = since.slept();
+                if slept > self.slow {
+                    // the disk stalls: the rest goes to a writer, started by the next work
+                    tracing::debug!(took = ?since.elapsed(), ?slept, "slow write; a writer takes the rest");
+                    self.blocks = true;
+                }
             }
             Working::Ready(Some(Box::new(done)))
         } else {
