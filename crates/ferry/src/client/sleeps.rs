@@ -10,7 +10,9 @@
 //! of two 8-receiver rounds handed its download to a writer thread, though their writes had
 //! slept only on short waits for the inode's block-allocation lock. The kernel tells the two
 //! apart per thread: `/proc/thread-self/schedstat` holds the time the thread ran and the
-//! time it waited on a run queue; the rest of the wall time it slept.
+//! time it waited on a run queue; the rest of the wall time it slept — if it blocked at all:
+//! on a virtual machine whose host is busy, time stolen from the virtual CPU is neither, so a
+//! thread that made no voluntary context switch (`getrusage`'s `ru_nvcsw`) did not sleep.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -30,6 +32,10 @@ pub(super) struct Since {
     wall: Instant,
     /// Nanoseconds the thread had run plus waited for a core, at `wall`.
     busy: Option<u64>,
+    /// The thread's voluntary context switches at `wall`: a thread that made none since did
+    /// not sleep, whatever the clocks say (time the hypervisor stole from a virtual CPU is
+    /// neither run time nor run-queue wait, so on a busy host it looks like sleep).
+    blocked: Option<i64>,
 }
 
 impl Since {
@@ -37,6 +43,7 @@ impl Since {
     pub(super) fn now() -> Self {
         Self {
             busy: busy_ns(),
+            blocked: voluntary_switches(),
             wall: Instant::now(),
         }
     }
@@ -52,6 +59,11 @@ impl Since {
     /// than by wall time).
     pub(super) fn slept(&self) -> Duration {
         let wall = self.wall.elapsed();
+        if let (Some(then), Some(now)) = (self.blocked, voluntary_switches()) {
+            if now == then {
+                return Duration::ZERO;
+            }
+        }
         match (self.busy, busy_ns()) {
             (Some(then), Some(now)) => {
                 wall.saturating_sub(Duration::from_nanos(now.saturating_sub(then)))
@@ -59,6 +71,23 @@ impl Since {
             _ => wall,
         }
     }
+}
+
+/// The calling thread's voluntary context switches so far (it blocked that often).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn voluntary_switches() -> Option<i64> {
+    // SAFETY: `rusage` is plain old data (all zeroes is a valid value), and getrusage only
+    // writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    (rc == 0).then_some(usage.ru_nvcsw)
+}
+
+/// Not known here: the clocks alone decide.
+#[cfg(not(target_os = "linux"))]
+fn voluntary_switches() -> Option<i64> {
+    None
 }
 
 /// The calling thread's run time plus run-queue wait so far, in nanoseconds (the first two
