@@ -33,6 +33,10 @@
 //! or `multi_thread` in the environment sets every Rust role's runtime, and
 //! `FERRY_BENCH_RECEIVER_RUNTIME` then the receivers' alone; `FERRY_BENCH_CONSUME_ON_TASK=0`
 //! gives the file receivers a writer thread instead: to compare either in one script.
+//! The plain-TCP receiver writing files (`--only tcp`, the file-disk scenario) takes two knobs:
+//! `FERRY_BENCH_TCP_READ_KIB` (how much it reads before writing; default 1024, ferry's chunk,
+//! 4..=1024) and `FERRY_BENCH_TCP_FILE_HASH=1` (hash each 16 KiB piece right after writing it,
+//! as `ferry get`'s file consumer does; reported as `streamed_blake3`).
 //!
 //! What is measured:
 //! * aggregate throughput = size × receivers / (last receiver's DONE − GO);

@@ -453,7 +453,16 @@ pub fn tcp_receiver(a: &ReceiverArgs) -> Result<()> {
                 .ok_or_else(|| anyhow!("--out-dir needed"))?;
             let path = dir.join("received.bin");
             let mut f = File::create(&path)?;
-            let mut buf = vec![0u8; BLAST_BUF];
+            // For experiments on the receive path's cache use: how much is read before it is
+            // written (default 1 MiB, ferry's chunk), and whether each written piece is hashed
+            // right after its write (as ferry's file consumer does).
+            let read = std::env::var("FERRY_BENCH_TCP_READ_KIB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(BLAST_BUF, |k| (k << 10).clamp(4 << 10, BLAST_BUF));
+            let mut hasher = (std::env::var("FERRY_BENCH_TCP_FILE_HASH").as_deref() == Ok("1"))
+                .then(blake3::Hasher::new);
+            let mut buf = vec![0u8; read];
             loop {
                 let k = fill(&mut conn, &mut buf)?;
                 if k == 0 {
@@ -463,8 +472,14 @@ pub fn tcp_receiver(a: &ReceiverArgs) -> Result<()> {
                 // cache (large fresh folios; see ferry-objects' small_writes).
                 for piece in buf[..k].chunks(16 << 10) {
                     f.write_all(piece)?;
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(piece);
+                    }
                 }
                 n += k as u64;
+            }
+            if let Some(h) = hasher {
+                res["streamed_blake3"] = json!(h.finalize().to_hex().to_string());
             }
             f.sync_all()?;
             drop(f);
