@@ -421,6 +421,14 @@ async fn run_inner<I: Inbound>(
     drop(account);
 }
 
+/// After handing on a frame with at least this much payload, the read loop lets the tasks it
+/// woke run before it reads the next frame. Otherwise, on a one-thread runtime, it reads every
+/// frame already in the socket (a download's whole window, megabytes) before the task that
+/// consumes them runs, and the consumer then writes bytes that have gone cold in the cache
+/// (the page-cache copy of a receiver writing files costs several times as much). Small frames
+/// (requests, replies of a round trip) never yield.
+const YIELD_AFTER_PAYLOAD: usize = 64 << 10;
+
 async fn read_loop<I: Inbound>(
     inbound: &Arc<I>,
     limits: &Limits,
@@ -506,7 +514,11 @@ async fn read_loop<I: Inbound>(
                     continue;
                 }
                 if let Some(env) = envelope(conn, &frame) {
+                    let large = frame.payload.len() >= YIELD_AFTER_PAYLOAD;
                     inbound.message(conn, env, frame.payload).await;
+                    if large {
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
             Some(FrameType::Ping) => conn.send_detached(control(FrameType::Pong, nil_payload())),

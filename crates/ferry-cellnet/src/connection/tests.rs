@@ -32,10 +32,33 @@ impl AsyncWrite for ResetWriter {
     }
 }
 
+/// A write half that takes every byte (a peer that reads all we send).
+struct SinkWriter;
+
+impl crate::driver::WriteStream for SinkWriter {}
+
+impl AsyncWrite for SinkWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// What the connection handed up, in order.
 #[derive(Debug, Clone, PartialEq)]
 enum Up {
     Message(String),
+    /// A task the message was handed to took it (a download task consuming a chunk).
+    Consumed(String),
     Closed,
 }
 
@@ -43,6 +66,8 @@ enum Up {
 struct Recorder {
     seen: Mutex<Vec<Up>>,
     changed: Notify,
+    /// Where `message` hands each topic on, if a consumer task is listening.
+    hand_to: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 impl Recorder {
@@ -69,7 +94,11 @@ impl Inbound for Recorder {
     }
     fn opened(self: &Arc<Self>, _: &Arc<Conn>) {}
     async fn message(self: &Arc<Self>, _: &Arc<Conn>, env: Envelope, _: Bytes) {
-        self.push(Up::Message(env.topic().to_string()));
+        let topic = env.topic().to_string();
+        self.push(Up::Message(topic.clone()));
+        if let Some(tx) = &*self.hand_to.lock().unwrap() {
+            let _ = tx.send(topic);
+        }
     }
     fn closed(self: &Arc<Self>, _: &Arc<Conn>) {
         self.push(Up::Closed);
@@ -82,25 +111,40 @@ fn frame_bytes(f: OutFrame) -> Bytes {
 
 /// A fire-and-forget message from `site-1` to `server` on topic `topic`.
 fn message(topic: &str) -> Bytes {
+    message_with(topic, 0)
+}
+
+/// A fire-and-forget message from `site-1` to `server` on topic `topic` carrying `len` bytes.
+fn message_with(topic: &str, len: usize) -> Bytes {
     let mut h = Headers::new();
     h.insert(keys::MSG_TYPE, "req");
     h.insert(keys::ORIGIN, "site-1");
     h.insert(keys::DESTINATION, "server");
     h.insert(keys::CHANNEL, "download");
     h.insert(keys::TOPIC, topic);
-    frame_bytes(crate::envelope::seal(h.into(), "server", vec![], 64 << 10).expect("small headers"))
+    let payload = vec![Bytes::from(vec![7u8; len]).into()];
+    frame_bytes(
+        crate::envelope::seal(h.into(), "server", payload, 64 << 10).expect("small headers"),
+    )
 }
 
 /// Start a passive connection of cell `server` whose writes fail; returns the test's end of
 /// the peer's byte stream, the recorder, and the write failure's signal.
 async fn start() -> (DuplexStream, Arc<Recorder>, Arc<Notify>) {
-    let (peer, rd) = tokio::io::duplex(1 << 20);
     let failed = Arc::new(Notify::new());
+    let wr = Box::new(ResetWriter {
+        failed: Arc::clone(&failed),
+    });
+    let (peer, rec) = start_with(wr, Recorder::default());
+    (peer, rec, failed)
+}
+
+/// Start a passive connection of cell `server` writing to `wr` and handing up to `rec`.
+fn start_with(wr: crate::driver::WriteHalf, rec: Recorder) -> (DuplexStream, Arc<Recorder>) {
+    let (peer, rd) = tokio::io::duplex(1 << 20);
     let t = Transport {
         rd: Box::new(rd),
-        wr: Box::new(ResetWriter {
-            failed: Arc::clone(&failed),
-        }),
+        wr,
         peer_addr: "198.18.0.2:40000".into(),
         peer_cn: None,
     };
@@ -111,9 +155,9 @@ async fn start() -> (DuplexStream, Arc<Recorder>, Arc<Notify>) {
         close_all: CancellationToken::new(),
         held: HeldBudget::new(64 << 20),
     });
-    let rec = Arc::new(Recorder::default());
+    let rec = Arc::new(rec);
     tokio::spawn(run(Arc::clone(&rec), ctx, t, false, None, None));
-    (peer, rec, failed)
+    (peer, rec)
 }
 
 /// What a peer sent before it reset the connection is still read and handed up: a receiver
@@ -163,4 +207,70 @@ async fn a_silent_peer_is_closed_a_bounded_time_after_a_failed_write() {
         at.elapsed()
     );
     drop(peer);
+}
+
+/// Send HELLO and two messages carrying `a_len` and `b_len` bytes (all in the pipe before the
+/// connection reads its first byte) to a connection whose `message` hands each topic to a
+/// consumer task; returns what was handed up and consumed, in order, until the close.
+async fn hand_two_to_a_consumer(a_len: usize, b_len: usize) -> Vec<Up> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let rec = Recorder {
+        hand_to: Mutex::new(Some(tx)),
+        ..Recorder::default()
+    };
+    let (mut peer, rec) = start_with(Box::new(SinkWriter), rec);
+    let consumer = {
+        let rec = Arc::clone(&rec);
+        tokio::spawn(async move {
+            while let Some(topic) = rx.recv().await {
+                rec.push(Up::Consumed(topic));
+            }
+        })
+    };
+    let hello = control(
+        FrameType::Hello,
+        hello_payload(&Fqcn::new("site-1").unwrap(), None),
+    );
+    let mut bytes = frame_bytes(hello).to_vec();
+    bytes.extend_from_slice(&message_with("a", a_len));
+    bytes.extend_from_slice(&message_with("b", b_len));
+    peer.write_all(&bytes).await.unwrap();
+    drop(peer);
+    let seen = tokio::time::timeout(Duration::from_secs(60), rec.until_closed())
+        .await
+        .expect("the connection closes once the peer's bytes end");
+    consumer.abort();
+    seen
+}
+
+/// After handing on a large message the reader lets the task it woke take it before reading
+/// the next one: otherwise a one-thread receiver reads a download's whole window (megabytes)
+/// before the download task runs, and writes those bytes to its file after they went cold in
+/// the cache. (Without the yield: a, b, closed, and only then consumed a, b.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_message_is_taken_by_its_consumer_before_the_next_is_read() {
+    let seen = hand_two_to_a_consumer(YIELD_AFTER_PAYLOAD, YIELD_AFTER_PAYLOAD).await;
+    let consumed = |t: &str| Up::Consumed(t.into());
+    let message = |t: &str| Up::Message(t.into());
+    assert_eq!(
+        seen,
+        vec![
+            message("a"),
+            consumed("a"),
+            message("b"),
+            consumed("b"),
+            Up::Closed
+        ]
+    );
+}
+
+/// Small messages (requests and replies of round trips) are handed on without a yield: the
+/// reader takes every one already in the socket before the tasks they woke run.
+#[tokio::test(flavor = "current_thread")]
+async fn small_messages_are_read_without_a_yield_between_them() {
+    let seen = hand_two_to_a_consumer(YIELD_AFTER_PAYLOAD - 1, 100).await;
+    assert_eq!(
+        seen[..2],
+        [Up::Message("a".into()), Up::Message("b".into())]
+    );
 }
