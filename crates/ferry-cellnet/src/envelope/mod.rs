@@ -11,7 +11,7 @@
 mod stamped;
 pub(crate) mod stream;
 
-pub(crate) use stamped::{Field, Stamped};
+pub(crate) use stamped::{Field, Shape, Stamped};
 
 use bytes::Bytes;
 use rmpv::Value;
@@ -218,7 +218,11 @@ impl<'a> Stamp<'a> {
         h.set_new(keys::REPLY_EXPECTED, Field::Bool(req_id.is_some()));
         h.set_new(keys::SECURE, Field::Bool(false));
         h.set_new(keys::OPTIONAL, Field::Bool(optional));
-        self.tail(h, MsgType::REQ, body)
+        let h = self.tail(h, MsgType::REQ, body);
+        match req_id {
+            Some(_) => h.shaped(Shape::Request),
+            None => h,
+        }
     }
 
     /// A REPLY to request `req_id`: the reply's own headers (`cn__return_code` defaults to
@@ -236,7 +240,8 @@ impl<'a> Stamp<'a> {
         let mut h = Stamped::for_stamp(app);
         h.set_new(keys::SECURE, Field::Bool(false));
         h.set_new(keys::OPTIONAL, Field::Bool(false));
-        if !h.contains(keys::RETURN_CODE) {
+        let own_code = !h.contains(keys::RETURN_CODE);
+        if own_code {
             h.set_new(keys::RETURN_CODE, Field::Str(ReturnCode::Ok.as_str()));
         }
         h.set_new(keys::CHANNEL, Field::Str(to.channel));
@@ -251,7 +256,11 @@ impl<'a> Stamp<'a> {
         h.set_new(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
         h.set_new(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
         h.set_new(keys::SEND_TIME, Field::F64(self.at));
-        h
+        if own_code {
+            h.shaped(Shape::Reply)
+        } else {
+            h
+        }
     }
 
     /// `cn__from`, `cn__to`, `cn__origin`, `cn__msg_type`, `cn__route`, payload and time.
