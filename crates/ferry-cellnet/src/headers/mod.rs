@@ -2,7 +2,7 @@
 //! keys to msgpack values that keeps unknown keys and their exact msgpack types.
 
 use std::borrow::Cow;
-use std::sync::{LazyLock, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use rmpv::Value;
@@ -168,21 +168,64 @@ fn key(k: &str) -> (Key, Option<usize>) {
 }
 
 /// The index in [`KNOWN_KEYS`] and the text of the known key whose bytes are `k`, if any.
+///
+/// Called for every key of every message received: one table lookup by a hash of the key's
+/// length and last two bytes (no two known keys share it; the table is built, and that
+/// checked, at compile time) and one comparison by words, no `memcmp` call.
 fn known(k: &[u8]) -> Option<(usize, &'static str)> {
-    // by length first: a message's 20 keys each compared with a handful of known keys, not
-    // with all of them
-    static BY_LEN: LazyLock<Vec<Vec<(usize, &'static str)>>> = LazyLock::new(|| {
-        let longest = KNOWN_KEYS.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut t = vec![Vec::new(); longest + 1];
-        for (i, &s) in KNOWN_KEYS.iter().enumerate() {
-            t[s.len()].push((i, s));
-        }
-        t
-    });
-    BY_LEN
-        .get(k.len())
-        .and_then(|same| same.iter().find(|(_, s)| s.as_bytes() == k))
-        .copied()
+    let i = usize::from(*BY_HASH.get(known_hash(k))?).checked_sub(1)?;
+    let s = KNOWN_KEYS.get(i)?;
+    same_bytes(s.as_bytes(), k).then_some((i, *s))
+}
+
+/// Buckets of [`BY_HASH`].
+const HASH_BUCKETS: usize = 128;
+
+/// Where a key would be in [`BY_HASH`].
+const fn known_hash(k: &[u8]) -> usize {
+    let n = k.len();
+    if n < 2 {
+        return n;
+    }
+    (n * 29 + k[n - 1] as usize * 39 + k[n - 2] as usize) % HASH_BUCKETS
+}
+
+/// Index + 1 in [`KNOWN_KEYS`] of the key whose [`known_hash`] each bucket is (0: none).
+static BY_HASH: [u8; HASH_BUCKETS] = {
+    let mut t = [0u8; HASH_BUCKETS];
+    let mut i = 0;
+    while i < KNOWN_KEYS.len() {
+        let h = known_hash(KNOWN_KEYS[i].as_bytes());
+        assert!(t[h] == 0, "two known keys share a hash: change known_hash");
+        t[h] = i as u8 + 1;
+        i += 1;
+    }
+    t
+};
+
+/// `a == b`, compared by 8- or 4-byte words (overlapping at the end) instead of a `memcmp`
+/// call: a header key is a few words long.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn w8(s: &[u8], i: usize) -> Option<u64> {
+        s.get(i..)?
+            .first_chunk::<8>()
+            .map(|c| u64::from_ne_bytes(*c))
+    }
+    fn w4(s: &[u8], i: usize) -> Option<u32> {
+        s.get(i..)?
+            .first_chunk::<4>()
+            .map(|c| u32::from_ne_bytes(*c))
+    }
+    let n = a.len();
+    if n != b.len() {
+        false
+    } else if n >= 8 {
+        (0..n - 8).step_by(8).all(|i| w8(a, i) == w8(b, i)) && w8(a, n - 8) == w8(b, n - 8)
+    } else if n >= 4 {
+        w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4)
+    } else {
+        a == b
+    }
 }
 
 /// Where the [`Slot`] keys of `entries` lie.

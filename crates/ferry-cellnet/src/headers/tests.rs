@@ -416,3 +416,37 @@ fn changes_keep_the_slots_in_step() {
     slots_agree(&b);
     assert_eq!(b.clone().str_at(Slot::Origin), Some("someone-else"));
 }
+
+#[test]
+fn every_known_key_is_found_and_no_near_miss_is() {
+    for (i, k) in KNOWN_KEYS.iter().enumerate() {
+        assert_eq!(known(k.as_bytes()), Some((i, *k)));
+        let b = k.as_bytes();
+        // one byte changed anywhere, one byte more or less: not a known key
+        for at in 0..b.len() {
+            let mut m = b.to_vec();
+            m[at] ^= 0x20;
+            assert_eq!(known(&m), None, "{m:?}");
+        }
+        assert_eq!(known(&b[..b.len() - 1]), None);
+        assert_eq!(known(&[b, b"x"].concat()), None);
+    }
+    for k in [&b""[..], b"a", b"ab", b"cn__", b"sm__zz", b"\xff\xfe"] {
+        assert_eq!(known(k), None, "{k:?}");
+    }
+}
+
+#[test]
+fn word_comparison_is_byte_comparison() {
+    let base: Vec<u8> = (0u8..40).collect();
+    for n in 0..40 {
+        let a = &base[..n];
+        assert!(same_bytes(a, a));
+        for at in 0..n {
+            let mut b = a.to_vec();
+            b[at] = b[at].wrapping_add(1);
+            assert!(!same_bytes(a, &b), "{n} bytes, differing at {at}");
+        }
+        assert!(!same_bytes(a, &base[..n + 1]));
+    }
+}
