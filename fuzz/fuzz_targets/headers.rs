@@ -3,7 +3,8 @@
 //! the budget.
 #![no_main]
 
-use ferry_cellnet::Headers;
+use ferry_cellnet::headers::keys;
+use ferry_cellnet::{Headers, Message};
 use ferry_fuzz::{within, Limit, DECODER_FIXED, VALUE_TREE_PER_BYTE};
 use libfuzzer_sys::fuzz_target;
 
@@ -28,6 +29,15 @@ fuzz_target!(|data: &[u8]| {
     }) else {
         return;
     };
+    // the keys a message's accessors read through their slots: what a walk by key reads
+    let m = Message {
+        headers: h.clone(),
+        payload: Default::default(),
+    };
+    assert_eq!(m.origin(), h.get_str(keys::ORIGIN), "origin slot");
+    assert_eq!(m.channel(), h.get_str(keys::CHANNEL), "channel slot");
+    assert_eq!(m.topic(), h.get_str(keys::TOPIC), "topic slot");
+    assert_eq!(m.error_text(), h.get_str(keys::ERROR), "error slot");
     let enc = h.encode();
     let again = Headers::decode(&enc).expect("an encoded header map decodes");
     // compare encodings, not values: a NaN float is not equal to itself

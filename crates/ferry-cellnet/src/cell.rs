@@ -524,6 +524,10 @@ impl CellInner {
             let stop = self.conns_token.clone();
             self.io_tasks
                 .spawn(async move { node.streams.run_timer(stop).await });
+            let node = self.node.clone();
+            let stop = self.conns_token.clone();
+            self.io_tasks
+                .spawn(async move { crate::request::run_sweeper(&node.out, stop).await });
         }
     }
 }

@@ -439,7 +439,11 @@ async fn read_loop<I: Inbound>(
     let hb = limits.heartbeat_interval;
     let mut tick = tokio::time::interval(HEARTBEAT_TICK.min(hb / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When a frame was last seen, to the tick: each tick stamps it if a frame came since
+    // the one before, so a frame costs a flag rather than a clock read. A PING may go out up
+    // to one tick (at most half the heartbeat interval) later than an exact stamp would send it.
     let mut last_rx = Instant::now();
+    let mut rx_since_tick = false;
     let mut last_ping = Instant::now();
     // Armed when the writer failed: read on (what the peer sent before it went) until then.
     let mut drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -469,6 +473,9 @@ async fn read_loop<I: Inbound>(
                 }
                 while tick.poll_tick(cx).is_ready() {
                     let now = Instant::now();
+                    if std::mem::take(&mut rx_since_tick) {
+                        last_rx = now;
+                    }
                     if now.duration_since(last_rx) >= hb && now.duration_since(last_ping) >= hb {
                         debug!("idle for {:?}; sending PING", now.duration_since(last_rx));
                         last_ping = now;
@@ -500,7 +507,7 @@ async fn read_loop<I: Inbound>(
                 return e.to_string();
             }
         };
-        last_rx = Instant::now();
+        rx_since_tick = true;
         conn.saw_frame();
         match frame.frame_type() {
             Some(FrameType::Data) => {

@@ -5,7 +5,7 @@ use rmpv::Value;
 
 use crate::error::CellnetError;
 use crate::fobs::Fobs;
-use crate::headers::{keys, Headers};
+use crate::headers::{keys, Headers, Slot};
 use crate::msgpack::MsgpackBody;
 use crate::return_code::ReturnCode;
 use crate::segment::Segment;
@@ -151,29 +151,29 @@ impl Message {
     /// streamed replies may omit it.
     pub fn return_code(&self) -> ReturnCode {
         self.headers
-            .get_str(keys::RETURN_CODE)
+            .str_at(Slot::ReturnCode)
             .map(ReturnCode::parse)
             .unwrap_or(ReturnCode::Ok)
     }
 
     /// The `cn__error` text, if any.
     pub fn error_text(&self) -> Option<&str> {
-        self.headers.get_str(keys::ERROR)
+        self.headers.str_at(Slot::Error)
     }
 
     /// The sender's FQCN (`cn__origin`).
     pub fn origin(&self) -> Option<&str> {
-        self.headers.get_str(keys::ORIGIN)
+        self.headers.str_at(Slot::Origin)
     }
 
     /// The channel (`cn__channel`).
     pub fn channel(&self) -> Option<&str> {
-        self.headers.get_str(keys::CHANNEL)
+        self.headers.str_at(Slot::Channel)
     }
 
     /// The topic (`cn__topic`).
     pub fn topic(&self) -> Option<&str> {
-        self.headers.get_str(keys::TOPIC)
+        self.headers.str_at(Slot::Topic)
     }
 
     /// Decode the payload as a dynamic msgpack value: FOBS is decoded (datums put back), raw

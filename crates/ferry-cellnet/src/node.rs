@@ -87,20 +87,24 @@ impl Node {
         message: Message,
         opts: &RequestOptions,
     ) -> Message {
-        let target = match Fqcn::new(target) {
-            Ok(t) => t,
-            Err(e) => return Message::error(ReturnCode::InvalidTarget, e.to_string()),
-        };
+        // checked in place: no owned name per request
+        if let Err(why) = crate::fqcn::validate(target) {
+            let e = CellnetError::InvalidFqcn {
+                fqcn: target.to_string(),
+                reason: why,
+            };
+            return Message::error(ReturnCode::InvalidTarget, e.to_string());
+        }
         if self.stopping() {
             return Message::error(ReturnCode::CommError, "cell is shut down");
         }
-        if target == self.out.me {
+        if target == self.out.me.as_str() {
             return self
                 .request_local(channel, topic, message, opts.timeout)
                 .await;
         }
         let to = Address {
-            destination: target.as_str(),
+            destination: target,
             channel,
             topic,
         };

@@ -174,8 +174,14 @@ pub(crate) struct FrameReader {
     account: Option<AccountHandle>,
     /// Bytes of `large`'s capacity charged to the account.
     charged: usize,
-    /// When the last byte arrived: a frame in progress must get one within the stall timeout.
+    /// When the reader last found bytes arrived (or began to wait for a frame's next ones):
+    /// a frame in progress must get a byte within the stall timeout.
     last_byte: Instant,
+    /// Bytes arrived since `last_byte` was stamped. The clock is read only when a read
+    /// begins mid-frame: a read that completes frames and finds the buffer empty again (a
+    /// round trip's request or reply) costs no clock read. The stall is then measured from
+    /// when the reader began to wait, a few microseconds after the bytes came.
+    stamp_due: bool,
     /// Rate limit of the complaints about this peer's frames.
     log: Arc<LogLimiter>,
 }
@@ -200,6 +206,7 @@ impl FrameReader {
             account,
             charged: 0,
             last_byte: Instant::now(),
+            stamp_due: false,
             log,
         }
     }
@@ -390,6 +397,10 @@ impl FrameReader {
     /// in progress it must deliver a byte before the stall deadline.
     async fn read_timed(&mut self, mid_frame: bool, into: ReadInto) -> Result<usize, CellnetError> {
         let stall = self.limits.stall_timeout;
+        if mid_frame && self.stamp_due {
+            self.last_byte = Instant::now();
+            self.stamp_due = false;
+        }
         loop {
             let deadline = self.last_byte + stall;
             let read = async {
@@ -424,7 +435,7 @@ impl FrameReader {
                 read.await?
             };
             if n > 0 {
-                self.last_byte = Instant::now();
+                self.stamp_due = true;
             }
             return Ok(n);
         }

@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+use tokio::time::error::Elapsed;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::connection::Conn;
@@ -15,7 +18,7 @@ use crate::message::{Message, Payload};
 use crate::outbound::Outbound;
 use crate::request_id::{self, RequestId};
 use crate::return_code::ReturnCode;
-use crate::router::WaitKey;
+use crate::router::{Expiry, WaitKey};
 use crate::segment::Segment;
 use crate::streams::{Outgoing, Streams};
 
@@ -126,6 +129,50 @@ async fn transmit(
     }
 }
 
+/// Requests with a timeout of at least this long are timed by the cell's sweeper
+/// ([`run_sweeper`]) rather than a timer of their own, and so time out up to one
+/// [`SWEEP_TICK`] late (at most 5%).
+pub(crate) const SWEPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the sweeper looks for waiters past their deadline.
+pub(crate) const SWEEP_TICK: Duration = Duration::from_millis(100);
+
+/// The reply on `rx`; `Err` if `deadline` passed first. Without a deadline the waiter is the
+/// sweeper's to time out ([`run_sweeper`]).
+async fn wait_reply(
+    rx: oneshot::Receiver<Message>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Result<Message, oneshot::error::RecvError>, Elapsed> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, rx).await,
+        None => Ok(rx.await),
+    }
+}
+
+/// The cell's sweeper: fails the waiters of requests past their deadline ([`SWEPT_TIMEOUT`])
+/// every [`SWEEP_TICK`] until `stop`. When it ends, however it ends (a runtime shut down drops
+/// it), the waiters that rely on it fail at once.
+pub(crate) async fn run_sweeper(out: &Outbound, stop: CancellationToken) {
+    struct Stopped<'a>(&'a Outbound);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            self.0
+                .router
+                .stop_sweeping("the cell's request timer stopped");
+        }
+    }
+    out.router.start_sweeping();
+    let _stopped = Stopped(out);
+    let mut tick = tokio::time::interval(SWEEP_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => out.router.expire(tokio::time::Instant::now()),
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Send a request to another cell and wait for its reply. Never fails: what went wrong is
 /// the reply's return code.
 pub(crate) async fn request(
@@ -154,8 +201,15 @@ pub(crate) async fn request(
     };
     let mut text = [0; request_id::TEXT_LEN];
     let id = id.text(&mut text);
-    let rx = out.router.wait(key, target, conn.id);
     let deadline = tokio::time::Instant::now() + opts.timeout;
+    // A long timeout is left to the cell's sweeper: no timer registered and cleared per
+    // request. A short one (or one with no sweeper running) keeps its own, exact timer.
+    let expires = (opts.timeout >= SWEPT_TIMEOUT).then_some(Expiry {
+        at: deadline,
+        after: opts.timeout,
+    });
+    let rx = out.router.wait(key, target, conn.id, expires);
+    let swept = expires.is_some() && out.router.sweeping();
     let route = Route {
         to,
         optional: opts.optional,
@@ -164,7 +218,7 @@ pub(crate) async fn request(
     };
     let sent = tokio::time::timeout_at(deadline, transmit(out, streams, prepared, route)).await;
     let reply = match sent {
-        Ok(Ok(())) => match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(())) => match wait_reply(rx, (!swept).then_some(deadline)).await {
             Ok(Ok(m)) => m,
             Ok(Err(_)) => Message::error(ReturnCode::CommError, "request abandoned"),
             Err(_) => {

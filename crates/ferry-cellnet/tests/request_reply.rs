@@ -281,6 +281,28 @@ async fn timeout_when_the_peer_never_answers() {
     server.shutdown().await;
 }
 
+/// A timeout long enough to be left to the cell's sweeper (no timer per request) ends the
+/// wait all the same.
+#[tokio::test]
+async fn a_long_timeout_ends_the_wait_too() {
+    let (server, url) = listening("server", Limits::default()).await;
+    server.register_request_handler("t", "silent", |_m: Message| async { None::<Message> });
+    let client = connected("site-1", &url).await;
+    let r = client
+        .send_request(
+            "t",
+            "silent",
+            "server",
+            Message::new(),
+            Duration::from_secs(2),
+        )
+        .await;
+    assert_eq!(r.return_code(), ReturnCode::Timeout);
+    assert_eq!(r.error_text(), Some("no reply from server in 2s"));
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn invalid_target_and_unreachable() {
     let (server, url) = listening("server", Limits::default()).await;

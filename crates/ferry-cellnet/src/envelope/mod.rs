@@ -11,7 +11,7 @@
 mod stamped;
 pub(crate) mod stream;
 
-pub(crate) use stamped::{Field, Stamped};
+pub(crate) use stamped::{Field, Shape, Stamped};
 
 use bytes::Bytes;
 use rmpv::Value;
@@ -19,7 +19,7 @@ use rmpv::Value;
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
 use crate::frame::{FrameType, OutFrame, APP_ID_CELLNET};
-use crate::headers::{keys, Headers};
+use crate::headers::{keys, Headers, Slot};
 use crate::message::encoding;
 use crate::request_id::RequestId;
 use crate::return_code::ReturnCode;
@@ -80,9 +80,9 @@ impl Envelope {
     /// Read the required keys; a map without them is not a CellNet message.
     pub fn parse(headers: Headers) -> Result<Envelope, &'static str> {
         let (Some(t), Some(o), Some(d)) = (
-            headers.get_str(keys::MSG_TYPE),
-            headers.get_str(keys::ORIGIN),
-            headers.get_str(keys::DESTINATION),
+            headers.str_at(Slot::MsgType),
+            headers.str_at(Slot::Origin),
+            headers.str_at(Slot::Destination),
         ) else {
             return Err("message without cn__msg_type/cn__origin/cn__destination");
         };
@@ -96,22 +96,22 @@ impl Envelope {
 
     /// `cn__channel` (empty if absent).
     pub fn channel(&self) -> &str {
-        self.headers.get_str(keys::CHANNEL).unwrap_or_default()
+        self.headers.str_at(Slot::Channel).unwrap_or_default()
     }
 
     /// `cn__topic` (empty if absent).
     pub fn topic(&self) -> &str {
-        self.headers.get_str(keys::TOPIC).unwrap_or_default()
+        self.headers.str_at(Slot::Topic).unwrap_or_default()
     }
 
     /// `cn__reply_expected` is true.
     pub fn reply_expected(&self) -> bool {
-        self.headers.get_bool(keys::REPLY_EXPECTED) == Some(true)
+        self.headers.bool_at(Slot::ReplyExpected) == Some(true)
     }
 
     /// The `cn__req_id` of a request (a str).
     pub fn req_id(&self) -> Option<&str> {
-        self.headers.get_str(keys::REQ_ID)
+        self.headers.str_at(Slot::ReqId)
     }
 
     /// The request ids a reply answers: `cn__req_id` as a str, or a list of them (RETURN).
@@ -119,11 +119,11 @@ impl Envelope {
     /// here; its text is kept for the log.
     pub fn reply_ids(&self) -> Vec<Result<RequestId, String>> {
         let id = |s: &str| RequestId::parse(s).ok_or_else(|| s.to_string());
-        if let Some(s) = self.headers.get_str(keys::REQ_ID) {
+        if let Some(s) = self.headers.str_at(Slot::ReqId) {
             // a plain reply: read where it lies, no value made
             return vec![id(s)];
         }
-        match self.headers.get(keys::REQ_ID) {
+        match self.headers.get_at(Slot::ReqId) {
             Some(Value::String(s)) => s.as_str().map(|s| vec![id(s)]).unwrap_or_default(),
             Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(id)).collect(),
             _ => Vec::new(),
@@ -132,17 +132,17 @@ impl Envelope {
 
     /// `cn__payload_encoding`, if present.
     pub fn payload_encoding(&self) -> Option<&str> {
-        self.headers.get_str(keys::PAYLOAD_ENCODING)
+        self.headers.str_at(Slot::PayloadEncoding)
     }
 
     /// Hops travelled so far (`cn__route` entries).
     pub fn hops(&self) -> usize {
-        self.headers.array_len(keys::ROUTE).unwrap_or(0)
+        self.headers.array_len_at(Slot::Route).unwrap_or(0)
     }
 
     /// `cn__encrypted`: an end-to-end encrypted payload (not supported).
     pub fn encrypted(&self) -> bool {
-        self.headers.get_bool(keys::ENCRYPTED) == Some(true)
+        self.headers.bool_at(Slot::Encrypted) == Some(true)
     }
 }
 
@@ -218,7 +218,11 @@ impl<'a> Stamp<'a> {
         h.set_new(keys::REPLY_EXPECTED, Field::Bool(req_id.is_some()));
         h.set_new(keys::SECURE, Field::Bool(false));
         h.set_new(keys::OPTIONAL, Field::Bool(optional));
-        self.tail(h, MsgType::REQ, body)
+        let h = self.tail(h, MsgType::REQ, body);
+        match req_id {
+            Some(_) => h.shaped(Shape::Request),
+            None => h,
+        }
     }
 
     /// A REPLY to request `req_id`: the reply's own headers (`cn__return_code` defaults to
@@ -236,7 +240,8 @@ impl<'a> Stamp<'a> {
         let mut h = Stamped::for_stamp(app);
         h.set_new(keys::SECURE, Field::Bool(false));
         h.set_new(keys::OPTIONAL, Field::Bool(false));
-        if !h.contains(keys::RETURN_CODE) {
+        let own_code = !h.contains(keys::RETURN_CODE);
+        if own_code {
             h.set_new(keys::RETURN_CODE, Field::Str(ReturnCode::Ok.as_str()));
         }
         h.set_new(keys::CHANNEL, Field::Str(to.channel));
@@ -251,7 +256,11 @@ impl<'a> Stamp<'a> {
         h.set_new(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
         h.set_new(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
         h.set_new(keys::SEND_TIME, Field::F64(self.at));
-        h
+        if own_code {
+            h.shaped(Shape::Reply)
+        } else {
+            h
+        }
     }
 
     /// `cn__from`, `cn__to`, `cn__origin`, `cn__msg_type`, `cn__route`, payload and time.

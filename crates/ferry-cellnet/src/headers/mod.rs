@@ -2,14 +2,18 @@
 //! keys to msgpack values that keeps unknown keys and their exact msgpack types.
 
 use std::borrow::Cow;
-use std::sync::{LazyLock, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use rmpv::Value;
 
 use crate::error::CellnetError;
+use slots::{Slots, MAX_NOTED, N_SLOTS};
 use value::ReadError;
 
+pub(crate) use slots::Slot;
+
+mod slots;
 mod value;
 
 /// Header keys used by CellNet (`cn__*`).
@@ -106,28 +110,29 @@ pub mod stream_keys {
 type Key = Cow<'static, str>;
 
 /// Every `cn__*` and `sm__*` key NVFlare 2.9 writes (f3-wire.md §2.2, §4.2), those this crate
-/// writes among them. Only used to avoid allocating keys: a key not listed is kept as well.
+/// writes among them. Used to avoid allocating keys (a key not listed is kept as well) and to
+/// note where the [`Slot`] keys lie: those come first, in the order of [`Slot`].
 const KNOWN_KEYS: &[&str] = &[
-    keys::MSG_TYPE,
-    keys::ORIGIN,
-    keys::DESTINATION,
+    Slot::MsgType.key(),
+    Slot::Origin.key(),
+    Slot::Destination.key(),
+    Slot::Channel.key(),
+    Slot::Topic.key(),
+    Slot::ReqId.key(),
+    Slot::ReplyExpected.key(),
+    Slot::PayloadEncoding.key(),
+    Slot::Route.key(),
+    Slot::Encrypted.key(),
+    Slot::ReturnCode.key(),
+    Slot::Error.key(),
     keys::FROM,
     keys::TO,
-    keys::CHANNEL,
-    keys::TOPIC,
-    keys::REQ_ID,
-    keys::REPLY_EXPECTED,
-    keys::RETURN_CODE,
-    keys::ERROR,
-    keys::PAYLOAD_ENCODING,
     keys::PAYLOAD_LEN,
-    keys::ROUTE,
     keys::SEND_TIME,
     keys::SECURE,
     keys::OPTIONAL,
     keys::ORIGINAL_HEADERS,
     keys::RETURN_REASON,
-    keys::ENCRYPTED,
     "cn__clear_payload_len",
     "cn__conn_url",
     "cn__pass_through",
@@ -153,30 +158,87 @@ const KNOWN_KEYS: &[&str] = &[
     "sm__rw",
 ];
 
-/// `k` as a [`Key`]: borrowed from [`KNOWN_KEYS`] if it is one of them, else owned.
-fn key(k: &str) -> Key {
+/// `k` as a [`Key`] (borrowed from [`KNOWN_KEYS`] if it is one of them, else owned), and its
+/// index in [`KNOWN_KEYS`].
+fn key(k: &str) -> (Key, Option<usize>) {
     match known(k.as_bytes()) {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(k.to_owned()),
+        Some((i, s)) => (Cow::Borrowed(s), Some(i)),
+        None => (Cow::Owned(k.to_owned()), None),
     }
 }
 
-/// The known key whose bytes are `k`, if any.
-fn known(k: &[u8]) -> Option<&'static str> {
-    // by length first: a message's 20 keys each compared with a handful of known keys, not
-    // with all of them
-    static BY_LEN: LazyLock<Vec<Vec<&'static str>>> = LazyLock::new(|| {
-        let longest = KNOWN_KEYS.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut t = vec![Vec::new(); longest + 1];
-        for &s in KNOWN_KEYS {
-            t[s.len()].push(s);
+/// The index in [`KNOWN_KEYS`] and the text of the known key whose bytes are `k`, if any.
+///
+/// Called for every key of every message received: one table lookup by a hash of the key's
+/// length and last two bytes (no two known keys share it; the table is built, and that
+/// checked, at compile time) and one comparison by words, no `memcmp` call.
+fn known(k: &[u8]) -> Option<(usize, &'static str)> {
+    let i = usize::from(*BY_HASH.get(known_hash(k))?).checked_sub(1)?;
+    let s = KNOWN_KEYS.get(i)?;
+    same_bytes(s.as_bytes(), k).then_some((i, *s))
+}
+
+/// Buckets of [`BY_HASH`].
+const HASH_BUCKETS: usize = 128;
+
+/// Where a key would be in [`BY_HASH`].
+const fn known_hash(k: &[u8]) -> usize {
+    let n = k.len();
+    if n < 2 {
+        return n;
+    }
+    (n * 29 + k[n - 1] as usize * 39 + k[n - 2] as usize) % HASH_BUCKETS
+}
+
+/// Index + 1 in [`KNOWN_KEYS`] of the key whose [`known_hash`] each bucket is (0: none).
+static BY_HASH: [u8; HASH_BUCKETS] = {
+    let mut t = [0u8; HASH_BUCKETS];
+    let mut i = 0;
+    while i < KNOWN_KEYS.len() {
+        let h = known_hash(KNOWN_KEYS[i].as_bytes());
+        assert!(t[h] == 0, "two known keys share a hash: change known_hash");
+        t[h] = i as u8 + 1;
+        i += 1;
+    }
+    t
+};
+
+/// `a == b`, compared by 8- or 4-byte words (overlapping at the end) instead of a `memcmp`
+/// call: a header key is a few words long.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn w8(s: &[u8], i: usize) -> Option<u64> {
+        s.get(i..)?
+            .first_chunk::<8>()
+            .map(|c| u64::from_ne_bytes(*c))
+    }
+    fn w4(s: &[u8], i: usize) -> Option<u32> {
+        s.get(i..)?
+            .first_chunk::<4>()
+            .map(|c| u32::from_ne_bytes(*c))
+    }
+    let n = a.len();
+    if n != b.len() {
+        false
+    } else if n >= 8 {
+        (0..n - 8).step_by(8).all(|i| w8(a, i) == w8(b, i)) && w8(a, n - 8) == w8(b, n - 8)
+    } else if n >= 4 {
+        w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4)
+    } else {
+        a == b
+    }
+}
+
+/// Where the [`Slot`] keys of `entries` lie.
+fn slots_of(entries: &[(Key, Entry)]) -> Slots {
+    let mut slots = Slots::default();
+    for (at, (k, _)) in entries.iter().enumerate().take(MAX_NOTED) {
+        // a key equal to a known one is always borrowed (`key`, `scan`)
+        if let (Cow::Borrowed(k), Some((i, _))) = (k, known(k.as_bytes())) {
+            debug_assert_eq!(KNOWN_KEYS[i], *k);
+            slots.note(i, at);
         }
-        t
-    });
-    BY_LEN
-        .get(k.len())
-        .and_then(|same| same.iter().find(|&&s| s.as_bytes() == k))
-        .copied()
+    }
+    slots
 }
 
 /// An ordered header map with str keys and exact msgpack values.
@@ -196,6 +258,9 @@ pub struct Headers {
     /// The header block the map was decoded from (empty for a map built here): the bytes of
     /// every [`Entry`] still as received.
     block: Bytes,
+    /// Where the keys the cell reads from every message lie in `entries` (kept in step with
+    /// them by every change), so that reading them is no walk.
+    slots: Slots,
 }
 
 /// One value of a [`Headers`] map. Small (a map's entries are one allocation of about 1 KiB
@@ -292,6 +357,7 @@ impl Headers {
         Headers {
             entries: Vec::with_capacity(n),
             block: Bytes::new(),
+            slots: Slots::default(),
         }
     }
 
@@ -314,6 +380,66 @@ impl Headers {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, e)| e)
     }
 
+    /// The entry of a [`Slot`]'s key: the one [`Headers::entry`] finds, without the walk.
+    fn entry_at(&self, s: Slot) -> Option<&Entry> {
+        let e = match self.slots.get(s) {
+            Some(i) => self.entries.get(i).map(|(_, e)| e),
+            None if Slots::covers(self.entries.len()) => None,
+            None => self.entry(s.key()),
+        };
+        debug_assert!(
+            match (e, self.entry(s.key())) {
+                (Some(a), Some(b)) => std::ptr::eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            },
+            "slot {s:?} out of step"
+        );
+        e
+    }
+
+    /// The value of a [`Slot`]'s key if it is a str (as [`Headers::get_str`] of its key).
+    pub(crate) fn str_at(&self, s: Slot) -> Option<&str> {
+        self.str_of(self.entry_at(s)?)
+    }
+
+    /// The value of a [`Slot`]'s key if it is a bool (as [`Headers::get_bool`] of its key).
+    pub(crate) fn bool_at(&self, s: Slot) -> Option<bool> {
+        self.bool_of(self.entry_at(s)?)
+    }
+
+    /// The value of a [`Slot`]'s key (as [`Headers::get`] of its key).
+    pub(crate) fn get_at(&self, s: Slot) -> Option<&Value> {
+        self.entry_at(s).map(|e| e.value(&self.block))
+    }
+
+    /// The length of a [`Slot`]'s value if it is an array.
+    pub(crate) fn array_len_at(&self, s: Slot) -> Option<usize> {
+        self.array_len_of(self.entry_at(s)?)
+    }
+
+    fn str_of<'a>(&'a self, e: &'a Entry) -> Option<&'a str> {
+        match (e.made(), e.raw(&self.block)) {
+            (None, Some(raw)) => value::as_str(raw),
+            _ => e.value(&self.block).as_str(),
+        }
+    }
+
+    fn bool_of(&self, e: &Entry) -> Option<bool> {
+        match (e.made(), e.raw(&self.block)) {
+            (None, Some([0xc2])) => Some(false),
+            (None, Some([0xc3])) => Some(true),
+            (None, Some(_)) => None,
+            _ => e.value(&self.block).as_bool(),
+        }
+    }
+
+    fn array_len_of(&self, e: &Entry) -> Option<usize> {
+        match (e.made(), e.raw(&self.block)) {
+            (None, Some(raw)) => value::array_len(raw),
+            _ => e.value(&self.block).as_array().map(Vec::len),
+        }
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.entry(key).map(|e| e.value(&self.block))
@@ -321,22 +447,12 @@ impl Headers {
 
     /// The value of `key` if it is a str.
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        let e = self.entry(key)?;
-        match (e.made(), e.raw(&self.block)) {
-            (None, Some(raw)) => value::as_str(raw),
-            _ => e.value(&self.block).as_str(),
-        }
+        self.str_of(self.entry(key)?)
     }
 
     /// The value of `key` if it is a bool.
     pub fn get_bool(&self, key: &str) -> Option<bool> {
-        let e = self.entry(key)?;
-        match (e.made(), e.raw(&self.block)) {
-            (None, Some([0xc2])) => Some(false),
-            (None, Some([0xc3])) => Some(true),
-            (None, Some(_)) => None,
-            _ => e.value(&self.block).as_bool(),
-        }
+        self.bool_of(self.entry(key)?)
     }
 
     /// The value of `key` if it is a non-negative integer.
@@ -353,12 +469,9 @@ impl Headers {
     }
 
     /// The length of the value of `key` if it is an array.
+    #[cfg(test)]
     pub(crate) fn array_len(&self, key: &str) -> Option<usize> {
-        let e = self.entry(key)?;
-        match (e.made(), e.raw(&self.block)) {
-            (None, Some(raw)) => value::array_len(raw),
-            _ => e.value(&self.block).as_array().map(Vec::len),
-        }
+        self.array_len_of(self.entry(key)?)
     }
 
     /// Set `key`, replacing an existing value in place.
@@ -368,14 +481,20 @@ impl Headers {
         if let Some(slot) = self.entries.iter_mut().find(|(have, _)| have == k) {
             slot.1 = value;
         } else {
-            self.entries.push((self::key(k), value));
+            let (k, known) = self::key(k);
+            if let Some(i) = known {
+                self.slots.note(i, self.entries.len());
+            }
+            self.entries.push((k, value));
         }
     }
 
     /// Remove `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
         let i = self.entries.iter().position(|(k, _)| k == key)?;
-        Some(self.entries.remove(i).1.into_value(&self.block))
+        let e = self.entries.remove(i).1;
+        self.slots = slots_of(&self.entries);
+        Some(e.into_value(&self.block))
     }
 
     /// True if `key` is present.
@@ -407,6 +526,7 @@ impl Headers {
     pub fn retain(&mut self, mut f: impl FnMut(&str, &Value) -> bool) {
         let block = &self.block;
         self.entries.retain(|(k, e)| f(k, e.value(block)));
+        self.slots = slots_of(&self.entries);
     }
 
     /// Copy every entry of `other` into `self` (replacing existing keys).
@@ -448,10 +568,11 @@ impl Headers {
     /// The map keeps a copy of `buf` (made once it is known good);
     /// [`Headers::decode_bytes`] keeps the block itself.
     pub fn decode(buf: &[u8]) -> Result<Headers, CellnetError> {
-        let entries = scan(buf)?;
+        let (entries, slots) = scan(buf)?;
         Ok(Headers {
             entries,
             block: Bytes::copy_from_slice(buf),
+            slots,
         })
     }
 
@@ -459,19 +580,25 @@ impl Headers {
     /// its values: nothing is copied, and `block` (with whatever buffer it is a slice of)
     /// lives as long as the map or a clone of it.
     pub fn decode_bytes(block: Bytes) -> Result<Headers, CellnetError> {
-        let entries = scan(&block)?;
-        Ok(Headers { entries, block })
+        let (entries, slots) = scan(&block)?;
+        Ok(Headers {
+            entries,
+            block,
+            slots,
+        })
     }
 }
 
-/// The entries of the header block `buf`, each value noted where it lies.
+/// The entries of the header block `buf`, each value noted where it lies, and where the
+/// [`Slot`] keys are among them.
 ///
 /// The top-level map is read entry by entry straight from the block (every length checked
 /// against the input, nesting bounded, strs checked for UTF-8, trailing bytes refused): known
 /// keys and the values cost no allocation, and nothing is sized by what the input claims.
-fn scan(buf: &[u8]) -> Result<Vec<(Key, Entry)>, CellnetError> {
+fn scan(buf: &[u8]) -> Result<(Vec<(Key, Entry)>, Slots), CellnetError> {
+    let mut slots = Slots::default();
     if buf.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), slots));
     }
     let bad = |why: &str| CellnetError::Headers(why.to_string());
     if u32::try_from(buf.len()).is_err() {
@@ -489,7 +616,12 @@ fn scan(buf: &[u8]) -> Result<Vec<(Key, Entry)>, CellnetError> {
         })?;
         // a known key is UTF-8 by being known; only another one is checked (and owned)
         let k: Key = match known(k) {
-            Some(s) => Cow::Borrowed(s),
+            Some((i, s)) => {
+                if i < N_SLOTS {
+                    slots.note(i, entries.len());
+                }
+                Cow::Borrowed(s)
+            }
             None => match std::str::from_utf8(k) {
                 Ok(s) => Cow::Owned(s.to_owned()),
                 Err(_) => return Err(bad("header key is not UTF-8")),
@@ -511,7 +643,7 @@ fn scan(buf: &[u8]) -> Result<Vec<(Key, Entry)>, CellnetError> {
             rd.len()
         )));
     }
-    Ok(entries)
+    Ok((entries, slots))
 }
 
 impl PartialEq for Headers {

@@ -283,3 +283,170 @@ fn decode_bytes_keeps_the_block_without_copying() {
     assert!(Headers::decode_bytes(Bytes::from(bad.clone())).is_err());
     assert!(Headers::decode(&bad).is_err());
 }
+
+/// What a slot reads, and what a walk by its key reads: the same, always.
+fn slots_agree(h: &Headers) {
+    for s in Slot::ALL {
+        assert_eq!(h.str_at(s), h.get_str(s.key()), "{s:?}");
+        assert_eq!(h.bool_at(s), h.get_bool(s.key()), "{s:?}");
+        assert_eq!(h.get_at(s), h.get(s.key()), "{s:?}");
+        assert_eq!(h.array_len_at(s), h.array_len(s.key()), "{s:?}");
+    }
+}
+
+#[test]
+fn the_slot_keys_come_first_in_the_known_keys() {
+    for (i, s) in Slot::ALL.into_iter().enumerate() {
+        assert_eq!(s as usize, i);
+        assert_eq!(KNOWN_KEYS[i], s.key());
+    }
+    let mut all = KNOWN_KEYS.to_vec();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), KNOWN_KEYS.len(), "a known key listed twice");
+}
+
+#[test]
+fn slots_read_what_a_walk_reads() {
+    let h = Headers::decode(&req_capture()).unwrap();
+    slots_agree(&h);
+    assert_eq!(h.str_at(Slot::Topic), Some("echo"));
+    assert_eq!(h.str_at(Slot::MsgType), Some("req"));
+    assert_eq!(h.bool_at(Slot::ReplyExpected), Some(true));
+    assert_eq!(h.str_at(Slot::ReturnCode), None);
+    // a value of another type than asked for: none, as a walk says
+    assert_eq!(h.bool_at(Slot::Topic), None);
+    assert_eq!(h.str_at(Slot::ReplyExpected), None);
+}
+
+#[test]
+fn a_key_sent_twice_is_read_at_its_first_entry_as_a_walk_reads_it() {
+    // {"cn__origin": "a", "cn__origin": "b", "cn__topic": 1}
+    let h = Headers::decode(&mp(&[
+        "83 aa",
+        "\"cn__origin\"",
+        "a1",
+        "\"a\"",
+        "aa",
+        "\"cn__origin\"",
+        "a1",
+        "\"b\"",
+        "a9",
+        "\"cn__topic\"",
+        "01",
+    ]))
+    .unwrap();
+    slots_agree(&h);
+    assert_eq!(h.str_at(Slot::Origin), Some("a"));
+    assert_eq!(h.str_at(Slot::Topic), None);
+    assert_eq!(h.get_at(Slot::Topic), Some(&Value::from(1)));
+}
+
+#[test]
+fn slots_past_the_noted_entries_are_found_by_a_walk() {
+    // 300 entries, the slot keys only after the first 255
+    let mut b = vec![0xde];
+    b.extend_from_slice(&302u16.to_be_bytes());
+    for i in 0..300 {
+        let k = format!("k{i}");
+        b.push(0xa0 | k.len() as u8);
+        b.extend_from_slice(k.as_bytes());
+        b.push(0xc0);
+    }
+    for (k, v) in [("cn__origin", "late"), ("cn__channel", "ch")] {
+        b.push(0xa0 | k.len() as u8);
+        b.extend_from_slice(k.as_bytes());
+        b.push(0xa0 | v.len() as u8);
+        b.extend_from_slice(v.as_bytes());
+    }
+    let mut h = Headers::decode(&b).unwrap();
+    slots_agree(&h);
+    assert_eq!(h.str_at(Slot::Origin), Some("late"));
+    assert_eq!(h.str_at(Slot::Channel), Some("ch"));
+    // fewer entries again: the slots are noted anew
+    h.retain(|k, _| k.starts_with("cn__") || k == "k0");
+    slots_agree(&h);
+    assert_eq!(h.str_at(Slot::Origin), Some("late"));
+    assert_eq!(h.len(), 3);
+}
+
+#[test]
+fn malformed_blocks_are_errors_and_leave_no_slots_behind() {
+    let o = "\"cn__origin\"";
+    for bad in [
+        mp(&["81 aa", o]),                      // value missing
+        mp(&["82 aa", o, "a1", "\"a\""]),       // entry missing
+        mp(&["81 aa", o, "a5", "\"ab\""]),      // str past the end
+        mp(&["81 aa", o, "a2 ff fe"]),          // not UTF-8
+        mp(&["81 aa", o, "c1"]),                // reserved marker
+        mp(&["81 01 a1", "\"a\""]),             // key not a str
+        mp(&["81 aa", o, "a1", "\"a\"", "00"]), // trailing byte
+    ] {
+        assert!(Headers::decode(&bad).is_err(), "{bad:02x?}");
+    }
+    slots_agree(&Headers::new());
+    assert_eq!(Headers::new().str_at(Slot::Origin), None);
+    assert_eq!(Headers::decode(&[]).unwrap().str_at(Slot::Origin), None);
+}
+
+#[test]
+fn changes_keep_the_slots_in_step() {
+    let mut h = Headers::decode(&req_capture()).unwrap();
+    h.insert(keys::ORIGIN, "someone-else");
+    h.insert(keys::RETURN_CODE, "ok");
+    slots_agree(&h);
+    assert_eq!(h.str_at(Slot::Origin), Some("someone-else"));
+    assert_eq!(h.str_at(Slot::ReturnCode), Some("ok"));
+    // removing an entry moves those after it
+    h.remove("x-my-hdr");
+    h.remove(keys::TOPIC);
+    slots_agree(&h);
+    assert_eq!(h.str_at(Slot::Topic), None);
+    assert_eq!(h.str_at(Slot::Channel), Some("task"));
+    h.retain(|k, _| k != keys::CHANNEL);
+    slots_agree(&h);
+    // a map built here
+    let mut b: Headers = [(keys::ERROR, "e"), ("x", "y"), (keys::MSG_TYPE, "reply")]
+        .into_iter()
+        .collect();
+    slots_agree(&b);
+    assert_eq!(b.str_at(Slot::Error), Some("e"));
+    assert_eq!(b.str_at(Slot::MsgType), Some("reply"));
+    b.extend_from(&h);
+    slots_agree(&b);
+    assert_eq!(b.clone().str_at(Slot::Origin), Some("someone-else"));
+}
+
+#[test]
+fn every_known_key_is_found_and_no_near_miss_is() {
+    for (i, k) in KNOWN_KEYS.iter().enumerate() {
+        assert_eq!(known(k.as_bytes()), Some((i, *k)));
+        let b = k.as_bytes();
+        // one byte changed anywhere, one byte more or less: not a known key
+        for at in 0..b.len() {
+            let mut m = b.to_vec();
+            m[at] ^= 0x20;
+            assert_eq!(known(&m), None, "{m:?}");
+        }
+        assert_eq!(known(&b[..b.len() - 1]), None);
+        assert_eq!(known(&[b, b"x"].concat()), None);
+    }
+    for k in [&b""[..], b"a", b"ab", b"cn__", b"sm__zz", b"\xff\xfe"] {
+        assert_eq!(known(k), None, "{k:?}");
+    }
+}
+
+#[test]
+fn word_comparison_is_byte_comparison() {
+    let base: Vec<u8> = (0u8..40).collect();
+    for n in 0..40 {
+        let a = &base[..n];
+        assert!(same_bytes(a, a));
+        for at in 0..n {
+            let mut b = a.to_vec();
+            b[at] = b[at].wrapping_add(1);
+            assert!(!same_bytes(a, &b), "{n} bytes, differing at {at}");
+        }
+        assert!(!same_bytes(a, &base[..n + 1]));
+    }
+}

@@ -101,7 +101,7 @@ async fn a_plain_reply_must_come_from_the_target() {
     let r: Router<Fake> = Router::default();
     let id = RequestId::new();
     let key = WaitKey::Reply(id);
-    let rx = r.wait(key, "server", 1);
+    let rx = r.wait(key, "server", 1, None);
     let m = Message::new().with_header("x", 1);
     assert!(!r.resolve(&key, ReplyFrom::Target("site-2"), m.clone()));
     // the same id in the other namespace is another waiter
@@ -117,9 +117,9 @@ async fn a_closed_link_fails_its_waiters_only() {
     let r: Router<Fake> = Router::default();
     let a = link(1, "server");
     r.insert(a.clone());
-    let on_a = r.wait(WaitKey::Reply(RequestId::new()), "server", 1);
-    let on_a2 = r.wait(WaitKey::StreamReply(RequestId::new()), "server", 1);
-    let on_b = r.wait(WaitKey::Reply(RequestId::new()), "other", 2);
+    let on_a = r.wait(WaitKey::Reply(RequestId::new()), "server", 1, None);
+    let on_a2 = r.wait(WaitKey::StreamReply(RequestId::new()), "server", 1, None);
+    let on_b = r.wait(WaitKey::Reply(RequestId::new()), "other", 2, None);
     r.remove(&a);
     for rx in [on_a, on_a2] {
         let m = rx.await.unwrap();
@@ -127,10 +127,67 @@ async fn a_closed_link_fails_its_waiters_only() {
         assert_eq!(m.error_text(), Some("connection to server lost"));
     }
     let r3 = WaitKey::Reply(RequestId::new());
-    let forgotten = r.wait(r3, "other", 2);
+    let forgotten = r.wait(r3, "other", 2, None);
     r.forget(&r3);
     assert!(forgotten.await.is_err(), "a forgotten waiter is dropped");
     r.fail_all("cell is shut down");
     let m = on_b.await.unwrap();
     assert_eq!(m.error_text(), Some("cell is shut down"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_times_out_only_waiters_past_their_expiry() {
+    let r: Router<Fake> = Router::default();
+    let now = Instant::now();
+    let after = Duration::from_secs(5);
+    let expiry = |at| Some(Expiry { at, after });
+    let due = r.wait(
+        WaitKey::Reply(RequestId::new()),
+        "server",
+        1,
+        expiry(now + after),
+    );
+    let later_key = WaitKey::Reply(RequestId::new());
+    let later = r.wait(later_key, "server", 1, expiry(now + after * 2));
+    let own_timer_key = WaitKey::Reply(RequestId::new());
+    let own_timer = r.wait(own_timer_key, "server", 1, None);
+    r.expire(now + after - Duration::from_millis(1));
+    r.expire(now + after);
+    let m = due.await.unwrap();
+    assert_eq!(m.return_code(), ReturnCode::Timeout);
+    assert_eq!(m.error_text(), Some("no reply from server in 5s"));
+    // the others still wait: a reply reaches them
+    let reply = Message::new().with_header("x", 1);
+    assert!(r.resolve(&later_key, ReplyFrom::Target("server"), reply.clone()));
+    assert_eq!(later.await.unwrap(), reply);
+    r.expire(now + after * 100);
+    assert!(r.resolve(&own_timer_key, ReplyFrom::Anyone, reply.clone()));
+    assert_eq!(own_timer.await.unwrap(), reply);
+}
+
+#[tokio::test]
+async fn a_sweeper_that_stops_fails_the_waiters_relying_on_it() {
+    let r: Router<Fake> = Router::default();
+    assert!(!r.sweeping(), "none until one starts");
+    r.start_sweeping();
+    assert!(r.sweeping());
+    let at = Instant::now() + Duration::from_secs(3600);
+    let after = Duration::from_secs(3600);
+    let swept = r.wait(
+        WaitKey::Reply(RequestId::new()),
+        "server",
+        1,
+        Some(Expiry { at, after }),
+    );
+    let own_key = WaitKey::Reply(RequestId::new());
+    let own = r.wait(own_key, "server", 1, None);
+    r.stop_sweeping("timer stopped");
+    assert!(!r.sweeping());
+    let m = swept.await.unwrap();
+    assert_eq!(m.return_code(), ReturnCode::CommError);
+    assert_eq!(m.error_text(), Some("timer stopped"));
+    // one with a timer of its own is left alone
+    let reply = Message::new();
+    assert!(r.resolve(&own_key, ReplyFrom::Anyone, reply.clone()));
+    assert_eq!(own.await.unwrap(), reply);
 }
