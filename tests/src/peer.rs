@@ -4,7 +4,7 @@
 //! its stderr goes to a log file whose tail is printed when a test fails.
 
 use std::collections::VecDeque;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +24,13 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// How many stderr lines a failure report shows.
 const LOG_TAIL_LINES: usize = 60;
+
+/// The exit status of a Python peer whose listener port another process took before the
+/// listener bound it (`EXIT_PORT_TAKEN` in tests/py/ports.py).
+const EXIT_PORT_TAKEN: i32 = 75;
+
+/// How many times a peer is started when its port was taken (each start picks a new port).
+const PORT_TAKEN_ATTEMPTS: usize = 3;
 
 /// What the stdout reader thread has collected so far.
 #[derive(Default)]
@@ -95,11 +102,19 @@ impl PyPeer {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut peer = Self::start(script_name, args)?;
-        let deadline = Instant::now() + DEFAULT_DEADLINE;
-        let ready = peer.wait_inbox(deadline, |st| st.ready.take());
-        peer.ready = peer.settle_ready(ready)?;
-        Ok(peer)
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut attempt = 1;
+        loop {
+            let mut peer = Self::start(script_name, &args)?;
+            let deadline = Instant::now() + DEFAULT_DEADLINE;
+            let ready = peer.wait_inbox(deadline, |st| st.ready.take());
+            if ready.is_err() && attempt < PORT_TAKEN_ATTEMPTS && peer.port_was_taken() {
+                attempt += 1;
+                continue;
+            }
+            peer.ready = peer.settle_ready(ready)?;
+            return Ok(peer);
+        }
     }
 
     /// Spawn and wait for READY without blocking the async runtime (use this when the peer
@@ -123,11 +138,19 @@ impl PyPeer {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut peer = Self::start(script_name, args)?;
-        let deadline = Instant::now() + DEFAULT_DEADLINE;
-        let ready = peer.wait_inbox_async(deadline, |st| st.ready.take()).await;
-        peer.ready = peer.settle_ready(ready)?;
-        Ok(peer)
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let mut attempt = 1;
+        loop {
+            let mut peer = Self::start(script_name, &args)?;
+            let deadline = Instant::now() + DEFAULT_DEADLINE;
+            let ready = peer.wait_inbox_async(deadline, |st| st.ready.take()).await;
+            if ready.is_err() && attempt < PORT_TAKEN_ATTEMPTS && peer.port_was_taken() {
+                attempt += 1;
+                continue;
+            }
+            peer.ready = peer.settle_ready(ready)?;
+            return Ok(peer);
+        }
     }
 
     /// Spawn any program that speaks the same line protocol (READY / RESULT on stdout, exits
@@ -216,7 +239,36 @@ impl PyPeer {
         })
     }
 
+    /// Whether the peer ended before READY because another process took the port its
+    /// listener was to bind (`ports.py` exits with [`EXIT_PORT_TAKEN`]); starting it again
+    /// picks another port.
+    fn port_was_taken(&mut self) -> bool {
+        self.status_once_closed()
+            .is_some_and(|s| s.code() == Some(EXIT_PORT_TAKEN))
+    }
+
+    /// The exit status of a peer whose stdout closed (it is exiting: the status follows
+    /// within moments); `None` while stdout is open or if it does not exit in 10 s.
+    fn status_once_closed(&mut self) -> Option<ExitStatus> {
+        if !self.inbox.lock().closed {
+            return None;
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            match self.child.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
     fn settle_ready(&mut self, ready: Result<Value>) -> Result<Value> {
+        if ready.is_err() {
+            // so the report says how it ended
+            self.status_once_closed();
+        }
         ready.map_err(|e| {
             let report = self.report();
             anyhow!("{}: no READY line: {e:#}\n{report}", self.name)

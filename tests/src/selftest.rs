@@ -190,3 +190,26 @@ fn safetensors_round_trip_through_python() {
     assert!(!bad.status.success());
     assert!(bad.results[0]["error"].is_string());
 }
+
+/// A listener port another process took before NVFlare bound it is reported, not taken for
+/// the cell's own: NVFlare only logs the failed bind, and the peer used to print READY
+/// because *somebody* listened on its port — the Rust cell under test then talked to that
+/// other process (a TLS listener reset its plain HELLO). The peer now ends with status 75
+/// and the harness, which starts it again on that status, gives up after a few tries here
+/// since the port is fixed.
+#[test]
+fn a_peer_whose_port_is_taken_says_so_instead_of_reporting_ready() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let err = PyPeer::try_spawn("nv_server_cell.py", ["--timeout", "90", "--port", &port])
+        .err()
+        .expect("no READY from a peer whose port is taken");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains(&format!(
+            "port {port} on 127.0.0.1 is taken by another process"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("exited: exit status: 75"), "{text}");
+}
