@@ -21,7 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::admission::Admitted;
 use crate::driver::Transport;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MsgType};
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
 use crate::frame::{Frame, FrameType, OutFrame, APP_ID_CELLNET};
@@ -421,12 +421,14 @@ async fn run_inner<I: Inbound>(
     drop(account);
 }
 
-/// After handing on a frame with at least this much payload, the read loop lets the tasks it
-/// woke run before it reads the next frame. Otherwise, on a one-thread runtime, it reads every
-/// frame already in the socket (a download's whole window, megabytes) before the task that
-/// consumes them runs, and the consumer then writes bytes that have gone cold in the cache
-/// (the page-cache copy of a receiver writing files costs several times as much). Small frames
-/// (requests, replies of a round trip) never yield.
+/// After handing on a reply with at least this much payload, the read loop lets the task
+/// waiting for it run before it reads the next frame. Otherwise, on a one-thread runtime, it
+/// reads every reply already in the socket (a download's whole window, megabytes) before the
+/// caller that consumes them runs, and the caller then writes bytes that have gone cold in
+/// the cache (the page-cache copy of a receiver writing files costs several times as much).
+/// Small frames (the requests and replies of round trips) never yield, and neither do
+/// requests: a stream chunk wakes nobody until its stream is whole, and yielding between the
+/// chunks of many connections only reorders who fills the held-bytes budget first.
 const YIELD_AFTER_PAYLOAD: usize = 64 << 10;
 
 async fn read_loop<I: Inbound>(
@@ -521,9 +523,10 @@ async fn read_loop<I: Inbound>(
                     continue;
                 }
                 if let Some(env) = envelope(conn, &frame) {
-                    let large = frame.payload.len() >= YIELD_AFTER_PAYLOAD;
+                    let hand_off = frame.payload.len() >= YIELD_AFTER_PAYLOAD
+                        && matches!(env.msg_type, MsgType::Reply | MsgType::Return);
                     inbound.message(conn, env, frame.payload).await;
-                    if large {
+                    if hand_off {
                         tokio::task::yield_now().await;
                     }
                 }

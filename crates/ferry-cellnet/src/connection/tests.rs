@@ -111,13 +111,13 @@ fn frame_bytes(f: OutFrame) -> Bytes {
 
 /// A fire-and-forget message from `site-1` to `server` on topic `topic`.
 fn message(topic: &str) -> Bytes {
-    message_with(topic, 0)
+    message_with(topic, "req", 0)
 }
 
-/// A fire-and-forget message from `site-1` to `server` on topic `topic` carrying `len` bytes.
-fn message_with(topic: &str, len: usize) -> Bytes {
+/// A message of `msg_type` from `site-1` to `server` on topic `topic` carrying `len` bytes.
+fn message_with(topic: &str, msg_type: &str, len: usize) -> Bytes {
     let mut h = Headers::new();
-    h.insert(keys::MSG_TYPE, "req");
+    h.insert(keys::MSG_TYPE, msg_type);
     h.insert(keys::ORIGIN, "site-1");
     h.insert(keys::DESTINATION, "server");
     h.insert(keys::CHANNEL, "download");
@@ -209,10 +209,11 @@ async fn a_silent_peer_is_closed_a_bounded_time_after_a_failed_write() {
     drop(peer);
 }
 
-/// Send HELLO and two messages carrying `a_len` and `b_len` bytes (all in the pipe before the
-/// connection reads its first byte) to a connection whose `message` hands each topic to a
-/// consumer task; returns what was handed up and consumed, in order, until the close.
-async fn hand_two_to_a_consumer(a_len: usize, b_len: usize) -> Vec<Up> {
+/// Send HELLO and two messages of `msg_type` carrying `a_len` and `b_len` bytes (all in the
+/// pipe before the connection reads its first byte) to a connection whose `message` hands
+/// each topic to a consumer task; returns what was handed up and consumed, in order, until
+/// the close.
+async fn hand_two_to_a_consumer(msg_type: &str, a_len: usize, b_len: usize) -> Vec<Up> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let rec = Recorder {
         hand_to: Mutex::new(Some(tx)),
@@ -232,8 +233,8 @@ async fn hand_two_to_a_consumer(a_len: usize, b_len: usize) -> Vec<Up> {
         hello_payload(&Fqcn::new("site-1").unwrap(), None),
     );
     let mut bytes = frame_bytes(hello).to_vec();
-    bytes.extend_from_slice(&message_with("a", a_len));
-    bytes.extend_from_slice(&message_with("b", b_len));
+    bytes.extend_from_slice(&message_with("a", msg_type, a_len));
+    bytes.extend_from_slice(&message_with("b", msg_type, b_len));
     peer.write_all(&bytes).await.unwrap();
     drop(peer);
     let seen = tokio::time::timeout(Duration::from_secs(60), rec.until_closed())
@@ -243,13 +244,13 @@ async fn hand_two_to_a_consumer(a_len: usize, b_len: usize) -> Vec<Up> {
     seen
 }
 
-/// After handing on a large message the reader lets the task it woke take it before reading
+/// After handing on a large reply the reader lets the task it woke take it before reading
 /// the next one: otherwise a one-thread receiver reads a download's whole window (megabytes)
 /// before the download task runs, and writes those bytes to its file after they went cold in
 /// the cache. (Without the yield: a, b, closed, and only then consumed a, b.)
 #[tokio::test(flavor = "current_thread")]
-async fn a_large_message_is_taken_by_its_consumer_before_the_next_is_read() {
-    let seen = hand_two_to_a_consumer(YIELD_AFTER_PAYLOAD, YIELD_AFTER_PAYLOAD).await;
+async fn a_large_reply_is_taken_by_its_consumer_before_the_next_is_read() {
+    let seen = hand_two_to_a_consumer("reply", YIELD_AFTER_PAYLOAD, YIELD_AFTER_PAYLOAD).await;
     let consumed = |t: &str| Up::Consumed(t.into());
     let message = |t: &str| Up::Message(t.into());
     assert_eq!(
@@ -264,11 +265,23 @@ async fn a_large_message_is_taken_by_its_consumer_before_the_next_is_read() {
     );
 }
 
-/// Small messages (requests and replies of round trips) are handed on without a yield: the
-/// reader takes every one already in the socket before the tasks they woke run.
+/// Small replies (the answers of round trips) are handed on without a yield: the reader
+/// takes every one already in the socket before the tasks they woke run.
 #[tokio::test(flavor = "current_thread")]
-async fn small_messages_are_read_without_a_yield_between_them() {
-    let seen = hand_two_to_a_consumer(YIELD_AFTER_PAYLOAD - 1, 100).await;
+async fn small_replies_are_read_without_a_yield_between_them() {
+    let seen = hand_two_to_a_consumer("reply", YIELD_AFTER_PAYLOAD - 1, 100).await;
+    assert_eq!(
+        seen[..2],
+        [Up::Message("a".into()), Up::Message("b".into())]
+    );
+}
+
+/// Large requests (stream chunks, uploads) are read on without a yield: the chunks of many
+/// connections' streams fill the held-bytes budget in the order their readers take them,
+/// not interleaved chunk by chunk.
+#[tokio::test(flavor = "current_thread")]
+async fn large_requests_are_read_without_a_yield_between_them() {
+    let seen = hand_two_to_a_consumer("req", YIELD_AFTER_PAYLOAD, YIELD_AFTER_PAYLOAD).await;
     assert_eq!(
         seen[..2],
         [Up::Message("a".into()), Up::Message("b".into())]
