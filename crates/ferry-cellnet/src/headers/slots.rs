@@ -37,12 +37,12 @@ pub(crate) enum Slot {
     Error,
 }
 
-/// Number of [`Slot`]s: [`super::KNOWN_KEYS`] starts with their keys, in this order, so a
+/// Number of [`Slot`]s: [`super::known_keys::KNOWN_KEYS`] starts with their keys, in this order, so a
 /// known key's index below this is its slot.
 pub(super) const N_SLOTS: usize = 12;
 
 impl Slot {
-    /// Every slot, in the order of [`super::KNOWN_KEYS`].
+    /// Every slot, in the order of [`super::known_keys::KNOWN_KEYS`].
     #[cfg(test)]
     pub const ALL: [Slot; N_SLOTS] = [
         Slot::MsgType,

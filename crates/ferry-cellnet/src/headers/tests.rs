@@ -1,5 +1,6 @@
 //! Tests of the header map and its codec.
 
+use super::known_keys::same_bytes;
 use super::*;
 use crate::testutil::hex;
 
