@@ -101,11 +101,6 @@ def listener_owner(host: str, port: int):
     return "self" if any(i in own for i in listening) else "other"
 
 
-def port_listening(host: str, port: int) -> bool:
-    """Whether this process listens on TCP `port` (see `listener_owner`)."""
-    return listener_owner(host, port) == "self"
-
-
 def wait_port_listening(host: str, port: int, deadline: float) -> None:
     """Wait until this process (the cell's listener thread) listens on host:port.
 

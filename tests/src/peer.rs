@@ -105,15 +105,12 @@ impl PyPeer {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let mut attempt = 1;
         loop {
-            let mut peer = Self::start(script_name, &args)?;
+            let peer = Self::start(script_name, &args)?;
             let deadline = Instant::now() + DEFAULT_DEADLINE;
             let ready = peer.wait_inbox(deadline, |st| st.ready.take());
-            if ready.is_err() && attempt < PORT_TAKEN_ATTEMPTS && peer.port_was_taken() {
-                attempt += 1;
-                continue;
+            if let Some(done) = peer.settled(ready, &mut attempt) {
+                return done;
             }
-            peer.ready = peer.settle_ready(ready)?;
-            return Ok(peer);
         }
     }
 
@@ -141,15 +138,12 @@ impl PyPeer {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let mut attempt = 1;
         loop {
-            let mut peer = Self::start(script_name, &args)?;
+            let peer = Self::start(script_name, &args)?;
             let deadline = Instant::now() + DEFAULT_DEADLINE;
             let ready = peer.wait_inbox_async(deadline, |st| st.ready.take()).await;
-            if ready.is_err() && attempt < PORT_TAKEN_ATTEMPTS && peer.port_was_taken() {
-                attempt += 1;
-                continue;
+            if let Some(done) = peer.settled(ready, &mut attempt) {
+                return done;
             }
-            peer.ready = peer.settle_ready(ready)?;
-            return Ok(peer);
         }
     }
 
@@ -236,6 +230,22 @@ impl PyPeer {
             log_path,
             log_dir: Some(log_dir),
             reader: Some(reader),
+        })
+    }
+
+    /// The outcome of start number `attempt` whose wait for READY ended with `ready`: the
+    /// peer (or why it has none), or `None` to start it again because its port was taken.
+    fn settled(mut self, ready: Result<Value>, attempt: &mut usize) -> Option<Result<PyPeer>> {
+        if ready.is_err() && *attempt < PORT_TAKEN_ATTEMPTS && self.port_was_taken() {
+            *attempt += 1;
+            return None;
+        }
+        Some(match self.settle_ready(ready) {
+            Ok(ready) => {
+                self.ready = ready;
+                Ok(self)
+            }
+            Err(e) => Err(e),
         })
     }
 

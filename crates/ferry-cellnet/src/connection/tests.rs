@@ -33,25 +33,7 @@ impl AsyncWrite for ResetWriter {
 }
 
 /// A write half that takes every byte (a peer that reads all we send).
-struct SinkWriter;
-
-impl crate::driver::WriteStream for SinkWriter {}
-
-impl AsyncWrite for SinkWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+impl crate::driver::WriteStream for tokio::io::Sink {}
 
 /// What the connection handed up, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -219,7 +201,7 @@ async fn hand_two_to_a_consumer(msg_type: &str, a_len: usize, b_len: usize) -> V
         hand_to: Mutex::new(Some(tx)),
         ..Recorder::default()
     };
-    let (mut peer, rec) = start_with(Box::new(SinkWriter), rec);
+    let (mut peer, rec) = start_with(Box::new(tokio::io::sink()), rec);
     let consumer = {
         let rec = Arc::clone(&rec);
         tokio::spawn(async move {

@@ -456,10 +456,17 @@ pub fn tcp_receiver(a: &ReceiverArgs) -> Result<()> {
             // For experiments on the receive path's cache use: how much is read before it is
             // written (default 1 MiB, ferry's chunk), and whether each written piece is hashed
             // right after its write (as ferry's file consumer does).
-            let read = std::env::var("FERRY_BENCH_TCP_READ_KIB")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .map_or(BLAST_BUF, |k| (k << 10).clamp(4 << 10, BLAST_BUF));
+            let read = match std::env::var("FERRY_BENCH_TCP_READ_KIB") {
+                Ok(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|k| (4..=BLAST_BUF >> 10).contains(k))
+                    .map(|k| k << 10)
+                    .ok_or_else(|| {
+                        anyhow!("FERRY_BENCH_TCP_READ_KIB={v:?}: give KiB from 4 to 1024")
+                    })?,
+                Err(_) => BLAST_BUF,
+            };
             let mut hasher = (std::env::var("FERRY_BENCH_TCP_FILE_HASH").as_deref() == Ok("1"))
                 .then(blake3::Hasher::new);
             let mut buf = vec![0u8; read];
