@@ -12,7 +12,10 @@
 //! `--rtt-only` measures the round trips alone (for `perf record`/`perf stat` around them;
 //! with `--ferry-only`, without the baseline; with `--echo-only`, the baseline alone);
 //! `--current-thread` runs everything on tokio's current-thread runtime instead of the
-//! multi-thread one.
+//! multi-thread one; `--rtt-only --count N` makes exactly N ferry round trips (or N echo
+//! round trips with `--echo-only`) and nothing else, so that an instruction count under
+//! `valgrind --tool=cachegrind` at N and 2N gives the instructions of one round trip as
+//! `(Ir(2N) - Ir(N)) / N`, whatever the machine is doing.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,6 +115,28 @@ async fn ferry_rtt(client: &Cell, in_flight: usize, dur: Duration) -> f64 {
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Exactly `n` ferry round trips, one in flight (for instruction counts).
+async fn ferry_rtt_count(client: &Cell, n: u64) {
+    let payload = Bytes::from(vec![7u8; SMALL]);
+    let c = client.clone();
+    tokio::spawn(async move {
+        for _ in 0..n {
+            let r = c
+                .send_request(
+                    "bench",
+                    "echo",
+                    "server",
+                    Message::from_bytes(payload.clone()),
+                    TIMEOUT,
+                )
+                .await;
+            assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error_text());
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn ferry_bulk(client: &Cell, size: usize, total: usize) -> f64 {
     let client = client.clone();
     tokio::spawn(async move { ferry_bulk_task(&client, size, total).await })
@@ -206,6 +231,24 @@ async fn tcp_rtt_task(addr: &str, dur: Duration) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Exactly `n` echo round trips over plain TCP (for instruction counts).
+async fn tcp_rtt_count(addr: &str, n: u64) {
+    let addr = addr.to_string();
+    tokio::spawn(async move {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut msg = vec![b'E', 0, 0, 0, SMALL as u8];
+        msg.extend_from_slice(&[7u8; SMALL]);
+        let mut back = vec![0u8; msg.len()];
+        for _ in 0..n {
+            s.write_all(&msg).await.unwrap();
+            s.read_exact(&mut back).await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn tcp_bulk(addr: &str, size: usize, total: usize) -> f64 {
     let addr = addr.to_string();
     tokio::spawn(async move { tcp_bulk_task(&addr, size, total).await })
@@ -281,6 +324,27 @@ async fn run(args: Vec<String>) {
     let (server, client, _) = ferry_pair().await;
     let addr = tcp_server().await;
 
+    // `--count N`: a fixed number of round trips, for instruction counts
+    let count = args.iter().position(|a| a == "--count").map(|i| {
+        match args.get(i + 1).and_then(|v| v.parse::<u64>().ok()) {
+            Some(n) => n,
+            None => {
+                eprintln!("--count needs a number of round trips, e.g. --count 20000");
+                std::process::exit(2)
+            }
+        }
+    });
+    if let (true, Some(n)) = (opts.rtt_only, count) {
+        if args.iter().any(|a| a == "--echo-only") {
+            tcp_rtt_count(&addr, n).await;
+        } else {
+            ferry_rtt_count(&client, n).await;
+        }
+        println!("{n} round trips");
+        client.shutdown().await;
+        server.shutdown().await;
+        return;
+    }
     // warm up both paths (allocator, TCP windows)
     if opts.rtt_only && args.iter().any(|a| a == "--echo-only") {
         // the baseline alone, for a profile or an instruction count of the echo
