@@ -26,7 +26,7 @@ use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
 use crate::frame::{Frame, FrameType, OutFrame, APP_ID_CELLNET};
 use crate::handshake::{self, control, hello_payload, nil_payload, Handshake};
-use crate::headers::Headers;
+use crate::headers::memo::DecodeMemo;
 use crate::held::{AccountHandle, HeldBudget};
 use crate::limits::Limits;
 use crate::log_limit::{limited, LogLimiter};
@@ -450,6 +450,9 @@ async fn read_loop<I: Inbound>(
     // Armed when the writer failed: read on (what the peer sent before it went) until then.
     let mut drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut armed = None;
+    // The last header block decoded, so that the next one like it is checked only where
+    // it differs (consecutive requests or replies differ in a few values).
+    let mut memo = DecodeMemo::default();
     loop {
         // One future per frame (the reader's); the alarm is an atomic, the heartbeat's and
         // the drain's timers live across frames. The alarm is looked at first, so a peer
@@ -522,7 +525,7 @@ async fn read_loop<I: Inbound>(
                     );
                     continue;
                 }
-                if let Some(env) = envelope(conn, &frame) {
+                if let Some(env) = envelope(conn, &frame, &mut memo) {
                     let hand_off = frame.payload.len() >= YIELD_AFTER_PAYLOAD
                         && matches!(env.msg_type, MsgType::Reply | MsgType::Return);
                     inbound.message(conn, env, frame.payload).await;
@@ -554,8 +557,8 @@ enum Next {
 }
 
 /// The envelope of a DATA frame, or `None` (logged) if it is not a CellNet message.
-fn envelope(conn: &Conn, frame: &Frame) -> Option<Envelope> {
-    // The headers keep their block (`Headers::decode_bytes`). A frame's headers and payload
+fn envelope(conn: &Conn, frame: &Frame, memo: &mut DecodeMemo) -> Option<Envelope> {
+    // The headers keep their block (as `Headers::decode_bytes`). A frame's headers and payload
     // share one buffer: a map that outlives the payload (a handler keeps the headers, a
     // stream its chunk 0's) must not pin much more than itself, so the map shares the buffer
     // only when the payload is no larger than the header block (a small request or reply:
@@ -565,7 +568,7 @@ fn envelope(conn: &Conn, frame: &Frame) -> Option<Envelope> {
     } else {
         Bytes::copy_from_slice(&frame.headers)
     };
-    let headers = match Headers::decode_bytes(block) {
+    let headers = match memo.decode(block) {
         Ok(h) => h,
         Err(e) => {
             limited!(conn.log, error, peer = %conn.peer, "error processing frame: {e}; dropped");

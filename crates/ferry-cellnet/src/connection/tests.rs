@@ -2,7 +2,7 @@
 //! writes, and the write half fails on demand (a peer that reset the connection).
 
 use super::*;
-use crate::headers::keys;
+use crate::headers::{keys, Headers};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context as TaskContext, Poll};

@@ -15,6 +15,7 @@ use value::ReadError;
 pub(crate) use slots::Slot;
 
 mod known_keys;
+pub(crate) mod memo;
 mod slots;
 mod value;
 

@@ -18,7 +18,7 @@ fn mp(parts: &[&str]) -> Vec<u8> {
 }
 
 /// The exact header map of the §7 REQ capture (322 bytes).
-fn req_capture() -> Vec<u8> {
+pub(super) fn req_capture() -> Vec<u8> {
     mp(&[
         "de 00 10 a8",
         "\"x-my-hdr\"",
