@@ -1,16 +1,16 @@
-//! A connection's memo of the last header block it decoded, so that decoding the next one
+//! A connection's memo of the last header blocks it decoded, so that decoding the next one
 //! checks only the values that changed.
 //!
 //! The requests (or replies) one connection carries differ from one to the next only in a
 //! few values (`cn__req_id`, `cn__send_time`, the times in `cn__route`, ...); their keys,
 //! their order and the byte length of the block mostly stay the same. A full scan
 //! ([`super::scan`]) reads every key and checks every value; with the memo, a block of the
-//! same length as the last one is compared with it, only the values whose bytes differ are
-//! checked again, and the entries are those of the last block.
+//! same length as one kept is compared with it, only the values whose bytes differ are
+//! checked again, and the entries are those of the kept block.
 //!
 //! The result is always exactly what a full scan of the block gives (the same entries, value
 //! ranges and slots, the same error): the memo is used only when that follows from the bytes
-//! alone (see [`DecodeMemo::reuse`]), and anything else falls back to the full scan.
+//! alone (see `Kept::reuse`), and anything else falls back to the full scan.
 
 use bytes::Bytes;
 
@@ -20,7 +20,7 @@ use super::{scan, value, Entry, Headers};
 use crate::error::CellnetError;
 
 /// Blocks longer than this are decoded without the memo and not kept: a connection keeps at
-/// most this much (a CellNet request's block is a few hundred bytes).
+/// most [`WAYS`] times this much (a CellNet request's block is a few hundred bytes).
 pub(crate) const MAX_MEMO_BLOCK: usize = 4096;
 
 /// Blocks with more entries than this are not kept: a peer sending a block of thousands of
@@ -28,14 +28,28 @@ pub(crate) const MAX_MEMO_BLOCK: usize = 4096;
 /// (CellNet messages have about twenty).
 pub(crate) const MAX_MEMO_ENTRIES: usize = 64;
 
-/// The last good header block a connection decoded (of at most [`MAX_MEMO_BLOCK`] bytes and
-/// [`MAX_MEMO_ENTRIES`] entries), with what scanning it gave. One per connection, owned by
-/// its read loop.
+/// How many blocks a connection keeps: one connection often carries two kinds of message
+/// (requests one way and the replies to its own requests, or requests on two topics), whose
+/// blocks would otherwise replace each other at every message. (Two: the choice of which to
+/// use or replace is `DecodeMemo::decode_noting_use`'s.)
+const WAYS: usize = 2;
+
+/// The last good header blocks a connection decoded, of different lengths (each of at most
+/// [`MAX_MEMO_BLOCK`] bytes and [`MAX_MEMO_ENTRIES`] entries), with what scanning them gave.
+/// One per connection, owned by its read loop.
 #[derive(Default)]
 pub(crate) struct DecodeMemo {
+    kept: [Kept; WAYS],
+    /// Which of `kept` (0 or 1) was used or replaced last: a new block replaces the other one.
+    last: usize,
+}
+
+/// One block a [`DecodeMemo`] keeps.
+#[derive(Default)]
+struct Kept {
     /// The block, byte for byte (empty: nothing kept). Its own copy, not a [`Bytes`] of the
     /// frame, so that the memo pins no frame buffer; values that changed in a block decoded
-    /// through the memo are copied in, so it is always the last block decoded.
+    /// through it are copied in, so it is always the last block of its length decoded.
     block: Vec<u8>,
     /// Its entries: each key and where its value lies. The values' ranges ascend; what lies
     /// outside them is the map's header and the keys.
@@ -46,20 +60,28 @@ pub(crate) struct DecodeMemo {
 
 impl DecodeMemo {
     /// Decode a header block as [`Headers::decode_bytes`] does (the same map, the same
-    /// error), with the memo when the block is like the last one, and remember it.
+    /// error), with the memo when the block is like one kept, and keep it.
     pub fn decode(&mut self, block: Bytes) -> Result<Headers, CellnetError> {
         self.decode_noting_use(block).0
     }
 
     /// [`DecodeMemo::decode`], and whether the memo was used (for the tests).
     fn decode_noting_use(&mut self, block: Bytes) -> (Result<Headers, CellnetError>, bool) {
-        if self.reuse(&block) {
-            let entries = self
+        // the kept block of this length (kept blocks' lengths differ), else the one to replace:
+        // of two, if the last one used is not of this length the other one is either
+        let mut way = self.last;
+        if self.kept[way].block.len() != block.len() {
+            way = 1 - way;
+        }
+        let kept = &mut self.kept[way];
+        if kept.reuse(&block) {
+            self.last = way;
+            let entries = kept
                 .entries
                 .iter()
                 .map(|(k, (a, b))| (k.clone(), Entry::received(*a as usize, *b as usize)))
                 .collect();
-            let slots = self.slots;
+            let slots = kept.slots;
             return (
                 Ok(Headers {
                     entries,
@@ -74,12 +96,13 @@ impl DecodeMemo {
             Err(e) => return (Err(e), false),
         };
         if !block.is_empty() && block.len() <= MAX_MEMO_BLOCK && entries.len() <= MAX_MEMO_ENTRIES {
-            self.block.clear();
-            self.block.extend_from_slice(&block);
-            self.entries.clear();
-            self.entries
+            self.last = way;
+            kept.block.clear();
+            kept.block.extend_from_slice(&block);
+            kept.entries.clear();
+            kept.entries
                 .extend(entries.iter().map(|(k, e)| (k.clone(), e.raw)));
-            self.slots = slots;
+            kept.slots = slots;
         }
         let h = Headers {
             entries,
@@ -88,12 +111,14 @@ impl DecodeMemo {
         };
         (Ok(h), false)
     }
+}
 
-    /// True if a full scan of `new` would give the memo's entries and slots; the memo then
-    /// holds `new`. False if that does not follow from the bytes (the memo still holds a good
-    /// block and what scanning it gives, possibly with some of `new`'s values copied in).
+impl Kept {
+    /// True if a full scan of `new` would give the kept entries and slots; the kept block
+    /// is then `new`. False if that does not follow from the bytes (what is kept is still a
+    /// good block and what scanning it gives, possibly with some of `new`'s values copied in).
     ///
-    /// Why it is exact: the memo's block scanned without error, and `new` has its length.
+    /// Why it is exact: the kept block scanned without error, and `new` has its length.
     /// If `new` differs only inside values, a scan of `new` reads the same map header and the
     /// same keys at the same places (the same known-key lookups, the same UTF-8 check of the
     /// others, the same slots), and every value whose bytes are the same is skipped as before
@@ -129,7 +154,7 @@ impl DecodeMemo {
             if value::skip(&mut rd).is_err() || !rd.is_empty() {
                 return false;
             }
-            // the memo's block stays a good one: the new value fills the old one's place
+            // the kept block stays a good one: the new value fills the old one's place
             self.block[a..b].copy_from_slice(&new[a..b]);
             from = b;
             at += 1;

@@ -186,7 +186,7 @@ fn large_blocks_and_empty_ones_are_not_kept() {
     let big = big.encode();
     assert!(!decode_both(&mut memo, &big));
     assert!(!decode_both(&mut memo, &big));
-    assert!(memo.block.is_empty());
+    assert!(memo.kept.iter().all(|k| k.block.is_empty()));
     let many: Headers = (0..=MAX_MEMO_ENTRIES)
         .map(|i| (format!("k{i}"), i))
         .collect();
@@ -201,6 +201,26 @@ fn large_blocks_and_empty_ones_are_not_kept() {
     let fits = fits.encode();
     assert!(!decode_both(&mut memo, &fits));
     assert!(decode_both(&mut memo, &fits));
+}
+
+#[test]
+fn two_kinds_of_block_are_kept_side_by_side_and_a_third_replaces_the_older() {
+    let [req, reply] = samples();
+    assert_ne!(req.len(), reply.len());
+    let mut memo = DecodeMemo::default();
+    assert!(!decode_both(&mut memo, &req));
+    assert!(!decode_both(&mut memo, &reply));
+    for _ in 0..3 {
+        assert!(decode_both(&mut memo, &req));
+        assert!(decode_both(&mut memo, &reply));
+    }
+    // a third length replaces the one used longer ago (the request's), not the reply's
+    let third: Headers = [("k", 1)].into_iter().collect();
+    let third = third.encode();
+    assert!(!decode_both(&mut memo, &third));
+    assert!(decode_both(&mut memo, &reply));
+    assert!(decode_both(&mut memo, &third));
+    assert!(!decode_both(&mut memo, &req));
 }
 
 /// A change to a header block.
