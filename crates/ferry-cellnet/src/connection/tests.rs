@@ -269,3 +269,48 @@ async fn large_requests_are_read_without_a_yield_between_them() {
         [Up::Message("a".into()), Up::Message("b".into())]
     );
 }
+
+/// Consecutive messages whose header blocks differ only in a few values (what the read loop's
+/// decode memo reuses) are each handed up with their own headers; one whose changed value is
+/// bad (a topic that is not UTF-8) is dropped, and the next is read as sent.
+#[tokio::test(flavor = "current_thread")]
+async fn messages_alike_are_each_read_with_their_own_headers() {
+    let (mut peer, rec) = start_with(Box::new(tokio::io::sink()), Recorder::default());
+    let hello = control(
+        FrameType::Hello,
+        hello_payload(&Fqcn::new("site-1").unwrap(), None),
+    );
+    let mut bytes = frame_bytes(hello).to_vec();
+    for (topic, msg_type) in [
+        ("t-01", "req"),
+        ("t-02", "req"),
+        ("t-03", "reply"),
+        ("t-04", "req"),
+        ("t-05", "req"),
+        ("t-06", "reply"),
+    ] {
+        let mut m = message_with(topic, msg_type, 0).to_vec();
+        if topic == "t-05" {
+            let at = m.windows(4).position(|w| w == b"t-05").unwrap();
+            m[at + 3] = 0xff;
+        }
+        bytes.extend_from_slice(&m);
+    }
+    peer.write_all(&bytes).await.unwrap();
+    drop(peer);
+    let seen = tokio::time::timeout(Duration::from_secs(60), rec.until_closed())
+        .await
+        .expect("the connection closes once the peer's bytes end");
+    let message = |t: &str| Up::Message(t.into());
+    assert_eq!(
+        seen,
+        vec![
+            message("t-01"),
+            message("t-02"),
+            message("t-03"),
+            message("t-04"),
+            message("t-06"),
+            Up::Closed
+        ]
+    );
+}
