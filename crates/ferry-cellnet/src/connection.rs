@@ -450,8 +450,9 @@ async fn read_loop<I: Inbound>(
     // Armed when the writer failed: read on (what the peer sent before it went) until then.
     let mut drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut armed = None;
-    // The last header block decoded, so that the next one like it is checked only where
-    // it differs (consecutive requests or replies differ in a few values).
+    // The last header blocks decoded (of two lengths), so that the next one like one of them
+    // is checked only where it differs (consecutive requests or replies differ in a few
+    // values).
     let mut memo = DecodeMemo::default();
     loop {
         // One future per frame (the reader's); the alarm is an atomic, the heartbeat's and

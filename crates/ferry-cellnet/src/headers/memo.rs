@@ -21,12 +21,12 @@ use crate::error::CellnetError;
 
 /// Blocks longer than this are decoded without the memo and not kept: a connection keeps at
 /// most [`WAYS`] times this much (a CellNet request's block is a few hundred bytes).
-pub(crate) const MAX_MEMO_BLOCK: usize = 4096;
+const MAX_MEMO_BLOCK: usize = 4096;
 
 /// Blocks with more entries than this are not kept: a peer sending a block of thousands of
 /// one-byte keys must not make each connection keep a table of thousands of entries
 /// (CellNet messages have about twenty).
-pub(crate) const MAX_MEMO_ENTRIES: usize = 64;
+const MAX_MEMO_ENTRIES: usize = 64;
 
 /// How many blocks a connection keeps: one connection often carries two kinds of message
 /// (requests one way and the replies to its own requests, or requests on two topics), whose
