@@ -2,10 +2,12 @@
 //!
 //! Sealing a REQ or a REPLY writes 30 short pieces: 15 keys and 15 values, most of them a few
 //! to 40 bytes. Appended to a `Vec` one by one, each piece was a capacity check, a `memcpy`
-//! call and a length update (over half of the cost of sealing). Here the block is written
-//! into a stack buffer with room to spare: each key is one fixed 32-byte move of its padded
-//! bytes, a value of up to 32 bytes two overlapping fixed-width moves; the block is then
-//! copied, in one piece, into a `Vec` of exactly its size (which `Bytes::from` keeps as it is).
+//! call and a length update (over half of the cost of sealing), and the Vec was left with
+//! room to spare, so that `Bytes::from` allocated again. Here the block is written into a
+//! stack buffer: each key is one fixed 32-byte move of its padded bytes, a value of up to 32
+//! bytes two overlapping fixed-width moves; the block is then copied, in one piece, into a
+//! `Vec` of exactly its size (which `Bytes::from` keeps as it is). A block that does not fit
+//! is left to the caller to write another way.
 
 /// The pre-encoded keys of a shape: each key's msgpack, zero-padded to 32 bytes, and its
 /// length.
@@ -14,17 +16,17 @@ pub(crate) type PaddedKeys = [([u8; KEY_ROOM], u8)];
 /// Room for a key's msgpack (a fixstr: at most 32 bytes).
 pub(crate) const KEY_ROOM: usize = 32;
 
-/// The largest block written here; a larger one is written by the caller another way.
-pub(crate) const MAX_BLOCK: usize = 480;
-
-/// Slack after [`MAX_BLOCK`]: a padded key written at the end of a full block runs over it.
-const SLACK: usize = KEY_ROOM;
+/// The stack buffer's size: a stamp's block is 250–350 bytes unless its names are long. The
+/// last [`KEY_ROOM`] bytes are room for a padded key written near the end.
+pub(crate) const BUF: usize = 512;
 
 /// A stack buffer, filled from the front.
 pub(crate) struct Block {
-    buf: [u8; MAX_BLOCK + SLACK],
+    buf: [u8; BUF],
     /// Bytes written so far.
     at: usize,
+    /// A write did not fit: the block is not written here.
+    full: bool,
 }
 
 /// `key` padded to [`KEY_ROOM`] bytes (a const: the keys of a shape are laid out at compile
@@ -45,40 +47,51 @@ impl Block {
     #[inline(always)]
     pub fn new() -> Block {
         Block {
-            buf: [0; MAX_BLOCK + SLACK],
+            buf: [0; BUF],
             at: 0,
+            full: false,
         }
     }
 
-    /// The bytes written, as a `Vec` of exactly their size; `None` if they ran over
-    /// [`MAX_BLOCK`] (the caller counted the size first: it does not happen).
+    /// The bytes written, as a `Vec` of exactly their size; `None` if they did not fit.
     pub fn finish(&self) -> Option<Vec<u8>> {
-        (self.at <= MAX_BLOCK).then(|| self.buf[..self.at].to_vec())
+        (!self.full).then(|| self.buf[..self.at].to_vec())
+    }
+
+    /// The next `n` bytes of the buffer, if there is room for them (else the block is full).
+    #[inline(always)]
+    fn next(&mut self, n: usize) -> Option<&mut [u8]> {
+        let dst = self.buf.get_mut(self.at..self.at.saturating_add(n));
+        self.full |= dst.is_none();
+        dst
     }
 
     /// Append a padded key: all [`KEY_ROOM`] bytes are copied, `len` of them kept.
-    ///
-    /// # Panics
-    /// If the block is over [`MAX_BLOCK`] already (the caller checks the size first).
     #[inline(always)]
     pub fn key(&mut self, (bytes, len): &([u8; KEY_ROOM], u8)) {
-        self.buf[self.at..self.at + KEY_ROOM].copy_from_slice(bytes);
-        self.at += usize::from(*len);
+        if let Some(dst) = self.next(KEY_ROOM) {
+            dst.copy_from_slice(bytes);
+            self.at += usize::from(*len);
+        }
     }
 
     /// Append one byte.
     #[inline(always)]
     pub fn byte(&mut self, b: u8) {
-        self.buf[self.at] = b;
-        self.at += 1;
+        if let Some(dst) = self.next(1) {
+            dst[0] = b;
+            self.at += 1;
+        }
     }
 
     /// Append `src`.
     #[inline(always)]
     pub fn bytes(&mut self, src: &[u8]) {
         let n = src.len();
-        copy_short(&mut self.buf[self.at..self.at + n], src);
-        self.at += n;
+        if let Some(dst) = self.next(n) {
+            copy_short(dst, src);
+            self.at += n;
+        }
     }
 
     /// Append a msgpack str, in its shortest form (as `rmp` writes it).
@@ -90,8 +103,7 @@ impl Block {
         } else if n < 256 {
             self.bytes(&[0xd9, n as u8]);
         } else {
-            // a longer str makes the block too big for this path: the caller writes it
-            // another way; written right anyway
+            // longer than the buffer can mostly hold: written right anyway
             match u16::try_from(n) {
                 Ok(n) => {
                     self.byte(0xda);
@@ -111,8 +123,10 @@ impl Block {
     pub fn f64(&mut self, f: f64) {
         let mut b = [0xcb; 9];
         b[1..].copy_from_slice(&f.to_bits().to_be_bytes());
-        self.buf[self.at..self.at + 9].copy_from_slice(&b);
-        self.at += 9;
+        if let Some(dst) = self.next(9) {
+            dst.copy_from_slice(&b);
+            self.at += 9;
+        }
     }
 
     /// Append a msgpack non-negative integer in its shortest form (as `rmp` writes it).
@@ -180,10 +194,12 @@ mod tests {
             let s = &long[..n];
             let mut want = Vec::new();
             rmp::encode::write_str(&mut want, s).unwrap();
-            if want.len() <= MAX_BLOCK {
-                let mut b = Block::new();
-                b.str(s);
+            let mut b = Block::new();
+            b.str(s);
+            if want.len() <= BUF {
                 assert_eq!(b.finish().unwrap(), want, "{n}");
+            } else {
+                assert_eq!(b.finish(), None, "{n}");
             }
         }
         for n in [
@@ -224,11 +240,26 @@ mod tests {
     }
 
     #[test]
-    fn a_block_over_its_limit_is_none_not_cut() {
+    fn a_block_that_does_not_fit_is_none_not_cut() {
         let mut b = Block::new();
-        b.bytes(&[7; MAX_BLOCK]);
-        assert_eq!(b.finish().map(|v| v.len()), Some(MAX_BLOCK));
+        b.bytes(&[7; BUF]);
+        assert_eq!(b.finish().map(|v| v.len()), Some(BUF));
         b.byte(8);
+        assert_eq!(b.finish(), None);
+        // a key needs all its padded room
+        let mut b = Block::new();
+        b.bytes(&[7; BUF - KEY_ROOM + 1]);
+        b.key(&padded(b"\xa1k"));
+        assert_eq!(b.finish(), None);
+        let mut b = Block::new();
+        b.bytes(&[7; BUF - KEY_ROOM]);
+        b.key(&padded(b"\xa1k"));
+        assert_eq!(b.finish().map(|v| v.len()), Some(BUF - KEY_ROOM + 2));
+        // and a write that did not fit spoils the block, even if later ones do
+        let mut b = Block::new();
+        b.bytes(&[7; BUF - 4]);
+        b.f64(1.0);
+        b.byte(1);
         assert_eq!(b.finish(), None);
     }
 }

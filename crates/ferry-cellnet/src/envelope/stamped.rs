@@ -7,7 +7,7 @@
 
 use rmpv::Value;
 
-use super::block::{padded, Block, PaddedKeys, KEY_ROOM, MAX_BLOCK};
+use super::block::{padded, Block, PaddedKeys, KEY_ROOM};
 use crate::headers::{keys, Headers};
 
 /// A value a stamp sets.
@@ -382,27 +382,20 @@ impl<'a> Stamped<'a> {
 
     /// [`Stamped::encode`] of fields of `shape` on an empty map: each key's bytes copied.
     fn encode_shaped(&self, shape: Shape) -> Vec<u8> {
-        let size = 1
-            + shape.keys_len()
-            + self
-                .fields
-                .iter()
-                .map(|(_, v)| v.encoded_len())
-                .sum::<usize>();
-        if size <= MAX_BLOCK {
-            if let Some(b) = self.write_shaped(shape) {
-                debug_assert_eq!(b.len(), size);
-                return b;
-            }
-        }
-        self.append_shaped(shape, size)
+        self.write_shaped(shape).unwrap_or_else(|| {
+            let size = 1
+                + shape.keys_len()
+                + self
+                    .fields
+                    .iter()
+                    .map(|(_, v)| v.encoded_len())
+                    .sum::<usize>();
+            self.append_shaped(shape, size)
+        })
     }
 
-    /// [`Stamped::encode_shaped`] on the stack, if the block is at most [`MAX_BLOCK`] bytes
-    /// (as a stamp's block is unless its strs are long).
-    ///
-    /// # Panics
-    /// If the block is well over [`MAX_BLOCK`] bytes (the caller counted: it is not).
+    /// [`Stamped::encode_shaped`] on the stack, if the block fits there (as a stamp's block
+    /// does unless its strs are long).
     fn write_shaped(&self, shape: Shape) -> Option<Vec<u8>> {
         let mut out = Block::new();
         // a fixmap of the 15 fields
