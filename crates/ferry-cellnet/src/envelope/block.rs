@@ -23,10 +23,9 @@ pub(crate) const BUF: usize = 512;
 /// A stack buffer, filled from the front.
 pub(crate) struct Block {
     buf: [u8; BUF],
-    /// Bytes written so far.
+    /// Bytes written so far; past [`BUF`] once a write did not fit ([`Block::next`]), so
+    /// that every later write fails too and the block is refused.
     at: usize,
-    /// A write did not fit: the block is not written here.
-    full: bool,
 }
 
 /// `key` padded to [`KEY_ROOM`] bytes (a const: the keys of a shape are laid out at compile
@@ -49,21 +48,25 @@ impl Block {
         Block {
             buf: [0; BUF],
             at: 0,
-            full: false,
         }
     }
 
     /// The bytes written, as a `Vec` of exactly their size; `None` if they did not fit.
     pub fn finish(&self) -> Option<Vec<u8>> {
-        (!self.full).then(|| self.buf[..self.at].to_vec())
+        self.buf.get(..self.at).map(<[u8]>::to_vec)
     }
 
     /// The next `n` bytes of the buffer, if there is room for them (else the block is full).
     #[inline(always)]
     fn next(&mut self, n: usize) -> Option<&mut [u8]> {
-        let dst = self.buf.get_mut(self.at..self.at.saturating_add(n));
-        self.full |= dst.is_none();
-        dst
+        // `at` is at most BUF + 1 and `n` the length of a slice: no overflow
+        match self.buf.get_mut(self.at..self.at + n) {
+            Some(dst) => Some(dst),
+            None => {
+                self.at = BUF + 1;
+                None
+            }
+        }
     }
 
     /// Append a padded key: all [`KEY_ROOM`] bytes are copied, `len` of them kept.
