@@ -8,6 +8,7 @@
 //!
 //! Pure: no sockets, no clock (the caller passes the send time), no state.
 
+mod block;
 mod stamped;
 pub(crate) mod stream;
 

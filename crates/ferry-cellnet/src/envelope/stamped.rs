@@ -7,6 +7,7 @@
 
 use rmpv::Value;
 
+use super::block::{padded, Block, PaddedKeys, KEY_ROOM};
 use crate::headers::{keys, Headers};
 
 /// A value a stamp sets.
@@ -44,6 +45,34 @@ pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The length of the msgpack of a str of `n` bytes ([`put_str`]).
+const fn str_len(n: usize) -> usize {
+    n + if n < 32 {
+        1
+    } else if n < 256 {
+        2
+    } else if n < 65_536 {
+        3
+    } else {
+        5
+    }
+}
+
+/// The length of the msgpack of `n` in its shortest form (as `rmp::encode::write_uint`).
+const fn uint_len(n: u64) -> usize {
+    if n < 128 {
+        1
+    } else if n < 256 {
+        2
+    } else if n < 65_536 {
+        3
+    } else if n < 1 << 32 {
+        5
+    } else {
+        9
+    }
+}
+
 /// Append a msgpack float64.
 fn put_f64(out: &mut Vec<u8>, f: f64) {
     out.push(0xcb);
@@ -51,6 +80,33 @@ fn put_f64(out: &mut Vec<u8>, f: f64) {
 }
 
 impl Field<'_> {
+    /// The length of [`Field::encode`]'s bytes.
+    fn encoded_len(self) -> usize {
+        match self {
+            Field::Str(s) => str_len(s.len()),
+            Field::Bool(_) => 1,
+            Field::U64(n) => uint_len(n),
+            Field::F64(_) => 9,
+            Field::Route(hop, _) => 2 + str_len(hop.len()) + 9,
+        }
+    }
+
+    /// [`Field::encode`] into a [`Block`].
+    #[inline(always)]
+    fn write(self, out: &mut Block) {
+        match self {
+            Field::Str(s) => out.str(s),
+            Field::Bool(b) => out.byte(if b { 0xc3 } else { 0xc2 }),
+            Field::U64(n) => out.uint(n),
+            Field::F64(f) => out.f64(f),
+            Field::Route(hop, at) => {
+                out.bytes(&[0x91, 0x92]);
+                out.str(hop);
+                out.f64(at);
+            }
+        }
+    }
+
     /// Append the msgpack of this value (byte for byte what its [`Field::to_value`] encodes to).
     fn encode(self, out: &mut Vec<u8>) {
         match self {
@@ -114,7 +170,7 @@ pub(crate) enum Shape {
 }
 
 /// The keys of a [`Shape::Request`], in order, pre-encoded.
-static REQUEST_KEYS: [(&str, &[u8]); 15] = [
+const REQUEST_KEYS: [(&str, &[u8]); 15] = [
     pre!(keys::TOPIC),
     pre!(keys::CHANNEL),
     pre!(keys::DESTINATION),
@@ -133,7 +189,7 @@ static REQUEST_KEYS: [(&str, &[u8]); 15] = [
 ];
 
 /// The keys of a [`Shape::Reply`], in order, pre-encoded.
-static REPLY_KEYS: [(&str, &[u8]); 15] = [
+const REPLY_KEYS: [(&str, &[u8]); 15] = [
     pre!(keys::SECURE),
     pre!(keys::OPTIONAL),
     pre!(keys::RETURN_CODE),
@@ -151,12 +207,56 @@ static REPLY_KEYS: [(&str, &[u8]); 15] = [
     pre!(keys::SEND_TIME),
 ];
 
+/// The msgpack of `keys`, each padded for [`Block::key`].
+const fn pad<const N: usize>(keys: &[(&str, &[u8]); N]) -> [([u8; KEY_ROOM], u8); N] {
+    let mut out = [([0; KEY_ROOM], 0); N];
+    let mut i = 0;
+    while i < N {
+        out[i] = padded(keys[i].1);
+        i += 1;
+    }
+    out
+}
+
+/// [`REQUEST_KEYS`] padded.
+static REQUEST_PADDED: [([u8; KEY_ROOM], u8); 15] = pad(&REQUEST_KEYS);
+
+/// [`REPLY_KEYS`] padded.
+static REPLY_PADDED: [([u8; KEY_ROOM], u8); 15] = pad(&REPLY_KEYS);
+
 impl Shape {
+    /// The keys' msgpack, in order, each padded for [`Block::key`].
+    fn padded_keys(self) -> &'static PaddedKeys {
+        match self {
+            Shape::Request => &REQUEST_PADDED,
+            Shape::Reply => &REPLY_PADDED,
+        }
+    }
+
     /// The keys, in order, with their msgpack.
     fn keys(self) -> &'static [(&'static str, &'static [u8])] {
         match self {
             Shape::Request => &REQUEST_KEYS,
             Shape::Reply => &REPLY_KEYS,
+        }
+    }
+
+    /// The length of the keys' msgpack, all together.
+    fn keys_len(self) -> usize {
+        const fn sum(keys: &[(&str, &[u8])]) -> usize {
+            let mut n = 0;
+            let mut i = 0;
+            while i < keys.len() {
+                n += keys[i].1.len();
+                i += 1;
+            }
+            n
+        }
+        const REQUEST: usize = sum(&REQUEST_KEYS);
+        const REPLY: usize = sum(&REPLY_KEYS);
+        match self {
+            Shape::Request => REQUEST,
+            Shape::Reply => REPLY,
         }
     }
 }
@@ -198,13 +298,22 @@ impl<'a> Stamped<'a> {
         }
     }
 
-    /// Note that the fields set so far are those of `shape`, in its order (checked).
+    /// Note that the fields set so far are those of `shape`, in its order.
+    ///
+    /// Only their number is checked in a release build: the stamp that calls this sets
+    /// those very keys in that order a few lines before (the tests, built with debug
+    /// assertions, check every key), and comparing the 15 keys' text cost a tenth of
+    /// sealing the message.
     pub fn shaped(mut self, shape: Shape) -> Self {
         let keys = shape.keys();
-        let fits = self.fields.len() == keys.len()
-            && self.fields.iter().zip(keys).all(|((k, _), (s, _))| k == s);
-        debug_assert!(fits, "fields not of shape {shape:?}");
-        self.shape = fits.then_some(shape);
+        debug_assert!(
+            self.fields
+                .iter()
+                .map(|(k, _)| *k)
+                .eq(keys.iter().map(|(k, _)| *k)),
+            "fields not of shape {shape:?}"
+        );
+        self.shape = (self.fields.len() == keys.len()).then_some(shape);
         self
     }
 
@@ -273,194 +382,45 @@ impl<'a> Stamped<'a> {
 
     /// [`Stamped::encode`] of fields of `shape` on an empty map: each key's bytes copied.
     fn encode_shaped(&self, shape: Shape) -> Vec<u8> {
-        let mut out = Vec::with_capacity(320);
+        self.write_shaped(shape).unwrap_or_else(|| {
+            let size = 1
+                + shape.keys_len()
+                + self
+                    .fields
+                    .iter()
+                    .map(|(_, v)| v.encoded_len())
+                    .sum::<usize>();
+            self.append_shaped(shape, size)
+        })
+    }
+
+    /// [`Stamped::encode_shaped`] on the stack, if the block fits there (as a stamp's block
+    /// does unless its strs are long).
+    fn write_shaped(&self, shape: Shape) -> Option<Vec<u8>> {
+        let mut out = Block::new();
         // a fixmap of the 15 fields
+        out.byte(0x80 | self.fields.len() as u8);
+        for ((_, v), key) in self.fields.iter().zip(shape.padded_keys()) {
+            out.key(key);
+            v.write(&mut out);
+        }
+        out.finish()
+    }
+
+    /// [`Stamped::encode_shaped`] appended to a `Vec` of `size` bytes, for any size.
+    fn append_shaped(&self, shape: Shape, size: usize) -> Vec<u8> {
+        // Counted first: `Bytes::from(Vec)` keeps the allocation as it is only if the Vec is
+        // full; with room to spare it allocated again.
+        let mut out = Vec::with_capacity(size);
         out.push(0x80 | self.fields.len() as u8);
         for ((_, v), (_, key)) in self.fields.iter().zip(shape.keys()) {
             out.extend_from_slice(key);
             v.encode(&mut out);
         }
+        debug_assert_eq!(out.len(), size);
         out
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::headers::keys;
-
-    fn encoded(v: &Value) -> Vec<u8> {
-        let mut out = Vec::new();
-        rmpv::encode::write_value(&mut out, v).unwrap();
-        out
-    }
-
-    #[test]
-    fn a_field_encodes_as_its_value_does() {
-        let long = "x".repeat(70_000);
-        let mut fields = vec![
-            Field::Bool(true),
-            Field::Bool(false),
-            Field::F64(1.5),
-            Field::F64(-0.0),
-            Field::Route("site-1", 1_700_000_000.25),
-            Field::Str(""),
-            Field::Str(&long[..31]),
-            Field::Str(&long[..32]),
-            Field::Str(&long[..255]),
-            Field::Str(&long[..256]),
-            Field::Str(&long[..65_535]),
-            Field::Str(&long[..65_536]),
-        ];
-        for n in [
-            0,
-            127,
-            128,
-            255,
-            256,
-            65_535,
-            65_536,
-            u32::MAX as u64,
-            u64::MAX,
-        ] {
-            fields.push(Field::U64(n));
-        }
-        for f in fields {
-            let mut out = Vec::new();
-            f.encode(&mut out);
-            assert_eq!(out, encoded(&f.to_value()), "{f:?}");
-        }
-    }
-
-    /// Keys a stamp sets, and others: more than a stamp's 16.
-    fn key() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(vec![
-            keys::TOPIC,
-            keys::CHANNEL,
-            keys::TO,
-            keys::ROUTE,
-            keys::RETURN_CODE,
-            keys::SEND_TIME,
-            "x-app",
-            "y",
-            "sm__id",
-            "a",
-            "b",
-            "c",
-            "d",
-            "e",
-            "f",
-            "g",
-            "h",
-            "i",
-            "j",
-            "k",
-        ])
-    }
-
-    fn field() -> impl Strategy<Value = Field<'static>> {
-        prop_oneof![
-            any::<bool>().prop_map(Field::Bool),
-            any::<u64>().prop_map(Field::U64),
-            (-1e12f64..1e12).prop_map(Field::F64),
-            prop::sample::select(vec!["", "req", "site-1.job"]).prop_map(Field::Str),
-            (-1e12f64..1e12).prop_map(|t| Field::Route("server", t)),
-        ]
-    }
-
-    proptest! {
-        /// Whatever the map holds and however many fields are set, in whatever order and
-        /// however often: the bytes are those of inserting each field into the map in turn.
-        #[test]
-        fn encodes_as_inserting_each_field_would(
-            app in proptest::collection::vec((key(), any::<i32>()), 0..6),
-            sets in proptest::collection::vec((key(), field()), 0..40),
-        ) {
-            let map: Headers = app.into_iter().collect();
-            let mut want = map.clone();
-            let mut s = Stamped::from(map);
-            for (k, v) in sets {
-                s.set(k, v);
-                want.insert(k, v.to_value());
-            }
-            prop_assert_eq!(s.encode(), want.encode());
-            prop_assert_eq!(s.into_headers(), want);
-        }
-    }
-
-    /// A stamp of each shape, its fields of every kind of value.
-    fn shaped(shape: Shape, map: Headers) -> Stamped<'static> {
-        let mut s = Stamped::for_stamp(map);
-        for (i, (k, _)) in shape.keys().iter().enumerate() {
-            let v = match i % 5 {
-                0 => Field::Str("site-1.job-7"),
-                1 => Field::Bool(i % 2 == 0),
-                2 => Field::U64(70_000 * i as u64),
-                3 => Field::F64(1_700_000_000.5 + i as f64),
-                _ => Field::Route("server", 2.25),
-            };
-            s.set_new(k, v);
-        }
-        s.shaped(shape)
-    }
-
-    #[test]
-    fn pre_encoded_keys_are_the_keys_msgpack() {
-        for shape in [Shape::Request, Shape::Reply] {
-            for (k, enc) in shape.keys() {
-                let mut out = Vec::new();
-                put_str(&mut out, k);
-                assert_eq!(&out, enc, "{k}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_shaped_stamp_encodes_as_inserting_each_field_would() {
-        for shape in [Shape::Request, Shape::Reply] {
-            let mut s = shaped(shape, Headers::new());
-            assert_eq!(s.shape, Some(shape));
-            let want = s.clone().into_headers();
-            assert_eq!(s.encode(), want.encode(), "{shape:?}");
-            // a field replaced in place keeps the shape (seal's `cn__to`)
-            s.set(keys::TO, Field::Str("server"));
-            assert_eq!(s.shape, Some(shape));
-            assert_eq!(s.encode(), s.clone().into_headers().encode());
-            // a field added is no longer the shape
-            s.set("x-late", Field::U64(1));
-            assert_eq!(s.shape, None);
-            assert_eq!(s.encode(), s.clone().into_headers().encode());
-            // nor is a stamp on a map that has entries
-            let map: Headers = [("x-app", 1), (keys::TOPIC, 2)].into_iter().collect();
-            let s = shaped(shape, map);
-            assert_eq!(s.shape, Some(shape));
-            assert_eq!(s.encode(), s.clone().into_headers().encode());
-            assert_eq!(
-                Headers::decode(&s.encode()).unwrap(),
-                s.clone().into_headers()
-            );
-        }
-    }
-
-    #[test]
-    fn more_fields_than_a_stamp_has_keep_their_order() {
-        const K: [&str; 18] = [
-            "k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9", "k10", "k11", "k12", "k13",
-            "k14", "k15", "k16", "k17",
-        ];
-        let mut s = Stamped::from(Headers::new());
-        let mut want = Headers::new();
-        for (i, k) in K.iter().enumerate() {
-            s.set(k, Field::U64(i as u64));
-            want.insert(k, i as u64);
-        }
-        s.set("k17", Field::Bool(true));
-        s.set("k3", Field::Bool(true));
-        want.insert("k17", true);
-        want.insert("k3", true);
-        assert_eq!(s.encode(), want.encode());
-        assert_eq!(Headers::decode(&s.encode()).unwrap(), want);
-    }
-}
+mod tests;
