@@ -239,7 +239,7 @@ impl Node {
             match later {
                 Later::Frame(via, frame) => {
                     if let Err(e) = via.send(frame).await {
-                        let origin = &asker.origin;
+                        let origin = asker.origin();
                         limited!(conn.log, warn, %origin, "reply not sent: {e}");
                     }
                 }
@@ -251,16 +251,12 @@ impl Node {
     }
 
     async fn on_request(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
-        let asker = Asker {
-            origin: env.origin.clone(),
-            channel: env.channel().to_string(),
-            topic: env.topic().to_string(),
-        };
-        if asker.channel == stream_keys::STREAM_CHANNEL {
-            let (out, origin) = (&self.out, asker.origin);
+        if env.channel() == stream_keys::STREAM_CHANNEL {
+            let (out, origin) = (&self.out, env.origin.clone());
+            let topic = env.topic().to_string();
             let ev = self
                 .streams
-                .on_message(out, conn, origin, &asker.topic, env.headers, payload)
+                .on_message(out, conn, origin, &topic, env.headers, payload)
                 .await;
             match ev {
                 Some(StreamEvent::Blob {
@@ -280,19 +276,16 @@ impl Node {
             }
             return;
         }
-        let Asker {
-            origin,
-            channel,
-            topic,
-        } = &asker;
-        let reply_to = match (env.reply_expected(), env.req_id()) {
-            (true, Some(id)) => ReplyTo::Plain(id.to_string()),
+        let (origin, channel, topic) = (env.origin.as_str(), env.channel(), env.topic());
+        let (reply_to, id) = match (env.reply_expected(), env.req_id()) {
+            (true, Some(id)) => (ReplyTo::Plain, id),
             (true, None) => {
                 limited!(conn.log, warn, %origin, "request expects a reply but has no cn__req_id; treated as fire-and-forget");
-                ReplyTo::Nobody
+                (ReplyTo::Nobody, "")
             }
-            _ => ReplyTo::Nobody,
+            _ => (ReplyTo::Nobody, ""),
         };
+        let asker = Asker::new(origin, channel, topic, id);
         if env.encrypted() {
             limited!(conn.log, warn, %origin, %channel, %topic, "end-to-end encrypted payload; not supported");
             let e = Message::error(
@@ -343,12 +336,12 @@ impl Node {
             }
             return;
         }
-        let reply_to = b.ri.map_or(ReplyTo::Nobody, ReplyTo::Stream);
-        let asker = Asker {
-            origin,
-            channel: b.channel,
-            topic: b.topic,
+        let reply_to = match b.ri {
+            Some(_) => ReplyTo::Stream,
+            None => ReplyTo::Nobody,
         };
+        let ri = b.ri.as_deref().unwrap_or_default();
+        let asker = Asker::new(&origin, &b.channel, &b.topic, ri);
         match payload {
             Ok(payload) => {
                 let m = Message {
@@ -358,7 +351,7 @@ impl Node {
                 self.dispatch(conn, asker, m, reply_to);
             }
             Err(e) => {
-                limited!(conn.log, warn, origin = %asker.origin, "undecodable streamed payload: {e}");
+                limited!(conn.log, warn, origin = %asker.origin(), "undecodable streamed payload: {e}");
                 let e = Message::error(ReturnCode::InvalidRequest, e.to_string());
                 self.reply_later(conn, asker, reply_to, e);
             }
@@ -367,11 +360,7 @@ impl Node {
 
     /// Run the handler of a complete request (plain or reassembled from a stream).
     fn dispatch(self: &Arc<Self>, conn: &Arc<Conn>, asker: Asker, msg: Message, to: ReplyTo) {
-        let Asker {
-            origin,
-            channel,
-            topic,
-        } = &asker;
+        let (origin, channel, topic) = (asker.origin(), asker.channel(), asker.topic());
         if channel == CELLNET_CHANNEL && (topic == BYE_TOPIC || topic == PROBE_TOPIC) {
             debug!(%origin, %topic, "cellnet message");
             let ok = Message::new().with_return_code(ReturnCode::Ok);
