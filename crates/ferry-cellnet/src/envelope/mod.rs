@@ -15,6 +15,7 @@ pub(crate) use stamped::{Field, Shape, Stamped};
 
 use bytes::Bytes;
 use rmpv::Value;
+use smallvec::{smallvec, SmallVec};
 
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
@@ -116,17 +117,17 @@ impl Envelope {
 
     /// The request ids a reply answers: `cn__req_id` as a str, or a list of them (RETURN).
     /// An id that is not of the form this cell makes ([`RequestId::parse`]) answers nothing
-    /// here; its text is kept for the log.
-    pub fn reply_ids(&self) -> Vec<Result<RequestId, String>> {
+    /// here; its text is kept for the log. One id (a plain reply's) is kept inline.
+    pub fn reply_ids(&self) -> SmallVec<[Result<RequestId, String>; 1]> {
         let id = |s: &str| RequestId::parse(s).ok_or_else(|| s.to_string());
         if let Some(s) = self.headers.str_at(Slot::ReqId) {
             // a plain reply: read where it lies, no value made
-            return vec![id(s)];
+            return smallvec![id(s)];
         }
         match self.headers.get_at(Slot::ReqId) {
-            Some(Value::String(s)) => s.as_str().map(|s| vec![id(s)]).unwrap_or_default(),
+            Some(Value::String(s)) => s.as_str().map(|s| smallvec![id(s)]).unwrap_or_default(),
             Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(id)).collect(),
-            _ => Vec::new(),
+            _ => SmallVec::new(),
         }
     }
 

@@ -186,14 +186,24 @@ fn a_reply_answers_one_id_or_a_list() {
         ])
     };
     let (r1, r2) = (RequestId::new(), RequestId::new());
-    assert_eq!(base(r1.to_text().into()).reply_ids(), [Ok(r1)]);
+    assert_eq!(base(r1.to_text().into()).reply_ids().as_slice(), [Ok(r1)]);
     let list = Value::Array(vec![r1.to_text().into(), 7.into(), r2.to_text().into()]);
-    assert_eq!(base(list).reply_ids(), [Ok(r1), Ok(r2)]);
+    assert_eq!(base(list).reply_ids().as_slice(), [Ok(r1), Ok(r2)]);
     assert!(base(Value::Nil).reply_ids().is_empty());
+    assert!(
+        !base(r1.to_text().into()).reply_ids().spilled(),
+        "one id: kept inline"
+    );
     // an id this cell did not make answers nothing here, and is kept for the log
     let upper = r1.to_text().to_uppercase();
-    assert_eq!(base(upper.as_str().into()).reply_ids(), [Err(upper)]);
-    assert_eq!(base("R1".into()).reply_ids(), [Err("R1".to_string())]);
+    assert_eq!(
+        base(upper.as_str().into()).reply_ids().as_slice(),
+        [Err(upper)]
+    );
+    assert_eq!(
+        base("R1".into()).reply_ids().as_slice(),
+        [Err("R1".to_string())]
+    );
 }
 
 #[test]
