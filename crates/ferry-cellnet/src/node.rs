@@ -181,7 +181,7 @@ impl Node {
     }
 
     async fn forward(&self, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
-        let dest = env.destination.as_str();
+        let dest = env.destination();
         let hops = env.hops();
         let next = if hops >= self.out.limits.max_route_hops {
             limited!(conn.log, warn, %dest, hops, "route too long; not forwarding");
@@ -212,7 +212,7 @@ impl Node {
             error: "cannot forward",
             reason: "cant_forward",
         };
-        self.bounce(conn, &env, &env.origin, why);
+        self.bounce(conn, &env, env.origin(), why);
     }
 
     /// Send a reply without waiting (from a reader task): at once if the connection takes it,
@@ -252,7 +252,7 @@ impl Node {
 
     async fn on_request(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
         if env.channel() == stream_keys::STREAM_CHANNEL {
-            let (out, origin) = (&self.out, env.origin.clone());
+            let (out, origin) = (&self.out, env.origin().to_string());
             let topic = env.topic().to_string();
             let ev = self
                 .streams
@@ -276,7 +276,7 @@ impl Node {
             }
             return;
         }
-        let (origin, channel, topic) = (env.origin.as_str(), env.channel(), env.topic());
+        let (origin, channel, topic) = (env.origin(), env.channel(), env.topic());
         let (reply_to, id) = match (env.reply_expected(), env.req_id()) {
             (true, Some(id)) => (ReplyTo::Plain, id),
             (true, None) => {
@@ -432,11 +432,10 @@ impl Node {
         let payload = Payload::from_wire(env.payload_encoding(), payload);
         let Envelope {
             msg_type,
-            origin,
+            names,
             headers,
-            ..
         } = env;
-        let origin = origin.as_str();
+        let origin = names.origin();
         if ids.is_empty() {
             limited!(conn.log, warn, peer = %conn.peer, %origin, "reply without cn__req_id; dropped");
             return;
@@ -531,8 +530,8 @@ impl Inbound for Node {
         // Attribution: the origin a message claims must be one this connection can vouch
         // for, so handlers (and forwarding) only ever see proven origins.
         let me = &self.out.me;
-        if !trust::vouches(me, &conn.peer, conn.outbound, &env.origin) {
-            let (origin, peer) = (&env.origin, &conn.peer);
+        if !trust::vouches(me, &conn.peer, conn.outbound, env.origin()) {
+            let (origin, peer) = (env.origin(), &conn.peer);
             limited!(conn.log, warn, %peer, %origin, "message claims an origin this connection cannot speak for; refused");
             let error = format!(
                 "refused by {me}: the connection from {peer:?} cannot send messages as {origin:?} (a cell speaks only for itself and the cells below it)",
@@ -547,9 +546,9 @@ impl Inbound for Node {
             self.bounce(conn, &env, origin, why);
             return;
         }
-        if env.destination != me.as_str() {
+        if env.destination() != me.as_str() {
             if self.forwarding == Forwarding::Off {
-                let (peer, dest) = (&conn.peer, &env.destination);
+                let (peer, dest) = (&conn.peer, env.destination());
                 limited!(conn.log, warn, %peer, %dest, "message for another cell; this cell does not forward");
                 let error = format!("cannot forward: {me} does not relay messages for other cells");
                 let why = Refusal {
@@ -557,7 +556,7 @@ impl Inbound for Node {
                     error: &error,
                     reason: "cant_forward",
                 };
-                self.bounce(conn, &env, &env.origin, why);
+                self.bounce(conn, &env, env.origin(), why);
                 return;
             }
             self.forward(conn, env, payload).await;

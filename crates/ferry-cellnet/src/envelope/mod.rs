@@ -69,12 +69,43 @@ impl MsgType {
 pub(crate) struct Envelope {
     /// `cn__msg_type`.
     pub msg_type: MsgType,
-    /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
-    pub origin: String,
-    /// `cn__destination`: the cell it is for.
-    pub destination: String,
+    /// `cn__origin` and `cn__destination`.
+    pub names: Names,
     /// The whole map as received, application headers included.
     pub headers: Headers,
+}
+
+/// A received message's origin and destination, read out of its headers once, kept in one
+/// string: one allocation per message rather than two.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Names {
+    /// The origin, then the destination.
+    text: String,
+    /// Where the origin ends in `text`.
+    split: usize,
+}
+
+impl Names {
+    /// The names of a message from `origin` to `destination`.
+    pub fn new(origin: &str, destination: &str) -> Names {
+        let mut text = String::with_capacity(origin.len() + destination.len());
+        text.push_str(origin);
+        text.push_str(destination);
+        Names {
+            text,
+            split: origin.len(),
+        }
+    }
+
+    /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
+    pub fn origin(&self) -> &str {
+        self.text.get(..self.split).unwrap_or_default()
+    }
+
+    /// `cn__destination`: the cell it is for.
+    pub fn destination(&self) -> &str {
+        self.text.get(self.split..).unwrap_or_default()
+    }
 }
 
 impl Envelope {
@@ -89,10 +120,19 @@ impl Envelope {
         };
         Ok(Envelope {
             msg_type: MsgType::parse(t),
-            origin: o.to_string(),
-            destination: d.to_string(),
+            names: Names::new(o, d),
             headers,
         })
+    }
+
+    /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
+    pub fn origin(&self) -> &str {
+        self.names.origin()
+    }
+
+    /// `cn__destination`: the cell it is for.
+    pub fn destination(&self) -> &str {
+        self.names.destination()
     }
 
     /// `cn__channel` (empty if absent).

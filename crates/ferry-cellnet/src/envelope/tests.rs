@@ -169,10 +169,29 @@ fn parse_needs_type_origin_and_destination() {
         ("cn__origin", "a".into()),
         ("cn__destination", "b".into()),
     ]);
+    assert_eq!((e.origin(), e.destination()), ("a", "b"));
     assert_eq!(e.msg_type, MsgType::Other("gossip".into()));
     assert_eq!(e.msg_type.as_str(), "gossip");
     assert_eq!((e.channel(), e.topic(), e.hops()), ("", "", 0));
     assert!(!e.reply_expected() && !e.encrypted());
+}
+
+#[test]
+fn origin_and_destination_share_one_string_and_come_back_apart() {
+    for (o, d) in [
+        ("site-1", "server"),
+        ("", "b"),
+        ("a", ""),
+        ("sïte.é", "sérver.x"),
+    ] {
+        let e = received(&[
+            ("cn__msg_type", "req".into()),
+            ("cn__origin", o.into()),
+            ("cn__destination", d.into()),
+        ]);
+        assert_eq!((e.origin(), e.destination()), (o, d));
+        assert_eq!(e.names, Names::new(o, d));
+    }
 }
 
 #[test]
