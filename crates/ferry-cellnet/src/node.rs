@@ -181,7 +181,7 @@ impl Node {
     }
 
     async fn forward(&self, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
-        let dest = env.destination.as_str();
+        let dest = env.destination();
         let hops = env.hops();
         let next = if hops >= self.out.limits.max_route_hops {
             limited!(conn.log, warn, %dest, hops, "route too long; not forwarding");
@@ -212,7 +212,7 @@ impl Node {
             error: "cannot forward",
             reason: "cant_forward",
         };
-        self.bounce(conn, &env, &env.origin, why);
+        self.bounce(conn, &env, env.origin(), why);
     }
 
     /// Send a reply without waiting (from a reader task): at once if the connection takes it,
@@ -239,7 +239,7 @@ impl Node {
             match later {
                 Later::Frame(via, frame) => {
                     if let Err(e) = via.send(frame).await {
-                        let origin = &asker.origin;
+                        let origin = asker.origin();
                         limited!(conn.log, warn, %origin, "reply not sent: {e}");
                     }
                 }
@@ -251,16 +251,12 @@ impl Node {
     }
 
     async fn on_request(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
-        let asker = Asker {
-            origin: env.origin.clone(),
-            channel: env.channel().to_string(),
-            topic: env.topic().to_string(),
-        };
-        if asker.channel == stream_keys::STREAM_CHANNEL {
-            let (out, origin) = (&self.out, asker.origin);
+        if env.channel() == stream_keys::STREAM_CHANNEL {
+            let (out, origin) = (&self.out, env.origin().to_string());
+            let topic = env.topic().to_string();
             let ev = self
                 .streams
-                .on_message(out, conn, origin, &asker.topic, env.headers, payload)
+                .on_message(out, conn, origin, &topic, env.headers, payload)
                 .await;
             match ev {
                 Some(StreamEvent::Blob {
@@ -280,19 +276,16 @@ impl Node {
             }
             return;
         }
-        let Asker {
-            origin,
-            channel,
-            topic,
-        } = &asker;
-        let reply_to = match (env.reply_expected(), env.req_id()) {
-            (true, Some(id)) => ReplyTo::Plain(id.to_string()),
+        let (origin, channel, topic) = (env.origin(), env.channel(), env.topic());
+        let (reply_to, id) = match (env.reply_expected(), env.req_id()) {
+            (true, Some(id)) => (ReplyTo::Plain, id),
             (true, None) => {
                 limited!(conn.log, warn, %origin, "request expects a reply but has no cn__req_id; treated as fire-and-forget");
-                ReplyTo::Nobody
+                (ReplyTo::Nobody, "")
             }
-            _ => ReplyTo::Nobody,
+            _ => (ReplyTo::Nobody, ""),
         };
+        let asker = Asker::new(origin, channel, topic, id);
         if env.encrypted() {
             limited!(conn.log, warn, %origin, %channel, %topic, "end-to-end encrypted payload; not supported");
             let e = Message::error(
@@ -343,12 +336,12 @@ impl Node {
             }
             return;
         }
-        let reply_to = b.ri.map_or(ReplyTo::Nobody, ReplyTo::Stream);
-        let asker = Asker {
-            origin,
-            channel: b.channel,
-            topic: b.topic,
+        let reply_to = match b.ri {
+            Some(_) => ReplyTo::Stream,
+            None => ReplyTo::Nobody,
         };
+        let ri = b.ri.as_deref().unwrap_or_default();
+        let asker = Asker::new(&origin, &b.channel, &b.topic, ri);
         match payload {
             Ok(payload) => {
                 let m = Message {
@@ -358,7 +351,7 @@ impl Node {
                 self.dispatch(conn, asker, m, reply_to);
             }
             Err(e) => {
-                limited!(conn.log, warn, origin = %asker.origin, "undecodable streamed payload: {e}");
+                limited!(conn.log, warn, origin = %asker.origin(), "undecodable streamed payload: {e}");
                 let e = Message::error(ReturnCode::InvalidRequest, e.to_string());
                 self.reply_later(conn, asker, reply_to, e);
             }
@@ -367,11 +360,7 @@ impl Node {
 
     /// Run the handler of a complete request (plain or reassembled from a stream).
     fn dispatch(self: &Arc<Self>, conn: &Arc<Conn>, asker: Asker, msg: Message, to: ReplyTo) {
-        let Asker {
-            origin,
-            channel,
-            topic,
-        } = &asker;
+        let (origin, channel, topic) = (asker.origin(), asker.channel(), asker.topic());
         if channel == CELLNET_CHANNEL && (topic == BYE_TOPIC || topic == PROBE_TOPIC) {
             debug!(%origin, %topic, "cellnet message");
             let ok = Message::new().with_return_code(ReturnCode::Ok);
@@ -443,11 +432,10 @@ impl Node {
         let payload = Payload::from_wire(env.payload_encoding(), payload);
         let Envelope {
             msg_type,
-            origin,
+            names,
             headers,
-            ..
         } = env;
-        let origin = origin.as_str();
+        let origin = names.origin();
         if ids.is_empty() {
             limited!(conn.log, warn, peer = %conn.peer, %origin, "reply without cn__req_id; dropped");
             return;
@@ -542,8 +530,8 @@ impl Inbound for Node {
         // Attribution: the origin a message claims must be one this connection can vouch
         // for, so handlers (and forwarding) only ever see proven origins.
         let me = &self.out.me;
-        if !trust::vouches(me, &conn.peer, conn.outbound, &env.origin) {
-            let (origin, peer) = (&env.origin, &conn.peer);
+        if !trust::vouches(me, &conn.peer, conn.outbound, env.origin()) {
+            let (origin, peer) = (env.origin(), &conn.peer);
             limited!(conn.log, warn, %peer, %origin, "message claims an origin this connection cannot speak for; refused");
             let error = format!(
                 "refused by {me}: the connection from {peer:?} cannot send messages as {origin:?} (a cell speaks only for itself and the cells below it)",
@@ -558,9 +546,9 @@ impl Inbound for Node {
             self.bounce(conn, &env, origin, why);
             return;
         }
-        if env.destination != me.as_str() {
+        if env.destination() != me.as_str() {
             if self.forwarding == Forwarding::Off {
-                let (peer, dest) = (&conn.peer, &env.destination);
+                let (peer, dest) = (&conn.peer, env.destination());
                 limited!(conn.log, warn, %peer, %dest, "message for another cell; this cell does not forward");
                 let error = format!("cannot forward: {me} does not relay messages for other cells");
                 let why = Refusal {
@@ -568,7 +556,7 @@ impl Inbound for Node {
                     error: &error,
                     reason: "cant_forward",
                 };
-                self.bounce(conn, &env, &env.origin, why);
+                self.bounce(conn, &env, env.origin(), why);
                 return;
             }
             self.forward(conn, env, payload).await;

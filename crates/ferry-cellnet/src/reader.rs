@@ -151,6 +151,46 @@ impl Drop for Pooled {
     }
 }
 
+/// A small frame's copy: its bytes inline, so that the copy and the count of its references
+/// (which the frame's headers and payload share) are one allocation, not two
+/// ([`copy_frame`]).
+struct SmallFrame<const N: usize> {
+    len: usize,
+    buf: [u8; N],
+}
+
+impl<const N: usize> AsRef<[u8]> for SmallFrame<N> {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// Frames up to this long are copied into a [`SmallFrame`].
+const SMALL_FRAME_MAX: usize = 4096;
+
+/// A copy of `frame` of its own. A `Bytes` made from a `Vec` allocates a second time, for
+/// the reference count, once the frame is split into headers and payload; a frame of up to
+/// [`SMALL_FRAME_MAX`] bytes is copied into one allocation of the next power of two from
+/// 256 bytes (at most twice its length) that holds both.
+fn copy_frame(frame: &[u8]) -> Bytes {
+    fn inline<const N: usize>(frame: &[u8]) -> Bytes {
+        let mut small = SmallFrame {
+            len: frame.len(),
+            buf: [0; N],
+        };
+        small.buf[..frame.len()].copy_from_slice(frame);
+        Bytes::from_owner(small)
+    }
+    match frame.len() {
+        0..=256 => inline::<256>(frame),
+        257..=512 => inline::<512>(frame),
+        513..=1024 => inline::<1024>(frame),
+        1025..=2048 => inline::<2048>(frame),
+        2049..=SMALL_FRAME_MAX => inline::<SMALL_FRAME_MAX>(frame),
+        _ => Bytes::copy_from_slice(frame),
+    }
+}
+
 /// A frame longer than [`READ_CHUNK`] being read into a buffer of its own.
 struct Large {
     buf: Vec<u8>,
@@ -245,9 +285,9 @@ impl FrameReader {
                     continue;
                 }
                 Some(len) if self.buf.len() >= len => {
-                    // a copy of its own: the frame pins only its bytes, and `buf` stays
-                    // unique, so it is reused in place
-                    let frame = Bytes::copy_from_slice(&self.buf[..len]);
+                    // a copy of its own: the frame pins only its bytes (at most twice as
+                    // many), and `buf` stays unique, so it is reused in place
+                    let frame = copy_frame(&self.buf[..len]);
                     self.buf.advance(len);
                     match decoder.split(frame) {
                         Ok(f) => return Ok(Some(f)),

@@ -20,26 +20,69 @@ use crate::return_code::ReturnCode;
 use crate::segment::Segment;
 use crate::streams::{Outgoing, Streams};
 
-/// Where the reply to a request goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the reply to a request goes (the id it answers is the [`Asker`]'s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReplyTo {
     /// Fire-and-forget: no reply.
     Nobody,
-    /// A plain REPLY with this `cn__req_id`.
-    Plain(String),
-    /// A streamed reply on `return_only` with this `sm__ri`.
-    Stream(String),
+    /// A plain REPLY with [`Asker::reply_id`] as `cn__req_id`.
+    Plain,
+    /// A streamed reply on `return_only` with [`Asker::reply_id`] as `sm__ri`.
+    Stream,
 }
 
-/// Who asked, on which channel and topic.
+/// Who asked, on which channel and topic, and the id the reply answers.
+///
+/// The four are kept beyond the request's headers (its handler owns them) in one string:
+/// one allocation per request rather than one each.
 #[derive(Clone, Debug)]
 pub(crate) struct Asker {
+    /// The requester's FQCN (`cn__origin` of the request), the request's channel, its topic
+    /// and the reply's id (`cn__req_id` or `sm__ri`; empty if none), one after the other.
+    text: String,
+    /// Where the origin, the channel and the topic end in `text`.
+    ends: [usize; 3],
+}
+
+impl Asker {
+    /// The asker of a request from `origin` on `channel` and `topic`, whose reply answers
+    /// `reply_id`.
+    pub fn new(origin: &str, channel: &str, topic: &str, reply_id: &str) -> Asker {
+        let parts = [origin, channel, topic, reply_id];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0; 3];
+        for (i, part) in parts.into_iter().enumerate() {
+            text.push_str(part);
+            if let Some(end) = ends.get_mut(i) {
+                *end = text.len();
+            }
+        }
+        Asker { text, ends }
+    }
+
     /// The requester's FQCN (`cn__origin` of the request).
-    pub origin: String,
+    pub fn origin(&self) -> &str {
+        self.text.get(..self.ends[0]).unwrap_or_default()
+    }
+
     /// The request's channel.
-    pub channel: String,
+    pub fn channel(&self) -> &str {
+        self.text
+            .get(self.ends[0]..self.ends[1])
+            .unwrap_or_default()
+    }
+
     /// The request's topic.
-    pub topic: String,
+    pub fn topic(&self) -> &str {
+        self.text
+            .get(self.ends[1]..self.ends[2])
+            .unwrap_or_default()
+    }
+
+    /// The id the reply answers: the request's `cn__req_id` or `sm__ri`.
+    pub fn reply_id(&self) -> &str {
+        self.text.get(self.ends[2]..).unwrap_or_default()
+    }
 }
 
 /// What [`send_now`] left to a task of its own: it would have had to wait.
@@ -55,7 +98,6 @@ pub(crate) enum Later {
 fn plain<'s>(
     out: &'s Outbound,
     asker: &'s Asker,
-    req_id: &'s str,
     mut reply: Message,
 ) -> (Stamped<'s>, Vec<Segment>) {
     let mut encoding = reply.payload.encoding();
@@ -67,14 +109,15 @@ fn plain<'s>(
         segs = Vec::new();
     }
     let to = Address {
-        destination: &asker.origin,
-        channel: &asker.channel,
-        topic: &asker.topic,
+        destination: asker.origin(),
+        channel: asker.channel(),
+        topic: asker.topic(),
     };
     let body = Body {
         encoding,
         len: seg_len(&segs),
     };
+    let req_id = asker.reply_id();
     (out.stamp().reply(reply.headers, to, req_id, body), segs)
 }
 
@@ -89,13 +132,13 @@ pub(crate) fn send_now(
     reply_to: ReplyTo,
     reply: Message,
 ) -> Option<Later> {
-    let req_id = match reply_to {
+    match reply_to {
         ReplyTo::Nobody => return None,
-        ReplyTo::Plain(req_id) => req_id,
-        stream @ ReplyTo::Stream(_) => return Some(Later::Reply(stream, reply)),
-    };
-    let origin = asker.origin.as_str();
-    let (h, segs) = plain(out, asker, &req_id, reply);
+        ReplyTo::Plain => {}
+        ReplyTo::Stream => return Some(Later::Reply(reply_to, reply)),
+    }
+    let origin = asker.origin();
+    let (h, segs) = plain(out, asker, reply);
     match out.offer(origin, h, segs, Some(conn)) {
         Ok(None) => None,
         Ok(Some((conn, frame))) => Some(Later::Frame(conn, frame)),
@@ -116,28 +159,28 @@ pub(crate) async fn send(
     reply_to: ReplyTo,
     reply: Message,
 ) {
-    let origin = asker.origin.as_str();
+    let origin = asker.origin();
     match reply_to {
         ReplyTo::Nobody => {}
-        ReplyTo::Plain(req_id) => {
-            let (h, segs) = plain(out, asker, &req_id, reply);
+        ReplyTo::Plain => {
+            let (h, segs) = plain(out, asker, reply);
             if let Err(e) = out.send(origin, h, segs, Some(conn)).await {
                 limited!(conn.log, warn, %origin, "reply not sent: {e}");
             }
         }
-        ReplyTo::Stream(ri) => {
+        ReplyTo::Stream => {
             let mut blob = reply.headers;
             if !blob.contains(keys::RETURN_CODE) {
                 blob.insert(keys::RETURN_CODE, ReturnCode::Ok.as_str());
             }
-            let topic = reply_topic(&asker.channel, &asker.topic);
+            let topic = reply_topic(asker.channel(), asker.topic());
             let stream = |blob, payload| Outgoing {
                 target: origin,
                 blob,
                 channel: stream_keys::RETURN_ONLY,
                 topic: &topic,
                 payload,
-                ri: Some(&ri),
+                ri: Some(asker.reply_id()),
                 fallback: Some(conn),
             };
             match streams.send(out, stream(blob, reply.payload)).await {
@@ -151,5 +194,27 @@ pub(crate) async fn send(
                 Err(e) => limited!(conn.log, warn, %origin, "streamed reply not sent: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_asker_gives_back_its_four_parts() {
+        let a = Asker::new("site-1", "ch", "tópic", "8c2d-id");
+        let parts = (a.origin(), a.channel(), a.topic(), a.reply_id());
+        assert_eq!(parts, ("site-1", "ch", "tópic", "8c2d-id"));
+        let b = Asker::new("", "", "x", "");
+        assert_eq!(
+            (b.origin(), b.channel(), b.topic(), b.reply_id()),
+            ("", "", "x", "")
+        );
+        let c = Asker::new("o", "", "", "");
+        assert_eq!(
+            (c.origin(), c.channel(), c.topic(), c.reply_id()),
+            ("o", "", "", "")
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 
@@ -74,10 +75,15 @@ impl Hasher for IdHasher {
     }
 }
 
+/// A waiter's target FQCN is kept inline up to this many bytes, no allocation per request
+/// (a job cell's `site-1.<uuid>` is 43; smallvec's sizes go 32, 36, 64).
+const TARGET_INLINE: usize = 64;
+
 /// Someone waiting for a reply.
 struct Waiter {
-    /// The FQCN the request went to; a plain reply must come from it.
-    target: String,
+    /// The FQCN the request went to; a plain reply must come from it. Its bytes: it is only
+    /// compared (and printed in a timeout's message).
+    target: SmallVec<[u8; TARGET_INLINE]>,
     /// The link the request left on; if it closes, the waiter fails at once.
     link: u64,
     /// When the cell's sweeper ([`Router::expire`]) fails the waiter with a timeout; `None`:
@@ -268,7 +274,7 @@ impl<L: Link> Router<L> {
     ) -> oneshot::Receiver<Message> {
         let (tx, rx) = oneshot::channel();
         let w = Waiter {
-            target: target.to_string(),
+            target: SmallVec::from_slice(target.as_bytes()),
             link,
             expires,
             tx,
@@ -286,7 +292,7 @@ impl<L: Link> Router<L> {
     /// (allowed) waits.
     pub fn resolve(&self, key: &WaitKey, from: ReplyFrom<'_>, msg: Message) -> bool {
         let ok = |w: &Waiter| match from {
-            ReplyFrom::Target(origin) => w.target == origin,
+            ReplyFrom::Target(origin) => w.target.as_slice() == origin.as_bytes(),
             ReplyFrom::Anyone => true,
         };
         match self.waiters.remove_if(key, |_, w| ok(w)) {
@@ -352,7 +358,10 @@ impl<L: Link> Router<L> {
                 let after = w.expires.map(|e| e.after).unwrap_or_default();
                 Message::error(
                     ReturnCode::Timeout,
-                    format!("no reply from {} in {after:?}", w.target),
+                    format!(
+                        "no reply from {} in {after:?}",
+                        String::from_utf8_lossy(&w.target)
+                    ),
                 )
             },
         );

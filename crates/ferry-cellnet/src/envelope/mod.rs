@@ -16,6 +16,7 @@ pub(crate) use stamped::{Field, Shape, Stamped};
 
 use bytes::Bytes;
 use rmpv::Value;
+use smallvec::{smallvec, SmallVec};
 
 use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
@@ -69,12 +70,43 @@ impl MsgType {
 pub(crate) struct Envelope {
     /// `cn__msg_type`.
     pub msg_type: MsgType,
-    /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
-    pub origin: String,
-    /// `cn__destination`: the cell it is for.
-    pub destination: String,
+    /// `cn__origin` and `cn__destination`.
+    pub names: Names,
     /// The whole map as received, application headers included.
     pub headers: Headers,
+}
+
+/// A received message's origin and destination, read out of its headers once, kept in one
+/// string: one allocation per message rather than two.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Names {
+    /// The origin, then the destination.
+    text: String,
+    /// Where the origin ends in `text`.
+    split: usize,
+}
+
+impl Names {
+    /// The names of a message from `origin` to `destination`.
+    pub fn new(origin: &str, destination: &str) -> Names {
+        let mut text = String::with_capacity(origin.len() + destination.len());
+        text.push_str(origin);
+        text.push_str(destination);
+        Names {
+            text,
+            split: origin.len(),
+        }
+    }
+
+    /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
+    pub fn origin(&self) -> &str {
+        self.text.get(..self.split).unwrap_or_default()
+    }
+
+    /// `cn__destination`: the cell it is for.
+    pub fn destination(&self) -> &str {
+        self.text.get(self.split..).unwrap_or_default()
+    }
 }
 
 impl Envelope {
@@ -89,10 +121,19 @@ impl Envelope {
         };
         Ok(Envelope {
             msg_type: MsgType::parse(t),
-            origin: o.to_string(),
-            destination: d.to_string(),
+            names: Names::new(o, d),
             headers,
         })
+    }
+
+    /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
+    pub fn origin(&self) -> &str {
+        self.names.origin()
+    }
+
+    /// `cn__destination`: the cell it is for.
+    pub fn destination(&self) -> &str {
+        self.names.destination()
     }
 
     /// `cn__channel` (empty if absent).
@@ -117,17 +158,17 @@ impl Envelope {
 
     /// The request ids a reply answers: `cn__req_id` as a str, or a list of them (RETURN).
     /// An id that is not of the form this cell makes ([`RequestId::parse`]) answers nothing
-    /// here; its text is kept for the log.
-    pub fn reply_ids(&self) -> Vec<Result<RequestId, String>> {
+    /// here; its text is kept for the log. One id (a plain reply's) is kept inline.
+    pub fn reply_ids(&self) -> SmallVec<[Result<RequestId, String>; 1]> {
         let id = |s: &str| RequestId::parse(s).ok_or_else(|| s.to_string());
         if let Some(s) = self.headers.str_at(Slot::ReqId) {
             // a plain reply: read where it lies, no value made
-            return vec![id(s)];
+            return smallvec![id(s)];
         }
         match self.headers.get_at(Slot::ReqId) {
-            Some(Value::String(s)) => s.as_str().map(|s| vec![id(s)]).unwrap_or_default(),
+            Some(Value::String(s)) => s.as_str().map(|s| smallvec![id(s)]).unwrap_or_default(),
             Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(id)).collect(),
-            _ => Vec::new(),
+            _ => SmallVec::new(),
         }
     }
 

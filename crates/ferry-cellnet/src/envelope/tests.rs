@@ -169,10 +169,29 @@ fn parse_needs_type_origin_and_destination() {
         ("cn__origin", "a".into()),
         ("cn__destination", "b".into()),
     ]);
+    assert_eq!((e.origin(), e.destination()), ("a", "b"));
     assert_eq!(e.msg_type, MsgType::Other("gossip".into()));
     assert_eq!(e.msg_type.as_str(), "gossip");
     assert_eq!((e.channel(), e.topic(), e.hops()), ("", "", 0));
     assert!(!e.reply_expected() && !e.encrypted());
+}
+
+#[test]
+fn origin_and_destination_share_one_string_and_come_back_apart() {
+    for (o, d) in [
+        ("site-1", "server"),
+        ("", "b"),
+        ("a", ""),
+        ("sïte.é", "sérver.x"),
+    ] {
+        let e = received(&[
+            ("cn__msg_type", "req".into()),
+            ("cn__origin", o.into()),
+            ("cn__destination", d.into()),
+        ]);
+        assert_eq!((e.origin(), e.destination()), (o, d));
+        assert_eq!(e.names, Names::new(o, d));
+    }
 }
 
 #[test]
@@ -186,14 +205,24 @@ fn a_reply_answers_one_id_or_a_list() {
         ])
     };
     let (r1, r2) = (RequestId::new(), RequestId::new());
-    assert_eq!(base(r1.to_text().into()).reply_ids(), [Ok(r1)]);
+    assert_eq!(base(r1.to_text().into()).reply_ids().as_slice(), [Ok(r1)]);
     let list = Value::Array(vec![r1.to_text().into(), 7.into(), r2.to_text().into()]);
-    assert_eq!(base(list).reply_ids(), [Ok(r1), Ok(r2)]);
+    assert_eq!(base(list).reply_ids().as_slice(), [Ok(r1), Ok(r2)]);
     assert!(base(Value::Nil).reply_ids().is_empty());
+    assert!(
+        !base(r1.to_text().into()).reply_ids().spilled(),
+        "one id: kept inline"
+    );
     // an id this cell did not make answers nothing here, and is kept for the log
     let upper = r1.to_text().to_uppercase();
-    assert_eq!(base(upper.as_str().into()).reply_ids(), [Err(upper)]);
-    assert_eq!(base("R1".into()).reply_ids(), [Err("R1".to_string())]);
+    assert_eq!(
+        base(upper.as_str().into()).reply_ids().as_slice(),
+        [Err(upper)]
+    );
+    assert_eq!(
+        base("R1".into()).reply_ids().as_slice(),
+        [Err("R1".to_string())]
+    );
 }
 
 #[test]

@@ -324,3 +324,20 @@ async fn pooled_buffers_are_charged_while_idle() {
     drop(r);
     assert_eq!(budget.used(), 0);
 }
+
+#[test]
+fn a_copied_frame_is_its_bytes_whatever_its_size_class() {
+    for len in [
+        0, 1, 255, 256, 257, 512, 513, 1024, 2048, 4095, 4096, 4097, 70_000,
+    ] {
+        let wire: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let frame = copy_frame(&wire);
+        assert_eq!(&frame[..], &wire[..], "len {len}");
+        // split as the decoder splits it: both halves still read the copy
+        let mut rest = frame.clone();
+        let head = rest.split_to(len / 3);
+        assert_eq!((&head[..], &rest[..]), wire.split_at(len / 3), "len {len}");
+        drop(frame);
+        assert_eq!(&rest[..], &wire[len / 3..], "outlives the whole");
+    }
+}

@@ -112,6 +112,51 @@ async fn a_plain_reply_must_come_from_the_target() {
     assert!(!r.resolve(&key, ReplyFrom::Anyone, m));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_target_is_matched_whole_however_long() {
+    let r: Router<Fake> = Router::default();
+    let long = format!(
+        "site-1.{}.{}",
+        RequestId::new().to_text(),
+        RequestId::new().to_text()
+    );
+    assert!(long.len() > TARGET_INLINE, "kept out of line");
+    let m = Message::new().with_header("x", 1);
+    for target in [
+        "server",
+        "site-1.8c2d4e6f-0a1b-4c3d-9e8f-123456789abc",
+        long.as_str(),
+    ] {
+        let key = WaitKey::Reply(RequestId::new());
+        let rx = r.wait(key, target, 1, None);
+        let shorter = &target[..target.len() - 1];
+        let longer = format!("{target}x");
+        for other in ["", shorter, longer.as_str(), &target.to_uppercase()] {
+            assert!(
+                !r.resolve(&key, ReplyFrom::Target(other), m.clone()),
+                "{other:?}"
+            );
+        }
+        assert!(r.resolve(&key, ReplyFrom::Target(target), m.clone()));
+        assert_eq!(rx.await.unwrap(), m);
+    }
+    // a timeout names the target
+    let now = Instant::now();
+    let after = Duration::from_secs(3);
+    let rx = r.wait(
+        WaitKey::Reply(RequestId::new()),
+        &long,
+        1,
+        Some(Expiry { at: now, after }),
+    );
+    r.expire(now);
+    let m = rx.await.unwrap();
+    assert_eq!(
+        m.error_text(),
+        Some(&*format!("no reply from {long} in 3s"))
+    );
+}
+
 #[tokio::test]
 async fn a_closed_link_fails_its_waiters_only() {
     let r: Router<Fake> = Router::default();
