@@ -251,7 +251,7 @@ impl Node {
     }
 
     async fn on_request(self: &Arc<Self>, conn: &Arc<Conn>, env: Envelope, payload: Bytes) {
-        if env.channel() == stream_keys::STREAM_CHANNEL {
+        if env.channel_is(stream_keys::STREAM_CHANNEL) {
             let (out, origin) = (&self.out, env.origin().to_string());
             let topic = env.topic().to_string();
             let ev = self

@@ -36,11 +36,19 @@ impl RequestId {
     /// writes it (lowercase, hyphenated): ids are matched as the strings they are on the
     /// wire, so no other spelling of the same UUID answers a request.
     pub fn parse(s: &str) -> Option<RequestId> {
-        if s.len() != TEXT_LEN || s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Self::parse_ascii(s.as_bytes())
+    }
+
+    /// [`RequestId::parse`] of a text given as its bytes (an id's text is ASCII: bytes that
+    /// are not, or not UTF-8, are no id), so that a received id need not become a `&str`
+    /// first.
+    pub fn parse_ascii(s: &[u8]) -> Option<RequestId> {
+        if s.len() != TEXT_LEN || s.iter().any(|b| b.is_ascii_uppercase()) {
             return None;
         }
-        // 36 characters are the hyphenated form only (simple 32, braced 38, urn 45)
-        uuid::Uuid::try_parse(s)
+        // 36 characters are the hyphenated form only (simple 32, braced 38, urn 45);
+        // `Uuid::try_parse` is this of the str's bytes
+        uuid::Uuid::try_parse_ascii(s)
             .ok()
             .map(|u| RequestId(u.as_u128()))
     }
@@ -80,5 +88,10 @@ mod tests {
             assert_eq!(RequestId::parse(&other), None, "{other:?}");
         }
         assert_ne!(RequestId::new(), id, "random");
+        // the bytes of a text parse as the text does; bytes that are not ASCII are no id
+        assert_eq!(RequestId::parse_ascii(text.as_bytes()), Some(id));
+        let mut bad = text.into_bytes();
+        bad[0] = 0xe9;
+        assert_eq!(RequestId::parse_ascii(&bad), None);
     }
 }

@@ -45,13 +45,16 @@ impl MsgType {
     const REPLY: &'static str = "reply";
     const RETURN: &'static str = "return";
 
-    fn parse(s: &str) -> MsgType {
-        match s {
-            Self::REQ => MsgType::Req,
-            Self::REPLY => MsgType::Reply,
-            Self::RETURN => MsgType::Return,
-            other => MsgType::Other(other.to_string()),
-        }
+    /// The type whose wire string has the bytes `b`; `None` if they are not UTF-8 (as
+    /// [`Headers::str_at`] would then give none). The known types are matched on the bytes,
+    /// so the usual message's type costs no UTF-8 check.
+    fn parse(b: &[u8]) -> Option<MsgType> {
+        Some(match b {
+            b"req" => MsgType::Req,
+            b"reply" => MsgType::Reply,
+            b"return" => MsgType::Return,
+            other => MsgType::Other(std::str::from_utf8(other).ok()?.to_string()),
+        })
     }
 
     /// The wire string.
@@ -113,17 +116,22 @@ impl Envelope {
     /// Read the required keys; a map without them is not a CellNet message.
     pub fn parse(headers: Headers) -> Result<Envelope, &'static str> {
         let (Some(t), Some(o), Some(d)) = (
-            headers.str_at(Slot::MsgType),
+            headers.str_bytes_at(Slot::MsgType).and_then(MsgType::parse),
             headers.str_at(Slot::Origin),
             headers.str_at(Slot::Destination),
         ) else {
             return Err("message without cn__msg_type/cn__origin/cn__destination");
         };
         Ok(Envelope {
-            msg_type: MsgType::parse(t),
+            msg_type: t,
             names: Names::new(o, d),
             headers,
         })
+    }
+
+    /// `cn__channel` is `channel` (compared without making the received text a `&str`).
+    pub fn channel_is(&self, channel: &str) -> bool {
+        self.headers.str_bytes_at(Slot::Channel).unwrap_or_default() == channel.as_bytes()
     }
 
     /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
@@ -160,6 +168,14 @@ impl Envelope {
     /// An id that is not of the form this cell makes ([`RequestId::parse`]) answers nothing
     /// here; its text is kept for the log. One id (a plain reply's) is kept inline.
     pub fn reply_ids(&self) -> SmallVec<[Result<RequestId, String>; 1]> {
+        // a plain reply's id of the form made here: parsed where it lies, no `&str` made
+        if let Some(id) = self
+            .headers
+            .str_bytes_at(Slot::ReqId)
+            .and_then(RequestId::parse_ascii)
+        {
+            return smallvec![Ok(id)];
+        }
         let id = |s: &str| RequestId::parse(s).ok_or_else(|| s.to_string());
         if let Some(s) = self.headers.str_at(Slot::ReqId) {
             // a plain reply: read where it lies, no value made
@@ -172,9 +188,16 @@ impl Envelope {
         }
     }
 
-    /// `cn__payload_encoding`, if present.
+    /// `cn__payload_encoding`, if present (a str).
     pub fn payload_encoding(&self) -> Option<&str> {
-        self.headers.str_at(Slot::PayloadEncoding)
+        // every message names one of the few encodings: its text is the constant, no
+        // `&str` made of the received bytes (an equal str either way)
+        match self.headers.str_bytes_at(Slot::PayloadEncoding)? {
+            b"fobs" => Some(encoding::FOBS),
+            b"bytes" => Some(encoding::BYTES),
+            b"none" => Some(encoding::NONE),
+            _ => self.headers.str_at(Slot::PayloadEncoding),
+        }
     }
 
     /// Hops travelled so far (`cn__route` entries).

@@ -153,9 +153,86 @@ fn a_reply_has_nvflares_key_order_and_defaults_to_ok() {
 
 use crate::message::Message;
 
+/// The envelope of a message with these headers as it is received (decoded from its block,
+/// its strs read where they lie), checked to read as the same map built here reads.
 fn received(pairs: &[(&str, Value)]) -> Envelope {
     let h: Headers = pairs.iter().cloned().collect();
-    Envelope::parse(h).unwrap()
+    let got = Envelope::parse(Headers::decode(&h.encode()).unwrap()).unwrap();
+    let built = Envelope::parse(h).unwrap();
+    assert_eq!(got.msg_type, built.msg_type);
+    assert_eq!(got.names, built.names);
+    assert_eq!(got.reply_ids(), built.reply_ids());
+    assert_eq!(got.payload_encoding(), built.payload_encoding());
+    assert_eq!(
+        got.payload_encoding(),
+        got.headers.get_str(keys::PAYLOAD_ENCODING)
+    );
+    for ch in ["", "ch", sk::STREAM_CHANNEL] {
+        assert_eq!(got.channel_is(ch), built.channel_is(ch), "{ch:?}");
+        assert_eq!(got.channel_is(ch), got.channel() == ch, "{ch:?}");
+    }
+    got
+}
+
+#[test]
+fn the_channel_is_compared_as_its_text() {
+    let e = |ch: Value| {
+        received(&[
+            ("cn__msg_type", "req".into()),
+            ("cn__origin", "a".into()),
+            ("cn__destination", "b".into()),
+            ("cn__channel", ch),
+        ])
+    };
+    assert!(e(sk::STREAM_CHANNEL.into()).channel_is(sk::STREAM_CHANNEL));
+    assert!(!e("sm__STREAMx".into()).channel_is(sk::STREAM_CHANNEL));
+    // not a str: no channel, as `channel()` says
+    assert!(e(Value::Binary(b"ch".to_vec())).channel_is(""));
+    assert!(!e(Value::Binary(b"ch".to_vec())).channel_is("ch"));
+    assert!(e("é".into()).channel_is("é"));
+}
+
+#[test]
+fn the_payload_encoding_reads_as_its_text() {
+    for enc in [
+        Value::from("fobs"),
+        "bytes".into(),
+        "none".into(),
+        "fobs2".into(),
+        "".into(),
+        "fōbs".into(),
+        Value::Nil,
+        Value::Binary(b"fobs".to_vec()),
+    ] {
+        let e = received(&[
+            ("cn__msg_type", "req".into()),
+            ("cn__origin", "a".into()),
+            ("cn__destination", "b".into()),
+            ("cn__payload_encoding", enc.clone()),
+        ]);
+        assert_eq!(e.payload_encoding(), enc.as_str(), "{enc:?}");
+    }
+}
+
+#[test]
+fn the_message_type_is_matched_on_its_bytes() {
+    let e = |t: Value| {
+        let h: Headers = [
+            ("cn__msg_type", t),
+            ("cn__origin", "a".into()),
+            ("cn__destination", "b".into()),
+        ]
+        .into_iter()
+        .collect();
+        Envelope::parse(Headers::decode(&h.encode()).unwrap()).map(|e| e.msg_type)
+    };
+    assert_eq!(e("req".into()), Ok(MsgType::Req));
+    assert_eq!(e("reply".into()), Ok(MsgType::Reply));
+    assert_eq!(e("return".into()), Ok(MsgType::Return));
+    assert_eq!(e("réq".into()), Ok(MsgType::Other("réq".into())));
+    assert_eq!(e("REQ".into()), Ok(MsgType::Other("REQ".into())));
+    assert_eq!(e("".into()), Ok(MsgType::Other(String::new())));
+    assert!(e(Value::Binary(b"req".to_vec())).is_err(), "not a str");
 }
 
 #[test]

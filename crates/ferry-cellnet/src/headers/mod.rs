@@ -281,6 +281,24 @@ impl Headers {
         self.str_of(self.entry_at(s)?)
     }
 
+    /// The bytes of a [`Slot`]'s value if it is a str: `Some` exactly when [`Headers::str_at`]
+    /// is, with the same bytes. A received str was checked for UTF-8 when its block was
+    /// decoded; making it a `&str` checks it again (a `from_utf8` call, ~90 instructions for
+    /// a header's short text), which a caller that only compares or parses it (the message
+    /// type, a request id) need not pay.
+    pub(crate) fn str_bytes_at(&self, s: Slot) -> Option<&[u8]> {
+        let e = self.entry_at(s)?;
+        match (e.made(), e.raw(&self.block)) {
+            // Some exactly when `str_at` is: received strs are UTF-8 (checked by `scan`; a
+            // block that broke that would make `str_at` None, and so this)
+            (None, Some(raw)) => value::as_str_bytes(raw).filter(|b| {
+                debug_assert!(std::str::from_utf8(b).is_ok(), "unchecked str in a block");
+                b.is_ascii() || std::str::from_utf8(b).is_ok()
+            }),
+            _ => e.value(&self.block).as_str().map(str::as_bytes),
+        }
+    }
+
     /// The value of a [`Slot`]'s key if it is a bool (as [`Headers::get_bool`] of its key).
     pub(crate) fn bool_at(&self, s: Slot) -> Option<bool> {
         self.bool_of(self.entry_at(s)?)

@@ -289,6 +289,7 @@ fn decode_bytes_keeps_the_block_without_copying() {
 fn slots_agree(h: &Headers) {
     for s in Slot::ALL {
         assert_eq!(h.str_at(s), h.get_str(s.key()), "{s:?}");
+        assert_eq!(h.str_bytes_at(s), h.str_at(s).map(str::as_bytes), "{s:?}");
         assert_eq!(h.bool_at(s), h.get_bool(s.key()), "{s:?}");
         assert_eq!(h.get_at(s), h.get(s.key()), "{s:?}");
         assert_eq!(h.array_len_at(s), h.array_len(s.key()), "{s:?}");

@@ -192,7 +192,14 @@ fn skip_at(rd: &mut &[u8], depth: usize) -> Result<(), ReadError> {
 }
 
 /// The str a value checked by [`skip`] holds, `None` if it is not a str.
-pub(super) fn as_str(mut v: &[u8]) -> Option<&str> {
+pub(super) fn as_str(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(as_str_bytes(v)?).ok()
+}
+
+/// The bytes of the str a value checked by [`skip`] holds (UTF-8, as `skip` checked), `None`
+/// if it is not a str: [`as_str`] without checking the UTF-8 again, for a caller that only
+/// compares or parses the bytes.
+pub(super) fn as_str_bytes(mut v: &[u8]) -> Option<&[u8]> {
     let rd = &mut v;
     let m = take(rd, 1).ok()?[0];
     let n = match m {
@@ -200,7 +207,7 @@ pub(super) fn as_str(mut v: &[u8]) -> Option<&str> {
         0xd9..=0xdb => len(rd, 1 << (m - 0xd9)).ok()?,
         _ => return None,
     };
-    str(rd, n).ok()
+    take(rd, n).ok()
 }
 
 /// The length of the array a value checked by [`skip`] is, `None` if it is not an array.

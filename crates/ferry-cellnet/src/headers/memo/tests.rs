@@ -30,6 +30,12 @@ fn decode_both(memo: &mut DecodeMemo, b: &[u8]) -> bool {
     let (with, used) = memo.decode_noting_use(Bytes::copy_from_slice(b));
     let without = Headers::decode_bytes(Bytes::copy_from_slice(b));
     assert_eq!(shape(&with), shape(&without), "block {b:02x?}");
+    if let Ok(h) = &with {
+        // a str read where it lies, without a `&str` made: the bytes `str_at` reads
+        for s in crate::headers::Slot::ALL {
+            assert_eq!(h.str_bytes_at(s), h.str_at(s).map(str::as_bytes), "{s:?}");
+        }
+    }
     used
 }
 
