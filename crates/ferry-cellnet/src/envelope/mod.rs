@@ -8,11 +8,10 @@
 //!
 //! Pure: no sockets, no clock (the caller passes the send time), no state.
 
-mod block;
 mod stamped;
 pub(crate) mod stream;
 
-pub(crate) use stamped::{Field, Shape, Stamped};
+pub(crate) use stamped::{Field, Shape, Stamped, Typed};
 
 use bytes::Bytes;
 use rmpv::Value;
@@ -273,21 +272,17 @@ impl<'a> Stamp<'a> {
     where
         'a: 's,
     {
+        if let Some(req_id) = req_id {
+            return Stamped::typed(app, self.typed(Shape::Request, to, req_id, optional, body));
+        }
         let mut h = Stamped::for_stamp(app);
         h.set_new(keys::TOPIC, Field::Str(to.topic));
         h.set_new(keys::CHANNEL, Field::Str(to.channel));
         h.set_new(keys::DESTINATION, Field::Str(to.destination));
-        if let Some(r) = req_id {
-            h.set_new(keys::REQ_ID, Field::Str(r));
-        }
-        h.set_new(keys::REPLY_EXPECTED, Field::Bool(req_id.is_some()));
+        h.set_new(keys::REPLY_EXPECTED, Field::Bool(false));
         h.set_new(keys::SECURE, Field::Bool(false));
         h.set_new(keys::OPTIONAL, Field::Bool(optional));
-        let h = self.tail(h, MsgType::REQ, body);
-        match req_id {
-            Some(_) => h.shaped(Shape::Request),
-            None => h,
-        }
+        self.tail(h, MsgType::REQ, body)
     }
 
     /// A REPLY to request `req_id`: the reply's own headers (`cn__return_code` defaults to
@@ -302,13 +297,12 @@ impl<'a> Stamp<'a> {
     where
         'a: 's,
     {
+        if !app.contains(keys::RETURN_CODE) {
+            return Stamped::typed(app, self.typed(Shape::Reply, to, req_id, false, body));
+        }
         let mut h = Stamped::for_stamp(app);
         h.set_new(keys::SECURE, Field::Bool(false));
         h.set_new(keys::OPTIONAL, Field::Bool(false));
-        let own_code = !h.contains(keys::RETURN_CODE);
-        if own_code {
-            h.set_new(keys::RETURN_CODE, Field::Str(ReturnCode::Ok.as_str()));
-        }
         h.set_new(keys::CHANNEL, Field::Str(to.channel));
         h.set_new(keys::TOPIC, Field::Str(to.topic));
         h.set_new(keys::FROM, Field::Str(self.me.as_str()));
@@ -321,10 +315,33 @@ impl<'a> Stamp<'a> {
         h.set_new(keys::PAYLOAD_ENCODING, Field::Str(body.encoding));
         h.set_new(keys::PAYLOAD_LEN, Field::U64(body.len as u64));
         h.set_new(keys::SEND_TIME, Field::F64(self.at));
-        if own_code {
-            h.shaped(Shape::Reply)
-        } else {
-            h
+        h
+    }
+
+    /// The stamp of a REQ that expects a reply or of a REPLY with its own return code.
+    fn typed<'s>(
+        &self,
+        shape: Shape,
+        to: Address<'s>,
+        req_id: &'s str,
+        optional: bool,
+        body: Body<'s>,
+    ) -> Typed<'s>
+    where
+        'a: 's,
+    {
+        Typed {
+            shape,
+            topic: to.topic,
+            channel: to.channel,
+            destination: to.destination,
+            req_id,
+            optional,
+            me: self.me.as_str(),
+            to: "",
+            encoding: body.encoding,
+            len: body.len as u64,
+            at: self.at,
         }
     }
 

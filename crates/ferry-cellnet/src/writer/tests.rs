@@ -83,6 +83,45 @@ async fn vectored_writes_survive_partial_writes_and_many_buffers() {
 
 impl WriteStream for Trickle {}
 
+/// A socket that takes every buffer it is given, whole.
+impl WriteStream for Vec<u8> {}
+
+/// A frame of up to [`FEW_IOV`] parts (its slices on a small array) and of more (on one of
+/// [`MAX_IOV`]), written whole or a few bytes at a time: exactly its bytes go out.
+#[test]
+fn a_frame_of_few_or_many_parts_is_written_exactly() {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let prefix = b"0123456789abcdef";
+    for parts in [0, 1, FEW_IOV - 2, FEW_IOV - 1, FEW_IOV + 3, MAX_IOV + 5] {
+        let frame = OutFrame {
+            frame_type: FrameType::Data,
+            app_id: crate::frame::APP_ID_CELLNET,
+            headers: Bytes::from_static(&[0x81, 0xa1, b'k', 0x07]),
+            payload: (0..parts)
+                .map(|i| Bytes::from(vec![i as u8 + 1; i % 4]).into())
+                .collect(),
+        };
+        let mut whole = prefix.to_vec();
+        whole.extend_from_slice(&frame.headers);
+        for s in &frame.payload {
+            whole.extend_from_slice(s.as_bytes().unwrap());
+        }
+        let mut all = Vec::new();
+        assert_eq!(
+            poll_write_frame(&mut all, &mut cx, prefix, &frame),
+            (whole.len(), true)
+        );
+        assert_eq!(all, whole, "{parts} parts");
+        // 7 bytes at a time: each write starts anywhere in a part
+        let mut few = Trickle(Vec::new());
+        assert_eq!(
+            poll_write_frame(&mut few, &mut cx, prefix, &frame),
+            (whole.len(), true)
+        );
+        assert_eq!(few.0, whole, "{parts} parts, trickled");
+    }
+}
+
 /// Accepts the first `n` bytes, then never again (a peer that stopped reading).
 struct Stuck(usize);
 

@@ -3,7 +3,6 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::envelope::block::{BUF, KEY_ROOM};
 use crate::headers::keys;
 
 fn encoded(v: &Value) -> Vec<u8> {
@@ -105,66 +104,6 @@ proptest! {
     }
 }
 
-/// A stamp of each shape, its fields of every kind of value.
-fn shaped(shape: Shape, map: Headers) -> Stamped<'static> {
-    let mut s = Stamped::for_stamp(map);
-    for (i, (k, _)) in shape.keys().iter().enumerate() {
-        let v = match i % 5 {
-            0 => Field::Str("site-1.job-7"),
-            1 => Field::Bool(i % 2 == 0),
-            2 => Field::U64(70_000 * i as u64),
-            3 => Field::F64(1_700_000_000.5 + i as f64),
-            _ => Field::Route("server", 2.25),
-        };
-        s.set_new(k, v);
-    }
-    s.shaped(shape)
-}
-
-#[test]
-fn pre_encoded_keys_are_the_keys_msgpack() {
-    for shape in [Shape::Request, Shape::Reply] {
-        for ((k, enc), (pad, len)) in shape.keys().iter().zip(shape.padded_keys()) {
-            let mut out = Vec::new();
-            put_str(&mut out, k);
-            assert_eq!(&out, enc, "{k}");
-            assert_eq!(&pad[..usize::from(*len)], *enc, "{k}");
-            assert!(pad[usize::from(*len)..].iter().all(|b| *b == 0));
-        }
-        assert_eq!(
-            shape.keys_len(),
-            shape.keys().iter().map(|(_, k)| k.len()).sum::<usize>()
-        );
-    }
-}
-
-#[test]
-fn a_shaped_stamp_encodes_as_inserting_each_field_would() {
-    for shape in [Shape::Request, Shape::Reply] {
-        let mut s = shaped(shape, Headers::new());
-        assert_eq!(s.shape, Some(shape));
-        let want = s.clone().into_headers();
-        assert_eq!(s.encode(), want.encode(), "{shape:?}");
-        // a field replaced in place keeps the shape (seal's `cn__to`)
-        s.set(keys::TO, Field::Str("server"));
-        assert_eq!(s.shape, Some(shape));
-        assert_eq!(s.encode(), s.clone().into_headers().encode());
-        // a field added is no longer the shape
-        s.set("x-late", Field::U64(1));
-        assert_eq!(s.shape, None);
-        assert_eq!(s.encode(), s.clone().into_headers().encode());
-        // nor is a stamp on a map that has entries
-        let map: Headers = [("x-app", 1), (keys::TOPIC, 2)].into_iter().collect();
-        let s = shaped(shape, map);
-        assert_eq!(s.shape, Some(shape));
-        assert_eq!(s.encode(), s.clone().into_headers().encode());
-        assert_eq!(
-            Headers::decode(&s.encode()).unwrap(),
-            s.clone().into_headers()
-        );
-    }
-}
-
 #[test]
 fn more_fields_than_a_stamp_has_keep_their_order() {
     const K: [&str; 18] = [
@@ -185,94 +124,163 @@ fn more_fields_than_a_stamp_has_keep_their_order() {
     assert_eq!(Headers::decode(&s.encode()).unwrap(), want);
 }
 
-/// A value of the kind a shape's field has, of any length or size.
-fn value_like(v: Field<'static>) -> BoxedStrategy<Field<'static>> {
-    // one text to borrow from: long enough for a block well past the stack buffer
-    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let text = TEXT
-        .get_or_init(|| "abcdefghijklmnopqrstuvwxyz".repeat(3_000))
-        .as_str();
-    let len = prop_oneof![0..40usize, 0..300usize, Just(65_536usize)];
-    match v {
-        Field::Str(_) => len.prop_map(move |n| Field::Str(&text[..n])).boxed(),
-        Field::Bool(_) => any::<bool>().prop_map(Field::Bool).boxed(),
-        Field::U64(_) => prop_oneof![0..300u64, any::<u64>()]
-            .prop_map(Field::U64)
-            .boxed(),
-        Field::F64(_) => any::<f64>().prop_map(Field::F64).boxed(),
-        Field::Route(..) => (len, any::<f64>())
-            .prop_map(move |(n, t)| Field::Route(&text[..n], t))
-            .boxed(),
+#[test]
+fn a_strs_length_is_counted_as_it_is_written() {
+    let long = "z".repeat(70_000);
+    for n in [
+        0, 1, 31, 32, 33, 255, 256, 257, 65_535, 65_536, 65_537, 70_000,
+    ] {
+        let mut out = Vec::new();
+        put_str(&mut out, &long[..n]);
+        assert_eq!(str_len(n), out.len(), "{n}");
     }
 }
 
-/// A stamp of `shape` whose fields are of the kinds a real stamp's are, any values.
-fn any_shaped(shape: Shape) -> impl Strategy<Value = Stamped<'static>> {
-    let kinds: Vec<_> = shaped(shape, Headers::new())
-        .fields
-        .iter()
-        .map(|(_, v)| value_like(*v))
-        .collect();
-    kinds.prop_map(move |values| {
-        let mut s = Stamped::for_stamp(Headers::new());
-        for ((k, _), v) in shape.keys().iter().zip(values) {
-            s.set_new(k, v);
-        }
-        s.shaped(shape)
-    })
+/// One text for the strs of a typed stamp to borrow from: long enough for any length tried.
+fn text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| "abcdefghijklmnopqrstuvwxyz".repeat(3_000))
+}
+
+/// A str of any of the lengths whose msgpack differs: fixstr, str 8, str 16, str 32.
+fn any_str() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        0..40usize,
+        0..300usize,
+        65_530..65_540usize,
+        Just(70_000usize)
+    ]
+    .prop_map(|n| &text()[..n])
+}
+
+/// A typed stamp of either shape, any values.
+fn any_typed() -> impl Strategy<Value = Typed<'static>> {
+    (
+        prop_oneof![Just(Shape::Request), Just(Shape::Reply)],
+        [any_str(), any_str(), any_str(), any_str()],
+        [any_str(), any_str(), any_str()],
+        any::<bool>(),
+        prop_oneof![0..300u64, any::<u64>()],
+        any::<f64>(),
+    )
+        .prop_map(
+            |(
+                shape,
+                [topic, channel, destination, req_id],
+                [me, to, encoding],
+                optional,
+                len,
+                at,
+            )| {
+                Typed {
+                    shape,
+                    topic,
+                    channel,
+                    destination,
+                    req_id,
+                    optional: optional && shape == Shape::Request,
+                    me,
+                    to,
+                    encoding,
+                    len,
+                    at,
+                }
+            },
+        )
+}
+
+/// The bytes of `t`'s fields set one by one on `map` (the generic path).
+fn generic(map: Headers, t: &Typed<'_>) -> Vec<u8> {
+    let mut s = Stamped::from(map);
+    for (k, v) in t.fields() {
+        s.set(k, v);
+    }
+    s.encode()
 }
 
 proptest! {
-    /// A shaped stamp written on the stack, appended to a Vec, or encoded as a header map
-    /// is the same bytes, whatever the lengths of its strs (a block that does not fit on
-    /// the stack is appended) and the sizes of its numbers; the Vec is exactly its size.
+    /// A typed stamp is the same bytes as its fields set one by one, whatever the lengths
+    /// of its strs and the sizes of its numbers; its Vec is exactly its size.
     #[test]
-    fn a_shaped_stamp_is_the_same_bytes_on_the_stack_or_not(
-        s in prop_oneof![any_shaped(Shape::Request), any_shaped(Shape::Reply)],
-    ) {
-        let shape = s.shape.unwrap();
-        let want = s.clone().into_headers().encode();
-        let got = s.encode();
-        prop_assert_eq!(&got, &want);
+    fn a_typed_stamp_encodes_as_its_fields_would(t in any_typed()) {
+        let got = Stamped::typed(Headers::new(), t).encode();
+        prop_assert_eq!(&got, &generic(Headers::new(), &t));
         prop_assert_eq!(got.capacity(), got.len());
-        prop_assert_eq!(&s.append_shaped(shape, want.len()), &want);
-        match s.write_shaped(shape) {
-            Some(b) => prop_assert_eq!(b, want),
-            // the last key written needs its padded room
-            None => prop_assert!(want.len() > BUF - KEY_ROOM),
+        prop_assert_eq!(&got, &t.encode());
+        // and the field-by-field fallback of a miscounted size
+        prop_assert_eq!(&got, &t.generic());
+    }
+
+    /// On a map that has entries (some of them a stamp's keys), with `cn__to` set after,
+    /// and with a field added after it: the bytes are those of inserting each in turn.
+    #[test]
+    fn a_typed_stamp_on_a_map_or_with_more_fields_is_its_map(
+        t in any_typed(),
+        app in proptest::collection::vec((key(), any::<i32>()), 0..6),
+        to in any_str(),
+        late in proptest::option::of((key(), field())),
+    ) {
+        let map: Headers = app.into_iter().collect();
+        let mut s = Stamped::typed(map.clone(), t);
+        let mut want = map;
+        for (k, v) in t.fields() {
+            want.insert(k, v.to_value());
         }
+        s.set(keys::TO, Field::Str(to));
+        want.insert(keys::TO, to);
+        prop_assert!(s.typed.is_some(), "cn__to keeps the stamp typed");
+        if let Some((k, v)) = late {
+            s.set(k, v);
+            want.insert(k, v.to_value());
+            prop_assert!(s.typed.is_none() || k == keys::TO);
+        }
+        prop_assert_eq!(s.encode(), want.encode());
+        prop_assert_eq!(s.into_headers().encode(), want.encode());
     }
 }
 
-#[test]
-fn a_block_at_and_past_the_stack_limit_is_right() {
-    let text = "x".repeat(BUF);
-    for shape in [Shape::Request, Shape::Reply] {
-        let base = shaped(shape, Headers::new()).encode().len();
-        // the sixth field (a str in `shaped`) made longer, up to a block past the buffer
-        let mut stacked = Vec::new();
-        for len in BUF - KEY_ROOM - 2..=BUF + 2 {
-            let mut s = shaped(shape, Headers::new());
-            let (k, Field::Str(old)) = s.fields[5] else {
-                panic!("not a str")
-            };
-            let n = old.len() + len - base - 1;
-            s.set(k, Field::Str(&text[..n]));
-            let want = s.clone().into_headers().encode();
-            assert_eq!(want.len(), len, "{shape:?}");
-            assert_eq!(s.encode(), want, "{shape:?} {len}");
-            let got = s.write_shaped(shape);
-            assert!(got.is_none() || got == Some(want));
-            stacked.push(got.is_some());
-        }
-        // both ways were taken, the stack first
-        assert!(stacked[0] && !stacked[stacked.len() - 1], "{shape:?}");
-    }
-}
+/// The keys of a REQ that expects a reply, in the order NVFlare writes them (§7).
+const REQUEST_KEYS: [&str; 15] = [
+    keys::TOPIC,
+    keys::CHANNEL,
+    keys::DESTINATION,
+    keys::REQ_ID,
+    keys::REPLY_EXPECTED,
+    keys::SECURE,
+    keys::OPTIONAL,
+    keys::FROM,
+    keys::TO,
+    keys::ORIGIN,
+    keys::MSG_TYPE,
+    keys::ROUTE,
+    keys::PAYLOAD_ENCODING,
+    keys::PAYLOAD_LEN,
+    keys::SEND_TIME,
+];
+
+/// The keys of a REPLY, in NVFlare's order.
+const REPLY_KEYS: [&str; 15] = [
+    keys::SECURE,
+    keys::OPTIONAL,
+    keys::RETURN_CODE,
+    keys::CHANNEL,
+    keys::TOPIC,
+    keys::FROM,
+    keys::TO,
+    keys::ORIGIN,
+    keys::DESTINATION,
+    keys::REQ_ID,
+    keys::MSG_TYPE,
+    keys::ROUTE,
+    keys::PAYLOAD_ENCODING,
+    keys::PAYLOAD_LEN,
+    keys::SEND_TIME,
+];
 
 #[test]
-fn a_stamp_of_a_request_or_reply_is_shaped_and_encodes_as_its_map() {
+fn a_stamp_of_a_request_or_reply_is_typed_and_is_the_map_nvflare_writes() {
     use crate::envelope::{Address, Body, Stamp};
+    use crate::return_code::ReturnCode;
     let me = crate::fqcn::Fqcn::new("site-1").unwrap();
     let stamp = Stamp {
         me: &me,
@@ -290,9 +298,62 @@ fn a_stamp_of_a_request_or_reply_is_shaped_and_encodes_as_its_map() {
     let id = "84fd2bd2-078f-465f-8e46-01d8ef3fc412";
     let req = stamp.request(Headers::new(), to, Some(id), true, body);
     let reply = stamp.reply(Headers::new(), to, id, body);
-    for (mut s, shape) in [(req, Shape::Request), (reply, Shape::Reply)] {
-        assert_eq!(s.shape, Some(shape));
+    let route = Value::Array(vec![Value::Array(vec![
+        "site-1".into(),
+        Value::F64(1_700_000_000.125),
+    ])]);
+    for (mut s, names, shape) in [
+        (req, REQUEST_KEYS, Shape::Request),
+        (reply, REPLY_KEYS, Shape::Reply),
+    ] {
+        assert_eq!(s.typed.as_ref().map(|t| t.shape), Some(shape));
         s.set(keys::TO, Field::Str("server"));
-        assert_eq!(s.encode(), s.clone().into_headers().encode(), "{shape:?}");
+        let h = Headers::decode(&s.encode()).unwrap();
+        let got: Vec<&str> = h.iter().map(|(k, _)| k).collect();
+        assert_eq!(got, names, "{shape:?}");
+        let msg_type = if shape == Shape::Request {
+            "req"
+        } else {
+            "reply"
+        };
+        for (k, v) in [
+            (keys::TOPIC, Value::from("echo")),
+            (keys::CHANNEL, "task".into()),
+            (keys::DESTINATION, "server".into()),
+            (keys::REQ_ID, id.into()),
+            (keys::SECURE, false.into()),
+            (keys::OPTIONAL, (shape == Shape::Request).into()),
+            (keys::FROM, "site-1".into()),
+            (keys::TO, "server".into()),
+            (keys::ORIGIN, "site-1".into()),
+            (keys::MSG_TYPE, msg_type.into()),
+            (keys::ROUTE, route.clone()),
+            (keys::PAYLOAD_ENCODING, "bytes".into()),
+            (keys::PAYLOAD_LEN, 70_000u64.into()),
+            (keys::SEND_TIME, Value::F64(1_700_000_000.125)),
+        ] {
+            assert_eq!(h.get(k), Some(&v), "{shape:?} {k}");
+        }
+        if shape == Shape::Request {
+            assert_eq!(h.get(keys::REPLY_EXPECTED), Some(&true.into()));
+        } else {
+            assert_eq!(
+                h.get(keys::RETURN_CODE),
+                Some(&ReturnCode::Ok.as_str().into())
+            );
+        }
+        assert_eq!(s.clone().into_headers(), h);
     }
+    // not typed: a request without an id, a reply with its own return code
+    let fire = stamp.request(Headers::new(), to, None, false, body);
+    assert!(fire.typed.is_none());
+    let h = Headers::decode(&fire.encode()).unwrap();
+    assert_eq!(h.get(keys::REPLY_EXPECTED), Some(&false.into()));
+    assert!(!h.contains(keys::REQ_ID));
+    let own: Headers = [(keys::RETURN_CODE, "timeout")].into_iter().collect();
+    let reply = stamp.reply(own, to, id, body);
+    assert!(reply.typed.is_none());
+    let h = Headers::decode(&reply.encode()).unwrap();
+    assert_eq!(h.get(keys::RETURN_CODE), Some(&"timeout".into()));
+    assert_eq!(h.iter().next().map(|(k, _)| k), Some(keys::RETURN_CODE));
 }
