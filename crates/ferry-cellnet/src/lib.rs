@@ -59,6 +59,7 @@ mod handlers;
 mod handshake;
 pub mod headers;
 mod held;
+mod joined;
 mod limits;
 mod log_limit;
 mod message;

@@ -13,6 +13,7 @@ use crate::envelope::{seg_len, Address, Body, Stamped};
 use crate::error::CellnetError;
 use crate::frame::OutFrame;
 use crate::headers::{keys, stream_keys};
+use crate::joined::Joined;
 use crate::log_limit::limited;
 use crate::message::{Message, Payload};
 use crate::outbound::Outbound;
@@ -36,52 +37,33 @@ pub(crate) enum ReplyTo {
 /// The four are kept beyond the request's headers (its handler owns them) in one string:
 /// one allocation per request rather than one each.
 #[derive(Clone, Debug)]
-pub(crate) struct Asker {
-    /// The requester's FQCN (`cn__origin` of the request), the request's channel, its topic
-    /// and the reply's id (`cn__req_id` or `sm__ri`; empty if none), one after the other.
-    text: String,
-    /// Where the origin, the channel and the topic end in `text`.
-    ends: [usize; 3],
-}
+pub(crate) struct Asker(Joined<4>);
 
 impl Asker {
     /// The asker of a request from `origin` on `channel` and `topic`, whose reply answers
-    /// `reply_id`.
+    /// `reply_id` (`cn__req_id` or `sm__ri`; empty if none).
     pub fn new(origin: &str, channel: &str, topic: &str, reply_id: &str) -> Asker {
-        let parts = [origin, channel, topic, reply_id];
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut ends = [0; 3];
-        for (i, part) in parts.into_iter().enumerate() {
-            text.push_str(part);
-            if let Some(end) = ends.get_mut(i) {
-                *end = text.len();
-            }
-        }
-        Asker { text, ends }
+        Asker(Joined::new([origin, channel, topic, reply_id]))
     }
 
     /// The requester's FQCN (`cn__origin` of the request).
     pub fn origin(&self) -> &str {
-        self.text.get(..self.ends[0]).unwrap_or_default()
+        self.0.part(0)
     }
 
     /// The request's channel.
     pub fn channel(&self) -> &str {
-        self.text
-            .get(self.ends[0]..self.ends[1])
-            .unwrap_or_default()
+        self.0.part(1)
     }
 
     /// The request's topic.
     pub fn topic(&self) -> &str {
-        self.text
-            .get(self.ends[1]..self.ends[2])
-            .unwrap_or_default()
+        self.0.part(2)
     }
 
     /// The id the reply answers: the request's `cn__req_id` or `sm__ri`.
     pub fn reply_id(&self) -> &str {
-        self.text.get(self.ends[2]..).unwrap_or_default()
+        self.0.part(3)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::error::CellnetError;
 use crate::fqcn::Fqcn;
 use crate::frame::{FrameType, OutFrame, APP_ID_CELLNET};
 use crate::headers::{keys, Headers, Slot};
+use crate::joined::Joined;
 use crate::message::encoding;
 use crate::request_id::RequestId;
 use crate::return_code::ReturnCode;
@@ -81,33 +82,22 @@ pub(crate) struct Envelope {
 /// A received message's origin and destination, read out of its headers once, kept in one
 /// string: one allocation per message rather than two.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Names {
-    /// The origin, then the destination.
-    text: String,
-    /// Where the origin ends in `text`.
-    split: usize,
-}
+pub(crate) struct Names(Joined<2>);
 
 impl Names {
     /// The names of a message from `origin` to `destination`.
     pub fn new(origin: &str, destination: &str) -> Names {
-        let mut text = String::with_capacity(origin.len() + destination.len());
-        text.push_str(origin);
-        text.push_str(destination);
-        Names {
-            text,
-            split: origin.len(),
-        }
+        Names(Joined::new([origin, destination]))
     }
 
     /// `cn__origin`: who claims to have sent it (checked against the connection by the cell).
     pub fn origin(&self) -> &str {
-        self.text.get(..self.split).unwrap_or_default()
+        self.0.part(0)
     }
 
     /// `cn__destination`: the cell it is for.
     pub fn destination(&self) -> &str {
-        self.text.get(self.split..).unwrap_or_default()
+        self.0.part(1)
     }
 }
 
