@@ -84,6 +84,20 @@ async fn ferry_pair() -> (Cell, Cell, Arc<AtomicU64>) {
     (server, client, received)
 }
 
+/// One ferry round trip: `payload` to the server's echo and back.
+async fn echo_once(c: &Cell, payload: &Bytes) {
+    let r = c
+        .send_request(
+            "bench",
+            "echo",
+            "server",
+            Message::from_bytes(payload.clone()),
+            TIMEOUT,
+        )
+        .await;
+    assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error_text());
+}
+
 async fn ferry_rtt(client: &Cell, in_flight: usize, dur: Duration) -> f64 {
     let payload = Bytes::from(vec![7u8; SMALL]);
     let start = Instant::now();
@@ -95,16 +109,7 @@ async fn ferry_rtt(client: &Cell, in_flight: usize, dur: Duration) -> f64 {
         let count = count.clone();
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < dur {
-                let r = c
-                    .send_request(
-                        "bench",
-                        "echo",
-                        "server",
-                        Message::from_bytes(p.clone()),
-                        TIMEOUT,
-                    )
-                    .await;
-                assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error_text());
+                echo_once(&c, &p).await;
                 count.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -121,16 +126,7 @@ async fn ferry_rtt_count(client: &Cell, n: u64) {
     let c = client.clone();
     tokio::spawn(async move {
         for _ in 0..n {
-            let r = c
-                .send_request(
-                    "bench",
-                    "echo",
-                    "server",
-                    Message::from_bytes(payload.clone()),
-                    TIMEOUT,
-                )
-                .await;
-            assert_eq!(r.return_code(), ReturnCode::Ok, "{:?}", r.error_text());
+            echo_once(&c, &payload).await;
         }
     })
     .await
@@ -215,12 +211,18 @@ async fn tcp_rtt(addr: &str, dur: Duration) -> f64 {
         .unwrap()
 }
 
-async fn tcp_rtt_task(addr: &str, dur: Duration) -> f64 {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+/// A connection to the echo server, the echo request and a buffer for its answer.
+async fn tcp_echo_client(addr: &str) -> (TcpStream, Vec<u8>, Vec<u8>) {
+    let s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     let mut msg = vec![b'E', 0, 0, 0, SMALL as u8];
     msg.extend_from_slice(&[7u8; SMALL]);
-    let mut back = vec![0u8; msg.len()];
+    let back = vec![0u8; msg.len()];
+    (s, msg, back)
+}
+
+async fn tcp_rtt_task(addr: &str, dur: Duration) -> f64 {
+    let (mut s, msg, mut back) = tcp_echo_client(addr).await;
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < dur {
@@ -235,11 +237,7 @@ async fn tcp_rtt_task(addr: &str, dur: Duration) -> f64 {
 async fn tcp_rtt_count(addr: &str, n: u64) {
     let addr = addr.to_string();
     tokio::spawn(async move {
-        let mut s = TcpStream::connect(&addr).await.unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut msg = vec![b'E', 0, 0, 0, SMALL as u8];
-        msg.extend_from_slice(&[7u8; SMALL]);
-        let mut back = vec![0u8; msg.len()];
+        let (mut s, msg, mut back) = tcp_echo_client(&addr).await;
         for _ in 0..n {
             s.write_all(&msg).await.unwrap();
             s.read_exact(&mut back).await.unwrap();
