@@ -3,6 +3,7 @@
 use crate::child::*;
 use crate::common::*;
 use crate::group::*;
+use crate::os;
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -105,6 +106,13 @@ pub(crate) struct Run {
     /// over the file for the ticket's digest; 0 for the others).
     pub(crate) sender_prep_cpu_s: f64,
     pub(crate) receivers_cpu_s: f64,
+    /// CPU the whole machine was busy from the start signal until every process reported its
+    /// result ([`os::machine_busy_s`]): who did the work does not matter, what else ran on
+    /// the machine does. 0 where it cannot be read.
+    pub(crate) machine_cpu_s: f64,
+    /// `cpu_transfer_s` and `machine_cpu_s` of each round, in round order (one pair for a
+    /// single measurement): the medians above hide how far rounds apart differ.
+    pub(crate) rounds_cpu_s: Vec<(f64, f64)>,
     pub(crate) latencies_ms: Vec<f64>,
 }
 
@@ -126,6 +134,10 @@ impl Run {
     /// The receivers' transfer CPU per GiB delivered (all of them summed).
     pub(crate) fn receivers_cpu_per_gib(&self) -> f64 {
         self.receivers_cpu_s / self.gib_delivered()
+    }
+    /// [`Run::machine_cpu_s`] per GiB delivered.
+    pub(crate) fn machine_cpu_per_gib(&self) -> f64 {
+        self.machine_cpu_s / self.gib_delivered()
     }
     pub(crate) fn cpu_process_per_gib(&self) -> f64 {
         self.cpu_process_s / self.gib_delivered()
@@ -335,11 +347,16 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
         json!({"source": ready.get("fqcn").cloned().unwrap_or(json!(SENDER_FQCN)),
                "refs": ready.get("refs").cloned().unwrap_or(json!([]))})
     );
+    let busy0 = os::machine_busy_s();
     let t0 = Instant::now();
     for &r in &recv {
         g.send(r, &go)?;
     }
     g.wait_results(deadline)?;
+    let machine_cpu = match (busy0, os::machine_busy_s()) {
+        (Some(a), Some(b)) => (b - a).max(0.0),
+        _ => 0.0,
+    };
     let end = recv
         .iter()
         .map(|&r| g.procs[r].done.as_ref().map(|d| d.0))
@@ -424,6 +441,8 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
         sender_cpu_s: sender_cpu,
         sender_prep_cpu_s: sender_prep_cpu,
         receivers_cpu_s: receivers_cpu,
+        machine_cpu_s: machine_cpu,
+        rounds_cpu_s: vec![(sender_cpu + receivers_cpu, machine_cpu)],
         latencies_ms: latencies,
     };
     drop(g);
@@ -459,6 +478,8 @@ pub(crate) fn merge_rounds(runs: &[Run]) -> Option<Run> {
         sender_cpu_s: mid(&|r| r.sender_cpu_s),
         sender_prep_cpu_s: mid(&|r| r.sender_prep_cpu_s),
         receivers_cpu_s: mid(&|r| r.receivers_cpu_s),
+        machine_cpu_s: mid(&|r| r.machine_cpu_s),
+        rounds_cpu_s: runs.iter().flat_map(|r| r.rounds_cpu_s.clone()).collect(),
         latencies_ms: runs.iter().flat_map(|r| r.latencies_ms.clone()).collect(),
         ..first.clone()
     })

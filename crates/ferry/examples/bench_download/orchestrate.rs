@@ -290,13 +290,14 @@ fn progress(r: &Run, t: Instant) {
         };
         eprintln!(
             "{:>8.1} MiB/s  RSS sender {:>4} / receivers ≤ {:>4} MiB  \
-             cpu {:.2} s/GiB (sender {:.2}{digest} + receivers {:.2})  ({:.1}s)",
+             cpu {:.2} s/GiB (sender {:.2}{digest} + receivers {:.2}; machine {:.2})  ({:.1}s)",
             r.mib_s,
             r.sender_rss_kib / 1024,
             r.receiver_rss_kib_max / 1024,
             r.cpu_per_gib(),
             r.sender_cpu_per_gib(),
             r.receivers_cpu_per_gib(),
+            r.machine_cpu_per_gib(),
             t.elapsed().as_secs_f64()
         );
     }

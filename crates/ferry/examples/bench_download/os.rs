@@ -101,6 +101,27 @@ pub fn clock_ticks() -> f64 {
     }
 }
 
+/// CPU time the whole machine spent busy so far, in seconds summed over all CPUs: user, nice,
+/// system, irq and softirq from `/proc/stat` (guest time is inside user; idle, iowait and steal
+/// are not work of this machine). Unlike per-process accounting it does not depend on whose
+/// context the kernel did work in: loopback delivery, writeback and `ksoftirqd` all count.
+/// `None` where `/proc/stat` cannot be read.
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq ...
+    let busy = [0usize, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| ticks.get(i).copied())
+        .sum::<Option<u64>>()?;
+    Some(busy as f64 / clock_ticks())
+}
+
 /// Send `sig` to `pid` (errors ignored: the process may be gone already).
 pub fn signal(pid: u32, sig: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {

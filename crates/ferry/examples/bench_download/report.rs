@@ -36,6 +36,33 @@ fn sender_cpu(r: &Run) -> String {
     }
 }
 
+/// The lowest and highest of the round-by-round CPU ratios of `r` to `base` (each round's
+/// figures against the same round's: they met the same load), per process and whole machine;
+/// `None` for a single round or when a round of either failed.
+fn round_spread(r: &Run, base: &Run) -> Option<String> {
+    if r.rounds_cpu_s.len() < 2 || r.rounds_cpu_s.len() != base.rounds_cpu_s.len() {
+        return None;
+    }
+    let range = |f: &dyn Fn(&(f64, f64)) -> f64| -> Option<(f64, f64)> {
+        let v: Vec<f64> = r
+            .rounds_cpu_s
+            .iter()
+            .zip(&base.rounds_cpu_s)
+            .map(|(a, b)| f(a) / f(b))
+            .filter(|x| x.is_finite())
+            .collect();
+        let lo = v.iter().copied().reduce(f64::min)?;
+        let hi = v.iter().copied().reduce(f64::max)?;
+        Some((lo, hi))
+    };
+    let (plo, phi) = range(&|c| c.0)?;
+    let mut out = format!("processes {}–{}", ratio(plo), ratio(phi));
+    if let Some((mlo, mhi)) = range(&|c| c.1) {
+        let _ = write!(out, ", whole machine {}–{}", ratio(mlo), ratio(mhi));
+    }
+    Some(out)
+}
+
 pub(crate) fn ratio(x: f64) -> String {
     if x >= 10.0 {
         format!("{x:.0}×")
@@ -79,11 +106,11 @@ impl Report {
             "| scenario | system | receivers | size | aggregate MiB/s | × NVFlare | × plain TCP | \
              × nginx → curl | sender peak RSS MiB | receiver peak RSS MiB (max) | CPU s/GiB (transfer) | \
              CPU × nginx + curl | sender CPU s/GiB (digest pass) | receivers CPU s/GiB | \
-             CPU s/GiB (whole processes) |"
+             CPU s/GiB (whole processes) | CPU s/GiB (whole machine) | machine CPU × nginx + curl |"
         );
         let _ = writeln!(
             o,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         let mut rows: Vec<&Run> = self
             .runs
@@ -107,6 +134,10 @@ impl Report {
             let web_cpu = web
                 .map(|b| ratio(r.cpu_per_gib() / b.cpu_per_gib()))
                 .unwrap_or_else(|| "—".into());
+            let web_machine = web
+                .filter(|b| b.machine_cpu_s > 0.0)
+                .map(|b| ratio(r.machine_cpu_per_gib() / b.machine_cpu_per_gib()))
+                .unwrap_or_else(|| "—".into());
             let sys = if r.system == System::Ferry {
                 format!("**{}**", r.system.name())
             } else {
@@ -114,7 +145,7 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {:.2} | {:.2} | {:.2} | {} |",
                 r.scenario.label(),
                 sys,
                 r.receivers,
@@ -130,6 +161,8 @@ impl Report {
                 sender_cpu(r),
                 r.receivers_cpu_per_gib(),
                 r.cpu_process_per_gib(),
+                r.machine_cpu_per_gib(),
+                web_machine,
             );
         }
         let small: Vec<&Run> = self
@@ -176,6 +209,11 @@ impl Report {
              sender (ferry's includes the BLAKE3 pass over the file that the ticket's digest \
              needs before any receiver can start, shown in parentheses) and all receivers summed; \
              CPU (whole processes) is `wait4`'s total, Python start-up and imports included. \
+             CPU (whole machine) is what `/proc/stat` counts busy (user, nice, system, irq, \
+             softirq) over all CPUs from the start signal until every process reported: it does \
+             not depend on whose context the kernel did work in (loopback delivery is charged \
+             to whichever process transmits; writeback and `ksoftirqd` to no process of the \
+             run), but it counts whatever else the machine ran, and not ferry's digest pass. \
              Receivers hash with BLAKE3 (ferry, TCP) or sha256 (NVFlare, in Python); NVFlare's \
              file receiver is `download_file` followed by an fsync, its hashing receiver \
              `download_object` with a consumer shaped like its file consumer, its tensor receiver \
@@ -262,7 +300,7 @@ impl Report {
                 out.push(format!(
                     "{}, {} receiver(s): {} nginx → curl (≥ 0.95×), CPU per GiB {} nginx + curl's \
                      ({:.2} vs {:.2} s/GiB, ≤ 1×; sender {:.2} of which digest pass {:.2} vs nginx \
-                     {:.2}, receivers {:.2} vs curl {:.2}) — {}",
+                     {:.2}, receivers {:.2} vs curl {:.2}; whole machine {:.2} vs {:.2}, {}) — {}",
                     Scenario::FileDisk.label(),
                     r.receivers,
                     ratio(x),
@@ -274,8 +312,18 @@ impl Report {
                     w.sender_cpu_per_gib(),
                     r.receivers_cpu_per_gib(),
                     w.receivers_cpu_per_gib(),
+                    r.machine_cpu_per_gib(),
+                    w.machine_cpu_per_gib(),
+                    ratio(r.machine_cpu_per_gib() / w.machine_cpu_per_gib()),
                     mark(x >= 0.95 && c <= 1.0)
                 ));
+                if let Some(spread) = round_spread(r, w) {
+                    out.push(format!(
+                        "{}, {} receiver(s), CPU × nginx + curl round by round: {spread}",
+                        Scenario::FileDisk.label(),
+                        r.receivers,
+                    ));
+                }
             }
         }
         let ferry: Vec<&Run> = self
