@@ -84,7 +84,8 @@ pub(crate) struct OrchArgs {
     #[arg(long)]
     pub(crate) keep_data: bool,
     /// Measure every case this many times, in rounds (round 1 runs every case, then round 2
-    /// ...: the systems compared stay interleaved), and report each figure's median.
+    /// ...: the systems compared stay interleaved; even rounds run the cases in reverse
+    /// order), and report each figure's median.
     #[arg(long, alias = "repeat", default_value_t = 1)]
     pub(crate) rounds: usize,
     /// Run the Rust roles (ferry, plain TCP, the nginx and curl wrappers with their children)

@@ -193,11 +193,21 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
     let started = Instant::now();
     let rounds = a.rounds.max(1);
     // Rounds outside, cases inside: every round runs each system once per case, so the
-    // systems compared meet the same machine load.
+    // systems compared meet the same machine load. `measured[i]` keeps case i's rounds in
+    // round order whatever order a round ran the cases in.
     let mut measured: Vec<Vec<Run>> = vec![Vec::new(); cases.len()];
     let mut failed = vec![false; cases.len()];
     for round in 1..=rounds {
-        for (i, case) in cases.iter().enumerate() {
+        // Even rounds run the cases in reverse order: no system always goes first (the first
+        // run after a pause or after another system's run can cost more on a VM whose idle
+        // memory the host reclaims).
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..cases.len()).rev().collect()
+        } else {
+            (0..cases.len()).collect()
+        };
+        for i in order {
+            let case = &cases[i];
             if failed[i] {
                 continue;
             }

@@ -226,7 +226,8 @@ impl Report {
              high-water marks. Every receiver's bytes are verified after it reports done. \
              Before each measurement the source is read once (page cache warm for every system) \
              and `sync` flushes the writeback of earlier runs. {} round(s): each round measures \
-             every case once, systems interleaved; figures are the median over the rounds (peak \
+             every case once, systems interleaved, in reverse order in even rounds (so no system always \
+             runs first); figures are the median over the rounds (peak \
              RSS the largest).",
             mib(self.orchestrator_hwm_kib),
             self.rounds
