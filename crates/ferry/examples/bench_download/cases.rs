@@ -106,9 +106,9 @@ pub(crate) struct Run {
     /// over the file for the ticket's digest; 0 for the others).
     pub(crate) sender_prep_cpu_s: f64,
     pub(crate) receivers_cpu_s: f64,
-    /// CPU the whole machine was busy from the start signal until every process reported its
-    /// result ([`os::machine_busy_s`]): who did the work does not matter, what else ran on
-    /// the machine does. 0 where it cannot be read.
+    /// CPU the whole machine was busy from the start signal to the last receiver's DONE
+    /// ([`os::machine_busy_s`]): who did the work does not matter, what else ran on the
+    /// machine does. 0 where it cannot be read.
     pub(crate) machine_cpu_s: f64,
     /// `cpu_transfer_s` and `machine_cpu_s` of each round, in round order (one pair for a
     /// single measurement): the medians above hide how far rounds apart differ.
@@ -353,7 +353,14 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
         g.send(r, &go)?;
     }
     g.wait_results(deadline)?;
-    let machine_cpu = match (busy0, os::machine_busy_s()) {
+    // Up to the last receiver's DONE, as the throughput: what receivers do after it (the
+    // benchmark's own check of the file they wrote) is not the transfer's.
+    let busy_end = recv
+        .iter()
+        .map(|&r| g.procs[r].done_busy_s)
+        .collect::<Option<Vec<f64>>>()
+        .and_then(|v| v.into_iter().reduce(f64::max));
+    let machine_cpu = match (busy0, busy_end) {
         (Some(a), Some(b)) => (b - a).max(0.0),
         _ => 0.0,
     };

@@ -19,6 +19,8 @@ pub(crate) struct Proc {
     pub(crate) log: PathBuf,
     pub(crate) ready: Option<Value>,
     pub(crate) done: Option<(Instant, Value)>,
+    /// The machine's busy CPU seconds ([`os::machine_busy_s`]) when the DONE line arrived.
+    pub(crate) done_busy_s: Option<f64>,
     pub(crate) result: Option<Value>,
     pub(crate) eof: bool,
     /// Exit status and kernel accounting, once reaped with wait4.
@@ -29,6 +31,9 @@ pub(crate) struct Proc {
 pub(crate) struct Line {
     pub(crate) proc: usize,
     pub(crate) at: Instant,
+    /// [`os::machine_busy_s`] when a DONE line arrived (read by the thread that took it off
+    /// the pipe, so the orchestrator's own scheduling does not move it).
+    pub(crate) busy_s: Option<f64>,
     pub(crate) text: Option<String>,
 }
 
@@ -68,15 +73,23 @@ impl Group {
         thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(text) = line else { break };
+                let at = Instant::now();
+                let busy_s = if text.starts_with("DONE") {
+                    os::machine_busy_s()
+                } else {
+                    None
+                };
                 let _ = tx.send(Line {
                     proc: idx,
-                    at: Instant::now(),
+                    at,
+                    busy_s,
                     text: Some(text),
                 });
             }
             let _ = tx.send(Line {
                 proc: idx,
                 at: Instant::now(),
+                busy_s: None,
                 text: None,
             });
         });
@@ -87,6 +100,7 @@ impl Group {
             log,
             ready: None,
             done: None,
+            done_busy_s: None,
             result: None,
             eof: false,
             reaped: None,
@@ -140,7 +154,10 @@ impl Group {
         };
         match kind {
             "READY" => self.procs[i].ready = Some(parse(rest)?),
-            "DONE" => self.procs[i].done = Some((line.at, parse(rest)?)),
+            "DONE" => {
+                self.procs[i].done = Some((line.at, parse(rest)?));
+                self.procs[i].done_busy_s = line.busy_s;
+            }
             "RESULT" => {
                 let v = parse(rest)?;
                 if let Some(e) = v.get("error").filter(|e| !e.is_null()) {

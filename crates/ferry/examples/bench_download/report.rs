@@ -210,7 +210,7 @@ impl Report {
              needs before any receiver can start, shown in parentheses) and all receivers summed; \
              CPU (whole processes) is `wait4`'s total, Python start-up and imports included. \
              CPU (whole machine) is what `/proc/stat` counts busy (user, nice, system, irq, \
-             softirq) over all CPUs from the start signal until every process reported: it does \
+             softirq) over all CPUs from the start signal to the last receiver's done: it does \
              not depend on whose context the kernel did work in (loopback delivery is charged \
              to whichever process transmits; writeback and `ksoftirqd` to no process of the \
              run), but it counts whatever else the machine ran, and not ferry's digest pass. \
