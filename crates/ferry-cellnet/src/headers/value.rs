@@ -110,7 +110,7 @@ fn array(rd: &mut &[u8], n: usize, depth: usize) -> Result<Value, ReadError> {
     Ok(Value::Array(v))
 }
 
-/// A map's entries, grown as they are read (see [`array`]).
+/// A map's entries, grown as they are read (see [`array()`]).
 fn map(rd: &mut &[u8], n: usize, depth: usize) -> Result<Value, ReadError> {
     let mut m = Vec::new();
     for _ in 0..n {

@@ -18,7 +18,7 @@ mod verify;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::Transport;
 use crate::error::{describe_tls_io, CellnetError};
@@ -40,25 +40,13 @@ pub(crate) async fn accept(
     s: TcpStream,
 ) -> Result<Transport, CellnetError> {
     let _ = s.set_nodelay(true);
-    let peer_addr = s
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let peer_addr = peer_addr(&s);
     let tls = acceptor.accept(s).await.map_err(handshake_err)?;
-    let peer_cn = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| common_name(c).ok_or_else(|| tls_err("client certificate has no CN")))
-        .transpose()?;
-    let (rd, wr) = tokio::io::split(tls);
-    Ok(Transport {
-        rd: Box::new(rd),
-        wr: Box::new(wr),
-        peer_addr,
-        peer_cn,
-    })
+    let peer_cn = peer_cn(
+        tls.get_ref().1.peer_certificates(),
+        "client certificate has no CN",
+    )?;
+    Ok(transport(tls, peer_addr, peer_cn))
 }
 
 /// TLS handshake on a connected socket.
@@ -67,30 +55,51 @@ pub(crate) async fn connect(
     host: &str,
     s: TcpStream,
 ) -> Result<Transport, CellnetError> {
-    let peer_addr = s
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let peer_addr = peer_addr(&s);
     // Any syntactically valid name works: the verifier does not check it.
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
         ServerName::try_from("ferry.invalid".to_string()).expect("valid DNS name")
     });
     let tls = connector.connect(name, s).await.map_err(handshake_err)?;
-    let peer_cn = tls
-        .get_ref()
-        .1
-        .peer_certificates()
+    let peer_cn = peer_cn(
+        tls.get_ref().1.peer_certificates(),
+        "the peer's certificate has no CN",
+    )?;
+    Ok(transport(tls, peer_addr, peer_cn))
+}
+
+/// The socket's peer address for logs (`?` when the socket cannot tell).
+fn peer_addr(s: &TcpStream) -> String {
+    s.peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The CN of the peer's leaf certificate, if it presented one; `missing` is the error when
+/// the certificate has none.
+fn peer_cn(
+    certs: Option<&[CertificateDer<'_>]>,
+    missing: &str,
+) -> Result<Option<String>, CellnetError> {
+    certs
         .and_then(|c| c.first())
-        .map(|c| common_name(c).ok_or_else(|| tls_err("the peer's certificate has no CN")))
-        .transpose()?;
+        .map(|c| common_name(c).ok_or_else(|| tls_err(missing)))
+        .transpose()
+}
+
+/// The established TLS stream, split into the transport's halves.
+fn transport<S>(tls: S, peer_addr: String, peer_cn: Option<String>) -> Transport
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (rd, wr) = tokio::io::split(tls);
-    Ok(Transport {
+    Transport {
         rd: Box::new(rd),
         wr: Box::new(wr),
         peer_addr,
         peer_cn,
-    })
+    }
 }
 
 #[cfg(test)]
