@@ -20,6 +20,7 @@ mod args;
 mod cells;
 mod certs;
 mod demo;
+mod downstream;
 mod exit;
 mod get;
 mod interrupt;

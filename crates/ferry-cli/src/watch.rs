@@ -9,6 +9,8 @@ use ferry::core::service::{FinalCause, ServiceEvent};
 use ferry::core::{DownloadStatus, OutcomeStatus, Refusal, TransferOutcome};
 use indicatif::ProgressBar;
 use serde_json::json;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::ui;
 
@@ -204,6 +206,22 @@ impl Watch {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Take into account the events still queued on `events` (those of the last receivers,
+    /// dispatched while the transaction's waiter resolved), without waiting for more.
+    pub fn drain(
+        &mut self,
+        events: &mut broadcast::Receiver<ServiceEvent>,
+        names: &HashMap<String, String>,
+    ) {
+        loop {
+            match events.try_recv() {
+                Ok(ev) => self.event(&ev, names),
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
         }
     }
 

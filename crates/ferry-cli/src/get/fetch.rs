@@ -7,6 +7,7 @@ use std::time::Instant;
 use ferry::fetch::{Fetch, FetchOptions, Fetched};
 use ferry::ticket::Ticket;
 use ferry::{DownloadError, DownloadOptions, DownloadService};
+use indicatif::ProgressBar;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,51 @@ pub(super) fn download_options(args: &GetArgs, cancel: &CancellationToken) -> Do
     }
 }
 
+/// The [`FetchOptions`] of every `ferry get` download: `--force` overwrites a file (and
+/// discards a kept part of other content), `--resume` keeps and continues parts, synced
+/// every `--sync-every`.
+pub(super) fn fetch_options(args: &GetArgs) -> FetchOptions {
+    FetchOptions {
+        overwrite: args.force,
+        resume: args.resume,
+        sync_every: args.sync_every,
+        discard_other_part: args.force,
+    }
+}
+
+/// [`download_options`] that report the progress of `t`'s download on `bar` and, with
+/// `json`, as `progress` events. `resumed_from`: the bytes that were here before this run
+/// (added to the bar, and named in the events), when the download resumes a kept part.
+pub(super) fn progress_options(
+    args: &GetArgs,
+    cancel: &CancellationToken,
+    t: &Ticket,
+    bar: &ProgressBar,
+    resumed_from: Option<u64>,
+    json: bool,
+) -> DownloadOptions {
+    let progress_bar = bar.clone();
+    let name = t.name.clone();
+    let size = t.size;
+    download_options(args, cancel).with_progress(move |p| {
+        progress_bar.set_position(resumed_from.unwrap_or(0) + p.bytes_done);
+        if json {
+            // `bytes`: transferred by this run; `resumed_from + bytes` of `total` are here.
+            let mut v = json!({
+                "event": "progress",
+                "name": name,
+                "bytes": p.bytes_done,
+                "total": size,
+                "state": format!("{:?}", p.state).to_lowercase(),
+            });
+            if let Some(r) = resumed_from {
+                v["resumed_from"] = r.into();
+            }
+            ui::json_line(&v);
+        }
+    })
+}
+
 /// Download the object of `t` into `args.output`.
 pub(super) async fn fetch_one(
     service: &DownloadService,
@@ -47,13 +93,7 @@ pub(super) async fn fetch_one(
     json: bool,
 ) -> CmdResult<Got> {
     let dest = args.output.join(&t.name);
-    let fopts = FetchOptions {
-        overwrite: args.force,
-        resume: args.resume,
-        sync_every: args.sync_every,
-        discard_other_part: args.force,
-    };
-    let fetch = Fetch::open(t, &args.output, fopts)
+    let fetch = Fetch::open(t, &args.output, fetch_options(args))
         .await
         .map_err(|e| match e {
             DownloadError::Objects(e) => unwritable(&e, &dest),
@@ -73,23 +113,7 @@ pub(super) async fn fetch_one(
     }
     let bar = ui::byte_bar(&t.name, Some(t.size));
     bar.set_position(resumed_from);
-    let name = t.name.clone();
-    let progress_bar = bar.clone();
-    let size = t.size;
-    let opts = download_options(args, cancel).with_progress(move |p| {
-        progress_bar.set_position(resumed_from + p.bytes_done);
-        if json {
-            // `bytes`: transferred by this run; `resumed_from + bytes` of `total` are here.
-            ui::json_line(&json!({
-                "event": "progress",
-                "name": name,
-                "bytes": p.bytes_done,
-                "resumed_from": resumed_from,
-                "total": size,
-                "state": format!("{:?}", p.state).to_lowercase(),
-            }));
-        }
-    });
+    let opts = progress_options(args, cancel, t, &bar, Some(resumed_from), json);
     let part = fetch.part_path().map(Path::to_path_buf);
     let started = Instant::now();
     let result = fetch.run(service, opts).await;

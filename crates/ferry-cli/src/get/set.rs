@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry::fetch::FetchOptions;
 use ferry::fetch_set::{FetchSet, SetOptions, SetProgress};
 use ferry::objects::ObjectsError;
 use ferry::ticket::Ticket;
@@ -13,7 +12,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::explain::explain;
-use super::fetch::download_options;
+use super::fetch::{download_options, fetch_options};
 use crate::args::GetArgs;
 use crate::exit::{CmdResult, Failure};
 use crate::retry::resume_command;
@@ -38,12 +37,7 @@ impl SetJob<'_> {
         let args = self.args;
         let dl = download_options(args, self.cancel);
         let opts = SetOptions {
-            fetch: FetchOptions {
-                overwrite: args.force,
-                resume: args.resume,
-                sync_every: args.sync_every,
-                discard_other_part: args.force,
-            },
+            fetch: fetch_options(args),
             parallel: self.parallel,
         };
         let set = FetchSet::open(service, t, &args.output, opts, dl.clone())

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use ferry::fetch::FetchOptions;
 use ferry::peers::{fetch_with_peers, Seeding, ShareOptions};
 use ferry::ticket::Ticket;
 use ferry::{DownloadError, DownloadService};
@@ -13,7 +12,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::explain::{explain, unwritable};
-use super::fetch::{download_options, Got};
+use super::fetch::{fetch_options, progress_options, Got};
 use crate::args::GetArgs;
 use crate::exit::CmdResult;
 use crate::ui;
@@ -37,28 +36,9 @@ pub(super) async fn fetch_shared(
             .and_then(|n| n.to_str())
             .unwrap_or_default()
     ));
-    let fopts = FetchOptions {
-        overwrite: args.force,
-        resume: args.resume,
-        sync_every: args.sync_every,
-        discard_other_part: args.force,
-    };
+    let fopts = fetch_options(args);
     let bar = ui::byte_bar(&t.name, Some(t.size));
-    let progress_bar = bar.clone();
-    let name = t.name.clone();
-    let size = t.size;
-    let opts = download_options(args, cancel).with_progress(move |p| {
-        progress_bar.set_position(p.bytes_done);
-        if json {
-            ui::json_line(&json!({
-                "event": "progress",
-                "name": name,
-                "bytes": p.bytes_done,
-                "total": size,
-                "state": format!("{:?}", p.state).to_lowercase(),
-            }));
-        }
-    });
+    let opts = progress_options(args, cancel, t, &bar, None, json);
     let share = ShareOptions {
         offer_url: Some(offer_url.to_string()),
         ..ShareOptions::default()

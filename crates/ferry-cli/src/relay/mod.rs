@@ -18,10 +18,11 @@ use ferry::relay::outboard::OutboardIndex;
 use ferry::relay::{Relay, RelayOptions};
 use ferry::ticket::{Kind, Ticket};
 use ferry::{DownloadOptions, DownloadService, ObjectDownloader};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::args::RelayArgs;
 use crate::cells;
+use crate::downstream;
 use crate::exit::{CmdResult, Failure};
 use crate::interrupt;
 use crate::serve::{relay_listen_url, relay_paced_chunk, start_service};
@@ -45,13 +46,7 @@ pub async fn run(args: RelayArgs, json: bool) -> CmdResult {
         )));
     }
     let url = relay_listen_url(&args.listen, tls.is_some())?;
-    if tls.is_none() && !args.allow.is_empty() {
-        ui::err_line(&format!(
-            "ferry: warning: --allow without TLS: {} is only a name, and anyone who can reach {} can use it; to prove who a receiver is, relay with --tls-cert/--tls-key/--tls-ca (see `ferry certs`)",
-            args.allow.join(", "),
-            args.listen
-        ));
-    }
+    downstream::warn_allow_without_tls(&args.allow, tls.is_some(), &args.listen, "relay");
     let n_expected = if args.allow.is_empty() {
         u64::from(args.receivers)
     } else {
@@ -71,12 +66,7 @@ pub async fn run(args: RelayArgs, json: bool) -> CmdResult {
         },
     )
     .map_err(|e| Failure::usage(format!("cannot relay: {e}")))?;
-    let cell = cells::build_cell(&args.name, tls)?;
-    let bound = cell.listen(&url).await.map_err(|e| {
-        Failure::usage(format!(
-            "cannot listen on {url} ({e}); pick another address or port with --listen tcp://HOST:PORT"
-        ))
-    })?;
+    let (cell, bound) = downstream::listen(&args.name, tls, &url).await?;
     let service = start_service(&cell);
     let result = relay_and_wait(&service, &args, &relay, &bound, json).await;
     service.shutdown().await;
@@ -248,13 +238,7 @@ async fn relay_and_wait(
             r
         }
     };
-    loop {
-        match events.try_recv() {
-            Ok(ev) => watch.event(&ev, &names),
-            Err(TryRecvError::Lagged(_)) => continue,
-            Err(_) => break,
-        }
-    }
+    watch.drain(&mut events, &names);
     watch.finish();
     let elapsed = started.elapsed();
     let Some(outcome) = outcome else {

@@ -12,6 +12,7 @@ use ferry::DownloadError;
 use serde_json::json;
 
 use crate::args::RelayArgs;
+use crate::downstream::receivers_in_words;
 use crate::exit::{CmdResult, Failure};
 use crate::serve::ticket_json;
 use crate::stats;
@@ -22,15 +23,7 @@ use crate::watch::{outcome_json, Watch};
 
 /// Whom the relay serves, in words.
 fn audience(args: &RelayArgs) -> String {
-    if args.allow.is_empty() {
-        format!(
-            "{} receiver{}",
-            args.receivers,
-            if args.receivers == 1 { "" } else { "s" }
-        )
-    } else {
-        args.allow.join(", ")
-    }
+    receivers_in_words(args.receivers, &args.allow)
 }
 
 /// Say what is relayed from where to whom, and print the downstream ticket.

@@ -23,10 +23,10 @@ use ferry::{DownloadService, ObjectDownloader, ServiceOptions};
 
 use crate::args::ServeArgs;
 use crate::cells;
+use crate::downstream;
 use crate::exit::{CmdResult, Failure};
 use crate::interrupt;
 use crate::throttle::RateLimiter;
-use crate::ui;
 use address::listen_url;
 use entries::{collect, Entry};
 use register::{paced_chunk, register, Load, DEFAULT_CHUNK};
@@ -76,20 +76,9 @@ pub async fn run(args: ServeArgs, json: bool) -> CmdResult {
     }
     let tls = cells::tls_config(&args.tls)?;
     let url = listen_url(&args.listen, tls.is_some())?;
-    if tls.is_none() && !args.allow.is_empty() {
-        ui::err_line(&format!(
-            "ferry: warning: --allow without TLS: {} is only a name, and anyone who can reach {} can use it (the first to connect under it holds it); to prove who a receiver is, serve with --tls-cert/--tls-key/--tls-ca (see `ferry certs`)",
-            args.allow.join(", "),
-            args.listen
-        ));
-    }
+    downstream::warn_allow_without_tls(&args.allow, tls.is_some(), &args.listen, "serve");
     cells::check_sender_name(&args.name)?;
-    let cell = cells::build_cell(&args.name, tls)?;
-    let bound = cell.listen(&url).await.map_err(|e| {
-        Failure::usage(format!(
-            "cannot listen on {url} ({e}); pick another address or port with --listen tcp://HOST:PORT"
-        ))
-    })?;
+    let (cell, bound) = downstream::listen(&args.name, tls, &url).await?;
     let service = start_service(&cell);
     let result = serve(&service, &args, &entries, &bound, json).await;
     service.shutdown().await;

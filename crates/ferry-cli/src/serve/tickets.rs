@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::register::Registered;
 use crate::args::{ServeArgs, TicketFormat};
+use crate::downstream::receivers_in_words;
 use crate::ui;
 use crate::units::fmt_bytes;
 
@@ -14,14 +15,8 @@ use crate::units::fmt_bytes;
 pub(super) fn audience(args: &ServeArgs) -> String {
     if args.keep_serving {
         "anyone with the ticket until Ctrl-C".to_string()
-    } else if args.allow.is_empty() {
-        format!(
-            "{} receiver{}",
-            args.receivers,
-            if args.receivers == 1 { "" } else { "s" }
-        )
     } else {
-        args.allow.join(", ")
+        receivers_in_words(args.receivers, &args.allow)
     }
 }
 

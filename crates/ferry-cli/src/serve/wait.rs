@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ferry::peers::PeerCoordinator;
 use ferry::ObjectDownloader;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::register::Registered;
@@ -68,13 +68,7 @@ pub(super) async fn wait_and_report(
     };
     // Events of the settling batch (the last receivers' DownloadedToOne) may still be queued:
     // the waiter resolves while they are dispatched.
-    loop {
-        match events.try_recv() {
-            Ok(ev) => watch.event(&ev, &reg.names),
-            Err(TryRecvError::Lagged(_)) => continue,
-            Err(_) => break,
-        }
-    }
+    watch.drain(&mut events, &reg.names);
     watch.finish();
     let elapsed = started.elapsed();
     let Some(outcome) = outcome else {
