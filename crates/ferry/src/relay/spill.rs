@@ -7,27 +7,15 @@
 //! list of ranges and the verifier's few KiB.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use ferry_objects::verify::{Pin, StreamVerifier};
 
 use super::outboard::Outboard;
-
-/// Where the upstream download stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Bytes are arriving (or a source is being tried).
-    Filling,
-    /// Every byte arrived and the whole object's digest equals the ticket's pin.
-    Verified,
-    /// The relay gave up: every source failed, the content did not match the pin, or the
-    /// relay was closed. The text says which, for downstream receivers and logs.
-    Failed(String),
-}
+use super::phase::{Board, Phase, Watched};
+use super::spill_file::SpillFile;
 
 /// Disjoint byte ranges, merged as they are inserted (start -> end).
 #[derive(Debug, Default)]
@@ -107,27 +95,23 @@ impl Ranges {
     }
 }
 
-/// What the waiters look at, under one lock.
+/// What the waiters look at, under one lock (with the phase: a [`Watched`]).
 #[derive(Debug)]
 struct Shared {
     received: Ranges,
     /// The groups checked against the outboard (empty without one).
     verified: Ranges,
-    phase: Phase,
 }
 
 /// The relay's copy of the object (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Spill {
     /// The object's bytes at their offsets; holes until they arrive.
-    file: File,
-    path: PathBuf,
-    /// The directory the relay made for `file`, removed (with the file) when the relay goes.
-    _dir: tempfile::TempDir,
+    file: SpillFile,
     pin: Pin,
-    shared: Mutex<Shared>,
-    /// Signalled whenever bytes arrive or the phase changes.
-    changed: Condvar,
+    /// Which bytes arrived and where the download stands; signalled whenever bytes arrive or
+    /// the phase changes.
+    shared: Watched<Shared>,
     /// Hashes the bytes as they arrive (the first copy of each byte counts, as in the file).
     /// Only the upstream consumer uses it, so hashing does not hold up the readers.
     verifier: Mutex<StreamVerifier>,
@@ -139,36 +123,24 @@ pub(crate) struct Spill {
 impl Spill {
     /// Make the spill directory under `parent` and an empty file of the pinned size in it.
     pub(crate) fn create(parent: &Path, pin: Pin) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-relay-")
-            .tempdir_in(parent)?;
-        let path = dir.path().join("object");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = SpillFile::create(parent, "object")?;
         // A sparse file: no space is taken before the bytes arrive, and reads past the end
         // cannot happen by accident.
         file.set_len(pin.size)?;
         Ok(Self {
             file,
-            path,
-            _dir: dir,
             pin,
-            shared: Mutex::new(Shared {
+            shared: Watched::new(Shared {
                 received: Ranges::default(),
                 verified: Ranges::default(),
-                phase: Phase::Filling,
             }),
-            changed: Condvar::new(),
             verifier: Mutex::new(StreamVerifier::new(pin.size)),
             outboard: Arc::new(OnceLock::new()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Board<Shared>> {
+        self.shared.lock()
     }
 
     /// The pinned size and digest.
@@ -178,12 +150,12 @@ impl Spill {
 
     /// The spill file.
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Where the upstream download stands.
     pub(crate) fn phase(&self) -> Phase {
-        self.lock().phase.clone()
+        self.shared.phase()
     }
 
     /// Bytes that arrived, and the contiguous prefix of them.
@@ -201,12 +173,7 @@ impl Spill {
         for (s, e) in &gaps {
             let from = (s - start) as usize;
             let to = (e - start) as usize;
-            self.file.write_all_at(&data[from..to], *s).map_err(|e| {
-                ferry_core::ConsumeError::Io {
-                    context: format!("writing the relay's copy {}", self.path.display()),
-                    source: e,
-                }
-            })?;
+            self.file.write_at(&data[from..to], *s)?;
         }
         // With an outboard every group is checked on its own (and the groups give the pinned
         // root), so the whole-stream hash would only hash every byte a second time.
@@ -222,7 +189,7 @@ impl Spill {
         }
         drop(s);
         let checked = self.check_groups(start, end, Some((start, data)));
-        self.changed.notify_all();
+        self.shared.notify();
         checked
     }
 
@@ -245,7 +212,7 @@ impl Spill {
         let r = self
             .check_groups(0, self.pin.size, None)
             .map_err(|e| e.to_string());
-        self.changed.notify_all();
+        self.shared.notify();
         r.map_err(|e| format!("{e} (outboard from {source})"))
     }
 
@@ -278,7 +245,7 @@ impl Spill {
                         ferry_core::ConsumeError::Io {
                             context: format!(
                                 "reading back the relay's copy {}",
-                                self.path.display()
+                                self.path().display()
                             ),
                             source: e,
                         }
@@ -343,57 +310,21 @@ impl Spill {
     /// Move to `phase` (a failure is final: a later phase does not replace it) and wake every
     /// waiter.
     pub(crate) fn set_phase(&self, phase: Phase) {
-        let mut s = self.lock();
-        if !matches!(s.phase, Phase::Failed(_)) {
-            s.phase = phase;
-        }
-        drop(s);
-        self.changed.notify_all();
+        self.shared.set_phase(phase);
     }
 
     /// Wait until `[start, end)` arrived, or the relay failed, or `limit` passed. `Ok(())`
     /// when the bytes are there; the failure or a timeout text otherwise.
     pub(crate) fn wait_for(&self, start: u64, end: u64, limit: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        let mut s = self.lock();
-        loop {
-            if let Phase::Failed(why) = &s.phase {
-                return Err(why.clone());
-            }
-            if self.servable(&s, start, end) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "bytes [{start}, {end}) did not arrive from upstream within {}s",
-                    limit.as_secs()
-                ));
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.shared
+            .wait(limit, &format!("bytes [{start}, {end})"), |s| {
+                self.servable(s, start, end).then_some(())
+            })
     }
 
     /// Wait until the upstream download is over (verified or failed) or `limit` passed.
     pub(crate) fn wait_done(&self, limit: Duration) -> Phase {
-        let deadline = Instant::now() + limit;
-        let mut s = self.lock();
-        while s.phase == Phase::Filling {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        s.phase.clone()
+        self.shared.wait_done(limit)
     }
 
     /// Whether `[start, end)` may be served: checked against the outboard when there is one,
@@ -408,9 +339,7 @@ impl Spill {
 
     /// Read `[start, start + len)`, which must have arrived.
     pub(crate) fn read(&self, start: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, start)?;
-        Ok(buf)
+        self.file.read(start, len)
     }
 
     /// `[start, start + len)` if it arrived and can be read without waiting for the disk
@@ -424,37 +353,8 @@ impl Spill {
             return None;
         }
         drop(s);
-        let mut buf = vec![0u8; len];
-        read_exact_at_nowait(&self.file, &mut buf, start).map(|r| r.map(|()| buf))
+        self.file.read_nowait(start, len)
     }
-}
-
-/// `pread` that fails with `None` instead of waiting for the disk (`RWF_NOWAIT`), or where
-/// the kernel or file system cannot tell.
-#[cfg(target_os = "linux")]
-fn read_exact_at_nowait(file: &File, buf: &mut [u8], offset: u64) -> Option<std::io::Result<()>> {
-    use rustix::io::{preadv2, Errno, ReadWriteFlags};
-    let mut done = 0usize;
-    while done < buf.len() {
-        let mut slices = [std::io::IoSliceMut::new(&mut buf[done..])];
-        match preadv2(
-            file,
-            &mut slices,
-            offset + done as u64,
-            ReadWriteFlags::NOWAIT,
-        ) {
-            Ok(0) => return Some(Err(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => done += n,
-            Err(Errno::INTR) => {}
-            Err(_) => return None,
-        }
-    }
-    Some(Ok(()))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read_exact_at_nowait(_: &File, _: &mut [u8], _: u64) -> Option<std::io::Result<()>> {
-    None
 }
 
 #[cfg(test)]
