@@ -6,101 +6,23 @@
 //! object: the bytes live in the file (the page cache holds what is hot), the bookkeeping is a
 //! list of ranges and the verifier's few KiB.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use ferry_objects::verify::{Pin, StreamVerifier};
+use ferry_objects::RangeSet;
 
 use super::outboard::Outboard;
 use super::phase::{Board, Phase, Watched};
 use super::spill_file::SpillFile;
 
-/// Disjoint byte ranges, merged as they are inserted (start -> end).
-#[derive(Debug, Default)]
-pub(crate) struct Ranges(BTreeMap<u64, u64>);
-
-impl Ranges {
-    /// Add `[start, end)`.
-    pub(crate) fn insert(&mut self, mut start: u64, mut end: u64) {
-        if start >= end {
-            return;
-        }
-        // Merge with a range that ends at or after `start` and begins before it.
-        if let Some((&s, &e)) = self.0.range(..=start).next_back() {
-            if e >= start {
-                start = s;
-                end = end.max(e);
-            }
-        }
-        let overlapping: Vec<u64> = self.0.range(start..=end).map(|(&s, _)| s).collect();
-        for s in overlapping {
-            if let Some(e) = self.0.remove(&s) {
-                end = end.max(e);
-            }
-        }
-        self.0.insert(start, end);
-    }
-
-    /// Whether `[start, end)` arrived whole.
-    pub(crate) fn covers(&self, start: u64, end: u64) -> bool {
-        start >= end
-            || self
-                .0
-                .range(..=start)
-                .next_back()
-                .is_some_and(|(_, &e)| e >= end)
-    }
-
-    /// The parts of `[start, end)` that have not arrived.
-    pub(crate) fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        let mut at = start;
-        let first = self
-            .0
-            .range(..=start)
-            .next_back()
-            .map(|(&s, _)| s)
-            .unwrap_or(start);
-        for (&s, &e) in self.0.range(first..end) {
-            if e <= at {
-                continue;
-            }
-            if s > at {
-                out.push((at, s.min(end)));
-            }
-            at = at.max(e);
-            if at >= end {
-                break;
-            }
-        }
-        if at < end {
-            out.push((at, end));
-        }
-        out
-    }
-
-    /// Length of the contiguous prefix `[0, n)` that arrived.
-    pub(crate) fn prefix_len(&self) -> u64 {
-        match self.0.first_key_value() {
-            Some((0, &e)) => e,
-            _ => 0,
-        }
-    }
-
-    /// Bytes that arrived.
-    pub(crate) fn covered(&self) -> u64 {
-        self.0.iter().map(|(s, e)| e - s).sum()
-    }
-}
-
 /// What the waiters look at, under one lock (with the phase: a [`Watched`]).
 #[derive(Debug)]
 struct Shared {
-    received: Ranges,
+    received: RangeSet,
     /// The groups checked against the outboard (empty without one).
-    verified: Ranges,
+    verified: RangeSet,
 }
 
 /// The relay's copy of the object (see the module docs).
@@ -131,8 +53,8 @@ impl Spill {
             file,
             pin,
             shared: Watched::new(Shared {
-                received: Ranges::default(),
-                verified: Ranges::default(),
+                received: RangeSet::new(),
+                verified: RangeSet::new(),
             }),
             verifier: Mutex::new(StreamVerifier::new(pin.size)),
             outboard: Arc::new(OnceLock::new()),
@@ -360,24 +282,6 @@ impl Spill {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_merge_and_report_gaps() {
-        let mut r = Ranges::default();
-        r.insert(10, 20);
-        r.insert(30, 40);
-        assert_eq!(r.gaps(0, 50), vec![(0, 10), (20, 30), (40, 50)]);
-        assert_eq!(r.gaps(15, 35), vec![(20, 30)]);
-        assert!(r.covers(12, 20) && !r.covers(12, 21) && r.covers(5, 5));
-        assert_eq!(r.prefix_len(), 0);
-        r.insert(0, 10);
-        r.insert(20, 30);
-        assert_eq!(r.prefix_len(), 40);
-        assert_eq!(r.covered(), 40);
-        assert!(r.gaps(0, 40).is_empty());
-        r.insert(35, 60);
-        assert_eq!((r.prefix_len(), r.covered()), (60, 60));
-    }
 
     #[test]
     fn waiters_see_bytes_and_failures() {
