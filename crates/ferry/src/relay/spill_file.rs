@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use ferry_core::ConsumeError;
+use ferry_objects::file::{read_exact_at_nowait, NoWait};
 
 /// A spill file in its own directory (both removed on drop).
 #[derive(Debug)]
@@ -68,34 +69,9 @@ impl SpillFile {
     /// file system cannot tell.
     pub(crate) fn read_nowait(&self, start: u64, len: usize) -> Option<std::io::Result<Vec<u8>>> {
         let mut buf = vec![0u8; len];
-        read_exact_at_nowait(&self.file, &mut buf, start).map(|r| r.map(|()| buf))
-    }
-}
-
-/// `pread` that fails with `None` instead of waiting for the disk (`RWF_NOWAIT`), or where
-/// the kernel or file system cannot tell.
-#[cfg(target_os = "linux")]
-fn read_exact_at_nowait(file: &File, buf: &mut [u8], offset: u64) -> Option<std::io::Result<()>> {
-    use rustix::io::{preadv2, Errno, ReadWriteFlags};
-    let mut done = 0usize;
-    while done < buf.len() {
-        let mut slices = [std::io::IoSliceMut::new(&mut buf[done..])];
-        match preadv2(
-            file,
-            &mut slices,
-            offset + done as u64,
-            ReadWriteFlags::NOWAIT,
-        ) {
-            Ok(0) => return Some(Err(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => done += n,
-            Err(Errno::INTR) => {}
-            Err(_) => return None,
+        match read_exact_at_nowait(&self.file, &mut buf, start) {
+            NoWait::Done(r) => Some(r.map(|()| buf)),
+            NoWait::WouldBlock | NoWait::Unsupported => None,
         }
     }
-    Some(Ok(()))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read_exact_at_nowait(_: &File, _: &mut [u8], _: u64) -> Option<std::io::Result<()>> {
-    None
 }
