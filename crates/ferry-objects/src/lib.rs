@@ -76,6 +76,7 @@ pub use file::{
     FileConsumer, FileConsumerBuilder, FileObject, FileObjectBuilder, DEFAULT_SYNC_EVERY,
 };
 pub use numpy::{NdArray, NdArrayDict, NpzDictConsumer, NpzDictObject, NpzSource};
+pub use ranges::RangeSet;
 pub use tensors::{
     SafetensorsFileConsumer, Tensor, TensorDict, TensorDictConsumer, TensorDictObject, TensorSource,
 };

@@ -1,22 +1,24 @@
 //! A set of half-open `u64` ranges, used to know which bytes (or items) of an object arrived
-//! when chunks come out of order or twice.
+//! when chunks come out of order or twice. Public for the `ferry` crate's relay spill and
+//! sharing receivers, which keep the same books.
 
 use std::collections::BTreeMap;
 
 /// Disjoint, non-adjacent half-open ranges `[start, end)`, merged on insert.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RangeSet {
+pub struct RangeSet {
     /// start -> end; invariant: ranges are disjoint and never touch (touching ones are merged).
     ranges: BTreeMap<u64, u64>,
 }
 
 impl RangeSet {
-    pub(crate) fn new() -> Self {
+    /// An empty set.
+    pub fn new() -> Self {
         Self::default()
     }
 
     /// Add `[start, end)`.
-    pub(crate) fn insert(&mut self, start: u64, end: u64) {
+    pub fn insert(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
         }
@@ -44,7 +46,7 @@ impl RangeSet {
     }
 
     /// The parts of `[start, end)` not yet covered, in order.
-    pub(crate) fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+    pub fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         let mut cursor = start;
         if let Some((_, &e)) = self.ranges.range(..=start).next_back() {
@@ -70,8 +72,18 @@ impl RangeSet {
         }
     }
 
+    /// Whether `[start, end)` is covered whole (an empty range always is).
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        start >= end
+            || self
+                .ranges
+                .range(..=start)
+                .next_back()
+                .is_some_and(|(_, &e)| e >= end)
+    }
+
     /// Length of the covered prefix `[0, n)`.
-    pub(crate) fn prefix_len(&self) -> u64 {
+    pub fn prefix_len(&self) -> u64 {
         self.covered_end_from(0)
     }
 
@@ -89,8 +101,13 @@ impl RangeSet {
     }
 
     /// Total covered length.
-    pub(crate) fn covered(&self) -> u64 {
+    pub fn covered(&self) -> u64 {
         self.ranges.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// Forget every range.
+    pub fn clear(&mut self) {
+        self.ranges.clear();
     }
 }
 
@@ -114,6 +131,10 @@ mod tests {
         assert_eq!(r.gaps(0, 40), vec![]);
         assert_eq!(r.covered_end_from(15), 40);
         assert_eq!(r.max_end(), 40);
+        assert!(r.covers(12, 40) && !r.covers(12, 41) && r.covers(45, 45));
+        assert!(!r.covers(40, 41) && r.covered() == 40);
+        r.clear();
+        assert_eq!((r.covered(), r.prefix_len()), (0, 0));
     }
 
     proptest! {

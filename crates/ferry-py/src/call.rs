@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry::fetch_set::SetProgress;
-use ferry::ticket::Ticket;
+use ferry::ticket::{Kind, Ticket};
 use ferry::{DownloadError, DownloadOptions, DownloadProgress, DownloadService};
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
@@ -178,6 +178,19 @@ impl Call {
             resumed,
             part: None,
         })
+    }
+
+    /// This call, if its ticket is of `kind`; else a usage error naming the ticket and its kind,
+    /// followed by `otherwise` (what the ticket is not, and which function to call instead).
+    pub fn of_kind(self, kind: Kind, otherwise: &str) -> PyResult<Self> {
+        if self.ticket.kind != kind {
+            return Err(errors::usage(format!(
+                "{} is a {} ticket, {otherwise}",
+                self.ticket.name,
+                self.ticket.kind.as_str()
+            )));
+        }
+        Ok(self)
     }
 
     /// Whether a `progress=` callback was given.

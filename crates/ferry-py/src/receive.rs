@@ -127,14 +127,11 @@ pub fn download_tensors<'py>(
         progress,
         request_timeout,
         cancel.as_deref(),
+    )?
+    .of_kind(
+        Kind::Tensors,
+        "not a tensor dict; use ferry.get() (or ferry.download_bytes() for a file)",
     )?;
-    if call.ticket.kind != Kind::Tensors {
-        return Err(errors::usage(format!(
-            "{} is a {} ticket, not a tensor dict; use ferry.get() (or ferry.download_bytes() for a file)",
-            call.ticket.name,
-            call.ticket.kind.as_str()
-        )));
-    }
     let dict = call.run(py, |service, ticket, opts| async move {
         let rid = ferry::core::RefId::new(ticket.ref_id.clone());
         // Held to the ticket's pin (the tensor-dict digest) whatever the sender sends.
@@ -196,14 +193,11 @@ pub fn download_bytes<'py>(
         progress,
         request_timeout,
         cancel.as_deref(),
+    )?
+    .of_kind(
+        Kind::File,
+        "not bytes or a file; use ferry.download_tensors() for a tensor dict, ferry.get() for a set",
     )?;
-    if call.ticket.kind != Kind::File {
-        return Err(errors::usage(format!(
-            "{} is a {} ticket, not bytes or a file; use ferry.download_tensors() for a tensor dict, ferry.get() for a set",
-            call.ticket.name,
-            call.ticket.kind.as_str()
-        )));
-    }
     let ticket = call.ticket.clone();
     let data = call.run(py, |service, ticket, opts| async move {
         let rid = ferry::core::RefId::new(ticket.ref_id.clone());

@@ -8,6 +8,7 @@
 mod consumer;
 mod content;
 mod digest_cache;
+mod nowait;
 mod part;
 mod producer;
 mod record;
@@ -16,4 +17,5 @@ mod resume;
 mod tests;
 
 pub use consumer::{FileConsumer, FileConsumerBuilder, DEFAULT_SYNC_EVERY};
+pub use nowait::{read_exact_at_nowait, NoWait};
 pub use producer::{FileObject, FileObjectBuilder};

@@ -1,6 +1,7 @@
 //! The file producer.
 
 use super::digest_cache::{self, DigestKey};
+use super::nowait::{read_exact_at_nowait, NoWait};
 use crate::buffer_pool::BufferPool;
 use crate::byte_state::{parse_byte_request, state_after, ByteRequest};
 use crate::{ObjectsError, DEFAULT_CHUNK_SIZE};
@@ -306,46 +307,6 @@ enum ReadMode {
     Blocking,
     /// Only what the page cache holds (on an async thread).
     NoWait,
-}
-
-/// What a non-blocking read came to.
-enum NoWait {
-    /// Read completely, or failed with a real error.
-    Done(std::io::Result<()>),
-    /// Some of the range is not in the page cache.
-    WouldBlock,
-    /// This kernel or file system does not do `RWF_NOWAIT`.
-    Unsupported,
-}
-
-/// `read_exact_at` that never waits for the disk.
-#[cfg(target_os = "linux")]
-fn read_exact_at_nowait(file: &File, buf: &mut [u8], offset: u64) -> NoWait {
-    use rustix::io::{preadv2, Errno, ReadWriteFlags};
-    let mut done = 0usize;
-    while done < buf.len() {
-        let mut slices = [std::io::IoSliceMut::new(&mut buf[done..])];
-        match preadv2(
-            file,
-            &mut slices,
-            offset + done as u64,
-            ReadWriteFlags::NOWAIT,
-        ) {
-            Ok(0) => return NoWait::Done(Err(ErrorKind::UnexpectedEof.into())),
-            Ok(n) => done += n,
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => return NoWait::WouldBlock,
-            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => return NoWait::Unsupported,
-            Err(e) => return NoWait::Done(Err(e.into())),
-        }
-    }
-    NoWait::Done(Ok(()))
-}
-
-/// Without `RWF_NOWAIT` every read may block.
-#[cfg(not(target_os = "linux"))]
-fn read_exact_at_nowait(_file: &File, _buf: &mut [u8], _offset: u64) -> NoWait {
-    NoWait::Unsupported
 }
 
 impl Downloadable for FileObject {

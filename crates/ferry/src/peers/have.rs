@@ -3,20 +3,19 @@
 //! [`Tracked`] (a consumer wrapper that records each chunk once it is stored); the peer
 //! source ([`super::part_source`]) reads.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_core::{ChunkData, ConsumeError, Consumer, State, TransferPlan};
-use ferry_objects::RECEIVED_BYTES;
+use ferry_objects::{RangeSet, RECEIVED_BYTES};
 
 use crate::runtime::lock;
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Received ranges, start -> end, disjoint and not touching.
-    ranges: BTreeMap<u64, u64>,
+    /// Received ranges.
+    ranges: RangeSet,
     /// The whole object is here and verified.
     complete: bool,
     /// Where it is read from (the part file, renamed in place when complete).
@@ -61,14 +60,14 @@ impl Have {
         let mut g = lock(&self.inner);
         g.file = Some(Arc::new(file));
         if prefix > 0 {
-            insert(&mut g.ranges, 0, prefix.min(self.size));
+            g.ranges.insert(0, prefix.min(self.size));
         }
         self.arrived.notify_all();
     }
 
     pub(crate) fn add(&self, start: u64, end: u64) {
         let mut g = lock(&self.inner);
-        insert(&mut g.ranges, start, end.min(self.size));
+        g.ranges.insert(start, end.min(self.size));
         self.arrived.notify_all();
     }
 
@@ -83,7 +82,7 @@ impl Have {
     /// Contiguous bytes from 0.
     pub(crate) fn position(&self) -> u64 {
         let g = lock(&self.inner);
-        g.ranges.get(&0).copied().unwrap_or(0)
+        g.ranges.prefix_len()
     }
 
     /// When a downstream receiver was last served, and bytes served so far.
@@ -103,12 +102,7 @@ impl Have {
         let deadline = Instant::now() + wait;
         let mut g = lock(&self.inner);
         loop {
-            let has = g
-                .ranges
-                .range(..=start)
-                .next_back()
-                .is_some_and(|(_, &e)| e >= end);
-            if has {
+            if g.ranges.covers(start, end) {
                 if let Some(f) = &g.file {
                     return Some(Arc::clone(f));
                 }
@@ -129,28 +123,6 @@ impl Have {
     pub(crate) fn ready(&self, start: u64, end: u64) -> Option<Arc<File>> {
         self.wait_for(start, end, Duration::ZERO)
     }
-}
-
-/// Insert `[start, end)`, merging with touching or overlapping ranges.
-fn insert(ranges: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
-    if start >= end {
-        return;
-    }
-    if let Some((&s, &e)) = ranges.range(..=start).next_back() {
-        if e >= start {
-            start = s;
-            end = end.max(e);
-            ranges.remove(&s);
-        }
-    }
-    while let Some((&s, &e)) = ranges.range(start..).next() {
-        if s > end {
-            break;
-        }
-        end = end.max(e);
-        ranges.remove(&s);
-    }
-    ranges.insert(start, end);
 }
 
 /// A consumer that records in a [`Have`] each chunk its inner consumer stored.
@@ -219,7 +191,11 @@ mod tests {
         h.add(15, 35);
         assert_eq!(h.position(), 40);
         h.add(90, 200);
-        assert_eq!(lock(&h.inner).ranges.get(&90), Some(&100));
+        assert_eq!(
+            lock(&h.inner).ranges.gaps(0, 200),
+            vec![(40, 90), (100, 200)],
+            "a range is cut at the object's size"
+        );
     }
 
     #[test]

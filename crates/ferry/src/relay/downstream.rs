@@ -12,7 +12,8 @@ use ferry_core::{
 use ferry_objects::RECEIVED_BYTES;
 
 use super::items::ItemObject;
-use super::spill::{Phase, Spill};
+use super::phase::Phase;
+use super::spill::Spill;
 
 /// The object a [`Relay`](super::Relay) serves, to add to a transaction of the relay's own: a
 /// file's bytes or a tensor dict's items, each servable once it arrived (see the

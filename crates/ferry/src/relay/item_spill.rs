@@ -8,19 +8,18 @@
 //! hash per item.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use ferry_core::{ChunkData, ConsumeError, State, TransferPlan};
 use ferry_objects::tensors::TensorItemCheck;
 use ferry_objects::verify::Pin;
 
-use super::spill::Phase;
+use super::phase::{Board, Phase, Watched};
+use super::spill_file::SpillFile;
 
-/// What the waiters look at, under one lock.
+/// What the waiters look at, under one lock (with the phase: a [`Watched`]).
 #[derive(Debug)]
 struct Shared {
     /// Item index -> (offset, length) of its blob in the file.
@@ -33,20 +32,16 @@ struct Shared {
     tensor_bytes: u64,
     /// The item count, once a plan announced it (or the download finished without one).
     count: Option<u64>,
-    phase: Phase,
 }
 
 /// The relay's copy of a tensor dict (see the module docs).
 #[derive(Debug)]
 pub(crate) struct ItemSpill {
-    file: File,
-    path: PathBuf,
-    /// The directory the relay made for `file`, removed (with the file) when the relay goes.
-    _dir: tempfile::TempDir,
+    file: SpillFile,
     pin: Pin,
-    shared: Mutex<Shared>,
-    /// Signalled whenever an item arrives, the count becomes known or the phase changes.
-    changed: Condvar,
+    /// The index and where the download stands; signalled whenever an item arrives, the
+    /// count becomes known or the phase changes.
+    shared: Watched<Shared>,
     /// The per-item checks and the digest; kept across sources, so an item is hashed once
     /// whichever source sent it. Only the upstream consumer uses it.
     check: Mutex<TensorItemCheck>,
@@ -55,35 +50,22 @@ pub(crate) struct ItemSpill {
 impl ItemSpill {
     /// Make the spill directory under `parent` and an empty file in it.
     pub(crate) fn create(parent: &Path, pin: Pin) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-relay-")
-            .tempdir_in(parent)?;
-        let path = dir.path().join("items");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
         Ok(Self {
-            file,
-            path,
-            _dir: dir,
+            file: SpillFile::create(parent, "items")?,
             pin,
-            shared: Mutex::new(Shared {
+            shared: Watched::new(Shared {
                 index: BTreeMap::new(),
                 prefix: 0,
                 end: 0,
                 tensor_bytes: 0,
                 count: None,
-                phase: Phase::Filling,
             }),
-            changed: Condvar::new(),
             check: Mutex::new(TensorItemCheck::new(pin)),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Board<Shared>> {
+        self.shared.lock()
     }
 
     fn check(&self) -> MutexGuard<'_, TensorItemCheck> {
@@ -95,11 +77,11 @@ impl ItemSpill {
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     pub(crate) fn phase(&self) -> Phase {
-        self.lock().phase.clone()
+        self.shared.phase()
     }
 
     /// Tensor bytes that arrived, and the items `[0, n)` that all arrived.
@@ -126,7 +108,7 @@ impl ItemSpill {
             )));
         }
         self.lock().count = count;
-        self.changed.notify_all();
+        self.shared.notify();
         Ok(())
     }
 
@@ -150,12 +132,7 @@ impl ItemSpill {
         for item in items {
             let len = item.blob.len() as u64;
             let offset = self.lock().end;
-            self.file
-                .write_all_at(&item.blob, offset)
-                .map_err(|e| ConsumeError::Io {
-                    context: format!("writing the relay's copy {}", self.path.display()),
-                    source: e,
-                })?;
+            self.file.write_at(&item.blob, offset)?;
             let mut s = self.lock();
             s.end = offset + len;
             s.tensor_bytes += item.tensor_bytes;
@@ -164,7 +141,7 @@ impl ItemSpill {
                 s.prefix += 1;
             }
             drop(s);
-            self.changed.notify_all();
+            self.shared.notify();
         }
         Ok(())
     }
@@ -189,57 +166,22 @@ impl ItemSpill {
 
     /// Move to `phase` (a failure is final) and wake every waiter.
     pub(crate) fn set_phase(&self, phase: Phase) {
-        let mut s = self.lock();
-        if !matches!(s.phase, Phase::Failed(_)) {
-            s.phase = phase;
-        }
-        drop(s);
-        self.changed.notify_all();
-    }
-
-    /// Wait until `ready` gives an answer from the shared state, the relay failed, or `limit`
-    /// passed (`what` says what was waited for, in the timeout's text).
-    fn wait<T>(
-        &self,
-        limit: Duration,
-        what: &str,
-        mut ready: impl FnMut(&Shared) -> Option<T>,
-    ) -> Result<T, String> {
-        let deadline = Instant::now() + limit;
-        let mut s = self.lock();
-        loop {
-            if let Phase::Failed(why) = &s.phase {
-                return Err(why.clone());
-            }
-            if let Some(v) = ready(&s) {
-                return Ok(v);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "{what} did not arrive from upstream within {}s",
-                    limit.as_secs()
-                ));
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.shared.set_phase(phase);
     }
 
     /// Wait for the item count.
     pub(crate) fn wait_count(&self, limit: Duration) -> Result<u64, String> {
-        self.wait(limit, "the tensor dict's item count", |s| s.count)
+        self.shared
+            .wait(limit, "the tensor dict's item count", |s| s.count)
     }
 
     /// Wait until the upstream download is over (verified or failed) or `limit` passed.
     pub(crate) fn wait_done(&self, limit: Duration) -> Phase {
-        self.wait(limit, "the end of the tensor dict", |s| {
-            (s.phase != Phase::Filling).then(|| s.phase.clone())
-        })
-        .unwrap_or_else(Phase::Failed)
+        self.shared
+            .wait(limit, "the end of the tensor dict", |s| {
+                (s.phase != Phase::Filling).then(|| s.phase.clone())
+            })
+            .unwrap_or_else(Phase::Failed)
     }
 
     /// Whether item `i` arrived (and so reads without waiting).
@@ -249,15 +191,15 @@ impl ItemSpill {
 
     /// Wait for item `i` and read its blob.
     pub(crate) fn read_item(&self, i: u64, limit: Duration) -> Result<Vec<u8>, String> {
-        let (offset, len) = self.wait(limit, &format!("item {i}"), |s| s.index.get(&i).copied())?;
+        let (offset, len) = self
+            .shared
+            .wait(limit, &format!("item {i}"), |s| s.index.get(&i).copied())?;
         let len = usize::try_from(len).map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, offset).map_err(|e| {
+        self.file.read(offset, len).map_err(|e| {
             format!(
                 "reading item {i} of the relay's copy {}: {e}",
-                self.path.display()
+                self.path().display()
             )
-        })?;
-        Ok(buf)
+        })
     }
 }

@@ -15,7 +15,7 @@ use ferry_objects::cacheable::{
 };
 
 use super::item_spill::ItemSpill;
-use super::spill::Phase;
+use super::phase::Phase;
 
 /// Stores the items of one download attempt (one source) into the shared spill, held to the
 /// ticket's pin like `ferry get` holds a sender.

@@ -67,7 +67,9 @@ mod downstream;
 mod item_spill;
 mod items;
 pub mod outboard;
+mod phase;
 mod spill;
+mod spill_file;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -91,7 +93,8 @@ pub use downstream::RelayObject;
 use item_spill::ItemSpill;
 use items::{ItemObject, ItemSpillConsumer};
 use outboard::Outboard;
-use spill::{Phase, Spill};
+use phase::Phase;
+use spill::Spill;
 use upstream::SpillConsumer;
 
 /// How a [`Relay`] stores and serves.

@@ -6,128 +6,34 @@
 //! object: the bytes live in the file (the page cache holds what is hot), the bookkeeping is a
 //! list of ranges and the verifier's few KiB.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use ferry_objects::verify::{Pin, StreamVerifier};
+use ferry_objects::RangeSet;
 
 use super::outboard::Outboard;
+use super::phase::{Board, Phase, Watched};
+use super::spill_file::SpillFile;
 
-/// Where the upstream download stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Bytes are arriving (or a source is being tried).
-    Filling,
-    /// Every byte arrived and the whole object's digest equals the ticket's pin.
-    Verified,
-    /// The relay gave up: every source failed, the content did not match the pin, or the
-    /// relay was closed. The text says which, for downstream receivers and logs.
-    Failed(String),
-}
-
-/// Disjoint byte ranges, merged as they are inserted (start -> end).
-#[derive(Debug, Default)]
-pub(crate) struct Ranges(BTreeMap<u64, u64>);
-
-impl Ranges {
-    /// Add `[start, end)`.
-    pub(crate) fn insert(&mut self, mut start: u64, mut end: u64) {
-        if start >= end {
-            return;
-        }
-        // Merge with a range that ends at or after `start` and begins before it.
-        if let Some((&s, &e)) = self.0.range(..=start).next_back() {
-            if e >= start {
-                start = s;
-                end = end.max(e);
-            }
-        }
-        let overlapping: Vec<u64> = self.0.range(start..=end).map(|(&s, _)| s).collect();
-        for s in overlapping {
-            if let Some(e) = self.0.remove(&s) {
-                end = end.max(e);
-            }
-        }
-        self.0.insert(start, end);
-    }
-
-    /// Whether `[start, end)` arrived whole.
-    pub(crate) fn covers(&self, start: u64, end: u64) -> bool {
-        start >= end
-            || self
-                .0
-                .range(..=start)
-                .next_back()
-                .is_some_and(|(_, &e)| e >= end)
-    }
-
-    /// The parts of `[start, end)` that have not arrived.
-    pub(crate) fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        let mut at = start;
-        let first = self
-            .0
-            .range(..=start)
-            .next_back()
-            .map(|(&s, _)| s)
-            .unwrap_or(start);
-        for (&s, &e) in self.0.range(first..end) {
-            if e <= at {
-                continue;
-            }
-            if s > at {
-                out.push((at, s.min(end)));
-            }
-            at = at.max(e);
-            if at >= end {
-                break;
-            }
-        }
-        if at < end {
-            out.push((at, end));
-        }
-        out
-    }
-
-    /// Length of the contiguous prefix `[0, n)` that arrived.
-    pub(crate) fn prefix_len(&self) -> u64 {
-        match self.0.first_key_value() {
-            Some((0, &e)) => e,
-            _ => 0,
-        }
-    }
-
-    /// Bytes that arrived.
-    pub(crate) fn covered(&self) -> u64 {
-        self.0.iter().map(|(s, e)| e - s).sum()
-    }
-}
-
-/// What the waiters look at, under one lock.
+/// What the waiters look at, under one lock (with the phase: a [`Watched`]).
 #[derive(Debug)]
 struct Shared {
-    received: Ranges,
+    received: RangeSet,
     /// The groups checked against the outboard (empty without one).
-    verified: Ranges,
-    phase: Phase,
+    verified: RangeSet,
 }
 
 /// The relay's copy of the object (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Spill {
     /// The object's bytes at their offsets; holes until they arrive.
-    file: File,
-    path: PathBuf,
-    /// The directory the relay made for `file`, removed (with the file) when the relay goes.
-    _dir: tempfile::TempDir,
+    file: SpillFile,
     pin: Pin,
-    shared: Mutex<Shared>,
-    /// Signalled whenever bytes arrive or the phase changes.
-    changed: Condvar,
+    /// Which bytes arrived and where the download stands; signalled whenever bytes arrive or
+    /// the phase changes.
+    shared: Watched<Shared>,
     /// Hashes the bytes as they arrive (the first copy of each byte counts, as in the file).
     /// Only the upstream consumer uses it, so hashing does not hold up the readers.
     verifier: Mutex<StreamVerifier>,
@@ -139,36 +45,24 @@ pub(crate) struct Spill {
 impl Spill {
     /// Make the spill directory under `parent` and an empty file of the pinned size in it.
     pub(crate) fn create(parent: &Path, pin: Pin) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-relay-")
-            .tempdir_in(parent)?;
-        let path = dir.path().join("object");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = SpillFile::create(parent, "object")?;
         // A sparse file: no space is taken before the bytes arrive, and reads past the end
         // cannot happen by accident.
         file.set_len(pin.size)?;
         Ok(Self {
             file,
-            path,
-            _dir: dir,
             pin,
-            shared: Mutex::new(Shared {
-                received: Ranges::default(),
-                verified: Ranges::default(),
-                phase: Phase::Filling,
+            shared: Watched::new(Shared {
+                received: RangeSet::new(),
+                verified: RangeSet::new(),
             }),
-            changed: Condvar::new(),
             verifier: Mutex::new(StreamVerifier::new(pin.size)),
             outboard: Arc::new(OnceLock::new()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Board<Shared>> {
+        self.shared.lock()
     }
 
     /// The pinned size and digest.
@@ -178,12 +72,12 @@ impl Spill {
 
     /// The spill file.
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Where the upstream download stands.
     pub(crate) fn phase(&self) -> Phase {
-        self.lock().phase.clone()
+        self.shared.phase()
     }
 
     /// Bytes that arrived, and the contiguous prefix of them.
@@ -201,12 +95,7 @@ impl Spill {
         for (s, e) in &gaps {
             let from = (s - start) as usize;
             let to = (e - start) as usize;
-            self.file.write_all_at(&data[from..to], *s).map_err(|e| {
-                ferry_core::ConsumeError::Io {
-                    context: format!("writing the relay's copy {}", self.path.display()),
-                    source: e,
-                }
-            })?;
+            self.file.write_at(&data[from..to], *s)?;
         }
         // With an outboard every group is checked on its own (and the groups give the pinned
         // root), so the whole-stream hash would only hash every byte a second time.
@@ -222,7 +111,7 @@ impl Spill {
         }
         drop(s);
         let checked = self.check_groups(start, end, Some((start, data)));
-        self.changed.notify_all();
+        self.shared.notify();
         checked
     }
 
@@ -245,7 +134,7 @@ impl Spill {
         let r = self
             .check_groups(0, self.pin.size, None)
             .map_err(|e| e.to_string());
-        self.changed.notify_all();
+        self.shared.notify();
         r.map_err(|e| format!("{e} (outboard from {source})"))
     }
 
@@ -278,7 +167,7 @@ impl Spill {
                         ferry_core::ConsumeError::Io {
                             context: format!(
                                 "reading back the relay's copy {}",
-                                self.path.display()
+                                self.path().display()
                             ),
                             source: e,
                         }
@@ -343,57 +232,21 @@ impl Spill {
     /// Move to `phase` (a failure is final: a later phase does not replace it) and wake every
     /// waiter.
     pub(crate) fn set_phase(&self, phase: Phase) {
-        let mut s = self.lock();
-        if !matches!(s.phase, Phase::Failed(_)) {
-            s.phase = phase;
-        }
-        drop(s);
-        self.changed.notify_all();
+        self.shared.set_phase(phase);
     }
 
     /// Wait until `[start, end)` arrived, or the relay failed, or `limit` passed. `Ok(())`
     /// when the bytes are there; the failure or a timeout text otherwise.
     pub(crate) fn wait_for(&self, start: u64, end: u64, limit: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        let mut s = self.lock();
-        loop {
-            if let Phase::Failed(why) = &s.phase {
-                return Err(why.clone());
-            }
-            if self.servable(&s, start, end) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "bytes [{start}, {end}) did not arrive from upstream within {}s",
-                    limit.as_secs()
-                ));
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.shared
+            .wait(limit, &format!("bytes [{start}, {end})"), |s| {
+                self.servable(s, start, end).then_some(())
+            })
     }
 
     /// Wait until the upstream download is over (verified or failed) or `limit` passed.
     pub(crate) fn wait_done(&self, limit: Duration) -> Phase {
-        let deadline = Instant::now() + limit;
-        let mut s = self.lock();
-        while s.phase == Phase::Filling {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        s.phase.clone()
+        self.shared.wait_done(limit)
     }
 
     /// Whether `[start, end)` may be served: checked against the outboard when there is one,
@@ -408,9 +261,7 @@ impl Spill {
 
     /// Read `[start, start + len)`, which must have arrived.
     pub(crate) fn read(&self, start: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, start)?;
-        Ok(buf)
+        self.file.read(start, len)
     }
 
     /// `[start, start + len)` if it arrived and can be read without waiting for the disk
@@ -424,60 +275,13 @@ impl Spill {
             return None;
         }
         drop(s);
-        let mut buf = vec![0u8; len];
-        read_exact_at_nowait(&self.file, &mut buf, start).map(|r| r.map(|()| buf))
+        self.file.read_nowait(start, len)
     }
-}
-
-/// `pread` that fails with `None` instead of waiting for the disk (`RWF_NOWAIT`), or where
-/// the kernel or file system cannot tell.
-#[cfg(target_os = "linux")]
-fn read_exact_at_nowait(file: &File, buf: &mut [u8], offset: u64) -> Option<std::io::Result<()>> {
-    use rustix::io::{preadv2, Errno, ReadWriteFlags};
-    let mut done = 0usize;
-    while done < buf.len() {
-        let mut slices = [std::io::IoSliceMut::new(&mut buf[done..])];
-        match preadv2(
-            file,
-            &mut slices,
-            offset + done as u64,
-            ReadWriteFlags::NOWAIT,
-        ) {
-            Ok(0) => return Some(Err(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => done += n,
-            Err(Errno::INTR) => {}
-            Err(_) => return None,
-        }
-    }
-    Some(Ok(()))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read_exact_at_nowait(_: &File, _: &mut [u8], _: u64) -> Option<std::io::Result<()>> {
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_merge_and_report_gaps() {
-        let mut r = Ranges::default();
-        r.insert(10, 20);
-        r.insert(30, 40);
-        assert_eq!(r.gaps(0, 50), vec![(0, 10), (20, 30), (40, 50)]);
-        assert_eq!(r.gaps(15, 35), vec![(20, 30)]);
-        assert!(r.covers(12, 20) && !r.covers(12, 21) && r.covers(5, 5));
-        assert_eq!(r.prefix_len(), 0);
-        r.insert(0, 10);
-        r.insert(20, 30);
-        assert_eq!(r.prefix_len(), 40);
-        assert_eq!(r.covered(), 40);
-        assert!(r.gaps(0, 40).is_empty());
-        r.insert(35, 60);
-        assert_eq!((r.prefix_len(), r.covered()), (60, 60));
-    }
 
     #[test]
     fn waiters_see_bytes_and_failures() {
