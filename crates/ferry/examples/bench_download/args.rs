@@ -93,6 +93,11 @@ pub(crate) struct OrchArgs {
     /// time goes; the figures of such a run are not clean).
     #[arg(long)]
     pub(crate) perf_dir: Option<PathBuf>,
+    /// Hold the VM's free-page reporting back for the run (Linux `page_reporting`, as root):
+    /// freed page cache then stays in the guest instead of being handed to the host and
+    /// faulted back in by the next case's writes. The settings found are restored at the end.
+    #[arg(long)]
+    pub(crate) hold_freed_memory: bool,
     /// Write the raw measurements as JSON to this file.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,

@@ -4,6 +4,7 @@ use crate::child::*;
 use crate::common::*;
 use crate::group::*;
 use crate::os;
+use crate::vm;
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -113,6 +114,9 @@ pub(crate) struct Run {
     /// `cpu_transfer_s` and `machine_cpu_s` of each round, in round order (one pair for a
     /// single measurement): the medians above hide how far rounds apart differ.
     pub(crate) rounds_cpu_s: Vec<(f64, f64)>,
+    /// KiB of freed memory the VM handed back to its host during the case ([`vm`]), summed
+    /// over the rounds; `None` where the kernel does not report it.
+    pub(crate) reported_kib: Option<u64>,
     pub(crate) latencies_ms: Vec<f64>,
 }
 
@@ -347,6 +351,7 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
         json!({"source": ready.get("fqcn").cloned().unwrap_or(json!(SENDER_FQCN)),
                "refs": ready.get("refs").cloned().unwrap_or(json!([]))})
     );
+    let reported0 = vm::reported_kib();
     let busy0 = os::machine_busy_s();
     let t0 = Instant::now();
     for &r in &recv {
@@ -450,6 +455,9 @@ pub(crate) fn run_case(ctx: &Ctx, case: &Case) -> Result<Run> {
         receivers_cpu_s: receivers_cpu,
         machine_cpu_s: machine_cpu,
         rounds_cpu_s: vec![(sender_cpu + receivers_cpu, machine_cpu)],
+        reported_kib: reported0
+            .zip(vm::reported_kib())
+            .map(|(a, b)| b.saturating_sub(a)),
         latencies_ms: latencies,
     };
     drop(g);
@@ -487,6 +495,7 @@ pub(crate) fn merge_rounds(runs: &[Run]) -> Option<Run> {
         receivers_cpu_s: mid(&|r| r.receivers_cpu_s),
         machine_cpu_s: mid(&|r| r.machine_cpu_s),
         rounds_cpu_s: runs.iter().flat_map(|r| r.rounds_cpu_s.clone()).collect(),
+        reported_kib: runs.iter().map(|r| r.reported_kib).sum(),
         latencies_ms: runs.iter().flat_map(|r| r.latencies_ms.clone()).collect(),
         ..first.clone()
     })

@@ -56,6 +56,7 @@ mod orchestrate;
 mod os;
 mod report;
 mod roles;
+mod vm;
 mod web;
 
 use anyhow::Result;

@@ -6,6 +6,7 @@ use crate::child::*;
 use crate::common::*;
 use crate::os;
 use crate::report::*;
+use crate::vm;
 use crate::web;
 use anyhow::{anyhow, bail, Result};
 use std::fs::{self};
@@ -93,6 +94,18 @@ pub(crate) fn orchestrate(a: OrchArgs) -> Result<()> {
     if let Some(d) = &ctx.perf_dir {
         fs::create_dir_all(d)?;
     }
+    // Held until the report is written (dropped at the end of this function).
+    let _hold = if a.hold_freed_memory {
+        match vm::Hold::new() {
+            Ok(h) => {
+                eprintln!("bench_download: free-page reporting held back for the run");
+                Some(h)
+            }
+            Err(e) => bail!("--hold-freed-memory: {e} (needs Linux page_reporting and root)"),
+        }
+    } else {
+        None
+    };
 
     // Sources.
     let t = Instant::now();
@@ -294,13 +307,17 @@ fn progress(r: &Run, t: Instant) {
             t.elapsed().as_secs_f64()
         );
     } else {
+        let reported = match r.reported_kib {
+            Some(k) => format!("  to host {} MiB", k / 1024),
+            None => String::new(),
+        };
         let digest = match r.sender_prep_cpu_per_gib() {
             d if d > 0.0 => format!(" [digest {d:.2}]"),
             _ => String::new(),
         };
         eprintln!(
             "{:>8.1} MiB/s  RSS sender {:>4} / receivers ≤ {:>4} MiB  \
-             cpu {:.2} s/GiB (sender {:.2}{digest} + receivers {:.2}; machine {:.2})  ({:.1}s)",
+             cpu {:.2} s/GiB (sender {:.2}{digest} + receivers {:.2}; machine {:.2}){reported}  ({:.1}s)",
             r.mib_s,
             r.sender_rss_kib / 1024,
             r.receiver_rss_kib_max / 1024,

@@ -188,6 +188,16 @@ impl Report {
                 );
             }
         }
+        let reported: Option<u64> = self.runs.iter().map(|r| r.reported_kib).sum();
+        if let Some(k) = reported {
+            let _ = writeln!(
+                o,
+                "\nFreed memory the VM handed back to its host during the measurements: {} MiB \
+                 (the next writes into the page cache fault it in again, which moves CPU figures \
+                 from round to round; `--hold-freed-memory` holds it back for a run).",
+                k / 1024
+            );
+        }
         let _ = writeln!(o, "\nTargets (ferry, from this run):\n");
         for t in self.targets() {
             let _ = writeln!(o, "- {t}");
