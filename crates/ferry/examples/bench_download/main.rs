@@ -46,6 +46,10 @@
 //! * CPU: each child reports `getrusage(RUSAGE_SELF)` user+sys spent in the transfer (a
 //!   receiver from GO to DONE, a sender from before it builds the downloadable to the end);
 //!   `wait4` gives the whole-process figure too (Python imports included).
+//! * CPU of the whole machine: `/proc/stat`'s busy time from GO to the last DONE, whoever did
+//!   the work (loopback delivery, writeback, `ksoftirqd`);
+//! * memory the VM handed back to its host during each case (`vm.rs`), which the next writes
+//!   into the page cache fault in again; `--hold-freed-memory` holds it back for a run.
 
 mod args;
 mod cases;
