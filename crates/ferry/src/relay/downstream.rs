@@ -12,7 +12,6 @@ use ferry_core::{
 use ferry_objects::RECEIVED_BYTES;
 
 use super::items::ItemObject;
-use super::phase::Phase;
 use super::spill::Spill;
 
 /// The object a [`Relay`](super::Relay) serves, to add to a transaction of the relay's own: a
@@ -142,13 +141,9 @@ impl Downloadable for ByteObject {
         };
         if n >= size {
             // EOF only for verified content: the last word waits for the digest.
-            return match self.spill.wait_done(self.wait) {
-                Phase::Verified => Ok(Produced::Eof),
-                Phase::Failed(why) => Err(self.failed(&why)),
-                Phase::Filling => Err(self.failed(&format!(
-                    "the upstream download did not finish within {}s",
-                    self.wait.as_secs()
-                ))),
+            return match self.spill.wait_verified(self.wait) {
+                Ok(()) => Ok(Produced::Eof),
+                Err(why) => Err(self.failed(&why)),
             };
         }
         let end = size.min(n + self.chunk);

@@ -175,13 +175,11 @@ impl ItemSpill {
             .wait(limit, "the tensor dict's item count", |s| s.count)
     }
 
-    /// Wait until the upstream download is over (verified or failed) or `limit` passed.
-    pub(crate) fn wait_done(&self, limit: Duration) -> Phase {
+    /// Wait until the whole dict arrived and matched the pin; the failure or a timeout text
+    /// otherwise.
+    pub(crate) fn wait_verified(&self, limit: Duration) -> Result<(), String> {
         self.shared
-            .wait(limit, "the end of the tensor dict", |s| {
-                (s.phase != Phase::Filling).then(|| s.phase.clone())
-            })
-            .unwrap_or_else(Phase::Failed)
+            .wait_verified(limit, "the end of the tensor dict")
     }
 
     /// Whether item `i` arrived (and so reads without waiting).

@@ -15,7 +15,6 @@ use ferry_objects::cacheable::{
 };
 
 use super::item_spill::ItemSpill;
-use super::phase::Phase;
 
 /// Stores the items of one download attempt (one source) into the shared spill, held to the
 /// ticket's pin like `ferry get` holds a sender.
@@ -186,9 +185,7 @@ impl Downloadable for ItemObject {
         };
         if next_item(state).is_some_and(|n| n >= obj.item_count()) {
             // EOF only for verified content: the last word waits for the digest.
-            if let Phase::Failed(why) = self.spill.wait_done(self.wait) {
-                return Err(failed(why));
-            }
+            self.spill.wait_verified(self.wait).map_err(failed)?;
         }
         obj.produce(state, requester)
     }

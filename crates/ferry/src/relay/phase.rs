@@ -123,22 +123,52 @@ impl<S> Watched<S> {
         }
     }
 
-    /// Wait until the upstream download is over (verified or failed) or `limit` passed; the
-    /// phase then (still [`Phase::Filling`] after a timeout).
-    pub(crate) fn wait_done(&self, limit: Duration) -> Phase {
-        let deadline = Instant::now() + limit;
-        let mut s = self.lock();
-        while s.phase == Phase::Filling {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        s.phase.clone()
+    /// Wait until the upstream download is verified: `Ok`, else the failure or, after
+    /// `limit`, a timeout that names `what` (see [`wait`](Self::wait)).
+    pub(crate) fn wait_verified(&self, limit: Duration, what: &str) -> Result<(), String> {
+        self.wait(limit, what, |b| (b.phase == Phase::Verified).then_some(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of an object is served only once it is verified: a download still filling
+    /// when the wait runs out is a timeout, not an end (a pull at EOF would otherwise be
+    /// answered with unverified content), and a failure stays final.
+    #[test]
+    fn waiting_for_the_end_is_verified_failed_or_timed_out() {
+        let w = Watched::new(());
+        let why = w
+            .wait_verified(Duration::ZERO, "the end of the object")
+            .unwrap_err();
+        assert_eq!(
+            why,
+            "the end of the object did not arrive from upstream within 0s"
+        );
+
+        w.set_phase(Phase::Verified);
+        assert_eq!(w.wait_verified(Duration::ZERO, "the end"), Ok(()));
+
+        let w = Watched::new(());
+        w.set_phase(Phase::Failed("the content did not match".into()));
+        w.set_phase(Phase::Verified);
+        assert_eq!(
+            w.wait_verified(Duration::from_secs(600), "the end"),
+            Err("the content did not match".to_string()),
+            "a failure is final"
+        );
+    }
+
+    /// A waiter on another thread wakes when the phase changes, long before its limit.
+    #[test]
+    fn a_waiter_wakes_when_the_download_is_verified() {
+        let w = std::sync::Arc::new(Watched::new(()));
+        let w2 = std::sync::Arc::clone(&w);
+        let waiter =
+            std::thread::spawn(move || w2.wait_verified(Duration::from_secs(600), "the end"));
+        w.set_phase(Phase::Verified);
+        assert_eq!(waiter.join().unwrap(), Ok(()));
     }
 }

@@ -244,9 +244,10 @@ impl Spill {
             })
     }
 
-    /// Wait until the upstream download is over (verified or failed) or `limit` passed.
-    pub(crate) fn wait_done(&self, limit: Duration) -> Phase {
-        self.shared.wait_done(limit)
+    /// Wait until every byte arrived and matched the pin; the failure or a timeout text
+    /// otherwise.
+    pub(crate) fn wait_verified(&self, limit: Duration) -> Result<(), String> {
+        self.shared.wait_verified(limit, "the end of the object")
     }
 
     /// Whether `[start, end)` may be served: checked against the outboard when there is one,
