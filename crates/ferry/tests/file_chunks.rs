@@ -114,9 +114,14 @@ async fn a_file_that_shrinks_after_produce_fails_the_download_clearly_and_writes
     let text = err.to_string();
     // Either the pull in flight on the closed connection fails ("connection to server
     // lost"), or a pull produced after the file shrank was answered first with the
-    // producer's status:error (whose reason the sender logs; NVFlare's reply carries none).
+    // producer's status:error (whose reason the sender logs; NVFlare's reply carries none),
+    // or the window's next pull, sent after an earlier chunk's reply but once the sender had
+    // cut the connection, finds no connection to the sender (seen once in a matrix run on a
+    // loaded machine).
     assert!(
-        text.contains("connection to server lost") || text.contains("producer error from server"),
+        text.contains("connection to server lost")
+            || text.contains("producer error from server")
+            || text.contains("no connection leads to server"),
         "a clear failure: {text}"
     );
     assert!(!out.join("model.bin").exists(), "no file at the final path");
